@@ -1,0 +1,462 @@
+//! Lease keys and their string form.
+//!
+//! A [`Key`] is a list of segments whose first segment is `system` or `module`.
+//! Its string form is `/` followed by the segments joined with `/`, each segment
+//! escaped exactly as Go's `url.PathEscape` escapes a path segment: ASCII letters,
+//! digits and `-_.~$&+:=@` stay as they are, every other byte of the segment's
+//! UTF-8 encoding becomes `%XX` with upper-case hex digits.
+//!
+//! The string form is *canonical*: [`Key::parse`] accepts exactly the strings that
+//! [`Key`]'s `Display` produces, so two different strings never name the same key and a
+//! backend can use the string as a primary key. Keys written by FTL's Go code use the
+//! same escaping and parse to the same segments.
+
+use std::fmt;
+use std::str::FromStr;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// The largest accepted string form of a key, in bytes.
+///
+/// [`Key::parse`] refuses longer strings, and the lease manager refuses to acquire a
+/// key whose string form is longer, so that every backend can store every key it is
+/// handed (PostgreSQL indexes, etcd request limits).
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Bytes that `url.PathEscape` leaves alone, besides ASCII letters and digits.
+const UNESCAPED_PUNCTUATION: &[u8] = b"-_.~$&+:=@";
+
+/// The set of bytes that are escaped in a segment: everything but letters, digits and
+/// [`UNESCAPED_PUNCTUATION`].
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b':')
+    .remove(b'=')
+    .remove(b'@');
+
+/// The root segment of system keys.
+const SYSTEM: &str = "system";
+/// The root segment of module keys.
+const MODULE: &str = "module";
+
+/// Why a string is not a valid key.
+///
+/// Returned by [`Key::parse`] and [`Key::from_segments`]; positions are byte offsets
+/// into the string that was parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The string does not start with `/`.
+    #[error("lease key must start with '/' (expected /system/... or /module/...)")]
+    MissingLeadingSlash,
+    /// The first segment is neither `system` nor `module`.
+    #[error("lease key root must be 'system' or 'module', not {root:?}")]
+    UnknownRoot {
+        /// The first segment, unescaped where possible.
+        root: String,
+    },
+    /// A `module` key has no module name segment.
+    #[error("module lease key has no module name (expected /module/NAME/...)")]
+    MissingModuleName,
+    /// A `%` is not followed by two upper-case hex digits.
+    #[error("bad percent escape at byte {offset}: expected '%' and two upper-case hex digits")]
+    BadEscape {
+        /// Byte offset of the `%`.
+        offset: usize,
+    },
+    /// The string is not in canonical form: a byte is escaped that must not be, or a
+    /// byte appears raw that must be escaped.
+    #[error("non-canonical lease key at byte {offset}: {byte:?} must {}be escaped", if *.must_escape { "" } else { "not " })]
+    NonCanonical {
+        /// Byte offset of the offending byte or escape.
+        offset: usize,
+        /// The byte, after unescaping.
+        byte: char,
+        /// `true` when the byte appeared raw but must be escaped.
+        must_escape: bool,
+    },
+    /// A segment is not valid UTF-8 once unescaped.
+    #[error("segment {segment} of the lease key is not valid UTF-8 once unescaped")]
+    InvalidUtf8 {
+        /// Index of the segment (0 is the root).
+        segment: usize,
+    },
+    /// The string form is longer than [`MAX_KEY_LEN`].
+    #[error("lease key is {len} bytes long, more than the maximum {max}")]
+    TooLong {
+        /// Length of the string form in bytes.
+        len: usize,
+        /// The maximum, [`MAX_KEY_LEN`].
+        max: usize,
+    },
+}
+
+/// A lease key: a list of segments whose first is `system` or `module`.
+///
+/// Build one with [`Key::system`] or [`Key::module`] (the Go `SystemKey` and
+/// `ModuleKey`), or parse its string form with [`Key::parse`] / [`str::parse`].
+///
+/// ```
+/// use leases::Key;
+/// let k = Key::system(["a/b", "x y"]);
+/// assert_eq!(k.to_string(), "/system/a%2Fb/x%20y");
+/// assert_eq!(Key::parse("/system/a%2Fb/x%20y").unwrap(), k);
+/// assert_eq!(Key::module("idv", ["user", "bob"]).to_string(), "/module/idv/user/bob");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    segments: Vec<String>,
+}
+
+impl Key {
+    /// A system key: `/system/` followed by `parts`. Infallible; any part is allowed,
+    /// including empty strings and strings containing `/`.
+    pub fn system<I>(parts: I) -> Key
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut segments = vec![SYSTEM.to_owned()];
+        segments.extend(parts.into_iter().map(|p| p.as_ref().to_owned()));
+        Key { segments }
+    }
+
+    /// A module key: `/module/<module>/` followed by `parts`. Infallible.
+    pub fn module<M, I>(module: M, parts: I) -> Key
+    where
+        M: AsRef<str>,
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut segments = vec![MODULE.to_owned(), module.as_ref().to_owned()];
+        segments.extend(parts.into_iter().map(|p| p.as_ref().to_owned()));
+        Key { segments }
+    }
+
+    /// A key from its raw (unescaped) segments, checking the root segment.
+    pub fn from_segments(segments: Vec<String>) -> Result<Key, KeyError> {
+        match segments.first().map(String::as_str) {
+            Some(SYSTEM) => {}
+            Some(MODULE) if segments.len() >= 2 => {}
+            Some(MODULE) => return Err(KeyError::MissingModuleName),
+            Some(other) => {
+                return Err(KeyError::UnknownRoot {
+                    root: other.to_owned(),
+                })
+            }
+            None => {
+                return Err(KeyError::UnknownRoot {
+                    root: String::new(),
+                })
+            }
+        }
+        Ok(Key { segments })
+    }
+
+    /// Parses the string form of a key. The exact inverse of `Display`: for every key
+    /// `k`, `Key::parse(&k.to_string()) == Ok(k)`, and for every string `s` that parses,
+    /// `Key::parse(s)?.to_string() == s`. Never panics.
+    pub fn parse(s: &str) -> Result<Key, KeyError> {
+        if s.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong {
+                len: s.len(),
+                max: MAX_KEY_LEN,
+            });
+        }
+        let rest = s.strip_prefix('/').ok_or(KeyError::MissingLeadingSlash)?;
+        let mut segments = Vec::new();
+        let mut offset = 1;
+        for (index, raw) in rest.split('/').enumerate() {
+            segments.push(unescape_segment(raw, offset, index)?);
+            offset += raw.len() + 1;
+        }
+        Key::from_segments(segments)
+    }
+
+    /// The raw (unescaped) segments, root first.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    /// `true` for a `/system/...` key.
+    pub fn is_system(&self) -> bool {
+        self.segments[0] == SYSTEM
+    }
+
+    /// The module name of a `/module/NAME/...` key, `None` for a system key.
+    pub fn module_name(&self) -> Option<&str> {
+        if self.is_system() {
+            None
+        } else {
+            self.segments.get(1).map(String::as_str)
+        }
+    }
+
+    /// Length of the string form in bytes, without building it.
+    pub fn encoded_len(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| {
+                1 + s
+                    .bytes()
+                    .map(|b| if must_escape(b) { 3 } else { 1 })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Checks that the string form fits in [`MAX_KEY_LEN`].
+    pub fn check_len(&self) -> Result<(), KeyError> {
+        let len = self.encoded_len();
+        if len > MAX_KEY_LEN {
+            Err(KeyError::TooLong {
+                len,
+                max: MAX_KEY_LEN,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// `true` when `url.PathEscape` escapes this byte.
+fn must_escape(b: u8) -> bool {
+    !(b.is_ascii_alphanumeric() || UNESCAPED_PUNCTUATION.contains(&b))
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Unescapes one segment, insisting on the canonical form. `offset` is the byte
+/// offset of the segment in the whole string, for error messages.
+fn unescape_segment(raw: &str, offset: usize, index: usize) -> Result<String, KeyError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex_value);
+            let lo = bytes.get(i + 2).copied().and_then(hex_value);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(KeyError::BadEscape { offset: offset + i });
+            };
+            let decoded = hi * 16 + lo;
+            if !must_escape(decoded) {
+                return Err(KeyError::NonCanonical {
+                    offset: offset + i,
+                    byte: char::from(decoded),
+                    must_escape: false,
+                });
+            }
+            out.push(decoded);
+            i += 3;
+        } else {
+            if must_escape(b) {
+                // Report the whole character when the raw byte starts a multi-byte one.
+                let byte = raw[i..].chars().next().unwrap_or(char::REPLACEMENT_CHARACTER);
+                return Err(KeyError::NonCanonical {
+                    offset: offset + i,
+                    byte,
+                    must_escape: true,
+                });
+            }
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| KeyError::InvalidUtf8 { segment: index })
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for segment in &self.segments {
+            f.write_str("/")?;
+            for piece in utf8_percent_encode(segment, SEGMENT) {
+                f.write_str(piece)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({self})")
+    }
+}
+
+impl FromStr for Key {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Key, KeyError> {
+        Key::parse(s)
+    }
+}
+
+impl TryFrom<&str> for Key {
+    type Error = KeyError;
+
+    fn try_from(s: &str) -> Result<Key, KeyError> {
+        Key::parse(s)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Key::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_matches_go_path_escape() {
+        assert_eq!(
+            Key::system(["a/b", "x y"]).to_string(),
+            "/system/a%2Fb/x%20y"
+        );
+        assert_eq!(
+            Key::module("idv", ["user", "bob"]).to_string(),
+            "/module/idv/user/bob"
+        );
+        // Go: url.PathEscape("-_.~$&+:=@,;?#%é") == "-_.~$&+:=@%2C%3B%3F%23%25%C3%A9"
+        assert_eq!(
+            Key::system(["-_.~$&+:=@,;?#%é"]).to_string(),
+            "/system/-_.~$&+:=@%2C%3B%3F%23%25%C3%A9"
+        );
+        assert_eq!(Key::system([""; 0]).to_string(), "/system");
+        assert_eq!(Key::system([""]).to_string(), "/system/");
+        assert_eq!(Key::module("", [""; 0]).to_string(), "/module/");
+    }
+
+    #[test]
+    fn parses_keys_written_by_ftl() {
+        // Strings as FTL's Go code writes them with leases.SystemKey / ModuleKey.
+        let cases: &[(&str, Key)] = &[
+            (
+                "/system/cron/echo.Cron",
+                Key::system(["cron", "echo.Cron"]),
+            ),
+            (
+                "/module/echo/pubsub/sub%2Fone",
+                Key::module("echo", ["pubsub", "sub/one"]),
+            ),
+            ("/system/controller", Key::system(["controller"])),
+            (
+                "/module/time/deployment/dpl-time-1a2b3c",
+                Key::module("time", ["deployment", "dpl-time-1a2b3c"]),
+            ),
+            (
+                "/system/%E6%97%A5%E6%9C%AC/a%20b",
+                Key::system(["日本", "a b"]),
+            ),
+        ];
+        for (s, key) in cases {
+            assert_eq!(&Key::parse(s).unwrap(), key, "{s}");
+            assert_eq!(&key.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        use KeyError::*;
+        assert_eq!(Key::parse(""), Err(MissingLeadingSlash));
+        assert_eq!(Key::parse("system/a"), Err(MissingLeadingSlash));
+        assert_eq!(
+            Key::parse("/sys/a"),
+            Err(UnknownRoot { root: "sys".into() })
+        );
+        assert_eq!(Key::parse("/"), Err(UnknownRoot { root: "".into() }));
+        assert_eq!(Key::parse("/module"), Err(MissingModuleName));
+        assert_eq!(Key::parse("/system/a%2"), Err(BadEscape { offset: 9 }));
+        assert_eq!(Key::parse("/system/a%zz"), Err(BadEscape { offset: 9 }));
+        assert_eq!(Key::parse("/system/a%2f"), Err(BadEscape { offset: 9 }));
+        assert_eq!(
+            Key::parse("/system/%41"),
+            Err(NonCanonical {
+                offset: 8,
+                byte: 'A',
+                must_escape: false
+            })
+        );
+        assert_eq!(
+            Key::parse("/system/a b"),
+            Err(NonCanonical {
+                offset: 9,
+                byte: ' ',
+                must_escape: true
+            })
+        );
+        assert_eq!(
+            Key::parse("/system/é"),
+            Err(NonCanonical {
+                offset: 8,
+                byte: 'é',
+                must_escape: true
+            })
+        );
+        assert_eq!(Key::parse("/system/%FF"), Err(InvalidUtf8 { segment: 1 }));
+        let long = format!("/system/{}", "a".repeat(MAX_KEY_LEN));
+        assert_eq!(
+            Key::parse(&long),
+            Err(TooLong {
+                len: long.len(),
+                max: MAX_KEY_LEN
+            })
+        );
+        // Every error renders as a readable message.
+        for e in [MissingLeadingSlash, MissingModuleName, BadEscape { offset: 3 }] {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn accessors() {
+        let k = Key::module("idv", ["user"]);
+        assert_eq!(k.module_name(), Some("idv"));
+        assert!(!k.is_system());
+        assert_eq!(k.segments(), ["module", "idv", "user"]);
+        let s = Key::system(["x y"]);
+        assert!(s.is_system());
+        assert_eq!(s.module_name(), None);
+        assert_eq!(s.encoded_len(), s.to_string().len());
+        assert_eq!("/system/x%20y".parse::<Key>().unwrap(), s);
+        assert_eq!(format!("{s:?}"), "Key(/system/x%20y)");
+        assert!(Key::system(["a".repeat(MAX_KEY_LEN)]).check_len().is_err());
+        assert!(Key::from_segments(vec![]).is_err());
+        assert!(Key::from_segments(vec!["module".into()]).is_err());
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_uses_the_string_form() {
+        let k = Key::system(["a/b"]);
+        let json = serde_json::to_string(&k).unwrap();
+        assert_eq!(json, "\"/system/a%2Fb\"");
+        assert_eq!(serde_json::from_str::<Key>(&json).unwrap(), k);
+        assert!(serde_json::from_str::<Key>("\"/nope\"").is_err());
+    }
+}
