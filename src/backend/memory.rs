@@ -1,0 +1,278 @@
+//! The in-process backend: the embedded default.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{AcquireOutcome, Backend, KeyFrees, RenewOutcome};
+use crate::error::BackendError;
+use crate::key::Key;
+use crate::lease::LeaseInfo;
+
+/// How many freed-key notifications a slow waiter may fall behind before it simply
+/// retries.
+const FREES_CAPACITY: usize = 1024;
+
+/// Leases kept in this process's memory, on `tokio::time`'s clock.
+///
+/// Several [`LeaseManager`](crate::LeaseManager)s can share one `MemoryBackend` (wrap it
+/// in an `Arc`): they then contend for keys as separate processes would on a database.
+///
+/// Fencing tokens come from one counter for all keys, started at the wall clock's
+/// nanoseconds since the Unix epoch when the backend is created. A restarted process
+/// therefore hands out larger tokens than the previous one did (unless the wall clock
+/// moved backwards across the restart, or the old process granted more than one lease
+/// per nanosecond of its life); [`MemoryBackend::with_token_floor`] lets a caller who
+/// persists the last token start above it instead.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    state: Mutex<State>,
+    frees: broadcast::Sender<Key>,
+}
+
+#[derive(Debug)]
+struct State {
+    last_token: u64,
+    held: HashMap<Key, Holder>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    token: u64,
+    ttl: Duration,
+    expires_at: Instant,
+    metadata: Vec<u8>,
+    revoked: bool,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::new()
+    }
+}
+
+impl MemoryBackend {
+    /// An empty backend whose tokens start at the wall clock's nanoseconds since the epoch.
+    pub fn new() -> MemoryBackend {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+            .unwrap_or(0);
+        MemoryBackend::with_token_floor(now)
+    }
+
+    /// An empty backend whose first token is `floor + 1`.
+    pub fn with_token_floor(floor: u64) -> MemoryBackend {
+        MemoryBackend {
+            state: Mutex::new(State {
+                last_token: floor,
+                held: HashMap::new(),
+            }),
+            frees: broadcast::channel(FREES_CAPACITY).0,
+        }
+    }
+
+    /// The number of keys with a lease entry (held, or expired and not yet reclaimed).
+    pub fn len(&self) -> usize {
+        self.lock().held.len()
+    }
+
+    /// `true` when no key has a lease entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held cannot leave the map half-updated (every
+        // update is a single insert or remove), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify_freed(&self, key: &Key) {
+        if self.frees.receiver_count() > 0 {
+            let _ = self.frees.send(key.clone());
+        }
+    }
+}
+
+fn deadline(now: Instant, ttl: Duration) -> Result<Instant, BackendError> {
+    now.checked_add(ttl).ok_or_else(|| {
+        BackendError::new(
+            crate::error::BackendErrorKind::Failed,
+            format!("TTL {ttl:?} overflows the clock"),
+        )
+    })
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<AcquireOutcome, BackendError> {
+        let now = Instant::now();
+        let expires_at = deadline(now, ttl)?;
+        let mut state = self.lock();
+        if let Some(h) = state.held.get(key) {
+            if h.expires_at > now {
+                return Ok(AcquireOutcome::Held {
+                    expires_in: h.expires_at - now,
+                });
+            }
+        }
+        state.last_token = state.last_token.checked_add(1).ok_or_else(|| {
+            BackendError::new(crate::error::BackendErrorKind::Failed, "tokens exhausted")
+        })?;
+        let token = state.last_token;
+        state.held.insert(
+            key.clone(),
+            Holder {
+                token,
+                ttl,
+                expires_at,
+                metadata: metadata.to_vec(),
+                revoked: false,
+            },
+        );
+        Ok(AcquireOutcome::Granted { token })
+    }
+
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<RenewOutcome, BackendError> {
+        let now = Instant::now();
+        let expires_at = deadline(now, ttl)?;
+        let mut state = self.lock();
+        match state.held.get_mut(key) {
+            Some(h) if h.token == token && h.expires_at > now => {
+                if h.revoked {
+                    Ok(RenewOutcome::Revoked)
+                } else {
+                    h.expires_at = expires_at;
+                    h.ttl = ttl;
+                    Ok(RenewOutcome::Renewed)
+                }
+            }
+            _ => Ok(RenewOutcome::Lost),
+        }
+    }
+
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
+        let removed = {
+            let mut state = self.lock();
+            match state.held.get(key) {
+                Some(h) if h.token == token => state.held.remove(key).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.notify_freed(key);
+        }
+        Ok(removed)
+    }
+
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match state.held.get_mut(key) {
+            Some(h) if h.expires_at > now => {
+                h.revoked = true;
+                Ok(Some(h.token))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
+        let now = Instant::now();
+        let state = self.lock();
+        Ok(state
+            .held
+            .get(key)
+            .filter(|h| h.expires_at > now)
+            .map(|h| LeaseInfo {
+                key: key.clone(),
+                token: h.token,
+                ttl: h.ttl,
+                expires_in: h.expires_at - now,
+                metadata: h.metadata.clone(),
+                revoked: h.revoked,
+            }))
+    }
+
+    fn subscribe_frees(&self) -> KeyFrees {
+        KeyFrees::new(self.frees.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn granted(o: AcquireOutcome) -> u64 {
+        match o {
+            AcquireOutcome::Granted { token } => token,
+            held => panic!("expected a grant, got {held:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn compare_and_set_on_token() {
+        let b = MemoryBackend::with_token_floor(100);
+        let k = Key::system(["a"]);
+        let t1 = granted(b.acquire(&k, TTL, b"m").await.unwrap());
+        assert_eq!(t1, 101);
+        assert_eq!(
+            b.acquire(&k, TTL, b"").await.unwrap(),
+            AcquireOutcome::Held { expires_in: TTL }
+        );
+        assert_eq!(b.renew(&k, t1 + 1, TTL).await.unwrap(), RenewOutcome::Lost);
+        assert!(!b.release(&k, t1 + 1).await.unwrap());
+        tokio::time::advance(TTL).await;
+        // Expired: renew refuses, and someone else takes it with a larger token.
+        assert_eq!(b.renew(&k, t1, TTL).await.unwrap(), RenewOutcome::Lost);
+        let t2 = granted(b.acquire(&k, TTL, b"").await.unwrap());
+        assert!(t2 > t1);
+        // The stale holder cannot delete the newer lease.
+        assert!(!b.release(&k, t1).await.unwrap());
+        assert_eq!(b.info(&k).await.unwrap().unwrap().token, t2);
+        assert!(b.release(&k, t2).await.unwrap());
+        assert!(b.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoke_marks_until_expiry_or_release() {
+        let b = MemoryBackend::new();
+        let k = Key::system(["r"]);
+        let t = granted(b.acquire(&k, TTL, b"").await.unwrap());
+        assert_eq!(b.revoke(&k).await.unwrap(), Some(t));
+        assert!(b.info(&k).await.unwrap().unwrap().revoked);
+        assert_eq!(b.renew(&k, t, TTL).await.unwrap(), RenewOutcome::Revoked);
+        assert!(matches!(
+            b.acquire(&k, TTL, b"").await.unwrap(),
+            AcquireOutcome::Held { .. }
+        ));
+        let mut frees = b.subscribe_frees();
+        assert!(b.release(&k, t).await.unwrap());
+        assert!(frees.wait_for(&k, Duration::from_secs(1)).await);
+        assert_eq!(b.revoke(&k).await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_ttl_is_an_error() {
+        let b = MemoryBackend::new();
+        let k = Key::system(["x"]);
+        assert!(b.acquire(&k, Duration::MAX, b"").await.is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! # leases
+//!
+//! Many workers agree on who may do a task right now. A worker acquires a *lease* on a
+//! [`Key`] for a TTL; while it holds the lease nobody else can; the lease is renewed in
+//! the background; and when renewal fails the holder is told at once, through its
+//! [`LeaseContext`], *before* anyone else can take the key over.
+//!
+//! The API follows the `leases` package of the Go project FTL ([`Key::system`] and
+//! [`Key::module`] for `SystemKey`/`ModuleKey`, [`Key::parse`] for `ParseLeaseKey`,
+//! [`Leaser::acquire_lease`], [`Lease::release`], [`LeaseError::Conflict`] for
+//! `ErrConflict`, [`FakeLeaser`], [`Lease::noop`] for `NoopLease`, [`MIN_TTL`] of 5 s),
+//! and fixes its known faults: every key string parses back to its key, release never
+//! panics, every lease carries a fencing token, and loss is reported early.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use leases::{CancelReason, Key, LeaseError, LeaseManager, Leaser};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), LeaseError> {
+//! let manager = LeaseManager::start().await?; // in-memory backend
+//! let key = Key::system(["jobs", "nightly-report"]);
+//!
+//! let (lease, ctx) = manager.acquire_lease(key.clone(), Duration::from_secs(10)).await?;
+//! assert!(matches!(
+//!     manager.acquire_lease(key.clone(), Duration::from_secs(10)).await,
+//!     Err(LeaseError::Conflict)
+//! ));
+//!
+//! // Do the work while the context is live; pass the token to every write.
+//! assert!(!ctx.is_cancelled());
+//! let token = lease.token();
+//! # let _ = token;
+//!
+//! lease.release().await?;
+//! assert_eq!(ctx.reason(), Some(CancelReason::Released));
+//! manager.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`key`]: [`Key`], its canonical string form and [`KeyError`].
+//! - [`Leaser`] (the trait), [`AcquireOptions`], [`MIN_TTL`].
+//! - [`Lease`], [`LeaseContext`], [`CancelReason`], [`LeaseInfo`].
+//! - [`LeaseManager`]: a handle to one supervisor actor that owns the lease table. Each
+//!   held lease has a renewal actor, linked to the supervisor, that renews every TTL/3.
+//!   A renewer that cannot renew ends its lease's context and fails; the supervisor sees
+//!   the failure and cleans up.
+//! - [`backend`]: the [`Backend`](backend::Backend) trait and the in-process
+//!   [`MemoryBackend`](backend::MemoryBackend) (the default).
+//! - [`FakeLeaser`]: for unit tests of code that takes a `dyn Leaser`.
+//!
+//! ## Guarantees
+//!
+//! 1. **Exclusion.** At no instant do two holders of one key both have a live
+//!    `LeaseContext`, judged on the backend's clock.
+//! 2. **Early loss.** If a renewal cannot be confirmed, the holder's context ends at the
+//!    *local deadline*: start of the last confirmed renewal + TTL − safety margin, on the
+//!    monotonic clock. The backend's expiry is at least TTL after that start, so the
+//!    context ends at least one safety margin before anyone else could be granted the
+//!    key. The margin defaults to TTL/5 and is set with
+//!    [`LeaseManagerBuilder::safety_margin`].
+//! 3. **Fencing.** Every grant carries a token ([`Lease::token`]) strictly greater than
+//!    every earlier token of that key. A resource that remembers the highest token it
+//!    has accepted can refuse a stale holder.
+//! 4. **No silent loss.** Release, renewal failure, revocation and shutdown each end the
+//!    context with a [`CancelReason`]. Dropping a [`Lease`] releases it; dropping every
+//!    [`LeaseManager`] handle shuts the manager down.
+//!
+//! ## What a lease does not protect against
+//!
+//! A lease tells a holder when to stop; it cannot stop it. A holder that is paused
+//! (a long GC, a stopped VM, `SIGSTOP`, a swap storm) *between* checking its context and
+//! writing can wake up after its lease expired and someone else took over, and write
+//! anyway. No lease library can prevent that on its own. **Fencing tokens** can: send
+//! [`Lease::token`] with every write, and have the resource (a database row, a storage
+//! bucket, a queue) remember the highest token it has accepted for the key and refuse
+//! anything lower. The stale holder's token is smaller than the new holder's, so its late
+//! write is refused.
+//!
+//! The early-loss guarantee also assumes the local monotonic clock and the backend's
+//! clock run at nearly the same rate (drift over one TTL well below the safety margin)
+//! and that the process is not paused for longer than the margin between the deadline
+//! check and the context being ended. Choose the margin with your worst pauses in mind.
+//!
+//! Waiters ([`AcquireOptions::wait`]) are served first come, first served among the
+//! callers of one manager; managers sharing a backend compete without an order.
+//!
+//! The memory backend lives and dies with its process: leases do not survive a restart
+//! (its tokens still grow across restarts, see
+//! [`MemoryBackend`](backend::MemoryBackend)).
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+pub mod backend;
+mod error;
+mod fake;
+pub mod key;
+mod lease;
+mod leaser;
+mod manager;
+
+pub use error::{BackendError, BackendErrorKind, LeaseError};
+pub use fake::FakeLeaser;
+pub use key::{Key, KeyError, MAX_KEY_LEN};
+pub use lease::{CancelReason, Lease, LeaseContext, LeaseInfo, LossCause};
+pub use leaser::{AcquireOptions, Leaser, MAX_METADATA_LEN, MAX_TTL, MIN_TTL};
+pub use manager::{
+    AcquireReply, LeaseManager, LeaseManagerBuilder, ManagerMessage, DEFAULT_MARGIN_DIVISOR,
+};

@@ -1,0 +1,310 @@
+//! The lease manager: a cloneable handle to a supervisor actor that owns every lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorCell, ActorRef, ActorStatus};
+
+use crate::backend::{Backend, MemoryBackend};
+use crate::error::LeaseError;
+use crate::key::Key;
+use crate::lease::{LeaseContext, LeaseInfo};
+use crate::leaser::{AcquireOptions, Leaser, MAX_TTL, MIN_TTL};
+use crate::Lease;
+
+mod renewer;
+mod supervisor;
+
+pub use supervisor::{AcquireReply, ManagerMessage};
+use supervisor::{Msg, Supervisor, SupervisorArgs};
+
+/// The default safety margin, as a fraction of the TTL: the holder is told of a loss
+/// one fifth of a TTL before the backend could grant the key to someone else.
+pub const DEFAULT_MARGIN_DIVISOR: u32 = 5;
+
+/// How long shutdown waits for the backend to release the held leases.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) min_ttl: Duration,
+    /// `None`: TTL / [`DEFAULT_MARGIN_DIVISOR`].
+    pub(crate) safety_margin: Option<Duration>,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// The safety margin for a lease of `ttl`: the local deadline is this much before
+    /// the earliest moment the backend could expire the lease.
+    pub(crate) fn margin(&self, ttl: Duration) -> Duration {
+        self.safety_margin
+            .unwrap_or(ttl / DEFAULT_MARGIN_DIVISOR)
+            .min(ttl / 2)
+    }
+}
+
+/// Builds a [`LeaseManager`]; see [`LeaseManager::builder`].
+#[must_use]
+pub struct LeaseManagerBuilder {
+    config: Config,
+    backend: Option<Arc<dyn Backend>>,
+    name: Option<String>,
+    supervisor: Option<ActorCell>,
+}
+
+impl std::fmt::Debug for LeaseManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseManagerBuilder")
+            .field("config", &self.config)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseManagerBuilder {
+    /// The smallest TTL the manager accepts (default [`MIN_TTL`], 5 s). Tests lower it.
+    pub fn min_ttl(mut self, min_ttl: Duration) -> Self {
+        self.config.min_ttl = min_ttl;
+        self
+    }
+
+    /// A fixed safety margin for every lease, instead of the default TTL/5. It must be
+    /// shorter than half the minimum TTL. Choose it larger than the worst pause you
+    /// expect (GC, scheduling, network) plus the clock-rate drift over one TTL.
+    pub fn safety_margin(mut self, margin: Duration) -> Self {
+        self.config.safety_margin = Some(margin);
+        self
+    }
+
+    /// How long [`LeaseManager::shutdown`] waits for the backend to release held leases
+    /// (default 5 s). Leases not released by then expire after their TTL.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The storage backend (default: a new [`MemoryBackend`]).
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Registers the supervisor actor under this name in ractor's process-wide registry.
+    /// Names must be unique per process; leave it unset unless you look the actor up by
+    /// name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Spawns the supervisor linked under `supervisor`, so that it appears in the
+    /// caller's supervision tree (and the caller sees it stop).
+    pub fn supervised_by(mut self, supervisor: ActorCell) -> Self {
+        self.supervisor = Some(supervisor);
+        self
+    }
+
+    /// Starts the supervisor actor and returns the handle.
+    pub async fn start(self) -> Result<LeaseManager, LeaseError> {
+        let config = self.config;
+        if config.min_ttl.is_zero() || config.min_ttl > MAX_TTL {
+            return Err(LeaseError::InvalidConfig(format!(
+                "min_ttl must be between 0 and {MAX_TTL:?}, not {:?}",
+                config.min_ttl
+            )));
+        }
+        if let Some(margin) = config.safety_margin {
+            if margin.is_zero() || margin >= config.min_ttl / 2 {
+                return Err(LeaseError::InvalidConfig(format!(
+                    "safety_margin {margin:?} must be positive and shorter than half of min_ttl {:?}",
+                    config.min_ttl
+                )));
+            }
+        }
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let args = SupervisorArgs {
+            backend: backend.clone(),
+            config: config.clone(),
+        };
+        let spawned = match self.supervisor {
+            Some(parent) => Actor::spawn_linked(self.name, Supervisor, args, parent).await,
+            None => Actor::spawn(self.name, Supervisor, args).await,
+        };
+        let (actor, _join) = spawned.map_err(|e| {
+            LeaseError::InvalidConfig(format!("could not start the supervisor actor: {e}"))
+        })?;
+        Ok(LeaseManager {
+            inner: Arc::new(Inner {
+                actor,
+                backend,
+                config,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    actor: ActorRef<ManagerMessage>,
+    backend: Arc<dyn Backend>,
+    config: Config,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: shut down, releasing every lease.
+        let _ = self
+            .actor
+            .send_message(ManagerMessage(Msg::Shutdown { reply: None }));
+    }
+}
+
+/// The in-process lease manager: acquires leases through a [`Backend`] and renews them
+/// in the background, one renewal actor per lease under one supervisor actor.
+///
+/// Cheap to clone; every clone talks to the same supervisor. Dropping the last clone
+/// shuts the manager down (leases and contexts do not keep it alive). See the crate
+/// docs for the guarantees.
+#[derive(Clone)]
+pub struct LeaseManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LeaseManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseManager")
+            .field("actor", &self.inner.actor.get_id())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseManager {
+    /// Starts a manager on a new in-memory backend with default settings.
+    pub async fn start() -> Result<LeaseManager, LeaseError> {
+        LeaseManager::builder().start().await
+    }
+
+    /// A builder for a manager with other settings or another backend.
+    pub fn builder() -> LeaseManagerBuilder {
+        LeaseManagerBuilder {
+            config: Config {
+                min_ttl: MIN_TTL,
+                safety_margin: None,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            },
+            backend: None,
+            name: None,
+            supervisor: None,
+        }
+    }
+
+    /// The supervisor actor, for actors that message the manager directly
+    /// (see [`ManagerMessage`]).
+    pub fn actor(&self) -> ActorRef<ManagerMessage> {
+        self.inner.actor.clone()
+    }
+
+    /// The backend this manager stores leases in.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.inner.backend.clone()
+    }
+
+    /// The smallest TTL this manager accepts.
+    pub fn min_ttl(&self) -> Duration {
+        self.inner.config.min_ttl
+    }
+
+    /// The safety margin used for a lease of `ttl`.
+    pub fn safety_margin(&self, ttl: Duration) -> Duration {
+        self.inner.config.margin(ttl)
+    }
+
+    /// `true` until the manager has shut down.
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.inner.actor.get_status(),
+            ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
+        )
+    }
+
+    fn check_running(&self) -> Result<(), LeaseError> {
+        if self.is_running() {
+            Ok(())
+        } else {
+            Err(LeaseError::ManagerStopped)
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        build: impl FnOnce(ractor::RpcReplyPort<Result<T, LeaseError>>) -> Msg,
+    ) -> Result<T, LeaseError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .actor
+            .send_message(ManagerMessage(build(tx.into())))
+            .map_err(|_| LeaseError::ManagerStopped)?;
+        rx.await.map_err(|_| LeaseError::ManagerStopped)?
+    }
+
+    /// Revokes whoever holds `key`, here or in another manager sharing the backend.
+    /// Returns `true` if someone held it. A holder in this manager is told at once
+    /// ([`CancelReason::Revoked`](crate::CancelReason::Revoked)) and the key is freed; a
+    /// holder elsewhere is told at its next renewal, and until then (at most its TTL)
+    /// the key stays taken, so that revoking never makes two holders.
+    pub async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
+        self.check_running()?;
+        let key = key.clone();
+        self.call(|reply| Msg::Revoke { key, reply }).await
+    }
+
+    /// What the backend knows of the lease on `key`: token, time left, metadata.
+    pub async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        self.check_running()?;
+        key.check_len()?;
+        Ok(self.inner.backend.info(key).await?)
+    }
+
+    /// Shuts the manager down: every context ends with
+    /// [`CancelReason::Shutdown`](crate::CancelReason::Shutdown), held leases are
+    /// released (waiting at most the shutdown timeout), waiters get
+    /// [`LeaseError::ManagerStopped`], and every actor has stopped when this returns.
+    /// Later calls fail with `ManagerStopped`. Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = Msg::Shutdown {
+            reply: Some(tx.into()),
+        };
+        if self.inner.actor.send_message(ManagerMessage(msg)).is_ok() {
+            let _ = rx.await;
+        }
+        // Wait for the actor (and, with it, its children) to finish stopping.
+        let _ = self
+            .inner
+            .actor
+            .get_cell()
+            .wait(Some(self.inner.config.shutdown_timeout))
+            .await;
+    }
+}
+
+#[async_trait]
+impl Leaser for LeaseManager {
+    async fn acquire_lease_with(
+        &self,
+        key: Key,
+        options: AcquireOptions,
+    ) -> Result<(Lease, LeaseContext), LeaseError> {
+        options.validate(&key, self.inner.config.min_ttl)?;
+        self.check_running()?;
+        self.call(|reply| Msg::Acquire {
+            key,
+            options,
+            reply,
+        })
+        .await
+    }
+}

@@ -1,0 +1,148 @@
+//! The renewal actor: one per held lease, a linked child of the supervisor.
+//!
+//! It renews every TTL/3 and keeps the lease's *local deadline*: the start of the last
+//! confirmed renewal (or of the acquire) + TTL − safety margin, on the monotonic clock.
+//! The backend's expiry is at least TTL after that start, so the deadline falls before
+//! anyone else can be granted the key. When a renewal is refused, or none is confirmed
+//! by the deadline, the renewer ends the holder's context itself (so loss is told on
+//! time even if the supervisor's mailbox is busy) and then fails, which the supervisor
+//! sees as a supervision event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, RenewOutcome};
+use crate::key::Key;
+use crate::lease::{CancelReason, ContextSender, LossCause};
+
+/// The renewal actor.
+pub(crate) struct Renewer;
+
+/// The one message a renewer gets: time to renew (or to check the deadline).
+pub(crate) struct Tick;
+
+/// What a renewer needs to start.
+pub(crate) struct RenewerArgs {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) key: Key,
+    pub(crate) token: u64,
+    pub(crate) ttl: Duration,
+    pub(crate) margin: Duration,
+    pub(crate) ctx: ContextSender,
+    /// The local deadline already earned by the acquire.
+    pub(crate) deadline: Instant,
+}
+
+/// Aborts the pending timer task when the renewer's state is dropped, which happens
+/// however the actor ends (stop, kill, panic), unlike `post_stop`.
+struct TimerGuard(Option<JoinHandle<()>>);
+
+impl Drop for TimerGuard {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+pub(crate) struct RenewerState {
+    args: RenewerArgs,
+    timer: TimerGuard,
+}
+
+impl RenewerState {
+    /// The pause between renewals.
+    fn interval(&self) -> Duration {
+        self.args.ttl / 3
+    }
+
+    /// The pause before retrying after a failed renewal.
+    fn retry(&self) -> Duration {
+        (self.args.ttl / 10).max(Duration::from_millis(10))
+    }
+
+    /// Schedules the next tick after `after`, but never later than the deadline.
+    fn schedule(&mut self, myself: &ActorRef<Tick>, after: Duration) {
+        let at = (Instant::now() + after).min(self.args.deadline);
+        let me = myself.clone();
+        let handle = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let _ = me.send_message(Tick);
+        });
+        if let Some(old) = self.timer.0.replace(handle) {
+            old.abort();
+        }
+    }
+
+    /// Ends the context with `reason` and returns the error that fails the actor.
+    fn lose(&self, cause: LossCause) -> ActorProcessingErr {
+        let reason = CancelReason::Lost(cause);
+        if self.args.ctx.cancel(reason.clone()) {
+            tracing::warn!(key = %self.args.key, token = self.args.token, %reason, "lease lost");
+        }
+        From::from(reason.to_string())
+    }
+}
+
+impl Actor for Renewer {
+    type Msg = Tick;
+    type State = RenewerState;
+    type Arguments = RenewerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Tick>,
+        args: RenewerArgs,
+    ) -> Result<RenewerState, ActorProcessingErr> {
+        let mut state = RenewerState {
+            args,
+            timer: TimerGuard(None),
+        };
+        let interval = state.interval();
+        state.schedule(&myself, interval);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Tick>,
+        _tick: Tick,
+        state: &mut RenewerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let start = Instant::now();
+        if start >= state.args.deadline {
+            return Err(state.lose(LossCause::DeadlineExceeded));
+        }
+        let a = &state.args;
+        let renewal = a.backend.renew(&a.key, a.token, a.ttl);
+        match tokio::time::timeout_at(a.deadline, renewal).await {
+            Ok(Ok(RenewOutcome::Renewed)) => {
+                state.args.deadline = start + state.args.ttl - state.args.margin;
+                tracing::trace!(key = %state.args.key, token = state.args.token, "lease renewed");
+                let interval = state.interval();
+                state.schedule(&myself, interval);
+                Ok(())
+            }
+            Ok(Ok(RenewOutcome::Revoked)) => {
+                if state.args.ctx.cancel(CancelReason::Revoked) {
+                    tracing::info!(key = %state.args.key, token = state.args.token, "lease revoked");
+                }
+                myself.stop(Some("revoked".into()));
+                Ok(())
+            }
+            Ok(Ok(RenewOutcome::Lost)) => Err(state.lose(LossCause::RenewalRefused)),
+            Ok(Err(error)) => {
+                tracing::warn!(key = %state.args.key, token = state.args.token, %error,
+                    "lease renewal failed; retrying until the local deadline");
+                let retry = state.retry();
+                state.schedule(&myself, retry);
+                Ok(())
+            }
+            Err(_elapsed) => Err(state.lose(LossCause::DeadlineExceeded)),
+        }
+    }
+}

@@ -1,0 +1,649 @@
+//! The supervisor actor: the single owner of the lease table.
+//!
+//! Every request that changes who holds what goes through its mailbox, so its state
+//! needs no locks. It never awaits backend I/O in a handler (except during shutdown):
+//! acquire attempts, releases and revocations run in tasks of their own and report
+//! back by message, so a slow database cannot delay another key's acquire or release.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::time::Instant;
+
+use super::renewer::{Renewer, RenewerArgs, Tick};
+use super::Config;
+use crate::backend::{AcquireOutcome, Backend};
+use crate::error::{BackendError, BackendErrorKind, LeaseError};
+use crate::key::Key;
+use crate::lease::{CancelReason, ContextSender, Lease, LeaseContext, LeaseOwner, LossCause};
+use crate::leaser::AcquireOptions;
+
+/// The reply to an acquire: the lease and its context, or why not.
+pub type AcquireReply = Result<(Lease, LeaseContext), LeaseError>;
+
+/// A message to the lease manager's supervisor actor.
+///
+/// Actors that talk to the manager directly build these with the constructors below
+/// and send them with `ractor::call!`, for example
+/// `ractor::call!(manager_ref, ManagerMessage::acquire, key, options)`.
+pub struct ManagerMessage(pub(crate) Msg);
+
+impl std::fmt::Debug for ManagerMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match &self.0 {
+            Msg::Acquire { .. } => "Acquire",
+            Msg::Attempted { .. } => "Attempted",
+            Msg::Release { .. } => "Release",
+            Msg::Revoke { .. } => "Revoke",
+            Msg::WaitExpired { .. } => "WaitExpired",
+            Msg::Shutdown { .. } => "Shutdown",
+        };
+        write!(f, "ManagerMessage::{name}")
+    }
+}
+
+impl ManagerMessage {
+    /// Acquire `key` with `options`; the reply carries the lease and its context.
+    pub fn acquire(
+        key: Key,
+        options: AcquireOptions,
+        reply: RpcReplyPort<AcquireReply>,
+    ) -> ManagerMessage {
+        ManagerMessage(Msg::Acquire {
+            key,
+            options,
+            reply,
+        })
+    }
+
+    /// Revoke whoever holds `key`; the reply says whether anyone did.
+    pub fn revoke(key: Key, reply: RpcReplyPort<Result<bool, LeaseError>>) -> ManagerMessage {
+        ManagerMessage(Msg::Revoke { key, reply })
+    }
+
+    /// Shut the manager down: every context ends with [`CancelReason::Shutdown`], every
+    /// lease is released, and the actor stops before the reply.
+    pub fn shutdown(reply: RpcReplyPort<()>) -> ManagerMessage {
+        ManagerMessage(Msg::Shutdown { reply: Some(reply) })
+    }
+}
+
+pub(crate) enum Msg {
+    Acquire {
+        key: Key,
+        options: AcquireOptions,
+        reply: RpcReplyPort<AcquireReply>,
+    },
+    /// An acquire attempt (run in a task) finished.
+    Attempted {
+        key: Key,
+        waiter: Waiter,
+        outcome: Attempt,
+    },
+    Release {
+        key: Key,
+        token: u64,
+        reply: Option<RpcReplyPort<Result<(), LeaseError>>>,
+    },
+    Revoke {
+        key: Key,
+        reply: RpcReplyPort<Result<bool, LeaseError>>,
+    },
+    /// A queued waiter's wait ran out.
+    WaitExpired {
+        key: Key,
+        waiter: u64,
+    },
+    Shutdown {
+        reply: Option<RpcReplyPort<()>>,
+    },
+}
+
+/// The result of one acquire attempt (which may have waited).
+pub(crate) enum Attempt {
+    Granted { token: u64, started: Instant },
+    Conflict,
+    Failed(BackendError),
+}
+
+/// A caller waiting for an acquire answer.
+pub(crate) struct Waiter {
+    id: u64,
+    options: AcquireOptions,
+    reply: RpcReplyPort<AcquireReply>,
+    /// When to give up waiting for a held key; `None` means do not wait.
+    until: Option<Instant>,
+}
+
+struct Holder {
+    token: u64,
+    ctx: ContextSender,
+    renewer: ActorRef<Tick>,
+}
+
+/// Everything the manager knows about one key it holds, acquires or waits for.
+#[derive(Default)]
+struct Slot {
+    holder: Option<Holder>,
+    /// An acquire attempt is running in a task.
+    busy: bool,
+    /// Callers waiting for the key, first come first served.
+    waiters: VecDeque<Waiter>,
+}
+
+impl Slot {
+    fn is_idle(&self) -> bool {
+        self.holder.is_none() && !self.busy && self.waiters.is_empty()
+    }
+}
+
+/// The supervisor actor.
+pub(crate) struct Supervisor;
+
+pub(crate) struct SupervisorArgs {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) config: Config,
+}
+
+pub(crate) struct SupervisorState {
+    backend: Arc<dyn Backend>,
+    config: Config,
+    owner: Arc<dyn LeaseOwner>,
+    slots: HashMap<Key, Slot>,
+    /// Which key each live renewal actor renews.
+    renewers: HashMap<ActorId, Key>,
+    next_waiter: u64,
+    stopping: bool,
+}
+
+/// How a [`Lease`] handle reaches the supervisor that granted it.
+struct ManagerOwner {
+    actor: ActorRef<ManagerMessage>,
+}
+
+#[async_trait]
+impl LeaseOwner for ManagerOwner {
+    async fn release(&self, key: &Key, token: u64) -> Result<(), LeaseError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = Msg::Release {
+            key: key.clone(),
+            token,
+            reply: Some(tx.into()),
+        };
+        self.actor
+            .send_message(ManagerMessage(msg))
+            .map_err(|_| LeaseError::ManagerStopped)?;
+        rx.await.map_err(|_| LeaseError::ManagerStopped)?
+    }
+
+    fn release_on_drop(&self, key: Key, token: u64) {
+        // After shutdown every lease was already released; nothing is left to do.
+        let _ = self.actor.send_message(ManagerMessage(Msg::Release {
+            key,
+            token,
+            reply: None,
+        }));
+    }
+}
+
+/// Runs one acquire attempt, waiting (without polling) for the key to be freed or to
+/// expire while `until` allows.
+async fn attempt(
+    backend: Arc<dyn Backend>,
+    key: &Key,
+    options: &AcquireOptions,
+    until: Option<Instant>,
+) -> Attempt {
+    // Subscribe before the first try, so that a release between a `Held` answer and
+    // the wait is not missed.
+    let mut frees = match until {
+        Some(_) => backend.subscribe_frees(),
+        None => crate::backend::KeyFrees::none(),
+    };
+    loop {
+        let started = Instant::now();
+        match backend.acquire(key, options.ttl, &options.metadata).await {
+            Ok(AcquireOutcome::Granted { token }) => return Attempt::Granted { token, started },
+            Ok(AcquireOutcome::Held { expires_in }) => {
+                let Some(until) = until else {
+                    return Attempt::Conflict;
+                };
+                let now = Instant::now();
+                if now >= until {
+                    return Attempt::Conflict;
+                }
+                frees.wait_for(key, expires_in.min(until - now)).await;
+            }
+            Err(e) => return Attempt::Failed(e),
+        }
+    }
+}
+
+fn stopped_reply<T>(reply: RpcReplyPort<Result<T, LeaseError>>) {
+    let _ = reply.send(Err(LeaseError::ManagerStopped));
+}
+
+impl SupervisorState {
+    fn slot(&mut self, key: &Key) -> &mut Slot {
+        self.slots.entry(key.clone()).or_default()
+    }
+
+    /// Drops the slot of `key` if nothing refers to it any more.
+    fn tidy(&mut self, key: &Key) {
+        if self.slots.get(key).is_some_and(Slot::is_idle) {
+            self.slots.remove(key);
+        }
+    }
+
+    fn on_acquire(
+        &mut self,
+        myself: &ActorRef<ManagerMessage>,
+        key: Key,
+        options: AcquireOptions,
+        reply: RpcReplyPort<AcquireReply>,
+    ) {
+        if self.stopping {
+            return stopped_reply(reply);
+        }
+        if let Err(e) = options.validate(&key, self.config.min_ttl) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let now = Instant::now();
+        // A wait too long for the clock is a wait without end, in practice.
+        let until = options
+            .wait
+            .map(|w| now.checked_add(w).unwrap_or(now + Duration::from_secs(1 << 32)));
+        self.next_waiter += 1;
+        let waiter = Waiter {
+            id: self.next_waiter,
+            options,
+            reply,
+            until,
+        };
+        let slot = self.slot(&key);
+        if slot.holder.is_some() || slot.busy || !slot.waiters.is_empty() {
+            // Taken (by us, or being taken, or promised to earlier waiters).
+            match until {
+                Some(until) => {
+                    let id = waiter.id;
+                    slot.waiters.push_back(waiter);
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(until).await;
+                        let _ = me.send_message(ManagerMessage(Msg::WaitExpired {
+                            key,
+                            waiter: id,
+                        }));
+                    });
+                }
+                None => {
+                    let _ = waiter.reply.send(Err(LeaseError::Conflict));
+                }
+            }
+            return;
+        }
+        self.start_attempt(myself, key, waiter);
+    }
+
+    fn start_attempt(&mut self, myself: &ActorRef<ManagerMessage>, key: Key, waiter: Waiter) {
+        self.slot(&key).busy = true;
+        let backend = self.backend.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let outcome = attempt(backend.clone(), &key, &waiter.options, waiter.until).await;
+            let granted = match outcome {
+                Attempt::Granted { token, .. } => Some(token),
+                _ => None,
+            };
+            let msg = Msg::Attempted {
+                key: key.clone(),
+                waiter,
+                outcome,
+            };
+            if me.send_message(ManagerMessage(msg)).is_err() {
+                // The manager stopped meanwhile: give back what nobody will hold.
+                if let Some(token) = granted {
+                    let _ = backend.release(&key, token).await;
+                }
+            }
+        });
+    }
+
+    /// Starts the next waiter's attempt if the key is free of local claims.
+    fn serve_next(&mut self, myself: &ActorRef<ManagerMessage>, key: &Key) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if slot.holder.is_none() && !slot.busy && !self.stopping {
+            // Skip waiters whose callers have gone away.
+            while let Some(w) = slot.waiters.pop_front() {
+                if !w.reply.is_closed() {
+                    self.start_attempt(myself, key.clone(), w);
+                    return;
+                }
+            }
+        }
+        self.tidy(key);
+    }
+
+    async fn on_attempted(
+        &mut self,
+        myself: &ActorRef<ManagerMessage>,
+        key: Key,
+        waiter: Waiter,
+        outcome: Attempt,
+    ) {
+        self.slot(&key).busy = false;
+        match outcome {
+            Attempt::Granted { token, started } => {
+                self.on_granted(myself, &key, waiter, token, started).await
+            }
+            Attempt::Conflict => {
+                let _ = waiter.reply.send(Err(LeaseError::Conflict));
+            }
+            Attempt::Failed(e) => {
+                tracing::warn!(%key, error = %e, "lease acquire failed");
+                let _ = waiter.reply.send(Err(LeaseError::Backend(e)));
+            }
+        }
+        self.serve_next(myself, &key);
+    }
+
+    async fn on_granted(
+        &mut self,
+        myself: &ActorRef<ManagerMessage>,
+        key: &Key,
+        waiter: Waiter,
+        token: u64,
+        started: Instant,
+    ) {
+        let ttl = waiter.options.ttl;
+        let margin = self.config.margin(ttl);
+        let deadline = started + ttl - margin;
+        let refuse = if self.stopping {
+            Some(LeaseError::ManagerStopped)
+        } else if Instant::now() >= deadline {
+            Some(LeaseError::Backend(BackendError::new(
+                BackendErrorKind::Timeout,
+                "the acquire was confirmed too late to hold the lease safely",
+            )))
+        } else if waiter.reply.is_closed() {
+            Some(LeaseError::Conflict)
+        } else {
+            None
+        };
+        if let Some(error) = refuse {
+            self.release_in_background(key.clone(), token, None);
+            let _ = waiter.reply.send(Err(error));
+            return;
+        }
+        let (ctx_tx, ctx) = LeaseContext::new(token);
+        let args = RenewerArgs {
+            backend: self.backend.clone(),
+            key: key.clone(),
+            token,
+            ttl,
+            margin,
+            ctx: ctx_tx.clone(),
+            deadline,
+        };
+        let renewer = match Actor::spawn_linked(None, Renewer, args, myself.get_cell()).await {
+            Ok((renewer, _join)) => renewer,
+            Err(e) => {
+                self.release_in_background(key.clone(), token, None);
+                let _ = waiter.reply.send(Err(LeaseError::Backend(BackendError::new(
+                    BackendErrorKind::Failed,
+                    format!("could not start the renewal actor: {e}"),
+                ))));
+                return;
+            }
+        };
+        self.renewers.insert(renewer.get_id(), key.clone());
+        self.slot(key).holder = Some(Holder {
+            token,
+            ctx: ctx_tx,
+            renewer,
+        });
+        tracing::info!(%key, token, ?ttl, "lease acquired");
+        let lease = Lease::new(key.clone(), token, self.owner.clone());
+        // If the caller went away, the lease comes back to us here and its drop
+        // releases it through our own mailbox.
+        let _ = waiter.reply.send(Ok((lease, ctx)));
+    }
+
+    /// Ends the local holder of `key` (if its token matches, or any holder when `token`
+    /// is `None`) with `reason`; returns the token it held.
+    fn end_holder(&mut self, key: &Key, token: Option<u64>, reason: CancelReason) -> Option<u64> {
+        let slot = self.slots.get_mut(key)?;
+        if token.is_some_and(|t| slot.holder.as_ref().map(|h| h.token) != Some(t)) {
+            return None;
+        }
+        let holder = slot.holder.take()?;
+        if holder.ctx.cancel(reason.clone()) {
+            tracing::debug!(%key, token = holder.token, %reason, "lease ended");
+        }
+        self.renewers.remove(&holder.renewer.get_id());
+        // Kill rather than stop: a renewer blocked on a slow backend must not keep
+        // renewing a lease its holder has given up.
+        holder.renewer.kill();
+        Some(holder.token)
+    }
+
+    fn release_in_background(
+        &self,
+        key: Key,
+        token: u64,
+        reply: Option<RpcReplyPort<Result<(), LeaseError>>>,
+    ) {
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            let result = match backend.release(&key, token).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(LeaseError::NotHeld),
+                Err(e) => {
+                    tracing::warn!(%key, token, error = %e, "lease release failed");
+                    Err(LeaseError::Backend(e))
+                }
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        });
+    }
+
+    fn on_release(
+        &mut self,
+        myself: &ActorRef<ManagerMessage>,
+        key: Key,
+        token: u64,
+        reply: Option<RpcReplyPort<Result<(), LeaseError>>>,
+    ) {
+        match self.end_holder(&key, Some(token), CancelReason::Released) {
+            Some(token) => {
+                self.release_in_background(key.clone(), token, reply);
+                self.serve_next(myself, &key);
+            }
+            None => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(LeaseError::NotHeld));
+                }
+            }
+        }
+    }
+
+    fn on_revoke(
+        &mut self,
+        myself: &ActorRef<ManagerMessage>,
+        key: Key,
+        reply: RpcReplyPort<Result<bool, LeaseError>>,
+    ) {
+        if self.stopping {
+            return stopped_reply(reply);
+        }
+        // Our own holder is told first, so the key is never free while it still acts.
+        let local = self.end_holder(&key, None, CancelReason::Revoked);
+        let backend = self.backend.clone();
+        let key2 = key.clone();
+        tokio::spawn(async move {
+            let result = match backend.revoke(&key2).await {
+                Ok(Some(token)) => {
+                    if local == Some(token) {
+                        let _ = backend.release(&key2, token).await;
+                    }
+                    tracing::info!(key = %key2, token, "lease revoked");
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(LeaseError::Backend(e)),
+            };
+            let _ = reply.send(result);
+        });
+        if local.is_some() {
+            self.serve_next(myself, &key);
+        }
+    }
+
+    fn on_wait_expired(&mut self, key: Key, waiter: u64) {
+        let Some(slot) = self.slots.get_mut(&key) else {
+            return;
+        };
+        if let Some(pos) = slot.waiters.iter().position(|w| w.id == waiter) {
+            if let Some(w) = slot.waiters.remove(pos) {
+                let _ = w.reply.send(Err(LeaseError::Conflict));
+            }
+        }
+        self.tidy(&key);
+    }
+
+    fn on_renewer_exit(&mut self, myself: &ActorRef<ManagerMessage>, id: ActorId, why: String) {
+        let Some(key) = self.renewers.remove(&id) else {
+            return; // a renewer we already ended
+        };
+        let reason = CancelReason::Lost(LossCause::RenewerFailed(why));
+        if let Some(token) = self.end_holder(&key, None, reason) {
+            // Free the key early if the backend still has it (compare-and-set on the
+            // token, so this never touches a newer holder).
+            self.release_in_background(key.clone(), token, None);
+        }
+        self.serve_next(myself, &key);
+    }
+
+    async fn on_shutdown(&mut self) {
+        self.stopping = true;
+        let mut held = Vec::new();
+        let keys: Vec<Key> = self.slots.keys().cloned().collect();
+        for key in keys {
+            if let Some(token) = self.end_holder(&key, None, CancelReason::Shutdown) {
+                held.push((key.clone(), token));
+            }
+            if let Some(slot) = self.slots.get_mut(&key) {
+                for w in slot.waiters.drain(..) {
+                    stopped_reply(w.reply);
+                }
+            }
+        }
+        // Give the keys back so that others need not wait for the TTLs; bounded, since
+        // the backend may be down.
+        let backend = self.backend.clone();
+        let releases = held.into_iter().map(|(key, token)| {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.release(&key, token).await })
+        });
+        let all = futures_join_all(releases.collect());
+        if tokio::time::timeout(self.config.shutdown_timeout, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("lease manager shutdown: some releases did not finish in time");
+        }
+        tracing::info!("lease manager stopped");
+    }
+}
+
+/// Awaits every handle (a tiny join_all, to avoid a dependency on `futures`).
+async fn futures_join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = ManagerMessage;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ManagerMessage>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            backend: args.backend,
+            config: args.config,
+            owner: Arc::new(ManagerOwner { actor: myself }),
+            slots: HashMap::new(),
+            renewers: HashMap::new(),
+            next_waiter: 0,
+            stopping: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ManagerMessage>,
+        ManagerMessage(msg): ManagerMessage,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            Msg::Acquire {
+                key,
+                options,
+                reply,
+            } => state.on_acquire(&myself, key, options, reply),
+            Msg::Attempted {
+                key,
+                waiter,
+                outcome,
+            } => state.on_attempted(&myself, key, waiter, outcome).await,
+            Msg::Release { key, token, reply } => state.on_release(&myself, key, token, reply),
+            Msg::Revoke { key, reply } => state.on_revoke(&myself, key, reply),
+            Msg::WaitExpired { key, waiter } => state.on_wait_expired(key, waiter),
+            Msg::Shutdown { reply } => {
+                if !state.stopping {
+                    state.on_shutdown().await;
+                }
+                myself.stop(Some("shutdown".into()));
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ManagerMessage>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Never stop because a child did (ractor's default): a renewer's end is one
+        // lease's end.
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                state.on_renewer_exit(&myself, cell.get_id(), error.to_string())
+            }
+            SupervisionEvent::ActorTerminated(cell, _, why) => state.on_renewer_exit(
+                &myself,
+                cell.get_id(),
+                why.unwrap_or_else(|| "stopped".into()),
+            ),
+            _ => {}
+        }
+        Ok(())
+    }
+}
