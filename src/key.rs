@@ -265,7 +265,10 @@ fn unescape_segment(raw: &str, offset: usize, index: usize) -> Result<String, Ke
         } else {
             if must_escape(b) {
                 // Report the whole character when the raw byte starts a multi-byte one.
-                let byte = raw[i..].chars().next().unwrap_or(char::REPLACEMENT_CHARACTER);
+                let byte = raw[i..]
+                    .chars()
+                    .next()
+                    .unwrap_or(char::REPLACEMENT_CHARACTER);
                 return Err(KeyError::NonCanonical {
                     offset: offset + i,
                     byte,
@@ -356,10 +359,7 @@ mod tests {
     fn parses_keys_written_by_ftl() {
         // Strings as FTL's Go code writes them with leases.SystemKey / ModuleKey.
         let cases: &[(&str, Key)] = &[
-            (
-                "/system/cron/echo.Cron",
-                Key::system(["cron", "echo.Cron"]),
-            ),
+            ("/system/cron/echo.Cron", Key::system(["cron", "echo.Cron"])),
             (
                 "/module/echo/pubsub/sub%2Fone",
                 Key::module("echo", ["pubsub", "sub/one"]),
@@ -428,7 +428,11 @@ mod tests {
             })
         );
         // Every error renders as a readable message.
-        for e in [MissingLeadingSlash, MissingModuleName, BadEscape { offset: 3 }] {
+        for e in [
+            MissingLeadingSlash,
+            MissingModuleName,
+            BadEscape { offset: 3 },
+        ] {
             assert!(!e.to_string().is_empty());
         }
     }

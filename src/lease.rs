@@ -85,6 +85,11 @@ impl ContextSender {
             }
         })
     }
+
+    /// The reason the context ended with, if it has.
+    pub(crate) fn reason(&self) -> Option<CancelReason> {
+        self.0.borrow().clone()
+    }
 }
 
 /// A holder's view of its lease: cancelled when the lease ends, with a reason.

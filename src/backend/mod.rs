@@ -71,8 +71,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Extends the lease `(key, token)` by `ttl` from now, if it is still held and has not
     /// expired. Never revives an expired lease.
-    async fn renew(&self, key: &Key, token: u64, ttl: Duration)
-        -> Result<RenewOutcome, BackendError>;
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<RenewOutcome, BackendError>;
 
     /// Deletes the lease `(key, token)` if it is still that lease; `Ok(false)` if it was
     /// already gone. Frees the key for others.

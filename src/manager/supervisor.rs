@@ -254,9 +254,10 @@ impl SupervisorState {
         }
         let now = Instant::now();
         // A wait too long for the clock is a wait without end, in practice.
-        let until = options
-            .wait
-            .map(|w| now.checked_add(w).unwrap_or(now + Duration::from_secs(1 << 32)));
+        let until = options.wait.map(|w| {
+            now.checked_add(w)
+                .unwrap_or(now + Duration::from_secs(1 << 32))
+        });
         self.next_waiter += 1;
         let waiter = Waiter {
             id: self.next_waiter,
@@ -274,10 +275,8 @@ impl SupervisorState {
                     let me = myself.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep_until(until).await;
-                        let _ = me.send_message(ManagerMessage(Msg::WaitExpired {
-                            key,
-                            waiter: id,
-                        }));
+                        let _ =
+                            me.send_message(ManagerMessage(Msg::WaitExpired { key, waiter: id }));
                     });
                 }
                 None => {
@@ -523,11 +522,21 @@ impl SupervisorState {
         let Some(key) = self.renewers.remove(&id) else {
             return; // a renewer we already ended
         };
+        let revoked = self
+            .slots
+            .get(&key)
+            .and_then(|s| s.holder.as_ref())
+            .map(|h| h.ctx.reason())
+            == Some(Some(CancelReason::Revoked));
         let reason = CancelReason::Lost(LossCause::RenewerFailed(why));
         if let Some(token) = self.end_holder(&key, None, reason) {
-            // Free the key early if the backend still has it (compare-and-set on the
-            // token, so this never touches a newer holder).
-            self.release_in_background(key.clone(), token, None);
+            if revoked {
+                // The holder has been told and the revoker wants the key free: give it
+                // back now (compare-and-set on the token, never touching a newer holder).
+                self.release_in_background(key.clone(), token, None);
+            }
+            // A lost lease is left to expire on the backend, so the safety margin
+            // between the holder being told and a takeover is kept.
         }
         self.serve_next(myself, &key);
     }

@@ -1,0 +1,542 @@
+//! The conformance suite: written once against `Arc<dyn Leaser>` plus the manager's
+//! admin calls, and run against every backend (see `memory.rs`, `postgres.rs`).
+//!
+//! Each case takes an [`Env`] that makes managers sharing one backend. Cases sleep with
+//! `tokio::time::sleep`, so they run instantly on paused time (memory backend) and in
+//! real time against a database.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leases::backend::{FaultyBackend, RenewFault};
+use leases::{
+    AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser, LossCause, MAX_KEY_LEN,
+    MAX_METADATA_LEN,
+};
+
+/// What the suite needs from a backend under test.
+#[async_trait]
+pub trait Env: Send + Sync {
+    /// A new manager on the shared backend.
+    async fn manager(&self) -> LeaseManager;
+    /// A new manager whose backend (the shared one, wrapped) injects faults.
+    async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>);
+    /// A TTL the managers accept (their minimum).
+    fn ttl(&self) -> Duration;
+    /// A key unique to this test run.
+    fn key(&self, name: &str) -> Key;
+}
+
+fn leaser(m: &LeaseManager) -> Arc<dyn Leaser> {
+    Arc::new(m.clone())
+}
+
+/// Sleeps `n` TTLs.
+async fn ttls(env: &dyn Env, n: f64) {
+    tokio::time::sleep(env.ttl().mul_f64(n)).await;
+}
+
+pub async fn conflict(env: &dyn Env) {
+    let m = env.manager().await;
+    let other = env.manager().await;
+    let key = env.key("conflict");
+    let (lease, ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    assert_eq!(lease.key(), &key);
+    for l in [leaser(&m), leaser(&other)] {
+        let err = l.acquire_lease(key.clone(), env.ttl()).await.unwrap_err();
+        assert!(matches!(err, LeaseError::Conflict), "{err:?}");
+        assert_eq!(err.to_string(), "lease already held");
+    }
+    // Held across several renewals.
+    ttls(env, 2.5).await;
+    assert!(!ctx.is_cancelled(), "{:?}", ctx.reason());
+    assert!(matches!(
+        leaser(&other).acquire_lease(key.clone(), env.ttl()).await,
+        Err(LeaseError::Conflict)
+    ));
+    lease.release().await.unwrap();
+    m.shutdown().await;
+    other.shutdown().await;
+}
+
+pub async fn release_and_reacquire(env: &dyn Env) {
+    let m = env.manager().await;
+    let other = env.manager().await;
+    let key = env.key("release");
+    let (lease, ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    let t1 = lease.token();
+    assert_eq!(ctx.token(), t1);
+    lease.release().await.unwrap();
+    assert_eq!(ctx.reason(), Some(CancelReason::Released));
+    assert_eq!(ctx.cancelled().await, CancelReason::Released);
+    // Free at once, for this manager and for another.
+    let (lease, _ctx) = leaser(&other)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    assert!(lease.token() > t1);
+    lease.release().await.unwrap();
+    let (lease, _ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    lease.release().await.unwrap();
+    m.shutdown().await;
+    other.shutdown().await;
+}
+
+pub async fn tokens_grow(env: &dyn Env) {
+    let managers = [env.manager().await, env.manager().await];
+    let key = env.key("tokens");
+    let mut last = 0;
+    for i in 0..10 {
+        let (lease, _) = leaser(&managers[i % 2])
+            .acquire_lease(key.clone(), env.ttl())
+            .await
+            .unwrap();
+        assert!(lease.token() > last, "{} after {last}", lease.token());
+        last = lease.token();
+        if i % 3 == 0 {
+            drop(lease);
+            // Dropping releases in the background; wait for the key.
+            let opts = AcquireOptions::new(env.ttl()).wait(env.ttl() * 2);
+            let (lease, _) = leaser(&managers[i % 2])
+                .acquire_lease_with(key.clone(), opts)
+                .await
+                .unwrap();
+            assert!(lease.token() > last);
+            last = lease.token();
+            lease.release().await.unwrap();
+        } else {
+            lease.release().await.unwrap();
+        }
+    }
+    for m in managers {
+        m.shutdown().await;
+    }
+}
+
+pub async fn revoke(env: &dyn Env) {
+    let m = env.manager().await;
+    let key = env.key("revoke");
+    assert!(!m.revoke(&key).await.unwrap(), "nothing to revoke yet");
+    let (lease, ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    assert!(m.revoke(&key).await.unwrap());
+    assert_eq!(ctx.reason(), Some(CancelReason::Revoked));
+    // A locally held key is free once revoke returns.
+    let (new, _) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    assert!(new.token() > lease.token());
+    // Stale release after revoke: an error, and the newer holder is untouched.
+    assert!(matches!(lease.release().await, Err(LeaseError::NotHeld)));
+    let info = m.lease_info(&key).await.unwrap().unwrap();
+    assert_eq!(info.token, new.token());
+    new.release().await.unwrap();
+    m.shutdown().await;
+}
+
+pub async fn revoke_from_another_manager(env: &dyn Env) {
+    let holder = env.manager().await;
+    let operator = env.manager().await;
+    let key = env.key("revoke-remote");
+    let (lease, ctx) = leaser(&holder)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    assert!(operator.revoke(&key).await.unwrap());
+    // The key is not handed out while the holder may still act...
+    if !ctx.is_cancelled() {
+        assert!(matches!(
+            leaser(&operator)
+                .acquire_lease(key.clone(), env.ttl())
+                .await,
+            Err(LeaseError::Conflict)
+        ));
+    }
+    // ...the holder learns at its next renewal...
+    assert_eq!(ctx.cancelled().await, CancelReason::Revoked);
+    // ...and then the key is free for others.
+    let opts = AcquireOptions::new(env.ttl()).wait(env.ttl() * 2);
+    let (new, _) = leaser(&operator)
+        .acquire_lease_with(key.clone(), opts)
+        .await
+        .unwrap();
+    assert!(new.token() > lease.token());
+    assert!(matches!(lease.release().await, Err(LeaseError::NotHeld)));
+    assert_eq!(
+        operator.lease_info(&key).await.unwrap().unwrap().token,
+        new.token()
+    );
+    new.release().await.unwrap();
+    holder.shutdown().await;
+    operator.shutdown().await;
+}
+
+pub async fn drop_releases(env: &dyn Env) {
+    let m = env.manager().await;
+    let key = env.key("drop");
+    let (lease, ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    drop(lease);
+    assert_eq!(ctx.cancelled().await, CancelReason::Released);
+    // Well before the TTL could have run out, the key is free.
+    let opts = AcquireOptions::new(env.ttl()).wait(env.ttl() / 2);
+    let (lease, _) = leaser(&m).acquire_lease_with(key, opts).await.unwrap();
+    lease.release().await.unwrap();
+    m.shutdown().await;
+}
+
+pub async fn wait_for_release(env: &dyn Env) {
+    let m = env.manager().await;
+    let other = env.manager().await;
+    let key = env.key("wait");
+    let (lease, _) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    let l = leaser(&other);
+    let k = key.clone();
+    let ttl = env.ttl();
+    let waiter = tokio::spawn(async move {
+        l.acquire_lease_with(k, AcquireOptions::new(ttl).wait(ttl * 4))
+            .await
+    });
+    ttls(env, 1.5).await;
+    assert!(!waiter.is_finished());
+    let released_at = tokio::time::Instant::now();
+    lease.release().await.unwrap();
+    let (got, ctx) = waiter.await.unwrap().unwrap();
+    // Woken by the release, not by a poll or the timeout.
+    assert!(
+        released_at.elapsed() < env.ttl() / 2,
+        "{:?}",
+        released_at.elapsed()
+    );
+    assert!(got.token() > 0 && !ctx.is_cancelled());
+    got.release().await.unwrap();
+    m.shutdown().await;
+    other.shutdown().await;
+}
+
+pub async fn wait_times_out(env: &dyn Env) {
+    let m = env.manager().await;
+    let key = env.key("wait-timeout");
+    let (lease, _) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let opts = AcquireOptions::new(env.ttl()).wait(env.ttl());
+    let err = leaser(&m)
+        .acquire_lease_with(key.clone(), opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LeaseError::Conflict), "{err:?}");
+    assert!(started.elapsed() >= env.ttl());
+    lease.release().await.unwrap();
+    m.shutdown().await;
+}
+
+pub async fn waiters_first_come_first_served(env: &dyn Env) {
+    let m = env.manager().await;
+    let key = env.key("fifo");
+    let (lease, _) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..4 {
+        let l = leaser(&m);
+        let k = key.clone();
+        let ttl = env.ttl();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (lease, _) = l
+                .acquire_lease_with(k, AcquireOptions::new(ttl).wait(ttl * 20))
+                .await
+                .unwrap();
+            tx.send(i).unwrap();
+            lease.release().await.unwrap();
+        });
+        // Queue them in a known order.
+        tokio::time::sleep(env.ttl() / 10).await;
+    }
+    lease.release().await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        order.push(rx.recv().await.unwrap());
+    }
+    assert_eq!(order, [0, 1, 2, 3]);
+    m.shutdown().await;
+}
+
+pub async fn expiry_and_takeover(env: &dyn Env) {
+    let (m, faults) = env.faulty_manager().await;
+    let other = env.manager().await;
+    let key = env.key("takeover");
+    let (lease, ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    let watcher = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let reason = ctx.cancelled().await;
+            (reason, tokio::time::Instant::now())
+        })
+    };
+    faults.fail_renewals(&key, RenewFault::Stall);
+    let opts = AcquireOptions::new(env.ttl()).wait(env.ttl() * 4);
+    let (new, _) = leaser(&other)
+        .acquire_lease_with(key.clone(), opts)
+        .await
+        .unwrap();
+    let taken_at = tokio::time::Instant::now();
+    assert!(new.token() > lease.token());
+    // The old holder was told first, at its local deadline.
+    let (reason, lost_at) = watcher.await.unwrap();
+    assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
+    assert!(
+        lost_at < taken_at,
+        "told at {lost_at:?}, taken over at {taken_at:?}"
+    );
+    assert!(matches!(lease.release().await, Err(LeaseError::NotHeld)));
+    new.release().await.unwrap();
+    m.shutdown().await;
+    other.shutdown().await;
+}
+
+pub async fn shutdown_ends_everything(env: &dyn Env) {
+    let m = env.manager().await;
+    let other = env.manager().await;
+    let keys: Vec<Key> = (0..5).map(|i| env.key(&format!("shutdown-{i}"))).collect();
+    let mut held = Vec::new();
+    for k in &keys {
+        held.push(
+            leaser(&m)
+                .acquire_lease(k.clone(), env.ttl())
+                .await
+                .unwrap(),
+        );
+    }
+    let l = leaser(&m);
+    let k0 = keys[0].clone();
+    let ttl = env.ttl();
+    let waiter = tokio::spawn(async move {
+        l.acquire_lease_with(k0, AcquireOptions::new(ttl).wait(ttl * 10))
+            .await
+    });
+    tokio::time::sleep(env.ttl() / 10).await;
+    m.shutdown().await;
+    assert!(!m.is_running());
+    for (_, ctx) in &held {
+        assert_eq!(ctx.reason(), Some(CancelReason::Shutdown));
+    }
+    assert!(matches!(
+        waiter.await.unwrap(),
+        Err(LeaseError::ManagerStopped)
+    ));
+    assert!(matches!(
+        leaser(&m).acquire_lease(keys[1].clone(), env.ttl()).await,
+        Err(LeaseError::ManagerStopped)
+    ));
+    assert!(matches!(
+        m.revoke(&keys[1]).await,
+        Err(LeaseError::ManagerStopped)
+    ));
+    assert!(matches!(
+        m.lease_info(&keys[1]).await,
+        Err(LeaseError::ManagerStopped)
+    ));
+    // Shutdown released the keys: another manager gets them at once.
+    for k in &keys {
+        let (l, _) = leaser(&other)
+            .acquire_lease(k.clone(), env.ttl())
+            .await
+            .unwrap();
+        l.release().await.unwrap();
+    }
+    // Releasing after shutdown is an error, not a panic.
+    for (lease, _) in held {
+        assert!(matches!(
+            lease.release().await,
+            Err(LeaseError::ManagerStopped)
+        ));
+    }
+    m.shutdown().await; // twice is fine
+    other.shutdown().await;
+}
+
+pub async fn metadata_and_info(env: &dyn Env) {
+    let m = env.manager().await;
+    let key = env.key("metadata");
+    assert_eq!(m.lease_info(&key).await.unwrap(), None);
+    let meta = "host-1 'quoted' \"double\" \u{0} ünïcødé 🚀"
+        .as_bytes()
+        .to_vec();
+    let opts = AcquireOptions::new(env.ttl()).metadata(meta.clone());
+    let (lease, _) = leaser(&m)
+        .acquire_lease_with(key.clone(), opts)
+        .await
+        .unwrap();
+    let info = m.lease_info(&key).await.unwrap().unwrap();
+    assert_eq!(info.key, key);
+    assert_eq!(info.token, lease.token());
+    assert_eq!(info.metadata, meta);
+    assert_eq!(info.ttl, env.ttl());
+    assert!(info.expires_in <= env.ttl() && !info.expires_in.is_zero());
+    assert!(!info.revoked);
+    lease.release().await.unwrap();
+    assert_eq!(m.lease_info(&key).await.unwrap(), None);
+    m.shutdown().await;
+}
+
+pub async fn bad_input(env: &dyn Env) {
+    let m = env.manager().await;
+    let l = leaser(&m);
+    let key = env.key("bad-input");
+    let short = env.ttl() - Duration::from_millis(1);
+    assert!(matches!(
+        l.acquire_lease(key.clone(), short).await,
+        Err(LeaseError::TtlTooShort { ttl, min }) if ttl == short && min == env.ttl()
+    ));
+    assert!(matches!(
+        l.acquire_lease(key.clone(), Duration::MAX).await,
+        Err(LeaseError::TtlTooLong { .. })
+    ));
+    let big = AcquireOptions::new(env.ttl()).metadata(vec![0u8; MAX_METADATA_LEN + 1]);
+    assert!(matches!(
+        l.acquire_lease_with(key.clone(), big).await,
+        Err(LeaseError::MetadataTooLarge { .. })
+    ));
+    let long = Key::system(["x".repeat(MAX_KEY_LEN)]);
+    assert!(matches!(
+        l.acquire_lease(long.clone(), env.ttl()).await,
+        Err(LeaseError::InvalidKey(_))
+    ));
+    assert!(matches!(
+        m.lease_info(&long).await,
+        Err(LeaseError::InvalidKey(_))
+    ));
+    // Odd characters in keys are fine.
+    let odd = Key::system([
+        env.key("odd").to_string(),
+        "'; DROP TABLE leases; --".into(),
+        "\"\\%/\u{0}\u{202e}🚀".into(),
+    ]);
+    assert!(odd.check_len().is_ok());
+    let (lease, _) = l.acquire_lease(odd.clone(), env.ttl()).await.unwrap();
+    assert_eq!(
+        m.lease_info(&odd).await.unwrap().unwrap().token,
+        lease.token()
+    );
+    lease.release().await.unwrap();
+    m.shutdown().await;
+}
+
+pub async fn release_after_loss_is_not_held(env: &dyn Env) {
+    let (m, faults) = env.faulty_manager().await;
+    let key = env.key("lost-release");
+    let (lease, ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    faults.fail_renewals(&key, RenewFault::Refuse);
+    assert_eq!(
+        ctx.cancelled().await,
+        CancelReason::Lost(LossCause::RenewalRefused)
+    );
+    assert!(matches!(lease.release().await, Err(LeaseError::NotHeld)));
+    m.shutdown().await;
+}
+
+pub async fn race_for_one_key(env: &dyn Env) {
+    let managers = [env.manager().await, env.manager().await];
+    let key = env.key("race");
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let l = leaser(&managers[i % 2]);
+        let k = key.clone();
+        let ttl = env.ttl();
+        tasks.push(tokio::spawn(async move { l.acquire_lease(k, ttl).await }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(won) => winners.push(won),
+            Err(LeaseError::Conflict) => {}
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one of 100 racers wins");
+    for (lease, _) in winners {
+        lease.release().await.unwrap();
+    }
+    for m in managers {
+        m.shutdown().await;
+    }
+}
+
+pub async fn many_keys(env: &dyn Env) {
+    let m = env.manager().await;
+    let l = leaser(&m);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let l = l.clone();
+        let k = env.key(&format!("many/{i}"));
+        let ttl = env.ttl();
+        tasks.push(tokio::spawn(async move { l.acquire_lease(k, ttl).await }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap().unwrap());
+    }
+    let mut tokens: Vec<u64> = held.iter().map(|(l, _)| l.token()).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 200);
+    ttls(env, 2.0).await;
+    assert!(held.iter().all(|(_, ctx)| !ctx.is_cancelled()));
+    for (lease, ctx) in held {
+        lease.release().await.unwrap();
+        assert_eq!(ctx.reason(), Some(CancelReason::Released));
+    }
+    m.shutdown().await;
+}
+
+/// Generates one test per conformance case. `$make` is an async block that builds the
+/// `Env`; `$attr` the tokio test attribute.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr, #[$attr:meta]) => {
+        $crate::conformance_suite!(@cases $make, #[$attr],
+            conflict, release_and_reacquire, tokens_grow, revoke, revoke_from_another_manager,
+            drop_releases, wait_for_release, wait_times_out, waiters_first_come_first_served,
+            expiry_and_takeover, shutdown_ends_everything, metadata_and_info, bad_input,
+            release_after_loss_is_not_held, race_for_one_key, many_keys);
+    };
+    (@cases $make:expr, #[$attr:meta], $($case:ident),*) => {
+        $(
+            #[$attr]
+            async fn $case() {
+                let env = $make;
+                conformance::$case(&env).await;
+            }
+        )*
+    };
+}
