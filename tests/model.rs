@@ -71,17 +71,25 @@ enum Allowed {
 }
 
 fn permits(allowed: &[Allowed], reason: &CancelReason) -> bool {
-    allowed.iter().any(|a| match (a, reason) {
-        (Allowed::Released, CancelReason::Released) => true,
-        (Allowed::Revoked, CancelReason::Revoked) => true,
-        (Allowed::Shutdown, CancelReason::Shutdown) => true,
-        (
-            Allowed::Lost(Fault::Stall | Fault::Fail),
-            CancelReason::Lost(LossCause::DeadlineExceeded),
-        ) => true,
-        (Allowed::Lost(Fault::Refuse), CancelReason::Lost(LossCause::RenewalRefused)) => true,
-        (Allowed::Lost(Fault::Panic), CancelReason::Lost(LossCause::RenewerFailed(_))) => true,
-        _ => false,
+    allowed.iter().any(|a| {
+        matches!(
+            (a, reason),
+            (Allowed::Released, CancelReason::Released)
+                | (Allowed::Revoked, CancelReason::Revoked)
+                | (Allowed::Shutdown, CancelReason::Shutdown)
+                | (
+                    Allowed::Lost(Fault::Stall | Fault::Fail),
+                    CancelReason::Lost(LossCause::DeadlineExceeded)
+                )
+                | (
+                    Allowed::Lost(Fault::Refuse),
+                    CancelReason::Lost(LossCause::RenewalRefused)
+                )
+                | (
+                    Allowed::Lost(Fault::Panic),
+                    CancelReason::Lost(LossCause::RenewerFailed(_))
+                )
+        )
     })
 }
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every test, the main example, and a bounded
+# fuzz run of every fuzz target. CI runs exactly this (see .ci/run).
+#
+#   FUZZ_SECONDS=60   seconds per fuzz target (0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --all-targets --all-features -- -D warnings
+
+step "cargo test (all features)"
+cargo test --all-features
+
+step "main example: cargo run --example failover"
+cargo run --quiet --example failover
+
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    step "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
+  fi
+  for target in $(cd fuzz && cargo fuzz list); do
+    step "fuzz $target for ${FUZZ_SECONDS}s"
+    # -s none: no sanitizer, so that the stable toolchain can build it. A crash makes
+    # cargo fuzz exit non-zero and leaves the input under fuzz/artifacts/.
+    log="$(mktemp)"
+    if ! (cd fuzz && cargo fuzz run -s none "$target" -- -max_total_time="$FUZZ_SECONDS") >"$log" 2>&1; then
+      tail -n 60 "$log"
+      echo "fuzz target $target failed: see fuzz/artifacts/$target" >&2
+      exit 1
+    fi
+    grep -E '^Done [0-9]+ runs' "$log" || tail -n 5 "$log"
+    rm -f "$log"
+  done
+fi
+
+step "all checks passed"
