@@ -128,7 +128,7 @@ impl FakeLeaser {
         }
         state.last_token += 1;
         let token = state.last_token;
-        let (tx, ctx) = LeaseContext::new(token);
+        let (tx, ctx) = LeaseContext::new(token, None);
         state
             .held
             .insert(key.clone(), (token, tx, options.metadata.clone()));

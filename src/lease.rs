@@ -1,11 +1,13 @@
 //! A held lease, the context that tells its holder when it ends, and lease metadata.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::error::LeaseError;
 use crate::key::Key;
@@ -68,15 +70,19 @@ impl fmt::Display for LossCause {
     }
 }
 
-/// The sending half of a context: whoever ends the lease sets the reason, once.
-#[derive(Debug, Clone)]
-pub(crate) struct ContextSender(watch::Sender<Option<CancelReason>>);
+/// State shared by a context's clones and whoever may end it.
+#[derive(Debug)]
+struct Shared {
+    /// Why the context ended; set once (the first reason wins) and never cleared.
+    reason: watch::Sender<Option<CancelReason>>,
+    /// The local deadline, in nanoseconds after `base`; `u64::MAX` for none.
+    deadline: AtomicU64,
+    base: Instant,
+}
 
-impl ContextSender {
-    /// Ends the context with `reason` unless it has already ended; returns `true` when
-    /// this call ended it. The first reason wins.
-    pub(crate) fn cancel(&self, reason: CancelReason) -> bool {
-        self.0.send_if_modified(|state| {
+impl Shared {
+    fn cancel(&self, reason: CancelReason) -> bool {
+        self.reason.send_if_modified(|state| {
             if state.is_some() {
                 false
             } else {
@@ -86,27 +92,91 @@ impl ContextSender {
         })
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        match self.deadline.load(Ordering::Acquire) {
+            u64::MAX => None,
+            nanos => Some(self.base + Duration::from_nanos(nanos)),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .min(u64::MAX - 1)
+    }
+
+    /// The reason, ending the context first if its deadline has passed. Once a reader has
+    /// seen the deadline pass, the end is recorded, so no later extension can revive it.
+    fn reason(&self) -> Option<CancelReason> {
+        if let Some(reason) = self.reason.borrow().clone() {
+            return Some(reason);
+        }
+        if self.deadline().is_some_and(|d| Instant::now() >= d) {
+            self.cancel(CancelReason::Lost(LossCause::DeadlineExceeded));
+            return self.reason.borrow().clone();
+        }
+        None
+    }
+}
+
+/// The owner's side of a context: ends it with a reason, moves its deadline.
+#[derive(Debug, Clone)]
+pub(crate) struct ContextSender(Arc<Shared>);
+
+impl ContextSender {
+    /// Ends the context with `reason` unless it has already ended; returns `true` when
+    /// this call ended it. The first reason wins.
+    pub(crate) fn cancel(&self, reason: CancelReason) -> bool {
+        self.0.cancel(reason)
+    }
+
     /// The reason the context ended with, if it has.
     pub(crate) fn reason(&self) -> Option<CancelReason> {
-        self.0.borrow().clone()
+        self.0.reason()
+    }
+
+    /// Moves the local deadline to `deadline` after a confirmed renewal. Returns `false`
+    /// (and changes nothing) if the context has already ended, or if its current deadline
+    /// has passed: a late confirmation never revives a context.
+    pub(crate) fn extend(&self, deadline: Instant) -> bool {
+        let new = self.0.nanos(deadline);
+        let mut current = self.0.deadline.load(Ordering::Acquire);
+        loop {
+            if self.0.reason().is_some() {
+                return false;
+            }
+            match self.0.deadline.compare_exchange(
+                current,
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        // A reader may have seen the old deadline pass while we swapped: then it has
+        // ended the context, and the extension does not count.
+        self.0.reason().is_none()
     }
 }
 
 /// A holder's view of its lease: cancelled when the lease ends, with a reason.
 ///
 /// The Rust counterpart of the cancellable `context.Context` FTL hands its lease
-/// holders. It is a `tokio::sync::watch` receiver underneath: cheap to clone, and every
-/// clone sees the same end. Check [`is_cancelled`](LeaseContext::is_cancelled) before
-/// each unit of work, or race the work against [`cancelled`](LeaseContext::cancelled).
+/// holders, built on a `tokio::sync::watch` channel: cheap to clone, and every clone
+/// sees the same end. Check [`is_cancelled`](LeaseContext::is_cancelled) right before
+/// each side effect, or race the work against [`cancelled`](LeaseContext::cancelled).
 ///
-/// The context ends *before* the backend could grant the key to anyone else
-/// (see the crate docs for the margin this relies on).
+/// The context carries the lease's local deadline and ends by itself when the deadline
+/// passes, even if the renewal actor has not run yet (after a long pause of the
+/// process, say): `is_cancelled` reads the monotonic clock. So it ends *before* the
+/// backend could grant the key to anyone else (see the crate docs for the margin this
+/// relies on).
 #[derive(Clone)]
 pub struct LeaseContext {
-    rx: watch::Receiver<Option<CancelReason>>,
+    shared: Arc<Shared>,
     token: u64,
-    /// Keeps a never-ending context's sender alive.
-    _keep: Option<Arc<watch::Sender<Option<CancelReason>>>>,
 }
 
 impl fmt::Debug for LeaseContext {
@@ -119,32 +189,37 @@ impl fmt::Debug for LeaseContext {
 }
 
 impl LeaseContext {
-    /// A new live context and the sender that ends it.
-    pub(crate) fn new(token: u64) -> (ContextSender, LeaseContext) {
-        let (tx, rx) = watch::channel(None);
+    /// A new live context with a local deadline (`None`: no deadline) and the sender
+    /// that ends it.
+    pub(crate) fn new(token: u64, deadline: Option<Instant>) -> (ContextSender, LeaseContext) {
+        let shared = Arc::new(Shared {
+            reason: watch::channel(None).0,
+            deadline: AtomicU64::new(u64::MAX),
+            base: Instant::now(),
+        });
+        if let Some(d) = deadline {
+            shared.deadline.store(shared.nanos(d), Ordering::Release);
+        }
         (
-            ContextSender(tx),
-            LeaseContext {
-                rx,
-                token,
-                _keep: None,
-            },
+            ContextSender(shared.clone()),
+            LeaseContext { shared, token },
         )
     }
 
     /// A context that never ends, as held by [`Lease::noop`].
     pub fn never() -> LeaseContext {
-        let (tx, rx) = watch::channel(None);
-        LeaseContext {
-            rx,
-            token: 0,
-            _keep: Some(Arc::new(tx)),
-        }
+        LeaseContext::new(0, None).1
     }
 
     /// The fencing token of the lease this context belongs to.
     pub fn token(&self) -> u64 {
         self.token
+    }
+
+    /// The local deadline: when the context ends unless a renewal is confirmed first.
+    /// `None` for contexts without one (fakes, [`LeaseContext::never`]).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.shared.deadline()
     }
 
     /// `true` once the lease has ended for any reason.
@@ -154,29 +229,27 @@ impl LeaseContext {
 
     /// Why the lease ended, or `None` while it is held.
     pub fn reason(&self) -> Option<CancelReason> {
-        let reason = self.rx.borrow().clone();
-        match reason {
-            Some(r) => Some(r),
-            // The sender is gone without a reason: its owner died.
-            None if self.rx.has_changed().is_err() => {
-                Some(CancelReason::Lost(LossCause::ManagerFailed))
-            }
-            None => None,
-        }
+        self.shared.reason()
     }
 
     /// Waits until the lease ends and returns why. Cancel-safe.
     pub async fn cancelled(&self) -> CancelReason {
-        let mut rx = self.rx.clone();
-        let ended = rx
-            .wait_for(Option::is_some)
-            .await
-            .map(|reason| reason.clone());
-        match ended {
-            Ok(Some(reason)) => reason,
-            _ => self
-                .reason()
-                .unwrap_or(CancelReason::Lost(LossCause::ManagerFailed)),
+        let mut rx = self.shared.reason.subscribe();
+        loop {
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            match self.deadline() {
+                Some(d) => {
+                    tokio::select! {
+                        _ = rx.changed() => {}
+                        _ = tokio::time::sleep_until(d) => {}
+                    }
+                }
+                None => {
+                    let _ = rx.changed().await;
+                }
+            }
         }
     }
 
@@ -322,7 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn context_ends_once_with_the_first_reason() {
-        let (tx, ctx) = LeaseContext::new(7);
+        let (tx, ctx) = LeaseContext::new(7, None);
         let copy = ctx.clone();
         assert!(!ctx.is_cancelled());
         assert!(ctx.check().is_ok());
@@ -334,18 +407,33 @@ mod tests {
         assert_eq!(ctx.token(), 7);
     }
 
-    #[tokio::test]
-    async fn a_dropped_sender_is_reported_as_a_loss() {
-        let (tx, ctx) = LeaseContext::new(1);
-        drop(tx);
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_the_context_by_itself() {
+        let start = Instant::now();
+        let (tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!ctx.is_cancelled());
+        assert!(tx.extend(start + Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        // Nobody has run to end it, yet it has ended, and stays ended.
         assert_eq!(
             ctx.reason(),
-            Some(CancelReason::Lost(LossCause::ManagerFailed))
+            Some(CancelReason::Lost(LossCause::DeadlineExceeded))
         );
+        assert!(!tx.extend(start + Duration::from_secs(10)));
+        assert!(ctx.is_cancelled());
         assert_eq!(
             ctx.cancelled().await,
-            CancelReason::Lost(LossCause::ManagerFailed)
+            CancelReason::Lost(LossCause::DeadlineExceeded)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_wakes_at_the_deadline() {
+        let start = Instant::now();
+        let (_tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(3)));
+        ctx.cancelled().await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(3));
     }
 
     #[tokio::test]

@@ -121,7 +121,12 @@ impl Actor for Renewer {
         let renewal = a.backend.renew(&a.key, a.token, a.ttl);
         match tokio::time::timeout_at(a.deadline, renewal).await {
             Ok(Ok(RenewOutcome::Renewed)) => {
-                state.args.deadline = start + state.args.ttl - state.args.margin;
+                let deadline = start + state.args.ttl - state.args.margin;
+                if !state.args.ctx.extend(deadline) {
+                    // Confirmed too late: the context already ended at the old deadline.
+                    return Err(state.lose(LossCause::DeadlineExceeded));
+                }
+                state.args.deadline = deadline;
                 tracing::trace!(key = %state.args.key, token = state.args.token, "lease renewed");
                 let interval = state.interval();
                 state.schedule(&myself, interval);

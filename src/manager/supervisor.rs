@@ -124,6 +124,15 @@ struct Holder {
     renewer: ActorRef<Tick>,
 }
 
+impl Drop for Holder {
+    /// Runs however the supervisor's state goes away, even after a panic: a holder is
+    /// never left with a live context and nobody to end it.
+    fn drop(&mut self) {
+        self.ctx
+            .cancel(CancelReason::Lost(LossCause::ManagerFailed));
+    }
+}
+
 /// Everything the manager knows about one key it holds, acquires or waits for.
 #[derive(Default)]
 struct Slot {
@@ -380,7 +389,7 @@ impl SupervisorState {
             let _ = waiter.reply.send(Err(error));
             return;
         }
-        let (ctx_tx, ctx) = LeaseContext::new(token);
+        let (ctx_tx, ctx) = LeaseContext::new(token, Some(deadline));
         let args = RenewerArgs {
             backend: self.backend.clone(),
             key: key.clone(),
