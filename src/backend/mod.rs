@@ -24,9 +24,13 @@ use crate::lease::LeaseInfo;
 
 mod faulty;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 pub use faulty::{FaultyBackend, RenewFault};
 pub use memory::MemoryBackend;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresBackend, PostgresOptions};
 
 /// The outcome of [`Backend::acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,6 +51,8 @@ pub struct LeaseManagerBuilder {
     backend: Option<Arc<dyn Backend>>,
     name: Option<String>,
     supervisor: Option<ActorCell>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<crate::backend::PostgresOptions>,
 }
 
 impl std::fmt::Debug for LeaseManagerBuilder {
@@ -90,6 +92,15 @@ impl LeaseManagerBuilder {
         self
     }
 
+    /// Stores leases in PostgreSQL (feature `postgres`), shared with every manager that
+    /// uses the same database and table. The connection is made lazily; see
+    /// [`PostgresBackend`](crate::backend::PostgresBackend).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, options: crate::backend::PostgresOptions) -> Self {
+        self.postgres = Some(options);
+        self
+    }
+
     /// Registers the supervisor actor under this name in ractor's process-wide registry.
     /// Names must be unique per process; leave it unset unless you look the actor up by
     /// name.
@@ -122,9 +133,17 @@ impl LeaseManagerBuilder {
                 )));
             }
         }
-        let backend = self
-            .backend
-            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        #[cfg(feature = "postgres")]
+        let backend = match self.postgres {
+            Some(options) => Some(
+                Arc::new(crate::backend::PostgresBackend::connect(options).await?)
+                    as Arc<dyn Backend>,
+            ),
+            None => self.backend,
+        };
+        #[cfg(not(feature = "postgres"))]
+        let backend = self.backend;
+        let backend = backend.unwrap_or_else(|| Arc::new(MemoryBackend::new()));
         let args = SupervisorArgs {
             backend: backend.clone(),
             config: config.clone(),
@@ -198,6 +217,8 @@ impl LeaseManager {
             backend: None,
             name: None,
             supervisor: None,
+            #[cfg(feature = "postgres")]
+            postgres: None,
         }
     }
 

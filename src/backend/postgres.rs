@@ -1,0 +1,653 @@
+//! The PostgreSQL backend (feature `postgres`): leases shared by many processes.
+//!
+//! One row per key, on the database's clock (`now()`), with no reaper:
+//!
+//! ```sql
+//! CREATE SEQUENCE IF NOT EXISTS leases_token_seq;
+//! CREATE TABLE IF NOT EXISTS leases (
+//!     key         TEXT PRIMARY KEY,          -- the key's canonical string form
+//!     token       BIGINT NOT NULL,           -- fencing token, from leases_token_seq
+//!     ttl_ms      BIGINT NOT NULL,
+//!     expires_at  TIMESTAMPTZ NOT NULL,      -- a row past this is free to take
+//!     metadata    BYTEA NOT NULL,
+//!     revoked     BOOLEAN NOT NULL DEFAULT false,
+//!     acquired_at TIMESTAMPTZ NOT NULL
+//! );
+//! ```
+//!
+//! - **Acquire** is one `INSERT … ON CONFLICT (key) DO UPDATE … WHERE expires_at <= now()`
+//!   that takes a free or expired row and draws the token from the sequence, which only
+//!   grows (also after rows are deleted and across server restarts).
+//! - **Renew** and **release** are compare-and-set on `(key, token)`; renew also requires
+//!   `expires_at > now()` and `NOT revoked`, so a stale holder can neither revive nor
+//!   delete a newer holder's lease.
+//! - **Release** sends `NOTIFY <table>_freed, '<key>'`; one listening connection per
+//!   backend wakes waiting acquirers.
+//! - **Revoke** sets `revoked`; the holder is refused at its next renewal and then gives
+//!   the key back.
+//!
+//! The table and sequence are created on first use, under an advisory lock, so many
+//! processes can start at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{broadcast, OnceCell};
+use tokio::task::JoinHandle;
+use tokio_postgres::AsyncMessage;
+
+use super::{AcquireOutcome, Backend, KeyFrees, RenewOutcome};
+use crate::error::{BackendError, BackendErrorKind, LeaseError};
+use crate::key::Key;
+use crate::lease::LeaseInfo;
+
+/// How to reach and use the database.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    url: String,
+    pool_size: usize,
+    table: String,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
+    ca_certificate_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: leave it out.
+        f.debug_struct("PostgresOptions")
+            .field("pool_size", &self.pool_size)
+            .field("table", &self.table)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("ca_certificate", &self.ca_certificate_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresOptions {
+    /// Options for this connection string (`postgres://user:pass@host:port/db?sslmode=…`
+    /// or `host=… user=…`), with a pool of 8 connections, the table `leases`, and 5 s
+    /// connect and statement timeouts.
+    ///
+    /// `sslmode=require` encrypts without verifying the server's certificate, as libpq
+    /// does; add [`ca_certificate_pem`](Self::ca_certificate_pem) to verify it.
+    pub fn new(url: impl Into<String>) -> PostgresOptions {
+        PostgresOptions {
+            url: url.into(),
+            pool_size: 8,
+            table: "leases".into(),
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            ca_certificate_pem: None,
+        }
+    }
+
+    /// Connections in the pool (renewals, acquires, releases). One more connection is
+    /// used to listen for released keys.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// The table name (a plain lower-case SQL identifier). The sequence is
+    /// `<table>_token_seq` and the notification channel `<table>_freed`.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long to wait for a connection (new or from the pool).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one lease operation may take before it fails with a timeout.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Verify the server's TLS certificate against this CA (PEM). Without it, TLS (when
+    /// the connection string asks for it) encrypts but does not authenticate the server.
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certificate_pem = Some(pem.into());
+        self
+    }
+}
+
+/// The SQL text for one table.
+struct Sql {
+    schema: Vec<String>,
+    lock_schema: String,
+    acquire: String,
+    renew: String,
+    release: String,
+    revoke: String,
+    info: String,
+    channel: String,
+}
+
+fn valid_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && s.len() <= 48
+}
+
+impl Sql {
+    fn new(t: &str) -> Sql {
+        // `t` is a checked identifier, so formatting it into SQL is safe.
+        let live = "expires_at > now()";
+        let ttl = "($2::bigint * interval '1 millisecond')";
+        let us_left = "GREATEST(0, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000000)::bigint)";
+        Sql {
+            lock_schema: format!("SELECT pg_advisory_xact_lock(hashtext('leases schema {t}'))"),
+            schema: vec![
+                format!("CREATE SEQUENCE IF NOT EXISTS {t}_token_seq"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (
+                        key TEXT PRIMARY KEY,
+                        token BIGINT NOT NULL,
+                        ttl_ms BIGINT NOT NULL,
+                        expires_at TIMESTAMPTZ NOT NULL,
+                        metadata BYTEA NOT NULL,
+                        revoked BOOLEAN NOT NULL DEFAULT false,
+                        acquired_at TIMESTAMPTZ NOT NULL)"
+                ),
+            ],
+            // The outer SELECT sees the table as it was before the INSERT: when the
+            // insert took nothing, it reports how long the current holder has left.
+            acquire: format!(
+                "WITH ins AS (
+                    INSERT INTO {t} AS l (key, token, ttl_ms, expires_at, metadata, revoked, acquired_at)
+                    VALUES ($1, nextval('{t}_token_seq'), $2, now() + {ttl}, $3, false, now())
+                    ON CONFLICT (key) DO UPDATE SET
+                        token = EXCLUDED.token, ttl_ms = EXCLUDED.ttl_ms,
+                        expires_at = EXCLUDED.expires_at, metadata = EXCLUDED.metadata,
+                        revoked = false, acquired_at = EXCLUDED.acquired_at
+                    WHERE l.expires_at <= now()
+                    RETURNING token)
+                SELECT (SELECT token FROM ins),
+                       (SELECT {us_left} FROM {t} WHERE key = $1 AND {live})"
+            ),
+            renew: format!(
+                "WITH upd AS (
+                    UPDATE {t} SET expires_at = now() + ($3::bigint * interval '1 millisecond'), ttl_ms = $3
+                    WHERE key = $1 AND token = $2 AND {live} AND NOT revoked
+                    RETURNING 1)
+                SELECT EXISTS (SELECT 1 FROM upd),
+                       EXISTS (SELECT 1 FROM {t} WHERE key = $1 AND token = $2 AND revoked AND {live})"
+            ),
+            release: format!(
+                "WITH d AS (DELETE FROM {t} WHERE key = $1 AND token = $2 RETURNING key)
+                SELECT pg_notify('{t}_freed', key) FROM d"
+            ),
+            revoke: format!("UPDATE {t} SET revoked = true WHERE key = $1 AND {live} RETURNING token"),
+            info: format!(
+                "SELECT token, ttl_ms, {us_left}, metadata, revoked FROM {t} WHERE key = $1 AND {live}"
+            ),
+            channel: format!("{t}_freed"),
+        }
+    }
+}
+
+/// Leases in a PostgreSQL table, shared by every manager that uses the same table.
+///
+/// Create it with [`PostgresBackend::connect`] or through
+/// [`LeaseManagerBuilder::postgres`](crate::LeaseManagerBuilder::postgres). It talks to
+/// the database lazily: creating it never fails because the database is down; the first
+/// operation creates the schema if needed.
+pub struct PostgresBackend {
+    pool: Pool,
+    sql: Arc<Sql>,
+    options: PostgresOptions,
+    schema: OnceCell<()>,
+    frees: broadcast::Sender<Key>,
+    listener: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn pg_error(what: &str, e: tokio_postgres::Error) -> BackendError {
+    let kind = if e.is_closed() || e.as_db_error().is_none() {
+        BackendErrorKind::Unavailable
+    } else {
+        BackendErrorKind::Failed
+    };
+    BackendError::with_source(kind, format!("{what}: {e}"), e)
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> BackendError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Timeout(_) => BackendError::new(
+            BackendErrorKind::Unavailable,
+            format!("no database connection in time: {e}"),
+        ),
+        PoolError::Backend(e) => pg_error("could not connect to the database", e),
+        other => BackendError::new(
+            BackendErrorKind::Unavailable,
+            format!("database connection pool: {other}"),
+        ),
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    // Round up: the database must never expire a lease before the holder's deadline.
+    i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+}
+
+fn token_to_db(token: u64) -> Option<i64> {
+    i64::try_from(token).ok()
+}
+
+fn token_from_db(token: i64) -> Result<u64, BackendError> {
+    u64::try_from(token).map_err(|_| {
+        BackendError::new(
+            BackendErrorKind::Failed,
+            format!("the token sequence returned {token}, which is not a valid fencing token"),
+        )
+    })
+}
+
+/// Accepts any server certificate (libpq's `sslmode=require`) but still checks the
+/// handshake signatures.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_connector(
+    options: &PostgresOptions,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, LeaseError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |e: &dyn std::fmt::Display| LeaseError::InvalidConfig(format!("TLS: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?;
+    let config = match &options.ca_certificate_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PostgresBackend {
+    /// Prepares a backend for these options. Checks the options; does not connect.
+    pub async fn connect(options: PostgresOptions) -> Result<PostgresBackend, LeaseError> {
+        if !valid_identifier(&options.table) {
+            return Err(LeaseError::InvalidConfig(format!(
+                "table name {:?} must be a lower-case SQL identifier of at most 48 characters",
+                options.table
+            )));
+        }
+        if options.pool_size == 0 {
+            return Err(LeaseError::InvalidConfig(
+                "pool_size must be at least 1".into(),
+            ));
+        }
+        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
+            LeaseError::InvalidConfig(format!("bad PostgreSQL connection string: {e}"))
+        })?;
+        config.connect_timeout(options.connect_timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("leases");
+        }
+        let tls = tls_connector(&options)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| LeaseError::InvalidConfig(format!("connection pool: {e}")))?;
+        let sql = Arc::new(Sql::new(&options.table));
+        let frees = broadcast::channel(1024).0;
+        let listener = tokio::spawn(listen(config, tls, sql.channel.clone(), frees.clone()));
+        Ok(PostgresBackend {
+            pool,
+            sql,
+            options,
+            schema: OnceCell::new(),
+            frees,
+            listener,
+        })
+    }
+
+    /// The options this backend was made with.
+    pub fn options(&self) -> &PostgresOptions {
+        &self.options
+    }
+
+    /// Runs `op` on a pooled connection (creating the schema first, once), bounded by the
+    /// statement timeout.
+    async fn with_client<T, F, Fut>(&self, what: &str, op: F) -> Result<T, BackendError>
+    where
+        F: FnOnce(deadpool_postgres::Object, Arc<Sql>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let work = async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            self.schema
+                .get_or_try_init(|| async { self.create_schema(&client).await })
+                .await?;
+            op(client, self.sql.clone())
+                .await
+                .map_err(|e| pg_error(what, e))
+        };
+        match tokio::time::timeout(self.options.statement_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::new(
+                BackendErrorKind::Timeout,
+                format!(
+                    "{what}: no answer from the database in {:?}",
+                    self.options.statement_timeout
+                ),
+            )),
+        }
+    }
+
+    async fn create_schema(&self, client: &deadpool_postgres::Object) -> Result<(), BackendError> {
+        let fail = |e| pg_error("could not create the lease table", e);
+        // A transaction with an advisory lock, so that processes starting together do
+        // not trip over each other's CREATE ... IF NOT EXISTS.
+        client.batch_execute("BEGIN").await.map_err(fail)?;
+        let result = async {
+            client.execute(self.sql.lock_schema.as_str(), &[]).await?;
+            for statement in &self.sql.schema {
+                client.batch_execute(statement).await?;
+            }
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        result.map_err(fail)
+    }
+}
+
+/// Keeps one connection listening on the release channel, reconnecting when it drops,
+/// and forwards every released key to the subscribers.
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    channel: String,
+    frees: broadcast::Sender<Key>,
+) {
+    loop {
+        match config.connect(tls.clone()).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    loop {
+                        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                            Some(Ok(message)) => {
+                                if tx.send(message).is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Err(_)) | None => return,
+                        }
+                    }
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {channel}"))
+                    .await
+                    .is_ok()
+                {
+                    tracing::debug!(%channel, "listening for released leases");
+                    while let Some(message) = rx.recv().await {
+                        if let AsyncMessage::Notification(n) = message {
+                            if let Ok(key) = Key::parse(n.payload()) {
+                                let _ = frees.send(key);
+                            }
+                        }
+                    }
+                }
+                driver.abort();
+                tracing::debug!(%channel, "release listener disconnected; reconnecting");
+            }
+            Err(error) => {
+                tracing::debug!(%error, "release listener cannot connect; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<AcquireOutcome, BackendError> {
+        let k = &key.to_string();
+        let ms = ttl_ms(ttl);
+        for _ in 0..3 {
+            let (token, left): (Option<i64>, Option<i64>) = self
+                .with_client("acquire", |c, sql| async move {
+                    let stmt = c.prepare_cached(&sql.acquire).await?;
+                    let row = c.query_one(&stmt, &[k, &ms, &metadata]).await?;
+                    Ok((row.get(0), row.get(1)))
+                })
+                .await?;
+            match (token, left) {
+                (Some(token), _) => {
+                    return Ok(AcquireOutcome::Granted {
+                        token: token_from_db(token)?,
+                    })
+                }
+                (None, Some(us)) => {
+                    return Ok(AcquireOutcome::Held {
+                        expires_in: Duration::from_micros(u64::try_from(us).unwrap_or(0)),
+                    })
+                }
+                // Taken by a concurrent insert our snapshot could not see: look again.
+                (None, None) => continue,
+            }
+        }
+        Ok(AcquireOutcome::Held {
+            expires_in: Duration::ZERO,
+        })
+    }
+
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<RenewOutcome, BackendError> {
+        let Some(token) = token_to_db(token) else {
+            return Ok(RenewOutcome::Lost);
+        };
+        let k = key.to_string();
+        let ms = ttl_ms(ttl);
+        let (renewed, revoked): (bool, bool) = self
+            .with_client("renew", |c, sql| async move {
+                let stmt = c.prepare_cached(&sql.renew).await?;
+                let row = c.query_one(&stmt, &[&k, &token, &ms]).await?;
+                Ok((row.get(0), row.get(1)))
+            })
+            .await?;
+        Ok(match (renewed, revoked) {
+            (true, _) => RenewOutcome::Renewed,
+            (false, true) => RenewOutcome::Revoked,
+            (false, false) => RenewOutcome::Lost,
+        })
+    }
+
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
+        let Some(token) = token_to_db(token) else {
+            return Ok(false);
+        };
+        let k = key.to_string();
+        self.with_client("release", |c, sql| async move {
+            let stmt = c.prepare_cached(&sql.release).await?;
+            Ok(!c.query(&stmt, &[&k, &token]).await?.is_empty())
+        })
+        .await
+    }
+
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
+        let k = key.to_string();
+        let token: Option<i64> = self
+            .with_client("revoke", |c, sql| async move {
+                let stmt = c.prepare_cached(&sql.revoke).await?;
+                Ok(c.query_opt(&stmt, &[&k]).await?.map(|row| row.get(0)))
+            })
+            .await?;
+        token.map(token_from_db).transpose()
+    }
+
+    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
+        let k = key.to_string();
+        let row = self
+            .with_client("lease info", |c, sql| async move {
+                let stmt = c.prepare_cached(&sql.info).await?;
+                c.query_opt(&stmt, &[&k]).await
+            })
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let ttl: i64 = row.get(1);
+        let left: i64 = row.get(2);
+        Ok(Some(LeaseInfo {
+            key: key.clone(),
+            token: token_from_db(row.get(0))?,
+            ttl: Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
+            expires_in: Duration::from_micros(u64::try_from(left).unwrap_or(0)),
+            metadata: row.get(3),
+            revoked: row.get(4),
+        }))
+    }
+
+    fn subscribe_frees(&self) -> KeyFrees {
+        KeyFrees::new(self.frees.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_checked() {
+        assert!(valid_identifier("leases"));
+        assert!(valid_identifier("_my_leases2"));
+        for bad in [
+            "",
+            "Leases",
+            "2x",
+            "a-b",
+            "x; DROP TABLE y",
+            &"a".repeat(49),
+        ] {
+            assert!(!valid_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ttl_rounds_up_to_whole_milliseconds() {
+        assert_eq!(ttl_ms(Duration::from_micros(1500)), 2);
+        assert_eq!(ttl_ms(Duration::from_secs(5)), 5000);
+        assert_eq!(ttl_ms(Duration::MAX), i64::MAX);
+    }
+
+    #[tokio::test]
+    async fn bad_options_are_config_errors() {
+        for opts in [
+            PostgresOptions::new("postgres://x/y").table("Bad-Name"),
+            PostgresOptions::new("postgres://x/y").pool_size(0),
+            PostgresOptions::new("not a url = = ="),
+            PostgresOptions::new("host=x").ca_certificate_pem(
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            ),
+        ] {
+            assert!(matches!(
+                PostgresBackend::connect(opts).await,
+                Err(LeaseError::InvalidConfig(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The PostgreSQL backend: the conformance suite, TLS, faults and operator SQL.
+//!
+//! Uses `LEASES_POSTGRES_URL` when set, else starts a throwaway server (see
+//! `support/pg.rs`); a missing server is a failure, never a skip.
+#![cfg(feature = "postgres")]
+
+mod conformance;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use leases::backend::{Backend, FaultyBackend, PostgresBackend, PostgresOptions};
+use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser, LossCause};
+use support::pg::{run_id, shared_url, PgServer, Tls};
+
+const TTL: Duration = Duration::from_secs(1);
+
+fn options(url: &str) -> PostgresOptions {
+    PostgresOptions::new(url)
+        .pool_size(4)
+        .connect_timeout(Duration::from_secs(2))
+}
+
+async fn manager_on(options: PostgresOptions) -> LeaseManager {
+    LeaseManager::builder()
+        .min_ttl(TTL)
+        .postgres(options)
+        .start()
+        .await
+        .unwrap()
+}
+
+struct PgEnv {
+    url: String,
+    case: String,
+}
+
+#[async_trait]
+impl conformance::Env for PgEnv {
+    async fn manager(&self) -> LeaseManager {
+        manager_on(options(&self.url)).await
+    }
+
+    async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>) {
+        let pg: Arc<dyn Backend> =
+            Arc::new(PostgresBackend::connect(options(&self.url)).await.unwrap());
+        let faulty = Arc::new(FaultyBackend::new(pg));
+        let m = LeaseManager::builder()
+            .min_ttl(TTL)
+            .backend(faulty.clone())
+            .start()
+            .await
+            .unwrap();
+        (m, faulty)
+    }
+
+    fn ttl(&self) -> Duration {
+        TTL
+    }
+
+    fn key(&self, name: &str) -> Key {
+        Key::system(["conformance", &run_id(), &self.case, name])
+    }
+}
+
+fn env(case: &str) -> PgEnv {
+    PgEnv {
+        url: shared_url(),
+        case: case.to_string(),
+    }
+}
+
+macro_rules! pg_conformance {
+    ($($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let env = env(stringify!($case));
+                conformance::$case(&env).await;
+            }
+        )*
+    };
+}
+
+pg_conformance!(
+    conflict,
+    release_and_reacquire,
+    tokens_grow,
+    revoke,
+    revoke_from_another_manager,
+    drop_releases,
+    wait_for_release,
+    wait_times_out,
+    waiters_first_come_first_served,
+    expiry_and_takeover,
+    shutdown_ends_everything,
+    metadata_and_info,
+    bad_input,
+    release_after_loss_is_not_held,
+    race_for_one_key,
+    many_keys
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_processes_can_create_the_schema_at_once() {
+    let url = shared_url();
+    let table = format!("schema_race_{}", run_id());
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let opts = options(&url).table(table.clone());
+        tasks.push(tokio::spawn(async move {
+            let b = PostgresBackend::connect(opts).await.unwrap();
+            let key = Key::system(["schema", &i.to_string()]);
+            b.acquire(&key, TTL, b"").await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_can_list_and_revoke_with_plain_sql() {
+    let url = shared_url();
+    let table = format!("operator_{}", run_id());
+    let m = manager_on(options(&url).table(table.clone())).await;
+    let key = Key::system(["ops", "job 1"]);
+    let opts = AcquireOptions::new(TTL * 5).metadata(b"host-a".to_vec());
+    let (lease, ctx) = m.acquire_lease_with(key.clone(), opts).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // The README's listing query.
+    let rows = client
+        .query(
+            &format!(
+                "SELECT key, token, expires_at - now() AS left, convert_from(metadata, 'UTF8') \
+                 FROM {table} WHERE expires_at > now() ORDER BY key"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "/system/ops/job%201");
+    assert_eq!(rows[0].get::<_, i64>(1) as u64, lease.token());
+    assert_eq!(rows[0].get::<_, String>(3), "host-a");
+    // The README's revoke statement: the holder is told at its next renewal.
+    let n = client
+        .execute(
+            &format!("UPDATE {table} SET revoked = true WHERE key = $1 AND expires_at > now()"),
+            &[&key.to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let reason = tokio::time::timeout(TTL * 5, ctx.cancelled()).await.unwrap();
+    assert_eq!(reason, CancelReason::Revoked);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_backend_error_within_the_connect_timeout() {
+    // Nothing listens here: refused at once.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // This one accepts TCP connections but never answers: only the timeout ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    for port in [closed, silent_port] {
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=1");
+        let m = manager_on(options(&url).connect_timeout(Duration::from_secs(1))).await;
+        let started = Instant::now();
+        let err = m
+            .acquire_lease(Key::system(["unreachable"]), TTL)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LeaseError::Backend(_)), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(
+            m.lease_info(&Key::system(["unreachable"])).await,
+            Err(LeaseError::Backend(_))
+        ));
+        m.shutdown().await;
+    }
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_database_loses_leases_early_and_the_manager_recovers() {
+    let server = PgServer::start(None);
+    let m = manager_on(options(&server.url())).await;
+    let key = Key::system(["db-loss"]);
+    let ttl = Duration::from_secs(2);
+    let (_lease, ctx) = m.acquire_lease(key.clone(), ttl).await.unwrap();
+    let deadline = ctx.deadline().unwrap();
+    server.stop();
+    let reason = tokio::time::timeout(ttl * 2, ctx.cancelled()).await.unwrap();
+    assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
+    // Told at the local deadline, which is before the row's expires_at.
+    let told = tokio::time::Instant::now();
+    assert!(told >= deadline && told < deadline + Duration::from_millis(300));
+    server.start_again();
+    // The same manager serves again once the old row has expired.
+    let opts = AcquireOptions::new(ttl).wait(ttl * 5);
+    let (lease, ctx) = m.acquire_lease_with(key.clone(), opts).await.unwrap();
+    tokio::time::sleep(ttl).await;
+    assert!(!ctx.is_cancelled(), "{:?}", ctx.reason());
+    lease.release().await.unwrap();
+    m.shutdown().await;
+}
+
+fn self_signed() -> Tls {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap();
+    Tls {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.signing_key.serialize_pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_sslmode_require() {
+    let tls = self_signed();
+    let server = PgServer::start(Some(&tls));
+    let key = Key::system(["tls"]);
+
+    // sslmode=require: encrypted, certificate not checked (libpq semantics).
+    let m = manager_on(options(&format!("{}?sslmode=require", server.url()))).await;
+    let (lease, _) = m.acquire_lease(key.clone(), TTL).await.unwrap();
+    lease.release().await.unwrap();
+    m.shutdown().await;
+
+    // With the CA given, the certificate is verified too.
+    let verified = options(&format!("{}?sslmode=require", server.url()))
+        .ca_certificate_pem(tls.cert_pem.clone());
+    let m = manager_on(verified).await;
+    let (lease, _) = m.acquire_lease(key.clone(), TTL).await.unwrap();
+    lease.release().await.unwrap();
+    m.shutdown().await;
+
+    // A certificate from another CA is refused.
+    let wrong = options(&format!("{}?sslmode=require", server.url()))
+        .ca_certificate_pem(self_signed().cert_pem);
+    let m = manager_on(wrong).await;
+    assert!(matches!(
+        m.acquire_lease(key.clone(), TTL).await,
+        Err(LeaseError::Backend(_))
+    ));
+    m.shutdown().await;
+
+    // The server refuses unencrypted connections, so the successes above were TLS.
+    let m = manager_on(options(&format!("{}?sslmode=disable", server.url()))).await;
+    assert!(matches!(
+        m.acquire_lease(key, TTL).await,
+        Err(LeaseError::Backend(_))
+    ));
+    m.shutdown().await;
+}

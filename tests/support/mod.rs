@@ -1,0 +1,4 @@
+//! Test support shared by the PostgreSQL tests.
+#![allow(dead_code)]
+
+pub mod pg;

@@ -1,0 +1,290 @@
+//! Throwaway PostgreSQL servers for the tests.
+//!
+//! `PgServer::start` runs `initdb` and `pg_ctl start` from the machine's PostgreSQL
+//! binaries (`LEASES_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`) in a temp
+//! dir, on 127.0.0.1 and a free port, as the `postgres` user when the tests run as root
+//! (PostgreSQL refuses to run as root). Servers stop when dropped and, for the shared
+//! one, when the test process exits. A missing PostgreSQL is a test failure, never a skip.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// Servers to stop when the process exits (statics are never dropped).
+static RUNNING: Mutex<Vec<(PathBuf, PathBuf, bool)>> = Mutex::new(Vec::new());
+
+extern "C" fn stop_all_at_exit() {
+    if let Ok(servers) = RUNNING.lock() {
+        for (bin, dir, as_postgres) in servers.iter() {
+            pg_ctl_stop(bin, dir, *as_postgres);
+            let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(dir));
+        }
+    }
+}
+
+fn pg_ctl_stop(bin: &Path, dir: &Path, as_postgres: bool) {
+    let _ = command(bin, "pg_ctl", as_postgres)
+        .args(["-D", &dir.to_string_lossy(), "-m", "immediate", "-w", "stop"])
+        .output();
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn find_bin() -> PathBuf {
+    if let Ok(dir) = std::env::var("LEASES_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server binaries found (looked in /usr/lib/postgresql/*/bin; set \
+             LEASES_PG_BIN, or install the `postgresql` package: scripts/test.sh does so)"
+        )
+    })
+}
+
+fn command(bin: &Path, tool: &str, as_postgres: bool) -> Command {
+    let exe = bin.join(tool);
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+fn run(mut c: Command, what: &str) {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// TLS settings for a server.
+pub struct Tls {
+    /// The server certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+}
+
+/// A running throwaway server.
+pub struct PgServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    options: String,
+}
+
+impl PgServer {
+    /// initdb + start; with `tls`, plain TCP connections are refused.
+    pub fn start(tls: Option<&Tls>) -> PgServer {
+        let bin = find_bin();
+        let as_postgres = is_root();
+        let dir = std::env::temp_dir().join(format!(
+            "leases-pg-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if as_postgres {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(&dir);
+                    c
+                },
+                "chown",
+            );
+        }
+        let data = dir.join("data");
+        let mut init = command(&bin, "initdb", as_postgres);
+        init.args(["-D", &data.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"]);
+        run(init, "initdb");
+        // Durable settings (fsync and synchronous commit stay on): the fault tests
+        // crash and restart the server and expect committed tokens to survive.
+        let mut options = String::from("-c listen_addresses=127.0.0.1 -c max_connections=400");
+        if let Some(tls) = tls {
+            let cert = data.join("server.crt");
+            let key = data.join("server.key");
+            std::fs::write(&cert, &tls.cert_pem).unwrap();
+            std::fs::write(&key, &tls.key_pem).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+            if as_postgres {
+                run(
+                    {
+                        let mut c = Command::new("chown");
+                        c.arg("postgres:postgres").arg(&cert).arg(&key);
+                        c
+                    },
+                    "chown",
+                );
+            }
+            run(
+                {
+                    let mut c = Command::new("chmod");
+                    c.arg("600").arg(&key);
+                    c
+                },
+                "chmod",
+            );
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
+        let server = PgServer {
+            bin,
+            dir,
+            port: free_port(),
+            as_postgres,
+            options,
+        };
+        server.pg_ctl_start();
+        RUNNING
+            .lock()
+            .unwrap()
+            .push((server.bin.clone(), data, as_postgres));
+        static HOOK: OnceLock<()> = OnceLock::new();
+        HOOK.get_or_init(|| {
+            // SAFETY: registering a plain extern "C" function with no captured state.
+            unsafe { libc::atexit(stop_all_at_exit) };
+        });
+        server
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn pg_ctl_start(&self) {
+        let mut start = command(&self.bin, "pg_ctl", self.as_postgres);
+        start.args([
+            "-D",
+            &self.data().to_string_lossy(),
+            "-l",
+            &self.dir.join("server.log").to_string_lossy(),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &format!("-p {} -k {} {}", self.port, self.dir.display(), self.options),
+            "start",
+        ]);
+        run(start, "pg_ctl start");
+    }
+
+    /// A connection string for the `postgres` database, without TLS settings.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server at once (as a crash would).
+    pub fn stop(&self) {
+        pg_ctl_stop(&self.bin, &self.data(), self.as_postgres);
+    }
+
+    /// Starts it again after [`stop`](Self::stop), on the same port and data.
+    pub fn start_again(&self) {
+        self.pg_ctl_start();
+    }
+
+    /// Runs one SQL command with `psql`, returning its output (unaligned, tuples only).
+    pub fn psql(&self, sql: &str) -> String {
+        let psql = self.bin.join("psql");
+        let psql = if psql.exists() { psql } else { PathBuf::from("psql") };
+        let out = Command::new(psql)
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.url(), "-c", sql])
+            .env("PGSSLMODE", "prefer")
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+        let data = self.data();
+        RUNNING.lock().unwrap().retain(|(_, d, _)| d != &data);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The connection string for the shared test database: `LEASES_POSTGRES_URL` if set,
+/// else a throwaway server started once for this test process.
+pub fn shared_url() -> String {
+    static SHARED: OnceLock<(String, Option<PgServer>)> = OnceLock::new();
+    SHARED
+        .get_or_init(|| match std::env::var("LEASES_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => (url, None),
+            _ => {
+                let server = PgServer::start(None);
+                (server.url(), Some(server))
+            }
+        })
+        .0
+        .clone()
+}
+
+/// A name unique to this test process, for keys and tables.
+pub fn run_id() -> String {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        format!(
+            "run{}x{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                % 1_000_000
+        )
+    })
+    .clone()
+}
