@@ -129,7 +129,9 @@ async fn operators_can_list_and_revoke_with_plain_sql() {
     let key = Key::system(["ops", "job 1"]);
     let opts = AcquireOptions::new(TTL * 5).metadata(b"host-a".to_vec());
     let (lease, ctx) = m.acquire_lease_with(key.clone(), opts).await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     // The README's listing query.
     let rows = client
@@ -155,7 +157,9 @@ async fn operators_can_list_and_revoke_with_plain_sql() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    let reason = tokio::time::timeout(TTL * 5, ctx.cancelled()).await.unwrap();
+    let reason = tokio::time::timeout(TTL * 5, ctx.cancelled())
+        .await
+        .unwrap();
     assert_eq!(reason, CancelReason::Revoked);
     m.shutdown().await;
 }
@@ -202,7 +206,9 @@ async fn losing_the_database_loses_leases_early_and_the_manager_recovers() {
     let (_lease, ctx) = m.acquire_lease(key.clone(), ttl).await.unwrap();
     let deadline = ctx.deadline().unwrap();
     server.stop();
-    let reason = tokio::time::timeout(ttl * 2, ctx.cancelled()).await.unwrap();
+    let reason = tokio::time::timeout(ttl * 2, ctx.cancelled())
+        .await
+        .unwrap();
     assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
     // Told at the local deadline, which is before the row's expires_at.
     let told = tokio::time::Instant::now();
@@ -218,8 +224,8 @@ async fn losing_the_database_loses_leases_early_and_the_manager_recovers() {
 }
 
 fn self_signed() -> Tls {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     Tls {
         cert_pem: ck.cert.pem(),
         key_pem: ck.signing_key.serialize_pem(),

@@ -25,7 +25,14 @@ extern "C" fn stop_all_at_exit() {
 
 fn pg_ctl_stop(bin: &Path, dir: &Path, as_postgres: bool) {
     let _ = command(bin, "pg_ctl", as_postgres)
-        .args(["-D", &dir.to_string_lossy(), "-m", "immediate", "-w", "stop"])
+        .args([
+            "-D",
+            &dir.to_string_lossy(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ])
         .output();
 }
 
@@ -133,7 +140,15 @@ impl PgServer {
         }
         let data = dir.join("data");
         let mut init = command(&bin, "initdb", as_postgres);
-        init.args(["-D", &data.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"]);
+        init.args([
+            "-D",
+            &data.to_string_lossy(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ]);
         run(init, "initdb");
         // Durable settings (fsync and synchronous commit stay on): the fault tests
         // crash and restart the server and expect committed tokens to survive.
@@ -203,7 +218,12 @@ impl PgServer {
             "-t",
             "60",
             "-o",
-            &format!("-p {} -k {} {}", self.port, self.dir.display(), self.options),
+            &format!(
+                "-p {} -k {} {}",
+                self.port,
+                self.dir.display(),
+                self.options
+            ),
             "start",
         ]);
         run(start, "pg_ctl start");
@@ -232,9 +252,23 @@ impl PgServer {
     /// Runs one SQL command with `psql`, returning its output (unaligned, tuples only).
     pub fn psql(&self, sql: &str) -> String {
         let psql = self.bin.join("psql");
-        let psql = if psql.exists() { psql } else { PathBuf::from("psql") };
+        let psql = if psql.exists() {
+            psql
+        } else {
+            PathBuf::from("psql")
+        };
         let out = Command::new(psql)
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.url(), "-c", sql])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(),
+                "-c",
+                sql,
+            ])
             .env("PGSSLMODE", "prefer")
             .output()
             .expect("psql runs");

@@ -1,0 +1,628 @@
+//! Several OS processes contend for the same keys through one PostgreSQL database,
+//! while this process injects faults: a holder killed with SIGKILL, a holder frozen
+//! with SIGSTOP past its TTL and resumed, connections killed with
+//! `pg_terminate_backend`, the server crashed and restarted mid-run, and one live
+//! holder cut off from the database (its role may no longer log in) while it keeps
+//! working: it must stop at its local deadline, before anyone else is granted the key.
+//!
+//! Every contender logs what it does on the database's clock (`clock_timestamp()`):
+//! `got` when granted, `work` for each side effect it performs as holder (a write
+//! guarded by a fencing table, which records whether the fence accepted it), `lost`
+//! or `released` when the lease ends. The checker then asserts, per key:
+//! - tokens only grow, in the order they were granted;
+//! - no two holders overlap: every action of a holder comes before the next holder's
+//!   grant, except a write by a process that was frozen, which the fence must refuse;
+//! - the killed holder's key is taken over after its TTL, the frozen holder reports
+//!   `Lost` and never acts again, and every process keeps working across connection
+//!   kills and the server restart, with the same managers.
+//!
+//! Runs as a plain program (`harness = false`); `cargo test --all-features` runs it.
+//! The same binary, started with `contender …`, is one contending process.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leases::backend::PostgresOptions;
+use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser};
+use support::pg::PgServer;
+use tokio_postgres::{Client, NoTls};
+
+const TABLE: &str = "leases";
+const TTL: Duration = Duration::from_secs(2);
+const KEYS: usize = 2;
+const RUN: Duration = Duration::from_secs(48);
+
+fn key(i: usize) -> Key {
+    Key::system(["faults", &format!("job-{i}")])
+}
+
+// ---------------------------------------------------------------- the contender ---
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A log connection that reconnects when it breaks; logging never blocks for long.
+struct Log {
+    url: String,
+    name: String,
+    client: Option<Client>,
+}
+
+impl Log {
+    async fn client(&mut self) -> Option<&Client> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let connect = tokio_postgres::connect(&self.url, NoTls);
+            self.client = match tokio::time::timeout(Duration::from_secs(1), connect).await {
+                Ok(Ok((client, conn))) => {
+                    tokio::spawn(conn);
+                    Some(client)
+                }
+                _ => None,
+            };
+        }
+        self.client.as_ref()
+    }
+
+    /// Records an event; returns whether it was recorded.
+    async fn event(&mut self, key: &Key, token: u64, kind: &str) -> bool {
+        let (name, k, t) = (self.name.clone(), key.to_string(), token as i64);
+        let Some(c) = self.client().await else {
+            return false;
+        };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&name, &k, &t, &kind];
+        let insert = c.execute(
+            "INSERT INTO events (proc, key, token, kind) VALUES ($1, $2, $3, $4)",
+            &params,
+        );
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), insert).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The holder's side effect: a write guarded by the fencing table.
+    async fn work(&mut self, key: &Key, token: u64) -> Option<bool> {
+        let (name, k, t) = (self.name.clone(), key.to_string(), token as i64);
+        let c = self.client().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&k, &t, &name];
+        let write = c.query_one(
+            "WITH f AS (
+                INSERT INTO fence (key, token) VALUES ($1, $2)
+                ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token
+                WHERE fence.token <= EXCLUDED.token RETURNING 1)
+             INSERT INTO events (proc, key, token, kind, accepted)
+             VALUES ($3, $1, $2, 'work', EXISTS (SELECT 1 FROM f)) RETURNING accepted",
+            &params,
+        );
+        match tokio::time::timeout(Duration::from_secs(1), write).await {
+            Ok(Ok(row)) => Some(row.get(0)),
+            _ => None,
+        }
+    }
+}
+
+async fn contender(url: String, name: String, seconds: u64) {
+    // The manager logs in as a role of its own, so that the orchestrator can cut this
+    // process off from the database; the event log uses the shared role.
+    let manager_url = url.replacen("postgres://postgres@", &format!("postgres://{name}@"), 1);
+    let manager = LeaseManager::builder()
+        .min_ttl(Duration::from_secs(1))
+        .postgres(
+            PostgresOptions::new(manager_url)
+                .pool_size(3)
+                .connect_timeout(Duration::from_secs(1))
+                .statement_timeout(Duration::from_secs(1)),
+        )
+        .start()
+        .await
+        .expect("manager starts");
+    let leaser: Arc<dyn Leaser> = Arc::new(manager.clone());
+    let mut log = Log {
+        url,
+        name: name.clone(),
+        client: None,
+    };
+    let mut rng = Rng(u64::from(std::process::id()) * 2654435761 + 1);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        let k = key(rng.below(KEYS as u64) as usize);
+        // Half the attempts wait for the key, half poll it, so that keys are tried at
+        // every moment of a lease's life, not only when it ends.
+        let polling = rng.below(2) == 0;
+        let mut opts = AcquireOptions::new(TTL).metadata(name.clone());
+        if !polling {
+            opts = opts.wait(TTL);
+        }
+        let (lease, ctx) = match leaser.acquire_lease_with(k.clone(), opts).await {
+            Ok(got) => got,
+            Err(LeaseError::Conflict) => {
+                if polling {
+                    tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
+                }
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let token = lease.token();
+        log.event(&k, token, "got").await;
+        let hold_until = Instant::now() + Duration::from_millis(300 + rng.below(2500));
+        while Instant::now() < hold_until && Instant::now() < end {
+            // Check the lease right before each side effect.
+            if ctx.is_cancelled() {
+                break;
+            }
+            log.work(&k, token).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match ctx.reason() {
+            Some(reason) => {
+                let kind = match reason {
+                    CancelReason::Lost(_) => "lost",
+                    CancelReason::Revoked => "revoked",
+                    _ => "ended",
+                };
+                for _ in 0..20 {
+                    if log.event(&k, token, kind).await {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                drop(lease);
+            }
+            None => {
+                let released = lease.release().await.is_ok();
+                log.event(
+                    &k,
+                    token,
+                    if released {
+                        "released"
+                    } else {
+                        "release-failed"
+                    },
+                )
+                .await;
+            }
+        }
+    }
+    manager.shutdown().await;
+}
+
+// --------------------------------------------------------------- the orchestrator ---
+
+struct Proc {
+    name: String,
+    child: Child,
+    frozen: bool,
+    killed: bool,
+}
+
+fn spawn(url: &str, name: &str, seconds: u64) -> Proc {
+    let exe = std::env::current_exe().expect("own path");
+    let child = Command::new(exe)
+        .args(["contender", url, name, &seconds.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn contender");
+    Proc {
+        name: name.to_string(),
+        child,
+        frozen: false,
+        killed: false,
+    }
+}
+
+fn signal(p: &Proc, sig: libc::c_int) {
+    // SAFETY: sending a signal to our own child process.
+    let rc = unsafe { libc::kill(p.child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", p.name);
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+async fn db_now(client: &Client) -> std::time::SystemTime {
+    client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The process name and token holding `key` now, waiting up to `TTL` for one.
+async fn holder(client: &Client, key: &Key) -> (String, u64) {
+    let until = Instant::now() + TTL * 2;
+    loop {
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT convert_from(metadata, 'UTF8'), token FROM {TABLE} \
+                     WHERE key = $1 AND expires_at > now() AND NOT revoked"
+                ),
+                &[&key.to_string()],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            return (row.get(0), row.get::<_, i64>(1) as u64);
+        }
+        assert!(Instant::now() < until, "nobody holds {key}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    at: std::time::SystemTime,
+    proc: String,
+    key: String,
+    token: u64,
+    kind: String,
+    accepted: Option<bool>,
+}
+
+struct Checks {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Checks {
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if ok {
+            self.passed += 1;
+        } else {
+            let what = what.into();
+            eprintln!("FAILED: {what}");
+            self.failed.push(what);
+        }
+    }
+}
+
+async fn orchestrate() -> Checks {
+    let server = PgServer::start(None);
+    let url = server.url();
+    let admin = connect(&url).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE events (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+                proc TEXT NOT NULL, key TEXT NOT NULL, token BIGINT NOT NULL, kind TEXT NOT NULL, accepted BOOLEAN);
+             CREATE TABLE fence (key TEXT PRIMARY KEY, token BIGINT NOT NULL);
+             CREATE ROLE p1 LOGIN SUPERUSER; CREATE ROLE p2 LOGIN SUPERUSER;
+             CREATE ROLE p3 LOGIN SUPERUSER; CREATE ROLE p4 LOGIN SUPERUSER;
+             CREATE ROLE p5 LOGIN SUPERUSER;",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut procs: Vec<Proc> = (1..=4)
+        .map(|i| spawn(&url, &format!("p{i}"), RUN.as_secs()))
+        .collect();
+    let at = |s: u64| started + Duration::from_secs(s);
+    let mut faults = Vec::new();
+
+    // SIGKILL the holder of job-0.
+    tokio::time::sleep_until(at(6).into()).await;
+    let (victim, killed_token) = holder(&admin, &key(0)).await;
+    let killed_at = db_now(&admin).await;
+    let p = procs.iter_mut().find(|p| p.name == victim).unwrap();
+    signal(p, libc::SIGKILL);
+    p.killed = true;
+    faults.push(format!(
+        "SIGKILL {victim} holding job-0 (token {killed_token})"
+    ));
+    let remaining = RUN.saturating_sub(started.elapsed()).as_secs();
+    procs.push(spawn(&url, "p5", remaining));
+
+    // SIGSTOP the holder of job-1 for 2.5 TTLs, then resume it.
+    tokio::time::sleep_until(at(14).into()).await;
+    let (frozen, frozen_token) = holder(&admin, &key(1)).await;
+    let p = procs.iter_mut().find(|p| p.name == frozen).unwrap();
+    signal(p, libc::SIGSTOP);
+    p.frozen = true;
+    tokio::time::sleep(TTL * 5 / 2).await;
+    let resumed_at = db_now(&admin).await;
+    let p = procs.iter().find(|p| p.name == frozen).unwrap();
+    signal(p, libc::SIGCONT);
+    faults.push(format!(
+        "SIGSTOP {frozen} holding job-1 (token {frozen_token}) for {:?}",
+        TTL * 5 / 2
+    ));
+
+    // Kill every client connection, twice.
+    tokio::time::sleep_until(at(24).into()).await;
+    let mut terminated = 0;
+    for _ in 0..2 {
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .unwrap();
+        terminated += rows.len();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let after_terminate = db_now(&admin).await;
+    faults.push(format!(
+        "pg_terminate_backend on {terminated} connections (two rounds)"
+    ));
+
+    // Crash the server and start it again.
+    tokio::time::sleep_until(at(30).into()).await;
+    drop(admin);
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.start_again();
+    let admin = connect(&url).await;
+    let restarted_at = db_now(&admin).await;
+    faults.push("server crashed (immediate stop) and restarted".to_string());
+
+    // Cut the holder of job-0 off from the database for 2.5 TTLs while it keeps
+    // working: it may not log in, and its connections are closed.
+    tokio::time::sleep_until(at(35).into()).await;
+    let (cut, cut_token) = holder(&admin, &key(0)).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {cut} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{cut}'"
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(TTL * 5 / 2).await;
+    admin
+        .batch_execute(&format!("ALTER ROLE {cut} LOGIN"))
+        .await
+        .unwrap();
+    faults.push(format!(
+        "{cut} (holding job-0, token {cut_token}) cut off from the database for {:?}",
+        TTL * 5 / 2
+    ));
+
+    // Let the run finish.
+    let mut exits = Vec::new();
+    for p in &mut procs {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = p.child.kill();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        exits.push((p.name.clone(), p.killed, status));
+    }
+
+    let rows = admin
+        .query(
+            "SELECT at, proc, key, token, kind, accepted FROM events ORDER BY at, id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let events: Vec<Event> = rows
+        .iter()
+        .map(|r| Event {
+            at: r.get(0),
+            proc: r.get(1),
+            key: r.get(2),
+            token: r.get::<_, i64>(3) as u64,
+            kind: r.get(4),
+            accepted: r.get(5),
+        })
+        .collect();
+    let frozen_procs: Vec<String> = procs
+        .iter()
+        .filter(|p| p.frozen)
+        .map(|p| p.name.clone())
+        .collect();
+
+    let mut c = Checks {
+        passed: 0,
+        failed: Vec::new(),
+    };
+    for (name, killed, status) in &exits {
+        if !killed {
+            c.check(
+                status.is_some_and(|s| s.success()),
+                format!("{name} exited cleanly ({status:?})"),
+            );
+        }
+    }
+
+    // Per key: grants in time order; tokens grow; no overlap.
+    let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in &events {
+        by_key.entry(e.key.as_str()).or_default().push(e);
+    }
+    let mut grants_total = 0;
+    let mut refused_stale = 0;
+    for (k, evs) in &by_key {
+        let grants: Vec<&&Event> = evs.iter().filter(|e| e.kind == "got").collect();
+        grants_total += grants.len();
+        c.check(
+            grants.windows(2).all(|w| w[0].token < w[1].token),
+            format!("{k}: tokens grow in grant order"),
+        );
+        // When did each token's holder start, and what did it do after the next grant?
+        let first_at: HashMap<u64, std::time::SystemTime> =
+            grants.iter().map(|g| (g.token, g.at)).collect();
+        let mut tokens: Vec<u64> = first_at.keys().copied().collect();
+        tokens.sort_unstable();
+        for pair in tokens.windows(2) {
+            let (old, next) = (pair[0], pair[1]);
+            let next_at = first_at[&next];
+            for e in evs
+                .iter()
+                .filter(|e| e.token == old && e.kind == "work" && e.at > next_at)
+            {
+                if frozen_procs.contains(&e.proc) && e.accepted == Some(false) {
+                    // The pause-between-check-and-write case: fencing caught it.
+                    refused_stale += 1;
+                } else {
+                    c.check(
+                        false,
+                        format!(
+                            "{k}: {} acted with token {old} after token {next} was granted: {e:?}",
+                            e.proc
+                        ),
+                    );
+                }
+            }
+        }
+        c.check(true, format!("{k}: holders do not overlap"));
+    }
+
+    // The killed holder's key was taken over, after its lease ran out.
+    let job0 = key(0).to_string();
+    let takeover = events
+        .iter()
+        .find(|e| e.key == job0 && e.kind == "got" && e.token > killed_token && e.at > killed_at);
+    c.check(takeover.is_some(), "job-0 was taken over after the SIGKILL");
+    if let Some(t) = takeover {
+        let after = t.at.duration_since(killed_at).unwrap_or_default();
+        c.check(
+            after <= TTL + Duration::from_secs(2),
+            format!("job-0 taken over {after:?} after the kill (TTL {TTL:?})"),
+        );
+    }
+
+    // The frozen holder was told it lost the lease and never acted as holder again.
+    let job1 = key(1).to_string();
+    c.check(
+        events
+            .iter()
+            .any(|e| e.proc == frozen && e.token == frozen_token && e.kind == "lost"),
+        format!("{frozen} reported Lost for token {frozen_token} after SIGCONT"),
+    );
+    c.check(
+        !events.iter().any(|e| {
+            e.proc == frozen
+                && e.token == frozen_token
+                && e.kind == "work"
+                && e.at > resumed_at
+                && e.accepted == Some(true)
+        }),
+        format!("{frozen} did no accepted work with token {frozen_token} after resuming"),
+    );
+    c.check(
+        events
+            .iter()
+            .any(|e| e.key == job1 && e.kind == "got" && e.token > frozen_token),
+        "job-1 was taken over while its holder was frozen",
+    );
+
+    if std::env::var_os("PG_FAULTS_DEBUG").is_some() {
+        for e in events.iter().filter(|e| e.key == job0 && e.kind != "work") {
+            eprintln!("{:?} {} {} {}", e.at, e.proc, e.token, e.kind);
+        }
+        eprintln!(
+            "last work of the cut holder: {:?}",
+            events
+                .iter()
+                .filter(|e| e.proc == cut && e.token == cut_token && e.kind == "work")
+                .map(|e| e.at)
+                .max()
+        );
+    }
+    // The cut-off holder stopped on its own, before job-0 changed hands.
+    let next = events
+        .iter()
+        .find(|e| e.key == job0 && e.kind == "got" && e.token > cut_token);
+    let last_work = events
+        .iter()
+        .filter(|e| e.proc == cut && e.token == cut_token && e.kind == "work")
+        .map(|e| e.at)
+        .max();
+    // Either its context ended with Lost, or its planned hold ended first and its
+    // release failed (the database refused it): both mean it stopped acting.
+    let ends: Vec<&str> = events
+        .iter()
+        .filter(|e| e.proc == cut && e.token == cut_token && e.kind != "work" && e.kind != "got")
+        .map(|e| e.kind.as_str())
+        .collect();
+    c.check(
+        ends == ["lost"] || ends == ["release-failed"],
+        format!("{cut} reported Lost (or a failed release) for token {cut_token} while cut off: {ends:?}"),
+    );
+    c.check(
+        matches!((next, last_work), (Some(n), Some(w)) if w < n.at),
+        format!(
+            "{cut}'s last write came before job-0's next grant ({last_work:?} vs {:?})",
+            next.map(|n| n.at)
+        ),
+    );
+
+    // Everyone kept working across the connection kills and the restart.
+    let got_after = |t: std::time::SystemTime| {
+        events
+            .iter()
+            .filter(|e| e.kind == "got" && e.at > t)
+            .map(|e| e.proc.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let after_kill = got_after(after_terminate);
+    c.check(
+        after_kill.len() >= 3,
+        format!("processes granted leases after pg_terminate_backend: {after_kill:?}"),
+    );
+    let after_restart = got_after(restarted_at);
+    c.check(
+        after_restart.len() >= 3,
+        format!("processes granted leases after the restart: {after_restart:?}"),
+    );
+
+    let work = events.iter().filter(|e| e.kind == "work").count();
+    let lost = events.iter().filter(|e| e.kind == "lost").count();
+    println!("pg_faults: {} processes, {grants_total} grants, {work} fenced writes, {lost} losses, {refused_stale} stale writes refused by the fence", procs.len());
+    for f in &faults {
+        println!("pg_faults: fault: {f}");
+    }
+    c
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if args.get(1).map(String::as_str) == Some("contender") {
+        let seconds = args[4].parse().unwrap();
+        rt.block_on(contender(args[2].clone(), args[3].clone(), seconds));
+        return;
+    }
+    if args.iter().skip(1).any(|a| a == "--list") {
+        println!("pg_faults: test");
+        return;
+    }
+    let checks = rt.block_on(orchestrate());
+    println!("{} passed, {} failed", checks.passed, checks.failed.len());
+    if !checks.failed.is_empty() {
+        std::process::exit(1);
+    }
+}
