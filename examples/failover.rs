@@ -1,61 +1,134 @@
 //! Failover, told as a timeline.
 //!
-//! Four workers compete for two jobs on the in-memory backend. For each job one worker
-//! holds the lease and works; the other waits. Then:
-//! - an operator revokes the billing job's lease: its holder is told at once and stops,
-//!   and the waiting worker takes over with a larger fencing token;
-//! - the emails job's renewals stall (as if its database connection hung): its holder
-//!   is told at its local deadline, before the lease expires, and the waiting worker
-//!   takes over once it has expired. The stale holder then tries one late write, and
-//!   the fenced ledger refuses it;
+//! Four workers compete for two jobs. For each job one worker holds the lease and
+//! works; the other waits. Then:
+//! - an operator revokes the billing job's lease: its holder is told and stops, and the
+//!   waiting worker takes over with a larger fencing token;
+//! - the emails job's holder stops renewing (its renewals stall in-process, or, across
+//!   processes, the whole process is frozen with SIGSTOP): it is told at its local
+//!   deadline, the waiting worker takes over once the lease has expired, and the stale
+//!   holder's late write is refused by a fenced ledger;
 //! - everything shuts down cleanly.
 //!
-//! Run it with `cargo run --example failover`. It takes about eight seconds.
+//! In-process, on the in-memory backend (about eight seconds):
+//!     cargo run --example failover
+//! Across processes sharing PostgreSQL (the coordinator starts four worker processes):
+//!     cargo run --features postgres --example failover -- --postgres postgres://user@host/db
+//! (or set LEASES_POSTGRES_URL).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use leases::backend::{Backend, FaultyBackend, MemoryBackend, RenewFault};
 use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser};
-use tokio::time::Instant;
 
 /// Short, so that the story fits in seconds; production leases use MIN_TTL (5 s) or more.
 const TTL: Duration = Duration::from_secs(1);
 
-/// A resource that remembers the highest fencing token per job and refuses lower ones:
-/// what makes a stale holder harmless.
-#[derive(Default)]
-struct Ledger {
-    highest: Mutex<HashMap<Key, u64>>,
-    writes: Mutex<Vec<(Key, u64, String)>>,
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Prints timeline lines, in seconds since the story began (shared across processes
+/// through the wall clock).
+#[derive(Clone, Copy)]
+struct Clock {
+    start_ms: u128,
 }
 
-impl Ledger {
-    fn write(&self, key: &Key, token: u64, who: &str) -> Result<(), u64> {
-        let mut highest = self.highest.lock().unwrap();
-        let seen = highest.entry(key.clone()).or_insert(0);
-        if token < *seen {
-            return Err(*seen);
-        }
-        *seen = token;
-        self.writes
-            .lock()
-            .unwrap()
-            .push((key.clone(), token, who.to_string()));
-        Ok(())
+impl Clock {
+    fn now_ms() -> u128 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    }
+    fn say(&self, what: impl AsRef<str>) {
+        let s = Self::now_ms().saturating_sub(self.start_ms) as f64 / 1000.0;
+        println!("[{s:5.2}s] {}", what.as_ref());
     }
 }
 
-struct Clock(Instant);
+/// A resource that remembers the highest fencing token per job and refuses lower ones:
+/// what makes a stale holder harmless.
+enum Ledger {
+    Memory(Mutex<(HashMap<Key, u64>, Vec<(Key, u64, String)>)>),
+    #[cfg(feature = "postgres")]
+    Postgres(tokio_postgres::Client),
+}
 
-impl Clock {
-    fn say(&self, what: impl AsRef<str>) {
-        println!(
-            "[{:5.2}s] {}",
-            self.0.elapsed().as_secs_f64(),
-            what.as_ref()
-        );
+impl Ledger {
+    /// Records a unit of work by `who` with `token`; `Err(newer)` if a newer token wrote.
+    async fn write(&self, key: &Key, token: u64, who: &str) -> Result<Result<(), u64>, Error> {
+        match self {
+            Ledger::Memory(m) => {
+                let mut m = m.lock().unwrap();
+                let seen = m.0.entry(key.clone()).or_insert(0);
+                if token < *seen {
+                    return Ok(Err(*seen));
+                }
+                *seen = token;
+                m.1.push((key.clone(), token, who.to_string()));
+                Ok(Ok(()))
+            }
+            #[cfg(feature = "postgres")]
+            Ledger::Postgres(c) => {
+                let (k, t) = (key.to_string(), token as i64);
+                let row = c
+                    .query_one(
+                        "WITH f AS (
+                            INSERT INTO failover_fence (key, token) VALUES ($1, $2)
+                            ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token
+                            WHERE failover_fence.token <= EXCLUDED.token RETURNING 1),
+                         w AS (INSERT INTO failover_writes (key, token, who)
+                            SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM f))
+                         SELECT EXISTS (SELECT 1 FROM f),
+                                (SELECT token FROM failover_fence WHERE key = $1)",
+                        &[&k, &t, &who],
+                    )
+                    .await?;
+                let accepted: bool = row.get(0);
+                let seen: Option<i64> = row.get(1);
+                Ok(if accepted {
+                    Ok(())
+                } else {
+                    Err(seen.unwrap_or(0) as u64)
+                })
+            }
+        }
+    }
+
+    /// Who wrote, in order: (key, token, worker), one line per change of hands.
+    async fn history(&self) -> Result<Vec<(String, u64, String)>, Error> {
+        let all: Vec<(String, u64, String)> = match self {
+            Ledger::Memory(m) => {
+                let m = m.lock().unwrap();
+                m.1.iter()
+                    .map(|(k, t, w)| (k.to_string(), *t, w.clone()))
+                    .collect()
+            }
+            #[cfg(feature = "postgres")]
+            Ledger::Postgres(c) => c
+                .query(
+                    "SELECT key, token, who FROM failover_writes ORDER BY id",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get(2)))
+                .collect(),
+        };
+        let mut out: Vec<(String, u64, String)> = Vec::new();
+        for w in all {
+            if !out
+                .iter()
+                .rev()
+                .find(|o| o.0 == w.0)
+                .is_some_and(|o| o.1 == w.1)
+            {
+                out.push(w);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -64,18 +137,19 @@ async fn worker(
     job: Key,
     leaser: Arc<dyn Leaser>,
     ledger: Arc<Ledger>,
-    clock: Arc<Clock>,
-) {
+    clock: Clock,
+) -> Result<(), Error> {
     loop {
         let options = AcquireOptions::new(TTL)
-            .metadata(name.clone())
+            .metadata(format!("{name} pid={}", std::process::id()))
             .wait(Duration::from_secs(30));
         let (lease, ctx) = match leaser.acquire_lease_with(job.clone(), options).await {
             Ok(got) => got,
-            Err(LeaseError::ManagerStopped) => return,
+            Err(LeaseError::ManagerStopped) => return Ok(()),
             Err(e) => {
                 clock.say(format!("{name}: could not acquire {job}: {e}"));
-                return;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             }
         };
         let token = lease.token();
@@ -87,9 +161,10 @@ async fn worker(
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {
                     // Check the context right before the side effect, and fence it.
                     if ctx.is_cancelled() { continue; }
-                    match ledger.write(&job, token, &name) {
-                        Ok(()) => units += 1,
-                        Err(newer) => clock.say(format!("{name}: write refused, token {newer} seen")),
+                    match ledger.write(&job, token, &name).await {
+                        Ok(Ok(())) => units += 1,
+                        Ok(Err(newer)) => clock.say(format!("{name}: write refused, token {newer} seen")),
+                        Err(e) => clock.say(format!("{name}: ledger unavailable: {e}")),
                     }
                 }
             }
@@ -98,14 +173,15 @@ async fn worker(
             "{name}: told the lease on {job} ended ({reason}) after {units} units of work; stopping"
         ));
         match reason {
-            CancelReason::Shutdown => return,
+            CancelReason::Shutdown => return Ok(()),
             CancelReason::Lost(_) => {
                 // A holder that was paused and wakes up late would try to write with its
-                // old token. The ledger has seen a newer one by now (or will refuse it
-                // once the new holder writes), so the late write cannot do harm.
+                // old token. The ledger has seen a newer one, so the write does no harm.
                 tokio::time::sleep(TTL).await;
-                match ledger.write(&job, token, &name) {
-                    Ok(()) => clock.say(format!("{name}: late write with token {token} accepted (no newer holder yet)")),
+                match ledger.write(&job, token, &name).await? {
+                    Ok(()) => clock.say(format!(
+                        "{name}: late write with token {token} accepted (no newer holder yet)"
+                    )),
                     Err(newer) => clock.say(format!(
                         "{name}: late write with stale token {token} refused: the ledger has seen {newer}"
                     )),
@@ -119,9 +195,35 @@ async fn worker(
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let clock = Arc::new(Clock(Instant::now()));
+fn jobs() -> (Key, Key) {
+    (
+        Key::system(["jobs", "billing"]),
+        Key::system(["jobs", "emails"]),
+    )
+}
+
+fn holder_name(info: &leases::LeaseInfo) -> String {
+    String::from_utf8_lossy(&info.metadata).into_owned()
+}
+
+async fn print_history(ledger: &Ledger) -> Result<(), Error> {
+    println!("\nwho wrote, in order (key, token, worker):");
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (key, token, who) in ledger.history().await? {
+        println!("  {key}  {token}  {who}");
+        if let Some(t) = last.insert(key, token) {
+            assert!(token > t, "fencing tokens only grow");
+        }
+    }
+    println!("every job changed hands with a larger token; nothing was written by two holders");
+    Ok(())
+}
+
+/// The whole story in one process, on the in-memory backend.
+async fn in_process() -> Result<(), Error> {
+    let clock = Clock {
+        start_ms: Clock::now_ms(),
+    };
     let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     // The fault injector lets the story stall one job's renewals.
     let faults = Arc::new(FaultyBackend::new(memory));
@@ -131,26 +233,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
     let leaser: Arc<dyn Leaser> = Arc::new(manager.clone());
-    let ledger = Arc::new(Ledger::default());
-    let billing = Key::system(["jobs", "billing"]);
-    let emails = Key::system(["jobs", "emails"]);
+    let ledger = Arc::new(Ledger::Memory(Mutex::default()));
+    let (billing, emails) = jobs();
     clock.say(format!(
         "manager started: in-memory backend, TTL {TTL:?}, renewal every {:?}, safety margin {:?}",
         TTL / 3,
         manager.safety_margin(TTL)
     ));
-
     let mut workers = Vec::new();
     for (i, job) in [&billing, &billing, &emails, &emails]
         .into_iter()
         .enumerate()
     {
+        let name = format!("worker-{}", i + 1);
         workers.push(tokio::spawn(worker(
-            format!("worker-{}", i + 1),
+            name,
             job.clone(),
             leaser.clone(),
             ledger.clone(),
-            clock.clone(),
+            clock,
         )));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -159,46 +260,197 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let info = manager
         .lease_info(&billing)
         .await?
-        .expect("billing is held");
+        .ok_or("billing is not held")?;
     clock.say(format!(
-        "operator: revoking {billing} (held by {} with token {})",
-        String::from_utf8_lossy(&info.metadata),
+        "operator: revoking {billing} (held by {}, token {})",
+        holder_name(&info),
         info.token
     ));
     manager.revoke(&billing).await?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let info = manager.lease_info(&emails).await?.expect("emails is held");
+    let info = manager
+        .lease_info(&emails)
+        .await?
+        .ok_or("emails is not held")?;
     clock.say(format!(
-        "fault: renewals of {emails} stall (held by {} with token {})",
-        String::from_utf8_lossy(&info.metadata),
+        "fault: renewals of {emails} stall (held by {}, token {})",
+        holder_name(&info),
         info.token
     ));
     faults.fail_renewals(&emails, RenewFault::Stall);
     tokio::time::sleep(TTL / 2).await;
-    // The stalled renewal is still hanging; later holders' renewals will work again.
+    // The stalled renewal is still hanging; later holders' renewals work again.
     faults.heal_renewals(&emails);
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     clock.say("shutting down");
     manager.shutdown().await;
     for w in workers {
-        w.await?;
+        w.await??;
+    }
+    print_history(&ledger).await
+}
+
+#[cfg(feature = "postgres")]
+mod distributed {
+    //! The same story across processes sharing one PostgreSQL database.
+
+    use super::*;
+    use leases::backend::PostgresOptions;
+    use std::process::{Child, Command};
+
+    async fn ledger(url: &str) -> Result<Ledger, Error> {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(Ledger::Postgres(client))
     }
 
-    println!("\nwho wrote, in order (key, token, worker):");
-    let writes = ledger.writes.lock().unwrap();
-    let mut last: HashMap<&Key, (u64, &str)> = HashMap::new();
-    for (key, token, who) in writes.iter() {
-        match last.get(key) {
-            Some((t, w)) if *t == *token && *w == who.as_str() => {}
-            _ => println!("  {key}  {token}  {who}"),
-        }
-        if let Some((t, _)) = last.get(key) {
-            assert!(token >= t, "fencing tokens only grow");
-        }
-        last.insert(key, (*token, who.as_str()));
+    async fn manager(url: &str) -> Result<LeaseManager, Error> {
+        Ok(LeaseManager::builder()
+            .min_ttl(TTL)
+            .postgres(PostgresOptions::new(url).pool_size(2))
+            .start()
+            .await?)
     }
-    println!("every job changed hands with a larger token; nothing was written by two holders");
-    Ok(())
+
+    /// One worker process: works until `stop_ms` (wall clock), then shuts down.
+    pub(super) async fn worker_process(
+        url: String,
+        name: String,
+        job: String,
+        start_ms: u128,
+        stop_ms: u128,
+    ) -> Result<(), Error> {
+        let clock = Clock { start_ms };
+        let manager = manager(&url).await?;
+        let leaser: Arc<dyn Leaser> = Arc::new(manager.clone());
+        let ledger = Arc::new(ledger(&url).await?);
+        let job = Key::parse(&job)?;
+        let work = tokio::spawn(worker(name, job, leaser, ledger, clock));
+        let left = stop_ms.saturating_sub(Clock::now_ms());
+        tokio::time::sleep(Duration::from_millis(left as u64)).await;
+        manager.shutdown().await;
+        work.await?
+    }
+
+    fn pid_of(info: &leases::LeaseInfo) -> Option<i32> {
+        holder_name(info).split("pid=").nth(1)?.parse().ok()
+    }
+
+    fn signal(pid: i32, sig: libc::c_int) {
+        // SAFETY: signalling one of our own worker processes.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// The coordinator: sets up the ledger, starts four worker processes, plays the
+    /// operator, and prints who wrote.
+    pub(super) async fn coordinator(url: String) -> Result<(), Error> {
+        let clock = Clock {
+            start_ms: Clock::now_ms(),
+        };
+        let admin = ledger(&url).await?;
+        if let Ledger::Postgres(c) = &admin {
+            c.batch_execute(
+                "DROP TABLE IF EXISTS failover_writes, failover_fence;
+                 CREATE TABLE failover_fence (key TEXT PRIMARY KEY, token BIGINT NOT NULL);
+                 CREATE TABLE failover_writes (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, token BIGINT NOT NULL, who TEXT NOT NULL);",
+            )
+            .await?;
+        }
+        let operator = manager(&url).await?;
+        let (billing, emails) = jobs();
+        clock.say(format!(
+            "coordinator: PostgreSQL backend, TTL {TTL:?}; starting four worker processes"
+        ));
+        let stop_ms = clock.start_ms + 9_000;
+        let exe = std::env::current_exe()?;
+        let mut children: Vec<Child> = Vec::new();
+        for (i, job) in [&billing, &billing, &emails, &emails]
+            .into_iter()
+            .enumerate()
+        {
+            children.push(
+                Command::new(&exe)
+                    .args([
+                        "--worker",
+                        &url,
+                        &format!("worker-{}", i + 1),
+                        &job.to_string(),
+                    ])
+                    .args([clock.start_ms.to_string(), stop_ms.to_string()])
+                    .spawn()?,
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let info = operator
+            .lease_info(&billing)
+            .await?
+            .ok_or("billing is not held")?;
+        clock.say(format!(
+            "operator: revoking {billing} (held by {}, token {})",
+            holder_name(&info),
+            info.token
+        ));
+        operator.revoke(&billing).await?;
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let info = operator
+            .lease_info(&emails)
+            .await?
+            .ok_or("emails is not held")?;
+        let pid = pid_of(&info).ok_or("no pid in the metadata")?;
+        clock.say(format!(
+            "fault: freezing {} (token {}) with SIGSTOP for {:?}",
+            holder_name(&info),
+            info.token,
+            TTL * 2
+        ));
+        signal(pid, libc::SIGSTOP);
+        tokio::time::sleep(TTL * 2).await;
+        signal(pid, libc::SIGCONT);
+        clock.say("fault: resumed it with SIGCONT");
+
+        for mut c in children {
+            c.wait()?;
+        }
+        operator.shutdown().await;
+        clock.say("all workers stopped");
+        print_history(&admin).await
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let url = match args.iter().position(|a| a == "--postgres") {
+        Some(i) => Some(args.get(i + 1).cloned().ok_or("--postgres needs a URL")?),
+        None => std::env::var("LEASES_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty()),
+    };
+    #[cfg(feature = "postgres")]
+    {
+        if args.first().map(String::as_str) == Some("--worker") {
+            let a = |i: usize| args.get(i).cloned().ok_or("worker arguments");
+            return distributed::worker_process(
+                a(1)?,
+                a(2)?,
+                a(3)?,
+                a(4)?.parse()?,
+                a(5)?.parse()?,
+            )
+            .await;
+        }
+        if let Some(url) = url {
+            return distributed::coordinator(url).await;
+        }
+    }
+    #[cfg(not(feature = "postgres"))]
+    if url.is_some() {
+        return Err("this build has no PostgreSQL support: run with --features postgres".into());
+    }
+    in_process().await
 }
