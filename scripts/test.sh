@@ -10,17 +10,30 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The PostgreSQL tests start throwaway servers from the machine's server binaries.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${LEASES_PG_BIN:-}" ]; then
+  step "installing PostgreSQL (server binaries for the tests)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --all-targets --all-features -- -D warnings
 
-step "cargo test (all features)"
+step "cargo test (all features: memory and PostgreSQL backends, multi-process faults)"
 cargo test --all-features
 
 step "main example: cargo run --example failover"
 cargo run --quiet --example failover
+
+step "main example across processes on a throwaway PostgreSQL"
+bash scripts/with-postgres.sh cargo run --quiet --features postgres --example failover
 
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
