@@ -50,8 +50,11 @@ impl Clock {
 
 /// A resource that remembers the highest fencing token per job and refuses lower ones:
 /// what makes a stale holder harmless.
+/// In-process ledger: the highest token per key, and every accepted write.
+type MemoryLedger = Mutex<(HashMap<Key, u64>, Vec<(Key, u64, String)>)>;
+
 enum Ledger {
-    Memory(Mutex<(HashMap<Key, u64>, Vec<(Key, u64, String)>)>),
+    Memory(MemoryLedger),
     #[cfg(feature = "postgres")]
     Postgres(tokio_postgres::Client),
 }
@@ -119,12 +122,8 @@ impl Ledger {
         };
         let mut out: Vec<(String, u64, String)> = Vec::new();
         for w in all {
-            if !out
-                .iter()
-                .rev()
-                .find(|o| o.0 == w.0)
-                .is_some_and(|o| o.1 == w.1)
-            {
+            let last_of_key = out.iter().rev().find(|o| o.0 == w.0);
+            if last_of_key.is_none_or(|o| o.1 != w.1) {
                 out.push(w);
             }
         }

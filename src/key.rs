@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -111,7 +112,9 @@ pub enum KeyError {
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
-    segments: Vec<String>,
+    /// Shared, so that a clone (the manager makes several per lease) costs one atomic
+    /// increment rather than an allocation per segment.
+    segments: Arc<[String]>,
 }
 
 impl Key {
@@ -124,7 +127,9 @@ impl Key {
     {
         let mut segments = vec![SYSTEM.to_owned()];
         segments.extend(parts.into_iter().map(|p| p.as_ref().to_owned()));
-        Key { segments }
+        Key {
+            segments: segments.into(),
+        }
     }
 
     /// A module key: `/module/<module>/` followed by `parts`. Infallible.
@@ -136,7 +141,9 @@ impl Key {
     {
         let mut segments = vec![MODULE.to_owned(), module.as_ref().to_owned()];
         segments.extend(parts.into_iter().map(|p| p.as_ref().to_owned()));
-        Key { segments }
+        Key {
+            segments: segments.into(),
+        }
     }
 
     /// A key from its raw (unescaped) segments, checking the root segment.
@@ -156,7 +163,9 @@ impl Key {
                 })
             }
         }
-        Ok(Key { segments })
+        Ok(Key {
+            segments: segments.into(),
+        })
     }
 
     /// Parses the string form of a key. The exact inverse of `Display`: for every key
@@ -284,7 +293,7 @@ fn unescape_segment(raw: &str, offset: usize, index: usize) -> Result<String, Ke
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for segment in &self.segments {
+        for segment in self.segments.iter() {
             f.write_str("/")?;
             for piece in utf8_percent_encode(segment, SEGMENT) {
                 f.write_str(piece)?;

@@ -132,6 +132,25 @@ impl Backend for FaultyBackend {
         self.inner.info(key).await
     }
 
+    fn acquire_now(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Option<Result<AcquireOutcome, BackendError>> {
+        match self.check_up() {
+            Ok(()) => self.inner.acquire_now(key, ttl, metadata),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn release_now(&self, key: &Key, token: u64) -> Option<Result<bool, BackendError>> {
+        match self.check_up() {
+            Ok(()) => self.inner.release_now(key, token),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     fn subscribe_frees(&self) -> KeyFrees {
         self.inner.subscribe_frees()
     }

@@ -108,9 +108,8 @@ fn deadline(now: Instant, ttl: Duration) -> Result<Instant, BackendError> {
     })
 }
 
-#[async_trait]
-impl Backend for MemoryBackend {
-    async fn acquire(
+impl MemoryBackend {
+    fn acquire_sync(
         &self,
         key: &Key,
         ttl: Duration,
@@ -143,6 +142,45 @@ impl Backend for MemoryBackend {
         Ok(AcquireOutcome::Granted { token })
     }
 
+    fn release_sync(&self, key: &Key, token: u64) -> bool {
+        let removed = {
+            let mut state = self.lock();
+            match state.held.get(key) {
+                Some(h) if h.token == token => state.held.remove(key).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.notify_freed(key);
+        }
+        removed
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<AcquireOutcome, BackendError> {
+        self.acquire_sync(key, ttl, metadata)
+    }
+
+    fn acquire_now(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Option<Result<AcquireOutcome, BackendError>> {
+        Some(self.acquire_sync(key, ttl, metadata))
+    }
+
+    fn release_now(&self, key: &Key, token: u64) -> Option<Result<bool, BackendError>> {
+        Some(Ok(self.release_sync(key, token)))
+    }
+
     async fn renew(
         &self,
         key: &Key,
@@ -167,17 +205,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
-        let removed = {
-            let mut state = self.lock();
-            match state.held.get(key) {
-                Some(h) if h.token == token => state.held.remove(key).is_some(),
-                _ => false,
-            }
-        };
-        if removed {
-            self.notify_freed(key);
-        }
-        Ok(removed)
+        Ok(self.release_sync(key, token))
     }
 
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {

@@ -93,6 +93,24 @@ pub trait Backend: Send + Sync + 'static {
     /// The current unexpired lease on `key`, if any.
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError>;
 
+    /// Answers an acquire at once, without I/O, if this backend can (the memory backend
+    /// can: it is a map behind a lock). The supervisor then handles the answer inline
+    /// instead of spawning a task for it. `None` (the default) means: call
+    /// [`acquire`](Backend::acquire) from a task.
+    fn acquire_now(
+        &self,
+        _key: &Key,
+        _ttl: Duration,
+        _metadata: &[u8],
+    ) -> Option<Result<AcquireOutcome, BackendError>> {
+        None
+    }
+
+    /// Like [`acquire_now`](Backend::acquire_now), for [`release`](Backend::release).
+    fn release_now(&self, _key: &Key, _token: u64) -> Option<Result<bool, BackendError>> {
+        None
+    }
+
     /// A subscription to keys being freed, used to wake waiting acquirers. Subscribe
     /// *before* the acquire attempt that may have to wait, so no release is missed.
     fn subscribe_frees(&self) -> KeyFrees;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
+};
 use tokio::time::Instant;
 
 use super::renewer::{Renewer, RenewerArgs, Tick};
@@ -39,6 +41,7 @@ impl std::fmt::Debug for ManagerMessage {
             Msg::Release { .. } => "Release",
             Msg::Revoke { .. } => "Revoke",
             Msg::WaitExpired { .. } => "WaitExpired",
+            Msg::Attach { .. } => "Attach",
             Msg::Shutdown { .. } => "Shutdown",
         };
         write!(f, "ManagerMessage::{name}")
@@ -92,6 +95,12 @@ pub(crate) enum Msg {
         key: Key,
         reply: RpcReplyPort<Result<bool, LeaseError>>,
     },
+    /// A lease's renewal actor has started.
+    Attach {
+        key: Key,
+        token: u64,
+        renewer: ActorRef<Tick>,
+    },
     /// A queued waiter's wait ran out.
     WaitExpired {
         key: Key,
@@ -121,7 +130,8 @@ pub(crate) struct Waiter {
 struct Holder {
     token: u64,
     ctx: ContextSender,
-    renewer: ActorRef<Tick>,
+    /// `None` until the renewal actor has started and attached.
+    renewer: Option<ActorRef<Tick>>,
 }
 
 impl Drop for Holder {
@@ -161,6 +171,8 @@ pub(crate) struct SupervisorState {
     backend: Arc<dyn Backend>,
     config: Config,
     owner: Arc<dyn LeaseOwner>,
+    /// This actor, the renewers' supervisor.
+    cell: ractor::ActorCell,
     slots: HashMap<Key, Slot>,
     /// Which key each live renewal actor renews.
     renewers: HashMap<ActorId, Key>,
@@ -247,7 +259,7 @@ impl SupervisorState {
         }
     }
 
-    fn on_acquire(
+    async fn on_acquire(
         &mut self,
         myself: &ActorRef<ManagerMessage>,
         key: Key,
@@ -293,6 +305,23 @@ impl SupervisorState {
                 }
             }
             return;
+        }
+        // A backend that can answer without I/O is asked inline (never for waiters,
+        // whose attempts may wait).
+        if waiter.until.is_none() {
+            let started = Instant::now();
+            let answer =
+                self.backend
+                    .acquire_now(&key, waiter.options.ttl, &waiter.options.metadata);
+            if let Some(answer) = answer {
+                let outcome = match answer {
+                    Ok(AcquireOutcome::Granted { token }) => Attempt::Granted { token, started },
+                    Ok(AcquireOutcome::Held { .. }) => Attempt::Conflict,
+                    Err(e) => Attempt::Failed(e),
+                };
+                self.slot(&key).busy = true;
+                return self.on_attempted(myself, key, waiter, outcome).await;
+            }
         }
         self.start_attempt(myself, key, waiter);
     }
@@ -390,6 +419,13 @@ impl SupervisorState {
             return;
         }
         let (ctx_tx, ctx) = LeaseContext::new(token, Some(deadline));
+        // The key is ours from here on; the renewal actor attaches when it has started.
+        self.slot(key).holder = Some(Holder {
+            token,
+            ctx: ctx_tx.clone(),
+            renewer: None,
+        });
+        tracing::info!(%key, token, ?ttl, "lease acquired");
         let args = RenewerArgs {
             backend: self.backend.clone(),
             key: key.clone(),
@@ -399,28 +435,66 @@ impl SupervisorState {
             ctx: ctx_tx.clone(),
             deadline,
         };
-        let renewer = match Actor::spawn_linked(None, Renewer, args, myself.get_cell()).await {
-            Ok((renewer, _join)) => renewer,
-            Err(e) => {
-                self.release_in_background(key.clone(), token, None);
-                let _ = waiter.reply.send(Err(LeaseError::Backend(BackendError::new(
-                    BackendErrorKind::Failed,
-                    format!("could not start the renewal actor: {e}"),
-                ))));
-                return;
-            }
-        };
-        self.renewers.insert(renewer.get_id(), key.clone());
-        self.slot(key).holder = Some(Holder {
-            token,
-            ctx: ctx_tx,
-            renewer,
-        });
-        tracing::info!(%key, token, ?ttl, "lease acquired");
         let lease = Lease::new(key.clone(), token, self.owner.clone());
-        // If the caller went away, the lease comes back to us here and its drop
-        // releases it through our own mailbox.
-        let _ = waiter.reply.send(Ok((lease, ctx)));
+        // Starting an actor is the costliest step of an acquire, so it runs in a task of
+        // its own rather than on this mailbox: the supervisor is not the bound on how
+        // fast leases can be handed out. The renewer is still this actor's linked child.
+        let supervisor = myself.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            match Actor::spawn_linked(None, Renewer, args, supervisor.get_cell()).await {
+                Ok((renewer, _join)) => {
+                    // Sent before the reply, so it is handled before any release the
+                    // caller may send once it has the lease.
+                    let attach = Msg::Attach {
+                        key,
+                        token,
+                        renewer,
+                    };
+                    let _ = supervisor.send_message(ManagerMessage(attach));
+                    // If the caller went away, the lease comes back here and its drop
+                    // releases it through the supervisor's mailbox.
+                    let _ = waiter.reply.send(Ok((lease, ctx)));
+                }
+                Err(e) => {
+                    // The supervisor is shutting down (or the runtime is): give up the
+                    // lease; dropping it sends the release.
+                    ctx_tx.cancel(CancelReason::Lost(LossCause::RenewerFailed(e.to_string())));
+                    drop(lease);
+                    let _ = waiter.reply.send(Err(LeaseError::ManagerStopped));
+                }
+            }
+        });
+    }
+
+    fn on_attach(
+        &mut self,
+        myself: &ActorRef<ManagerMessage>,
+        key: Key,
+        token: u64,
+        renewer: ActorRef<Tick>,
+    ) {
+        let holder = self
+            .slots
+            .get_mut(&key)
+            .and_then(|s| s.holder.as_mut())
+            .filter(|h| h.token == token && h.renewer.is_none());
+        let Some(holder) = holder else {
+            // The lease ended before its renewer started.
+            renewer.kill();
+            return;
+        };
+        let id = renewer.get_id();
+        let running = matches!(
+            renewer.get_status(),
+            ActorStatus::Running | ActorStatus::Starting
+        );
+        holder.renewer = Some(renewer);
+        self.renewers.insert(id, key);
+        if !running {
+            // It failed before we knew it: its exit event found nobody to tell.
+            self.on_renewer_exit(myself, id, "exited before it was attached".into());
+        }
     }
 
     /// Ends the local holder of `key` (if its token matches, or any holder when `token`
@@ -434,10 +508,15 @@ impl SupervisorState {
         if holder.ctx.cancel(reason.clone()) {
             tracing::debug!(%key, token = holder.token, %reason, "lease ended");
         }
-        self.renewers.remove(&holder.renewer.get_id());
-        // Kill rather than stop: a renewer blocked on a slow backend must not keep
-        // renewing a lease its holder has given up.
-        holder.renewer.kill();
+        if let Some(renewer) = &holder.renewer {
+            self.renewers.remove(&renewer.get_id());
+            // Unlink first: we know why it ends, so its exit event would be one more
+            // message on this mailbox for nothing. Kill rather than stop: a renewer
+            // blocked on a slow backend must not keep renewing a lease its holder has
+            // given up.
+            renewer.get_cell().unlink(self.cell.clone());
+            renewer.kill();
+        }
         Some(holder.token)
     }
 
@@ -447,9 +526,13 @@ impl SupervisorState {
         token: u64,
         reply: Option<RpcReplyPort<Result<(), LeaseError>>>,
     ) {
-        let backend = self.backend.clone();
-        tokio::spawn(async move {
-            let result = match backend.release(&key, token).await {
+        fn answer(
+            key: &Key,
+            token: u64,
+            released: Result<bool, BackendError>,
+            reply: Option<RpcReplyPort<Result<(), LeaseError>>>,
+        ) {
+            let result = match released {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(LeaseError::NotHeld),
                 Err(e) => {
@@ -460,6 +543,14 @@ impl SupervisorState {
             if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
+        }
+        if let Some(released) = self.backend.release_now(&key, token) {
+            return answer(&key, token, released, reply);
+        }
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            let released = backend.release(&key, token).await;
+            answer(&key, token, released, reply);
         });
     }
 
@@ -602,6 +693,7 @@ impl Actor for Supervisor {
         Ok(SupervisorState {
             backend: args.backend,
             config: args.config,
+            cell: myself.get_cell(),
             owner: Arc::new(ManagerOwner { actor: myself }),
             slots: HashMap::new(),
             renewers: HashMap::new(),
@@ -621,7 +713,7 @@ impl Actor for Supervisor {
                 key,
                 options,
                 reply,
-            } => state.on_acquire(&myself, key, options, reply),
+            } => state.on_acquire(&myself, key, options, reply).await,
             Msg::Attempted {
                 key,
                 waiter,
@@ -630,6 +722,11 @@ impl Actor for Supervisor {
             Msg::Release { key, token, reply } => state.on_release(&myself, key, token, reply),
             Msg::Revoke { key, reply } => state.on_revoke(&myself, key, reply),
             Msg::WaitExpired { key, waiter } => state.on_wait_expired(key, waiter),
+            Msg::Attach {
+                key,
+                token,
+                renewer,
+            } => state.on_attach(&myself, key, token, renewer),
             Msg::Shutdown { reply } => {
                 if !state.stopping {
                     state.on_shutdown().await;
