@@ -793,7 +793,7 @@ fn main() {
         }
     } else {
         Sizes {
-            rounds: 5,
+            rounds: 3,
             secs: 2.0,
             scale: vec![100_000, 1_000_000],
             window: Duration::from_secs(12),

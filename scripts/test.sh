@@ -35,6 +35,9 @@ cargo run --quiet --example failover
 step "main example across processes on a throwaway PostgreSQL"
 bash scripts/with-postgres.sh cargo run --quiet --features postgres --example failover
 
+step "benchmarks: build, and one tiny run to check they work (no timing is judged)"
+cargo bench --all-features --bench leases -- --smoke >/dev/null
+
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     step "installing cargo-fuzz"

@@ -50,8 +50,10 @@
 //!   held lease has a renewal actor, linked to the supervisor, that renews every TTL/3.
 //!   A renewer that cannot renew ends its lease's context and fails; the supervisor sees
 //!   the failure and cleans up.
-//! - [`backend`]: the [`Backend`](backend::Backend) trait and the in-process
-//!   [`MemoryBackend`](backend::MemoryBackend) (the default).
+//! - [`backend`]: the [`Backend`](backend::Backend) trait, the in-process
+//!   [`MemoryBackend`](backend::MemoryBackend) (the default), `PostgresBackend` (feature
+//!   `postgres`: leases shared by processes and machines through one table), and
+//!   [`FaultyBackend`](backend::FaultyBackend), which injects faults for tests.
 //! - [`FakeLeaser`]: for unit tests of code that takes a `dyn Leaser`.
 //!
 //! ## Guarantees
@@ -63,7 +65,9 @@
 //!    monotonic clock. The backend's expiry is at least TTL after that start, so the
 //!    context ends at least one safety margin before anyone else could be granted the
 //!    key. The margin defaults to TTL/5 and is set with
-//!    [`LeaseManagerBuilder::safety_margin`].
+//!    [`LeaseManagerBuilder::safety_margin`]. The context carries the deadline and reads
+//!    the clock itself, so it reports the loss even if the renewal actor has not run
+//!    (for example right after the process was frozen).
 //! 3. **Fencing.** Every grant carries a token ([`Lease::token`]) strictly greater than
 //!    every earlier token of that key. A resource that remembers the highest token it
 //!    has accepted can refuse a stale holder.
@@ -86,6 +90,10 @@
 //! clock run at nearly the same rate (drift over one TTL well below the safety margin)
 //! and that the process is not paused for longer than the margin between the deadline
 //! check and the context being ended. Choose the margin with your worst pauses in mind.
+//!
+//! Revoking a lease held by another manager does not free the key at once: the holder
+//! learns at its next renewal (within TTL/3) and then gives the key back, so revocation
+//! never makes two holders.
 //!
 //! Waiters ([`AcquireOptions::wait`]) are served first come, first served among the
 //! callers of one manager; managers sharing a backend compete without an order.

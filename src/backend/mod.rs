@@ -61,8 +61,11 @@ pub enum RenewOutcome {
 
 /// Storage for leases. See the [module docs](self) for the contract.
 ///
-/// Every method is called from a task of its own, never from the supervisor's mailbox,
-/// so an implementation may block on I/O for as long as its own timeouts allow.
+/// The async methods are called from tasks of their own, never on the supervisor's
+/// mailbox, so an implementation may wait on I/O for as long as its own timeouts allow.
+/// Only [`acquire_now`](Backend::acquire_now) and [`release_now`](Backend::release_now)
+/// run on the mailbox, and only a backend that needs no I/O (the memory backend)
+/// implements them.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Takes `key` for `ttl` if it is free or its lease has expired, in one atomic step.

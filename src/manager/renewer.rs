@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -37,21 +38,52 @@ pub(crate) struct RenewerArgs {
     pub(crate) deadline: Instant,
 }
 
-/// Aborts the pending timer task when the renewer's state is dropped, which happens
-/// however the actor ends (stop, kill, panic), unlike `post_stop`.
-struct TimerGuard(Option<JoinHandle<()>>);
+/// The renewer's alarm clock: one long-lived task per renewer that sends a [`Tick`] at
+/// the instant last set. Setting a new instant costs a channel write, not a new task.
+/// The task is aborted when the renewer's state is dropped, which happens however the
+/// actor ends (stop, kill, panic), unlike `post_stop`.
+struct Timer {
+    at: watch::Sender<Instant>,
+    task: JoinHandle<()>,
+}
 
-impl Drop for TimerGuard {
+impl Timer {
+    fn start(myself: ActorRef<Tick>, first: Instant) -> Timer {
+        let (at, mut rx) = watch::channel(first);
+        let task = tokio::spawn(async move {
+            loop {
+                let when = *rx.borrow_and_update();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(when) => {
+                        if myself.send_message(Tick).is_err() {
+                            return;
+                        }
+                        // Wait to be set again.
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Timer { at, task }
+    }
+}
+
+impl Drop for Timer {
     fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
-        }
+        self.task.abort();
     }
 }
 
 pub(crate) struct RenewerState {
     args: RenewerArgs,
-    timer: TimerGuard,
+    timer: Timer,
 }
 
 impl RenewerState {
@@ -66,16 +98,9 @@ impl RenewerState {
     }
 
     /// Schedules the next tick after `after`, but never later than the deadline.
-    fn schedule(&mut self, myself: &ActorRef<Tick>, after: Duration) {
+    fn schedule(&mut self, after: Duration) {
         let at = (Instant::now() + after).min(self.args.deadline);
-        let me = myself.clone();
-        let handle = tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            let _ = me.send_message(Tick);
-        });
-        if let Some(old) = self.timer.0.replace(handle) {
-            old.abort();
-        }
+        self.timer.at.send_replace(at);
     }
 
     /// Ends the context with `reason` and returns the error that fails the actor.
@@ -98,13 +123,11 @@ impl Actor for Renewer {
         myself: ActorRef<Tick>,
         args: RenewerArgs,
     ) -> Result<RenewerState, ActorProcessingErr> {
-        let mut state = RenewerState {
+        let first = (Instant::now() + args.ttl / 3).min(args.deadline);
+        Ok(RenewerState {
             args,
-            timer: TimerGuard(None),
-        };
-        let interval = state.interval();
-        state.schedule(&myself, interval);
-        Ok(state)
+            timer: Timer::start(myself, first),
+        })
     }
 
     async fn handle(
@@ -129,7 +152,7 @@ impl Actor for Renewer {
                 state.args.deadline = deadline;
                 tracing::trace!(key = %state.args.key, token = state.args.token, "lease renewed");
                 let interval = state.interval();
-                state.schedule(&myself, interval);
+                state.schedule(interval);
                 Ok(())
             }
             Ok(Ok(RenewOutcome::Revoked)) => {
@@ -144,7 +167,7 @@ impl Actor for Renewer {
                 tracing::warn!(key = %state.args.key, token = state.args.token, %error,
                     "lease renewal failed; retrying until the local deadline");
                 let retry = state.retry();
-                state.schedule(&myself, retry);
+                state.schedule(retry);
                 Ok(())
             }
             Err(_elapsed) => Err(state.lose(LossCause::DeadlineExceeded)),
