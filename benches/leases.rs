@@ -443,23 +443,14 @@ mod postgres {
     /// The manager's SQL, issued directly: the floor (c).
     pub(super) struct RawSql {
         pool: Pool,
+        acquire: String,
+        release: String,
     }
 
-    const ACQUIRE: &str = "WITH ins AS (
-            INSERT INTO leases AS l (key, token, ttl_ms, expires_at, metadata, revoked, acquired_at)
-            VALUES ($1, nextval('leases_token_seq'), $2, now() + ($2::bigint * interval '1 millisecond'), $3, false, now())
-            ON CONFLICT (key) DO UPDATE SET
-                token = EXCLUDED.token, ttl_ms = EXCLUDED.ttl_ms,
-                expires_at = EXCLUDED.expires_at, metadata = EXCLUDED.metadata,
-                revoked = false, acquired_at = EXCLUDED.acquired_at
-            WHERE l.expires_at <= now()
-            RETURNING token)
-        SELECT (SELECT token FROM ins),
-               (SELECT GREATEST(0, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000000)::bigint)
-                FROM leases WHERE key = $1 AND expires_at > now())";
-    const RELEASE: &str =
-        "WITH d AS (DELETE FROM leases WHERE key = $1 AND token = $2 RETURNING key)
-        SELECT pg_notify('leases_freed', key) FROM d";
+    /// The backend's own statements, so that (c) issues exactly what it issues.
+    fn statements() -> (String, String) {
+        leases::backend::PostgresBackend::statements("leases")
+    }
 
     impl RawSql {
         pub(super) fn new(url: &str, size: usize) -> RawSql {
@@ -476,7 +467,12 @@ mod postgres {
                 .runtime(Runtime::Tokio1)
                 .build()
                 .unwrap();
-            RawSql { pool }
+            let (acquire, release) = statements();
+            RawSql {
+                pool,
+                acquire,
+                release,
+            }
         }
     }
 
@@ -485,7 +481,7 @@ mod postgres {
         type Held = (String, i64);
         async fn acquire(&self, key: &Key) -> Option<Self::Held> {
             let c = self.pool.get().await.unwrap();
-            let stmt = c.prepare_cached(ACQUIRE).await.unwrap();
+            let stmt = c.prepare_cached(&self.acquire).await.unwrap();
             let k = key.to_string();
             let ttl = TTL.as_millis() as i64;
             let row = c.query_one(&stmt, &[&k, &ttl, &&b""[..]]).await.unwrap();
@@ -493,7 +489,7 @@ mod postgres {
         }
         async fn release(&self, (k, t): Self::Held) {
             let c = self.pool.get().await.unwrap();
-            let stmt = c.prepare_cached(RELEASE).await.unwrap();
+            let stmt = c.prepare_cached(&self.release).await.unwrap();
             c.query(&stmt, &[&k, &t]).await.unwrap();
         }
         fn alive(_: &Self::Held) -> bool {

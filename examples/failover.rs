@@ -205,6 +205,31 @@ fn holder_name(info: &leases::LeaseInfo) -> String {
     String::from_utf8_lossy(&info.metadata).into_owned()
 }
 
+/// The operator's part, the same in both modes: after two seconds revoke whoever holds
+/// the billing job; after two more, report who holds the emails job.
+async fn revoke_billing_then_look_at_emails(
+    manager: &LeaseManager,
+    clock: &Clock,
+) -> Result<leases::LeaseInfo, Error> {
+    let (billing, emails) = jobs();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let info = manager
+        .lease_info(&billing)
+        .await?
+        .ok_or("billing is not held")?;
+    clock.say(format!(
+        "operator: revoking {billing} (held by {}, token {})",
+        holder_name(&info),
+        info.token
+    ));
+    manager.revoke(&billing).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(manager
+        .lease_info(&emails)
+        .await?
+        .ok_or("emails is not held")?)
+}
+
 async fn print_history(ledger: &Ledger) -> Result<(), Error> {
     println!("\nwho wrote, in order (key, token, worker):");
     let mut last: HashMap<String, u64> = HashMap::new();
@@ -255,23 +280,7 @@ async fn in_process() -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let info = manager
-        .lease_info(&billing)
-        .await?
-        .ok_or("billing is not held")?;
-    clock.say(format!(
-        "operator: revoking {billing} (held by {}, token {})",
-        holder_name(&info),
-        info.token
-    ));
-    manager.revoke(&billing).await?;
-
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let info = manager
-        .lease_info(&emails)
-        .await?
-        .ok_or("emails is not held")?;
+    let info = revoke_billing_then_look_at_emails(&manager, &clock).await?;
     clock.say(format!(
         "fault: renewals of {emails} stall (held by {}, token {})",
         holder_name(&info),
@@ -383,23 +392,7 @@ mod distributed {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let info = operator
-            .lease_info(&billing)
-            .await?
-            .ok_or("billing is not held")?;
-        clock.say(format!(
-            "operator: revoking {billing} (held by {}, token {})",
-            holder_name(&info),
-            info.token
-        ));
-        operator.revoke(&billing).await?;
-
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let info = operator
-            .lease_info(&emails)
-            .await?
-            .ok_or("emails is not held")?;
+        let info = revoke_billing_then_look_at_emails(&operator, &clock).await?;
         let pid = pid_of(&info).ok_or("no pid in the metadata")?;
         clock.say(format!(
             "fault: freezing {} (token {}) with SIGSTOP for {:?}",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leases::backend::{Backend, FaultyBackend, MemoryBackend};
+use leases::backend::{FaultyBackend, MemoryBackend};
 use leases::{Key, LeaseManager};
 
 struct MemoryEnv {
@@ -27,15 +27,7 @@ impl conformance::Env for MemoryEnv {
     }
 
     async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>) {
-        let inner: Arc<dyn Backend> = self.backend.clone();
-        let faulty = Arc::new(FaultyBackend::new(inner));
-        let m = LeaseManager::builder()
-            .min_ttl(TTL)
-            .backend(faulty.clone())
-            .start()
-            .await
-            .unwrap();
-        (m, faulty)
+        conformance::faulty_manager_on(self.backend.clone(), TTL).await
     }
 
     fn ttl(&self) -> Duration {

@@ -44,16 +44,8 @@ impl conformance::Env for PgEnv {
     }
 
     async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>) {
-        let pg: Arc<dyn Backend> =
-            Arc::new(PostgresBackend::connect(options(&self.url)).await.unwrap());
-        let faulty = Arc::new(FaultyBackend::new(pg));
-        let m = LeaseManager::builder()
-            .min_ttl(TTL)
-            .backend(faulty.clone())
-            .start()
-            .await
-            .unwrap();
-        (m, faulty)
+        let pg = PostgresBackend::connect(options(&self.url)).await.unwrap();
+        conformance::faulty_manager_on(Arc::new(pg), TTL).await
     }
 
     fn ttl(&self) -> Duration {

@@ -391,6 +391,15 @@ impl PostgresBackend {
         })
     }
 
+    /// The acquire and release statements this backend issues for `table` (parameters:
+    /// acquire `$1` key, `$2` TTL in ms, `$3` metadata; release `$1` key, `$2` token).
+    /// For benchmarks that compare the backend with the bare driver.
+    #[doc(hidden)]
+    pub fn statements(table: &str) -> (String, String) {
+        let sql = Sql::new(table);
+        (sql.acquire, sql.release)
+    }
+
     /// The options this backend was made with.
     pub fn options(&self) -> &PostgresOptions {
         &self.options

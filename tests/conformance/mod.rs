@@ -29,6 +29,22 @@ pub trait Env: Send + Sync {
     fn key(&self, name: &str) -> Key;
 }
 
+/// A manager on `inner` wrapped in a fault injector, accepting TTLs down to `ttl`: how
+/// every `Env::faulty_manager` is built.
+pub async fn faulty_manager_on(
+    inner: Arc<dyn leases::backend::Backend>,
+    ttl: Duration,
+) -> (LeaseManager, Arc<FaultyBackend>) {
+    let faulty = Arc::new(FaultyBackend::new(inner));
+    let m = LeaseManager::builder()
+        .min_ttl(ttl)
+        .backend(faulty.clone())
+        .start()
+        .await
+        .unwrap();
+    (m, faulty)
+}
+
 fn leaser(m: &LeaseManager) -> Arc<dyn Leaser> {
     Arc::new(m.clone())
 }
