@@ -26,6 +26,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --all-targets --all-features -- -D warnings
 
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --all-features --no-deps --quiet
+
 step "cargo test (all features: memory and PostgreSQL backends, multi-process faults)"
 cargo test --all-features
 
