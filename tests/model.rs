@@ -318,7 +318,7 @@ fn cases() -> u32 {
     std::env::var("LEASES_MODEL_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(256)
+        .unwrap_or(1000)
 }
 
 /// What the runs did, so that a quiet pass can be told from a vacuous one.
