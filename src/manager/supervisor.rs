@@ -1,9 +1,12 @@
 //! The supervisor actor: the single owner of the lease table.
 //!
 //! Every request that changes who holds what goes through its mailbox, so its state
-//! needs no locks. It never awaits backend I/O in a handler (except during shutdown):
-//! acquire attempts, releases and revocations run in tasks of their own and report
-//! back by message, so a slow database cannot delay another key's acquire or release.
+//! needs no locks. Its handlers never await anything but shutdown: backend I/O
+//! (acquire attempts, releases, revocations) runs in tasks of their own and reports back
+//! by message, so a slow database cannot delay another key's acquire or release; a
+//! backend that needs no I/O (the memory backend) answers inline through
+//! `acquire_now`/`release_now`; and each lease's renewal actor is started in a task and
+//! attaches by message, so starting actors does not bound the mailbox either.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -259,7 +262,7 @@ impl SupervisorState {
         }
     }
 
-    async fn on_acquire(
+    fn on_acquire(
         &mut self,
         myself: &ActorRef<ManagerMessage>,
         key: Key,
@@ -320,7 +323,7 @@ impl SupervisorState {
                     Err(e) => Attempt::Failed(e),
                 };
                 self.slot(&key).busy = true;
-                return self.on_attempted(myself, key, waiter, outcome).await;
+                return self.on_attempted(myself, key, waiter, outcome);
             }
         }
         self.start_attempt(myself, key, waiter);
@@ -367,7 +370,7 @@ impl SupervisorState {
         self.tidy(key);
     }
 
-    async fn on_attempted(
+    fn on_attempted(
         &mut self,
         myself: &ActorRef<ManagerMessage>,
         key: Key,
@@ -377,7 +380,7 @@ impl SupervisorState {
         self.slot(&key).busy = false;
         match outcome {
             Attempt::Granted { token, started } => {
-                self.on_granted(myself, &key, waiter, token, started).await
+                self.on_granted(myself, &key, waiter, token, started)
             }
             Attempt::Conflict => {
                 let _ = waiter.reply.send(Err(LeaseError::Conflict));
@@ -390,7 +393,7 @@ impl SupervisorState {
         self.serve_next(myself, &key);
     }
 
-    async fn on_granted(
+    fn on_granted(
         &mut self,
         myself: &ActorRef<ManagerMessage>,
         key: &Key,
@@ -713,12 +716,12 @@ impl Actor for Supervisor {
                 key,
                 options,
                 reply,
-            } => state.on_acquire(&myself, key, options, reply).await,
+            } => state.on_acquire(&myself, key, options, reply),
             Msg::Attempted {
                 key,
                 waiter,
                 outcome,
-            } => state.on_attempted(&myself, key, waiter, outcome).await,
+            } => state.on_attempted(&myself, key, waiter, outcome),
             Msg::Release { key, token, reply } => state.on_release(&myself, key, token, reply),
             Msg::Revoke { key, reply } => state.on_revoke(&myself, key, reply),
             Msg::WaitExpired { key, waiter } => state.on_wait_expired(key, waiter),
