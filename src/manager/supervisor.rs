@@ -564,16 +564,46 @@ impl SupervisorState {
         token: u64,
         reply: Option<RpcReplyPort<Result<(), LeaseError>>>,
     ) {
-        match self.end_holder(&key, Some(token), CancelReason::Released) {
-            Some(token) => {
-                self.release_in_background(key.clone(), token, reply);
-                self.serve_next(myself, &key);
+        let not_held = |reply: Option<RpcReplyPort<Result<(), LeaseError>>>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(LeaseError::NotHeld));
             }
+        };
+        // Has the lease already ended (its renewer may have told the holder before the
+        // supervisor heard of it)? Then the release is `NotHeld`, as promised.
+        let ended = match self.holder(&key, token) {
+            None => return not_held(reply),
+            Some(holder) => holder.ctx.reason(),
+        };
+        match ended {
             None => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(LeaseError::NotHeld));
-                }
+                self.end_holder(&key, Some(token), CancelReason::Released);
+                self.release_in_background(key.clone(), token, reply);
             }
+            Some(reason) => {
+                self.end_holder(&key, Some(token), reason.clone());
+                self.give_back_if_revoked(&key, token, &reason);
+                not_held(reply);
+            }
+        }
+        self.serve_next(myself, &key);
+    }
+
+    /// The local holder of `key` with this token, if any.
+    fn holder(&self, key: &Key, token: u64) -> Option<&Holder> {
+        self.slots
+            .get(key)
+            .and_then(|s| s.holder.as_ref())
+            .filter(|h| h.token == token)
+    }
+
+    /// After a lease ended: a revoked one is given back at once (the holder has been told
+    /// and the revoker wants the key free; compare-and-set on the token, so a newer
+    /// holder is never touched). A lost one is left to expire on the backend, so that the
+    /// safety margin between the holder being told and a takeover is kept.
+    fn give_back_if_revoked(&self, key: &Key, token: u64, reason: &CancelReason) {
+        if *reason == CancelReason::Revoked {
+            self.release_in_background(key.clone(), token, None);
         }
     }
 
@@ -625,21 +655,14 @@ impl SupervisorState {
         let Some(key) = self.renewers.remove(&id) else {
             return; // a renewer we already ended
         };
-        let revoked = self
+        let ended = self
             .slots
             .get(&key)
             .and_then(|s| s.holder.as_ref())
-            .map(|h| h.ctx.reason())
-            == Some(Some(CancelReason::Revoked));
+            .and_then(|h| h.ctx.reason());
         let reason = CancelReason::Lost(LossCause::RenewerFailed(why));
-        if let Some(token) = self.end_holder(&key, None, reason) {
-            if revoked {
-                // The holder has been told and the revoker wants the key free: give it
-                // back now (compare-and-set on the token, never touching a newer holder).
-                self.release_in_background(key.clone(), token, None);
-            }
-            // A lost lease is left to expire on the backend, so the safety margin
-            // between the holder being told and a takeover is kept.
+        if let Some(token) = self.end_holder(&key, None, reason.clone()) {
+            self.give_back_if_revoked(&key, token, &ended.unwrap_or(reason));
         }
         self.serve_next(myself, &key);
     }
