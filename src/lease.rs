@@ -78,6 +78,8 @@ struct Shared {
     /// The local deadline, in nanoseconds after `base`; `u64::MAX` for none.
     deadline: AtomicU64,
     base: Instant,
+    /// The machine's suspended time when the context was made (see `crate::clock`).
+    suspended_base: Duration,
 }
 
 impl Shared {
@@ -99,6 +101,17 @@ impl Shared {
         }
     }
 
+    /// How long the machine has been suspended since this context was made: time that
+    /// tokio's clock did not count but the backend's did.
+    fn slept(&self) -> Duration {
+        crate::clock::suspended().saturating_sub(self.suspended_base)
+    }
+
+    /// `true` once the deadline has passed, counting suspended time.
+    fn past(&self, deadline: Instant) -> bool {
+        Instant::now() + self.slept() >= deadline
+    }
+
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos())
             .unwrap_or(u64::MAX - 1)
@@ -111,7 +124,7 @@ impl Shared {
         if let Some(reason) = self.reason.borrow().clone() {
             return Some(reason);
         }
-        if self.deadline().is_some_and(|d| Instant::now() >= d) {
+        if self.deadline().is_some_and(|d| self.past(d)) {
             self.cancel(CancelReason::Lost(LossCause::DeadlineExceeded));
             return self.reason.borrow().clone();
         }
@@ -196,6 +209,7 @@ impl LeaseContext {
             reason: watch::channel(None).0,
             deadline: AtomicU64::new(u64::MAX),
             base: Instant::now(),
+            suspended_base: crate::clock::suspended(),
         });
         if let Some(d) = deadline {
             shared.deadline.store(shared.nanos(d), Ordering::Release);
@@ -234,6 +248,10 @@ impl LeaseContext {
 
     /// Waits until the lease ends and returns why. Cancel-safe.
     pub async fn cancelled(&self) -> CancelReason {
+        // tokio's timers do not count time the machine spent suspended, so a sleep until
+        // the deadline could wake long after it has passed on the suspend-aware clock:
+        // look again at least this often.
+        const RECHECK: Duration = Duration::from_secs(1);
         let mut rx = self.shared.reason.subscribe();
         loop {
             if let Some(reason) = self.reason() {
@@ -241,9 +259,10 @@ impl LeaseContext {
             }
             match self.deadline() {
                 Some(d) => {
+                    let wake = d.min(Instant::now() + RECHECK);
                     tokio::select! {
                         _ = rx.changed() => {}
-                        _ = tokio::time::sleep_until(d) => {}
+                        _ = tokio::time::sleep_until(wake) => {}
                     }
                 }
                 None => {

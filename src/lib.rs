@@ -104,6 +104,8 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod backend;
+#[doc(hidden)]
+pub mod clock;
 mod error;
 mod fake;
 pub mod key;

@@ -27,13 +27,31 @@ pub enum RenewFault {
     Panic,
 }
 
+/// A fault that [`FaultyBackend`] applies to acquires of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AcquireFault {
+    /// The acquire never answers.
+    Stall,
+    /// The acquire fails with an `Unavailable` error.
+    Fail,
+    /// The acquire panics inside the task that runs it.
+    Panic,
+    /// The acquire reaches the wrapped backend (and may be granted there), but the answer
+    /// is lost: the caller sees a timeout. A phantom grant, as when a database commits
+    /// and the connection dies before the reply arrives.
+    LoseAnswer,
+}
+
 /// Wraps a backend and injects faults: stalled, failing, refused or panicking renewals
 /// for chosen keys, and a whole-backend outage. For tests and demonstrations; it adds a
 /// lock per call, so do not use it in production.
 pub struct FaultyBackend {
     inner: Arc<dyn Backend>,
     renew_faults: Mutex<HashMap<Key, RenewFault>>,
+    acquire_faults: Mutex<HashMap<Key, AcquireFault>>,
     down: AtomicBool,
+    stall_releases: AtomicBool,
 }
 
 impl std::fmt::Debug for FaultyBackend {
@@ -50,7 +68,9 @@ impl FaultyBackend {
         FaultyBackend {
             inner,
             renew_faults: Mutex::new(HashMap::new()),
+            acquire_faults: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
+            stall_releases: AtomicBool::new(false),
         }
     }
 
@@ -64,13 +84,35 @@ impl FaultyBackend {
         self.faults().remove(key);
     }
 
+    /// Applies `fault` to every later acquire of `key` (replacing any earlier fault).
+    /// Acquires then go through [`Backend::acquire`] (never inline), so that the fault
+    /// hits the task that runs them.
+    pub fn fail_acquires(&self, key: &Key, fault: AcquireFault) {
+        lock(&self.acquire_faults).insert(key.clone(), fault);
+    }
+
+    /// Removes the acquire fault of `key`.
+    pub fn heal_acquires(&self, key: &Key) {
+        lock(&self.acquire_faults).remove(key);
+    }
+
+    /// While `stall`, releases never answer (a backend that hangs during a shutdown,
+    /// say). Releases already stalled stay stalled.
+    pub fn stall_releases(&self, stall: bool) {
+        self.stall_releases.store(stall, Ordering::SeqCst);
+    }
+
     /// While `down`, every call fails with an `Unavailable` error (renewals included).
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
 
     fn faults(&self) -> std::sync::MutexGuard<'_, HashMap<Key, RenewFault>> {
-        self.renew_faults.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.renew_faults)
+    }
+
+    fn acquire_fault(&self, key: &Key) -> Option<AcquireFault> {
+        lock(&self.acquire_faults).get(key).copied()
     }
 
     fn check_up(&self) -> Result<(), BackendError> {
@@ -85,6 +127,11 @@ impl FaultyBackend {
     }
 }
 
+/// Locks a fault table; a panic elsewhere cannot leave one half-updated.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[async_trait]
 impl Backend for FaultyBackend {
     async fn acquire(
@@ -94,7 +141,22 @@ impl Backend for FaultyBackend {
         metadata: &[u8],
     ) -> Result<AcquireOutcome, BackendError> {
         self.check_up()?;
-        self.inner.acquire(key, ttl, metadata).await
+        match self.acquire_fault(key) {
+            None => self.inner.acquire(key, ttl, metadata).await,
+            Some(AcquireFault::Stall) => std::future::pending().await,
+            Some(AcquireFault::Fail) => Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                "injected acquire failure",
+            )),
+            Some(AcquireFault::Panic) => panic!("injected acquire panic for {key}"),
+            Some(AcquireFault::LoseAnswer) => {
+                let _ = self.inner.acquire(key, ttl, metadata).await;
+                Err(BackendError::new(
+                    BackendErrorKind::Timeout,
+                    "injected: the acquire's answer was lost",
+                ))
+            }
+        }
     }
 
     async fn renew(
@@ -119,6 +181,9 @@ impl Backend for FaultyBackend {
 
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
         self.check_up()?;
+        if self.stall_releases.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.release(key, token).await
     }
 
@@ -139,6 +204,7 @@ impl Backend for FaultyBackend {
         metadata: &[u8],
     ) -> Option<Result<AcquireOutcome, BackendError>> {
         match self.check_up() {
+            Ok(()) if self.acquire_fault(key).is_some() => None,
             Ok(()) => self.inner.acquire_now(key, ttl, metadata),
             Err(e) => Some(Err(e)),
         }
@@ -146,6 +212,7 @@ impl Backend for FaultyBackend {
 
     fn release_now(&self, key: &Key, token: u64) -> Option<Result<bool, BackendError>> {
         match self.check_up() {
+            Ok(()) if self.stall_releases.load(Ordering::SeqCst) => None,
             Ok(()) => self.inner.release_now(key, token),
             Err(e) => Some(Err(e)),
         }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{AcquireOutcome, Backend, KeyFrees, RenewOutcome};
+use super::{AcquireOutcome, Backend, Freed, KeyFrees, RenewOutcome};
 use crate::error::BackendError;
 use crate::key::Key;
 use crate::lease::LeaseInfo;
@@ -31,7 +31,7 @@ const FREES_CAPACITY: usize = 1024;
 #[derive(Debug)]
 pub struct MemoryBackend {
     state: Mutex<State>,
-    frees: broadcast::Sender<Key>,
+    frees: broadcast::Sender<Freed>,
 }
 
 #[derive(Debug)]
@@ -94,7 +94,7 @@ impl MemoryBackend {
 
     fn notify_freed(&self, key: &Key) {
         if self.frees.receiver_count() > 0 {
-            let _ = self.frees.send(key.clone());
+            let _ = self.frees.send(Freed::Key(key.clone()));
         }
     }
 }
@@ -146,7 +146,11 @@ impl MemoryBackend {
         let removed = {
             let mut state = self.lock();
             match state.held.get(key) {
-                Some(h) if h.token == token => state.held.remove(key).is_some(),
+                // An expired lease is not released: it already ended (the backend
+                // contract: `true` only for a lease that was live).
+                Some(h) if h.token == token && h.expires_at > Instant::now() => {
+                    state.held.remove(key).is_some()
+                }
                 _ => false,
             }
         };

@@ -27,7 +27,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 
-pub use faulty::{FaultyBackend, RenewFault};
+pub use faulty::{AcquireFault, FaultyBackend, RenewFault};
 pub use memory::MemoryBackend;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresBackend, PostgresOptions};
@@ -119,15 +119,25 @@ pub trait Backend: Send + Sync + 'static {
     fn subscribe_frees(&self) -> KeyFrees;
 }
 
+/// One notification on a backend's freed-keys channel (see [`KeyFrees`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freed {
+    /// This key was released (or given back after a revoke).
+    Key(Key),
+    /// Notifications may have been missed (the backend's listening connection was
+    /// re-established, say): every waiter should look again.
+    Everything,
+}
+
 /// A subscription to freed keys (see [`Backend::subscribe_frees`]).
 #[derive(Debug)]
 pub struct KeyFrees {
-    rx: Option<broadcast::Receiver<Key>>,
+    rx: Option<broadcast::Receiver<Freed>>,
 }
 
 impl KeyFrees {
     /// A subscription fed by a broadcast channel of freed keys.
-    pub fn new(rx: broadcast::Receiver<Key>) -> KeyFrees {
+    pub fn new(rx: broadcast::Receiver<Freed>) -> KeyFrees {
         KeyFrees { rx: Some(rx) }
     }
 
@@ -147,10 +157,12 @@ impl KeyFrees {
         let woken = async {
             loop {
                 match rx.recv().await {
-                    Ok(freed) if &freed == key => return true,
-                    Ok(_) => continue,
+                    Ok(Freed::Key(freed)) if &freed == key => return true,
+                    Ok(Freed::Key(_)) => continue,
                     // Missed notifications may include ours: try again.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                    Ok(Freed::Everything) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return true
+                    }
                     Err(broadcast::error::RecvError::Closed) => {
                         std::future::pending::<()>().await;
                     }

@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, OnceCell};
 use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 
-use super::{AcquireOutcome, Backend, KeyFrees, RenewOutcome};
+use super::{AcquireOutcome, Backend, Freed, KeyFrees, RenewOutcome};
 use crate::error::{BackendError, BackendErrorKind, LeaseError};
 use crate::key::Key;
 use crate::lease::LeaseInfo;
@@ -161,12 +161,20 @@ impl Sql {
             ],
             // The outer SELECT sees the table as it was before the INSERT: when the
             // insert took nothing, it reports how long the current holder has left.
+            //
+            // The token of a takeover is drawn in the DO UPDATE, that is after the row
+            // lock is held and the row re-checked, so it is greater than the token of
+            // every grant that committed before it (the VALUES draw is then wasted: a
+            // gap). A fresh INSERT uses the VALUES draw; it can only happen when no row
+            // exists, and rows are never deleted by this crate (release keeps the row
+            // and its token), so no later grant can have come between that draw and
+            // the insert. See "Fencing tokens" in the module docs.
             acquire: format!(
                 "WITH ins AS (
                     INSERT INTO {t} AS l (key, token, ttl_ms, expires_at, metadata, revoked, acquired_at)
                     VALUES ($1, nextval('{t}_token_seq'), $2, now() + {ttl}, $3, false, now())
                     ON CONFLICT (key) DO UPDATE SET
-                        token = EXCLUDED.token, ttl_ms = EXCLUDED.ttl_ms,
+                        token = nextval('{t}_token_seq'), ttl_ms = EXCLUDED.ttl_ms,
                         expires_at = EXCLUDED.expires_at, metadata = EXCLUDED.metadata,
                         revoked = false, acquired_at = EXCLUDED.acquired_at
                     WHERE l.expires_at <= now()
@@ -174,17 +182,25 @@ impl Sql {
                 SELECT (SELECT token FROM ins),
                        (SELECT {us_left} FROM {t} WHERE key = $1 AND {live})"
             ),
+            // One UPDATE, so that the answer is read from the row version it locked:
+            // a renewal that waited on a committing revoke sees `revoked` set and says
+            // so (a separate EXISTS would read the statement's older snapshot). A
+            // revoked lease is matched but not extended.
             renew: format!(
-                "WITH upd AS (
-                    UPDATE {t} SET expires_at = now() + ($3::bigint * interval '1 millisecond'), ttl_ms = $3
-                    WHERE key = $1 AND token = $2 AND {live} AND NOT revoked
-                    RETURNING 1)
-                SELECT EXISTS (SELECT 1 FROM upd),
-                       EXISTS (SELECT 1 FROM {t} WHERE key = $1 AND token = $2 AND revoked AND {live})"
+                "UPDATE {t} SET
+                    expires_at = CASE WHEN revoked THEN expires_at ELSE now() + ($3::bigint * interval '1 millisecond') END,
+                    ttl_ms = CASE WHEN revoked THEN ttl_ms ELSE $3 END
+                WHERE key = $1 AND token = $2 AND {live}
+                RETURNING revoked"
             ),
+            // Release ends the lease but keeps the row, and with it the key's last
+            // token: see the acquire above for why rows are never deleted here.
             release: format!(
-                "WITH d AS (DELETE FROM {t} WHERE key = $1 AND token = $2 RETURNING key)
-                SELECT pg_notify('{t}_freed', key) FROM d"
+                "WITH r AS (
+                    UPDATE {t} SET expires_at = now(), revoked = false
+                    WHERE key = $1 AND token = $2 AND {live}
+                    RETURNING key)
+                SELECT pg_notify('{t}_freed', key) FROM r"
             ),
             revoke: format!("UPDATE {t} SET revoked = true WHERE key = $1 AND {live} RETURNING token"),
             info: format!(
@@ -206,7 +222,7 @@ pub struct PostgresBackend {
     sql: Arc<Sql>,
     options: PostgresOptions,
     schema: OnceCell<()>,
-    frees: broadcast::Sender<Key>,
+    frees: broadcast::Sender<Freed>,
     listener: JoinHandle<()>,
 }
 
@@ -362,6 +378,27 @@ impl PostgresBackend {
         if config.get_application_name().is_none() {
             config.application_name("leases");
         }
+        // Server-side bounds, so that nothing we start outlives our interest in it: a
+        // statement we stopped waiting for is cancelled by the server, and a transaction
+        // left open by a connection that went silent is rolled back. Ours come first, so
+        // `options=-c …` in the connection string can still override them.
+        let server_ms = options.statement_timeout.as_millis().max(1);
+        let ours = format!(
+            "-c statement_timeout={server_ms} -c idle_in_transaction_session_timeout={server_ms}"
+        );
+        let theirs = config.get_options().map(str::to_owned);
+        config.options(match theirs {
+            Some(theirs) => format!("{ours} {theirs}"),
+            None => ours,
+        });
+        // A peer that vanished without a FIN or RST (a blackholed network) is noticed
+        // by the kernel, not only by our timeouts: this matters most for the listening
+        // connection, which otherwise waits for notifications forever.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(1));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(options.statement_timeout.max(Duration::from_secs(1)) * 2);
         let tls = tls_connector(&options)?;
         let manager = Manager::from_config(
             config.clone(),
@@ -380,7 +417,13 @@ impl PostgresBackend {
             .map_err(|e| LeaseError::InvalidConfig(format!("connection pool: {e}")))?;
         let sql = Arc::new(Sql::new(&options.table));
         let frees = broadcast::channel(1024).0;
-        let listener = tokio::spawn(listen(config, tls, sql.channel.clone(), frees.clone()));
+        let listener = tokio::spawn(listen(
+            config,
+            tls,
+            sql.channel.clone(),
+            frees.clone(),
+            options.statement_timeout,
+        ));
         Ok(PostgresBackend {
             pool,
             sql,
@@ -407,19 +450,30 @@ impl PostgresBackend {
 
     /// Runs `op` on a pooled connection (creating the schema first, once), bounded by the
     /// statement timeout.
-    async fn with_client<T, F, Fut>(&self, what: &str, op: F) -> Result<T, BackendError>
+    ///
+    /// Cancellation: this future may be dropped at any await (our own timeout, or a
+    /// caller that gives up). The connection is then discarded, never returned to the
+    /// pool, because it may be inside a transaction or have a statement in flight (see
+    /// [`Checkout`]). Whatever the server was doing is bounded by its own
+    /// `statement_timeout` and `idle_in_transaction_session_timeout`.
+    async fn with_client<T, F>(&self, what: &str, op: F) -> Result<T, BackendError>
     where
-        F: FnOnce(deadpool_postgres::Object, Arc<Sql>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+        F: for<'c> FnOnce(&'c deadpool_postgres::ClientWrapper, &'c Sql) -> PgFuture<'c, T>,
     {
         let work = async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+            // Await 1: a connection from the pool (or a new one).
+            let mut conn = Checkout::new(self.pool.get().await.map_err(pool_error)?);
+            // Await 2: the schema, once per backend, in a transaction.
             self.schema
-                .get_or_try_init(|| async { self.create_schema(&client).await })
+                .get_or_try_init(|| async { self.create_schema(conn.client_mut()).await })
                 .await?;
-            op(client, self.sql.clone())
-                .await
-                .map_err(|e| pg_error(what, e))
+            // Await 3: the operation's one statement.
+            let result = op(conn.client(), &self.sql).await;
+            if result.is_ok() {
+                // A complete answer: nothing is in flight and no transaction is open.
+                conn.finished();
+            }
+            result.map_err(|e| pg_error(what, e))
         };
         match tokio::time::timeout(self.options.statement_timeout, work).await {
             Ok(result) => result,
@@ -433,37 +487,106 @@ impl PostgresBackend {
         }
     }
 
-    async fn create_schema(&self, client: &deadpool_postgres::Object) -> Result<(), BackendError> {
+    /// Creates the sequence and the table if they do not exist, in a transaction that
+    /// holds an advisory lock, so that processes starting together do not trip over each
+    /// other's `CREATE … IF NOT EXISTS`.
+    async fn create_schema(
+        &self,
+        client: &mut deadpool_postgres::ClientWrapper,
+    ) -> Result<(), BackendError> {
         let fail = |e| pg_error("could not create the lease table", e);
-        // A transaction with an advisory lock, so that processes starting together do
-        // not trip over each other's CREATE ... IF NOT EXISTS.
-        client.batch_execute("BEGIN").await.map_err(fail)?;
-        let result = async {
-            client.execute(self.sql.lock_schema.as_str(), &[]).await?;
-            for statement in &self.sql.schema {
-                client.batch_execute(statement).await?;
+        // The driver's transaction: a dropped or failed one is rolled back. (If this
+        // future is dropped mid-way, the connection is discarded anyway.)
+        let tx = client.transaction().await.map_err(fail)?;
+        tx.execute(self.sql.lock_schema.as_str(), &[])
+            .await
+            .map_err(fail)?;
+        for statement in &self.sql.schema {
+            tx.batch_execute(statement).await.map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)
+    }
+}
+
+/// The future an operation on a pooled connection returns.
+type PgFuture<'c, T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>,
+>;
+
+/// A pooled connection that goes back to the pool only after a complete answer.
+///
+/// Dropped before [`finished`](Checkout::finished) (a timeout, a cancelled caller, an
+/// error, a panic), it takes the connection out of the pool and closes it: a
+/// connection with an open transaction or a statement in flight must never serve
+/// another operation (its grants would be uncommitted and invisible to others, on a
+/// frozen `now()`). The server then rolls back whatever was open.
+struct Checkout {
+    object: Option<deadpool_postgres::Object>,
+    finished: bool,
+}
+
+impl Checkout {
+    fn new(object: deadpool_postgres::Object) -> Checkout {
+        Checkout {
+            object: Some(object),
+            finished: false,
+        }
+    }
+
+    fn client(&self) -> &deadpool_postgres::ClientWrapper {
+        self.object
+            .as_ref()
+            .expect("a checkout holds its connection until dropped")
+    }
+
+    fn client_mut(&mut self) -> &mut deadpool_postgres::ClientWrapper {
+        self.object
+            .as_mut()
+            .expect("a checkout holds its connection until dropped")
+    }
+
+    /// The operation got its whole answer: the connection may be reused.
+    fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take() {
+            if !self.finished {
+                // Detach from the pool (which may then open a fresh connection) and
+                // drop the client, which closes the connection.
+                drop(deadpool_postgres::Object::take(object));
+                tracing::debug!("discarded a database connection left mid-operation");
             }
-            client.batch_execute("COMMIT").await
         }
-        .await;
-        if result.is_err() {
-            let _ = client.batch_execute("ROLLBACK").await;
-        }
-        result.map_err(fail)
     }
 }
 
 /// Keeps one connection listening on the release channel, reconnecting when it drops,
 /// and forwards every released key to the subscribers.
+///
+/// Notifications sent while no connection listens are lost, so every time a LISTEN
+/// starts (the first time too: subscribers may have been waiting before it) the
+/// subscribers are told [`Freed::Everything`] and look again. A connection that went
+/// silent is found by a ping every few seconds, bounded by the statement timeout.
 async fn listen(
-    config: tokio_postgres::Config,
+    mut config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     channel: String,
-    frees: broadcast::Sender<Key>,
+    frees: broadcast::Sender<Freed>,
+    statement_timeout: Duration,
 ) {
+    if config.get_application_name() == Some("leases") {
+        // So that operators (and tests) can tell it from the pooled connections.
+        config.application_name("leases-listener");
+    }
+    const PING: Duration = Duration::from_secs(2);
+    let mut backoff = Duration::from_millis(25);
     loop {
-        match config.connect(tls.clone()).await {
-            Ok((client, mut connection)) => {
+        match tokio::time::timeout(statement_timeout, config.connect(tls.clone())).await {
+            Ok(Ok((client, mut connection))) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
                     loop {
@@ -477,16 +600,37 @@ async fn listen(
                         }
                     }
                 });
-                if client
-                    .batch_execute(&format!("LISTEN {channel}"))
-                    .await
-                    .is_ok()
-                {
+                let listening = tokio::time::timeout(
+                    statement_timeout,
+                    client.batch_execute(&format!("LISTEN {channel}")),
+                )
+                .await;
+                if let Ok(Ok(())) = listening {
                     tracing::debug!(%channel, "listening for released leases");
-                    while let Some(message) = rx.recv().await {
-                        if let AsyncMessage::Notification(n) = message {
-                            if let Ok(key) = Key::parse(n.payload()) {
-                                let _ = frees.send(key);
+                    backoff = Duration::from_millis(25);
+                    let _ = frees.send(Freed::Everything);
+                    let mut ping = tokio::time::interval(PING);
+                    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            message = rx.recv() => match message {
+                                Some(AsyncMessage::Notification(n)) => {
+                                    if let Ok(key) = Key::parse(n.payload()) {
+                                        let _ = frees.send(Freed::Key(key));
+                                    }
+                                }
+                                Some(_) => {}
+                                None => break,
+                            },
+                            _ = ping.tick() => {
+                                let alive = tokio::time::timeout(
+                                    statement_timeout,
+                                    client.simple_query(""),
+                                )
+                                .await;
+                                if !matches!(alive, Ok(Ok(_))) {
+                                    break;
+                                }
                             }
                         }
                     }
@@ -494,11 +638,13 @@ async fn listen(
                 driver.abort();
                 tracing::debug!(%channel, "release listener disconnected; reconnecting");
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::debug!(%error, "release listener cannot connect; retrying");
             }
+            Err(_) => tracing::debug!("release listener: connect timed out; retrying"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -510,14 +656,19 @@ impl Backend for PostgresBackend {
         ttl: Duration,
         metadata: &[u8],
     ) -> Result<AcquireOutcome, BackendError> {
-        let k = &key.to_string();
+        let key_text = key.to_string();
         let ms = ttl_ms(ttl);
         for _ in 0..3 {
+            // The statement's future owns its parameters (it may outlive this call's
+            // borrows only in the type checker's eyes; `with_client` awaits it).
+            let (k, m) = (key_text.clone(), metadata.to_vec());
             let (token, left): (Option<i64>, Option<i64>) = self
-                .with_client("acquire", |c, sql| async move {
-                    let stmt = c.prepare_cached(&sql.acquire).await?;
-                    let row = c.query_one(&stmt, &[k, &ms, &metadata]).await?;
-                    Ok((row.get(0), row.get(1)))
+                .with_client("acquire", |c, sql| {
+                    Box::pin(async move {
+                        let stmt = c.prepare_cached(&sql.acquire).await?;
+                        let row = c.query_one(&stmt, &[&k, &ms, &m]).await?;
+                        Ok((row.get(0), row.get(1)))
+                    })
                 })
                 .await?;
             match (token, left) {
@@ -551,17 +702,19 @@ impl Backend for PostgresBackend {
         };
         let k = key.to_string();
         let ms = ttl_ms(ttl);
-        let (renewed, revoked): (bool, bool) = self
-            .with_client("renew", |c, sql| async move {
-                let stmt = c.prepare_cached(&sql.renew).await?;
-                let row = c.query_one(&stmt, &[&k, &token, &ms]).await?;
-                Ok((row.get(0), row.get(1)))
+        let revoked: Option<bool> = self
+            .with_client("renew", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.renew).await?;
+                    let row = c.query_opt(&stmt, &[&k, &token, &ms]).await?;
+                    Ok(row.map(|row| row.get(0)))
+                })
             })
             .await?;
-        Ok(match (renewed, revoked) {
-            (true, _) => RenewOutcome::Renewed,
-            (false, true) => RenewOutcome::Revoked,
-            (false, false) => RenewOutcome::Lost,
+        Ok(match revoked {
+            Some(false) => RenewOutcome::Renewed,
+            Some(true) => RenewOutcome::Revoked,
+            None => RenewOutcome::Lost,
         })
     }
 
@@ -570,9 +723,11 @@ impl Backend for PostgresBackend {
             return Ok(false);
         };
         let k = key.to_string();
-        self.with_client("release", |c, sql| async move {
-            let stmt = c.prepare_cached(&sql.release).await?;
-            Ok(!c.query(&stmt, &[&k, &token]).await?.is_empty())
+        self.with_client("release", |c, sql| {
+            Box::pin(async move {
+                let stmt = c.prepare_cached(&sql.release).await?;
+                Ok(!c.query(&stmt, &[&k, &token]).await?.is_empty())
+            })
         })
         .await
     }
@@ -580,9 +735,11 @@ impl Backend for PostgresBackend {
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
         let k = key.to_string();
         let token: Option<i64> = self
-            .with_client("revoke", |c, sql| async move {
-                let stmt = c.prepare_cached(&sql.revoke).await?;
-                Ok(c.query_opt(&stmt, &[&k]).await?.map(|row| row.get(0)))
+            .with_client("revoke", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.revoke).await?;
+                    Ok(c.query_opt(&stmt, &[&k]).await?.map(|row| row.get(0)))
+                })
             })
             .await?;
         token.map(token_from_db).transpose()
@@ -591,9 +748,11 @@ impl Backend for PostgresBackend {
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
         let k = key.to_string();
         let row = self
-            .with_client("lease info", |c, sql| async move {
-                let stmt = c.prepare_cached(&sql.info).await?;
-                c.query_opt(&stmt, &[&k]).await
+            .with_client("lease info", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.info).await?;
+                    c.query_opt(&stmt, &[&k]).await
+                })
             })
             .await?;
         let Some(row) = row else {

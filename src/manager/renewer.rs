@@ -137,6 +137,19 @@ impl Actor for Renewer {
         state: &mut RenewerState,
     ) -> Result<(), ActorProcessingErr> {
         let start = Instant::now();
+        // The context may have ended without us: its deadline passed on the
+        // suspend-aware clock, or the supervisor ended it (and maybe died before it
+        // could stop us). Never renew a lease whose holder has been told it is over.
+        match state.args.ctx.reason() {
+            None => {}
+            Some(CancelReason::Lost(LossCause::DeadlineExceeded)) => {
+                return Err(state.lose(LossCause::DeadlineExceeded))
+            }
+            Some(reason) => {
+                myself.stop(Some(format!("the lease ended: {reason}")));
+                return Ok(());
+            }
+        }
         if start >= state.args.deadline {
             return Err(state.lose(LossCause::DeadlineExceeded));
         }

@@ -116,9 +116,60 @@ pub(crate) enum Msg {
 
 /// The result of one acquire attempt (which may have waited).
 pub(crate) enum Attempt {
-    Granted { token: u64, started: Instant },
+    Granted { grant: Grant, started: Instant },
     Conflict,
     Failed(BackendError),
+}
+
+/// A lease the backend granted that nobody holds yet.
+///
+/// It travels in the message that reports the grant. If that message is never handled
+/// (the supervisor stopped, its mailbox was dropped with the message in it, a task
+/// panicked on the way), dropping the guard gives the key back, so a grant can never
+/// leave a key leased by nobody for a whole TTL. The supervisor takes the token out
+/// with [`Grant::hold`] when it makes the grant a holder.
+pub(crate) struct Grant {
+    backend: Arc<dyn Backend>,
+    key: Key,
+    token: Option<u64>,
+}
+
+impl Grant {
+    pub(crate) fn new(backend: Arc<dyn Backend>, key: Key, token: u64) -> Grant {
+        Grant {
+            backend,
+            key,
+            token: Some(token),
+        }
+    }
+
+    fn token(&self) -> u64 {
+        self.token.unwrap_or_default()
+    }
+
+    /// The grant now has a holder, which is responsible for releasing it.
+    fn hold(mut self) -> u64 {
+        self.token.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        tracing::debug!(key = %self.key, token, "giving back a grant that nobody took");
+        if let Some(Ok(_)) = self.backend.release_now(&self.key, token) {
+            return;
+        }
+        let (backend, key) = (self.backend.clone(), self.key.clone());
+        // Without a runtime (it is shutting down) the lease simply expires.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = backend.release(&key, token).await;
+            });
+        }
+    }
 }
 
 /// A caller waiting for an acquire answer.
@@ -213,13 +264,23 @@ impl LeaseOwner for ManagerOwner {
     }
 }
 
-/// Runs one acquire attempt, waiting (without polling) for the key to be freed or to
-/// expire while `until` allows.
+/// The shortest pause between two tries on a key the backend calls held, so that an
+/// answer of "held, expires now" (a lease expiring between two statements) does not
+/// turn into a tight loop of round trips.
+const RETRY_FLOOR: Duration = Duration::from_millis(10);
+
+/// How often a waiting attempt checks whether its caller is still there (the reply
+/// port can only be asked, not awaited).
+const CALLER_CHECK: Duration = Duration::from_millis(500);
+
+/// Runs one acquire attempt, waiting (without polling the backend) for the key to be
+/// freed or to expire while `until` allows, and giving up as soon as the caller has.
 async fn attempt(
     backend: Arc<dyn Backend>,
     key: &Key,
     options: &AcquireOptions,
     until: Option<Instant>,
+    gave_up: impl Fn() -> bool,
 ) -> Attempt {
     // Subscribe before the first try, so that a release between a `Held` answer and
     // the wait is not missed.
@@ -230,20 +291,89 @@ async fn attempt(
     loop {
         let started = Instant::now();
         match backend.acquire(key, options.ttl, &options.metadata).await {
-            Ok(AcquireOutcome::Granted { token }) => return Attempt::Granted { token, started },
+            Ok(AcquireOutcome::Granted { token }) => {
+                let grant = Grant::new(backend.clone(), key.clone(), token);
+                return Attempt::Granted { grant, started };
+            }
             Ok(AcquireOutcome::Held { expires_in }) => {
                 let Some(until) = until else {
                     return Attempt::Conflict;
                 };
-                let now = Instant::now();
-                if now >= until {
+                // Wait for a release, the holder's expiry or our own deadline; look at
+                // the caller now and then, without asking the backend anything.
+                let wake = Instant::now() + expires_in.max(RETRY_FLOOR);
+                loop {
+                    let now = Instant::now();
+                    if gave_up() || now >= until {
+                        return Attempt::Conflict;
+                    }
+                    let next = wake.min(until).min(now + CALLER_CHECK);
+                    if frees.wait_for(key, next - now).await || Instant::now() >= wake {
+                        break;
+                    }
+                }
+                if Instant::now() >= until || gave_up() {
                     return Attempt::Conflict;
                 }
-                frees.wait_for(key, expires_in.min(until - now)).await;
             }
             Err(e) => return Attempt::Failed(e),
         }
     }
+}
+
+/// The way an attempt task reports back, whatever happens to it: if the task ends
+/// without reporting (a panic in the backend, say), dropping this sends a failure, so
+/// the key's slot is never left busy and the caller gets an answer.
+struct Report {
+    me: ActorRef<ManagerMessage>,
+    key: Key,
+    waiter: Option<Waiter>,
+}
+
+impl Report {
+    fn send(&mut self, outcome: Attempt) {
+        let Some(waiter) = self.waiter.take() else {
+            return;
+        };
+        let msg = Msg::Attempted {
+            key: self.key.clone(),
+            waiter,
+            outcome,
+        };
+        // If the manager stopped meanwhile, the message comes back and is dropped here,
+        // and with it any grant it carries, which gives the key back (see `Grant`).
+        let _ = self.me.send_message(ManagerMessage(msg));
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if self.waiter.is_some() {
+            let why = if std::thread::panicking() {
+                "the backend panicked during an acquire"
+            } else {
+                "the acquire attempt ended without an answer"
+            };
+            tracing::error!(key = %self.key, "{why}");
+            self.send(Attempt::Failed(BackendError::new(
+                BackendErrorKind::Failed,
+                why,
+            )));
+        }
+    }
+}
+
+/// Runs a backend call that answers inline on the supervisor's mailbox, turning a panic
+/// into a backend error: a faulty backend must not take the whole manager down.
+fn catch_panic<T>(
+    call: impl FnOnce() -> Option<Result<T, BackendError>>,
+) -> Option<Result<T, BackendError>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|_| {
+        Some(Err(BackendError::new(
+            BackendErrorKind::Failed,
+            "the backend panicked",
+        )))
+    })
 }
 
 fn stopped_reply<T>(reply: RpcReplyPort<Result<T, LeaseError>>) {
@@ -313,12 +443,16 @@ impl SupervisorState {
         // whose attempts may wait).
         if waiter.until.is_none() {
             let started = Instant::now();
-            let answer =
+            let answer = catch_panic(|| {
                 self.backend
-                    .acquire_now(&key, waiter.options.ttl, &waiter.options.metadata);
+                    .acquire_now(&key, waiter.options.ttl, &waiter.options.metadata)
+            });
             if let Some(answer) = answer {
                 let outcome = match answer {
-                    Ok(AcquireOutcome::Granted { token }) => Attempt::Granted { token, started },
+                    Ok(AcquireOutcome::Granted { token }) => Attempt::Granted {
+                        grant: Grant::new(self.backend.clone(), key.clone(), token),
+                        started,
+                    },
                     Ok(AcquireOutcome::Held { .. }) => Attempt::Conflict,
                     Err(e) => Attempt::Failed(e),
                 };
@@ -332,24 +466,20 @@ impl SupervisorState {
     fn start_attempt(&mut self, myself: &ActorRef<ManagerMessage>, key: Key, waiter: Waiter) {
         self.slot(&key).busy = true;
         let backend = self.backend.clone();
-        let me = myself.clone();
+        let report = Report {
+            me: myself.clone(),
+            key,
+            waiter: Some(waiter),
+        };
         tokio::spawn(async move {
-            let outcome = attempt(backend.clone(), &key, &waiter.options, waiter.until).await;
-            let granted = match outcome {
-                Attempt::Granted { token, .. } => Some(token),
-                _ => None,
-            };
-            let msg = Msg::Attempted {
-                key: key.clone(),
-                waiter,
-                outcome,
-            };
-            if me.send_message(ManagerMessage(msg)).is_err() {
-                // The manager stopped meanwhile: give back what nobody will hold.
-                if let Some(token) = granted {
-                    let _ = backend.release(&key, token).await;
-                }
-            }
+            let mut report = report;
+            let (key, waiter) = (&report.key, report.waiter.as_ref());
+            let Some(waiter) = waiter else { return };
+            let outcome = attempt(backend, key, &waiter.options, waiter.until, || {
+                waiter.reply.is_closed()
+            })
+            .await;
+            report.send(outcome);
         });
     }
 
@@ -379,8 +509,8 @@ impl SupervisorState {
     ) {
         self.slot(&key).busy = false;
         match outcome {
-            Attempt::Granted { token, started } => {
-                self.on_granted(myself, &key, waiter, token, started)
+            Attempt::Granted { grant, started } => {
+                self.on_granted(myself, &key, waiter, grant, started)
             }
             Attempt::Conflict => {
                 let _ = waiter.reply.send(Err(LeaseError::Conflict));
@@ -398,7 +528,7 @@ impl SupervisorState {
         myself: &ActorRef<ManagerMessage>,
         key: &Key,
         waiter: Waiter,
-        token: u64,
+        grant: Grant,
         started: Instant,
     ) {
         let ttl = waiter.options.ttl;
@@ -417,10 +547,14 @@ impl SupervisorState {
             None
         };
         if let Some(error) = refuse {
-            self.release_in_background(key.clone(), token, None);
+            let token = grant.token();
+            // Dropping the grant gives the key back.
+            drop(grant);
+            tracing::debug!(%key, token, %error, "grant refused");
             let _ = waiter.reply.send(Err(error));
             return;
         }
+        let token = grant.hold();
         let (ctx_tx, ctx) = LeaseContext::new(token, Some(deadline));
         // The key is ours from here on; the renewal actor attaches when it has started.
         self.slot(key).holder = Some(Holder {
@@ -452,9 +586,13 @@ impl SupervisorState {
                     let attach = Msg::Attach {
                         key,
                         token,
-                        renewer,
+                        renewer: renewer.clone(),
                     };
-                    let _ = supervisor.send_message(ManagerMessage(attach));
+                    if supervisor.send_message(ManagerMessage(attach)).is_err() {
+                        // The supervisor stopped meanwhile (and ended the holder): a
+                        // renewer nobody will stop must not renew a lease nobody holds.
+                        renewer.kill();
+                    }
                     // If the caller went away, the lease comes back here and its drop
                     // releases it through the supervisor's mailbox.
                     let _ = waiter.reply.send(Ok((lease, ctx)));
@@ -547,12 +685,13 @@ impl SupervisorState {
                 let _ = reply.send(result);
             }
         }
-        if let Some(released) = self.backend.release_now(&key, token) {
+        if let Some(released) = catch_panic(|| self.backend.release_now(&key, token)) {
             return answer(&key, token, released, reply);
         }
         let backend = self.backend.clone();
         tokio::spawn(async move {
-            let released = backend.release(&key, token).await;
+            let k = key.clone();
+            let released = unpanic(async move { backend.release(&k, token).await }).await;
             answer(&key, token, released, reply);
         });
     }
@@ -621,16 +760,33 @@ impl SupervisorState {
         let backend = self.backend.clone();
         let key2 = key.clone();
         tokio::spawn(async move {
-            let result = match backend.revoke(&key2).await {
-                Ok(Some(token)) => {
-                    if local == Some(token) {
-                        let _ = backend.release(&key2, token).await;
-                    }
+            let revoked = {
+                let (backend, key) = (backend.clone(), key2.clone());
+                unpanic(async move { backend.revoke(&key).await }).await
+            };
+            // Our own holder has been told, so its lease is given back whatever the
+            // revoke said (compare-and-set on its token: a newer holder is never
+            // touched). Were it left to the revoke, a failed revoke would leave the key
+            // taken by nobody until it expired.
+            let released = match local {
+                Some(token) => {
+                    let (backend, key) = (backend.clone(), key2.clone());
+                    Some(unpanic(async move { backend.release(&key, token).await }).await)
+                }
+                None => None,
+            };
+            let result = match (revoked, released) {
+                (Ok(Some(token)), _) => {
                     tracing::info!(key = %key2, token, "lease revoked");
                     Ok(true)
                 }
-                Ok(None) => Ok(false),
-                Err(e) => Err(LeaseError::Backend(e)),
+                (Ok(None), Some(Ok(true))) => Ok(true),
+                (Ok(None), _) => Ok(false),
+                (Err(e), Some(Ok(true))) => {
+                    tracing::warn!(key = %key2, error = %e, "revoke failed; our own holder gave the key back");
+                    Ok(true)
+                }
+                (Err(e), _) => Err(LeaseError::Backend(e)),
             };
             let _ = reply.send(result);
         });
@@ -696,6 +852,20 @@ impl SupervisorState {
             tracing::warn!("lease manager shutdown: some releases did not finish in time");
         }
         tracing::info!("lease manager stopped");
+    }
+}
+
+/// Runs backend I/O in a task of its own and turns a panic there into a backend error,
+/// so that whoever waits for the answer gets one.
+async fn unpanic<T: Send + 'static>(
+    io: impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
+) -> Result<T, BackendError> {
+    match tokio::spawn(io).await {
+        Ok(result) => result,
+        Err(e) => Err(BackendError::new(
+            BackendErrorKind::Failed,
+            format!("the backend failed: {e}"),
+        )),
     }
 }
 
