@@ -92,7 +92,11 @@ pg_conformance!(
     bad_input,
     release_after_loss_is_not_held,
     race_for_one_key,
-    many_keys
+    many_keys,
+    grant_during_shutdown_is_given_back,
+    panicking_acquire_frees_the_key,
+    failed_revoke_still_frees_a_local_holder,
+    lost_acquire_answer_is_bounded
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

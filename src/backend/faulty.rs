@@ -52,6 +52,7 @@ pub struct FaultyBackend {
     acquire_faults: Mutex<HashMap<Key, AcquireFault>>,
     down: AtomicBool,
     stall_releases: AtomicBool,
+    fail_revokes: AtomicBool,
 }
 
 impl std::fmt::Debug for FaultyBackend {
@@ -71,6 +72,7 @@ impl FaultyBackend {
             acquire_faults: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             stall_releases: AtomicBool::new(false),
+            fail_revokes: AtomicBool::new(false),
         }
     }
 
@@ -100,6 +102,11 @@ impl FaultyBackend {
     /// say). Releases already stalled stay stalled.
     pub fn stall_releases(&self, stall: bool) {
         self.stall_releases.store(stall, Ordering::SeqCst);
+    }
+
+    /// While `fail`, revokes fail with an `Unavailable` error (other calls still work).
+    pub fn fail_revokes(&self, fail: bool) {
+        self.fail_revokes.store(fail, Ordering::SeqCst);
     }
 
     /// While `down`, every call fails with an `Unavailable` error (renewals included).
@@ -189,6 +196,12 @@ impl Backend for FaultyBackend {
 
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
         self.check_up()?;
+        if self.fail_revokes.load(Ordering::SeqCst) {
+            return Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                "injected revoke failure",
+            ));
+        }
         self.inner.revoke(key).await
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leases::backend::{FaultyBackend, RenewFault};
+use leases::backend::{AcquireFault, FaultyBackend, RenewFault};
 use leases::{
     AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser, LossCause, MAX_KEY_LEN,
     MAX_METADATA_LEN,
@@ -38,6 +38,7 @@ pub async fn faulty_manager_on(
     let faulty = Arc::new(FaultyBackend::new(inner));
     let m = LeaseManager::builder()
         .min_ttl(ttl)
+        .shutdown_timeout(ttl / 2)
         .backend(faulty.clone())
         .start()
         .await
@@ -537,6 +538,145 @@ pub async fn many_keys(env: &dyn Env) {
 
 /// Generates one test per conformance case. `$make` is an async block that builds the
 /// `Env`; `$attr` the tokio test attribute.
+/// Is `key` free for a newcomer right now? (Takes it and gives it back.)
+async fn free_now(env: &dyn Env, m: &LeaseManager, key: &Key) -> bool {
+    match leaser(m).acquire_lease(key.clone(), env.ttl()).await {
+        Ok((lease, _ctx)) => {
+            lease.release().await.unwrap();
+            true
+        }
+        Err(LeaseError::Conflict) => false,
+        Err(e) => panic!("acquire {key}: {e}"),
+    }
+}
+
+/// Defect: a waiter's attempt granted while `shutdown` waited on releases reported to
+/// an actor that was stopping; the grant was dropped and the key stayed leased by
+/// nobody for a whole TTL. Now the lost report gives the key back.
+pub async fn grant_during_shutdown_is_given_back(env: &dyn Env) {
+    let (a, faults) = env.faulty_manager().await;
+    let b = env.manager().await;
+    let watcher = env.manager().await;
+    let wanted = env.key("shutdown-grant-wanted");
+    let slow = env.key("shutdown-grant-slow");
+    let ttl = env.ttl();
+    let (b_lease, _b_ctx) = leaser(&b).acquire_lease(wanted.clone(), ttl).await.unwrap();
+    let (_a_lease, _a_ctx) = leaser(&a).acquire_lease(slow.clone(), ttl).await.unwrap();
+    // A waits for `wanted` (an attempt task waiting on the backend).
+    let l = leaser(&a);
+    let k = wanted.clone();
+    let waiter = tokio::spawn(async move {
+        l.acquire_lease_with(k, AcquireOptions::new(ttl).wait(ttl * 20))
+            .await
+    });
+    ttls(env, 0.1).await;
+    // A's shutdown hangs on releasing `slow`...
+    faults.stall_releases(true);
+    let a2 = a.clone();
+    let shutdown = tokio::spawn(async move { a2.shutdown().await });
+    ttls(env, 0.1).await;
+    faults.stall_releases(false);
+    // ...while B frees `wanted`, which A's waiting attempt is then granted.
+    b_lease.release().await.unwrap();
+    shutdown.await.unwrap();
+    assert!(matches!(
+        waiter.await.unwrap(),
+        Err(LeaseError::ManagerStopped)
+    ));
+    // The grant nobody took was given back: the key is free long before a TTL.
+    ttls(env, 0.2).await;
+    assert!(
+        free_now(env, &watcher, &wanted).await,
+        "the key granted during shutdown was leaked"
+    );
+    b.shutdown().await;
+    watcher.shutdown().await;
+}
+
+/// Defect: a panic inside `Backend::acquire` killed the attempt task, left the key's
+/// slot busy (every later acquire of the key was `Conflict`) and told the caller
+/// `ManagerStopped` though the manager ran.
+pub async fn panicking_acquire_frees_the_key(env: &dyn Env) {
+    let (m, faults) = env.faulty_manager().await;
+    let key = env.key("panicking-acquire");
+    faults.fail_acquires(&key, AcquireFault::Panic);
+    for wait in [None, Some(env.ttl())] {
+        let mut opts = AcquireOptions::new(env.ttl());
+        if let Some(w) = wait {
+            opts = opts.wait(w);
+        }
+        match leaser(&m).acquire_lease_with(key.clone(), opts).await {
+            Err(LeaseError::Backend(e)) => assert!(e.message().contains("panicked"), "{e}"),
+            other => panic!("expected a backend error, got {other:?}"),
+        }
+        assert!(m.is_running());
+    }
+    faults.heal_acquires(&key);
+    let (lease, ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    assert!(!ctx.is_cancelled());
+    lease.release().await.unwrap();
+    m.shutdown().await;
+}
+
+/// A revoke whose backend call fails after the local holder was told `Revoked`: the
+/// holder's own lease is still given back (compare-and-set on its token), so the key
+/// is not left taken by nobody until it expires.
+pub async fn failed_revoke_still_frees_a_local_holder(env: &dyn Env) {
+    let (m, faults) = env.faulty_manager().await;
+    let other = env.manager().await;
+    let key = env.key("failed-revoke");
+    let (_lease, ctx) = leaser(&m)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    faults.fail_revokes(true);
+    assert!(m.revoke(&key).await.unwrap());
+    assert_eq!(ctx.reason(), Some(CancelReason::Revoked));
+    assert!(
+        free_now(env, &other, &key).await,
+        "the revoked key stayed taken"
+    );
+    // With no local holder, a failing revoke is an error.
+    let (_l2, ctx2) = leaser(&other)
+        .acquire_lease(key.clone(), env.ttl())
+        .await
+        .unwrap();
+    assert!(matches!(m.revoke(&key).await, Err(LeaseError::Backend(_))));
+    assert!(!ctx2.is_cancelled());
+    m.shutdown().await;
+    other.shutdown().await;
+}
+
+/// An acquire whose answer is lost after the backend granted it (a phantom grant)
+/// reports an error, and the phantom holds the key for at most one TTL: bounded, and
+/// never a second holder.
+pub async fn lost_acquire_answer_is_bounded(env: &dyn Env) {
+    let (m, faults) = env.faulty_manager().await;
+    let other = env.manager().await;
+    let key = env.key("lost-answer");
+    faults.fail_acquires(&key, AcquireFault::LoseAnswer);
+    assert!(matches!(
+        leaser(&m).acquire_lease(key.clone(), env.ttl()).await,
+        Err(LeaseError::Backend(_))
+    ));
+    faults.heal_acquires(&key);
+    // The backend granted it to nobody; it is taken until it expires...
+    let info = other
+        .lease_info(&key)
+        .await
+        .unwrap()
+        .expect("a phantom grant");
+    assert!(info.expires_in <= env.ttl());
+    // ...and free after one TTL.
+    ttls(env, 1.05).await;
+    assert!(free_now(env, &other, &key).await);
+    m.shutdown().await;
+    other.shutdown().await;
+}
+
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr, #[$attr:meta]) => {
@@ -544,7 +684,9 @@ macro_rules! conformance_suite {
             conflict, release_and_reacquire, tokens_grow, revoke, revoke_from_another_manager,
             drop_releases, wait_for_release, wait_times_out, waiters_first_come_first_served,
             expiry_and_takeover, shutdown_ends_everything, metadata_and_info, bad_input,
-            release_after_loss_is_not_held, race_for_one_key, many_keys);
+            release_after_loss_is_not_held, race_for_one_key, many_keys,
+            grant_during_shutdown_is_given_back, panicking_acquire_frees_the_key,
+            failed_revoke_still_frees_a_local_holder, lost_acquire_answer_is_bounded);
     };
     (@cases $make:expr, #[$attr:meta], $($case:ident),*) => {
         $(

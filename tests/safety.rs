@@ -1,0 +1,158 @@
+//! Regression tests for safety defects that need a hand-made backend or a broken
+//! manager, on the memory backend and paused time. (The defects that any backend can
+//! show are conformance cases; the PostgreSQL ones are in `pg_safety.rs`.)
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leases::backend::{AcquireOutcome, Backend, KeyFrees, MemoryBackend, RenewOutcome};
+use leases::{
+    AcquireOptions, BackendError, CancelReason, Key, LeaseError, LeaseInfo, LeaseManager, Leaser,
+};
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// A backend that counts acquires, and can be told to answer every acquire with
+/// "held, expires now".
+struct Counting {
+    inner: MemoryBackend,
+    acquires: AtomicUsize,
+    expires_now: bool,
+}
+
+impl Counting {
+    fn new(expires_now: bool) -> Arc<Counting> {
+        Arc::new(Counting {
+            inner: MemoryBackend::new(),
+            acquires: AtomicUsize::new(0),
+            expires_now,
+        })
+    }
+
+    fn acquires(&self) -> usize {
+        self.acquires.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Backend for Counting {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<AcquireOutcome, BackendError> {
+        let n = self.acquires.fetch_add(1, Ordering::SeqCst);
+        if self.expires_now {
+            // A safety net so that the regression (a tight loop that never yields to
+            // the timer) fails instead of hanging the test.
+            assert!(n < 100_000, "tight retry loop: {n} acquires");
+            tokio::task::yield_now().await;
+            return Ok(AcquireOutcome::Held {
+                expires_in: Duration::ZERO,
+            });
+        }
+        self.inner.acquire(key, ttl, metadata).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<RenewOutcome, BackendError> {
+        self.inner.renew(key, token, ttl).await
+    }
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
+        self.inner.release(key, token).await
+    }
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
+        self.inner.revoke(key).await
+    }
+    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
+        self.inner.info(key).await
+    }
+    fn subscribe_frees(&self) -> KeyFrees {
+        self.inner.subscribe_frees()
+    }
+}
+
+async fn manager_on(backend: Arc<dyn Backend>) -> LeaseManager {
+    LeaseManager::builder()
+        .min_ttl(TTL)
+        .backend(backend)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// An attempt kept trying the backend after its caller had given up, until the wait it
+/// asked for ran out (a round trip per holder expiry, and a busy slot).
+#[tokio::test(start_paused = true)]
+async fn an_attempt_stops_when_its_caller_gives_up() {
+    let backend = Counting::new(false);
+    let holder = manager_on(backend.clone()).await;
+    let waiter = manager_on(backend.clone()).await;
+    let key = Key::system(["gave-up"]);
+    let (_lease, _ctx) = holder.acquire_lease(key.clone(), TTL).await.unwrap();
+    let opts = AcquireOptions::new(TTL).wait(Duration::from_secs(600));
+    let gave_up = tokio::time::timeout(TTL / 2, waiter.acquire_lease_with(key.clone(), opts)).await;
+    assert!(
+        gave_up.is_err(),
+        "the holder renews, so the wait cannot succeed"
+    );
+    let before = backend.acquires();
+    // The holder keeps renewing; an attempt still running would retry at each of its
+    // old expiries (about 60 times in a minute).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = backend.acquires();
+    assert!(
+        after - before <= 1,
+        "{} acquires after the caller gave up",
+        after - before
+    );
+    holder.shutdown().await;
+    waiter.shutdown().await;
+}
+
+/// "Held, expires now" (a lease expiring between two statements) turned a waiting
+/// attempt into a tight loop of round trips.
+#[tokio::test(start_paused = true)]
+async fn held_expiring_now_does_not_spin() {
+    let backend = Counting::new(true);
+    let m = manager_on(backend.clone()).await;
+    let key = Key::system(["spin"]);
+    let opts = AcquireOptions::new(TTL).wait(Duration::from_secs(1));
+    let result = m.acquire_lease_with(key, opts).await;
+    assert!(matches!(result, Err(LeaseError::Conflict)), "{result:?}");
+    // One try per 10 ms floor in one second, give or take the first and last.
+    let n = backend.acquires();
+    assert!(n <= 110, "{n} acquires in one second of waiting");
+    m.shutdown().await;
+}
+
+/// A supervisor that dies (killed, or a panic) leaves its renewal actors behind; they
+/// must not keep renewing leases whose holders were told `ManagerFailed`, or the keys
+/// would stay taken by nobody for as long as the process lives.
+#[tokio::test(start_paused = true)]
+async fn renewers_stop_when_their_supervisor_dies() {
+    let memory = Arc::new(MemoryBackend::new());
+    let m = manager_on(memory.clone()).await;
+    let other = manager_on(memory.clone()).await;
+    let key = Key::system(["orphan"]);
+    let (_lease, ctx) = m.acquire_lease(key.clone(), TTL).await.unwrap();
+    tokio::time::sleep(TTL / 10).await;
+    m.actor().kill();
+    tokio::time::sleep(TTL / 10).await;
+    assert!(ctx.is_cancelled(), "the holder is told: {:?}", ctx.reason());
+    assert!(!matches!(ctx.reason(), Some(CancelReason::Released)));
+    // Within a TTL (no renewal after the death), the key is free for others.
+    tokio::time::sleep(TTL + TTL / 10).await;
+    let (l, _) = other
+        .acquire_lease(key.clone(), TTL)
+        .await
+        .expect("the dead manager's key was kept alive by an orphaned renewer");
+    l.release().await.unwrap();
+    other.shutdown().await;
+}
