@@ -16,6 +16,19 @@
 //!   `Lost` and never acts again, and every process keeps working across connection
 //!   kills and the server restart, with the same managers.
 //!
+//!
+//! Then a **chaos phase**: every process reaches the database through a TCP fault
+//! proxy of its own (`support/proxy.rs`), and each proxy follows a random schedule of
+//! delays, blackholes, resets, half-open connections and slow drips, switched at random
+//! moments, so that single statements are cut off mid-flight. Throughout the run the
+//! orchestrator samples the database every 200 ms and also asserts, on the database's
+//! clock:
+//! - no key stays taken by nobody longer than TTL + statement timeout (a holder that
+//!   ended, or a grant whose answer was lost, leaves a row that must expire by then);
+//! - no session sits `idle in transaction` (a connection left mid-transaction).
+//!
+//! The schedules' seed is `PG_FAULTS_SEED` (default 1), printed with the faults.
+//!
 //! Runs as a plain program (`harness = false`); `cargo test --all-features` runs it.
 //! The same binary, started with `contender …`, is one contending process.
 
@@ -29,12 +42,18 @@ use std::time::{Duration, Instant};
 use leases::backend::PostgresOptions;
 use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser};
 use support::pg::PgServer;
+use support::proxy::{FaultProxy, FaultSchedule};
 use tokio_postgres::{Client, NoTls};
 
 const TABLE: &str = "leases";
 const TTL: Duration = Duration::from_secs(2);
 const KEYS: usize = 2;
-const RUN: Duration = Duration::from_secs(48);
+/// The statement timeout of the contenders' managers.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
+/// When the chaos phase starts and how long it lasts; the run ends a little after.
+const CHAOS_AT: u64 = 42;
+const CHAOS: Duration = Duration::from_secs(30);
+const RUN: Duration = Duration::from_secs(CHAOS_AT + 30 + 4);
 
 fn key(i: usize) -> Key {
     Key::system(["faults", &format!("job-{i}")])
@@ -116,17 +135,18 @@ impl Log {
     }
 }
 
-async fn contender(url: String, name: String, seconds: u64) {
+async fn contender(url: String, name: String, seconds: u64, via: String) {
     // The manager logs in as a role of its own, so that the orchestrator can cut this
-    // process off from the database; the event log uses the shared role.
-    let manager_url = url.replacen("postgres://postgres@", &format!("postgres://{name}@"), 1);
+    // process off from the database, and through this process's fault proxy (`via`);
+    // the event log uses the shared role, directly.
+    let manager_url = via.replacen("postgres://postgres@", &format!("postgres://{name}@"), 1);
     let manager = LeaseManager::builder()
         .min_ttl(Duration::from_secs(1))
         .postgres(
             PostgresOptions::new(manager_url)
                 .pool_size(3)
                 .connect_timeout(Duration::from_secs(1))
-                .statement_timeout(Duration::from_secs(1)),
+                .statement_timeout(STATEMENT_TIMEOUT),
         )
         .start()
         .await
@@ -212,12 +232,17 @@ struct Proc {
     child: Child,
     frozen: bool,
     killed: bool,
+    /// This process's way to the database.
+    proxy: FaultProxy,
 }
 
-fn spawn(url: &str, name: &str, seconds: u64) -> Proc {
+async fn spawn(url: &str, port: u16, name: &str, seconds: u64) -> Proc {
+    let proxy = FaultProxy::start(([127, 0, 0, 1], port).into()).await;
+    let via = url.replacen(&format!(":{port}/"), &format!(":{}/", proxy.port()), 1);
+    assert_ne!(via, url, "the server URL names its port");
     let exe = std::env::current_exe().expect("own path");
     let child = Command::new(exe)
-        .args(["contender", url, name, &seconds.to_string()])
+        .args(["contender", url, name, &seconds.to_string(), &via])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -227,7 +252,73 @@ fn spawn(url: &str, name: &str, seconds: u64) -> Proc {
         child,
         frozen: false,
         killed: false,
+        proxy,
     }
+}
+
+/// One look at the database by the sampler.
+struct Sample {
+    at: std::time::SystemTime,
+    /// `(key, token)` of every live lease.
+    live: Vec<(String, u64)>,
+    /// Client sessions `idle in transaction` for more than 200 ms.
+    idle_in_tx: Vec<String>,
+}
+
+/// Samples the lease table and `pg_stat_activity` every 200 ms until `stop` is set,
+/// reconnecting across the server's restart.
+async fn sample(url: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut client: Option<Client> = None;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match tokio_postgres::connect(&url, NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    Some(c)
+                }
+                Err(_) => None,
+            };
+        }
+        if let Some(c) = &client {
+            let look = async {
+                let at: std::time::SystemTime =
+                    c.query_one("SELECT clock_timestamp()", &[]).await?.get(0);
+                let live = c
+                    .query(
+                        &format!("SELECT key, token FROM {TABLE} WHERE expires_at > now()"),
+                        &[],
+                    )
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+                    .collect();
+                let idle_in_tx = c
+                    .query(
+                        "SELECT usename || ' ' || application_name || ': ' || left(query, 80)
+                         FROM pg_stat_activity
+                         WHERE state LIKE 'idle in transaction%'
+                           AND clock_timestamp() - state_change > interval '200 milliseconds'",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+                    .collect();
+                Ok::<_, tokio_postgres::Error>(Sample {
+                    at,
+                    live,
+                    idle_in_tx,
+                })
+            };
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), look).await {
+                out.push(s);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    out
 }
 
 fn signal(p: &Proc, sig: libc::c_int) {
@@ -314,10 +405,14 @@ async fn orchestrate() -> Checks {
         )
         .await
         .unwrap();
+    let port = server.port();
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn(sample(url.clone(), stop_sampling.clone()));
     let started = Instant::now();
-    let mut procs: Vec<Proc> = (1..=4)
-        .map(|i| spawn(&url, &format!("p{i}"), RUN.as_secs()))
-        .collect();
+    let mut procs: Vec<Proc> = Vec::new();
+    for i in 1..=4 {
+        procs.push(spawn(&url, port, &format!("p{i}"), RUN.as_secs()).await);
+    }
     let at = |s: u64| started + Duration::from_secs(s);
     let mut faults = Vec::new();
 
@@ -332,7 +427,7 @@ async fn orchestrate() -> Checks {
         "SIGKILL {victim} holding job-0 (token {killed_token})"
     ));
     let remaining = RUN.saturating_sub(started.elapsed()).as_secs();
-    procs.push(spawn(&url, "p5", remaining));
+    procs.push(spawn(&url, port, "p5", remaining).await);
 
     // SIGSTOP the holder of job-1 for 2.5 TTLs, then resume it.
     tokio::time::sleep_until(at(14).into()).await;
@@ -399,6 +494,36 @@ async fn orchestrate() -> Checks {
         TTL * 5 / 2
     ));
 
+    // Chaos: every process's link to the database follows a random fault schedule.
+    tokio::time::sleep_until(at(CHAOS_AT).into()).await;
+    let seed: u64 = std::env::var("PG_FAULTS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let chaos_from = db_now(&admin).await;
+    let schedules: Vec<(String, tokio::task::JoinHandle<Vec<String>>)> = procs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.killed)
+        .map(|(i, p)| {
+            let schedule =
+                FaultSchedule::random(seed * 1000 + i as u64, CHAOS, Duration::from_millis(1500));
+            (p.name.clone(), p.proxy.run_schedule(schedule))
+        })
+        .collect();
+    let mut chaos_log = Vec::new();
+    for (name, handle) in schedules {
+        for step in handle.await.unwrap() {
+            chaos_log.push(format!("{name}: {step}"));
+        }
+    }
+    let chaos_to = db_now(&admin).await;
+    let chaos_faults = chaos_log.iter().filter(|l| !l.contains(" pass")).count();
+    faults.push(format!(
+        "chaos (seed {seed}): {chaos_faults} faults on {} proxies over {CHAOS:?}",
+        procs.len() - 1
+    ));
+
     // Let the run finish.
     let mut exits = Vec::new();
     for p in &mut procs {
@@ -434,6 +559,8 @@ async fn orchestrate() -> Checks {
             accepted: r.get(5),
         })
         .collect();
+    stop_sampling.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = sampler.await.unwrap();
     let frozen_procs: Vec<String> = procs
         .iter()
         .filter(|p| p.frozen)
@@ -595,11 +722,90 @@ async fn orchestrate() -> Checks {
         format!("processes granted leases after the restart: {after_restart:?}"),
     );
 
+    // No session was left idle in a transaction.
+    let idle: Vec<&String> = samples.iter().flat_map(|s| &s.idle_in_tx).collect();
+    c.check(
+        idle.is_empty(),
+        format!(
+            "no session idle in transaction ({} samples): {idle:?}",
+            samples.len()
+        ),
+    );
+    c.check(
+        samples.len() > 100,
+        format!("the sampler saw the run ({} samples)", samples.len()),
+    );
+
+    // No key stayed taken by nobody for longer than TTL + statement timeout: every
+    // (key, token) seen live must have a holder that has not ended, or have ended (or,
+    // for a grant nobody received, first appeared) at most that long before.
+    let bound = TTL + STATEMENT_TIMEOUT + Duration::from_millis(400);
+    let mut first_live: HashMap<(String, u64), std::time::SystemTime> = HashMap::new();
+    let mut last_live: HashMap<(String, u64), std::time::SystemTime> = HashMap::new();
+    for s in &samples {
+        for kt in &s.live {
+            first_live.entry(kt.clone()).or_insert(s.at);
+            last_live.insert(kt.clone(), s.at);
+        }
+    }
+    let mut stuck = Vec::new();
+    for (kt, last) in &last_live {
+        let of_token = |kind: &str| {
+            events
+                .iter()
+                .find(|e| e.key == kt.0 && e.token == kt.1 && e.kind == kind)
+                .map(|e| e.at)
+        };
+        let holder = events
+            .iter()
+            .find(|e| e.key == kt.0 && e.token == kt.1 && e.kind == "got")
+            .map(|e| e.proc.clone());
+        // Frozen and killed processes cannot say they ended; they are the scripted
+        // faults, checked above.
+        if holder
+            .as_ref()
+            .is_some_and(|h| frozen_procs.contains(h) || exits.iter().any(|(n, k, _)| n == h && *k))
+        {
+            continue;
+        }
+        let ended = ["lost", "released", "release-failed", "ended", "revoked"]
+            .iter()
+            .filter_map(|k| of_token(k))
+            .min();
+        let since = match (&holder, ended) {
+            (Some(_), Some(end)) => end,
+            (Some(_), None) => continue, // held to the end of the run
+            (None, _) => first_live[kt], // granted, but nobody received it
+        };
+        let taken_by_nobody = last.duration_since(since).unwrap_or_default();
+        if taken_by_nobody > bound {
+            stuck.push(format!("{} token {}: {taken_by_nobody:?}", kt.0, kt.1));
+        }
+    }
+    c.check(
+        stuck.is_empty(),
+        format!("no key taken by nobody for more than {bound:?}: {stuck:?}"),
+    );
+    let chaos_grants = events
+        .iter()
+        .filter(|e| e.kind == "got" && e.at > chaos_from && e.at < chaos_to)
+        .count();
+    c.check(
+        chaos_grants > 0,
+        format!("leases were granted during the chaos phase ({chaos_grants})"),
+    );
+
     let work = events.iter().filter(|e| e.kind == "work").count();
     let lost = events.iter().filter(|e| e.kind == "lost").count();
     println!("pg_faults: {} processes, {grants_total} grants, {work} fenced writes, {lost} losses, {refused_stale} stale writes refused by the fence", procs.len());
     for f in &faults {
         println!("pg_faults: fault: {f}");
+    }
+    println!("pg_faults: chaos: {chaos_grants} grants during the chaos phase");
+    if std::env::var_os("PG_FAULTS_VERBOSE").is_some() {
+        for l in &chaos_log {
+            println!("pg_faults: chaos: {l}");
+        }
     }
     c
 }
@@ -613,7 +819,12 @@ fn main() {
         .unwrap();
     if args.get(1).map(String::as_str) == Some("contender") {
         let seconds = args[4].parse().unwrap();
-        rt.block_on(contender(args[2].clone(), args[3].clone(), seconds));
+        rt.block_on(contender(
+            args[2].clone(),
+            args[3].clone(),
+            seconds,
+            args[5].clone(),
+        ));
         return;
     }
     if args.iter().skip(1).any(|a| a == "--list") {

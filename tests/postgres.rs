@@ -35,21 +35,27 @@ async fn manager_on(options: PostgresOptions) -> LeaseManager {
 struct PgEnv {
     url: String,
     case: String,
+    ttl: Duration,
 }
 
 #[async_trait]
 impl conformance::Env for PgEnv {
     async fn manager(&self) -> LeaseManager {
-        manager_on(options(&self.url)).await
+        LeaseManager::builder()
+            .min_ttl(self.ttl)
+            .postgres(options(&self.url))
+            .start()
+            .await
+            .unwrap()
     }
 
     async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>) {
         let pg = PostgresBackend::connect(options(&self.url)).await.unwrap();
-        conformance::faulty_manager_on(Arc::new(pg), TTL).await
+        conformance::faulty_manager_on(Arc::new(pg), self.ttl).await
     }
 
     fn ttl(&self) -> Duration {
-        TTL
+        self.ttl
     }
 
     fn key(&self, name: &str) -> Key {
@@ -57,10 +63,100 @@ impl conformance::Env for PgEnv {
     }
 }
 
+/// The conformance suite again, with every manager reaching the database through a
+/// TCP fault proxy whose link keeps changing: random delays and slow drips, switched
+/// every 50..400 ms (see `FaultSchedule::latency`), so that every await point of every
+/// operation is exercised with latency while the suite's assertions still hold.
+mod proxied {
+    use super::*;
+    use support::proxy::{FaultProxy, FaultSchedule};
+
+    pub(super) struct ProxiedEnv {
+        inner: PgEnv,
+        _proxy: FaultProxy,
+        schedule: tokio::task::JoinHandle<Vec<String>>,
+    }
+
+    impl Drop for ProxiedEnv {
+        fn drop(&mut self) {
+            self.schedule.abort();
+        }
+    }
+
+    /// `url` with its host and port replaced by the proxy's, as a key=value string.
+    fn via(url: &str, port: u16) -> String {
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let mut s = format!("host=127.0.0.1 port={port}");
+        if let Some(user) = config.get_user() {
+            s += &format!(" user={user}");
+        }
+        if let Some(db) = config.get_dbname() {
+            s += &format!(" dbname={db}");
+        }
+        if let Some(pw) = config.get_password() {
+            s += &format!(" password={}", String::from_utf8_lossy(pw));
+        }
+        s
+    }
+
+    fn target(url: &str) -> std::net::SocketAddr {
+        use std::net::ToSocketAddrs;
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[allow(unreachable_patterns)]
+            other => panic!("the proxied suite needs a TCP database address, not {other:?}"),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        (host.as_str(), port)
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
+    pub(super) async fn env(case: &str) -> ProxiedEnv {
+        let url = shared_url();
+        let proxy = FaultProxy::start(target(&url)).await;
+        let seed = case
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let schedule = proxy.run_schedule(FaultSchedule::latency(seed, Duration::from_secs(120)));
+        ProxiedEnv {
+            inner: PgEnv {
+                url: via(&url, proxy.port()),
+                case: format!("proxied_{case}"),
+                // A slow link makes a queue of acquires slow too (200 at once on a
+                // pool of 4 take seconds): a longer TTL keeps them within the deadline.
+                ttl: TTL * 3,
+            },
+            _proxy: proxy,
+            schedule,
+        }
+    }
+
+    #[async_trait]
+    impl conformance::Env for ProxiedEnv {
+        async fn manager(&self) -> LeaseManager {
+            self.inner.manager().await
+        }
+        async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>) {
+            self.inner.faulty_manager().await
+        }
+        fn ttl(&self) -> Duration {
+            self.inner.ttl()
+        }
+        fn key(&self, name: &str) -> Key {
+            self.inner.key(name)
+        }
+    }
+}
+
 fn env(case: &str) -> PgEnv {
     PgEnv {
         url: shared_url(),
         case: case.to_string(),
+        ttl: TTL,
     }
 }
 
@@ -73,6 +169,17 @@ macro_rules! pg_conformance {
                 conformance::$case(&env).await;
             }
         )*
+        /// The same cases through a fault proxy adding changing latency.
+        mod through_a_slow_link {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let env = proxied::env(stringify!($case)).await;
+                    conformance::$case(&env).await;
+                }
+            )*
+        }
     };
 }
 

@@ -536,8 +536,6 @@ pub async fn many_keys(env: &dyn Env) {
     m.shutdown().await;
 }
 
-/// Generates one test per conformance case. `$make` is an async block that builds the
-/// `Env`; `$attr` the tokio test attribute.
 /// Is `key` free for a newcomer right now? (Takes it and gives it back.)
 async fn free_now(env: &dyn Env, m: &LeaseManager, key: &Key) -> bool {
     match leaser(m).acquire_lease(key.clone(), env.ttl()).await {
@@ -677,6 +675,8 @@ pub async fn lost_acquire_answer_is_bounded(env: &dyn Env) {
     other.shutdown().await;
 }
 
+/// Generates one test per conformance case. `$make` is an async block that builds the
+/// `Env`; `$attr` the tokio test attribute.
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr, #[$attr:meta]) => {

@@ -537,6 +537,30 @@ impl FaultSchedule {
         FaultSchedule { steps }
     }
 
+    /// A random schedule of faults that slow a link without breaking it (delays of
+    /// 1..30 ms, and a slow drip of a few KiB per couple of milliseconds), switched every
+    /// 50..400 ms for `total`: operations stay well within their timeouts, so a test's
+    /// assertions about outcomes still hold while every await point sees latency.
+    pub fn latency(seed: u64, total: Duration) -> Self {
+        let mut rng = XorShift::new(seed);
+        let mut steps = Vec::new();
+        let mut t = Duration::ZERO;
+        while t < total {
+            let hold = rng.millis(MIN_HOLD, Duration::from_millis(400));
+            let fault = match rng.below(3) {
+                0 => Fault::Pass,
+                1 => Fault::Delay(rng.millis(Duration::from_millis(1), Duration::from_millis(30))),
+                _ => Fault::SlowDrip {
+                    bytes: 1024 + rng.below(4096) as usize,
+                    every: rng.millis(Duration::from_millis(1), Duration::from_millis(3)),
+                },
+            };
+            steps.push(Step { at: t, fault, hold });
+            t += hold;
+        }
+        FaultSchedule { steps }
+    }
+
     /// A random schedule fitting in `total`, the same for the same arguments: Pass gaps
     /// of 50 ms..`max_hold` (a quarter of them zero, so faults also follow each other
     /// directly), then a fault of any kind held 50 ms..`max_hold`.
