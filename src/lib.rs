@@ -91,6 +91,24 @@
 //! and that the process is not paused for longer than the margin between the deadline
 //! check and the context being ended. Choose the margin with your worst pauses in mind.
 //!
+//! **Clocks.** The local deadline counts time the machine spent *suspended* (a
+//! laptop's sleep): on Linux it adds the growth of `CLOCK_BOOTTIME − CLOCK_MONOTONIC`,
+//! so a context held across a suspend ends as soon as the machine wakes past its
+//! deadline. Elsewhere suspended time is not counted, and only fencing protects a
+//! holder across a suspend. A backend that judges expiry on a wall clock (PostgreSQL's
+//! `now()`) must not have that clock *stepped forward* by more than the safety margin:
+//! leases would expire early there while their holders' contexts are still live. Slew
+//! the database's clock (NTP, chrony), or choose a margin larger than any step.
+//!
+//! **Timeouts and cancellation.** Every backend call may be cut off (a timeout, a
+//! caller that gives up, a shutdown). Whatever that leaves behind stays safe: a
+//! connection left mid-statement is closed, never reused; an acquire whose answer was
+//! lost may leave a grant that nobody holds, which keeps the key taken for at most one
+//! TTL and then expires; a grant the manager cannot hand over (it is stopping, the
+//! caller left) is given back at once; a renewal whose answer was lost counts as
+//! failed, so the holder is still told at its deadline. The PostgreSQL backend's module
+//! docs list each await point and what a timeout there leaves behind.
+//!
 //! Revoking a lease held by another manager does not free the key at once: the holder
 //! learns at its next renewal (within TTL/3) and then gives the key back, so revocation
 //! never makes two holders.

@@ -85,8 +85,10 @@ pub trait Backend: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<RenewOutcome, BackendError>;
 
-    /// Deletes the lease `(key, token)` if it is still that lease; `Ok(false)` if it was
-    /// already gone. Frees the key for others.
+    /// Ends the lease `(key, token)` if it is still that lease and has not expired, and
+    /// frees the key for others; `Ok(false)` if it had already ended (released,
+    /// expired, or taken over). Must not lower the key's fencing token: the next grant
+    /// of the key still gets a larger one.
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError>;
 
     /// Marks the current lease on `key` revoked and returns its token, or `None` if the key

@@ -16,18 +16,80 @@
 //! ```
 //!
 //! - **Acquire** is one `INSERT … ON CONFLICT (key) DO UPDATE … WHERE expires_at <= now()`
-//!   that takes a free or expired row and draws the token from the sequence, which only
-//!   grows (also after rows are deleted and across server restarts).
-//! - **Renew** and **release** are compare-and-set on `(key, token)`; renew also requires
-//!   `expires_at > now()` and `NOT revoked`, so a stale holder can neither revive nor
-//!   delete a newer holder's lease.
-//! - **Release** sends `NOTIFY <table>_freed, '<key>'`; one listening connection per
-//!   backend wakes waiting acquirers.
+//!   that takes a free or expired row.
+//! - **Renew** is one `UPDATE … WHERE key = $1 AND token = $2 AND expires_at > now()
+//!   RETURNING revoked`: compare-and-set on `(key, token)` that never revives an expired
+//!   lease, extends only a lease that is not revoked, and reads `revoked` from the very
+//!   row version it locked (so a renewal that waited on a committing revoke is told
+//!   `Revoked`, not `Lost`).
+//! - **Release** is compare-and-set on `(key, token)` too. It ends the lease by setting
+//!   `expires_at = now()` and keeps the row (see fencing below), then sends
+//!   `NOTIFY <table>_freed, '<key>'`; one listening connection per backend wakes
+//!   waiting acquirers.
 //! - **Revoke** sets `revoked`; the holder is refused at its next renewal and then gives
 //!   the key back.
 //!
-//! The table and sequence are created on first use, under an advisory lock, so many
-//! processes can start at once.
+//! The table and sequence are created on first use, in a transaction under an advisory
+//! lock, so many processes can start at once.
+//!
+//! # Fencing tokens
+//! Tokens come from one sequence, which only grows (across server restarts too), and
+//! are strictly increasing per key **in grant order**. A takeover of an existing row
+//! draws its token inside the `DO UPDATE`, that is after it holds the row lock and has
+//! re-checked the row, so after every grant that committed before it. A first grant of a
+//! key (no row yet) uses the value drawn in `VALUES`; since this crate never deletes
+//! rows, no other grant of that key can have happened between that draw and the insert.
+//! Failed or lost tries use up values: tokens have gaps. Tokens are `BIGINT`, so they
+//! stay below 2^63.
+//!
+//! An operator may delete rows of keys no longer used (`DELETE … WHERE expires_at <
+//! now() - interval '1 day'`). Delete only rows that expired longer ago than the
+//! statement timeout: a row deleted while an acquire that drew its token before the
+//! row's last grant is still in flight would let that older token through.
+//!
+//! # Timeouts, cancellation and what they leave behind
+//! Every operation runs on a pooled connection under the statement timeout, and the
+//! server enforces the same bound by itself (`statement_timeout` and
+//! `idle_in_transaction_session_timeout` are set on every connection), so nothing we
+//! stopped waiting for keeps running there. A connection goes back to the pool only
+//! after a complete answer; when an operation's future is dropped at any await (our
+//! timeout, a caller that gives up, a shutdown) or fails, its connection is closed,
+//! never reused: it might be inside a transaction or have a statement in flight, and
+//! grants made on it would be uncommitted and invisible to everyone else.
+//!
+//! The await points, and what dropping the future at each leaves behind:
+//! 1. *Waiting for a pooled connection*: nothing.
+//! 2. *Creating the schema* (first operation only; `BEGIN`, the advisory lock, two
+//!    `CREATE … IF NOT EXISTS`, `COMMIT`, through the driver's transaction API): the
+//!    connection is closed and the server rolls the transaction back; the next
+//!    operation tries again.
+//! 3. *Preparing the statement*: the connection is closed; nothing changed.
+//! 4. *The statement itself*. The server either never ran it, cancels it, or committed it
+//!    and the answer was lost. For each operation, a lost answer means:
+//!    - **acquire**: possibly a *phantom grant* that nobody holds. The caller gets an
+//!      error and the key stays taken for at most one TTL on the database's clock, then
+//!      expires like any lease. Never a second holder: a phantom has no context.
+//!    - **renew**: possibly an extension nobody knows of. The renewer counts the renewal
+//!      as failed (the local deadline does not move) and retries, so the holder is
+//!      still told at its deadline; the row then expires up to one TTL later.
+//!    - **release**: possibly released. The holder's context has already ended; if the
+//!      release did not happen, the lease expires within its TTL.
+//!    - **revoke**: possibly revoked; the holder learns at its next renewal.
+//!    - **info**: nothing.
+//!
+//! The listening connection (for wake-ups) awaits connect, `LISTEN`, notifications
+//! and a ping every two seconds, each bounded by the statement timeout. Notifications
+//! sent while it reconnects are lost, so after every (re)connect every waiter is told to
+//! look again ([`Freed::Everything`]); a silent connection is found by the ping and by
+//! TCP keepalives.
+//!
+//! # Clocks
+//! Expiry is judged on the database server's wall clock (`now()`), holders' deadlines
+//! on their own monotonic (suspend-aware) clocks. A *forward* step of the database's
+//! clock by more than the safety margin expires leases early and can grant a key while
+//! its holder's context is still live: keep the database's clock slewed (NTP/chrony
+//! slew, not step), or use a safety margin larger than any step you expect. A backward
+//! step only makes leases last longer (less available, still exclusive).
 
 use std::sync::Arc;
 use std::time::Duration;
