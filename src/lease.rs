@@ -78,8 +78,10 @@ struct Shared {
     /// The local deadline, in nanoseconds after `base`; `u64::MAX` for none.
     deadline: AtomicU64,
     base: Instant,
-    /// The machine's suspended time when the context was made (see `crate::clock`).
-    suspended_base: Duration,
+    /// The machine's suspended time (see `crate::clock`) when the renewal (or acquire)
+    /// that set the current deadline *started*, in nanoseconds: time suspended since
+    /// then counts against the deadline, time suspended before does not.
+    suspended_base: AtomicU64,
 }
 
 impl Shared {
@@ -101,10 +103,11 @@ impl Shared {
         }
     }
 
-    /// How long the machine has been suspended since this context was made: time that
-    /// tokio's clock did not count but the backend's did.
+    /// How long the machine has been suspended since the start of the renewal that set
+    /// the deadline: time that tokio's clock did not count but the backend's did.
     fn slept(&self) -> Duration {
-        crate::clock::suspended().saturating_sub(self.suspended_base)
+        let base = Duration::from_nanos(self.suspended_base.load(Ordering::Acquire));
+        crate::clock::suspended().saturating_sub(base)
     }
 
     /// `true` once the deadline has passed, counting suspended time.
@@ -132,6 +135,10 @@ impl Shared {
     }
 }
 
+fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The owner's side of a context: ends it with a reason, moves its deadline.
 #[derive(Debug, Clone)]
 pub(crate) struct ContextSender(Arc<Shared>);
@@ -148,10 +155,21 @@ impl ContextSender {
         self.0.reason()
     }
 
-    /// Moves the local deadline to `deadline` after a confirmed renewal. Returns `false`
-    /// (and changes nothing) if the context has already ended, or if its current deadline
-    /// has passed: a late confirmation never revives a context.
-    pub(crate) fn extend(&self, deadline: Instant) -> bool {
+    /// Moves the local deadline to `deadline` after a confirmed renewal that started
+    /// when the machine's suspended time read `since` (see `crate::clock`). Returns
+    /// `false` (and changes nothing) if the context has already ended, or if its current
+    /// deadline has passed: a late confirmation never revives a context.
+    ///
+    /// The deadline and its base are two atomics; a reader that sees one new and one old
+    /// judges by a deadline no later than the new pair's (an older deadline, or more
+    /// suspended time), so a torn read can only end the context early, never late.
+    pub(crate) fn extend(&self, deadline: Instant, since: Duration) -> bool {
+        if self.0.reason().is_some() {
+            return false;
+        }
+        self.0
+            .suspended_base
+            .fetch_max(nanos_of(since), Ordering::AcqRel);
         let new = self.0.nanos(deadline);
         let mut current = self.0.deadline.load(Ordering::Acquire);
         loop {
@@ -205,11 +223,22 @@ impl LeaseContext {
     /// A new live context with a local deadline (`None`: no deadline) and the sender
     /// that ends it.
     pub(crate) fn new(token: u64, deadline: Option<Instant>) -> (ContextSender, LeaseContext) {
+        LeaseContext::new_since(token, deadline, crate::clock::suspended())
+    }
+
+    /// Like [`new`](Self::new), for a deadline computed from an acquire that started
+    /// when the machine's suspended time read `since`: a suspend between that start and
+    /// now already counts against the deadline.
+    pub(crate) fn new_since(
+        token: u64,
+        deadline: Option<Instant>,
+        since: Duration,
+    ) -> (ContextSender, LeaseContext) {
         let shared = Arc::new(Shared {
             reason: watch::channel(None).0,
             deadline: AtomicU64::new(u64::MAX),
             base: Instant::now(),
-            suspended_base: crate::clock::suspended(),
+            suspended_base: AtomicU64::new(nanos_of(since)),
         });
         if let Some(d) = deadline {
             shared.deadline.store(shared.nanos(d), Ordering::Release);
@@ -432,14 +461,14 @@ mod tests {
         let (tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(1)));
         tokio::time::advance(Duration::from_millis(999)).await;
         assert!(!ctx.is_cancelled());
-        assert!(tx.extend(start + Duration::from_secs(2)));
+        assert!(tx.extend(start + Duration::from_secs(2), crate::clock::suspended()));
         tokio::time::advance(Duration::from_millis(1001)).await;
         // Nobody has run to end it, yet it has ended, and stays ended.
         assert_eq!(
             ctx.reason(),
             Some(CancelReason::Lost(LossCause::DeadlineExceeded))
         );
-        assert!(!tx.extend(start + Duration::from_secs(10)));
+        assert!(!tx.extend(start + Duration::from_secs(10), crate::clock::suspended()));
         assert!(ctx.is_cancelled());
         assert_eq!(
             ctx.cancelled().await,

@@ -1,5 +1,9 @@
 //! Model-based test: random sequences of acquire, release, drop, revoke, time advances
-//! and renewal faults, against two managers sharing one backend, on paused time.
+//! and renewal faults, against two managers sharing one backend, on paused time. Since
+//! the safety review it also cancels and interleaves single operations: waiting
+//! acquires whose callers give up at a random moment (the future is dropped mid-wait),
+//! acquires that panic in the backend or whose answer is lost after the backend
+//! granted them (a phantom grant nobody holds), and shutdowns with waiters in flight.
 //!
 //! After every step it checks:
 //! - at most one live context per key;
@@ -14,8 +18,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leases::backend::{Backend, FaultyBackend, MemoryBackend, RenewFault};
-use leases::{CancelReason, Key, Lease, LeaseContext, LeaseError, LeaseManager, Leaser, LossCause};
+use leases::backend::{AcquireFault, Backend, FaultyBackend, MemoryBackend, RenewFault};
+use leases::{
+    AcquireOptions, CancelReason, Key, Lease, LeaseContext, LeaseError, LeaseManager, Leaser,
+    LossCause,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use ractor::{ActorCell, ActorStatus};
@@ -32,15 +39,58 @@ enum Fault {
     Panic,
 }
 
+/// A fault injected into the acquires of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AFault {
+    Panic,
+    LoseAnswer,
+    Fail,
+}
+
 #[derive(Debug, Clone)]
 enum Op {
-    Acquire { mgr: usize, key: usize },
-    Release { handle: usize },
-    Drop { handle: usize },
-    Revoke { mgr: usize, key: usize },
-    Sleep { ms: u64 },
-    Fault { key: usize, fault: Fault },
-    Heal { key: usize },
+    Acquire {
+        mgr: usize,
+        key: usize,
+    },
+    /// An acquire that waits for the key, whose caller gives up after `give_up_ms`.
+    WaitAcquire {
+        mgr: usize,
+        key: usize,
+        give_up_ms: u64,
+    },
+    /// A waiting acquire left running in the background (resolved at shutdown).
+    Background {
+        mgr: usize,
+        key: usize,
+    },
+    AcquireFault {
+        key: usize,
+        fault: AFault,
+    },
+    HealAcquire {
+        key: usize,
+    },
+    Release {
+        handle: usize,
+    },
+    Drop {
+        handle: usize,
+    },
+    Revoke {
+        mgr: usize,
+        key: usize,
+    },
+    Sleep {
+        ms: u64,
+    },
+    Fault {
+        key: usize,
+        fault: Fault,
+    },
+    Heal {
+        key: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -50,8 +100,18 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Fault::Refuse),
         Just(Fault::Panic)
     ];
+    let afault = prop_oneof![
+        Just(AFault::Panic),
+        Just(AFault::LoseAnswer),
+        Just(AFault::Fail)
+    ];
     prop_oneof![
         5 => (0..MANAGERS, 0..KEYS).prop_map(|(mgr, key)| Op::Acquire { mgr, key }),
+        2 => (0..MANAGERS, 0..KEYS, 0u64..2500)
+            .prop_map(|(mgr, key, give_up_ms)| Op::WaitAcquire { mgr, key, give_up_ms }),
+        1 => (0..MANAGERS, 0..KEYS).prop_map(|(mgr, key)| Op::Background { mgr, key }),
+        1 => (0..KEYS, afault).prop_map(|(key, fault)| Op::AcquireFault { key, fault }),
+        1 => (0..KEYS).prop_map(|key| Op::HealAcquire { key }),
         2 => any::<usize>().prop_map(|handle| Op::Release { handle }),
         1 => any::<usize>().prop_map(|handle| Op::Drop { handle }),
         1 => (0..MANAGERS, 0..KEYS).prop_map(|(mgr, key)| Op::Revoke { mgr, key }),
@@ -111,6 +171,13 @@ struct World {
     handles: Vec<Handle>,
     renewers: Vec<ActorCell>,
     conflicts: usize,
+    acquire_fault: [Option<AFault>; KEYS],
+    /// Waiting acquires left running: their key and task.
+    background: Vec<(
+        usize,
+        tokio::task::JoinHandle<Result<(Lease, LeaseContext), LeaseError>>,
+    )>,
+    gave_up: usize,
 }
 
 fn to_renew_fault(f: Fault) -> RenewFault {
@@ -155,6 +222,9 @@ impl World {
             handles: Vec::new(),
             renewers: Vec::new(),
             conflicts: 0,
+            acquire_fault: [None; KEYS],
+            background: Vec::new(),
+            gave_up: 0,
         }
     }
 
@@ -163,6 +233,57 @@ impl World {
             .filter(|&i| self.handles[i].lease.is_some())
             .collect();
         (!live.is_empty()).then(|| live[n % live.len()])
+    }
+
+    /// Records a lease the test now holds.
+    /// A background grant is recorded only when the test looks at it, after grants that
+    /// came later may have been recorded: for those, tokens must be new, not larger.
+    fn hold(
+        &mut self,
+        mgr: usize,
+        key: usize,
+        lease: Lease,
+        ctx: LeaseContext,
+    ) -> Result<(), TestCaseError> {
+        self.hold_as(mgr, key, lease, ctx, true)
+    }
+
+    fn hold_as(
+        &mut self,
+        mgr: usize,
+        key: usize,
+        lease: Lease,
+        ctx: LeaseContext,
+        in_order: bool,
+    ) -> Result<(), TestCaseError> {
+        if in_order {
+            prop_assert!(lease.token() > self.last_token[key], "token did not grow");
+        } else {
+            prop_assert!(
+                self.handles.iter().all(|h| h.token != lease.token()),
+                "token reused"
+            );
+        }
+        self.last_token[key] = self.last_token[key].max(lease.token());
+        let mut allowed = Vec::new();
+        if let Some(f) = self.active_fault[key] {
+            allowed.push(Allowed::Lost(f));
+        }
+        self.handles.push(Handle {
+            key,
+            token: lease.token(),
+            lease: Some(lease),
+            ctx,
+            allowed,
+        });
+        self.renewers
+            .extend(self.managers[mgr].actor().get_cell().get_children());
+        Ok(())
+    }
+
+    /// An acquire error the test expects: one it injected.
+    fn expected_error(&self, key: usize, e: &LeaseError) -> bool {
+        matches!(e, LeaseError::Backend(_)) && self.acquire_fault[key].is_some()
     }
 
     async fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -179,21 +300,7 @@ impl World {
                             "granted while the backend holds it: {:?}",
                             held
                         );
-                        prop_assert!(lease.token() > self.last_token[key], "token did not grow");
-                        self.last_token[key] = lease.token();
-                        let mut allowed = Vec::new();
-                        if let Some(f) = self.active_fault[key] {
-                            allowed.push(Allowed::Lost(f));
-                        }
-                        self.handles.push(Handle {
-                            key,
-                            token: lease.token(),
-                            lease: Some(lease),
-                            ctx,
-                            allowed,
-                        });
-                        self.renewers
-                            .extend(self.managers[mgr].actor().get_cell().get_children());
+                        self.hold(mgr, key, lease, ctx)?;
                     }
                     Err(LeaseError::Conflict) => {
                         self.conflicts += 1;
@@ -202,8 +309,50 @@ impl World {
                             "conflict on a key the backend does not hold"
                         )
                     }
+                    Err(e) if self.expected_error(key, &e) => {}
                     Err(e) => prop_assert!(false, "unexpected acquire error {:?}", e),
                 }
+            }
+            Op::WaitAcquire {
+                mgr,
+                key,
+                give_up_ms,
+            } => {
+                let opts = AcquireOptions::new(TTL).wait(TTL * 3);
+                let acquire = self.managers[mgr].acquire_lease_with(self.keys[key].clone(), opts);
+                match tokio::time::timeout(Duration::from_millis(give_up_ms), acquire).await {
+                    Ok(Ok((lease, ctx))) => self.hold(mgr, key, lease, ctx)?,
+                    Ok(Err(LeaseError::Conflict)) => self.conflicts += 1,
+                    Ok(Err(e)) if self.expected_error(key, &e) => {}
+                    Ok(Err(e)) => prop_assert!(false, "unexpected acquire error {:?}", e),
+                    // The caller gave up: whatever the manager was doing for it must
+                    // leave no holder behind (checked by `check`).
+                    Err(_) => self.gave_up += 1,
+                }
+            }
+            Op::Background { mgr, key } => {
+                let m = self.managers[mgr].clone();
+                let k = self.keys[key].clone();
+                self.background.push((
+                    key,
+                    tokio::spawn(async move {
+                        m.acquire_lease_with(k, AcquireOptions::new(TTL).wait(TTL * 100))
+                            .await
+                    }),
+                ));
+            }
+            Op::AcquireFault { key, fault } => {
+                self.acquire_fault[key] = Some(fault);
+                let f = match fault {
+                    AFault::Panic => AcquireFault::Panic,
+                    AFault::LoseAnswer => AcquireFault::LoseAnswer,
+                    AFault::Fail => AcquireFault::Fail,
+                };
+                self.faults.fail_acquires(&self.keys[key], f);
+            }
+            Op::HealAcquire { key } => {
+                self.acquire_fault[key] = None;
+                self.faults.heal_acquires(&self.keys[key]);
             }
             Op::Release { handle } => {
                 if let Some(i) = self.pick(handle) {
@@ -252,7 +401,27 @@ impl World {
         self.check().await
     }
 
-    async fn check(&self) -> Result<(), TestCaseError> {
+    async fn check(&mut self) -> Result<(), TestCaseError> {
+        // Background acquires that have finished become ordinary handles.
+        let mut i = 0;
+        while i < self.background.len() {
+            if self.background[i].1.is_finished() {
+                let (key, task) = self.background.remove(i);
+                match task.await.unwrap() {
+                    Ok((lease, ctx)) => {
+                        prop_assert_eq!(lease.key(), &self.keys[key]);
+                        self.hold_as(0, key, lease, ctx, false)?;
+                        self.renewers
+                            .extend(self.managers[1].actor().get_cell().get_children());
+                    }
+                    Err(LeaseError::Conflict | LeaseError::ManagerStopped) => {}
+                    Err(e) if self.expected_error(key, &e) => {}
+                    Err(e) => prop_assert!(false, "unexpected background error {:?}", e),
+                }
+            } else {
+                i += 1;
+            }
+        }
         for key in 0..KEYS {
             let live: Vec<&Handle> = self
                 .handles
@@ -283,6 +452,9 @@ impl World {
     }
 
     async fn finish(&mut self) -> Result<(), TestCaseError> {
+        // Background acquires may end up holding (until shutdown).
+        settle().await;
+        self.check().await?;
         for h in &mut self.handles {
             h.allowed.push(Allowed::Shutdown);
         }
@@ -290,7 +462,29 @@ impl World {
             m.shutdown().await;
         }
         settle().await;
+        // Waiters still in flight are told the manager stopped.
+        for (key, task) in std::mem::take(&mut self.background) {
+            let r = task.await.unwrap();
+            prop_assert!(
+                matches!(r, Err(LeaseError::ManagerStopped))
+                    || r.as_ref().is_err_and(|e| self.expected_error(key, e))
+                    || r.as_ref().is_ok_and(|(_, c)| c.is_cancelled()),
+                "a waiter outlived shutdown: {:?}",
+                r.map(|(l, _)| l.token())
+            );
+        }
         self.check().await?;
+        // Nothing is left leased by nobody beyond phantom grants (lost answers), which
+        // expire within a TTL: after one, the backend holds nothing.
+        tokio::time::sleep(TTL + Duration::from_millis(10)).await;
+        for k in &self.keys {
+            let info = self.memory.info(k).await.unwrap();
+            prop_assert!(
+                info.is_none(),
+                "a key left leased after shutdown: {:?}",
+                info
+            );
+        }
         for h in &self.handles {
             prop_assert!(h.ctx.is_cancelled(), "a context outlived shutdown");
         }
@@ -328,6 +522,7 @@ struct Stats {
     steps: usize,
     grants: usize,
     conflicts: usize,
+    gave_up: usize,
     ended: std::collections::BTreeMap<String, usize>,
 }
 
@@ -340,6 +535,7 @@ fn record(world: &World, ops: usize) {
     stats.steps += ops;
     stats.grants += world.handles.len();
     stats.conflicts += world.conflicts;
+    stats.gave_up += world.gave_up;
     for h in &world.handles {
         let name = match h.ctx.reason() {
             Some(CancelReason::Lost(c)) => {
@@ -356,10 +552,9 @@ fn record(world: &World, ops: usize) {
 fn quiet_injected_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let injected = info
-            .payload()
-            .downcast_ref::<String>()
-            .is_some_and(|m| m.starts_with("injected renewal panic"));
+        let injected = info.payload().downcast_ref::<String>().is_some_and(|m| {
+            m.starts_with("injected renewal panic") || m.starts_with("injected acquire panic")
+        });
         if !injected {
             default(info);
         }

@@ -86,11 +86,41 @@ async fn a_timed_out_transaction_never_returns_to_the_pool() {
         .map(|i| Key::system(["poison", &i.to_string()]))
         .collect();
     let ttl = Duration::from_secs(2);
-    for k in &keys {
-        let r = a.acquire_lease(k.clone(), ttl).await;
+    // The first acquire starts the schema's transaction and waits on the lock until its
+    // timeout cuts it off.
+    let r = a.acquire_lease(keys[0].clone(), ttl).await;
+    assert!(matches!(r, Err(LeaseError::Backend(_))), "{r:?}");
+    locker.await.unwrap();
+    // Once the lock is free, a connection left behind would get it and sit idle in its
+    // transaction, in the pool, waiting to run grants nobody else can see.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        idle_in_transaction(&db, "leases_poison").await,
+        0,
+        "a connection cut off mid-transaction is idle in transaction"
+    );
+    // More acquires that time out, now on connections of every kind.
+    let blocker = connect(&url).await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('leases schema {t}'))"
+        ))
+        .await
+        .unwrap();
+    let tries: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let (a, k) = (a.clone(), k.clone());
+            tokio::spawn(async move { a.acquire_lease(k, ttl).await })
+        })
+        .collect();
+    for t in tries {
+        let r = t.await.unwrap();
         assert!(matches!(r, Err(LeaseError::Backend(_))), "{r:?}");
     }
-    locker.await.unwrap();
+    blocker.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(idle_in_transaction(&db, "leases_poison").await, 0);
     let mut held = Vec::new();
     for k in &keys {
         held.push(a.acquire_lease(k.clone(), ttl).await.unwrap());
@@ -309,4 +339,50 @@ async fn a_release_missed_while_the_listener_reconnects_still_wakes_waiters() {
     l.release().await.unwrap();
     holder.shutdown().await;
     waiter.shutdown().await;
+}
+
+/// Found by the adversarial review: release keeps the row, so a renewal whose statement
+/// started before a release's, but reached the row after the release committed,
+/// re-checked the released row against its own (earlier) `now()` and revived it; renew
+/// now judges liveness on `clock_timestamp()`. That exact order cannot be forced from
+/// outside the server; this test covers the neighbouring one, a renewal waiting on the
+/// row lock of a committing release: it must be told `Lost` and revive nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_waiting_on_a_release_does_not_revive_it() {
+    let url = shared_url();
+    let t = table("renew_release");
+    let opts = PostgresOptions::new(url.clone())
+        .table(t.clone())
+        .statement_timeout(Duration::from_secs(5));
+    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    let ttl = Duration::from_secs(30);
+    let key = Key::system(["renew-release"]);
+    let AcquireOutcome::Granted { token } = backend.acquire(&key, ttl, b"").await.unwrap() else {
+        panic!("free key");
+    };
+    // The release, held open in a transaction of its own.
+    let (release_sql, _) = (PostgresBackend::statements(&t).1, ());
+    let releaser = connect(&url).await;
+    releaser.batch_execute("BEGIN").await.unwrap();
+    let released = releaser
+        .query(release_sql.as_str(), &[&key.to_string(), &(token as i64)])
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 1);
+    let renewal = {
+        let (backend, key) = (backend.clone(), key.clone());
+        tokio::spawn(async move { backend.renew(&key, token, ttl).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !renewal.is_finished(),
+        "the renewal must wait on the release's row lock"
+    );
+    releaser.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(renewal.await.unwrap().unwrap(), RenewOutcome::Lost);
+    assert_eq!(
+        backend.info(&key).await.unwrap(),
+        None,
+        "the released lease was revived"
+    );
 }

@@ -42,5 +42,24 @@ async fn suspended_time_counts_against_the_local_deadline() {
     let reason = waiting.await.unwrap();
     assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
     assert!(tokio::time::Instant::now() - started <= Duration::from_secs(1));
+
+    // Short suspends that renewals outlast are forgiven once a renewal that started
+    // after them is confirmed: two suspends of 1.5 s, each well within the 4 s window
+    // (TTL − margin), must not add up against every later deadline.
+    let (_lease3, ctx3) = m
+        .acquire_lease(Key::system(["suspend-3"]), TTL)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    leases::clock::simulate_suspend(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_secs(2)).await; // one renewal (every TTL/3)
+    assert!(!ctx3.is_cancelled());
+    leases::clock::simulate_suspend(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        ctx3.reason(),
+        None,
+        "renewals kept the lease through short suspends"
+    );
     m.shutdown().await;
 }

@@ -65,7 +65,11 @@
 //!    operation tries again.
 //! 3. *Preparing the statement*: the connection is closed; nothing changed.
 //! 4. *The statement itself*. The server either never ran it, cancels it, or committed it
-//!    and the answer was lost. For each operation, a lost answer means:
+//!    and the answer was lost. A statement still waiting on a lock when we close its
+//!    connection may commit on the server up to the statement timeout later (the server
+//!    notices a vanished client only when it answers), so "lost" covers that too: a
+//!    phantom grant keeps a key for at most TTL + statement timeout after the call
+//!    started. For each operation, a lost answer means:
 //!    - **acquire**: possibly a *phantom grant* that nobody holds. The caller gets an
 //!      error and the key stays taken for at most one TTL on the database's clock, then
 //!      expires like any lease. Never a second holder: a phantom has no context.
@@ -248,11 +252,18 @@ impl Sql {
             // a renewal that waited on a committing revoke sees `revoked` set and says
             // so (a separate EXISTS would read the statement's older snapshot). A
             // revoked lease is matched but not extended.
+            //
+            // Liveness is judged on `clock_timestamp()`, not `now()` (the statement's
+            // start): a renewal that waited on the row lock of a committing release
+            // re-checks the released row, whose `expires_at` is the release's `now()`,
+            // later than our `now()`; against `now()` it would revive a released lease.
+            // The new expiry still counts from `now()`, which is no later than the
+            // moment the renewer started.
             renew: format!(
                 "UPDATE {t} SET
                     expires_at = CASE WHEN revoked THEN expires_at ELSE now() + ($3::bigint * interval '1 millisecond') END,
                     ttl_ms = CASE WHEN revoked THEN ttl_ms ELSE $3 END
-                WHERE key = $1 AND token = $2 AND {live}
+                WHERE key = $1 AND token = $2 AND expires_at > clock_timestamp()
                 RETURNING revoked"
             ),
             // Release ends the lease but keeps the row, and with it the key's last

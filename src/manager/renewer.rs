@@ -136,7 +136,7 @@ impl Actor for Renewer {
         _tick: Tick,
         state: &mut RenewerState,
     ) -> Result<(), ActorProcessingErr> {
-        let start = Instant::now();
+        let (start, since) = (Instant::now(), crate::clock::suspended());
         // The context may have ended without us: its deadline passed on the
         // suspend-aware clock, or the supervisor ended it (and maybe died before it
         // could stop us). Never renew a lease whose holder has been told it is over.
@@ -158,7 +158,7 @@ impl Actor for Renewer {
         match tokio::time::timeout_at(a.deadline, renewal).await {
             Ok(Ok(RenewOutcome::Renewed)) => {
                 let deadline = start + state.args.ttl - state.args.margin;
-                if !state.args.ctx.extend(deadline) {
+                if !state.args.ctx.extend(deadline, since) {
                     // Confirmed too late: the context already ended at the old deadline.
                     return Err(state.lose(LossCause::DeadlineExceeded));
                 }

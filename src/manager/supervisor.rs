@@ -44,6 +44,7 @@ impl std::fmt::Debug for ManagerMessage {
             Msg::Release { .. } => "Release",
             Msg::Revoke { .. } => "Revoke",
             Msg::WaitExpired { .. } => "WaitExpired",
+            Msg::RevokeDone { .. } => "RevokeDone",
             Msg::Attach { .. } => "Attach",
             Msg::Shutdown { .. } => "Shutdown",
         };
@@ -104,6 +105,11 @@ pub(crate) enum Msg {
         token: u64,
         renewer: ActorRef<Tick>,
     },
+    /// A revoke of a lease held here has reached the backend: the key may be granted
+    /// again.
+    RevokeDone {
+        key: Key,
+    },
     /// A queued waiter's wait ran out.
     WaitExpired {
         key: Key,
@@ -116,7 +122,13 @@ pub(crate) enum Msg {
 
 /// The result of one acquire attempt (which may have waited).
 pub(crate) enum Attempt {
-    Granted { grant: Grant, started: Instant },
+    /// `started` and `since` are read before the backend was asked: the instant (on
+    /// tokio's clock) and the machine's suspended time (see `crate::clock`).
+    Granted {
+        grant: Grant,
+        started: Instant,
+        since: Duration,
+    },
     Conflict,
     Failed(BackendError),
 }
@@ -289,11 +301,15 @@ async fn attempt(
         None => crate::backend::KeyFrees::none(),
     };
     loop {
-        let started = Instant::now();
+        let (started, since) = (Instant::now(), crate::clock::suspended());
         match backend.acquire(key, options.ttl, &options.metadata).await {
             Ok(AcquireOutcome::Granted { token }) => {
                 let grant = Grant::new(backend.clone(), key.clone(), token);
-                return Attempt::Granted { grant, started };
+                return Attempt::Granted {
+                    grant,
+                    started,
+                    since,
+                };
             }
             Ok(AcquireOutcome::Held { expires_in }) => {
                 let Some(until) = until else {
@@ -359,6 +375,31 @@ impl Drop for Report {
                 BackendErrorKind::Failed,
                 why,
             )));
+        }
+    }
+}
+
+/// Whether a lease whose context reads `reason` is given back when a revoke or a
+/// shutdown ends it: a live one and a revoked one are, one lost by the holder is left to
+/// expire (so the holder keeps its safety margin).
+fn gives_back(reason: Option<CancelReason>) -> bool {
+    matches!(reason, None | Some(CancelReason::Revoked))
+}
+
+/// Tells the supervisor that a revoke task is over, however it ends (a drop guard, so
+/// that a panic cannot leave the key's slot busy).
+struct RevokeDone {
+    me: ActorRef<ManagerMessage>,
+    /// The key whose slot the revoke keeps busy, if any.
+    key: Option<Key>,
+}
+
+impl Drop for RevokeDone {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let _ = self
+                .me
+                .send_message(ManagerMessage(Msg::RevokeDone { key }));
         }
     }
 }
@@ -442,7 +483,7 @@ impl SupervisorState {
         // A backend that can answer without I/O is asked inline (never for waiters,
         // whose attempts may wait).
         if waiter.until.is_none() {
-            let started = Instant::now();
+            let (started, since) = (Instant::now(), crate::clock::suspended());
             let answer = catch_panic(|| {
                 self.backend
                     .acquire_now(&key, waiter.options.ttl, &waiter.options.metadata)
@@ -452,6 +493,7 @@ impl SupervisorState {
                     Ok(AcquireOutcome::Granted { token }) => Attempt::Granted {
                         grant: Grant::new(self.backend.clone(), key.clone(), token),
                         started,
+                        since,
                     },
                     Ok(AcquireOutcome::Held { .. }) => Attempt::Conflict,
                     Err(e) => Attempt::Failed(e),
@@ -509,9 +551,11 @@ impl SupervisorState {
     ) {
         self.slot(&key).busy = false;
         match outcome {
-            Attempt::Granted { grant, started } => {
-                self.on_granted(myself, &key, waiter, grant, started)
-            }
+            Attempt::Granted {
+                grant,
+                started,
+                since,
+            } => self.on_granted(myself, &key, waiter, grant, started, since),
             Attempt::Conflict => {
                 let _ = waiter.reply.send(Err(LeaseError::Conflict));
             }
@@ -530,13 +574,17 @@ impl SupervisorState {
         waiter: Waiter,
         grant: Grant,
         started: Instant,
+        since: Duration,
     ) {
         let ttl = waiter.options.ttl;
         let margin = self.config.margin(ttl);
         let deadline = started + ttl - margin;
+        // Time the machine spent suspended since the acquire started counts too: the
+        // backend's clock ran on meanwhile.
+        let slept = crate::clock::suspended().saturating_sub(since);
         let refuse = if self.stopping {
             Some(LeaseError::ManagerStopped)
-        } else if Instant::now() >= deadline {
+        } else if Instant::now() + slept >= deadline {
             Some(LeaseError::Backend(BackendError::new(
                 BackendErrorKind::Timeout,
                 "the acquire was confirmed too late to hold the lease safely",
@@ -555,7 +603,7 @@ impl SupervisorState {
             return;
         }
         let token = grant.hold();
-        let (ctx_tx, ctx) = LeaseContext::new(token, Some(deadline));
+        let (ctx_tx, ctx) = LeaseContext::new_since(token, Some(deadline), since);
         // The key is ours from here on; the renewal actor attaches when it has started.
         self.slot(key).holder = Some(Holder {
             token,
@@ -756,7 +804,25 @@ impl SupervisorState {
             return stopped_reply(reply);
         }
         // Our own holder is told first, so the key is never free while it still acts.
-        let local = self.end_holder(&key, None, CancelReason::Revoked);
+        // A lease whose context had already ended by loss is left to expire instead of
+        // given back, so that its holder keeps the safety margin it was promised.
+        let was_live = self
+            .slots
+            .get(&key)
+            .and_then(|s| s.holder.as_ref())
+            .map(|h| gives_back(h.ctx.reason()));
+        let local = self
+            .end_holder(&key, None, CancelReason::Revoked)
+            .filter(|_| was_live == Some(true));
+        if local.is_some() {
+            // Nobody here may be granted the key until the revoke has reached the
+            // backend: otherwise it could mark the next holder's fresh lease revoked.
+            self.slot(&key).busy = true;
+        }
+        let done = RevokeDone {
+            me: myself.clone(),
+            key: local.map(|_| key.clone()),
+        };
         let backend = self.backend.clone();
         let key2 = key.clone();
         tokio::spawn(async move {
@@ -789,10 +855,15 @@ impl SupervisorState {
                 (Err(e), _) => Err(LeaseError::Backend(e)),
             };
             let _ = reply.send(result);
+            drop(done);
         });
-        if local.is_some() {
-            self.serve_next(myself, &key);
+    }
+
+    fn on_revoke_done(&mut self, myself: &ActorRef<ManagerMessage>, key: Key) {
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.busy = false;
         }
+        self.serve_next(myself, &key);
     }
 
     fn on_wait_expired(&mut self, key: Key, waiter: u64) {
@@ -828,8 +899,16 @@ impl SupervisorState {
         let mut held = Vec::new();
         let keys: Vec<Key> = self.slots.keys().cloned().collect();
         for key in keys {
+            let was_live = self
+                .slots
+                .get(&key)
+                .and_then(|s| s.holder.as_ref())
+                .map(|h| gives_back(h.ctx.reason()));
             if let Some(token) = self.end_holder(&key, None, CancelReason::Shutdown) {
-                held.push((key.clone(), token));
+                // A lease already lost is left to expire (its holder keeps the margin).
+                if was_live == Some(true) {
+                    held.push((key.clone(), token));
+                }
             }
             if let Some(slot) = self.slots.get_mut(&key) {
                 for w in slot.waiters.drain(..) {
@@ -918,6 +997,7 @@ impl Actor for Supervisor {
             Msg::Release { key, token, reply } => state.on_release(&myself, key, token, reply),
             Msg::Revoke { key, reply } => state.on_revoke(&myself, key, reply),
             Msg::WaitExpired { key, waiter } => state.on_wait_expired(key, waiter),
+            Msg::RevokeDone { key } => state.on_revoke_done(&myself, key),
             Msg::Attach {
                 key,
                 token,
