@@ -161,6 +161,9 @@ struct Handle {
     allowed: Vec<Allowed>,
 }
 
+/// A waiting acquire running in the background.
+type Pending = tokio::task::JoinHandle<Result<(Lease, LeaseContext), LeaseError>>;
+
 struct World {
     memory: Arc<MemoryBackend>,
     faults: Arc<FaultyBackend>,
@@ -173,10 +176,7 @@ struct World {
     conflicts: usize,
     acquire_fault: [Option<AFault>; KEYS],
     /// Waiting acquires left running: their key and task.
-    background: Vec<(
-        usize,
-        tokio::task::JoinHandle<Result<(Lease, LeaseContext), LeaseError>>,
-    )>,
+    background: Vec<(usize, Pending)>,
     gave_up: usize,
 }
 
