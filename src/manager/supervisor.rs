@@ -854,8 +854,10 @@ impl SupervisorState {
                 }
                 (Err(e), _) => Err(LeaseError::Backend(e)),
             };
-            let _ = reply.send(result);
+            // The key is free here before the caller hears back, so that an acquire it
+            // sends next finds the slot idle.
             drop(done);
+            let _ = reply.send(result);
         });
     }
 
