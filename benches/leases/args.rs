@@ -1,0 +1,156 @@
+//! The command line, parsed once into [`Args`], and the run sizes derived from it.
+//!
+//! Flags we do not know are ignored: `cargo bench` hands the binary `--bench`, and
+//! other harnesses' flags may follow.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::contenders::Kind;
+
+const USAGE: &str =
+    "usage: leases [--smoke] [--secs SECONDS] [--only memory|scale|postgres|profile]
+       leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS";
+
+/// A section of the report, for `--only`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Section {
+    Memory,
+    /// Only our manager, 64 clients: for `perf record`. Runs only when asked for.
+    Profile,
+    Scale,
+    Postgres,
+}
+
+impl FromStr for Section {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Section, String> {
+        match s {
+            "memory" => Ok(Section::Memory),
+            "profile" => Ok(Section::Profile),
+            "scale" => Ok(Section::Scale),
+            "postgres" => Ok(Section::Postgres),
+            other => Err(format!(
+                "unknown section `{other}` (memory | scale | postgres | profile)"
+            )),
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Args {
+    /// `--only SECTION`: run that section alone.
+    pub only: Option<Section>,
+    /// `--smoke`: tiny sizes, a sanity check.
+    pub smoke: bool,
+    /// `--secs S`: the full run with S seconds per cell and the 100k scale size only.
+    pub secs: Option<f64>,
+    /// `--scale-child KIND N WINDOW`: be one scale cell (see `scale.rs`), print its line.
+    pub scale_child: Option<(Kind, usize, Duration)>,
+}
+
+/// How much each section does.
+pub struct Sizes {
+    /// Runs of each throughput cell; the median is reported.
+    pub rounds: usize,
+    /// Seconds per throughput cell.
+    pub secs: f64,
+    /// Leases held at once, one scale table block each.
+    pub scale: Vec<usize>,
+    /// How long the scale children idle while their leases renew.
+    pub window: Duration,
+    /// Leases held to count PostgreSQL statements.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub pg_held: usize,
+    /// How long those statements are counted.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub pg_window: Duration,
+}
+
+impl Args {
+    /// The process's arguments; on a bad one, says what is wrong and exits with status 2.
+    pub fn from_env() -> Args {
+        Args::parse(std::env::args().skip(1)).unwrap_or_else(|e| {
+            eprintln!("error: {e}\n{USAGE}");
+            std::process::exit(2)
+        })
+    }
+
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+        let mut parsed = Args::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--smoke" => parsed.smoke = true,
+                "--secs" => parsed.secs = Some(seconds(&mut args, "--secs")?.as_secs_f64()),
+                "--only" => parsed.only = Some(value(&mut args, "--only", "a section")?),
+                "--scale-child" => {
+                    let kind = value(&mut args, "--scale-child", "a kind")?;
+                    let n = value(&mut args, "--scale-child", "a number of leases")?;
+                    let window = seconds(&mut args, "--scale-child")?;
+                    parsed.scale_child = Some((kind, n, window));
+                }
+                _ => {}
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// Whether to run `section`: every section but the profile when there is no `--only`.
+    pub fn wants(&self, section: Section) -> bool {
+        match self.only {
+            None => section != Section::Profile,
+            Some(only) => only == section,
+        }
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        let full = Sizes {
+            rounds: 3,
+            secs: 2.0,
+            scale: vec![100_000, 1_000_000],
+            window: Duration::from_secs(12),
+            pg_held: 10_000,
+            pg_window: Duration::from_secs(30),
+        };
+        match self.secs {
+            Some(secs) => Sizes {
+                secs,
+                scale: vec![100_000],
+                ..full
+            },
+            None if self.smoke => Sizes {
+                rounds: 1,
+                secs: 0.2,
+                scale: vec![1000],
+                window: Duration::from_millis(200),
+                pg_held: 100,
+                pg_window: Duration::from_millis(500),
+            },
+            None => full,
+        }
+    }
+}
+
+/// The next argument as a `T`, which `flag` wants (`what` names it in the error).
+fn value<T: FromStr>(
+    args: &mut impl Iterator<Item = String>,
+    flag: &str,
+    what: &str,
+) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let v = args
+        .next()
+        .ok_or_else(|| format!("{flag} wants {what}, got nothing"))?;
+    v.parse()
+        .map_err(|e| format!("{flag} wants {what}, got `{v}`: {e}"))
+}
+
+/// The next argument as a duration in (fractional) seconds.
+fn seconds(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<Duration, String> {
+    let s: f64 = value(args, flag, "a number of seconds")?;
+    Duration::try_from_secs_f64(s)
+        .map_err(|e| format!("{flag} wants a number of seconds, got `{s}`: {e}"))
+}

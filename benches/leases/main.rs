@@ -1,0 +1,62 @@
+//! How fast and how far `leases` goes, beside baselines run in the same process and the
+//! same run. Prints a table; BENCHMARKS.md explains it.
+//!
+//!     cargo bench --all-features --bench leases                  # full run, a few minutes
+//!     cargo bench --all-features --bench leases -- --smoke       # tiny sizes, a sanity check
+//!     cargo bench --all-features --bench leases -- --only memory # one section
+//!
+//! Baselines:
+//! - (a) a bare `Mutex<HashMap>` lease table, no renewal: the floor;
+//! - (b) the same table plus one `tokio::spawn`ed renewal task per lease: what users
+//!   would otherwise write by hand;
+//! - (c) PostgreSQL: the same SQL statements issued directly with the driver, no actors;
+//! - (d) a bare ractor supervisor that spawns one linked child actor with a renewal
+//!   timer and a watch channel per lease, and does nothing else: the floor of our own
+//!   design, what the actor shape alone costs.
+//!
+//! One module a section: `throughput` (memory backend: pairs/s, latency, conflicts),
+//! `scale` (leases held at once, each size in a child process), `postgres` (the
+//! PostgreSQL backend beside (c)); `contenders` holds ours and the in-memory baselines,
+//! `args` the command line, `report` the shared printing helpers.
+
+mod args;
+mod contenders;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod report;
+mod scale;
+mod throughput;
+
+use args::{Args, Section};
+
+fn main() {
+    let args = Args::from_env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Some((kind, n, window)) = args.scale_child {
+        rt.block_on(scale::scale_child(kind, n, window));
+        return;
+    }
+    rt.block_on(run(&args));
+}
+
+async fn run(args: &Args) {
+    let sizes = args.sizes();
+    report::header();
+    if args.wants(Section::Memory) {
+        throughput::memory_section(&sizes).await;
+    }
+    if args.wants(Section::Profile) {
+        throughput::profile_section(&sizes).await;
+    }
+    if args.wants(Section::Scale) {
+        scale::scale_section(&sizes);
+    }
+    #[cfg(feature = "postgres")]
+    if args.wants(Section::Postgres) {
+        postgres::postgres_section(&sizes).await;
+    }
+}

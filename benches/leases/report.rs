@@ -1,0 +1,41 @@
+//! Printing helpers shared by the sections: the report's header, ratios against a
+//! baseline, medians of repeated runs.
+
+/// The title and the machine the run is on.
+pub fn header() {
+    println!("# leases benchmarks");
+    println!(
+        "\nmachine: {} cores, {}; rustc {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu_model(),
+        option_env!("RUSTC_VERSION").unwrap_or("stable")
+    );
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// `x` against the baseline `base`, as `1.23x` (`-` without a baseline).
+pub fn ratio(x: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.2}x", x / base)
+    } else {
+        "-".into()
+    }
+}
+
+/// Median by `key` of several runs of one cell.
+pub fn median_by<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    runs.swap_remove(runs.len() / 2)
+}
