@@ -7,9 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::context::{CancelReason, ContextSender, LeaseContext, LossCause};
 use crate::error::LeaseError;
 use crate::key::Key;
-use crate::lease::{CancelReason, ContextSender, Lease, LeaseContext, LeaseOwner, LossCause};
+use crate::lease::{Lease, LeaseOwner};
 use crate::leaser::{AcquireOptions, Leaser, MIN_TTL};
 
 /// A [`Leaser`] for unit tests: no actors, no backend, no expiry.
@@ -73,7 +74,7 @@ impl FakeLeaser {
     }
 
     fn lock(&self) -> MutexGuard<'_, FakeState> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner.state)
     }
 
     fn end(&self, key: &Key, token: Option<u64>, reason: CancelReason) -> bool {

@@ -1,350 +1,12 @@
-//! A held lease, the context that tells its holder when it ends, and lease metadata.
+//! A held lease: the handle that releases it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::error::LeaseError;
 use crate::key::Key;
-
-/// Why a [`LeaseContext`] ended. Every end has one: there is no silent loss.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CancelReason {
-    /// The holder released the lease (explicitly, or by dropping the [`Lease`]).
-    Released,
-    /// An operator or another manager revoked the lease.
-    Revoked,
-    /// The lease was lost: renewal failed, or could not be confirmed before the local
-    /// deadline. Stop acting as the holder at once.
-    Lost(LossCause),
-    /// The lease manager shut down (or all its handles were dropped).
-    Shutdown,
-}
-
-/// Why a lease was lost.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LossCause {
-    /// The backend refused the renewal: the lease expired there or is no longer ours.
-    RenewalRefused,
-    /// No renewal was confirmed before the local deadline (last confirmed renewal + TTL
-    /// − safety margin). The backend may be down or slow; the key may soon be granted to
-    /// someone else, so the holder is told first.
-    DeadlineExceeded,
-    /// The renewal actor failed (for example it panicked); the message says how.
-    RenewerFailed(String),
-    /// The lease manager's supervisor stopped without ending the lease normally.
-    ManagerFailed,
-    /// A [`FakeLeaser`](crate::FakeLeaser) was told to lose the lease.
-    Injected,
-}
-
-impl fmt::Display for CancelReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CancelReason::Released => f.write_str("released"),
-            CancelReason::Revoked => f.write_str("revoked"),
-            CancelReason::Shutdown => f.write_str("lease manager shut down"),
-            CancelReason::Lost(cause) => write!(f, "lost: {cause}"),
-        }
-    }
-}
-
-impl fmt::Display for LossCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LossCause::RenewalRefused => f.write_str("the backend refused the renewal"),
-            LossCause::DeadlineExceeded => {
-                f.write_str("no renewal was confirmed before the local deadline")
-            }
-            LossCause::RenewerFailed(why) => write!(f, "the renewal actor failed: {why}"),
-            LossCause::ManagerFailed => f.write_str("the lease manager stopped unexpectedly"),
-            LossCause::Injected => f.write_str("loss injected by a fake leaser"),
-        }
-    }
-}
-
-/// State shared by a context's clones and whoever may end it.
-#[derive(Debug)]
-struct Shared {
-    /// Why the context ended; set once (the first reason wins) and never cleared.
-    reason: watch::Sender<Option<CancelReason>>,
-    /// The local deadline, in nanoseconds after `base`; `u64::MAX` for none.
-    deadline: AtomicU64,
-    base: Instant,
-    /// The machine's suspended time (see `crate::clock`) when the renewal (or acquire)
-    /// that set the current deadline *started*, in nanoseconds: time suspended since
-    /// then counts against the deadline, time suspended before does not.
-    suspended_base: AtomicU64,
-}
-
-impl Shared {
-    fn cancel(&self, reason: CancelReason) -> bool {
-        self.reason.send_if_modified(|state| {
-            if state.is_some() {
-                false
-            } else {
-                *state = Some(reason);
-                true
-            }
-        })
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        match self.deadline.load(Ordering::Acquire) {
-            u64::MAX => None,
-            nanos => Some(self.base + Duration::from_nanos(nanos)),
-        }
-    }
-
-    /// How long the machine has been suspended since the start of the renewal that set
-    /// the deadline: time that tokio's clock did not count but the backend's did.
-    fn slept(&self) -> Duration {
-        let base = Duration::from_nanos(self.suspended_base.load(Ordering::Acquire));
-        crate::clock::suspended().saturating_sub(base)
-    }
-
-    /// `true` once the deadline has passed, counting suspended time.
-    fn past(&self, deadline: Instant) -> bool {
-        Instant::now() + self.slept() >= deadline
-    }
-
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos())
-            .unwrap_or(u64::MAX - 1)
-            .min(u64::MAX - 1)
-    }
-
-    /// The reason, ending the context first if its deadline has passed. Once a reader has
-    /// seen the deadline pass, the end is recorded, so no later extension can revive it.
-    fn reason(&self) -> Option<CancelReason> {
-        if let Some(reason) = self.reason.borrow().clone() {
-            return Some(reason);
-        }
-        if self.deadline().is_some_and(|d| self.past(d)) {
-            self.cancel(CancelReason::Lost(LossCause::DeadlineExceeded));
-            return self.reason.borrow().clone();
-        }
-        None
-    }
-}
-
-fn nanos_of(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The owner's side of a context: ends it with a reason, moves its deadline.
-#[derive(Debug, Clone)]
-pub(crate) struct ContextSender(Arc<Shared>);
-
-impl ContextSender {
-    /// Ends the context with `reason` unless it has already ended; returns `true` when
-    /// this call ended it. The first reason wins.
-    pub(crate) fn cancel(&self, reason: CancelReason) -> bool {
-        self.0.cancel(reason)
-    }
-
-    /// The reason the context ended with, if it has.
-    pub(crate) fn reason(&self) -> Option<CancelReason> {
-        self.0.reason()
-    }
-
-    /// Moves the local deadline to `deadline` after a confirmed renewal that started
-    /// when the machine's suspended time read `since` (see `crate::clock`). Returns
-    /// `false` (and changes nothing) if the context has already ended, or if its current
-    /// deadline has passed: a late confirmation never revives a context.
-    ///
-    /// The deadline and its base are two atomics; a reader that sees one new and one old
-    /// judges by a deadline no later than the new pair's (an older deadline, or more
-    /// suspended time), so a torn read can only end the context early, never late.
-    pub(crate) fn extend(&self, deadline: Instant, since: Duration) -> bool {
-        if self.0.reason().is_some() {
-            return false;
-        }
-        self.0
-            .suspended_base
-            .fetch_max(nanos_of(since), Ordering::AcqRel);
-        let new = self.0.nanos(deadline);
-        let mut current = self.0.deadline.load(Ordering::Acquire);
-        loop {
-            if self.0.reason().is_some() {
-                return false;
-            }
-            match self.0.deadline.compare_exchange(
-                current,
-                new,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
-        }
-        // A reader may have seen the old deadline pass while we swapped: then it has
-        // ended the context, and the extension does not count.
-        self.0.reason().is_none()
-    }
-}
-
-/// A holder's view of its lease: cancelled when the lease ends, with a reason.
-///
-/// The Rust counterpart of the cancellable `context.Context` FTL hands its lease
-/// holders, built on a `tokio::sync::watch` channel: cheap to clone, and every clone
-/// sees the same end. Check [`is_cancelled`](LeaseContext::is_cancelled) right before
-/// each side effect, or race the work against [`cancelled`](LeaseContext::cancelled).
-///
-/// The context carries the lease's local deadline and ends by itself when the deadline
-/// passes, even if the renewal actor has not run yet (after a long pause of the
-/// process, say): `is_cancelled` reads the monotonic clock. So it ends *before* the
-/// backend could grant the key to anyone else (see the crate docs for the margin this
-/// relies on).
-#[derive(Clone)]
-pub struct LeaseContext {
-    shared: Arc<Shared>,
-    token: u64,
-}
-
-impl fmt::Debug for LeaseContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LeaseContext")
-            .field("token", &self.token)
-            .field("reason", &self.reason())
-            .finish()
-    }
-}
-
-impl LeaseContext {
-    /// A new live context with a local deadline (`None`: no deadline) and the sender
-    /// that ends it.
-    pub(crate) fn new(token: u64, deadline: Option<Instant>) -> (ContextSender, LeaseContext) {
-        LeaseContext::new_since(token, deadline, crate::clock::suspended())
-    }
-
-    /// Like [`new`](Self::new), for a deadline computed from an acquire that started
-    /// when the machine's suspended time read `since`: a suspend between that start and
-    /// now already counts against the deadline.
-    pub(crate) fn new_since(
-        token: u64,
-        deadline: Option<Instant>,
-        since: Duration,
-    ) -> (ContextSender, LeaseContext) {
-        let shared = Arc::new(Shared {
-            reason: watch::channel(None).0,
-            deadline: AtomicU64::new(u64::MAX),
-            base: Instant::now(),
-            suspended_base: AtomicU64::new(nanos_of(since)),
-        });
-        if let Some(d) = deadline {
-            shared.deadline.store(shared.nanos(d), Ordering::Release);
-        }
-        (
-            ContextSender(shared.clone()),
-            LeaseContext { shared, token },
-        )
-    }
-
-    /// A context that never ends, as held by [`Lease::noop`].
-    pub fn never() -> LeaseContext {
-        LeaseContext::new(0, None).1
-    }
-
-    /// The fencing token of the lease this context belongs to.
-    pub fn token(&self) -> u64 {
-        self.token
-    }
-
-    /// The local deadline: when the context ends unless a renewal is confirmed first.
-    /// `None` for contexts without one (fakes, [`LeaseContext::never`]).
-    pub fn deadline(&self) -> Option<Instant> {
-        self.shared.deadline()
-    }
-
-    /// `true` once the lease has ended for any reason.
-    pub fn is_cancelled(&self) -> bool {
-        self.reason().is_some()
-    }
-
-    /// Why the lease ended, or `None` while it is held.
-    pub fn reason(&self) -> Option<CancelReason> {
-        self.shared.reason()
-    }
-
-    /// Waits until the lease ends and returns why. Cancel-safe.
-    pub async fn cancelled(&self) -> CancelReason {
-        // tokio's timers do not count time the machine spent suspended, so a sleep until
-        // the deadline could wake long after it has passed on the suspend-aware clock:
-        // look again at least this often.
-        const RECHECK: Duration = Duration::from_secs(1);
-        let mut rx = self.shared.reason.subscribe();
-        loop {
-            if let Some(reason) = self.reason() {
-                return reason;
-            }
-            match self.deadline() {
-                Some(d) => {
-                    let wake = d.min(Instant::now() + RECHECK);
-                    tokio::select! {
-                        _ = rx.changed() => {}
-                        _ = tokio::time::sleep_until(wake) => {}
-                    }
-                }
-                None => {
-                    let _ = rx.changed().await;
-                }
-            }
-        }
-    }
-
-    /// `Ok(())` while the lease is held, else the reason it ended, as
-    /// [`LeaseError::NotHeld`]. Handy before a side effect: `ctx.check()?;`.
-    pub fn check(&self) -> Result<(), LeaseError> {
-        if self.is_cancelled() {
-            Err(LeaseError::NotHeld)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Sends `make(reason)` to `actor` when the lease ends, so that an actor learns of
-    /// the loss as an ordinary message. Needs a running tokio runtime.
-    pub fn forward_to<M, F>(&self, actor: ractor::ActorRef<M>, make: F)
-    where
-        M: ractor::Message,
-        F: FnOnce(CancelReason) -> M + Send + 'static,
-    {
-        let ctx = self.clone();
-        tokio::spawn(async move {
-            let reason = ctx.cancelled().await;
-            // The actor may be gone; then nobody is left to tell.
-            let _ = actor.send_message(make(reason));
-        });
-    }
-}
-
-/// What a backend knows about a held lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseInfo {
-    /// The key.
-    pub key: Key,
-    /// The holder's fencing token.
-    pub token: u64,
-    /// The TTL the lease was granted (and is renewed) with.
-    pub ttl: Duration,
-    /// Time left until the lease expires on the backend's clock, unless renewed.
-    pub expires_in: Duration,
-    /// The metadata attached at acquire time.
-    pub metadata: Vec<u8>,
-    /// `true` when the lease was revoked and waits for its holder to notice (it cannot
-    /// be renewed, and the key stays taken until `expires_in` runs out or the holder
-    /// releases it).
-    pub revoked: bool,
-}
 
 /// Whatever can end a lease on behalf of its [`Lease`] handle: the manager, or a fake.
 #[async_trait]
@@ -355,20 +17,16 @@ pub(crate) trait LeaseOwner: Send + Sync {
     fn release_on_drop(&self, key: Key, token: u64);
 }
 
-struct Held {
-    key: Key,
-    token: u64,
-    owner: Arc<dyn LeaseOwner>,
-}
-
 /// A held lease. Release it with [`Lease::release`]; dropping it releases it too.
 ///
 /// The lease is renewed in the background while it is held. Watch its
-/// [`LeaseContext`] to learn when it ends for any other reason.
+/// [`LeaseContext`](crate::LeaseContext) to learn when it ends for any other reason.
 pub struct Lease {
     key: Key,
     token: u64,
-    held: Option<Held>,
+    /// Who releases it; `None` once released, and for [`Lease::noop`].
+    owner: Option<Arc<dyn LeaseOwner>>,
+    noop: bool,
 }
 
 impl fmt::Debug for Lease {
@@ -376,7 +34,7 @@ impl fmt::Debug for Lease {
         f.debug_struct("Lease")
             .field("key", &self.key)
             .field("token", &self.token)
-            .field("noop", &self.held.is_none())
+            .field("noop", &self.noop)
             .finish()
     }
 }
@@ -384,9 +42,10 @@ impl fmt::Debug for Lease {
 impl Lease {
     pub(crate) fn new(key: Key, token: u64, owner: Arc<dyn LeaseOwner>) -> Lease {
         Lease {
-            key: key.clone(),
+            key,
             token,
-            held: Some(Held { key, token, owner }),
+            owner: Some(owner),
+            noop: false,
         }
     }
 
@@ -396,13 +55,14 @@ impl Lease {
         Lease {
             key: Key::system([""; 0]),
             token: 0,
-            held: None,
+            owner: None,
+            noop: true,
         }
     }
 
     /// `true` for [`Lease::noop`].
     pub fn is_noop(&self) -> bool {
-        self.held.is_none() && self.token == 0
+        self.noop
     }
 
     /// The leased key.
@@ -417,13 +77,13 @@ impl Lease {
     }
 
     /// Releases the lease and waits until the backend has freed the key. The holder's
-    /// context ends with [`CancelReason::Released`] before this returns.
+    /// context ends with [`CancelReason::Released`](crate::CancelReason::Released) before this returns.
     ///
     /// Returns [`LeaseError::NotHeld`] if the lease had already ended (lost or revoked):
     /// never a panic, and never a change to a newer holder's lease.
     pub async fn release(mut self) -> Result<(), LeaseError> {
-        match self.held.take() {
-            Some(held) => held.owner.release(&held.key, held.token).await,
+        match self.owner.take() {
+            Some(owner) => owner.release(&self.key, self.token).await,
             None => Ok(()),
         }
     }
@@ -431,8 +91,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            held.owner.release_on_drop(held.key, held.token);
+        if let Some(owner) = self.owner.take() {
+            owner.release_on_drop(self.key.clone(), self.token);
         }
     }
 }
@@ -442,55 +102,10 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn context_ends_once_with_the_first_reason() {
-        let (tx, ctx) = LeaseContext::new(7, None);
-        let copy = ctx.clone();
-        assert!(!ctx.is_cancelled());
-        assert!(ctx.check().is_ok());
-        assert!(tx.cancel(CancelReason::Revoked));
-        assert!(!tx.cancel(CancelReason::Released));
-        assert_eq!(copy.cancelled().await, CancelReason::Revoked);
-        assert_eq!(ctx.reason(), Some(CancelReason::Revoked));
-        assert!(matches!(ctx.check(), Err(LeaseError::NotHeld)));
-        assert_eq!(ctx.token(), 7);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_deadline_ends_the_context_by_itself() {
-        let start = Instant::now();
-        let (tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(1)));
-        tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(!ctx.is_cancelled());
-        assert!(tx.extend(start + Duration::from_secs(2), crate::clock::suspended()));
-        tokio::time::advance(Duration::from_millis(1001)).await;
-        // Nobody has run to end it, yet it has ended, and stays ended.
-        assert_eq!(
-            ctx.reason(),
-            Some(CancelReason::Lost(LossCause::DeadlineExceeded))
-        );
-        assert!(!tx.extend(start + Duration::from_secs(10), crate::clock::suspended()));
-        assert!(ctx.is_cancelled());
-        assert_eq!(
-            ctx.cancelled().await,
-            CancelReason::Lost(LossCause::DeadlineExceeded)
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancelled_wakes_at_the_deadline() {
-        let start = Instant::now();
-        let (_tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(3)));
-        ctx.cancelled().await;
-        assert_eq!(Instant::now() - start, Duration::from_secs(3));
-    }
-
-    #[tokio::test]
-    async fn noop_lease_and_never_context() {
+    async fn noop_lease() {
         let lease = Lease::noop();
         assert!(lease.is_noop());
         assert_eq!(lease.token(), 0);
         lease.release().await.unwrap();
-        let ctx = LeaseContext::never();
-        assert!(!ctx.is_cancelled());
     }
 }

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::context::LeaseContext;
 use crate::error::LeaseError;
 use crate::key::Key;
-use crate::lease::{Lease, LeaseContext};
+use crate::lease::Lease;
 
 /// The shortest TTL a [`LeaseManager`](crate::LeaseManager) accepts unless its builder
 /// lowers it (as FTL does: 5 seconds).

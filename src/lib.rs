@@ -124,17 +124,21 @@
 pub mod backend;
 #[doc(hidden)]
 pub mod clock;
+mod context;
 mod error;
 mod fake;
 pub mod key;
 mod lease;
 mod leaser;
 mod manager;
+mod sync;
 
+pub use backend::LeaseInfo;
+pub use context::{CancelReason, LeaseContext, LeaseEnded, LossCause};
 pub use error::{BackendError, BackendErrorKind, LeaseError};
 pub use fake::FakeLeaser;
 pub use key::{Key, KeyError, MAX_KEY_LEN};
-pub use lease::{CancelReason, Lease, LeaseContext, LeaseInfo, LossCause};
+pub use lease::Lease;
 pub use leaser::{AcquireOptions, Leaser, MAX_METADATA_LEN, MAX_TTL, MIN_TTL};
 pub use manager::{
     AcquireReply, LeaseManager, LeaseManagerBuilder, ManagerMessage, DEFAULT_MARGIN_DIVISOR,

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leases::backend::{Backend, FaultyBackend, MemoryBackend, RenewFault};
-use leases::{
-    AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser, LossCause, MIN_TTL,
-};
+use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, LossCause, MIN_TTL};
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent};
 use tokio::time::Instant;
 

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use leases::backend::{AcquireFault, Backend, FaultyBackend, MemoryBackend, RenewFault};
 use leases::{
-    AcquireOptions, CancelReason, Key, Lease, LeaseContext, LeaseError, LeaseManager, Leaser,
-    LossCause,
+    AcquireOptions, CancelReason, Key, Lease, LeaseContext, LeaseError, LeaseManager, LossCause,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, PostgresOptions, RenewOutcome};
-use leases::{CancelReason, Key, LeaseError, LeaseManager, Leaser};
+use leases::{CancelReason, Key, LeaseError, LeaseManager};
 use support::pg::{run_id, shared_url};
 use tokio_postgres::{Client, NoTls};
 

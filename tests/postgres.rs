@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use leases::backend::{Backend, FaultyBackend, PostgresBackend, PostgresOptions};
-use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser, LossCause};
+use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, LossCause};
 use support::pg::{run_id, shared_url, PgServer, Tls};
 
 const TTL: Duration = Duration::from_secs(1);

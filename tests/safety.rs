@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, KeyFrees, MemoryBackend, RenewOutcome};
+use leases::backend::{AcquireOutcome, Backend, FreedKeys, MemoryBackend, RenewOutcome};
 use leases::{
-    AcquireOptions, BackendError, CancelReason, Key, LeaseError, LeaseInfo, LeaseManager, Leaser,
+    AcquireOptions, BackendError, CancelReason, Key, LeaseError, LeaseInfo, LeaseManager,
 };
 
 const TTL: Duration = Duration::from_secs(1);
@@ -73,8 +73,8 @@ impl Backend for Counting {
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
         self.inner.info(key).await
     }
-    fn subscribe_frees(&self) -> KeyFrees {
-        self.inner.subscribe_frees()
+    fn subscribe_freed(&self) -> FreedKeys {
+        self.inner.subscribe_freed()
     }
 }
 

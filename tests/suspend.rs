@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use leases::backend::MemoryBackend;
-use leases::{CancelReason, Key, LeaseManager, Leaser, LossCause};
+use leases::{CancelReason, Key, LeaseManager, LossCause};
 use std::sync::Arc;
 
 const TTL: Duration = Duration::from_secs(5);

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, KeyFrees, RenewOutcome};
-use leases::{BackendError, Key, LeaseInfo, LeaseManager, Leaser};
+use leases::backend::{AcquireOutcome, Backend, FreedKeys, RenewOutcome};
+use leases::{BackendError, Key, LeaseInfo, LeaseManager};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(5);
@@ -104,8 +104,8 @@ impl Backend for Remote {
     async fn info(&self, _key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
         Ok(None)
     }
-    fn subscribe_frees(&self) -> KeyFrees {
-        KeyFrees::none()
+    fn subscribe_freed(&self) -> FreedKeys {
+        FreedKeys::none()
     }
 }
 

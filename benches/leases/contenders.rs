@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leases::backend::MemoryBackend;
-use leases::{Key, Lease, LeaseContext, LeaseError, LeaseManager, Leaser};
+use leases::{Key, Lease, LeaseContext, LeaseError, LeaseManager};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

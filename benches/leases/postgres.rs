@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use leases::backend::PostgresOptions;
-use leases::{Key, LeaseManager, Leaser};
+use leases::{Key, LeaseManager};
 
 use crate::args::Sizes;
 use crate::contenders::{Ours, Subject, TTL};

@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{AcquireOutcome, Backend, KeyFrees, RenewOutcome};
+use super::{AcquireOutcome, Backend, FreedKeys, InlineBackend, RenewOutcome};
+use crate::backend::LeaseInfo;
 use crate::error::{BackendError, BackendErrorKind};
 use crate::key::Key;
-use crate::lease::LeaseInfo;
 
 /// A fault that [`FaultyBackend`] applies to the renewals of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,11 +136,6 @@ impl FaultyBackend {
     }
 }
 
-/// Locks a fault table; a panic elsewhere cannot leave one half-updated.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[async_trait]
 impl Backend for FaultyBackend {
     async fn acquire(
@@ -210,6 +207,18 @@ impl Backend for FaultyBackend {
         self.inner.info(key).await
     }
 
+    fn subscribe_freed(&self) -> FreedKeys {
+        self.inner.subscribe_freed()
+    }
+
+    fn inline(&self) -> Option<&dyn InlineBackend> {
+        // Inline only where the wrapped backend is; a call with a fault to inject goes
+        // the async way (see below), so that the fault hits the task that runs it.
+        self.inner.inline().map(|_| self as &dyn InlineBackend)
+    }
+}
+
+impl InlineBackend for FaultyBackend {
     fn acquire_now(
         &self,
         key: &Key,
@@ -218,7 +227,7 @@ impl Backend for FaultyBackend {
     ) -> Option<Result<AcquireOutcome, BackendError>> {
         match self.check_up() {
             Ok(()) if self.acquire_fault(key).is_some() => None,
-            Ok(()) => self.inner.acquire_now(key, ttl, metadata),
+            Ok(()) => self.inner.inline()?.acquire_now(key, ttl, metadata),
             Err(e) => Some(Err(e)),
         }
     }
@@ -226,12 +235,8 @@ impl Backend for FaultyBackend {
     fn release_now(&self, key: &Key, token: u64) -> Option<Result<bool, BackendError>> {
         match self.check_up() {
             Ok(()) if self.stall_releases.load(Ordering::SeqCst) => None,
-            Ok(()) => self.inner.release_now(key, token),
+            Ok(()) => self.inner.inline()?.release_now(key, token),
             Err(e) => Some(Err(e)),
         }
-    }
-
-    fn subscribe_frees(&self) -> KeyFrees {
-        self.inner.subscribe_frees()
     }
 }

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{AcquireOutcome, Backend, Freed, KeyFrees, RenewOutcome};
+use super::{AcquireOutcome, Backend, Freed, FreedKeys, InlineBackend, RenewOutcome};
+use crate::backend::LeaseInfo;
 use crate::error::BackendError;
 use crate::key::Key;
-use crate::lease::LeaseInfo;
 
 /// How many freed-key notifications a slow waiter may fall behind before it simply
 /// retries.
@@ -37,11 +37,11 @@ pub struct MemoryBackend {
 #[derive(Debug)]
 struct State {
     last_token: u64,
-    held: HashMap<Key, Holder>,
+    held: HashMap<Key, Entry>,
 }
 
 #[derive(Debug)]
-struct Holder {
+struct Entry {
     token: u64,
     ttl: Duration,
     expires_at: Instant,
@@ -87,9 +87,7 @@ impl MemoryBackend {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while the lock was held cannot leave the map half-updated (every
-        // update is a single insert or remove), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     fn notify_freed(&self, key: &Key) {
@@ -131,7 +129,7 @@ impl MemoryBackend {
         let token = state.last_token;
         state.held.insert(
             key.clone(),
-            Holder {
+            Entry {
                 token,
                 ttl,
                 expires_at,
@@ -170,19 +168,6 @@ impl Backend for MemoryBackend {
         metadata: &[u8],
     ) -> Result<AcquireOutcome, BackendError> {
         self.acquire_sync(key, ttl, metadata)
-    }
-
-    fn acquire_now(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Option<Result<AcquireOutcome, BackendError>> {
-        Some(self.acquire_sync(key, ttl, metadata))
-    }
-
-    fn release_now(&self, key: &Key, token: u64) -> Option<Result<bool, BackendError>> {
-        Some(Ok(self.release_sync(key, token)))
     }
 
     async fn renew(
@@ -241,8 +226,28 @@ impl Backend for MemoryBackend {
             }))
     }
 
-    fn subscribe_frees(&self) -> KeyFrees {
-        KeyFrees::new(self.frees.subscribe())
+    fn subscribe_freed(&self) -> FreedKeys {
+        FreedKeys::new(self.frees.subscribe())
+    }
+
+    fn inline(&self) -> Option<&dyn InlineBackend> {
+        Some(self)
+    }
+}
+
+/// The memory backend is a map behind a lock: it always answers at once.
+impl InlineBackend for MemoryBackend {
+    fn acquire_now(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Option<Result<AcquireOutcome, BackendError>> {
+        Some(self.acquire_sync(key, ttl, metadata))
+    }
+
+    fn release_now(&self, key: &Key, token: u64) -> Option<Result<bool, BackendError>> {
+        Some(Ok(self.release_sync(key, token)))
     }
 }
 
@@ -295,7 +300,7 @@ mod tests {
             b.acquire(&k, TTL, b"").await.unwrap(),
             AcquireOutcome::Held { .. }
         ));
-        let mut frees = b.subscribe_frees();
+        let mut frees = b.subscribe_freed();
         assert!(b.release(&k, t).await.unwrap());
         assert!(frees.wait_for(&k, Duration::from_secs(1)).await);
         assert_eq!(b.revoke(&k).await.unwrap(), None);

@@ -20,7 +20,6 @@ use tokio::sync::broadcast;
 
 use crate::error::BackendError;
 use crate::key::Key;
-use crate::lease::LeaseInfo;
 
 mod faulty;
 mod memory;
@@ -31,6 +30,25 @@ pub use faulty::{AcquireFault, FaultyBackend, RenewFault};
 pub use memory::MemoryBackend;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresBackend, PostgresOptions};
+
+/// What a backend knows about a held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The key.
+    pub key: Key,
+    /// The holder's fencing token.
+    pub token: u64,
+    /// The TTL the lease was granted (and is renewed) with.
+    pub ttl: Duration,
+    /// Time left until the lease expires on the backend's clock, unless renewed.
+    pub expires_in: Duration,
+    /// The metadata attached at acquire time.
+    pub metadata: Vec<u8>,
+    /// `true` when the lease was revoked and waits for its holder to notice (it cannot
+    /// be renewed, and the key stays taken until `expires_in` runs out or the holder
+    /// releases it).
+    pub revoked: bool,
+}
 
 /// The outcome of [`Backend::acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +77,43 @@ pub enum RenewOutcome {
     Lost,
 }
 
-/// Storage for leases. See the [module docs](self) for the contract.
+/// Storage for leases: the seam between the actor machinery and a store.
 ///
-/// The async methods are called from tasks of their own, never on the supervisor's
-/// mailbox, so an implementation may wait on I/O for as long as its own timeouts allow.
-/// Only [`acquire_now`](Backend::acquire_now) and [`release_now`](Backend::release_now)
-/// run on the mailbox, and only a backend that needs no I/O (the memory backend)
-/// implements them.
+/// # The contract
+/// A backend **must**, for the guarantees in the crate docs to hold:
+/// 1. **Judge expiry on one clock, the backend's own**, and never expire a lease less
+///    than its TTL after the call that granted or renewed it *started* (the manager
+///    measures its local deadline from the moment it sent the call). Round a TTL up,
+///    never down.
+/// 2. **Grant atomically**: [`acquire`](Backend::acquire) takes a key only if it is free
+///    or its lease has expired, in one indivisible step; two calls can never both be
+///    granted the same key for overlapping times.
+/// 3. **Grow tokens**: every grant's token is strictly greater than every token granted
+///    before for that key, in grant order, under any interleaving of calls and across
+///    restarts of the store. (One counter for all keys is fine; gaps are fine.) Tokens
+///    must fit in the store; PostgreSQL's stay below 2^63.
+/// 4. **Compare-and-set on `(key, token)`** for [`renew`](Backend::renew) and
+///    [`release`](Backend::release): neither may touch a newer lease of the key, and
+///    renew must never revive an expired or released lease.
+/// 5. **Revoke without freeing**: [`revoke`](Backend::revoke) marks the current lease;
+///    the key stays taken until its holder releases it or it expires, and a revoked
+///    lease answers [`RenewOutcome::Revoked`] to its renewals.
+/// 6. **Wake waiters**: [`subscribe_freed`](Backend::subscribe_freed) delivers every key
+///    released through this backend (by any process sharing the store) to subscriptions
+///    taken before the release, or [`Freed::Everything`] when some may have been
+///    missed. A backend that cannot tell returns [`FreedKeys::none`]; waiters then retry
+///    when the holder's lease would expire.
+/// 7. **Bound every call**: return within the backend's own timeout; a call cut off
+///    (dropped at any await) must leave the store consistent and must not leave shared
+///    resources (a pooled connection) in a state another call could trip on.
+///
+/// The async methods run in tasks of their own, never on the supervisor's mailbox, so
+/// a backend may wait on I/O as long as its timeouts allow. A backend that needs no I/O
+/// may also offer the [`InlineBackend`] capability (through
+/// [`inline`](Backend::inline)), which the manager then uses on its mailbox.
+///
+/// The conformance suite checks these properties against any backend (see the
+/// `testing` module, feature `test-util`).
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Takes `key` for `ttl` if it is free or its lease has expired, in one atomic step.
@@ -98,30 +146,36 @@ pub trait Backend: Send + Sync + 'static {
     /// The current unexpired lease on `key`, if any.
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError>;
 
-    /// Answers an acquire at once, without I/O, if this backend can (the memory backend
-    /// can: it is a map behind a lock). The supervisor then handles the answer inline
-    /// instead of spawning a task for it. `None` (the default) means: call
-    /// [`acquire`](Backend::acquire) from a task.
-    fn acquire_now(
-        &self,
-        _key: &Key,
-        _ttl: Duration,
-        _metadata: &[u8],
-    ) -> Option<Result<AcquireOutcome, BackendError>> {
-        None
-    }
-
-    /// Like [`acquire_now`](Backend::acquire_now), for [`release`](Backend::release).
-    fn release_now(&self, _key: &Key, _token: u64) -> Option<Result<bool, BackendError>> {
-        None
-    }
-
     /// A subscription to keys being freed, used to wake waiting acquirers. Subscribe
     /// *before* the acquire attempt that may have to wait, so no release is missed.
-    fn subscribe_frees(&self) -> KeyFrees;
+    fn subscribe_freed(&self) -> FreedKeys;
+
+    /// This backend's inline capability, if it has one: answers without I/O, on the
+    /// manager's mailbox. `None` (the default) for every backend that does I/O.
+    fn inline(&self) -> Option<&dyn InlineBackend> {
+        None
+    }
 }
 
-/// One notification on a backend's freed-keys channel (see [`KeyFrees`]).
+/// An optional capability of a [`Backend`] that needs no I/O (the memory backend: a
+/// map behind a lock): it answers acquires and releases at once, so the manager handles
+/// them on its mailbox instead of starting a task for each. The answers must be the
+/// ones the async methods would give. Either method may return `None` for one call ("not
+/// now"), and the manager then uses the async method instead.
+pub trait InlineBackend {
+    /// [`Backend::acquire`], answered at once.
+    fn acquire_now(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Option<Result<AcquireOutcome, BackendError>>;
+
+    /// [`Backend::release`], answered at once.
+    fn release_now(&self, key: &Key, token: u64) -> Option<Result<bool, BackendError>>;
+}
+
+/// One notification on a backend's freed-keys channel (see [`FreedKeys`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freed {
     /// This key was released (or given back after a revoke).
@@ -131,22 +185,22 @@ pub enum Freed {
     Everything,
 }
 
-/// A subscription to freed keys (see [`Backend::subscribe_frees`]).
+/// A subscription to freed keys (see [`Backend::subscribe_freed`]).
 #[derive(Debug)]
-pub struct KeyFrees {
+pub struct FreedKeys {
     rx: Option<broadcast::Receiver<Freed>>,
 }
 
-impl KeyFrees {
+impl FreedKeys {
     /// A subscription fed by a broadcast channel of freed keys.
-    pub fn new(rx: broadcast::Receiver<Freed>) -> KeyFrees {
-        KeyFrees { rx: Some(rx) }
+    pub fn new(rx: broadcast::Receiver<Freed>) -> FreedKeys {
+        FreedKeys { rx: Some(rx) }
     }
 
     /// A subscription that never reports anything: waiters then retry when the holder's
     /// lease would expire.
-    pub fn none() -> KeyFrees {
-        KeyFrees { rx: None }
+    pub fn none() -> FreedKeys {
+        FreedKeys { rx: None }
     }
 
     /// Waits until `key` may have been freed, or `max` has passed. Returns `true` if it

@@ -104,10 +104,10 @@ use tokio::sync::{broadcast, OnceCell};
 use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 
-use super::{AcquireOutcome, Backend, Freed, KeyFrees, RenewOutcome};
+use super::{AcquireOutcome, Backend, Freed, FreedKeys, RenewOutcome};
+use crate::backend::LeaseInfo;
 use crate::error::{BackendError, BackendErrorKind, LeaseError};
 use crate::key::Key;
-use crate::lease::LeaseInfo;
 
 /// How to reach and use the database.
 #[derive(Clone)]
@@ -431,8 +431,36 @@ fn tls_connector(
 }
 
 impl PostgresBackend {
-    /// Prepares a backend for these options. Checks the options; does not connect.
+    /// Connects: prepares a backend for these options (see [`new`](Self::new)), then
+    /// checks that the database answers and creates the table if needed (see
+    /// [`check`](Self::check)), so that a bad address or password shows here and not at
+    /// the first acquire.
     pub async fn connect(options: PostgresOptions) -> Result<PostgresBackend, LeaseError> {
+        let backend = PostgresBackend::new(options)?;
+        backend.check().await?;
+        Ok(backend)
+    }
+
+    /// Checks that the database answers, creating the table on first use; bounded by
+    /// the connect and statement timeouts.
+    pub async fn check(&self) -> Result<(), LeaseError> {
+        self.with_client("check", |c, _| {
+            Box::pin(async move { c.simple_query("").await.map(drop) })
+        })
+        .await
+        .map_err(LeaseError::Backend)
+    }
+
+    /// Prepares a backend for these options without connecting: checks the options and
+    /// starts the task that listens for released keys (so it must be called within a
+    /// tokio runtime). Operations connect lazily; a database that is down shows as
+    /// [`LeaseError::Backend`] errors then.
+    pub fn new(options: PostgresOptions) -> Result<PostgresBackend, LeaseError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            LeaseError::InvalidConfig(
+                "PostgresBackend::new must be called within a tokio runtime".into(),
+            )
+        })?;
         if !valid_identifier(&options.table) {
             return Err(LeaseError::InvalidConfig(format!(
                 "table name {:?} must be a lower-case SQL identifier of at most 48 characters",
@@ -490,7 +518,7 @@ impl PostgresBackend {
             .map_err(|e| LeaseError::InvalidConfig(format!("connection pool: {e}")))?;
         let sql = Arc::new(Sql::new(&options.table));
         let frees = broadcast::channel(1024).0;
-        let listener = tokio::spawn(listen(
+        let listener = runtime.spawn(listen(
             config,
             tls,
             sql.channel.clone(),
@@ -843,8 +871,8 @@ impl Backend for PostgresBackend {
         }))
     }
 
-    fn subscribe_frees(&self) -> KeyFrees {
-        KeyFrees::new(self.frees.subscribe())
+    fn subscribe_freed(&self) -> FreedKeys {
+        FreedKeys::new(self.frees.subscribe())
     }
 }
 

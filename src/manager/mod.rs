@@ -6,18 +6,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ractor::{Actor, ActorCell, ActorRef, ActorStatus};
 
+use crate::backend::LeaseInfo;
 use crate::backend::{Backend, MemoryBackend};
+use crate::context::LeaseContext;
 use crate::error::LeaseError;
 use crate::key::Key;
-use crate::lease::{LeaseContext, LeaseInfo};
 use crate::leaser::{AcquireOptions, Leaser, MAX_TTL, MIN_TTL};
 use crate::Lease;
 
+mod io;
+mod messages;
 mod renewer;
 mod supervisor;
+mod table;
 
-pub use supervisor::{AcquireReply, ManagerMessage};
-use supervisor::{Msg, Supervisor, SupervisorArgs};
+use messages::{call, Msg};
+pub use messages::{AcquireReply, ManagerMessage};
+use supervisor::{Supervisor, SupervisorArgs};
 
 /// The default safety margin, as a fraction of the TTL: the holder is told of a loss
 /// one fifth of a TTL before the backend could grant the key to someone else.
@@ -86,7 +91,8 @@ impl LeaseManagerBuilder {
         self
     }
 
-    /// The storage backend (default: a new [`MemoryBackend`]).
+    /// The storage backend (default: a new [`MemoryBackend`]). Setting both this and
+    /// `postgres` is an [`InvalidConfig`](LeaseError::InvalidConfig) error at `start`.
     pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
@@ -134,12 +140,16 @@ impl LeaseManagerBuilder {
             }
         }
         #[cfg(feature = "postgres")]
-        let backend = match self.postgres {
-            Some(options) => Some(
-                Arc::new(crate::backend::PostgresBackend::connect(options).await?)
-                    as Arc<dyn Backend>,
-            ),
-            None => self.backend,
+        let backend = match (self.postgres, self.backend) {
+            (Some(_), Some(_)) => {
+                return Err(LeaseError::InvalidConfig(
+                    "both .postgres(..) and .backend(..) were set: choose one".into(),
+                ))
+            }
+            (Some(options), None) => {
+                Some(Arc::new(crate::backend::PostgresBackend::new(options)?) as Arc<dyn Backend>)
+            }
+            (None, backend) => backend,
         };
         #[cfg(not(feature = "postgres"))]
         let backend = self.backend;
@@ -259,18 +269,6 @@ impl LeaseManager {
         }
     }
 
-    async fn call<T>(
-        &self,
-        build: impl FnOnce(ractor::RpcReplyPort<Result<T, LeaseError>>) -> Msg,
-    ) -> Result<T, LeaseError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .actor
-            .send_message(ManagerMessage(build(tx.into())))
-            .map_err(|_| LeaseError::ManagerStopped)?;
-        rx.await.map_err(|_| LeaseError::ManagerStopped)?
-    }
-
     /// Revokes whoever holds `key`, here or in another manager sharing the backend.
     /// Returns `true` if someone held it. A holder in this manager is told at once
     /// ([`CancelReason::Revoked`](crate::CancelReason::Revoked)) and the key is freed; a
@@ -279,7 +277,7 @@ impl LeaseManager {
     pub async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
         self.check_running()?;
         let key = key.clone();
-        self.call(|reply| Msg::Revoke { key, reply }).await
+        call(&self.inner.actor, |reply| Msg::Revoke { key, reply }).await
     }
 
     /// What the backend knows of the lease on `key`: token, time left, metadata.
@@ -312,6 +310,34 @@ impl LeaseManager {
     }
 }
 
+/// The same calls as [`Leaser`], so that they need no trait import.
+impl LeaseManager {
+    /// Acquires `key` for `ttl`: see [`Leaser::acquire_lease`].
+    pub async fn acquire_lease(
+        &self,
+        key: Key,
+        ttl: Duration,
+    ) -> Result<(Lease, LeaseContext), LeaseError> {
+        self.acquire_lease_with(key, AcquireOptions::new(ttl)).await
+    }
+
+    /// Acquires `key` with `options` (TTL, metadata, waiting): see
+    /// [`Leaser::acquire_lease_with`].
+    pub async fn acquire_lease_with(
+        &self,
+        key: Key,
+        options: AcquireOptions,
+    ) -> Result<(Lease, LeaseContext), LeaseError> {
+        self.check_running()?;
+        call(&self.inner.actor, |reply| Msg::Acquire {
+            key,
+            options,
+            reply,
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Leaser for LeaseManager {
     async fn acquire_lease_with(
@@ -319,13 +345,6 @@ impl Leaser for LeaseManager {
         key: Key,
         options: AcquireOptions,
     ) -> Result<(Lease, LeaseContext), LeaseError> {
-        options.validate(&key, self.inner.config.min_ttl)?;
-        self.check_running()?;
-        self.call(|reply| Msg::Acquire {
-            key,
-            options,
-            reply,
-        })
-        .await
+        LeaseManager::acquire_lease_with(self, key, options).await
     }
 }

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, RenewOutcome};
+use crate::context::{CancelReason, ContextSender, LossCause};
 use crate::key::Key;
-use crate::lease::{CancelReason, ContextSender, LossCause};
 
 /// The renewal actor.
 pub(crate) struct Renewer;

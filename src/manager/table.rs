@@ -1,0 +1,285 @@
+//! The lease table: what one manager knows about the keys it holds, is acquiring or is
+//! waiting for. Plain data, owned by the supervisor actor and changed only from its
+//! handlers, so it needs no locks; the actor does the I/O and the actor wiring.
+
+use std::collections::{HashMap, VecDeque};
+
+use ractor::{ActorId, ActorRef};
+
+use super::messages::Waiter;
+use super::renewer::Tick;
+use crate::context::ContextSender;
+use crate::context::{CancelReason, LossCause};
+use crate::key::Key;
+
+/// A lease this manager holds for one of its callers.
+pub(crate) struct LocalHolder {
+    pub(crate) token: u64,
+    pub(crate) ctx: ContextSender,
+    /// `None` until the renewal actor has started and attached.
+    pub(crate) renewer: Option<ActorRef<Tick>>,
+}
+
+impl Drop for LocalHolder {
+    /// Runs however the table goes away, even after a panic of the supervisor: a holder
+    /// is never left with a live context and nobody to end it.
+    fn drop(&mut self) {
+        self.ctx
+            .cancel(CancelReason::Lost(LossCause::ManagerFailed));
+    }
+}
+
+/// Everything the manager knows about one key.
+#[derive(Default)]
+pub(crate) struct Slot {
+    pub(crate) holder: Option<LocalHolder>,
+    /// An acquire attempt (or a revoke of our own lease) is running in a task: nobody
+    /// else here may be granted the key until it reports back.
+    pub(crate) busy: bool,
+    /// Callers waiting for the key, first come first served.
+    pub(crate) waiters: VecDeque<Waiter>,
+}
+
+impl Slot {
+    fn is_idle(&self) -> bool {
+        self.holder.is_none() && !self.busy && self.waiters.is_empty()
+    }
+
+    /// Taken here: held, being taken, or promised to earlier waiters.
+    pub(crate) fn is_claimed(&self) -> bool {
+        !self.is_idle()
+    }
+}
+
+/// The lease table.
+#[derive(Default)]
+pub(crate) struct LeaseTable {
+    slots: HashMap<Key, Slot>,
+    /// The lease each live renewal actor renews. Keyed by the lease, not only the key,
+    /// so that a renewer's exit can only end the holder it belongs to.
+    renewers: HashMap<ActorId, (Key, u64)>,
+    next_waiter: u64,
+}
+
+impl LeaseTable {
+    /// The slot of `key`, made if needed.
+    pub(crate) fn slot(&mut self, key: &Key) -> &mut Slot {
+        self.slots.entry(key.clone()).or_default()
+    }
+
+    /// The slot of `key`, if there is one.
+    pub(crate) fn get(&mut self, key: &Key) -> Option<&mut Slot> {
+        self.slots.get_mut(key)
+    }
+
+    /// Drops the slot of `key` if nothing refers to it any more.
+    pub(crate) fn tidy(&mut self, key: &Key) {
+        if self.slots.get(key).is_some_and(Slot::is_idle) {
+            self.slots.remove(key);
+        }
+    }
+
+    /// Every key with a slot.
+    pub(crate) fn keys(&self) -> Vec<Key> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// A fresh waiter id.
+    pub(crate) fn next_waiter_id(&mut self) -> u64 {
+        self.next_waiter += 1;
+        self.next_waiter
+    }
+
+    /// The local holder of `key`, if any.
+    pub(crate) fn holder(&self, key: &Key) -> Option<&LocalHolder> {
+        self.slots.get(key).and_then(|s| s.holder.as_ref())
+    }
+
+    /// The local holder of `key` with this token, if any.
+    pub(crate) fn holder_of(&self, key: &Key, token: u64) -> Option<&LocalHolder> {
+        self.holder(key).filter(|h| h.token == token)
+    }
+
+    /// Makes `holder` the holder of `key`.
+    pub(crate) fn hold(&mut self, key: &Key, holder: LocalHolder) {
+        self.slot(key).holder = Some(holder);
+    }
+
+    /// Removes the holder of `key` (only if its token is `token`, when given) and
+    /// forgets its renewer. The caller ends its context and stops its renewer.
+    pub(crate) fn take_holder(&mut self, key: &Key, token: Option<u64>) -> Option<LocalHolder> {
+        let slot = self.slots.get_mut(key)?;
+        if token.is_some_and(|t| slot.holder.as_ref().map(|h| h.token) != Some(t)) {
+            return None;
+        }
+        let holder = slot.holder.take()?;
+        if let Some(renewer) = &holder.renewer {
+            self.renewers.remove(&renewer.get_id());
+        }
+        Some(holder)
+    }
+
+    /// Records that the renewal actor `id` renews the lease `(key, token)`, if that
+    /// lease is still held here and has no renewer yet. Returns `false` otherwise (the
+    /// lease ended before its renewer started: the caller stops the renewer).
+    pub(crate) fn attach(&mut self, key: &Key, token: u64, renewer: ActorRef<Tick>) -> bool {
+        let id = renewer.get_id();
+        let holder = self
+            .slots
+            .get_mut(key)
+            .and_then(|s| s.holder.as_mut())
+            .filter(|h| h.token == token && h.renewer.is_none());
+        match holder {
+            Some(holder) => {
+                holder.renewer = Some(renewer);
+                self.renewers.insert(id, (key.clone(), token));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The lease whose renewal actor `id` exited, forgetting the actor; `None` for an
+    /// actor already forgotten (one we stopped ourselves).
+    pub(crate) fn renewer_exited(&mut self, id: ActorId) -> Option<(Key, u64)> {
+        self.renewers.remove(&id)
+    }
+
+    /// Queues a waiter for `key`.
+    pub(crate) fn push_waiter(&mut self, key: &Key, waiter: Waiter) {
+        self.slot(key).waiters.push_back(waiter);
+    }
+
+    /// Removes the waiter `id` of `key`, if it is still queued.
+    pub(crate) fn remove_waiter(&mut self, key: &Key, id: u64) -> Option<Waiter> {
+        let slot = self.slots.get_mut(key)?;
+        let pos = slot.waiters.iter().position(|w| w.id == id)?;
+        slot.waiters.remove(pos)
+    }
+
+    /// The next waiter for `key` whose caller is still there, if the key is free of
+    /// local claims (no holder, no attempt running); callers who went away are dropped.
+    pub(crate) fn next_waiter(&mut self, key: &Key) -> Option<Waiter> {
+        let slot = self.slots.get_mut(key)?;
+        if slot.holder.is_some() || slot.busy {
+            return None;
+        }
+        while let Some(w) = slot.waiters.pop_front() {
+            if !w.reply.is_closed() {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Every waiter of `key`, removed.
+    pub(crate) fn drain_waiters(&mut self, key: &Key) -> Vec<Waiter> {
+        self.slots
+            .get_mut(key)
+            .map(|s| s.waiters.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::LeaseContext;
+    use crate::leaser::AcquireOptions;
+    use std::time::Duration;
+
+    fn waiter(
+        table: &mut LeaseTable,
+    ) -> (
+        Waiter,
+        tokio::sync::oneshot::Receiver<super::super::AcquireReply>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let w = Waiter {
+            id: table.next_waiter_id(),
+            options: AcquireOptions::new(Duration::from_secs(5)),
+            reply: tx.into(),
+            until: None,
+        };
+        (w, rx)
+    }
+
+    fn holder(token: u64) -> (LocalHolder, LeaseContext) {
+        let (ctx, view) = LeaseContext::new(token, None);
+        (
+            LocalHolder {
+                token,
+                ctx,
+                renewer: None,
+            },
+            view,
+        )
+    }
+
+    #[test]
+    fn slots_come_and_go() {
+        let mut t = LeaseTable::default();
+        let k = Key::system(["a"]);
+        assert!(!t.slot(&k).is_claimed());
+        t.tidy(&k);
+        assert!(t.get(&k).is_none(), "an idle slot is dropped");
+        t.slot(&k).busy = true;
+        t.tidy(&k);
+        assert!(t.get(&k).is_some_and(|s| s.is_claimed()));
+    }
+
+    #[test]
+    fn holders_are_taken_by_token() {
+        let mut t = LeaseTable::default();
+        let k = Key::system(["a"]);
+        let (h, view) = holder(7);
+        t.hold(&k, h);
+        assert!(t.holder_of(&k, 7).is_some());
+        assert!(t.holder_of(&k, 8).is_none());
+        assert!(t.take_holder(&k, Some(8)).is_none(), "another token's end");
+        let taken = t.take_holder(&k, Some(7)).unwrap();
+        assert!(t.holder(&k).is_none());
+        // A holder dropped without being ended tells its holder the manager failed.
+        drop(taken);
+        assert_eq!(
+            view.reason(),
+            Some(CancelReason::Lost(LossCause::ManagerFailed))
+        );
+    }
+
+    #[test]
+    fn renewer_exits_name_their_lease() {
+        let mut t = LeaseTable::default();
+        let k = Key::system(["a"]);
+        let (h, _view) = holder(7);
+        t.hold(&k, h);
+        // (The attach path needs a live actor; the map itself is plain data.)
+        t.renewers.insert(ActorId::Local(1), (k.clone(), 7));
+        assert_eq!(t.renewer_exited(ActorId::Local(1)), Some((k.clone(), 7)));
+        assert_eq!(t.renewer_exited(ActorId::Local(1)), None, "told once");
+    }
+
+    #[tokio::test]
+    async fn waiters_are_served_in_order_skipping_the_gone() {
+        let mut t = LeaseTable::default();
+        let k = Key::system(["a"]);
+        let (w1, rx1) = waiter(&mut t);
+        let (w2, _rx2) = waiter(&mut t);
+        let (w3, _rx3) = waiter(&mut t);
+        let (id2, id3) = (w2.id, w3.id);
+        t.push_waiter(&k, w1);
+        t.push_waiter(&k, w2);
+        t.push_waiter(&k, w3);
+        // While held, nobody is served.
+        let (h, _view) = holder(1);
+        t.hold(&k, h);
+        assert!(t.next_waiter(&k).is_none());
+        t.take_holder(&k, None);
+        // The first caller went away: the second is next.
+        drop(rx1);
+        assert_eq!(t.next_waiter(&k).map(|w| w.id), Some(id2));
+        assert_eq!(t.remove_waiter(&k, id3).map(|w| w.id), Some(id3));
+        assert!(t.remove_waiter(&k, id3).is_none());
+        assert!(t.drain_waiters(&k).is_empty());
+    }
+}
