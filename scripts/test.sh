@@ -32,6 +32,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --all-features --no-deps --quiet
 step "cargo test (all features: memory and PostgreSQL backends, multi-process faults)"
 cargo test --all-features
 
+step "the conformance kit from another crate (tests/external_backend)"
+cargo fmt --manifest-path tests/external_backend/Cargo.toml -- --check
+cargo test --manifest-path tests/external_backend/Cargo.toml --target-dir target
+
 step "main example: cargo run --example failover"
 cargo run --quiet --example failover
 

@@ -315,7 +315,8 @@ impl LeaseContext {
     }
 
     /// Sends `make(reason)` to `actor` when the lease ends, so that an actor learns of
-    /// the loss as an ordinary message. Needs a running tokio runtime.
+    /// the loss as an ordinary message. Needs a running tokio runtime. Part of the
+    /// [ractor-facing API](crate::actors).
     pub fn forward_to<M, F>(&self, actor: ractor::ActorRef<M>, make: F)
     where
         M: ractor::Message,

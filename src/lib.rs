@@ -43,18 +43,31 @@
 //!
 //! ## Layout
 //!
-//! - [`key`]: [`Key`], its canonical string form and [`KeyError`].
-//! - [`Leaser`] (the trait), [`AcquireOptions`], [`MIN_TTL`].
-//! - [`Lease`], [`LeaseContext`], [`CancelReason`], [`LeaseInfo`].
-//! - [`LeaseManager`]: a handle to one supervisor actor that owns the lease table. Each
-//!   held lease has a renewal actor, linked to the supervisor, that renews every TTL/3.
-//!   A renewer that cannot renew ends its lease's context and fails; the supervisor sees
-//!   the failure and cleans up.
-//! - [`backend`]: the [`Backend`](backend::Backend) trait, the in-process
-//!   [`MemoryBackend`](backend::MemoryBackend) (the default), `PostgresBackend` (feature
-//!   `postgres`: leases shared by processes and machines through one table), and
-//!   [`FaultyBackend`](backend::FaultyBackend), which injects faults for tests.
-//! - [`FakeLeaser`]: for unit tests of code that takes a `dyn Leaser`.
+//! The public API, then the files behind it (a file is about one idea, a folder about
+//! one layer):
+//!
+//! - [`key`] (`key.rs`): [`Key`], its canonical string form and [`KeyError`].
+//! - [`Leaser`] (`leaser.rs`): the trait every lease source implements,
+//!   [`AcquireOptions`], [`MIN_TTL`].
+//! - [`Lease`] (`lease.rs`): the handle that releases a lease.
+//! - [`LeaseContext`] (`context.rs`): how a holder learns that its lease ended, and why
+//!   ([`CancelReason`], [`LeaseEnded`]); the most safety-critical code in the crate. Its
+//!   deadline is judged on a suspend-aware clock (`clock.rs`).
+//! - [`LeaseManager`] (`manager/`): `mod.rs` is the handle and its builder;
+//!   `messages.rs` the supervisor's protocol; `table.rs` the lease table (plain data);
+//!   `io.rs` the backend calls it runs in tasks, and the guards that make each task
+//!   report back; `supervisor.rs` the actor that owns the table; `renewer.rs` the
+//!   renewal actor, one per held lease, that renews every TTL/3 and ends the lease's
+//!   context when it cannot.
+//! - [`backend`] (`backend/`): the [`Backend`](backend::Backend) trait and its contract
+//!   (`mod.rs`), the in-process [`MemoryBackend`](backend::MemoryBackend) (the default),
+//!   `PostgresBackend` (feature `postgres`: leases shared by processes and machines
+//!   through one table), and `FaultyBackend` (feature `test-util`), which injects faults.
+//! - [`actors`]: the ractor-facing API in one place (messages to the manager, the
+//!   supervision tree, lease ends as actor messages).
+//! - [`FakeLeaser`] (`fake.rs`): for unit tests of code that takes a `dyn Leaser`.
+//! - `testing` (feature `test-util`): the conformance kit that proves any backend keeps
+//!   the guarantees below.
 //!
 //! ## Guarantees
 //!
@@ -121,6 +134,7 @@
 //! [`MemoryBackend`](backend::MemoryBackend)).
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod actors;
 pub mod backend;
 #[doc(hidden)]
 pub mod clock;
@@ -132,6 +146,8 @@ mod lease;
 mod leaser;
 mod manager;
 mod sync;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use backend::LeaseInfo;
 pub use context::{CancelReason, LeaseContext, LeaseEnded, LossCause};
@@ -140,6 +156,7 @@ pub use fake::FakeLeaser;
 pub use key::{Key, KeyError, MAX_KEY_LEN};
 pub use lease::Lease;
 pub use leaser::{AcquireOptions, Leaser, MAX_METADATA_LEN, MAX_TTL, MIN_TTL};
-pub use manager::{
-    AcquireReply, LeaseManager, LeaseManagerBuilder, ManagerMessage, DEFAULT_MARGIN_DIVISOR,
-};
+pub use manager::{LeaseManager, LeaseManagerBuilder, DEFAULT_MARGIN_DIVISOR};
+// At the root too, for code written before they moved to [`actors`].
+#[doc(hidden)]
+pub use manager::{AcquireReply, ManagerMessage};

@@ -1,48 +1,24 @@
-//! The conformance suite on the in-memory backend, on paused time.
-
-mod conformance;
+//! The conformance suite (`leases::testing`) on the in-memory backend, on paused time:
+//! one test per case, and once more through the kit's one-call entry point.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{FaultyBackend, MemoryBackend};
-use leases::{Key, LeaseManager};
-
-struct MemoryEnv {
-    backend: Arc<MemoryBackend>,
-}
+use leases::backend::{Backend, MemoryBackend};
+use leases::testing::BackendEnv;
 
 const TTL: Duration = Duration::from_secs(1);
 
-#[async_trait]
-impl conformance::Env for MemoryEnv {
-    async fn manager(&self) -> LeaseManager {
-        LeaseManager::builder()
-            .min_ttl(TTL)
-            .backend(self.backend.clone())
-            .start()
-            .await
-            .unwrap()
-    }
+leases::conformance_tests!(
+    |case: &'static str| async move {
+        BackendEnv::new(Arc::new(MemoryBackend::new()), TTL, case)
+    },
+    #[tokio::test(start_paused = true)]
+);
 
-    async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>) {
-        conformance::faulty_manager_on(self.backend.clone(), TTL).await
-    }
-
-    fn ttl(&self) -> Duration {
-        TTL
-    }
-
-    fn key(&self, name: &str) -> Key {
-        Key::system(["conformance", name])
-    }
+/// The whole suite through `leases::testing::conformance`, as a backend in another
+/// crate would run it.
+#[tokio::test(start_paused = true)]
+async fn the_whole_suite_in_one_call() {
+    leases::testing::conformance(|| Arc::new(MemoryBackend::new()) as Arc<dyn Backend>).await;
 }
-
-fn env() -> MemoryEnv {
-    MemoryEnv {
-        backend: Arc::new(MemoryBackend::new()),
-    }
-}
-
-conformance_suite!(env(), #[tokio::test(start_paused = true)]);

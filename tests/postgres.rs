@@ -4,7 +4,6 @@
 //! `support/pg.rs`); a missing server is a failure, never a skip.
 #![cfg(feature = "postgres")]
 
-mod conformance;
 mod support;
 
 use std::sync::Arc;
@@ -39,7 +38,7 @@ struct PgEnv {
 }
 
 #[async_trait]
-impl conformance::Env for PgEnv {
+impl leases::testing::conformance::Env for PgEnv {
     async fn manager(&self) -> LeaseManager {
         LeaseManager::builder()
             .min_ttl(self.ttl)
@@ -51,7 +50,7 @@ impl conformance::Env for PgEnv {
 
     async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>) {
         let pg = PostgresBackend::connect(options(&self.url)).await.unwrap();
-        conformance::faulty_manager_on(Arc::new(pg), self.ttl).await
+        leases::testing::conformance::faulty_manager_on(Arc::new(pg), self.ttl).await
     }
 
     fn ttl(&self) -> Duration {
@@ -136,7 +135,7 @@ mod proxied {
     }
 
     #[async_trait]
-    impl conformance::Env for ProxiedEnv {
+    impl leases::testing::conformance::Env for ProxiedEnv {
         async fn manager(&self) -> LeaseManager {
             self.inner.manager().await
         }
@@ -160,51 +159,20 @@ fn env(case: &str) -> PgEnv {
     }
 }
 
-macro_rules! pg_conformance {
-    ($($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let env = env(stringify!($case));
-                conformance::$case(&env).await;
-            }
-        )*
-        /// The same cases through a fault proxy adding changing latency.
-        mod through_a_slow_link {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let env = proxied::env(stringify!($case)).await;
-                    conformance::$case(&env).await;
-                }
-            )*
-        }
-    };
-}
-
-pg_conformance!(
-    conflict,
-    release_and_reacquire,
-    tokens_grow,
-    revoke,
-    revoke_from_another_manager,
-    drop_releases,
-    wait_for_release,
-    wait_times_out,
-    waiters_first_come_first_served,
-    expiry_and_takeover,
-    shutdown_ends_everything,
-    metadata_and_info,
-    bad_input,
-    release_after_loss_is_not_held,
-    race_for_one_key,
-    many_keys,
-    grant_during_shutdown_is_given_back,
-    panicking_acquire_frees_the_key,
-    failed_revoke_still_frees_a_local_holder,
-    lost_acquire_answer_is_bounded
+leases::conformance_tests!(
+    |case: &'static str| async move { env(case) },
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 );
+
+/// The same cases through a fault proxy adding changing latency.
+mod through_a_slow_link {
+    use super::*;
+
+    leases::conformance_tests!(
+        |case: &'static str| proxied::env(case),
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_processes_can_create_the_schema_at_once() {

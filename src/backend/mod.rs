@@ -21,11 +21,13 @@ use tokio::sync::broadcast;
 use crate::error::BackendError;
 use crate::key::Key;
 
+#[cfg(feature = "test-util")]
 mod faulty;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 
+#[cfg(feature = "test-util")]
 pub use faulty::{AcquireFault, FaultyBackend, RenewFault};
 pub use memory::MemoryBackend;
 #[cfg(feature = "postgres")]

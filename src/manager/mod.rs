@@ -116,7 +116,8 @@ impl LeaseManagerBuilder {
     }
 
     /// Spawns the supervisor linked under `supervisor`, so that it appears in the
-    /// caller's supervision tree (and the caller sees it stop).
+    /// caller's supervision tree (and the caller sees it stop). Part of the
+    /// [ractor-facing API](crate::actors).
     pub fn supervised_by(mut self, supervisor: ActorCell) -> Self {
         self.supervisor = Some(supervisor);
         self
@@ -233,7 +234,7 @@ impl LeaseManager {
     }
 
     /// The supervisor actor, for actors that message the manager directly
-    /// (see [`ManagerMessage`]).
+    /// (see [`ManagerMessage`] and the [ractor-facing API](crate::actors)).
     pub fn actor(&self) -> ActorRef<ManagerMessage> {
         self.inner.actor.clone()
     }

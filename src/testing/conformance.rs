@@ -1,17 +1,22 @@
-//! The conformance suite: written once against `Arc<dyn Leaser>` plus the manager's
-//! admin calls, and run against every backend (see `memory.rs`, `postgres.rs`).
+//! The conformance suite: every behaviour a [`Backend`] must show under the lease
+//! manager, written once and run against every backend (memory, PostgreSQL, and any
+//! backend written in another crate).
 //!
 //! Each case takes an [`Env`] that makes managers sharing one backend. Cases sleep with
-//! `tokio::time::sleep`, so they run instantly on paused time (memory backend) and in
-//! real time against a database.
-#![allow(dead_code)]
+//! `tokio::time::sleep`, so they run instantly on paused time (the memory backend) and
+//! in real time against a database. Two ways to run it:
+//! - [`conformance`](super::conformance()) runs every case, one after the other, each on
+//!   a fresh backend from your maker, and panics listing the cases that failed;
+//! - [`conformance_tests!`](crate::conformance_tests) generates one `#[test]` per case
+//!   (run in parallel, reported one by one), from an async maker of an [`Env`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leases::backend::{AcquireFault, FaultyBackend, RenewFault};
-use leases::{
+
+use crate::backend::{AcquireFault, Backend, FaultyBackend, RenewFault};
+use crate::{
     AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser, LossCause, MAX_KEY_LEN,
     MAX_METADATA_LEN,
 };
@@ -32,7 +37,7 @@ pub trait Env: Send + Sync {
 /// A manager on `inner` wrapped in a fault injector, accepting TTLs down to `ttl`: how
 /// every `Env::faulty_manager` is built.
 pub async fn faulty_manager_on(
-    inner: Arc<dyn leases::backend::Backend>,
+    inner: Arc<dyn Backend>,
     ttl: Duration,
 ) -> (LeaseManager, Arc<FaultyBackend>) {
     let faulty = Arc::new(FaultyBackend::new(inner));
@@ -55,6 +60,7 @@ async fn ttls(env: &dyn Env, n: f64) {
     tokio::time::sleep(env.ttl().mul_f64(n)).await;
 }
 
+/// A held key is `Conflict` for everyone else, in the same manager and in another.
 pub async fn conflict(env: &dyn Env) {
     let m = env.manager().await;
     let other = env.manager().await;
@@ -81,6 +87,7 @@ pub async fn conflict(env: &dyn Env) {
     other.shutdown().await;
 }
 
+/// A released key can be acquired again at once, with a larger token.
 pub async fn release_and_reacquire(env: &dyn Env) {
     let m = env.manager().await;
     let other = env.manager().await;
@@ -110,6 +117,7 @@ pub async fn release_and_reacquire(env: &dyn Env) {
     other.shutdown().await;
 }
 
+/// Tokens grow with every grant of a key, across managers.
 pub async fn tokens_grow(env: &dyn Env) {
     let managers = [env.manager().await, env.manager().await];
     let key = env.key("tokens");
@@ -141,6 +149,7 @@ pub async fn tokens_grow(env: &dyn Env) {
     }
 }
 
+/// Revoking a lease held here tells its holder `Revoked` and frees the key at once.
 pub async fn revoke(env: &dyn Env) {
     let m = env.manager().await;
     let key = env.key("revoke");
@@ -165,6 +174,7 @@ pub async fn revoke(env: &dyn Env) {
     m.shutdown().await;
 }
 
+/// A lease revoked from another manager is told at its next renewal and then given back; until then the key stays taken.
 pub async fn revoke_from_another_manager(env: &dyn Env) {
     let holder = env.manager().await;
     let operator = env.manager().await;
@@ -202,6 +212,7 @@ pub async fn revoke_from_another_manager(env: &dyn Env) {
     operator.shutdown().await;
 }
 
+/// Dropping a `Lease` releases it.
 pub async fn drop_releases(env: &dyn Env) {
     let m = env.manager().await;
     let key = env.key("drop");
@@ -218,6 +229,7 @@ pub async fn drop_releases(env: &dyn Env) {
     m.shutdown().await;
 }
 
+/// A waiting acquire is granted as soon as the holder releases.
 pub async fn wait_for_release(env: &dyn Env) {
     let m = env.manager().await;
     let other = env.manager().await;
@@ -250,6 +262,7 @@ pub async fn wait_for_release(env: &dyn Env) {
     other.shutdown().await;
 }
 
+/// A wait that runs out is `Conflict`.
 pub async fn wait_times_out(env: &dyn Env) {
     let m = env.manager().await;
     let key = env.key("wait-timeout");
@@ -269,6 +282,7 @@ pub async fn wait_times_out(env: &dyn Env) {
     m.shutdown().await;
 }
 
+/// Waiters of one manager are served in the order they came.
 pub async fn waiters_first_come_first_served(env: &dyn Env) {
     let m = env.manager().await;
     let key = env.key("fifo");
@@ -302,6 +316,7 @@ pub async fn waiters_first_come_first_served(env: &dyn Env) {
     m.shutdown().await;
 }
 
+/// A lease whose renewals stop is told at its local deadline, before anyone else is granted the key after it expires.
 pub async fn expiry_and_takeover(env: &dyn Env) {
     let (m, faults) = env.faulty_manager().await;
     let other = env.manager().await;
@@ -338,6 +353,7 @@ pub async fn expiry_and_takeover(env: &dyn Env) {
     other.shutdown().await;
 }
 
+/// Shutdown ends every context with `Shutdown`, fails waiters, releases the keys, and refuses later calls.
 pub async fn shutdown_ends_everything(env: &dyn Env) {
     let m = env.manager().await;
     let other = env.manager().await;
@@ -399,6 +415,7 @@ pub async fn shutdown_ends_everything(env: &dyn Env) {
     other.shutdown().await;
 }
 
+/// Metadata and the token are visible through `lease_info`.
 pub async fn metadata_and_info(env: &dyn Env) {
     let m = env.manager().await;
     let key = env.key("metadata");
@@ -423,6 +440,7 @@ pub async fn metadata_and_info(env: &dyn Env) {
     m.shutdown().await;
 }
 
+/// Bad input (TTL bounds, oversized keys and metadata) is a typed error, never a panic.
 pub async fn bad_input(env: &dyn Env) {
     let m = env.manager().await;
     let l = leaser(&m);
@@ -466,6 +484,7 @@ pub async fn bad_input(env: &dyn Env) {
     m.shutdown().await;
 }
 
+/// Releasing a lease that was already lost is `NotHeld`.
 pub async fn release_after_loss_is_not_held(env: &dyn Env) {
     let (m, faults) = env.faulty_manager().await;
     let key = env.key("lost-release");
@@ -482,6 +501,7 @@ pub async fn release_after_loss_is_not_held(env: &dyn Env) {
     m.shutdown().await;
 }
 
+/// Many managers racing for one key: exactly one wins.
 pub async fn race_for_one_key(env: &dyn Env) {
     let managers = [env.manager().await, env.manager().await];
     let key = env.key("race");
@@ -509,6 +529,7 @@ pub async fn race_for_one_key(env: &dyn Env) {
     }
 }
 
+/// Many keys held at once each get their own token and stay live.
 pub async fn many_keys(env: &dyn Env) {
     let m = env.manager().await;
     let l = leaser(&m);
@@ -675,26 +696,38 @@ pub async fn lost_acquire_answer_is_bounded(env: &dyn Env) {
     other.shutdown().await;
 }
 
-/// Generates one test per conformance case. `$make` is an async block that builds the
-/// `Env`; `$attr` the tokio test attribute.
+/// One conformance case.
+pub type Case =
+    for<'a> fn(&'a dyn Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+// Every case, by name (the list itself is in `__conformance_cases!`, once).
+crate::__conformance_cases!(__conformance_const!());
+
+/// The names of every case, for macros that make one test per case. Calls
+/// `$callback!($($args)* ; case, case, …)`.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! conformance_suite {
-    ($make:expr, #[$attr:meta]) => {
-        $crate::conformance_suite!(@cases $make, #[$attr],
+macro_rules! __conformance_cases {
+    ($callback:ident ! ($($args:tt)*)) => {
+        $crate::$callback! { $($args)* ;
             conflict, release_and_reacquire, tokens_grow, revoke, revoke_from_another_manager,
             drop_releases, wait_for_release, wait_times_out, waiters_first_come_first_served,
             expiry_and_takeover, shutdown_ends_everything, metadata_and_info, bad_input,
             release_after_loss_is_not_held, race_for_one_key, many_keys,
             grant_during_shutdown_is_given_back, panicking_acquire_frees_the_key,
-            failed_revoke_still_frees_a_local_holder, lost_acquire_answer_is_bounded);
+            failed_revoke_still_frees_a_local_holder, lost_acquire_answer_is_bounded
+        }
     };
-    (@cases $make:expr, #[$attr:meta], $($case:ident),*) => {
-        $(
-            #[$attr]
-            async fn $case() {
-                let env = $make;
-                conformance::$case(&env).await;
-            }
-        )*
+}
+
+/// Defines [`CASES`] from the case list.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_const {
+    (; $($case:ident),*) => {
+        /// Every case, by name.
+        pub const CASES: &[(&str, Case)] = &[
+            $((stringify!($case), |env| Box::pin($case(env)))),*
+        ];
     };
 }
