@@ -43,6 +43,7 @@ use leases::backend::PostgresOptions;
 use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, Leaser};
 use support::pg::PgServer;
 use support::proxy::{FaultProxy, FaultSchedule};
+use support::rng::XorShift;
 use tokio_postgres::{Client, NoTls};
 
 const TABLE: &str = "leases";
@@ -60,20 +61,6 @@ fn key(i: usize) -> Key {
 }
 
 // ---------------------------------------------------------------- the contender ---
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A log connection that reconnects when it breaks; logging never blocks for long.
 struct Log {
@@ -157,7 +144,7 @@ async fn contender(url: String, name: String, seconds: u64, via: String) {
         name: name.clone(),
         client: None,
     };
-    let mut rng = Rng(u64::from(std::process::id()) * 2654435761 + 1);
+    let mut rng = XorShift::new(u64::from(std::process::id()));
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         let k = key(rng.below(KEYS as u64) as usize);

@@ -31,6 +31,20 @@ fn with_app(url: &str, app: &str) -> String {
     format!("{url}{sep}application_name={app}")
 }
 
+/// The shared server's URL, this test's own table, and a backend on it.
+async fn backend_for(
+    case: &str,
+    statement_timeout: Duration,
+) -> (String, String, Arc<PostgresBackend>) {
+    let url = shared_url();
+    let t = table(case);
+    let opts = PostgresOptions::new(url.clone())
+        .table(t.clone())
+        .statement_timeout(statement_timeout);
+    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    (url, t, backend)
+}
+
 async fn manager(options: PostgresOptions) -> LeaseManager {
     LeaseManager::builder()
         .min_ttl(Duration::from_secs(1))
@@ -161,12 +175,7 @@ async fn a_timed_out_transaction_never_returns_to_the_pool() {
 /// that sleeps before the insert's conflict check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_grow_in_grant_order_when_an_acquire_is_delayed() {
-    let url = shared_url();
-    let t = table("order");
-    let opts = PostgresOptions::new(url.clone())
-        .table(t.clone())
-        .statement_timeout(Duration::from_secs(10));
-    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    let (url, t, backend) = backend_for("order", Duration::from_secs(10)).await;
     let ttl = Duration::from_secs(5);
     // Creates the table.
     backend.info(&Key::system(["order", "init"])).await.unwrap();
@@ -209,12 +218,8 @@ async fn tokens_grow_in_grant_order_when_an_acquire_is_delayed() {
 /// manager left the revoked key taken by nobody for the rest of its TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_racing_a_revoke_is_told_revoked() {
-    let url = shared_url();
-    let t = table("revoke_race");
-    let opts = PostgresOptions::new(url.clone())
-        .table(t.clone())
-        .statement_timeout(Duration::from_secs(5));
-    let backend = Arc::new(PostgresBackend::connect(opts.clone()).await.unwrap());
+    let (url, t, backend) = backend_for("revoke_race", Duration::from_secs(5)).await;
+    let opts = backend.options().clone();
     let db = connect(&url).await;
     let ttl = Duration::from_secs(3);
 
@@ -349,12 +354,7 @@ async fn a_release_missed_while_the_listener_reconnects_still_wakes_waiters() {
 /// row lock of a committing release: it must be told `Lost` and revive nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_waiting_on_a_release_does_not_revive_it() {
-    let url = shared_url();
-    let t = table("renew_release");
-    let opts = PostgresOptions::new(url.clone())
-        .table(t.clone())
-        .statement_timeout(Duration::from_secs(5));
-    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    let (url, t, backend) = backend_for("renew_release", Duration::from_secs(5)).await;
     let ttl = Duration::from_secs(30);
     let key = Key::system(["renew-release"]);
     let AcquireOutcome::Granted { token } = backend.acquire(&key, ttl, b"").await.unwrap() else {

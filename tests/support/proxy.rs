@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
 
+use super::rng::XorShift;
+
 /// Largest chunk read from either side in one go.
 const CHUNK: usize = 16 * 1024;
 /// Chunks in flight per direction: bounds the proxy's memory per connection and turns a
@@ -499,37 +501,6 @@ pub struct FaultSchedule {
 
 /// Shortest fault hold and Pass gap in a random schedule.
 const MIN_HOLD: Duration = Duration::from_millis(50);
-
-/// xorshift64, seeded through splitmix64 so that seed 0 and nearby seeds work.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        XorShift(if z == 0 { 1 } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// A duration in `[lo, hi]`, millisecond steps.
-    fn millis(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let (lo, hi) = (lo.as_millis() as u64, hi.as_millis() as u64);
-        let hi = hi.max(lo);
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
-}
 
 impl FaultSchedule {
     /// A schedule of the given steps.
