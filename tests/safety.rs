@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leases::backend::{AcquireOutcome, Backend, FreedKeys, MemoryBackend, RenewOutcome};
 use leases::{
-    AcquireOptions, BackendError, CancelReason, Key, LeaseError, LeaseInfo, LeaseManager,
+    AcquireOptions, BackendError, CancelReason, Key, LeaseError, LeaseInfo, LeaseManager, Leaser,
 };
 
 const TTL: Duration = Duration::from_secs(1);
@@ -155,4 +155,134 @@ async fn renewers_stop_when_their_supervisor_dies() {
         .expect("the dead manager's key was kept alive by an orphaned renewer");
     l.release().await.unwrap();
     other.shutdown().await;
+}
+
+/// A memory backend whose async release takes `delay` (a slow database).
+struct SlowRelease {
+    inner: Arc<MemoryBackend>,
+    delay: Duration,
+}
+
+#[async_trait]
+impl Backend for SlowRelease {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<AcquireOutcome, BackendError> {
+        self.inner.acquire(key, ttl, metadata).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<RenewOutcome, BackendError> {
+        self.inner.renew(key, token, ttl).await
+    }
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.release(key, token).await
+    }
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
+        self.inner.revoke(key).await
+    }
+    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
+        self.inner.info(key).await
+    }
+    fn subscribe_freed(&self) -> FreedKeys {
+        self.inner.subscribe_freed()
+    }
+}
+
+/// Found by the review of the manager reshape: the handle must reject bad options itself. After shutdown, an
+/// acquire with a TTL below the minimum used to fail with `TtlTooShort`; now it fails
+/// with `ManagerStopped` (the options are never looked at).
+#[tokio::test(start_paused = true)]
+async fn bad_options_are_rejected_as_bad_even_after_shutdown() {
+    let m = LeaseManager::start().await.unwrap();
+    m.shutdown().await;
+    let r = Leaser::acquire_lease(&m, Key::system(["a"]), Duration::from_millis(1)).await;
+    assert!(
+        matches!(r, Err(LeaseError::TtlTooShort { .. })),
+        "expected TtlTooShort, got {r:?}"
+    );
+}
+
+/// Found by the same review: while the supervisor is busy shutting down (its mailbox blocked on slow
+/// releases, up to the shutdown timeout), a bad acquire used to be answered at once by
+/// the handle; now it queues behind the shutdown and comes back `ManagerStopped`.
+#[tokio::test(start_paused = true)]
+async fn bad_options_are_answered_without_waiting_for_the_mailbox() {
+    let mem = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn Backend> = Arc::new(SlowRelease {
+        inner: mem.clone(),
+        delay: Duration::from_secs(60),
+    });
+    let m = LeaseManager::builder()
+        .backend(backend)
+        .shutdown_timeout(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    let (_lease, _ctx) = Leaser::acquire_lease(&m, Key::system(["held"]), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let m2 = m.clone();
+    let shutdown = tokio::spawn(async move { m2.shutdown().await });
+    // Let the supervisor enter its shutdown handler.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = tokio::time::Instant::now();
+    let r = Leaser::acquire_lease_with(
+        &m,
+        Key::system(["b"]),
+        AcquireOptions::new(Duration::from_millis(1)),
+    )
+    .await;
+    let waited = t0.elapsed();
+    shutdown.await.unwrap();
+    assert!(
+        matches!(r, Err(LeaseError::TtlTooShort { .. })) && waited < Duration::from_secs(1),
+        "expected an immediate TtlTooShort, got {r:?} after {waited:?}"
+    );
+}
+
+/// Found by the same review: a shutdown whose releases outlast the shutdown timeout used to let them
+/// run on (the key was freed as soon as the slow backend answered); now the JoinSet
+/// aborts them, so the key stays taken by nobody for the rest of its TTL.
+#[tokio::test(start_paused = true)]
+async fn a_slow_release_at_shutdown_still_frees_the_key() {
+    let mem = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn Backend> = Arc::new(SlowRelease {
+        inner: mem.clone(),
+        delay: Duration::from_secs(3),
+    });
+    let m = LeaseManager::builder()
+        .backend(backend)
+        .shutdown_timeout(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    let key = Key::system(["slow"]);
+    let (lease, _ctx) = Leaser::acquire_lease(&m, key.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    m.shutdown().await;
+    drop(lease);
+    // The release answers 3 s after it started; the lease would expire at 30 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let info = mem.info(&key).await.unwrap();
+    assert!(
+        info.is_none(),
+        "the key is still taken by nobody 5 s after shutdown: {info:?}"
+    );
+    // Another manager on the same store can take it.
+    let other = LeaseManager::builder()
+        .backend(mem.clone())
+        .start()
+        .await
+        .unwrap();
+    let r = Leaser::acquire_lease(&other, key.clone(), Duration::from_secs(30)).await;
+    assert!(r.is_ok(), "another manager could not take the key: {r:?}");
 }

@@ -325,10 +325,15 @@ pub(crate) async fn release_all(
         let backend = backend.clone();
         releases.spawn(async move { backend.release(&key, token).await });
     }
-    let all = async { while releases.join_next().await.is_some() {} };
-    // Whatever is still running when we stop waiting is aborted with the set: a
-    // release cut off there leaves its lease to expire.
-    tokio::time::timeout(timeout, all).await.is_ok()
+    let finished = tokio::time::timeout(timeout, async {
+        while releases.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    // Releases still running when we stop waiting go on by themselves: each frees its
+    // key as soon as the backend answers, rather than leaving it to expire.
+    releases.detach_all();
+    finished
 }
 
 /// Runs a backend call that answers inline on the supervisor's mailbox, turning a panic

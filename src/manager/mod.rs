@@ -329,6 +329,10 @@ impl LeaseManager {
         key: Key,
         options: AcquireOptions,
     ) -> Result<(Lease, LeaseContext), LeaseError> {
+        // Checked here too (the supervisor checks every request, whichever way it
+        // comes), so that bad input is answered at once, as bad input, even while the
+        // manager is busy shutting down or after it stopped.
+        options.validate(&key, self.inner.config.min_ttl)?;
         self.check_running()?;
         call(&self.inner.actor, |reply| Msg::Acquire {
             key,

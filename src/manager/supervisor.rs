@@ -97,8 +97,8 @@ impl SupervisorState {
         if self.stopping {
             return stopped_reply(reply);
         }
-        // The one place acquire options are checked: every way in (the handle, the
-        // trait, a raw `ManagerMessage`) comes through here.
+        // Every way in (the handle, the trait, a raw `ManagerMessage`) comes through
+        // here; the handle has also checked already, to answer bad input at once.
         if let Err(e) = options.validate(&key, self.config.min_ttl) {
             let _ = reply.send(Err(e));
             return;

@@ -6,13 +6,18 @@
 //! ```
 //! # use std::sync::Arc;
 //! # use leases::backend::{Backend, MemoryBackend};
-//! // In the other crate's tests (with `leases = { features = ["test-util"] }`):
-//! #[tokio::test(start_paused = true)] // paused time: for a backend on tokio's clock
+//! // In the other crate's tests (with `leases = { features = ["test-util"] }`), under
+//! // #[tokio::test(start_paused = true)] for a backend on tokio's clock:
 //! async fn my_backend_conforms() {
 //!     leases::testing::conformance(|| Arc::new(MemoryBackend::new()) as Arc<dyn Backend>)
 //!         .await;
 //! }
-//! # my_backend_conforms();
+//! # tokio::runtime::Builder::new_current_thread()
+//! #     .enable_all()
+//! #     .start_paused(true)
+//! #     .build()
+//! #     .unwrap()
+//! #     .block_on(my_backend_conforms());
 //! ```
 //!
 //! For one test per case (run in parallel, reported separately), use
@@ -135,9 +140,18 @@ where
 /// (a `&'static str`) and returns a future of an [`Env`](conformance::Env); `$attr`
 /// is the test attribute, for example `#[tokio::test(start_paused = true)]`.
 ///
-/// ```ignore
+/// ```no_run
+/// # #![allow(unnameable_test_items)]
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use leases::backend::MemoryBackend;
+/// use leases::testing::BackendEnv;
+///
+/// // In a test file: one `#[tokio::test]` per case.
 /// leases::conformance_tests!(
-///     |case| async move { leases::testing::BackendEnv::new(my_backend(), TTL, case) },
+///     |case: &'static str| async move {
+///         BackendEnv::new(Arc::new(MemoryBackend::new()), Duration::from_secs(1), case)
+///     },
 ///     #[tokio::test(start_paused = true)]
 /// );
 /// ```
