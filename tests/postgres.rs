@@ -264,8 +264,25 @@ async fn an_unreachable_database_is_a_backend_error_within_the_connect_timeout()
             Err(LeaseError::Backend(_))
         ));
         m.shutdown().await;
+        // `PostgresBackend::connect` really connects: the same error, up front.
+        let started = Instant::now();
+        let err = PostgresBackend::connect(options(&url).connect_timeout(Duration::from_secs(1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LeaseError::Backend(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
     drop(silent);
+}
+
+#[tokio::test]
+async fn choosing_two_backends_is_a_config_error() {
+    let r = LeaseManager::builder()
+        .postgres(options("postgres://postgres@127.0.0.1:1/postgres"))
+        .backend(Arc::new(leases::backend::MemoryBackend::new()))
+        .start()
+        .await;
+    assert!(matches!(r, Err(LeaseError::InvalidConfig(_))), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
