@@ -141,6 +141,8 @@ pub mod clock;
 mod context;
 mod error;
 mod fake;
+#[cfg(feature = "postgres")]
+pub mod fence;
 pub mod key;
 mod lease;
 mod leaser;

@@ -1,0 +1,1 @@
+//! Fencing on the resource side (feature `postgres`). Being written.
