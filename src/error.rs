@@ -12,11 +12,16 @@ use crate::key::KeyError;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum LeaseError {
-    /// The key is held by someone else (the Go `ErrConflict`). With
-    /// [`AcquireOptions::wait`](crate::AcquireOptions::wait), the key did not become free
-    /// before the wait ended.
+    /// The key is held by someone else (the Go `ErrConflict`).
     #[error("lease already held")]
     Conflict,
+    /// An acquire with [`AcquireOptions::wait`](crate::AcquireOptions::wait) waited as
+    /// long as it was allowed and the key never became free.
+    #[error("lease still held after waiting {waited:?}")]
+    WaitTimedOut {
+        /// How long the acquire was allowed to wait.
+        waited: Duration,
+    },
     /// The requested TTL is below the manager's minimum ([`MIN_TTL`](crate::MIN_TTL) by
     /// default).
     #[error("lease TTL {ttl:?} is shorter than the minimum {min:?}")]
@@ -58,7 +63,7 @@ pub enum LeaseError {
     #[error("invalid lease manager configuration: {0}")]
     InvalidConfig(String),
     /// The storage backend failed or could not be reached.
-    #[error("lease backend failed")]
+    #[error("lease backend failed: {0}")]
     Backend(#[source] BackendError),
 }
 

@@ -160,7 +160,7 @@ impl Leaser for FakeLeaser {
             None => self.try_acquire(&key, &options).ok_or(LeaseError::Conflict),
             Some(timeout) => tokio::time::timeout(timeout, wait)
                 .await
-                .map_err(|_| LeaseError::Conflict),
+                .map_err(|_| LeaseError::WaitTimedOut { waited: timeout }),
         }
     }
 }

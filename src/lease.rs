@@ -72,6 +72,11 @@ impl Lease {
 
     /// The fencing token: strictly greater than every earlier token of this key. Pass
     /// it with every write to a resource that remembers the highest token it has seen.
+    ///
+    /// Tokens are `u64`, but stores may bound them: PostgreSQL's are `BIGINT`, so they
+    /// stay below 2^63 (store them as `BIGINT` too). Tokens have gaps: tries that failed
+    /// or were refused use up values, and one counter may serve many keys. Compare
+    /// tokens of one key only, and only for order.
     pub fn token(&self) -> u64 {
         self.token
     }

@@ -47,7 +47,8 @@ impl AcquireOptions {
     }
 
     /// If the key is held, wait up to `timeout` for it to become free instead of failing
-    /// at once with [`LeaseError::Conflict`]. Waiters of one manager are served first
+    /// at once with [`LeaseError::Conflict`]; a wait that runs out is
+    /// [`LeaseError::WaitTimedOut`]. Waiters of one manager are served first
     /// come, first served; the wait wakes on release, revocation or expiry, without
     /// polling.
     pub fn wait(mut self, timeout: Duration) -> AcquireOptions {

@@ -85,7 +85,7 @@ async fn waiting_acquire_wakes_on_release_or_times_out() {
     let err = fake
         .acquire_lease_with(key, AcquireOptions::new(TTL).wait(TTL))
         .await;
-    assert!(matches!(err, Err(LeaseError::Conflict)));
+    assert!(matches!(err, Err(LeaseError::WaitTimedOut { waited }) if waited == TTL));
 }
 
 /// What a user's unit test looks like: code under test takes a `dyn Leaser` and must

@@ -329,7 +329,9 @@ impl World {
                 let acquire = self.managers[mgr].acquire_lease_with(self.keys[key].clone(), opts);
                 match tokio::time::timeout(Duration::from_millis(give_up_ms), acquire).await {
                     Ok(Ok((lease, ctx))) => self.hold(mgr, key, lease, ctx)?,
-                    Ok(Err(LeaseError::Conflict)) => self.conflicts += 1,
+                    Ok(Err(LeaseError::Conflict | LeaseError::WaitTimedOut { .. })) => {
+                        self.conflicts += 1
+                    }
                     Ok(Err(e)) if self.expected_error(key, &e) => {}
                     Ok(Err(e)) => prop_assert!(false, "unexpected acquire error {:?}", e),
                     // The caller gave up: whatever the manager was doing for it must
@@ -432,7 +434,11 @@ impl World {
                         self.renewers
                             .extend(self.managers[1].actor().get_cell().get_children());
                     }
-                    Err(LeaseError::Conflict | LeaseError::ManagerStopped) => {}
+                    Err(
+                        LeaseError::Conflict
+                        | LeaseError::WaitTimedOut { .. }
+                        | LeaseError::ManagerStopped,
+                    ) => {}
                     Err(e) if self.expected_error(key, &e) => {}
                     Err(e) => prop_assert!(false, "unexpected background error {:?}", e),
                 }

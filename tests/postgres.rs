@@ -263,6 +263,17 @@ async fn an_unreachable_database_is_a_backend_error_within_the_connect_timeout()
             m.lease_info(&Key::system(["unreachable"])).await,
             Err(LeaseError::Backend(_))
         ));
+        // The up-front check says so too, and its message names the cause.
+        let err = m.check().await.unwrap_err();
+        assert!(matches!(err, LeaseError::Backend(_)), "{err:?}");
+        assert!(
+            err.to_string().starts_with("lease backend failed: "),
+            "{err}"
+        );
+        assert!(
+            err.to_string().len() > "lease backend failed: ".len() + 10,
+            "{err}"
+        );
         m.shutdown().await;
         // `PostgresBackend::connect` really connects: the same error, up front.
         let started = Instant::now();
@@ -357,4 +368,12 @@ async fn tls_with_sslmode_require() {
         Err(LeaseError::Backend(_))
     ));
     m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_answers_up_front() {
+    let m = manager_on(options(&shared_url())).await;
+    m.check().await.unwrap();
+    m.shutdown().await;
+    assert!(matches!(m.check().await, Err(LeaseError::ManagerStopped)));
 }

@@ -125,7 +125,10 @@ async fn held_expiring_now_does_not_spin() {
     let key = Key::system(["spin"]);
     let opts = AcquireOptions::new(TTL).wait(Duration::from_secs(1));
     let result = m.acquire_lease_with(key, opts).await;
-    assert!(matches!(result, Err(LeaseError::Conflict)), "{result:?}");
+    assert!(
+        matches!(result, Err(LeaseError::WaitTimedOut { .. })),
+        "{result:?}"
+    );
     // One try per 10 ms floor in one second, give or take the first and last.
     let n = backend.acquires();
     assert!(n <= 110, "{n} acquires in one second of waiting");

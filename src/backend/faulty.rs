@@ -207,6 +207,11 @@ impl Backend for FaultyBackend {
         self.inner.info(key).await
     }
 
+    async fn check(&self) -> Result<(), BackendError> {
+        self.check_up()?;
+        self.inner.check().await
+    }
+
     fn subscribe_freed(&self) -> FreedKeys {
         self.inner.subscribe_freed()
     }

@@ -148,6 +148,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The current unexpired lease on `key`, if any.
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError>;
 
+    /// Checks that the store answers (and is set up), within the backend's timeouts.
+    /// The default, for stores that cannot be down (in memory), is `Ok`.
+    async fn check(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// A subscription to keys being freed, used to wake waiting acquirers. Subscribe
     /// *before* the acquire attempt that may have to wait, so no release is missed.
     fn subscribe_freed(&self) -> FreedKeys;

@@ -437,18 +437,8 @@ impl PostgresBackend {
     /// the first acquire.
     pub async fn connect(options: PostgresOptions) -> Result<PostgresBackend, LeaseError> {
         let backend = PostgresBackend::new(options)?;
-        backend.check().await?;
+        Backend::check(&backend).await?;
         Ok(backend)
-    }
-
-    /// Checks that the database answers, creating the table on first use; bounded by
-    /// the connect and statement timeouts.
-    pub async fn check(&self) -> Result<(), LeaseError> {
-        self.with_client("check", |c, _| {
-            Box::pin(async move { c.simple_query("").await.map(drop) })
-        })
-        .await
-        .map_err(LeaseError::Backend)
     }
 
     /// Prepares a backend for these options without connecting: checks the options and
@@ -869,6 +859,15 @@ impl Backend for PostgresBackend {
             metadata: row.get(3),
             revoked: row.get(4),
         }))
+    }
+
+    /// Checks that the database answers, creating the table on first use; bounded by
+    /// the connect and statement timeouts.
+    async fn check(&self) -> Result<(), BackendError> {
+        self.with_client("check", |c, _| {
+            Box::pin(async move { c.simple_query("").await.map(drop) })
+        })
+        .await
     }
 
     fn subscribe_freed(&self) -> FreedKeys {

@@ -152,16 +152,22 @@ async fn attempt(
         let wake = Instant::now() + expires_in.max(RETRY_FLOOR);
         loop {
             let now = Instant::now();
-            if gave_up() || now >= until {
+            if gave_up() {
                 return Attempt::Conflict;
+            }
+            if now >= until {
+                return Attempt::TimedOut;
             }
             let next = wake.min(until).min(now + CALLER_CHECK);
             if freed.wait_for(key, next - now).await || Instant::now() >= wake {
                 break;
             }
         }
-        if Instant::now() >= until || gave_up() {
+        if gave_up() {
             return Attempt::Conflict;
+        }
+        if Instant::now() >= until {
+            return Attempt::TimedOut;
         }
     }
 }

@@ -122,6 +122,8 @@ pub(crate) enum Attempt {
         since: Duration,
     },
     Conflict,
+    /// The attempt waited as long as its caller allowed.
+    TimedOut,
     Failed(BackendError),
 }
 

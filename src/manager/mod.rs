@@ -281,6 +281,15 @@ impl LeaseManager {
         call(&self.inner.actor, |reply| Msg::Revoke { key, reply }).await
     }
 
+    /// Checks that the manager runs and its backend answers (for PostgreSQL: connects,
+    /// and creates the table if needed), so that a dead or misconfigured store shows
+    /// up front rather than at the first acquire. Backends keep no state from this; a
+    /// store that goes down later still shows as errors then.
+    pub async fn check(&self) -> Result<(), LeaseError> {
+        self.check_running()?;
+        Ok(self.inner.backend.check().await?)
+    }
+
     /// What the backend knows of the lease on `key`: token, time left, metadata.
     pub async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
         self.check_running()?;

@@ -57,12 +57,18 @@ struct ManagerOwner {
 impl LeaseOwner for ManagerOwner {
     async fn release(&self, key: &Key, token: u64) -> Result<(), LeaseError> {
         let key = key.clone();
-        call(&self.actor, |reply| Msg::Release {
+        let released = call(&self.actor, |reply| Msg::Release {
             key,
             token,
             reply: Some(reply),
         })
-        .await
+        .await;
+        match released {
+            // The manager is gone, and every lease it held ended with it (released at
+            // shutdown, or lost with the manager): this one is not held any more.
+            Err(LeaseError::ManagerStopped) => Err(LeaseError::NotHeld),
+            other => other,
+        }
     }
 
     fn release_on_drop(&self, key: Key, token: u64) {
@@ -177,6 +183,10 @@ impl SupervisorState {
             } => self.on_granted(myself, &key, waiter, grant, started, since),
             Attempt::Conflict => {
                 let _ = waiter.reply.send(Err(LeaseError::Conflict));
+            }
+            Attempt::TimedOut => {
+                let waited = waiter.options.wait.unwrap_or_default();
+                let _ = waiter.reply.send(Err(LeaseError::WaitTimedOut { waited }));
             }
             Attempt::Failed(e) => {
                 tracing::warn!(%key, error = %e, "lease acquire failed");
@@ -400,7 +410,8 @@ impl SupervisorState {
 
     fn on_wait_expired(&mut self, key: Key, waiter: u64) {
         if let Some(w) = self.table.remove_waiter(&key, waiter) {
-            let _ = w.reply.send(Err(LeaseError::Conflict));
+            let waited = w.options.wait.unwrap_or_default();
+            let _ = w.reply.send(Err(LeaseError::WaitTimedOut { waited }));
         }
         self.table.tidy(&key);
     }
