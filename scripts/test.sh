@@ -39,6 +39,9 @@ cargo test --manifest-path tests/external_backend/Cargo.toml --target-dir target
 step "main example: cargo run --example failover"
 cargo run --quiet --example failover
 
+step "actor example: cargo run --example actor"
+cargo run --quiet --example actor
+
 step "main example across processes on a throwaway PostgreSQL"
 bash scripts/with-postgres.sh cargo run --quiet --features postgres --example failover
 

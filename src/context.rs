@@ -262,10 +262,14 @@ impl LeaseContext {
         self.token
     }
 
-    /// The local deadline: when the context ends unless a renewal is confirmed first.
-    /// `None` for contexts without one (fakes, [`LeaseContext::never`]).
-    pub fn deadline(&self) -> Option<Instant> {
-        self.shared.deadline()
+    /// The local deadline: when the context ends unless a renewal is confirmed first,
+    /// as a `std` instant (time the machine spent suspended already taken off). `None`
+    /// for contexts without one (fakes, [`LeaseContext::never`]). On a paused tokio
+    /// clock (tests), compare it with `tokio::time::Instant::from_std(deadline)`.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        let d = self.shared.deadline()?;
+        let d = d.checked_sub(self.shared.slept()).unwrap_or(d);
+        Some(d.into_std())
     }
 
     /// `true` once the lease has ended for any reason.
@@ -289,8 +293,9 @@ impl LeaseContext {
             if let Some(reason) = self.reason() {
                 return reason;
             }
-            match self.deadline() {
+            match self.shared.deadline() {
                 Some(d) => {
+                    let d = d.checked_sub(self.shared.slept()).unwrap_or(d);
                     let wake = d.min(Instant::now() + RECHECK);
                     tokio::select! {
                         _ = rx.changed() => {}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::context::{CancelReason, ContextSender, LeaseContext, LossCause};
 use crate::error::LeaseError;
@@ -13,12 +14,18 @@ use crate::key::Key;
 use crate::lease::{Lease, LeaseOwner};
 use crate::leaser::{AcquireOptions, Leaser, MIN_TTL};
 
-/// A [`Leaser`] for unit tests: no actors, no backend, no expiry.
+/// A [`Leaser`] for unit tests: no actors, no backend, no renewals.
 ///
 /// Leases are held until released, dropped, or ended by the test with
 /// [`lose`](FakeLeaser::lose) or [`revoke`](FakeLeaser::revoke), which is how a test
 /// drives its code's loss handling. Tokens grow from 1. TTLs are checked against the
 /// minimum as the real manager checks them, but never run out.
+///
+/// By default a lost key is free at once. The real manager keeps a lost key taken until
+/// its lease expires on the backend (so that the old holder has time to stop), and
+/// [`keep_lost_keys`](FakeLeaser::keep_lost_keys) makes the fake do the same, on tokio's
+/// clock (pause it in tests), so that a unit test never sees a takeover production
+/// would not show.
 ///
 /// ```
 /// # tokio_test_block_on(async {
@@ -48,8 +55,26 @@ struct FakeInner {
 #[derive(Default)]
 struct FakeState {
     min_ttl: Option<Duration>,
+    keep_lost: bool,
     last_token: u64,
-    held: HashMap<Key, (u64, ContextSender, Vec<u8>)>,
+    held: HashMap<Key, Entry>,
+}
+
+/// One held key.
+struct Entry {
+    token: u64,
+    ctx: ContextSender,
+    metadata: Vec<u8>,
+    ttl: Duration,
+    /// For a key kept after a loss: when it becomes free.
+    expires_at: Option<Instant>,
+}
+
+impl Entry {
+    /// Taken: held, or lost and not yet expired.
+    fn taken(&self) -> bool {
+        self.expires_at.is_none_or(|at| Instant::now() < at)
+    }
 }
 
 impl std::fmt::Debug for FakeLeaser {
@@ -73,28 +98,47 @@ impl FakeLeaser {
         fake
     }
 
+    /// Keeps a lost key taken until one TTL after the loss (on tokio's clock) instead
+    /// of freeing it at once, as the real manager keeps it until the lease expires on the
+    /// backend. A release of a lost lease is then [`LeaseError::NotHeld`] and frees
+    /// nothing, also as in the real manager.
+    pub fn keep_lost_keys(self) -> FakeLeaser {
+        self.lock().keep_lost = true;
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, FakeState> {
         crate::sync::lock(&self.inner.state)
     }
 
+    /// Ends the lease on `key` (only if its token is `token`, when given) with `reason`;
+    /// `false` if there was none, or it had already ended.
     fn end(&self, key: &Key, token: Option<u64>, reason: CancelReason) -> bool {
-        let ended = {
+        let freed = {
             let mut state = self.lock();
-            match state.held.get(key) {
-                Some((t, _, _)) if token.is_none_or(|want| want == *t) => {
-                    state.held.remove(key).map(|(_, ctx, _)| ctx.cancel(reason))
+            let keep = state.keep_lost && matches!(reason, CancelReason::Lost(_));
+            match state.held.get_mut(key) {
+                Some(e) if token.is_none_or(|want| want == e.token) && e.expires_at.is_none() => {
+                    if keep {
+                        e.ctx.cancel(reason);
+                        e.expires_at = Some(Instant::now() + e.ttl);
+                        Some(false)
+                    } else {
+                        state.held.remove(key).map(|e| e.ctx.cancel(reason))
+                    }
                 }
                 _ => None,
             }
         };
-        if ended.is_some() {
+        if freed == Some(true) {
             self.inner.freed.notify_waiters();
         }
-        ended.is_some()
+        freed.is_some()
     }
 
     /// Makes the holder of `key` lose its lease: its context ends with
-    /// [`CancelReason::Lost`]`(`[`LossCause::Injected`]`)` and the key is free. Returns
+    /// [`CancelReason::Lost`]`(`[`LossCause::Injected`]`)` and the key is free (or, with
+    /// [`keep_lost_keys`](FakeLeaser::keep_lost_keys), free one TTL later). Returns
     /// `false` if nobody held it.
     pub fn lose(&self, key: &Key) -> bool {
         self.end(key, None, CancelReason::Lost(LossCause::Injected))
@@ -105,36 +149,67 @@ impl FakeLeaser {
         self.end(key, None, CancelReason::Revoked)
     }
 
-    /// The token of the current holder of `key`, if any.
+    /// The token of the lease that takes `key` now, if any (a lost lease kept by
+    /// [`keep_lost_keys`](FakeLeaser::keep_lost_keys) counts until it expires).
     pub fn holder(&self, key: &Key) -> Option<u64> {
-        self.lock().held.get(key).map(|(t, _, _)| *t)
+        self.lock()
+            .held
+            .get(key)
+            .filter(|e| e.taken())
+            .map(|e| e.token)
     }
 
     /// The metadata the current holder of `key` attached, if any.
     pub fn metadata(&self, key: &Key) -> Option<Vec<u8>> {
-        self.lock().held.get(key).map(|(_, _, m)| m.clone())
+        let state = self.lock();
+        state
+            .held
+            .get(key)
+            .filter(|e| e.taken())
+            .map(|e| e.metadata.clone())
     }
 
-    /// Every held key, sorted.
+    /// Every taken key, sorted.
     pub fn held_keys(&self) -> Vec<Key> {
-        let mut keys: Vec<Key> = self.lock().held.keys().cloned().collect();
+        let state = self.lock();
+        let mut keys: Vec<Key> = state
+            .held
+            .iter()
+            .filter(|(_, e)| e.taken())
+            .map(|(k, _)| k.clone())
+            .collect();
         keys.sort();
         keys
     }
 
-    fn try_acquire(&self, key: &Key, options: &AcquireOptions) -> Option<(Lease, LeaseContext)> {
+    /// Takes `key` if it is free; otherwise `Err` with when it frees by itself, if it
+    /// will (a kept lost key).
+    fn try_acquire(
+        &self,
+        key: &Key,
+        options: &AcquireOptions,
+    ) -> Result<(Lease, LeaseContext), Option<Instant>> {
         let mut state = self.lock();
-        if state.held.contains_key(key) {
-            return None;
+        if let Some(e) = state.held.get(key) {
+            if e.taken() {
+                return Err(e.expires_at);
+            }
         }
         state.last_token += 1;
         let token = state.last_token;
         let (tx, ctx) = LeaseContext::new(token, None);
-        state
-            .held
-            .insert(key.clone(), (token, tx, options.metadata.clone()));
+        state.held.insert(
+            key.clone(),
+            Entry {
+                token,
+                ctx: tx,
+                metadata: options.metadata.clone(),
+                ttl: options.ttl(),
+                expires_at: None,
+            },
+        );
         let owner: Arc<dyn LeaseOwner> = Arc::new(self.clone());
-        Some((Lease::new(key.clone(), token, owner), ctx))
+        Ok((Lease::new(key.clone(), token, owner), ctx))
     }
 }
 
@@ -150,14 +225,22 @@ impl Leaser for FakeLeaser {
         let wait = async {
             loop {
                 let freed = self.inner.freed.notified();
-                if let Some(got) = self.try_acquire(&key, &options) {
-                    return got;
+                match self.try_acquire(&key, &options) {
+                    Ok(got) => return got,
+                    Err(None) => freed.await,
+                    Err(Some(expiry)) => {
+                        tokio::select! {
+                            _ = freed => {}
+                            _ = tokio::time::sleep_until(expiry) => {}
+                        }
+                    }
                 }
-                freed.await;
             }
         };
         match options.wait {
-            None => self.try_acquire(&key, &options).ok_or(LeaseError::Conflict),
+            None => self
+                .try_acquire(&key, &options)
+                .map_err(|_| LeaseError::Conflict),
             Some(timeout) => tokio::time::timeout(timeout, wait)
                 .await
                 .map_err(|_| LeaseError::WaitTimedOut { waited: timeout }),

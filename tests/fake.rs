@@ -112,3 +112,32 @@ async fn users_can_test_their_loss_handling() {
     fake.lose(&key);
     assert!(task.await.unwrap().unwrap() > 0);
 }
+
+/// With `keep_lost_keys`, a lost key stays taken until it would have expired, as the
+/// real manager keeps it: a unit test sees no takeover that production would not show.
+#[tokio::test(start_paused = true)]
+async fn a_lost_key_can_be_kept_until_it_expires() {
+    let fake = FakeLeaser::new().keep_lost_keys();
+    let key = Key::system(["kept"]);
+    let (lease, ctx) = fake.acquire_lease(key.clone(), TTL).await.unwrap();
+    let lost_at = tokio::time::Instant::now();
+    assert!(fake.lose(&key));
+    assert_eq!(ctx.reason(), Some(CancelReason::Lost(LossCause::Injected)));
+    // Still taken by the lost lease; its release frees nothing.
+    assert!(matches!(
+        fake.acquire_lease(key.clone(), TTL).await,
+        Err(LeaseError::Conflict)
+    ));
+    assert!(matches!(lease.release().await, Err(LeaseError::NotHeld)));
+    assert_eq!(fake.held_keys(), vec![key.clone()]);
+    // A waiter gets it when it expires, one TTL after the loss, and not before.
+    let (next, _) = fake
+        .acquire_lease_with(key.clone(), AcquireOptions::new(TTL).wait(TTL * 3))
+        .await
+        .unwrap();
+    assert_eq!(tokio::time::Instant::now() - lost_at, TTL);
+    assert!(next.token() > ctx.token());
+    // Revocation frees at once in both modes, as in the manager.
+    assert!(fake.revoke(&key));
+    assert!(fake.holder(&key).is_none());
+}

@@ -176,6 +176,9 @@ struct World {
     acquire_fault: [Option<AFault>; KEYS],
     /// Waiting acquires left running: their key and task.
     background: Vec<(usize, usize, Pending)>,
+    /// When a waiting acquire's caller last gave up, per (manager, key): its attempt
+    /// may hold the key's slot until it next looks at its caller (within 500 ms).
+    gave_up_at: std::collections::HashMap<(usize, usize), tokio::time::Instant>,
     gave_up: usize,
 }
 
@@ -223,6 +226,7 @@ impl World {
             conflicts: 0,
             acquire_fault: [None; KEYS],
             background: Vec::new(),
+            gave_up_at: std::collections::HashMap::new(),
             gave_up: 0,
         }
     }
@@ -309,7 +313,10 @@ impl World {
                         let promised = self
                             .background
                             .iter()
-                            .any(|(m, k, _)| *m == mgr && *k == key);
+                            .any(|(m, k, _)| *m == mgr && *k == key)
+                            || self.gave_up_at.get(&(mgr, key)).is_some_and(|at| {
+                                tokio::time::Instant::now() - *at <= Duration::from_millis(600)
+                            });
                         let held_after = self.memory.info(&self.keys[key]).await.unwrap();
                         prop_assert!(
                             held.is_some() || held_after.is_some() || promised,
@@ -336,7 +343,11 @@ impl World {
                     Ok(Err(e)) => prop_assert!(false, "unexpected acquire error {:?}", e),
                     // The caller gave up: whatever the manager was doing for it must
                     // leave no holder behind (checked by `check`).
-                    Err(_) => self.gave_up += 1,
+                    Err(_) => {
+                        self.gave_up += 1;
+                        self.gave_up_at
+                            .insert((mgr, key), tokio::time::Instant::now());
+                    }
                 }
             }
             Op::Background { mgr, key } => {

@@ -47,6 +47,7 @@ struct Entry {
     expires_at: Instant,
     metadata: Vec<u8>,
     revoked: bool,
+    acquired_at: SystemTime,
 }
 
 impl Default for MemoryBackend {
@@ -135,6 +136,7 @@ impl MemoryBackend {
                 expires_at,
                 metadata: metadata.to_vec(),
                 revoked: false,
+                acquired_at: SystemTime::now(),
             },
         );
         Ok(AcquireOutcome::Granted { token })
@@ -223,6 +225,7 @@ impl Backend for MemoryBackend {
                 expires_in: h.expires_at - now,
                 metadata: h.metadata.clone(),
                 revoked: h.revoked,
+                acquired_at: Some(h.acquired_at),
             }))
     }
 

@@ -50,6 +50,9 @@ pub struct LeaseInfo {
     /// be renewed, and the key stays taken until `expires_in` runs out or the holder
     /// releases it).
     pub revoked: bool,
+    /// When the lease was granted, on the backend's wall clock, if the backend records
+    /// it (the memory backend and PostgreSQL do).
+    pub acquired_at: Option<std::time::SystemTime>,
 }
 
 /// The outcome of [`Backend::acquire`].

@@ -277,7 +277,7 @@ impl Sql {
             ),
             revoke: format!("UPDATE {t} SET revoked = true WHERE key = $1 AND {live} RETURNING token"),
             info: format!(
-                "SELECT token, ttl_ms, {us_left}, metadata, revoked FROM {t} WHERE key = $1 AND {live}"
+                "SELECT token, ttl_ms, {us_left}, metadata, revoked, acquired_at FROM {t} WHERE key = $1 AND {live}"
             ),
             channel: format!("{t}_freed"),
         }
@@ -858,6 +858,7 @@ impl Backend for PostgresBackend {
             expires_in: Duration::from_micros(u64::try_from(left).unwrap_or(0)),
             metadata: row.get(3),
             revoked: row.get(4),
+            acquired_at: row.get(5),
         }))
     }
 
