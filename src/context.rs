@@ -309,6 +309,45 @@ impl LeaseContext {
         }
     }
 
+    /// Runs `work` while the lease is held: its output, or [`LeaseEnded`] (and `work`
+    /// dropped, wherever it was) as soon as the lease ends. Use it for work that is
+    /// cancel-safe at every await; check [`is_cancelled`](Self::is_cancelled) before
+    /// each side effect that is not.
+    ///
+    /// The lease's end is looked at first each time both are ready, so `work` is never
+    /// polled again after the lease has ended.
+    pub async fn run_until_cancelled<F: std::future::Future>(
+        &self,
+        work: F,
+    ) -> Result<F::Output, LeaseEnded> {
+        tokio::select! {
+            biased;
+            reason = self.cancelled() => Err(LeaseEnded { reason }),
+            output = work => Ok(output),
+        }
+    }
+
+    /// A [`CancellationToken`](tokio_util::sync::CancellationToken) that is cancelled
+    /// when the lease ends, so that existing cancellable code works unchanged. Cancelling
+    /// the token does not end the lease (release the [`Lease`](crate::Lease) for that).
+    /// Needs a running tokio runtime (a small task watches the lease until either ends).
+    pub fn cancellation_token(&self) -> tokio_util::sync::CancellationToken {
+        let token = tokio_util::sync::CancellationToken::new();
+        if self.is_cancelled() {
+            token.cancel();
+            return token;
+        }
+        let (ctx, watch) = (self.clone(), token.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = ctx.cancelled() => watch.cancel(),
+                // Cancelled by its owner: nothing left to watch for.
+                _ = watch.cancelled() => {}
+            }
+        });
+        token
+    }
+
     /// `Ok(())` while the lease is held, else [`LeaseEnded`] with the reason it ended.
     /// Handy before a side effect: `ctx.check()?;` (it converts into
     /// [`LeaseError::NotHeld`] where a `LeaseError` is expected).

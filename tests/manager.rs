@@ -347,3 +347,56 @@ async fn the_manager_lives_in_a_callers_supervision_tree() {
     assert_eq!(events.recv().await.unwrap(), "child terminated");
     parent.stop(None);
 }
+
+/// `run_until_cancelled`: work runs while the lease is held and is dropped the moment
+/// it ends, with the reason.
+#[tokio::test(start_paused = true)]
+async fn work_runs_until_the_lease_ends() {
+    let r = rig().await;
+    let key = Key::system(["run-until"]);
+    let (_lease, ctx) = r.manager.acquire_lease(key.clone(), TTL).await.unwrap();
+    assert_eq!(ctx.run_until_cancelled(async { 42 }).await, Ok(42));
+    let m = r.manager.clone();
+    let k = key.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        m.revoke(&k).await.unwrap();
+    });
+    let started = Instant::now();
+    let forever = ctx.run_until_cancelled(std::future::pending::<()>()).await;
+    assert_eq!(
+        forever,
+        Err(leases::LeaseEnded {
+            reason: CancelReason::Revoked
+        })
+    );
+    assert_eq!(Instant::now() - started, Duration::from_secs(3));
+    r.manager.shutdown().await;
+}
+
+/// `cancellation_token`: existing code that takes a tokio-util token stops with the
+/// lease; cancelling the token does not end the lease.
+#[tokio::test(start_paused = true)]
+async fn a_cancellation_token_follows_the_lease() {
+    let r = rig().await;
+    let (lease, ctx) = r
+        .manager
+        .acquire_lease(Key::system(["token"]), TTL)
+        .await
+        .unwrap();
+    let token = ctx.cancellation_token();
+    let child = token.child_token();
+    tokio::time::sleep(TTL * 3).await;
+    assert!(!token.is_cancelled() && !child.is_cancelled());
+    // Cancelling a token is the token's business only.
+    let other = ctx.cancellation_token();
+    other.cancel();
+    tokio::time::sleep(TTL).await;
+    assert!(!ctx.is_cancelled());
+    lease.release().await.unwrap();
+    tokio::time::timeout(TTL, child.cancelled()).await.unwrap();
+    assert!(token.is_cancelled());
+    // A token made after the end is cancelled already.
+    assert!(ctx.cancellation_token().is_cancelled());
+    r.manager.shutdown().await;
+}
