@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use leases::{CancelReason, Key, LeaseError, LeaseManager, Leaser};
+//! use leases::{CancelReason, Key, LeaseError, LeaseManager};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), LeaseError> {

@@ -400,3 +400,15 @@ async fn a_cancellation_token_follows_the_lease() {
     assert!(ctx.cancellation_token().is_cancelled());
     r.manager.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn lease_info_says_when_the_lease_was_granted() {
+    let r = rig().await;
+    let key = Key::system(["acquired-at"]);
+    let before = std::time::SystemTime::now();
+    let (_lease, _ctx) = r.manager.acquire_lease(key.clone(), TTL).await.unwrap();
+    let info = r.manager.lease_info(&key).await.unwrap().unwrap();
+    let at = info.acquired_at.expect("the memory backend records it");
+    assert!(at >= before && at <= std::time::SystemTime::now());
+    r.manager.shutdown().await;
+}

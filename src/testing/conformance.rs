@@ -436,6 +436,14 @@ pub async fn metadata_and_info(env: &dyn Env) {
     assert_eq!(info.ttl, env.ttl());
     assert!(info.expires_in <= env.ttl() && !info.expires_in.is_zero());
     assert!(!info.revoked);
+    // A backend that records the grant's time records a plausible one.
+    if let Some(at) = info.acquired_at {
+        let skew = match std::time::SystemTime::now().duration_since(at) {
+            Ok(d) => d,
+            Err(e) => e.duration(),
+        };
+        assert!(skew < Duration::from_secs(60), "acquired_at {at:?}");
+    }
     lease.release().await.unwrap();
     assert_eq!(m.lease_info(&key).await.unwrap(), None);
     m.shutdown().await;
