@@ -412,3 +412,64 @@ async fn lease_info_says_when_the_lease_was_granted() {
     assert!(at >= before && at <= std::time::SystemTime::now());
     r.manager.shutdown().await;
 }
+
+/// `acquire_any`: whichever key is free, spreading successive callers over the keys,
+/// waiting for any of them when asked.
+#[tokio::test(start_paused = true)]
+async fn acquire_any_takes_a_free_key() {
+    let r = rig().await;
+    let keys: Vec<Key> = (0..3)
+        .map(|i| Key::system(["any", &i.to_string()]))
+        .collect();
+    // Successive calls start at successive keys.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (i, lease, _ctx) = r
+            .manager
+            .acquire_any(&keys, AcquireOptions::new(TTL))
+            .await
+            .unwrap();
+        got.push(i);
+        lease.release().await.unwrap();
+    }
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1, 2], "callers spread over the keys");
+    // With 0 and 2 held, it is 1.
+    let (_l0, _) = r.manager.acquire_lease(keys[0].clone(), TTL).await.unwrap();
+    let (l2, _) = r.manager.acquire_lease(keys[2].clone(), TTL).await.unwrap();
+    let (i, l1, _) = r
+        .manager
+        .acquire_any(&keys, AcquireOptions::new(TTL))
+        .await
+        .unwrap();
+    assert_eq!(i, 1);
+    // All held: Conflict at once, or a wait that ends when one is released.
+    assert!(matches!(
+        r.manager.acquire_any(&keys, AcquireOptions::new(TTL)).await,
+        Err(LeaseError::Conflict)
+    ));
+    assert!(matches!(
+        r.manager
+            .acquire_any(&keys, AcquireOptions::new(TTL).wait(TTL))
+            .await,
+        Err(LeaseError::WaitTimedOut { .. })
+    ));
+    let m = r.manager.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(TTL * 2).await;
+        l2.release().await.unwrap();
+    });
+    let started = Instant::now();
+    let (i, _l, _) = m
+        .acquire_any(&keys, AcquireOptions::new(TTL).wait(TTL * 10))
+        .await
+        .unwrap();
+    assert_eq!(i, 2);
+    assert_eq!(Instant::now() - started, TTL * 2, "woken by the release");
+    drop(l1);
+    assert!(matches!(
+        r.manager.acquire_any(&[], AcquireOptions::new(TTL)).await,
+        Err(LeaseError::InvalidConfig(_))
+    ));
+    r.manager.shutdown().await;
+}

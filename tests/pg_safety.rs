@@ -386,3 +386,39 @@ async fn a_renewal_waiting_on_a_release_does_not_revive_it() {
         "the released lease was revived"
     );
 }
+
+/// `acquire_any` on PostgreSQL looks at all the keys in one query, so busy keys cost
+/// no round trip and no fencing token each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_any_burns_no_token_per_busy_key() {
+    let (url, t, _backend) = backend_for("any", Duration::from_secs(5)).await;
+    let opts = || PostgresOptions::new(url.clone()).table(t.clone());
+    let holder = manager(opts()).await;
+    let worker = manager(opts()).await;
+    let ttl = Duration::from_secs(5);
+    let keys: Vec<Key> = (0..10)
+        .map(|i| Key::system(["any", &i.to_string()]))
+        .collect();
+    let mut held = Vec::new();
+    for k in keys.iter().filter(|k| **k != keys[7]) {
+        held.push(holder.acquire_lease(k.clone(), ttl).await.unwrap());
+    }
+    let db = connect(&url).await;
+    let q = format!("SELECT last_value FROM {t}_token_seq");
+    let before: i64 = db.query_one(&q, &[]).await.unwrap().get(0);
+    let (i, lease, _ctx) = worker
+        .acquire_any(&keys, leases::AcquireOptions::new(ttl))
+        .await
+        .unwrap();
+    assert_eq!(i, 7);
+    let after: i64 = db.query_one(&q, &[]).await.unwrap().get(0);
+    let used = after - before;
+    assert!(
+        used <= 2,
+        "{used} tokens drawn for one grant among 9 busy keys"
+    );
+    lease.release().await.unwrap();
+    drop(held);
+    holder.shutdown().await;
+    worker.shutdown().await;
+}

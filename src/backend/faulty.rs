@@ -207,6 +207,11 @@ impl Backend for FaultyBackend {
         self.inner.info(key).await
     }
 
+    async fn free_among(&self, keys: &[Key]) -> Result<Vec<bool>, BackendError> {
+        self.check_up()?;
+        self.inner.free_among(keys).await
+    }
+
     async fn check(&self) -> Result<(), BackendError> {
         self.check_up()?;
         self.inner.check().await

@@ -229,6 +229,15 @@ impl Backend for MemoryBackend {
             }))
     }
 
+    async fn free_among(&self, keys: &[Key]) -> Result<Vec<bool>, BackendError> {
+        let now = Instant::now();
+        let state = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| state.held.get(k).is_none_or(|h| h.expires_at <= now))
+            .collect())
+    }
+
     fn subscribe_freed(&self) -> FreedKeys {
         FreedKeys::new(self.frees.subscribe())
     }

@@ -151,6 +151,18 @@ pub trait Backend: Send + Sync + 'static {
     /// The current unexpired lease on `key`, if any.
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError>;
 
+    /// Which of `keys` are free now (no unexpired lease): one look for many keys, so that
+    /// acquiring any of several keys costs no round trip (and no fencing token) per busy
+    /// key. A hint only: a key may be taken or freed right after. The default asks
+    /// [`info`](Backend::info) once per key; backends override it with one query.
+    async fn free_among(&self, keys: &[Key]) -> Result<Vec<bool>, BackendError> {
+        let mut free = Vec::with_capacity(keys.len());
+        for key in keys {
+            free.push(self.info(key).await?.is_none());
+        }
+        Ok(free)
+    }
+
     /// Checks that the store answers (and is set up), within the backend's timeouts.
     /// The default, for stores that cannot be down (in memory), is `Ok`.
     async fn check(&self) -> Result<(), BackendError> {
@@ -217,6 +229,12 @@ impl FreedKeys {
     /// Waits until `key` may have been freed, or `max` has passed. Returns `true` if it
     /// woke for a notification (or lost track of them), `false` on timeout.
     pub async fn wait_for(&mut self, key: &Key, max: Duration) -> bool {
+        self.wait_for_any(std::slice::from_ref(key), max).await
+    }
+
+    /// Waits until any of `keys` may have been freed, or `max` has passed; `true` if it
+    /// woke for a notification (or lost track of them), `false` on timeout.
+    pub async fn wait_for_any(&mut self, keys: &[Key], max: Duration) -> bool {
         let Some(rx) = self.rx.as_mut() else {
             tokio::time::sleep(max).await;
             return false;
@@ -224,7 +242,7 @@ impl FreedKeys {
         let woken = async {
             loop {
                 match rx.recv().await {
-                    Ok(Freed::Key(freed)) if &freed == key => return true,
+                    Ok(Freed::Key(freed)) if keys.contains(&freed) => return true,
                     Ok(Freed::Key(_)) => continue,
                     // Missed notifications may include ours: try again.
                     Ok(Freed::Everything) | Err(broadcast::error::RecvError::Lagged(_)) => {

@@ -194,6 +194,7 @@ struct Sql {
     release: String,
     revoke: String,
     info: String,
+    held_among: String,
     channel: String,
 }
 
@@ -279,6 +280,7 @@ impl Sql {
             info: format!(
                 "SELECT token, ttl_ms, {us_left}, metadata, revoked, acquired_at FROM {t} WHERE key = $1 AND {live}"
             ),
+            held_among: format!("SELECT key FROM {t} WHERE key = ANY($1) AND {live}"),
             channel: format!("{t}_freed"),
         }
     }
@@ -860,6 +862,21 @@ impl Backend for PostgresBackend {
             revoked: row.get(4),
             acquired_at: row.get(5),
         }))
+    }
+
+    async fn free_among(&self, keys: &[Key]) -> Result<Vec<bool>, BackendError> {
+        let texts: Vec<String> = keys.iter().map(Key::to_string).collect();
+        let query = texts.clone();
+        let held: std::collections::HashSet<String> = self
+            .with_client("free keys", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.held_among).await?;
+                    let rows = c.query(&stmt, &[&query]).await?;
+                    Ok(rows.iter().map(|r| r.get(0)).collect())
+                })
+            })
+            .await?;
+        Ok(texts.iter().map(|k| !held.contains(k)).collect())
     }
 
     /// Checks that the database answers, creating the table on first use; bounded by

@@ -171,6 +171,7 @@ impl LeaseManagerBuilder {
                 actor,
                 backend,
                 config,
+                next_any: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -180,6 +181,8 @@ struct Inner {
     actor: ActorRef<ManagerMessage>,
     backend: Arc<dyn Backend>,
     config: Config,
+    /// Where the next `acquire_any` starts looking, so that callers spread over keys.
+    next_any: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -349,6 +352,76 @@ impl LeaseManager {
             reply,
         })
         .await
+    }
+}
+
+impl LeaseManager {
+    /// Acquires whichever of `keys` is free (a worker taking any free job): returns the
+    /// index of the key it got, the lease and its context.
+    ///
+    /// One call looks at all the keys at once ([`Backend::free_among`]: one query on
+    /// PostgreSQL) and tries only those that looked free, so busy keys cost no round
+    /// trip and no fencing token each. Successive calls start at successive keys, so that
+    /// many callers spread over the keys rather than all racing for the first. With
+    /// [`AcquireOptions::wait`] it waits for any of them: it wakes when one is released
+    /// or revoked, and looks again at least once a second for expiries (which no backend
+    /// announces). Fails with [`LeaseError::Conflict`] (no wait) or
+    /// [`LeaseError::WaitTimedOut`] when none could be had, and with
+    /// [`LeaseError::InvalidConfig`] for an empty list.
+    pub async fn acquire_any(
+        &self,
+        keys: &[Key],
+        options: AcquireOptions,
+    ) -> Result<(usize, Lease, LeaseContext), LeaseError> {
+        use std::sync::atomic::Ordering;
+        if keys.is_empty() {
+            return Err(LeaseError::InvalidConfig(
+                "acquire_any needs at least one key".into(),
+            ));
+        }
+        for key in keys {
+            options.validate(key, self.inner.config.min_ttl)?;
+        }
+        self.check_running()?;
+        let n = keys.len();
+        let start = self.inner.next_any.fetch_add(1, Ordering::Relaxed) % n;
+        let now = tokio::time::Instant::now();
+        let until = options.wait.map(|w| {
+            now.checked_add(w)
+                .unwrap_or(now + Duration::from_secs(1 << 32))
+        });
+        // Subscribe before the first look, so that no release is missed.
+        let mut freed = match until {
+            Some(_) => self.inner.backend.subscribe_freed(),
+            None => crate::backend::FreedKeys::none(),
+        };
+        let mut once = options.clone();
+        once.wait = None;
+        loop {
+            let free = self.inner.backend.free_among(keys).await?;
+            for i in (0..n).map(|j| (start + j) % n) {
+                if !free.get(i).copied().unwrap_or(false) {
+                    continue;
+                }
+                match self.acquire_lease_with(keys[i].clone(), once.clone()).await {
+                    Ok((lease, ctx)) => return Ok((i, lease, ctx)),
+                    // Taken since we looked: try the next one.
+                    Err(LeaseError::Conflict) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(until) = until else {
+                return Err(LeaseError::Conflict);
+            };
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                let waited = options.wait.unwrap_or_default();
+                return Err(LeaseError::WaitTimedOut { waited });
+            }
+            freed
+                .wait_for_any(keys, (until - now).min(Duration::from_secs(1)))
+                .await;
+        }
     }
 }
 
