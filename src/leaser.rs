@@ -112,4 +112,95 @@ pub trait Leaser: Send + Sync {
         key: Key,
         options: AcquireOptions,
     ) -> Result<(Lease, LeaseContext), LeaseError>;
+
+    /// Acquires `key` for `ttl` as one value, a [`HeldLease`]: the lease and its
+    /// context together, so that the lease cannot be dropped by mistake while the
+    /// context is still watched (see [`HeldLease`]). The recommended form.
+    async fn hold(&self, key: Key, ttl: Duration) -> Result<HeldLease, LeaseError> {
+        self.hold_with(key, AcquireOptions::new(ttl)).await
+    }
+
+    /// [`hold`](Leaser::hold) with metadata and/or waiting; see [`AcquireOptions`].
+    async fn hold_with(&self, key: Key, options: AcquireOptions) -> Result<HeldLease, LeaseError> {
+        let (lease, ctx) = self.acquire_lease_with(key, options).await?;
+        Ok(HeldLease { lease, ctx })
+    }
+}
+
+/// A held lease and its context as one value, from [`Leaser::hold`].
+///
+/// `acquire_lease` returns `(Lease, LeaseContext)`, as FTL's `AcquireLease` does, and
+/// that shape has a trap: `let (_, ctx) = manager.acquire_lease(..).await?` drops the
+/// `Lease` at once, which releases it, and `ctx` reads `Released` a moment later. No
+/// compiler lint can see that. A `HeldLease` cannot be split by accident: it is the
+/// context (it dereferences to [`LeaseContext`]) and it releases the lease when it is
+/// dropped, so holding the context means holding the lease. `let _ = ...` still drops
+/// it, and the type is `#[must_use]`, so the compiler warns when a `hold` result is
+/// thrown away unnamed:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # async fn job(manager: leases::LeaseManager) -> Result<(), leases::LeaseError> {
+/// let key = leases::Key::system(["job"]);
+/// manager.hold(key, std::time::Duration::from_secs(5)).await?; // warns: released at once
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The safe pattern (the same code, compiled):
+///
+/// ```
+/// #![deny(unused_must_use)]
+/// # async fn job(manager: leases::LeaseManager) -> Result<(), leases::LeaseError> {
+/// let key = leases::Key::system(["job"]);
+/// let held = manager.hold(key, std::time::Duration::from_secs(5)).await?;
+/// while !held.is_cancelled() {
+///     // ... one unit of work, passing held.token() to every write ...
+/// #   break;
+/// }
+/// held.release().await.ok();
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "dropping a HeldLease releases the lease at once; keep it in a named binding while you work"]
+#[derive(Debug)]
+pub struct HeldLease {
+    lease: Lease,
+    ctx: LeaseContext,
+}
+
+impl HeldLease {
+    /// The leased key.
+    pub fn key(&self) -> &Key {
+        self.lease.key()
+    }
+
+    /// The fencing token (see [`Lease::token`]).
+    pub fn token(&self) -> u64 {
+        self.lease.token()
+    }
+
+    /// A clone of the context, for another task (see [`LeaseContext`]).
+    pub fn context(&self) -> LeaseContext {
+        self.ctx.clone()
+    }
+
+    /// Releases the lease (see [`Lease::release`]).
+    pub async fn release(self) -> Result<(), LeaseError> {
+        self.lease.release().await
+    }
+
+    /// The two halves, for code that wants them apart (the caller then keeps the
+    /// [`Lease`] alive itself).
+    pub fn into_parts(self) -> (Lease, LeaseContext) {
+        (self.lease, self.ctx)
+    }
+}
+
+impl std::ops::Deref for HeldLease {
+    type Target = LeaseContext;
+
+    fn deref(&self) -> &LeaseContext {
+        &self.ctx
+    }
 }

@@ -157,7 +157,7 @@ pub use error::{BackendError, BackendErrorKind, LeaseError};
 pub use fake::FakeLeaser;
 pub use key::{Key, KeyError, MAX_KEY_LEN};
 pub use lease::Lease;
-pub use leaser::{AcquireOptions, Leaser, MAX_METADATA_LEN, MAX_TTL, MIN_TTL};
+pub use leaser::{AcquireOptions, HeldLease, Leaser, MAX_METADATA_LEN, MAX_TTL, MIN_TTL};
 pub use manager::{LeaseManager, LeaseManagerBuilder, DEFAULT_MARGIN_DIVISOR};
 // At the root too, for code written before they moved to [`actors`].
 #[doc(hidden)]

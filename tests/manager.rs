@@ -473,3 +473,27 @@ async fn acquire_any_takes_a_free_key() {
     ));
     r.manager.shutdown().await;
 }
+
+/// `hold`: the lease and its context as one value; holding the context holds the
+/// lease, and dropping it releases the lease.
+#[tokio::test(start_paused = true)]
+async fn a_held_lease_lives_as_long_as_its_context_is_held() {
+    let r = rig().await;
+    let key = Key::system(["held"]);
+    let held = r.manager.hold(key.clone(), TTL).await.unwrap();
+    tokio::time::sleep(TTL * 5).await;
+    assert!(!held.is_cancelled(), "{:?}", held.reason());
+    assert_eq!(held.key(), &key);
+    let ctx = held.context();
+    assert!(matches!(
+        r.manager.acquire_lease(key.clone(), TTL).await,
+        Err(LeaseError::Conflict)
+    ));
+    drop(held);
+    tokio::time::sleep(TTL / 10).await;
+    assert_eq!(ctx.reason(), Some(CancelReason::Released));
+    let again = r.manager.hold(key.clone(), TTL).await.unwrap();
+    assert!(again.token() > ctx.token());
+    again.release().await.unwrap();
+    r.manager.shutdown().await;
+}

@@ -334,6 +334,22 @@ impl LeaseManager {
         self.acquire_lease_with(key, AcquireOptions::new(ttl)).await
     }
 
+    /// Acquires `key` for `ttl` as one [`HeldLease`](crate::HeldLease) (the lease and
+    /// its context together, released when dropped): see [`Leaser::hold`]. The
+    /// recommended form.
+    pub async fn hold(&self, key: Key, ttl: Duration) -> Result<crate::HeldLease, LeaseError> {
+        Leaser::hold(self, key, ttl).await
+    }
+
+    /// [`hold`](Self::hold) with `options`: see [`Leaser::hold_with`].
+    pub async fn hold_with(
+        &self,
+        key: Key,
+        options: AcquireOptions,
+    ) -> Result<crate::HeldLease, LeaseError> {
+        Leaser::hold_with(self, key, options).await
+    }
+
     /// Acquires `key` with `options` (TTL, metadata, waiting): see
     /// [`Leaser::acquire_lease_with`].
     pub async fn acquire_lease_with(
