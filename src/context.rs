@@ -316,6 +316,25 @@ impl LeaseContext {
     ///
     /// The lease's end is looked at first each time both are ready, so `work` is never
     /// polled again after the lease has ended.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), leases::LeaseError> {
+    /// use std::time::Duration;
+    /// use leases::{CancelReason, Key, LeaseEnded, LeaseManager};
+    ///
+    /// let manager = LeaseManager::start().await?;
+    /// let key = Key::system(["compaction"]);
+    /// let held = manager.hold(key.clone(), Duration::from_secs(10)).await?;
+    /// let compacted = held.run_until_cancelled(async { 42 }).await;
+    /// assert_eq!(compacted, Ok(42));
+    /// manager.revoke(&key).await?;
+    /// let never = held.run_until_cancelled(std::future::pending::<()>()).await;
+    /// assert_eq!(never, Err(LeaseEnded { reason: CancelReason::Revoked }));
+    /// # manager.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn run_until_cancelled<F: std::future::Future>(
         &self,
         work: F,

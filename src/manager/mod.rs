@@ -384,6 +384,25 @@ impl LeaseManager {
     /// announces). Fails with [`LeaseError::Conflict`] (no wait) or
     /// [`LeaseError::WaitTimedOut`] when none could be had, and with
     /// [`LeaseError::InvalidConfig`] for an empty list.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), leases::LeaseError> {
+    /// use std::time::Duration;
+    /// use leases::{AcquireOptions, Key, LeaseManager};
+    ///
+    /// let manager = LeaseManager::start().await?;
+    /// let jobs: Vec<Key> = (0..4).map(|i| Key::system(["jobs", &i.to_string()])).collect();
+    /// let (_busy, _) = manager.acquire_lease(jobs[0].clone(), Duration::from_secs(10)).await?;
+    /// // A worker takes whichever job is free, waiting up to a minute if none is.
+    /// let opts = AcquireOptions::new(Duration::from_secs(10)).wait(Duration::from_secs(60));
+    /// let (i, lease, _ctx) = manager.acquire_any(&jobs, opts).await?;
+    /// assert_ne!(i, 0);
+    /// lease.release().await?;
+    /// # manager.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn acquire_any(
         &self,
         keys: &[Key],
