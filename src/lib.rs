@@ -66,6 +66,8 @@
 //! - [`actors`]: the ractor-facing API in one place (messages to the manager, the
 //!   supervision tree, lease ends as actor messages).
 //! - [`FakeLeaser`] (`fake.rs`): for unit tests of code that takes a `dyn Leaser`.
+//! - `fence` (`fence.rs`, feature `postgres`): refuse stale tokens on the resource
+//!   side, for data kept in PostgreSQL.
 //! - `testing` (feature `test-util`): the conformance kit that proves any backend keeps
 //!   the guarantees below.
 //!
