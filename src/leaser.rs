@@ -132,11 +132,13 @@ pub trait Leaser: Send + Sync {
 /// `acquire_lease` returns `(Lease, LeaseContext)`, as FTL's `AcquireLease` does, and
 /// that shape has a trap: `let (_, ctx) = manager.acquire_lease(..).await?` drops the
 /// `Lease` at once, which releases it, and `ctx` reads `Released` a moment later. No
-/// compiler lint can see that. A `HeldLease` cannot be split by accident: it is the
-/// context (it dereferences to [`LeaseContext`]) and it releases the lease when it is
-/// dropped, so holding the context means holding the lease. `let _ = ...` still drops
-/// it, and the type is `#[must_use]`, so the compiler warns when a `hold` result is
-/// thrown away unnamed:
+/// compiler lint can see that. A `HeldLease` is much harder to split: it is the context
+/// (it dereferences to [`LeaseContext`]) and it releases the lease when it is dropped,
+/// so holding it means holding the lease, and the type is `#[must_use]`, so the
+/// compiler warns when a `hold` result is thrown away unnamed (below). Two ways still
+/// drop it at once, as any Rust value: `let _ = ...`, and taking a context off the
+/// temporary (`manager.hold(..).await?.context()`, or `.clone()`), which keeps the
+/// context and drops the lease at the end of the statement. Bind the `HeldLease` itself:
 ///
 /// ```compile_fail
 /// #![deny(unused_must_use)]

@@ -289,3 +289,58 @@ async fn a_slow_release_at_shutdown_still_frees_the_key() {
     let r = Leaser::acquire_lease(&other, key.clone(), Duration::from_secs(30)).await;
     assert!(r.is_ok(), "another manager could not take the key: {r:?}");
 }
+
+/// Found by the review of the first-hour helpers: a waiter whose attempt was running
+/// (the key held elsewhere) was not ended by `shutdown`; it waited out its whole wait.
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_a_waiter_whose_attempt_is_running() {
+    let memory = Arc::new(MemoryBackend::new());
+    let a = manager_on(memory.clone()).await;
+    let b = manager_on(memory.clone()).await;
+    let key = Key::system(["shutdown-waiter"]);
+    let (_held, _ctx) = b.acquire_lease(key.clone(), TTL).await.unwrap();
+    let (a2, k2) = (a.clone(), key.clone());
+    let task = tokio::spawn(async move {
+        a2.acquire_lease_with(k2, AcquireOptions::new(TTL).wait(Duration::from_secs(3600)))
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.shutdown().await;
+    let r = tokio::time::timeout(Duration::from_secs(2), task).await;
+    assert!(
+        matches!(r, Ok(Ok(Err(LeaseError::ManagerStopped)))),
+        "{r:?}"
+    );
+    b.shutdown().await;
+}
+
+/// The same for `acquire_any`: its wait ends when its manager stops.
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_an_acquire_any_wait() {
+    let memory = Arc::new(MemoryBackend::new());
+    let a = manager_on(memory.clone()).await;
+    let b = manager_on(memory.clone()).await;
+    let keys: Vec<Key> = (0..2)
+        .map(|i| Key::system(["shutdown-any", &i.to_string()]))
+        .collect();
+    let (_h0, _c0) = b.acquire_lease(keys[0].clone(), TTL).await.unwrap();
+    let (_h1, _c1) = b.acquire_lease(keys[1].clone(), TTL).await.unwrap();
+    let (a2, k2) = (a.clone(), keys.clone());
+    let task = tokio::spawn(async move {
+        a2.acquire_any(
+            &k2,
+            AcquireOptions::new(TTL).wait(Duration::from_secs(3600)),
+        )
+        .await
+        .map(|(i, _, _)| i)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.shutdown().await;
+    let r = tokio::time::timeout(Duration::from_secs(2), task).await;
+    assert!(
+        matches!(r, Ok(Ok(Err(LeaseError::ManagerStopped)))),
+        "{r:?}"
+    );
+    b.shutdown().await;
+}

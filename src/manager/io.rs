@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::{ActorRef, ActorStatus, RpcReplyPort};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -114,12 +114,19 @@ pub(crate) fn start_attempt(
     };
     tokio::spawn(async move {
         let mut report = report;
-        let (key, waiter) = (&report.key, report.waiter.as_ref());
+        let (me, key, waiter) = (&report.me, &report.key, report.waiter.as_ref());
         let Some(waiter) = waiter else { return };
-        let outcome = attempt(backend, key, &waiter.options, waiter.until, || {
+        // Give up when the caller has, or when the manager has stopped: a shutdown ends
+        // waiters whose attempts are running too, not only those still queued (the
+        // report then finds nobody, and the caller hears `ManagerStopped`).
+        let gave_up = || {
             waiter.reply.is_closed()
-        })
-        .await;
+                || !matches!(
+                    me.get_status(),
+                    ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
+                )
+        };
+        let outcome = attempt(backend, key, &waiter.options, waiter.until, gave_up).await;
         report.send(outcome);
     });
 }

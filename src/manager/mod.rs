@@ -433,6 +433,8 @@ impl LeaseManager {
         let mut once = options.clone();
         once.wait = None;
         loop {
+            // A shutdown ends this wait too.
+            self.check_running()?;
             let free = self.inner.backend.free_among(keys).await?;
             for i in (0..n).map(|j| (start + j) % n) {
                 if !free.get(i).copied().unwrap_or(false) {
