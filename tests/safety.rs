@@ -14,21 +14,42 @@ use leases::{
 
 const TTL: Duration = Duration::from_secs(1);
 
-/// A backend that counts acquires, and can be told to answer every acquire with
-/// "held, expires now".
+/// The one hand-made backend of these tests: a memory backend that counts acquires,
+/// and can be told to answer every acquire with "held, expires now", or to take
+/// `release_delay` over every release (a slow database).
+#[derive(Default)]
 struct Counting {
-    inner: MemoryBackend,
+    inner: Arc<MemoryBackend>,
     acquires: AtomicUsize,
     expires_now: bool,
+    release_delay: Duration,
 }
 
 impl Counting {
     fn new(expires_now: bool) -> Arc<Counting> {
         Arc::new(Counting {
-            inner: MemoryBackend::new(),
-            acquires: AtomicUsize::new(0),
             expires_now,
+            ..Counting::default()
         })
+    }
+
+    /// A manager whose releases take `delay`, with this shutdown timeout; and the
+    /// store behind it, to look at directly.
+    async fn slow_releases(
+        delay: Duration,
+        shutdown_timeout: Duration,
+    ) -> (Arc<MemoryBackend>, LeaseManager) {
+        let backend = Arc::new(Counting {
+            release_delay: delay,
+            ..Counting::default()
+        });
+        let m = LeaseManager::builder()
+            .backend(backend.clone())
+            .shutdown_timeout(shutdown_timeout)
+            .start()
+            .await
+            .unwrap();
+        (backend.inner.clone(), m)
     }
 
     fn acquires(&self) -> usize {
@@ -65,6 +86,7 @@ impl Backend for Counting {
         self.inner.renew(key, token, ttl).await
     }
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
+        tokio::time::sleep(self.release_delay).await;
         self.inner.release(key, token).await
     }
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
@@ -160,45 +182,6 @@ async fn renewers_stop_when_their_supervisor_dies() {
     other.shutdown().await;
 }
 
-/// A memory backend whose async release takes `delay` (a slow database).
-struct SlowRelease {
-    inner: Arc<MemoryBackend>,
-    delay: Duration,
-}
-
-#[async_trait]
-impl Backend for SlowRelease {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, BackendError> {
-        self.inner.acquire(key, ttl, metadata).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<RenewOutcome, BackendError> {
-        self.inner.renew(key, token, ttl).await
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.inner.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.inner.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.inner.subscribe_freed()
-    }
-}
-
 /// Found by the review of the manager reshape: the handle must reject bad options itself. After shutdown, an
 /// acquire with a TTL below the minimum used to fail with `TtlTooShort`; now it fails
 /// with `ManagerStopped` (the options are never looked at).
@@ -218,17 +201,7 @@ async fn bad_options_are_rejected_as_bad_even_after_shutdown() {
 /// the handle; now it queues behind the shutdown and comes back `ManagerStopped`.
 #[tokio::test(start_paused = true)]
 async fn bad_options_are_answered_without_waiting_for_the_mailbox() {
-    let mem = Arc::new(MemoryBackend::new());
-    let backend: Arc<dyn Backend> = Arc::new(SlowRelease {
-        inner: mem.clone(),
-        delay: Duration::from_secs(60),
-    });
-    let m = LeaseManager::builder()
-        .backend(backend)
-        .shutdown_timeout(Duration::from_secs(10))
-        .start()
-        .await
-        .unwrap();
+    let (_mem, m) = Counting::slow_releases(Duration::from_secs(60), Duration::from_secs(10)).await;
     let (_lease, _ctx) = Leaser::acquire_lease(&m, Key::system(["held"]), Duration::from_secs(30))
         .await
         .unwrap();
@@ -256,17 +229,7 @@ async fn bad_options_are_answered_without_waiting_for_the_mailbox() {
 /// aborts them, so the key stays taken by nobody for the rest of its TTL.
 #[tokio::test(start_paused = true)]
 async fn a_slow_release_at_shutdown_still_frees_the_key() {
-    let mem = Arc::new(MemoryBackend::new());
-    let backend: Arc<dyn Backend> = Arc::new(SlowRelease {
-        inner: mem.clone(),
-        delay: Duration::from_secs(3),
-    });
-    let m = LeaseManager::builder()
-        .backend(backend)
-        .shutdown_timeout(Duration::from_secs(1))
-        .start()
-        .await
-        .unwrap();
+    let (mem, m) = Counting::slow_releases(Duration::from_secs(3), Duration::from_secs(1)).await;
     let key = Key::system(["slow"]);
     let (lease, _ctx) = Leaser::acquire_lease(&m, key.clone(), Duration::from_secs(30))
         .await
