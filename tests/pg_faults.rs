@@ -9,7 +9,9 @@
 //! `got` when granted, `work` for each side effect it performs as holder (a write
 //! through `leases::fence::Fence`, recorded with whether the fence accepted it), `lost`
 //! or `released` when the lease ends. The checker then asserts, per key:
-//! - tokens only grow, in the order they were granted;
+//! - tokens only grow, in the order the database granted them (a trigger records each
+//!   grant; a process frozen right after its grant logs `got` late), and every token a
+//!   process was handed is one the database granted;
 //! - no two holders overlap: every action of a holder comes before the next holder's
 //!   grant, except a write by a process that was frozen, which the fence must refuse;
 //! - the killed holder's key is taken over after its TTL, the frozen holder reports
@@ -431,6 +433,29 @@ async fn orchestrate() -> Checks {
         .await
         .unwrap();
     fence().create(&admin).await.unwrap();
+    // The lease table is made here, before any process starts, so that a trigger can
+    // record every grant as the database makes it: grants of one key are serialized by
+    // its row lock, so `grants.id` orders them as the database did. The processes' own
+    // "got" events are logged after the acquire returns, and a process frozen between
+    // the two logs its grant late; only the database's record can judge token order.
+    leases::backend::PostgresBackend::connect(PostgresOptions::new(url.clone()))
+        .await
+        .expect("the lease table is created");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE grants (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, token BIGINT NOT NULL);
+             CREATE FUNCTION record_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF TG_OP = 'INSERT' OR NEW.token IS DISTINCT FROM OLD.token THEN
+                     INSERT INTO grants (key, token) VALUES (NEW.key, NEW.token);
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER record_grant AFTER INSERT OR UPDATE ON {TABLE}
+                 FOR EACH ROW EXECUTE FUNCTION record_grant();"
+        ))
+        .await
+        .unwrap();
     let port = server.port();
     let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = tokio::spawn(sample(url.clone(), stop_sampling.clone()));
@@ -585,6 +610,13 @@ async fn orchestrate() -> Checks {
             accepted: r.get(5),
         })
         .collect();
+    let db_grants: Vec<(String, u64)> = admin
+        .query("SELECT key, token FROM grants ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+        .collect();
     stop_sampling.store(true, std::sync::atomic::Ordering::SeqCst);
     let samples = sampler.await.unwrap();
     let frozen_procs: Vec<String> = procs
@@ -606,7 +638,7 @@ async fn orchestrate() -> Checks {
         }
     }
 
-    // Per key: grants in time order; tokens grow; no overlap.
+    // Per key: tokens grow in grant order; no overlap.
     let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
     for e in &events {
         by_key.entry(e.key.as_str()).or_default().push(e);
@@ -616,9 +648,26 @@ async fn orchestrate() -> Checks {
     for (k, evs) in &by_key {
         let grants: Vec<&&Event> = evs.iter().filter(|e| e.kind == "got").collect();
         grants_total += grants.len();
+        // Token order is judged on the database's record of grants (see the trigger).
+        let in_db: Vec<u64> = db_grants
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, t)| *t)
+            .collect();
+        let backwards: Vec<&[u64]> = in_db.windows(2).filter(|w| w[0] >= w[1]).collect();
         c.check(
-            grants.windows(2).all(|w| w[0].token < w[1].token),
-            format!("{k}: tokens grow in grant order"),
+            backwards.is_empty(),
+            format!("{k}: tokens grow in the order the database granted them {backwards:?}"),
+        );
+        // Every token a process was handed is one the database granted for that key.
+        let unknown: Vec<u64> = grants
+            .iter()
+            .map(|g| g.token)
+            .filter(|t| !in_db.contains(t))
+            .collect();
+        c.check(
+            unknown.is_empty(),
+            format!("{k}: every token handed out was granted by the database {unknown:?}"),
         );
         // When did each token's holder start, and what did it do after the next grant?
         let first_at: HashMap<u64, std::time::SystemTime> =
