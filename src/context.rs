@@ -46,6 +46,12 @@ pub enum LossCause {
     ManagerFailed,
     /// A [`FakeLeaser`](crate::FakeLeaser) was told to lose the lease.
     Injected,
+    /// The lease service reported the lease lost (for a
+    /// [`ClientLeaser`](crate::ClientLeaser)); the message says why.
+    Remote(String),
+    /// The connection to the lease service broke, or the service ended the lease's
+    /// stream (for a [`ClientLeaser`](crate::ClientLeaser)); the message says how.
+    Disconnected(String),
 }
 
 impl fmt::Display for CancelReason {
@@ -69,6 +75,10 @@ impl fmt::Display for LossCause {
             LossCause::RenewerFailed(why) => write!(f, "the renewal actor failed: {why}"),
             LossCause::ManagerFailed => f.write_str("the lease manager stopped unexpectedly"),
             LossCause::Injected => f.write_str("loss injected by a fake leaser"),
+            LossCause::Remote(why) => write!(f, "the lease service reported: {why}"),
+            LossCause::Disconnected(why) => {
+                write!(f, "the connection to the lease service was lost: {why}")
+            }
         }
     }
 }

@@ -138,6 +138,8 @@
 
 pub mod actors;
 pub mod backend;
+#[cfg(feature = "client")]
+mod client;
 #[doc(hidden)]
 pub mod clock;
 mod context;
@@ -149,11 +151,17 @@ pub mod key;
 mod lease;
 mod leaser;
 mod manager;
+#[cfg(feature = "client")]
+pub mod proto;
+#[cfg(feature = "server")]
+pub mod service;
 mod sync;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use backend::LeaseInfo;
+#[cfg(feature = "client")]
+pub use client::{ClientLeaser, ClientOptions};
 pub use context::{CancelReason, LeaseContext, LeaseEnded, LossCause};
 pub use error::{BackendError, BackendErrorKind, LeaseError};
 pub use fake::FakeLeaser;

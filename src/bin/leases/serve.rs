@@ -1,0 +1,160 @@
+//! `leases serve`: the lease service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use leases::backend::PostgresOptions;
+use leases::service::{LeaseServer, ServeOptions, TlsFiles, DEFAULT_BIND};
+use leases::LeaseManager;
+
+/// Serve leases over gRPC (FTL's LeaseService and the native service).
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  leases serve                                   # memory backend, 127.0.0.1:8895
+  leases serve --postgres postgres://u@db/leases # several servers may share one table
+  leases serve --bind 0.0.0.0:8895 --token-file /etc/leases/token \\
+      --tls-cert server.crt --tls-key server.key")]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = DEFAULT_BIND)]
+    pub bind: SocketAddr,
+    /// Keep leases in this PostgreSQL database instead of in memory.
+    #[arg(long, env = "LEASES_POSTGRES_URL")]
+    pub postgres: Option<String>,
+    /// The table of leases in PostgreSQL.
+    #[arg(long, default_value = "leases")]
+    pub table: String,
+    /// Require `authorization: Bearer <token>`, with the token read from this file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The TTL of an FTL request that carries none.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub default_ttl: Duration,
+    /// The shortest TTL granted.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub min_ttl: Duration,
+    /// The most keys one FTL stream may hold.
+    #[arg(long, default_value_t = 1024)]
+    pub max_keys_per_stream: usize,
+    /// The most concurrent streams on one connection.
+    #[arg(long, default_value_t = 1024)]
+    pub max_streams_per_connection: u32,
+}
+
+/// `30s`, `5m`, `1h30m`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "bad duration {s:?}: expected a number, like 30s or 5m"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("bad duration {s:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "" => {
+                return Err(format!(
+                    "bad duration {s:?}: a unit is needed (ms, s, m, h)"
+                ))
+            }
+            u => {
+                return Err(format!(
+                    "bad duration {s:?}: unknown unit {u:?} (ms, s, m, h)"
+                ))
+            }
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit..];
+    }
+    Ok(total)
+}
+
+/// Runs the service until SIGINT or SIGTERM, then stops gracefully.
+pub async fn run(args: ServeArgs) -> ExitCode {
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leases serve: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut builder = LeaseManager::builder().min_ttl(args.min_ttl);
+    if let Some(url) = &args.postgres {
+        builder = builder.postgres(PostgresOptions::new(url.clone()).table(args.table.clone()));
+    }
+    let manager = builder.start().await.map_err(|e| e.to_string())?;
+    let auth_token = match &args.token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+            let token = token.trim().to_string();
+            if token.is_empty() {
+                return Err(format!("the token file {} is empty", path.display()));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let tls = args.tls_cert.clone().map(|certificate| TlsFiles {
+        certificate,
+        private_key: args.tls_key.clone().unwrap_or_default(),
+        client_ca: args.tls_client_ca.clone(),
+    });
+    let options = ServeOptions {
+        bind: args.bind,
+        tls,
+        auth_token,
+        default_ttl: args.default_ttl,
+        max_keys_per_stream: args.max_keys_per_stream,
+        max_streams_per_connection: args.max_streams_per_connection,
+        ..ServeOptions::default()
+    };
+    let server = LeaseServer::start(manager.clone(), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Scripts and tests read the address from this line.
+    println!("leases serve: listening on {}", server.local_addr());
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let result = server.serve_until(stop).await.map_err(|e| e.to_string());
+    manager.shutdown().await;
+    eprintln!("leases serve: stopped");
+    result
+}

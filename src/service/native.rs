@@ -1,0 +1,265 @@
+//! The native `leases.v1.Leases` service (see `proto/leases/v1/leases.proto`).
+//!
+//! A `Hold` stream holds one lease. The client acquires it with its first request and
+//! keeps it with heartbeats; every `granted` and `renewed` answer carries the fencing
+//! token or the holder's time left: the server's own local deadline for the lease,
+//! measured when it answered. A client that adds the time left to the instant it
+//! *sent* the request ends its context before the server's deadline, which itself
+//! ends before the backend could grant the key to anyone else (see
+//! [`ClientLeaser`](crate::ClientLeaser)).
+//!
+//! The stream ends with an `ended` answer (released, revoked, lost, shutdown) when the
+//! lease ends; the server releases the lease when the stream ends for any reason, on
+//! `release`, and when no request has come within the TTL. A client that does not
+//! read its answers (more than 64 unread) is treated as gone: its lease is released
+//! and the stream ends with `RESOURCE_EXHAUSTED`.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{duration_of, proto_duration, status_of, time_left, Shared};
+use crate::proto::leases::v1::ended::Reason;
+use crate::proto::leases::v1::hold_request::Kind as In;
+use crate::proto::leases::v1::hold_response::Kind as Out;
+use crate::proto::leases::v1::leases_server::Leases;
+use crate::proto::leases::v1::{
+    Acquire, Ended, Granted, HoldRequest, HoldResponse, InfoResponse, KeyRequest, ListRequest,
+    ListResponse, Renewed, RevokeResponse,
+};
+use crate::{AcquireOptions, CancelReason, Key, LeaseError, LeaseInfo};
+
+/// Unread answers after which a client is treated as gone.
+const UNREAD_LIMIT: usize = 64;
+
+/// The native service.
+#[derive(Clone)]
+pub struct NativeService {
+    shared: Shared,
+}
+
+impl std::fmt::Debug for NativeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NativeService")
+    }
+}
+
+impl NativeService {
+    pub(crate) fn new(shared: Shared) -> NativeService {
+        NativeService { shared }
+    }
+}
+
+type HoldAnswers = Pin<Box<dyn Stream<Item = Result<HoldResponse, Status>> + Send>>;
+
+fn parse_key(s: &str) -> Result<Key, Status> {
+    Key::parse(s).map_err(|e| status_of(&LeaseError::InvalidKey(e)))
+}
+
+/// A lease's description on the wire.
+pub(crate) fn info_to_proto(info: LeaseInfo) -> crate::proto::leases::v1::LeaseInfo {
+    crate::proto::leases::v1::LeaseInfo {
+        key: info.key.to_string(),
+        token: info.token,
+        ttl: Some(proto_duration(info.ttl)),
+        expires_in: Some(proto_duration(info.expires_in)),
+        metadata: info.metadata,
+        revoked: info.revoked,
+        acquired_at: info.acquired_at.map(prost_types::Timestamp::from),
+    }
+}
+
+#[tonic::async_trait]
+impl Leases for NativeService {
+    type HoldStream = HoldAnswers;
+
+    async fn hold(
+        &self,
+        request: Request<Streaming<HoldRequest>>,
+    ) -> Result<Response<HoldAnswers>, Status> {
+        let (tx, rx) = mpsc::channel(UNREAD_LIMIT);
+        tokio::spawn(run_hold(self.shared.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(tokio_stream_from(rx))))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<KeyRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let key = parse_key(&request.into_inner().key)?;
+        let revoked = self
+            .shared
+            .manager
+            .revoke(&key)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(RevokeResponse { revoked }))
+    }
+
+    async fn info(&self, request: Request<KeyRequest>) -> Result<Response<InfoResponse>, Status> {
+        let key = parse_key(&request.into_inner().key)?;
+        let info = self
+            .shared
+            .manager
+            .lease_info(&key)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(InfoResponse {
+            lease: info.map(info_to_proto),
+        }))
+    }
+
+    async fn list(&self, _request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        Err(Status::unimplemented("list is not served yet"))
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<HoldResponse, Status>>,
+) -> impl Stream<Item = Result<HoldResponse, Status>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn answer(kind: Out) -> Result<HoldResponse, Status> {
+    Ok(HoldResponse { kind: Some(kind) })
+}
+
+fn ended(reason: Reason, message: impl Into<String>) -> Result<HoldResponse, Status> {
+    answer(Out::Ended(Ended {
+        reason: reason as i32,
+        message: message.into(),
+    }))
+}
+
+fn ended_by(reason: &CancelReason) -> Result<HoldResponse, Status> {
+    let r = match reason {
+        CancelReason::Released => Reason::Released,
+        CancelReason::Revoked => Reason::Revoked,
+        CancelReason::Shutdown => Reason::Shutdown,
+        _ => Reason::Lost,
+    };
+    ended(r, reason.to_string())
+}
+
+/// The acquire options of the first request.
+fn options_of(acquire: Acquire) -> Result<(Key, AcquireOptions), Status> {
+    let key = parse_key(&acquire.key)?;
+    let ttl = acquire
+        .ttl
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("acquire needs a TTL"))?;
+    let ttl = duration_of(ttl).ok_or_else(|| {
+        Status::invalid_argument(format!("lease TTL {ttl:?} is negative or malformed"))
+    })?;
+    let mut options = AcquireOptions::new(ttl).metadata(acquire.metadata);
+    if let Some(wait) = &acquire.wait {
+        let wait = duration_of(wait).ok_or_else(|| {
+            Status::invalid_argument(format!("wait {wait:?} is negative or malformed"))
+        })?;
+        options = options.wait(wait);
+    }
+    Ok((key, options))
+}
+
+/// Serves one `Hold` stream.
+async fn run_hold(
+    shared: Shared,
+    mut incoming: Streaming<HoldRequest>,
+    tx: mpsc::Sender<Result<HoldResponse, Status>>,
+) {
+    let stopping = shared.stopping.clone();
+    // The first request: acquire.
+    let first = tokio::select! {
+        _ = stopping.cancelled() => return,
+        _ = tx.closed() => return,
+        m = incoming.message() => m,
+    };
+    let acquire = match first {
+        Ok(Some(HoldRequest {
+            kind: Some(In::Acquire(a)),
+        })) => a,
+        Ok(Some(_)) => {
+            let _ = tx.try_send(Err(Status::invalid_argument(
+                "the first request of a Hold stream must be `acquire`",
+            )));
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    };
+    let (key, options) = match options_of(acquire) {
+        Ok(x) => x,
+        Err(status) => {
+            let _ = tx.try_send(Err(status));
+            return;
+        }
+    };
+    let ttl = options.ttl();
+    let acquired = tokio::select! {
+        _ = stopping.cancelled() => Err(Status::unavailable("the lease service is shutting down")),
+        // The client is gone: dropping the acquire gives up (the manager cleans up).
+        _ = tx.closed() => return,
+        r = shared.manager.acquire_lease_with(key.clone(), options) => r.map_err(|e| status_of(&e)),
+    };
+    let (lease, ctx) = match acquired {
+        Ok(x) => x,
+        Err(status) => {
+            let _ = tx.try_send(Err(status));
+            return;
+        }
+    };
+    let granted = answer(Out::Granted(Granted {
+        token: lease.token(),
+        time_left: Some(proto_duration(time_left(&ctx, ttl))),
+    }));
+    if tx.try_send(granted).is_err() {
+        let _ = lease.release().await;
+        return;
+    }
+    let mut last = Instant::now();
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = stopping.cancelled() => {
+                break ended(Reason::Shutdown, "the lease service is shutting down");
+            }
+            reason = ctx.cancelled() => break ended_by(&reason),
+            _ = tx.closed() => break Err(Status::cancelled("the client went away")),
+            _ = tokio::time::sleep_until(last + ttl) => {
+                break ended(Reason::Lost, "no request within the TTL: the client is gone");
+            }
+            m = incoming.message() => match m {
+                Ok(Some(HoldRequest { kind: Some(In::Heartbeat(_)) })) => {
+                    last = Instant::now();
+                    // Never confirm an ended lease.
+                    if let Some(reason) = ctx.reason() {
+                        break ended_by(&reason);
+                    }
+                    let renewed = answer(Out::Renewed(Renewed {
+                        time_left: Some(proto_duration(time_left(&ctx, ttl))),
+                    }));
+                    if tx.try_send(renewed).is_err() {
+                        break Err(Status::resource_exhausted(
+                            "the client does not read its answers",
+                        ));
+                    }
+                }
+                Ok(Some(HoldRequest { kind: Some(In::Release(_)) })) => {
+                    let _ = lease.release().await;
+                    let _ = tx.try_send(ended(Reason::Released, "released"));
+                    return;
+                }
+                Ok(Some(_)) => {
+                    break Err(Status::invalid_argument("only heartbeat and release may follow acquire"));
+                }
+                Ok(None) | Err(_) => break Err(Status::cancelled("the client closed the stream")),
+            },
+        }
+    };
+    // Tell the client first, then release.
+    let _ = tx.try_send(end);
+    drop(tx);
+    let _ = lease.release().await;
+}
