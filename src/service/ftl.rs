@@ -175,8 +175,12 @@ async fn run_stream(
                         Err(status) => break Some(status),
                     }
                 }
-                // The client closed its side, or the connection is gone.
-                Ok(None) | Err(_) => break None,
+                // The client closed its side.
+                Ok(None) => break None,
+                // A request that could not be read (too large, malformed), or the
+                // connection is gone: the status says which (and reaches the client
+                // if it still can).
+                Err(status) => break Some(status),
             },
         }
     };

@@ -187,7 +187,11 @@ async fn run_hold(
             )));
             return;
         }
-        Ok(None) | Err(_) => return,
+        Ok(None) => return,
+        Err(status) => {
+            let _ = tx.try_send(Err(status));
+            return;
+        }
     };
     let (key, options) = match options_of(acquire) {
         Ok(x) => x,
@@ -254,7 +258,8 @@ async fn run_hold(
                 Ok(Some(_)) => {
                     break Err(Status::invalid_argument("only heartbeat and release may follow acquire"));
                 }
-                Ok(None) | Err(_) => break Err(Status::cancelled("the client closed the stream")),
+                Ok(None) => break Err(Status::cancelled("the client closed the stream")),
+                Err(status) => break Err(status),
             },
         }
     };

@@ -34,6 +34,7 @@ pub use crate::backend::{AcquireFault, FaultyBackend, RenewFault};
 use crate::{Key, LeaseManager};
 
 pub mod conformance;
+pub mod leaser;
 
 /// An [`Env`](conformance::Env) over one backend: managers on it accept TTLs down to
 /// `ttl`, and keys are unique to this environment (so runs sharing a store, such as a
