@@ -1,0 +1,160 @@
+//! Two `leases serve` processes on one PostgreSQL table, a `ClientLeaser` on each,
+//! contending for one key. The server that serves the holder is killed with SIGKILL:
+//! its client must be told `Lost` before the other server grants the key to the other
+//! client. Judged on the database's clock: a trigger records the time of every grant,
+//! and the holder's loss is timed on the same machine's wall clock.
+#![cfg(feature = "server")]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use leases::backend::{PostgresBackend, PostgresOptions};
+use leases::{CancelReason, ClientLeaser, ClientOptions, Key, LeaseError, Leaser};
+use support::pg::PgServer;
+
+const TTL: Duration = Duration::from_secs(2);
+
+/// A `leases serve` process; killed when dropped.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(pg: &str) -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leases"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--min-ttl",
+            "1s",
+            "--postgres",
+            pg,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("leases serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("leases serve: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Serve {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+async fn client(s: &Serve) -> ClientLeaser {
+    ClientLeaser::connect_with(ClientOptions::new(s.url.clone()).min_ttl(Duration::from_secs(1)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_holders_server_tells_its_client_before_the_other_is_granted() {
+    let pg = PgServer::start(None);
+    let url = pg.url();
+    // The table, and a trigger that records when the database makes each grant.
+    PostgresBackend::connect(PostgresOptions::new(url.clone()))
+        .await
+        .unwrap();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.batch_execute(
+        "CREATE TABLE grants (token BIGINT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
+         CREATE FUNCTION record_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF TG_OP = 'INSERT' OR NEW.token IS DISTINCT FROM OLD.token THEN
+                 INSERT INTO grants (token) VALUES (NEW.token);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER record_grant AFTER INSERT OR UPDATE ON leases
+             FOR EACH ROW EXECUTE FUNCTION record_grant();",
+    )
+    .await
+    .unwrap();
+
+    let one = serve(&url);
+    let two = serve(&url);
+    let (a, b) = (client(&one).await, client(&two).await);
+    let key = Key::system(["failover"]);
+    let (lease, ctx) = a.acquire_lease(key.clone(), TTL).await.unwrap();
+    let held_token = lease.token();
+    // The other client keeps trying through the other server.
+    let contender = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            loop {
+                match b.acquire_lease(key.clone(), TTL).await {
+                    Ok(got) => return got,
+                    Err(LeaseError::Conflict) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("the other client: {e}"),
+                }
+            }
+        })
+    };
+    let lost_at = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let reason = ctx.cancelled().await;
+            (reason, SystemTime::now())
+        })
+    };
+    tokio::time::sleep(TTL).await;
+    assert!(
+        !ctx.is_cancelled(),
+        "held through its server: {:?}",
+        ctx.reason()
+    );
+    let mut one = one;
+    one.child.kill().unwrap();
+    let (reason, lost_at) = tokio::time::timeout(TTL, lost_at)
+        .await
+        .expect("the holder is told within a TTL")
+        .unwrap();
+    assert!(matches!(reason, CancelReason::Lost(_)), "{reason:?}");
+    let (next, next_ctx) = tokio::time::timeout(TTL * 5, contender)
+        .await
+        .expect("the other client gets the key once the lease expires")
+        .unwrap();
+    assert!(next.token() > held_token);
+    let granted_at: SystemTime = db
+        .query_one(
+            "SELECT at FROM grants WHERE token = $1",
+            &[&(next.token() as i64)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        lost_at < granted_at,
+        "the holder was told at {lost_at:?}, after the other grant at {granted_at:?}"
+    );
+    // The killed server's lease ran out on the database; it was not released early
+    // by anyone, so the grant came at least (most of) a TTL after the kill.
+    assert!(!next_ctx.is_cancelled());
+    next.release().await.unwrap();
+    drop(lease);
+    drop(two);
+}
