@@ -12,6 +12,8 @@
 //!
 //! In-process, on the in-memory backend (about eight seconds):
 //!     cargo run --example failover
+//! The same story through the lease service (workers use `ClientLeaser`s):
+//!     cargo run --features server --example failover -- --service
 //! Across processes sharing PostgreSQL (the coordinator starts four worker processes):
 //!     cargo run --features postgres --example failover -- --postgres postgres://user@host/db
 //! (or set LEASES_POSTGRES_URL).
@@ -131,6 +133,10 @@ impl Ledger {
     }
 }
 
+/// Set when the story ends, for workers whose leaser cannot say so itself (a client of
+/// a lease service that is stopping only sees the service go away).
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 async fn worker(
     name: String,
     job: Key,
@@ -145,6 +151,8 @@ async fn worker(
         let (lease, ctx) = match leaser.acquire_lease_with(job.clone(), options).await {
             Ok(got) => got,
             Err(LeaseError::ManagerStopped) => return Ok(()),
+            // The story is over (the lease service is stopping).
+            Err(_) if STOPPING.load(std::sync::atomic::Ordering::SeqCst) => return Ok(()),
             Err(e) => {
                 clock.say(format!("{name}: could not acquire {job}: {e}"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -205,16 +213,41 @@ fn holder_name(info: &leases::LeaseInfo) -> String {
     String::from_utf8_lossy(&info.metadata).into_owned()
 }
 
-/// The operator's part, the same in both modes: after two seconds revoke whoever holds
+/// What the operator uses: the manager, or (through the service) a client.
+trait Operator {
+    async fn info(&self, key: &Key) -> Result<Option<leases::LeaseInfo>, LeaseError>;
+    async fn revoke(&self, key: &Key) -> Result<bool, LeaseError>;
+}
+
+impl Operator for LeaseManager {
+    async fn info(&self, key: &Key) -> Result<Option<leases::LeaseInfo>, LeaseError> {
+        self.lease_info(key).await
+    }
+    async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
+        LeaseManager::revoke(self, key).await
+    }
+}
+
+#[cfg(feature = "server")]
+impl Operator for leases::ClientLeaser {
+    async fn info(&self, key: &Key) -> Result<Option<leases::LeaseInfo>, LeaseError> {
+        self.lease_info(key).await
+    }
+    async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
+        leases::ClientLeaser::revoke(self, key).await
+    }
+}
+
+/// The operator's part, the same in every mode: after two seconds revoke whoever holds
 /// the billing job; after two more, report who holds the emails job.
 async fn revoke_billing_then_look_at_emails(
-    manager: &LeaseManager,
+    operator: &impl Operator,
     clock: &Clock,
 ) -> Result<leases::LeaseInfo, Error> {
     let (billing, emails) = jobs();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let info = manager
-        .lease_info(&billing)
+    let info = operator
+        .info(&billing)
         .await?
         .ok_or("billing is not held")?;
     clock.say(format!(
@@ -222,12 +255,9 @@ async fn revoke_billing_then_look_at_emails(
         holder_name(&info),
         info.token
     ));
-    manager.revoke(&billing).await?;
+    operator.revoke(&billing).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(manager
-        .lease_info(&emails)
-        .await?
-        .ok_or("emails is not held")?)
+    Ok(operator.info(&emails).await?.ok_or("emails is not held")?)
 }
 
 async fn print_history(ledger: &Ledger) -> Result<(), Error> {
@@ -243,8 +273,11 @@ async fn print_history(ledger: &Ledger) -> Result<(), Error> {
     Ok(())
 }
 
-/// The whole story in one process, on the in-memory backend.
-async fn in_process() -> Result<(), Error> {
+/// The whole story in one process, on the in-memory backend; with `service`, the
+/// workers and the operator reach the leases through a lease service (`leases serve`
+/// in-process, on port 0) with `ClientLeaser`s, as programs in other processes or
+/// languages would.
+async fn in_process(service: bool) -> Result<(), Error> {
     let clock = Clock {
         start_ms: Clock::now_ms(),
     };
@@ -256,7 +289,6 @@ async fn in_process() -> Result<(), Error> {
         .backend(faults.clone())
         .start()
         .await?;
-    let leaser: Arc<dyn Leaser> = Arc::new(manager.clone());
     let ledger = Arc::new(Ledger::Memory(Mutex::default()));
     let (billing, emails) = jobs();
     clock.say(format!(
@@ -264,22 +296,63 @@ async fn in_process() -> Result<(), Error> {
         TTL / 3,
         manager.safety_margin(TTL)
     ));
+    #[cfg(feature = "server")]
+    let served = if service {
+        let options = leases::service::ServeOptions {
+            bind: "127.0.0.1:0".parse()?,
+            ..Default::default()
+        };
+        let server = leases::service::LeaseServer::start(manager.clone(), options).await?;
+        let url = format!("http://{}", server.local_addr());
+        clock.say(format!(
+            "lease service listening on {url}; workers connect to it"
+        ));
+        let connect = || {
+            leases::ClientLeaser::connect_with(leases::ClientOptions::new(url.clone()).min_ttl(TTL))
+        };
+        Some((server, connect().await?, url))
+    } else {
+        None
+    };
+    #[cfg(not(feature = "server"))]
+    if service {
+        return Err("this build has no lease service: run with --features server".into());
+    }
     let mut workers = Vec::new();
     for (i, job) in [&billing, &billing, &emails, &emails]
         .into_iter()
         .enumerate()
     {
         let name = format!("worker-{}", i + 1);
+        let leaser: Arc<dyn Leaser> = match () {
+            #[cfg(feature = "server")]
+            () if served.is_some() => {
+                let url = served.as_ref().map(|s| s.2.clone()).unwrap_or_default();
+                Arc::new(
+                    leases::ClientLeaser::connect_with(
+                        leases::ClientOptions::new(url).min_ttl(TTL),
+                    )
+                    .await?,
+                )
+            }
+            () => Arc::new(manager.clone()),
+        };
         workers.push(tokio::spawn(worker(
             name,
             job.clone(),
-            leaser.clone(),
+            leaser,
             ledger.clone(),
             clock,
         )));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    #[cfg(feature = "server")]
+    let info = match &served {
+        Some((_, operator, _)) => revoke_billing_then_look_at_emails(operator, &clock).await?,
+        None => revoke_billing_then_look_at_emails(&manager, &clock).await?,
+    };
+    #[cfg(not(feature = "server"))]
     let info = revoke_billing_then_look_at_emails(&manager, &clock).await?;
     clock.say(format!(
         "fault: renewals of {emails} stall (held by {}, token {})",
@@ -293,6 +366,11 @@ async fn in_process() -> Result<(), Error> {
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     clock.say("shutting down");
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    #[cfg(feature = "server")]
+    if let Some((server, _, _)) = served {
+        server.shutdown().await?;
+    }
     manager.shutdown().await;
     for w in workers {
         w.await??;
@@ -444,5 +522,5 @@ async fn main() -> Result<(), Error> {
     if url.is_some() {
         return Err("this build has no PostgreSQL support: run with --features postgres".into());
     }
-    in_process().await
+    in_process(args.iter().any(|a| a == "--service")).await
 }

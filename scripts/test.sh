@@ -39,6 +39,9 @@ cargo test --manifest-path tests/external_backend/Cargo.toml --target-dir target
 step "main example: cargo run --example failover"
 cargo run --quiet --example failover
 
+step "main example through the lease service: cargo run --features server --example failover -- --service"
+cargo run --quiet --features server --example failover -- --service
+
 step "actor example: cargo run --example actor"
 cargo run --quiet --example actor
 
