@@ -757,13 +757,7 @@ pub async fn list_live_leases(env: &dyn Env) {
 
     let names = |list: &[crate::LeaseInfo]| -> Vec<String> {
         list.iter()
-            .map(|i| {
-                i.key
-                    .segments()
-                    .last()
-                    .cloned()
-                    .unwrap_or_default()
-            })
+            .map(|i| i.key.segments().last().cloned().unwrap_or_default())
             .collect()
     };
     let all = other.list(&prefix, 100).await.unwrap();
@@ -780,8 +774,14 @@ pub async fn list_live_leases(env: &dyn Env) {
         assert!(!info.revoked);
     }
     assert_eq!(names(&m.list(&prefix, 2).await.unwrap()), ["a%b", "a_1"]);
-    assert_eq!(names(&m.list(&format!("{base}/a_"), 100).await.unwrap()), ["a_1"]);
-    assert_eq!(names(&m.list(&format!("{base}/a%"), 100).await.unwrap()), ["a%b"]);
+    assert_eq!(
+        names(&m.list(&format!("{base}/a_"), 100).await.unwrap()),
+        ["a_1"]
+    );
+    assert_eq!(
+        names(&m.list(&format!("{base}/a%"), 100).await.unwrap()),
+        ["a%b"]
+    );
     assert!(m.list(&format!("{base}/z"), 100).await.unwrap().is_empty());
     assert!(m.list(&prefix, 0).await.unwrap().is_empty());
     // Revoked (by a manager that does not hold it): listed, marked revoked, until the
