@@ -339,6 +339,55 @@ fn sigint_is_passed_on(cli: &Cli) {
     assert_eq!(done.code, 42, "{done:?}");
 }
 
+/// The state letter of process `pid` (`S` sleeping, `T` stopped, ...), `?` if gone.
+fn process_state(pid: i32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        })
+        .unwrap_or('?')
+}
+
+/// Ctrl-Z (SIGTSTP) stops the command and `leases`; SIGCONT continues both while the
+/// lease lives; after a stop longer than the TTL the command is not continued but
+/// stopped for good, and `run` reports the loss.
+fn stop_and_continue(cli: &Cli) {
+    let key = cli.key("stop", "k");
+    let mut run = cli.start(&[
+        "run",
+        &key,
+        "--ttl",
+        "5s",
+        "--",
+        "sh",
+        "-c",
+        "echo $$; exec sleep 1000",
+    ]);
+    let command: i32 = run.line().parse().expect("the command's pid");
+    let leases = run.pid();
+    run.signal(libc::SIGTSTP);
+    eventually("the command and leases stop", || {
+        process_state(command) == 'T' && process_state(leases) == 'T'
+    });
+    run.signal(libc::SIGCONT);
+    eventually("both run again", || {
+        process_state(command) != 'T' && process_state(leases) != 'T'
+    });
+    // Stopped for longer than the TTL: the lease ran out meanwhile.
+    run.signal(libc::SIGTSTP);
+    eventually("stopped again", || {
+        process_state(command) == 'T' && process_state(leases) == 'T'
+    });
+    std::thread::sleep(Duration::from_secs(7));
+    run.signal(libc::SIGCONT);
+    let done = run.finish();
+    assert_eq!(done.code, code::LOST, "{done:?}");
+    assert!(done.stderr.contains("ended"), "{done:?}");
+    assert!(process_gone(command));
+}
+
 /// An operator's `leases revoke` stops the running command; `run` exits 79 and says
 /// why; the key is given back.
 fn revoke_stops_the_command(cli: &Cli) {
@@ -535,7 +584,7 @@ macro_rules! scenarios {
 
 scenarios!(postgres, Cli::postgres(&shared_url());
     exit_code_is_the_commands, command_sees_key_and_token, held_by_someone_else,
-    sigint_is_passed_on, revoke_stops_the_command, list_and_info, usage_errors);
+    sigint_is_passed_on, stop_and_continue, revoke_stops_the_command, list_and_info, usage_errors);
 
 // ---- PostgreSQL only ----
 

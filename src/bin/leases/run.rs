@@ -3,8 +3,17 @@
 //!
 //! The command runs in a process group of its own, so that a loss stops it and whatever
 //! it started (SIGTERM to the group, SIGKILL after the grace period). Signals sent to
-//! `leases` (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are passed on to the group; the lease is
-//! released once the command has exited. On Linux the command also gets SIGKILL if
+//! `leases` (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are passed on to the group, followed by
+//! SIGCONT so that a stopped command gets them too; the lease is released once the
+//! command has exited.
+//!
+//! A stop (SIGTSTP, Ctrl-Z) stops the command's group first and then `leases` itself,
+//! never the other way round: a command must not run on while the process renewing its
+//! lease is frozen. When `leases` is continued, the command is continued too if the
+//! lease is still live; if it ran out meanwhile, the command is stopped for good as on
+//! any loss.
+//!
+//! On Linux the command also gets SIGKILL if
 //! `leases` itself dies (a parent-death signal), so that a `kill -9` of `leases` does
 //! not leave it running without a lease (its own children are not covered: the lease
 //! then simply expires within its TTL).
@@ -41,6 +50,7 @@ impl Signals {
             (libc::SIGTERM, SignalKind::terminate()),
             (libc::SIGHUP, SignalKind::hangup()),
             (libc::SIGQUIT, SignalKind::quit()),
+            (libc::SIGTSTP, SignalKind::from_raw(libc::SIGTSTP)),
         ] {
             let s = signal(kind)
                 .map_err(|e| Failure::new(INTERNAL, format!("cannot handle signal {n}: {e}")))?;
@@ -102,6 +112,14 @@ fn signal_group(pgid: i32, sig: i32) {
     }
 }
 
+/// Stops this process (as SIGTSTP would have) until a SIGCONT.
+fn stop_self() {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGSTOP);
+    }
+}
+
 fn signal_name(sig: i32) -> &'static str {
     match sig {
         libc::SIGINT => "SIGINT",
@@ -109,6 +127,7 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGHUP => "SIGHUP",
         libc::SIGQUIT => "SIGQUIT",
         libc::SIGKILL => "SIGKILL",
+        libc::SIGTSTP => "SIGTSTP",
         _ => "a signal",
     }
 }
@@ -142,13 +161,21 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
 
     let acquired = {
         let _spinner = Spinner::start(format!("waiting for the lease on {key}"));
-        tokio::select! {
-            acquired = source.acquire(key.clone(), options) => acquired,
-            // Dropping the acquire here is safe: the manager gives back a grant whose
-            // caller has gone.
-            sig = signals.recv() => {
-                eprintln!("leases: interrupted ({}) while waiting for {key}", signal_name(sig));
-                return Ok(u8::try_from(128 + sig).unwrap_or(255));
+        let acquire = source.acquire(key.clone(), options);
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                acquired = &mut acquire => break acquired,
+                sig = signals.recv() => {
+                    if sig == libc::SIGTSTP {
+                        stop_self();
+                        continue;
+                    }
+                    // Dropping the acquire here is safe: the manager gives back a grant
+                    // whose caller has gone.
+                    eprintln!("leases: interrupted ({}) while waiting for {key}", signal_name(sig));
+                    return Ok(u8::try_from(128 + sig).unwrap_or(255));
+                }
             }
         }
     };
@@ -211,6 +238,7 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
                     crate::duration::human(grace)
                 );
                 signal_group(pgid, libc::SIGTERM);
+                signal_group(pgid, libc::SIGCONT);
                 lost = Some(reason);
                 kill_at = Some(Instant::now() + grace);
             }
@@ -219,7 +247,21 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
                 signal_group(pgid, libc::SIGKILL);
                 kill_at = None;
             }
-            sig = signals.recv() => signal_group(pgid, sig),
+            sig = signals.recv() => {
+                if sig == libc::SIGTSTP {
+                    // The command first, then us; continued in the other order, and
+                    // the command only while the lease lives (or to let it handle the
+                    // SIGTERM of a loss).
+                    signal_group(pgid, libc::SIGSTOP);
+                    stop_self();
+                    if !ctx.is_cancelled() || lost.is_some() {
+                        signal_group(pgid, libc::SIGCONT);
+                    }
+                } else {
+                    signal_group(pgid, sig);
+                    signal_group(pgid, libc::SIGCONT);
+                }
+            }
         }
     };
     let status =
