@@ -40,7 +40,7 @@ Examples:
   # Run the job only if nobody else runs it now (exit 75 if someone does):
   leases run /system/jobs/nightly --ttl 30s -- ./nightly.sh --full
   # Wait up to 5 minutes for the lease, and say who holds it:
-  leases run /system/jobs/nightly --ttl 1m --wait 5m --metadata \"$(hostname) nightly\" -- ./nightly.sh
+  leases run /system/jobs/nightly --ttl 1m --wait 5m --metadata \"$HOSTNAME\" -- ./nightly.sh
   # The command sees its key and fencing token:
   leases run /module/billing/invoices --ttl 30s -- sh -c 'echo \"$LEASES_KEY $LEASES_TOKEN\"'";
 
@@ -120,7 +120,7 @@ enum Command {
     /// --grace, and leases exits with 79. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to
     /// leases are passed on to the group; the lease is released once the command has
     /// exited. Otherwise leases exits with the command's own exit code.
-    #[command(after_help = RUN_EXAMPLES)]
+    #[command(after_help = format!("{RUN_EXAMPLES}\n\n{}", exit::TABLE))]
     Run(RunArgs),
     /// List the live leases, all or those whose key starts with a prefix.
     #[command(after_help = LIST_EXAMPLES)]
@@ -166,8 +166,7 @@ struct RunArgs {
 struct ListArgs {
     /// Only keys whose string form starts with this (a plain string prefix: end it with
     /// `/` for one subtree).
-    #[arg(default_value = "")]
-    prefix: String,
+    prefix: Option<String>,
     /// Print JSON (an array of leases) instead of a table.
     #[arg(long)]
     json: bool,
@@ -232,7 +231,8 @@ async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
             .await
         }
         Command::List(args) => {
-            let leases = source.list(&args.prefix, args.limit).await.map_err(fail)?;
+            let prefix = args.prefix.unwrap_or_default();
+            let leases = source.list(&prefix, args.limit).await.map_err(fail)?;
             if args.json {
                 print_json(&leases.iter().map(output::lease_json).collect());
             } else {
