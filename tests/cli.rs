@@ -310,6 +310,8 @@ fn held_by_someone_else(cli: &Cli) {
         "-c",
         "echo waiter got it",
     ]);
+    // Most likely waiting by now; if not, it finds the key free later: both are fine.
+    std::thread::sleep(Duration::from_millis(500));
     holder.signal(libc::SIGTERM);
     let ended = holder.finish();
     // `sleep` was killed by the SIGTERM passed on to it, and says so like a shell.

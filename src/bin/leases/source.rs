@@ -1,5 +1,7 @@
 //! Where leases live: the one place that knows the backends. Every command talks to a
-//! [`Source`]; a new way to reach leases (the lease service) is one more variant.
+//! [`Source`]; a new way to reach leases (the lease service) is one more variant, with
+//! an arm in each method and in [`Source::open`] (where `Chosen::Server` is answered
+//! "not built yet" for now).
 
 use leases::backend::{PostgresBackend, PostgresOptions};
 use leases::{AcquireOptions, Key, Lease, LeaseContext, LeaseError, LeaseInfo, LeaseManager};
