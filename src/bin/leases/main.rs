@@ -239,7 +239,10 @@ async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
                 print!("{}", output::table(&leases));
             }
             if leases.len() == args.limit && args.limit > 0 {
-                eprintln!("leases: showing the first {} (see --limit)", args.limit);
+                eprintln!(
+                    "leases: stopped at --limit {}; there may be more leases",
+                    args.limit
+                );
             }
             Ok(0)
         }
