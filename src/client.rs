@@ -296,13 +296,14 @@ impl ClientLeaser {
         answer.into_inner().lease.map(from_proto).transpose()
     }
 
-    /// The live leases whose keys start with `prefix`, in key order.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<LeaseInfo>, LeaseError> {
+    /// The live leases whose key strings start with `prefix`, in key order, at most
+    /// `limit` (0: the server's limit).
+    pub async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, LeaseError> {
         let answer = self
             .client()
             .list(self.request(ListRequest {
                 prefix: prefix.to_string(),
-                limit: 0,
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
             }))
             .await
             .map_err(|s| error_of(&s, None))?;

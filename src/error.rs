@@ -77,6 +77,9 @@ pub enum BackendErrorKind {
     Timeout,
     /// The storage answered, but with an error.
     Failed,
+    /// The backend does not offer this operation (for example
+    /// [`Backend::list`](crate::backend::Backend::list) on a backend that cannot list).
+    Unsupported,
 }
 
 /// A failure of the storage behind the leases.

@@ -139,7 +139,7 @@
 pub mod actors;
 pub mod backend;
 #[cfg(feature = "client")]
-mod client;
+pub mod client;
 #[doc(hidden)]
 pub mod clock;
 mod context;

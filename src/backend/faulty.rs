@@ -207,6 +207,11 @@ impl Backend for FaultyBackend {
         self.inner.info(key).await
     }
 
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, BackendError> {
+        self.check_up()?;
+        self.inner.list(prefix, limit).await
+    }
+
     async fn free_among(&self, keys: &[Key]) -> Result<Vec<bool>, BackendError> {
         self.check_up()?;
         self.inner.free_among(keys).await

@@ -229,6 +229,32 @@ impl Backend for MemoryBackend {
             }))
     }
 
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, BackendError> {
+        let now = Instant::now();
+        let state = self.lock();
+        let mut live: Vec<(String, &Key, &Entry)> = state
+            .held
+            .iter()
+            .filter(|(_, h)| h.expires_at > now)
+            .map(|(k, h)| (k.to_string(), k, h))
+            .filter(|(text, _, _)| text.starts_with(prefix))
+            .collect();
+        live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(live
+            .into_iter()
+            .take(limit)
+            .map(|(_, key, h)| LeaseInfo {
+                key: key.clone(),
+                token: h.token,
+                ttl: h.ttl,
+                expires_in: h.expires_at - now,
+                metadata: h.metadata.clone(),
+                revoked: h.revoked,
+                acquired_at: Some(h.acquired_at),
+            })
+            .collect())
+    }
+
     async fn free_among(&self, keys: &[Key]) -> Result<Vec<bool>, BackendError> {
         let now = Instant::now();
         let state = self.lock();

@@ -151,6 +151,23 @@ pub trait Backend: Send + Sync + 'static {
     /// The current unexpired lease on `key`, if any.
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError>;
 
+    /// The live (unexpired) leases whose key's string form starts with `prefix`, in
+    /// the order of their key strings (byte-wise), at most `limit` of them. An empty
+    /// prefix lists every live lease. `prefix` is a plain string prefix of the
+    /// canonical form (`/system/jobs` also matches `/system/jobs2/x`; end it with `/` for
+    /// one subtree), and no character in it is special.
+    ///
+    /// An optional capability, for operators and tools: the default answers a
+    /// [`BackendErrorKind::Unsupported`](crate::BackendErrorKind::Unsupported) error.
+    /// A snapshot only: leases may be granted or end right after.
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, BackendError> {
+        let _ = (prefix, limit);
+        Err(BackendError::new(
+            crate::error::BackendErrorKind::Unsupported,
+            "this backend cannot list leases",
+        ))
+    }
+
     /// Which of `keys` are free now (no unexpired lease): one look for many keys, so that
     /// acquiring any of several keys costs no round trip (and no fencing token) per busy
     /// key. A hint only: a key may be taken or freed right after. The default asks

@@ -300,6 +300,16 @@ impl LeaseManager {
         Ok(self.inner.backend.info(key).await?)
     }
 
+    /// The live leases whose key's string form starts with `prefix` (a plain string
+    /// prefix; empty for all), ordered by key string, at most `limit` of them: held here
+    /// or by any manager sharing the backend. See [`Backend::list`]; a backend that
+    /// cannot list answers [`LeaseError::Backend`] with kind
+    /// [`Unsupported`](crate::BackendErrorKind::Unsupported).
+    pub async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, LeaseError> {
+        self.check_running()?;
+        Ok(self.inner.backend.list(prefix, limit).await?)
+    }
+
     /// Shuts the manager down: every context ends with
     /// [`CancelReason::Shutdown`](crate::CancelReason::Shutdown), held leases are
     /// released (waiting at most the shutdown timeout), waiters get

@@ -32,6 +32,9 @@ use crate::proto::leases::v1::{
 };
 use crate::{AcquireOptions, CancelReason, Key, LeaseError, LeaseInfo};
 
+/// The most leases one `List` answers with.
+const LIST_LIMIT: usize = 10_000;
+
 /// Unread answers after which a client is treated as gone.
 const UNREAD_LIMIT: usize = 64;
 
@@ -112,8 +115,21 @@ impl Leases for NativeService {
         }))
     }
 
-    async fn list(&self, _request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        Err(Status::unimplemented("list is not served yet"))
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => LIST_LIMIT,
+            n => (n as usize).min(LIST_LIMIT),
+        };
+        let leases = self
+            .shared
+            .manager
+            .list(&request.prefix, limit)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(ListResponse {
+            leases: leases.into_iter().map(info_to_proto).collect(),
+        }))
     }
 }
 

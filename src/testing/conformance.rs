@@ -705,6 +705,100 @@ pub async fn lost_acquire_answer_is_bounded(env: &dyn Env) {
     other.shutdown().await;
 }
 
+/// `list` (an optional capability: a backend without it answers `Unsupported`, and the
+/// case ends there) shows exactly the live leases under a prefix, ordered by key string,
+/// with their tokens, metadata and revocation, up to the limit; no character of the
+/// prefix is special (`_` and `%` match only themselves).
+pub async fn list_live_leases(env: &dyn Env) {
+    let m = env.manager().await;
+    let other = env.manager().await;
+    let base = env.key("list");
+    let key = |name: &str| {
+        let mut segments = base.segments().to_vec();
+        segments.push(name.to_owned());
+        Key::from_segments(segments).expect("a key under the case's key")
+    };
+    let prefix = format!("{base}/");
+    match m.list(&prefix, 100).await {
+        Ok(none) => assert!(none.is_empty(), "nothing held yet: {none:?}"),
+        Err(LeaseError::Backend(e)) if e.kind() == crate::BackendErrorKind::Unsupported => {
+            m.shutdown().await;
+            other.shutdown().await;
+            return;
+        }
+        Err(e) => panic!("list: {e}"),
+    }
+    let opts = |meta: &str| AcquireOptions::new(env.ttl()).metadata(meta.as_bytes().to_vec());
+    let mut held = Vec::new();
+    // `a%b` is `a%25b` in string form: '%' sorts before '_', '_' before 'b'.
+    for (name, manager) in [("b", &m), ("a_1", &other), ("ab1", &m), ("a%b", &other)] {
+        let (lease, ctx) = leaser(manager)
+            .acquire_lease_with(key(name), opts(&format!("holder of {name}")))
+            .await
+            .unwrap();
+        held.push((name, lease, ctx));
+    }
+    // Released: no longer listed.
+    let (gone, _) = leaser(&m)
+        .acquire_lease(key("gone"), env.ttl())
+        .await
+        .unwrap();
+    gone.release().await.unwrap();
+    // Outside the prefix (a sibling whose name extends the case's last segment).
+    let outside = Key::from_segments({
+        let mut segments = base.segments().to_vec();
+        if let Some(last) = segments.last_mut() {
+            last.push_str("-outside");
+        }
+        segments
+    })
+    .unwrap();
+    let (_outside, _) = leaser(&m).acquire_lease(outside, env.ttl()).await.unwrap();
+
+    let names = |list: &[crate::LeaseInfo]| -> Vec<String> {
+        list.iter()
+            .map(|i| i.key.segments().last().cloned().unwrap_or_default())
+            .collect()
+    };
+    let all = other.list(&prefix, 100).await.unwrap();
+    assert_eq!(names(&all), ["a%b", "a_1", "ab1", "b"]);
+    for info in &all {
+        let (name, lease, _) = held
+            .iter()
+            .find(|(_, lease, _)| lease.key() == &info.key)
+            .expect("a listed key is one of ours");
+        assert_eq!(info.token, lease.token());
+        assert_eq!(info.metadata, format!("holder of {name}").into_bytes());
+        assert_eq!(info.ttl, env.ttl());
+        assert!(!info.expires_in.is_zero() && info.expires_in <= env.ttl());
+        assert!(!info.revoked);
+    }
+    assert_eq!(names(&m.list(&prefix, 2).await.unwrap()), ["a%b", "a_1"]);
+    assert_eq!(
+        names(&m.list(&format!("{base}/a_"), 100).await.unwrap()),
+        ["a_1"]
+    );
+    assert_eq!(
+        names(&m.list(&format!("{base}/a%"), 100).await.unwrap()),
+        ["a%b"]
+    );
+    assert!(m.list(&format!("{base}/z"), 100).await.unwrap().is_empty());
+    assert!(m.list(&prefix, 0).await.unwrap().is_empty());
+    // Revoked (by a manager that does not hold it): listed, marked revoked, until the
+    // holder gives it back.
+    assert!(other.revoke(&key("b")).await.unwrap());
+    let b = m.list(&format!("{base}/b"), 100).await.unwrap();
+    if let [b] = b.as_slice() {
+        assert!(b.revoked, "{b:?}");
+    }
+    for (_, lease, _) in held {
+        let _ = lease.release().await;
+    }
+    assert!(m.list(&prefix, 100).await.unwrap().is_empty());
+    m.shutdown().await;
+    other.shutdown().await;
+}
+
 /// One conformance case.
 pub type Case =
     for<'a> fn(&'a dyn Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
@@ -724,7 +818,8 @@ macro_rules! __conformance_cases {
             expiry_and_takeover, shutdown_ends_everything, metadata_and_info, bad_input,
             release_after_loss_is_not_held, race_for_one_key, many_keys,
             grant_during_shutdown_is_given_back, panicking_acquire_frees_the_key,
-            failed_revoke_still_frees_a_local_holder, lost_acquire_answer_is_bounded
+            failed_revoke_still_frees_a_local_holder, lost_acquire_answer_is_bounded,
+            list_live_leases
         }
     };
 }

@@ -16,90 +16,39 @@ use leases::LeaseManager;
   leases serve --postgres postgres://u@db/leases # several servers may share one table
   leases serve --bind 0.0.0.0:8895 --token-file /etc/leases/token \\
       --tls-cert server.crt --tls-key server.key")]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = DEFAULT_BIND)]
-    pub bind: SocketAddr,
-    /// Keep leases in this PostgreSQL database instead of in memory.
-    #[arg(long, env = "LEASES_POSTGRES_URL")]
-    pub postgres: Option<String>,
-    /// The table of leases in PostgreSQL.
-    #[arg(long, default_value = "leases")]
-    pub table: String,
+    pub(crate) bind: SocketAddr,
     /// Require `authorization: Bearer <token>`, with the token read from this file.
     #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// The TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (PEM).
     #[arg(long, requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
+    pub(crate) tls_client_ca: Option<PathBuf>,
     /// The TTL of an FTL request that carries none.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub default_ttl: Duration,
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    pub(crate) default_ttl: Duration,
     /// The shortest TTL granted.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub min_ttl: Duration,
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    pub(crate) min_ttl: Duration,
     /// The most keys one FTL stream may hold.
     #[arg(long, default_value_t = 1024)]
-    pub max_keys_per_stream: usize,
+    pub(crate) max_keys_per_stream: usize,
     /// The most concurrent streams on one connection.
     #[arg(long, default_value_t = 1024)]
-    pub max_streams_per_connection: u32,
-}
-
-/// `30s`, `5m`, `1h30m`, `250ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "bad duration {s:?}: expected a number, like 30s or 5m"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("bad duration {s:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "" => {
-                return Err(format!(
-                    "bad duration {s:?}: a unit is needed (ms, s, m, h)"
-                ))
-            }
-            u => {
-                return Err(format!(
-                    "bad duration {s:?}: unknown unit {u:?} (ms, s, m, h)"
-                ))
-            }
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit..];
-    }
-    Ok(total)
+    pub(crate) max_streams_per_connection: u32,
 }
 
 /// Runs the service until SIGINT or SIGTERM, then stops gracefully.
-pub async fn run(args: ServeArgs) -> ExitCode {
-    match serve(args).await {
+pub(crate) async fn run(args: ServeArgs, postgres: Option<String>, table: String) -> ExitCode {
+    match serve(args, postgres, table).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("leases serve: {e}");
@@ -108,10 +57,10 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+async fn serve(args: ServeArgs, postgres: Option<String>, table: String) -> Result<(), String> {
     let mut builder = LeaseManager::builder().min_ttl(args.min_ttl);
-    if let Some(url) = &args.postgres {
-        builder = builder.postgres(PostgresOptions::new(url.clone()).table(args.table.clone()));
+    if let Some(url) = postgres.filter(|u| !u.is_empty()) {
+        builder = builder.postgres(PostgresOptions::new(url).table(table));
     }
     let manager = builder.start().await.map_err(|e| e.to_string())?;
     let auth_token = match &args.token_file {

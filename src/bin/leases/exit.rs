@@ -1,0 +1,87 @@
+//! Exit codes, and the one error type commands return: a message and its code.
+
+use leases::{BackendErrorKind, LeaseError};
+
+/// The usage error code (clap's own): bad arguments, a bad key or duration, a TTL out of
+/// bounds, a bad connection string.
+pub(crate) const USAGE: u8 = 2;
+/// `info`/`revoke`: the key is not held.
+pub(crate) const NOT_HELD: u8 = 1;
+/// The backend could not be reached, or failed (sysexits `EX_UNAVAILABLE`).
+pub(crate) const BACKEND: u8 = 69;
+/// `leases` itself failed in a way none of the other codes names (sysexits
+/// `EX_SOFTWARE`).
+pub(crate) const INTERNAL: u8 = 70;
+/// `run`: the key is held by someone else, after waiting if `--wait` was given
+/// (sysexits `EX_TEMPFAIL`: try again later).
+pub(crate) const HELD: u8 = 75;
+/// `run`: the lease was lost or revoked while the command ran; the command was
+/// stopped. Just past the sysexits range, so that it means nothing else.
+pub(crate) const LOST: u8 = 79;
+/// `run`: the command was found but could not be started (as in shells).
+pub(crate) const CANNOT_EXECUTE: u8 = 126;
+/// `run`: the command was not found (as in shells).
+pub(crate) const NOT_FOUND: u8 = 127;
+
+/// The exit codes, for `--help` (the README has the same table).
+pub(crate) const TABLE: &str = "\
+Exit codes:
+  0-255  run: the command's own exit code (128+N if a signal N killed it, as
+         in shells; 130 if leases was interrupted while waiting)
+  1      info, revoke: the key is not held
+  2      usage: bad arguments, key, duration or TTL
+  69     the backend could not be reached, or failed
+  70     internal error of leases
+  75     run: the key is held by someone else (after --wait, if given)
+  79     run: the lease was lost or revoked while the command ran; the
+         command was stopped (SIGTERM, then SIGKILL after --grace)
+  126    run: the command could not be executed
+  127    run: the command was not found";
+
+/// A command's failure: what to tell the user, and the exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The failure for a library error: bad input is a usage error, an unreachable or
+    /// failing store is `BACKEND`, a held key is `HELD`.
+    pub(crate) fn from_lease_error(e: &LeaseError) -> Failure {
+        let code = match e {
+            LeaseError::Conflict | LeaseError::WaitTimedOut { .. } => HELD,
+            LeaseError::TtlTooShort { .. }
+            | LeaseError::TtlTooLong { .. }
+            | LeaseError::InvalidKey(_)
+            | LeaseError::MetadataTooLarge { .. }
+            | LeaseError::InvalidConfig(_) => USAGE,
+            LeaseError::Backend(b) if b.kind() == BackendErrorKind::Unsupported => INTERNAL,
+            LeaseError::Backend(_) => BACKEND,
+            _ => INTERNAL,
+        };
+        Failure::new(code, with_causes(e))
+    }
+}
+
+/// An error's message followed by those of its causes that add something
+/// (`could not connect to the database: error connecting to server: Connection refused`).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    message
+}
