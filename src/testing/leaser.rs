@@ -2,7 +2,7 @@
 //! whatever is behind it (a [`LeaseManager`](crate::LeaseManager) on a backend, or a
 //! [`ClientLeaser`](crate::ClientLeaser) talking to a lease service).
 //!
-//! The backend suite ([`conformance`](super::conformance)) proves a storage backend
+//! The backend suite ([`conformance`](mod@super::conformance)) proves a storage backend
 //! under the manager, with faults injected into the backend; this suite proves the
 //! guarantees as a holder sees them through the trait, so it runs unchanged against a
 //! leaser across a network. Each case takes a [`LeaserEnv`]; run them all with
