@@ -68,8 +68,15 @@
 //! - [`FakeLeaser`] (`fake.rs`): for unit tests of code that takes a `dyn Leaser`.
 //! - `fence` (`fence.rs`, feature `postgres`): refuse stale tokens on the resource
 //!   side, for data kept in PostgreSQL.
-//! - `testing` (feature `test-util`): the conformance kit that proves any backend keeps
-//!   the guarantees below.
+//! - `testing` (feature `test-util`): the conformance kits that prove any backend, and
+//!   any [`Leaser`], keeps the guarantees below.
+//! - `service` (feature `server`): the lease service, `leases serve`: FTL's gRPC
+//!   `LeaseService` (wire-compatible with FTL's runtimes) and a native service with
+//!   tokens, waiting, revoke, info and list; `proto` holds the generated code.
+//! - `ClientLeaser` (`client.rs`, feature `client`): a [`Leaser`] whose leases come from
+//!   the lease service over gRPC, with the same guarantees (its context ends at a
+//!   deadline computed from when each confirmed heartbeat was *sent*, so before the
+//!   server's own deadline).
 //!
 //! ## Guarantees
 //!
