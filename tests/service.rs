@@ -719,3 +719,54 @@ async fn readiness_is_503_while_postgres_is_down() {
     }
     assert!(ready, "ready again after the database came back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_streams_on_one_connection() {
+    let options = ServeOptions {
+        max_streams_per_connection: 3,
+        ..local()
+    };
+    let server = LeaseServer::start(memory_manager().await, options)
+        .await
+        .unwrap();
+    let ch = ftl_channel(&server).await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let mut s = ftl_open(
+            &ch,
+            request(&["system", "streams", &i.to_string()], Some(TTL * 5)),
+        )
+        .await
+        .unwrap();
+        assert!(next(&mut s).await.unwrap());
+        open.push(s);
+    }
+    let refused = match ftl_open(&ch, request(&["system", "streams", "3"], Some(TTL * 5))).await {
+        Ok(mut s) => next(&mut s).await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("too many lease streams"),
+        "{refused:?}"
+    );
+    // Another connection is not affected; and a closed stream frees its place.
+    let other = ftl_channel(&server).await;
+    let mut s = ftl_open(&other, request(&["system", "streams", "4"], Some(TTL * 5)))
+        .await
+        .unwrap();
+    assert!(next(&mut s).await.unwrap());
+    drop(open.pop());
+    let mut freed = false;
+    for _ in 0..50 {
+        if let Ok(mut s) = ftl_open(&ch, request(&["system", "streams", "5"], Some(TTL * 5))).await
+        {
+            if next(&mut s).await.is_ok() {
+                freed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "a closed stream's place was not freed");
+}

@@ -31,16 +31,13 @@ impl Drop for Serve {
 }
 
 fn serve(pg: &str) -> Serve {
+    serve_with(&["--postgres", pg])
+}
+
+fn serve_with(extra: &[&str]) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_leases"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--min-ttl",
-            "1s",
-            "--postgres",
-            pg,
-        ])
+        .args(["serve", "--bind", "127.0.0.1:0", "--min-ttl", "1s"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -157,4 +154,32 @@ async fn killing_the_holders_server_tells_its_client_before_the_other_is_granted
     next.release().await.unwrap();
     drop(lease);
     drop(two);
+}
+
+/// SIGTERM stops the service gracefully: its streams end (the client is told at once),
+/// its leases are released, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_service_gracefully() {
+    let mut server = serve_with(&[]);
+    let c = client(&server).await;
+    let (_lease, ctx) = c
+        .acquire_lease(Key::system(["term"]), TTL * 5)
+        .await
+        .unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let reason = tokio::time::timeout(TTL, ctx.cancelled())
+        .await
+        .expect("the client is told at once");
+    assert!(matches!(reason, CancelReason::Lost(_)), "{reason:?}");
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = status.expect("the service exits within 5 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
 }

@@ -79,8 +79,13 @@ impl LeaseService for FtlService {
         &self,
         request: Request<Streaming<AcquireLeaseRequest>>,
     ) -> Result<Response<Answers>, Status> {
+        let slot = self.shared.open_stream(request.remote_addr())?;
         let (tx, rx) = watch::channel(Produced::default());
-        tokio::spawn(run_stream(self.shared.clone(), request.into_inner(), tx));
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            run_stream(shared, request.into_inner(), tx).await;
+            drop(slot);
+        });
         Ok(Response::new(Box::pin(answers(rx))))
     }
 }

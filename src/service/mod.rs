@@ -30,9 +30,9 @@
 //! signed by a given CA. Limits, each with its own status when exceeded: the size of
 //! one message ([`ServeOptions::max_message_bytes`], `RESOURCE_EXHAUSTED` from gRPC),
 //! the keys one FTL stream may hold ([`ServeOptions::max_keys_per_stream`],
-//! `RESOURCE_EXHAUSTED` "too many keys on one stream"), and the concurrent streams of
-//! one connection ([`ServeOptions::max_streams_per_connection`]; HTTP/2 refuses the
-//! stream, which clients see as `UNAVAILABLE`).
+//! `RESOURCE_EXHAUSTED` "too many keys on one stream"), and the open lease streams of
+//! one connection ([`ServeOptions::max_streams_per_connection`], `RESOURCE_EXHAUSTED`
+//! "too many lease streams on one connection").
 
 pub mod ftl;
 pub mod native;
@@ -90,7 +90,8 @@ pub struct ServeOptions {
     pub max_message_bytes: usize,
     /// The most keys one FTL `AcquireLease` stream may hold at once (1024 by default).
     pub max_keys_per_stream: usize,
-    /// The most concurrent streams on one HTTP/2 connection (1024 by default).
+    /// The most open lease streams (FTL `AcquireLease` and native `Hold`) on one client
+    /// connection (1024 by default).
     pub max_streams_per_connection: u32,
     /// How often the health service re-checks the backend (2 s by default).
     pub health_interval: Duration,
@@ -141,6 +142,50 @@ pub(crate) struct Shared {
     pub(crate) options: Arc<ServeOptions>,
     /// Cancelled when the server stops: every stream releases its leases and ends.
     pub(crate) stopping: CancellationToken,
+    /// Open lease streams per client connection (by its remote address).
+    pub(crate) streams: Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>>,
+}
+
+/// One open lease stream, counted against its connection's limit until dropped.
+pub(crate) struct StreamSlot {
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>>,
+    peer: Option<SocketAddr>,
+}
+
+impl Shared {
+    /// Counts a new stream of the connection `peer`, or refuses it with
+    /// `RESOURCE_EXHAUSTED` when the connection has its limit of open streams.
+    pub(crate) fn open_stream(&self, peer: Option<SocketAddr>) -> Result<StreamSlot, Status> {
+        if let Some(addr) = peer {
+            let mut streams = crate::sync::lock(&self.streams);
+            let n = streams.entry(addr).or_insert(0);
+            if *n >= self.options.max_streams_per_connection as usize {
+                return Err(Status::resource_exhausted(format!(
+                    "too many lease streams on one connection (at most {})",
+                    self.options.max_streams_per_connection
+                )));
+            }
+            *n += 1;
+        }
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(addr) = self.peer {
+            let mut streams = crate::sync::lock(&self.streams);
+            if let Some(n) = streams.get_mut(&addr) {
+                *n -= 1;
+                if *n == 0 {
+                    streams.remove(&addr);
+                }
+            }
+        }
+    }
 }
 
 /// A running lease service. Stop it with [`shutdown`](LeaseServer::shutdown); dropping
@@ -204,11 +249,14 @@ impl LeaseServer {
             manager,
             options: Arc::new(options),
             stopping: stopping.clone(),
+            streams: Arc::default(),
         };
         let routes = routes(&shared, stopping.clone());
         let mut builder = tonic::transport::Server::builder()
             .accept_http1(true)
-            .max_concurrent_streams(shared.options.max_streams_per_connection)
+            // Our own count refuses a stream beyond the limit with a clear status; HTTP/2's
+            // limit, set higher, only guards against clients that ignore it.
+            .max_concurrent_streams(shared.options.max_streams_per_connection.saturating_add(16))
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         if let Some(tls) = tls {

@@ -83,8 +83,13 @@ impl Leases for NativeService {
         &self,
         request: Request<Streaming<HoldRequest>>,
     ) -> Result<Response<HoldAnswers>, Status> {
+        let slot = self.shared.open_stream(request.remote_addr())?;
         let (tx, rx) = mpsc::channel(UNREAD_LIMIT);
-        tokio::spawn(run_hold(self.shared.clone(), request.into_inner(), tx));
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            run_hold(shared, request.into_inner(), tx).await;
+            drop(slot);
+        });
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
 

@@ -89,16 +89,20 @@ async fn serve(args: ServeArgs, postgres: Option<String>, table: String) -> Resu
         max_streams_per_connection: args.max_streams_per_connection,
         ..ServeOptions::default()
     };
+    // The handlers first, so that a signal that comes right after the address is
+    // printed is ours to handle.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot handle SIGINT: {e}"))?;
     let server = LeaseServer::start(manager.clone(), options)
         .await
         .map_err(|e| e.to_string())?;
     // Scripts and tests read the address from this line.
     println!("leases serve: listening on {}", server.local_addr());
-    let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
+    let stop = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
     };
