@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::backend::LeaseInfo;
 use crate::context::LeaseContext;
 use crate::error::LeaseError;
 use crate::key::Key;
@@ -124,6 +125,18 @@ pub trait Leaser: Send + Sync {
     async fn hold_with(&self, key: Key, options: AcquireOptions) -> Result<HeldLease, LeaseError> {
         let (lease, ctx) = self.acquire_lease_with(key, options).await?;
         Ok(HeldLease { lease, ctx })
+    }
+
+    /// What is known of the current lease on `key`, whoever holds it: token, time left,
+    /// metadata (`None` when nobody holds it). An optional capability: the default
+    /// answers [`LeaseError::Unsupported`]; [`LeaseManager`](crate::LeaseManager) and
+    /// [`FakeLeaser`](crate::FakeLeaser) implement it. Leader election's followers and
+    /// observers use it to learn who leads ([`election`](crate::election)).
+    async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        let _ = key;
+        Err(LeaseError::Unsupported {
+            operation: "lease_info",
+        })
     }
 }
 

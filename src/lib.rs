@@ -70,6 +70,12 @@
 //!   side, for data kept in PostgreSQL.
 //! - `testing` (feature `test-util`): the conformance kit that proves any backend keeps
 //!   the guarantees below.
+//! - [`election`] (`election.rs`): leader election on any [`Leaser`]: candidates with
+//!   identities, leadership (with the term's fencing token) through a `watch` channel,
+//!   resign, campaigning again after a loss, and an observer of who leads.
+//! - [`metrics`] (`metrics.rs`): what the manager records through the `metrics`
+//!   facade (a table of names and labels), and with feature `prometheus` an endpoint
+//!   in the Prometheus text format.
 //!
 //! ## Guarantees
 //!
@@ -141,6 +147,7 @@ pub mod backend;
 #[doc(hidden)]
 pub mod clock;
 mod context;
+pub mod election;
 mod error;
 mod fake;
 #[cfg(feature = "postgres")]
@@ -149,6 +156,7 @@ pub mod key;
 mod lease;
 mod leaser;
 mod manager;
+pub mod metrics;
 mod sync;
 #[cfg(feature = "test-util")]
 pub mod testing;
