@@ -193,10 +193,11 @@ fn sample_exclusion(
                 .iter()
                 .filter(|rx| rx.borrow().is_leader())
                 .count();
-            let mut r = record.lock().unwrap();
-            r.0 += 1;
-            r.1 = r.1.max(leading);
-            drop(r);
+            {
+                let mut r = record.lock().unwrap();
+                r.0 += 1;
+                r.1 = r.1.max(leading);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
