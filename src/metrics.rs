@@ -2,7 +2,7 @@
 //!
 //! The lease manager records what it does with the `metrics` crate's macros. Until the
 //! application installs a recorder (any `metrics` exporter) they cost next to nothing
-//! and go nowhere. With the `prometheus` feature, [`install_prometheus`] installs one
+//! and go nowhere. With the `prometheus` feature, `install_prometheus` installs one
 //! and serves the Prometheus text format over HTTP; [`describe`] adds help texts for
 //! any other exporter.
 //!
@@ -11,8 +11,8 @@
 //! | `leases_held` | gauge | | Leases this process's managers hold right now (granted, not yet ended). |
 //! | `leases_acquires_total` | counter | `outcome` = `granted`, `conflict`, `timed_out`, `error` | Acquire calls by how they ended: `conflict` is a held key (no wait), `timed_out` a wait that ran out, `error` a backend failure or a grant confirmed too late to hold. Input errors (bad TTL, key or metadata) and calls to a stopped manager are not counted. |
 //! | `leases_renewal_duration_seconds` | histogram | | How long each renewal call to the backend took, answered or failed (a renewal still unanswered at the local deadline is a loss, not a sample). |
-//! | `leases_lost_total` | counter | `cause` = `renewal_refused`, `deadline_exceeded`, `renewer_failed`, `manager_failed` | Leases whose holder was told they were lost (see [`LossCause`](crate::LossCause)). |
-//! | `leases_ended_total` | counter | `reason` = `released`, `revoked`, `lost`, `shutdown` | Every end of a lease held through a manager, by [`CancelReason`](crate::CancelReason); each lease ends once. |
+//! | `leases_lost_total` | counter | `cause` = `renewal_refused`, `deadline_exceeded`, `renewer_failed`, `manager_failed` | Leases whose holder was told they were lost (see [`LossCause`]). |
+//! | `leases_ended_total` | counter | `reason` = `released`, `revoked`, `lost`, `shutdown` | Every end of a lease held through a manager, by [`CancelReason`]; each lease ends once. |
 //! | `leases_backend_errors_total` | counter | `op` = `acquire`, `renew`, `release`, `revoke`, `info` | Backend calls that failed (unreachable, timed out, or answered with an error). |
 //!
 //! Leases held through a [`FakeLeaser`](crate::FakeLeaser) are not counted. Tracing
@@ -41,7 +41,7 @@ pub const RENEWAL_BUCKETS: &[f64] = &[
 ];
 
 /// Registers the unit and help text of every metric above with the installed recorder.
-/// [`install_prometheus`] calls it; call it yourself after installing another exporter.
+/// `install_prometheus` calls it; call it yourself after installing another exporter.
 pub fn describe() {
     metrics::describe_gauge!(LEASES_HELD, "Leases held right now by this process");
     metrics::describe_counter!(ACQUIRES, "Lease acquires by outcome");

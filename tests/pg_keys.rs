@@ -73,7 +73,8 @@ async fn keys_round_trip_through_text_and_varchar_columns() {
 #[tokio::test]
 async fn non_canonical_strings_are_refused_with_a_clear_error() {
     let db = connect().await;
-    let cases: &[(&str, fn(&KeyError) -> bool)] = &[
+    type Expected = fn(&KeyError) -> bool;
+    let cases: &[(&str, Expected)] = &[
         // A raw space must be escaped.
         ("/system/a b", |e| {
             matches!(
