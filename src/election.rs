@@ -207,9 +207,10 @@ impl ElectionOptions {
         }
     }
 
-    /// How long a follower waits for the key in one go before it looks again at who
-    /// leads (default TTL/4). A follower is woken at once when the key is released
-    /// or expires, whatever this says; it bounds how stale `Follower { leader }` is.
+    /// How often a follower looks at who leads (default TTL/4): it bounds how stale
+    /// `Follower { leader }` can be. It does not delay a takeover: a follower waits for
+    /// the key inside the leaser, which wakes it at once when the key is released or
+    /// expires.
     pub fn retry(mut self, retry: Duration) -> ElectionOptions {
         self.retry = Some(retry);
         self
@@ -273,6 +274,10 @@ impl ElectionOptions {
         Ok(())
     }
 }
+
+/// How long a follower waits for the key in one acquire: long, since the leaser wakes it
+/// when the key is freed or expires, and it looks at who leads meanwhile.
+const FOLLOWER_WAIT: Duration = MAX_TTL;
 
 fn runtime() -> Result<tokio::runtime::Handle, LeaseError> {
     tokio::runtime::Handle::try_current().map_err(|_| {
@@ -425,12 +430,24 @@ impl Campaign {
                 acquire = acquire.wait(w);
             }
             // If we stop while the acquire runs, the future is dropped; a grant that
-            // arrives then comes back to the manager, which releases it.
-            let attempt = tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => break,
-                attempt = self.leaser.acquire_lease_with(key.clone(), acquire) => attempt,
+            // arrives then comes back to the manager, which releases it. While it
+            // waits, look at who leads every `retry`.
+            let attempt = {
+                let acquire = self.leaser.acquire_lease_with(key.clone(), acquire);
+                tokio::pin!(acquire);
+                let mut looks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + retry, retry);
+                looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = self.stop.cancelled() => break None,
+                        attempt = &mut acquire => break Some(attempt),
+                        _ = looks.tick(), if wait.is_some() => self.publish_leader().await,
+                    }
+                }
             };
+            let Some(attempt) = attempt else { break };
             match attempt {
                 Ok((lease, ctx)) => {
                     let token = lease.token();
@@ -467,15 +484,8 @@ impl Campaign {
                 }
                 Err(LeaseError::Conflict | LeaseError::WaitTimedOut { .. }) => {
                     failures = 0;
-                    let leader = self.look().await;
-                    self.tx.send_if_modified(|state| match state {
-                        Leadership::Follower { leader: known } if *known == leader => false,
-                        _ => {
-                            *state = Leadership::Follower { leader };
-                            true
-                        }
-                    });
-                    wait = Some(retry);
+                    self.publish_leader().await;
+                    wait = Some(FOLLOWER_WAIT);
                 }
                 Err(error @ (LeaseError::Backend(_) | LeaseError::NotHeld)) => {
                     failures = failures.saturating_add(1);
@@ -497,16 +507,26 @@ impl Campaign {
         Ok(())
     }
 
-    /// Who leads, if the leaser can tell (errors count as "not known").
-    async fn look(&self) -> Option<LeaderInfo> {
-        match self.leaser.lease_info(&self.key).await {
+    /// Looks up who leads (errors count as "not known") and shows it as a follower's
+    /// state, telling receivers only if it changed.
+    async fn publish_leader(&self) {
+        let leader = match self.leaser.lease_info(&self.key).await {
             Ok(info) => info.map(LeaderInfo::from_info),
             Err(LeaseError::Unsupported { .. }) => None,
             Err(error) => {
                 tracing::debug!(key = %self.key, %error, "could not look up the leader");
                 None
             }
-        }
+        };
+        self.tx.send_if_modified(|state| match state {
+            Leadership::Follower { leader: known } if *known == leader => false,
+            // Never over a newer state: only a follower's view is refreshed here.
+            Leadership::Follower { .. } => {
+                *state = Leadership::Follower { leader };
+                true
+            }
+            _ => false,
+        });
     }
 
     /// Sleeps the backoff for the `failures`-th failure in a row; `false` if stopped

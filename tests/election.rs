@@ -293,10 +293,20 @@ async fn one_leader_at_a_time_handover_after_crash_and_resign() {
         "the crashed candidate knows it does not lead"
     );
 
+    // The third candidate, waiting for the key all along, has looked again at who leads.
+    let l3 = 3 - l1 - l2;
+    assert_eq!(
+        cs[l3].election.as_ref().unwrap().leadership().leader(),
+        Some(&LeaderInfo {
+            identity: cs[l2].identity.clone(),
+            token: t2
+        }),
+        "a waiting follower's view of the leader is refreshed"
+    );
+
     // The second leader resigns: the third candidate leads at once (no expiry wait).
     let resigned_at = Instant::now();
     cs[l2].election.take().unwrap().resign().await.unwrap();
-    let l3 = 3 - l1 - l2;
     let e3 = cs[l3].election.as_ref().unwrap();
     let (t3, _) = tokio::time::timeout(Duration::from_millis(100), e3.elected())
         .await
@@ -309,6 +319,16 @@ async fn one_leader_at_a_time_handover_after_crash_and_resign() {
     cs[l1].faults.set_down(false);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(leaders(&cs), vec![l3], "the recovered candidate follows");
+    assert_eq!(
+        cs[l1]
+            .election
+            .as_ref()
+            .unwrap()
+            .leadership()
+            .leader()
+            .map(|l| l.token),
+        Some(t3)
+    );
     cs[l3].faults.set_down(true);
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(
