@@ -119,6 +119,17 @@ async fn non_canonical_strings_are_refused_with_a_clear_error() {
         // A plain String still reads the value.
         assert_eq!(row.get::<_, String>(0), *text);
     }
+    // The message, in full, for the first case (the README quotes it).
+    let row = db
+        .query_one("SELECT $1::text", &[&"/system/a b"])
+        .await
+        .unwrap();
+    let err = row.try_get::<_, Key>(0).unwrap_err();
+    assert_eq!(
+        err.source().unwrap().to_string(),
+        "database value \"/system/a b\" is not a canonical lease key: \
+         non-canonical lease key at byte 9: ' ' must be escaped"
+    );
     // A column that is not text is refused by type.
     let row = db.query_one("SELECT 42::int", &[]).await.unwrap();
     assert!(row.try_get::<_, Key>(0).is_err());
