@@ -88,10 +88,13 @@
 //!   included; a `watch` channel keeps only the latest state (see above).
 //!
 //! kube-lease-manager (a Rust crate over Kubernetes `Lease` objects) hands its holder a
-//! `watch` channel of a boolean (held or not), and tolerates a configured clock skew
-//! between nodes. Ours adds the fencing token and the leader's identity to the
-//! channel, runs on every backend of this crate (memory, PostgreSQL, or your own), and
-//! has an observer mode; it has no Kubernetes backend.
+//! `watch` channel of a boolean (held or not) from a background task, and judges expiry
+//! on the nodes' wall clocks (the lease's last renewal time plus its duration), with a
+//! grace period that bounds the clock skew it tolerates. Ours puts the fencing token,
+//! the lease's context and (for followers) the leader's identity in the channel,
+//! judges expiry on the backend's one clock, runs on every backend of this crate
+//! (memory, PostgreSQL, or your own), and has an observer mode; it has no Kubernetes
+//! backend.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

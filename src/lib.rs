@@ -96,6 +96,21 @@
 //!    context with a [`CancelReason`]. Dropping a [`Lease`] releases it; dropping every
 //!    [`LeaseManager`] handle shuts the manager down.
 //!
+//! ## Leader election and metrics
+//!
+//! [`election`] elects one leader among candidates on any [`Leaser`]: each candidate
+//! sees its [`Leadership`](election::Leadership) (leader with the term's fencing token
+//! and context, follower with the current leader's identity, or stopped) through a
+//! `tokio::sync::watch` channel, campaigns again after a lost term, and releases at
+//! once when it resigns; an [`Observer`](election::Observer) only watches who leads.
+//! The module docs compare it with client-go's leaderelection and kube-lease-manager.
+//!
+//! The manager records leases held, acquires by outcome, renewal latency, losses by
+//! cause and backend errors through the `metrics` facade; [`metrics`] lists the names
+//! and labels in a table, and with feature `prometheus` serves them in the Prometheus
+//! text format. Tracing spans `lease.acquire`, `lease.renew` and `lease.release` carry
+//! the key and the token.
+//!
 //! ## What a lease does not protect against
 //!
 //! A lease tells a holder when to stop; it cannot stop it. A holder that is paused
