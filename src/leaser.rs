@@ -140,6 +140,41 @@ pub trait Leaser: Send + Sync {
     }
 }
 
+/// A shared leaser is a leaser: `Arc<dyn Leaser>` (or `Arc<LeaseManager>`) can be passed
+/// wherever a `Leaser` is taken, such as
+/// [`Election::campaign`](crate::election::Election::campaign). Every method forwards,
+/// so the inner leaser's own versions of the provided methods are kept.
+#[async_trait]
+impl<L: Leaser + ?Sized> Leaser for std::sync::Arc<L> {
+    async fn acquire_lease(
+        &self,
+        key: Key,
+        ttl: Duration,
+    ) -> Result<(Lease, LeaseContext), LeaseError> {
+        (**self).acquire_lease(key, ttl).await
+    }
+
+    async fn acquire_lease_with(
+        &self,
+        key: Key,
+        options: AcquireOptions,
+    ) -> Result<(Lease, LeaseContext), LeaseError> {
+        (**self).acquire_lease_with(key, options).await
+    }
+
+    async fn hold(&self, key: Key, ttl: Duration) -> Result<HeldLease, LeaseError> {
+        (**self).hold(key, ttl).await
+    }
+
+    async fn hold_with(&self, key: Key, options: AcquireOptions) -> Result<HeldLease, LeaseError> {
+        (**self).hold_with(key, options).await
+    }
+
+    async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        (**self).lease_info(key).await
+    }
+}
+
 /// A held lease and its context as one value, from [`Leaser::hold`].
 ///
 /// `acquire_lease` returns `(Lease, LeaseContext)`, as FTL's `AcquireLease` does, and

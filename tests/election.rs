@@ -553,7 +553,13 @@ async fn without_lease_info_followers_do_not_know_the_leader_and_observers_are_r
         Leadership::Follower { leader: None }
     ));
     // The observer over the full fake sees `a`.
-    let o = Observer::start(fake, key, Duration::from_secs(1))
+    let o = Observer::start(fake.clone(), key.clone(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(o.leader().map(|l| l.identity), Some("a".to_owned()));
+    // A shared `dyn Leaser` works too, with the inner leaser's own `lease_info`.
+    let shared: Arc<dyn Leaser> = Arc::new(fake);
+    let o = Observer::start(shared, key, Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(o.leader().map(|l| l.identity), Some("a".to_owned()));
