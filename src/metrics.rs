@@ -73,20 +73,27 @@ impl Drop for HeldGauge {
     }
 }
 
+/// Adds one to a counter with one label. Label keys and values are literals, so that
+/// the metric's key is a static (no allocation per call, recorder or not).
+macro_rules! count {
+    ($name:expr, $label:literal => $value:literal) => {
+        metrics::counter!($name, $label => $value).increment(1)
+    };
+}
+
 /// Counts one acquire that handed out a lease.
 pub(crate) fn acquire_granted() {
-    metrics::counter!(ACQUIRES, "outcome" => "granted").increment(1);
+    count!(ACQUIRES, "outcome" => "granted");
 }
 
 /// Counts one acquire answered with `error`, if it is an outcome the table above counts.
 pub(crate) fn acquire_failed(error: &LeaseError) {
-    let outcome = match error {
-        LeaseError::Conflict => "conflict",
-        LeaseError::WaitTimedOut { .. } => "timed_out",
-        LeaseError::Backend(_) => "error",
-        _ => return,
-    };
-    metrics::counter!(ACQUIRES, "outcome" => outcome).increment(1);
+    match error {
+        LeaseError::Conflict => count!(ACQUIRES, "outcome" => "conflict"),
+        LeaseError::WaitTimedOut { .. } => count!(ACQUIRES, "outcome" => "timed_out"),
+        LeaseError::Backend(_) => count!(ACQUIRES, "outcome" => "error"),
+        _ => {}
+    }
 }
 
 /// Runs a renewal call and records how long it took (if it finishes).
@@ -99,30 +106,44 @@ pub(crate) async fn timed_renewal<T>(
     answer
 }
 
+/// A backend operation, for [`BACKEND_ERRORS`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Acquire,
+    Renew,
+    Release,
+    Revoke,
+    Info,
+}
+
 /// Counts one failed backend call.
-pub(crate) fn backend_error(op: &'static str) {
-    metrics::counter!(BACKEND_ERRORS, "op" => op).increment(1);
+pub(crate) fn backend_error(op: Op) {
+    match op {
+        Op::Acquire => count!(BACKEND_ERRORS, "op" => "acquire"),
+        Op::Renew => count!(BACKEND_ERRORS, "op" => "renew"),
+        Op::Release => count!(BACKEND_ERRORS, "op" => "release"),
+        Op::Revoke => count!(BACKEND_ERRORS, "op" => "revoke"),
+        Op::Info => count!(BACKEND_ERRORS, "op" => "info"),
+    }
 }
 
 /// Counts the end of a lease (and its loss, if it was lost).
 pub(crate) fn ended(reason: &CancelReason) {
-    let label = match reason {
-        CancelReason::Released => "released",
-        CancelReason::Revoked => "revoked",
-        CancelReason::Shutdown => "shutdown",
+    match reason {
+        CancelReason::Released => count!(ENDED, "reason" => "released"),
+        CancelReason::Revoked => count!(ENDED, "reason" => "revoked"),
+        CancelReason::Shutdown => count!(ENDED, "reason" => "shutdown"),
         CancelReason::Lost(cause) => {
-            let cause = match cause {
-                LossCause::RenewalRefused => "renewal_refused",
-                LossCause::DeadlineExceeded => "deadline_exceeded",
-                LossCause::RenewerFailed(_) => "renewer_failed",
-                LossCause::ManagerFailed => "manager_failed",
-                LossCause::Injected => "injected",
-            };
-            metrics::counter!(LOSSES, "cause" => cause).increment(1);
-            "lost"
+            match cause {
+                LossCause::RenewalRefused => count!(LOSSES, "cause" => "renewal_refused"),
+                LossCause::DeadlineExceeded => count!(LOSSES, "cause" => "deadline_exceeded"),
+                LossCause::RenewerFailed(_) => count!(LOSSES, "cause" => "renewer_failed"),
+                LossCause::ManagerFailed => count!(LOSSES, "cause" => "manager_failed"),
+                LossCause::Injected => count!(LOSSES, "cause" => "injected"),
+            }
+            count!(ENDED, "reason" => "lost");
         }
-    };
-    metrics::counter!(ENDED, "reason" => label).increment(1);
+    }
 }
 
 #[cfg(feature = "prometheus")]

@@ -240,7 +240,7 @@ pub(crate) fn release(
             Ok(true) => Ok(()),
             Ok(false) => Err(LeaseError::NotHeld),
             Err(e) => {
-                crate::metrics::backend_error("release");
+                crate::metrics::backend_error(crate::metrics::Op::Release);
                 tracing::warn!(%key, token, error = %e, "lease release failed");
                 Err(LeaseError::Backend(e))
             }
@@ -304,12 +304,12 @@ pub(crate) fn revoke(
             (Ok(None), Some(Ok(true))) => Ok(true),
             (Ok(None), _) => Ok(false),
             (Err(e), Some(Ok(true))) => {
-                crate::metrics::backend_error("revoke");
+                crate::metrics::backend_error(crate::metrics::Op::Revoke);
                 tracing::warn!(%key, error = %e, "revoke failed; our own holder gave the key back");
                 Ok(true)
             }
             (Err(e), _) => {
-                crate::metrics::backend_error("revoke");
+                crate::metrics::backend_error(crate::metrics::Op::Revoke);
                 Err(LeaseError::Backend(e))
             }
         };
@@ -349,7 +349,7 @@ pub(crate) async fn release_all(
         releases.spawn(async move {
             let released = backend.release(&key, token).await;
             if released.is_err() {
-                crate::metrics::backend_error("release");
+                crate::metrics::backend_error(crate::metrics::Op::Release);
             }
             released
         });

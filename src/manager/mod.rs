@@ -300,7 +300,7 @@ impl LeaseManager {
         key.check_len()?;
         let info = self.inner.backend.info(key).await;
         if info.is_err() {
-            crate::metrics::backend_error("info");
+            crate::metrics::backend_error(crate::metrics::Op::Info);
         }
         Ok(info?)
     }

@@ -180,7 +180,7 @@ impl Actor for Renewer {
             }
             Ok(Ok(RenewOutcome::Lost)) => Err(state.lose(LossCause::RenewalRefused)),
             Ok(Err(error)) => {
-                crate::metrics::backend_error("renew");
+                crate::metrics::backend_error(crate::metrics::Op::Renew);
                 tracing::warn!(key = %state.args.key, token = state.args.token, %error,
                     "lease renewal failed; retrying until the local deadline");
                 let retry = state.retry();

@@ -197,7 +197,7 @@ impl SupervisorState {
             }
             Attempt::Failed(e) => {
                 tracing::warn!(%key, error = %e, "lease acquire failed");
-                crate::metrics::backend_error("acquire");
+                crate::metrics::backend_error(crate::metrics::Op::Acquire);
                 let error = LeaseError::Backend(e);
                 crate::metrics::acquire_failed(&error);
                 let _ = waiter.reply.send(Err(error));
