@@ -586,7 +586,8 @@ impl Jitter {
 ///
 /// Polls [`Leaser::lease_info`] every `interval`; its value changes when the leader
 /// (identity or token) changes. A term shorter than the interval may go unseen. A
-/// failed look keeps the last value (and is logged).
+/// backend error keeps the last value (and is logged); any other error (the leaser
+/// stopped) ends the observer, and its channel closes (`changed()` returns `Err`).
 #[derive(Debug)]
 pub struct Observer {
     state: watch::Receiver<Option<LeaderInfo>>,
@@ -639,8 +640,14 @@ impl Observer {
                             }
                         });
                     }
-                    Err(error) => {
+                    Err(error @ LeaseError::Backend(_)) => {
                         tracing::warn!(%key, %error, "observer could not look up the leader")
+                    }
+                    Err(error) => {
+                        // The leaser stopped (or cannot look any more): so do we, which
+                        // closes the channel.
+                        tracing::info!(%key, %error, "observer stopped");
+                        return;
                     }
                 }
             }

@@ -427,6 +427,14 @@ async fn one_leader_at_a_time_handover_after_crash_and_resign() {
         None,
         "nobody leads after everyone resigned"
     );
+    // The observer ends with its leaser: its channel closes.
+    let mut rx = observer.subscribe();
+    watcher.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(1), async {
+        while rx.changed().await.is_ok() {}
+    })
+    .await
+    .expect("the observer's channel closes when its manager stops");
     let (looks, most) = *samples.lock().unwrap();
     assert!(looks > 500, "{looks} looks");
     assert_eq!(most, 1, "at most one leader at every look");
