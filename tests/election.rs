@@ -22,11 +22,15 @@ use tokio::time::Instant;
 const TTL: Duration = Duration::from_secs(5);
 
 /// The memory backend, recording the instant (on its own clock: tokio's) of every
-/// grant, by token.
+/// grant, by token; and, at the grant itself, which candidates still said they lead.
 #[derive(Default)]
 struct Recording {
     inner: MemoryBackend,
     grants: Mutex<Vec<(u64, Instant)>>,
+    /// The candidates' channels, looked at in the middle of each grant.
+    candidates: Mutex<Vec<tokio::sync::watch::Receiver<Leadership>>>,
+    /// Grants made while a candidate's state said it led.
+    violations: Mutex<Vec<String>>,
 }
 
 #[async_trait]
@@ -40,6 +44,15 @@ impl Backend for Recording {
         let outcome = self.inner.acquire(key, ttl, metadata).await?;
         if let AcquireOutcome::Granted { token } = outcome {
             self.grants.lock().unwrap().push((token, Instant::now()));
+            for rx in self.candidates.lock().unwrap().iter() {
+                let state = rx.borrow();
+                if state.is_leader() {
+                    self.violations
+                        .lock()
+                        .unwrap()
+                        .push(format!("{token} granted while {:?} led", *state));
+                }
+            }
         }
         Ok(outcome)
     }
@@ -235,6 +248,10 @@ async fn one_leader_at_a_time_handover_after_crash_and_resign() {
             }
         });
     }
+    *backend.candidates.lock().unwrap() = cs
+        .iter()
+        .map(|c| c.election.as_ref().unwrap().subscribe())
+        .collect();
     let samples = sample_exclusion(
         cs.iter()
             .map(|c| c.election.as_ref().unwrap().subscribe())
@@ -354,6 +371,11 @@ async fn one_leader_at_a_time_handover_after_crash_and_resign() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    assert_eq!(
+        *backend.violations.lock().unwrap(),
+        Vec::<String>::new(),
+        "at every grant, no candidate's state said it led"
+    );
     // The terms, on the backend's clock: each ends (its context, and its channel)
     // no later than the next grant.
     let grants = backend.grants.lock().unwrap().clone();
