@@ -45,6 +45,9 @@ cargo run --quiet --features server --example failover -- --service
 step "actor example: cargo run --example actor"
 cargo run --quiet --example actor
 
+step "election example: cargo run --example election"
+cargo run --quiet --example election
+
 step "main example across processes on a throwaway PostgreSQL"
 bash scripts/with-postgres.sh cargo run --quiet --features postgres --example failover
 

@@ -465,6 +465,10 @@ impl Leaser for ClientLeaser {
         let lease = Lease::new(key, token, Arc::new(Owner { commands }));
         Ok((lease, ctx))
     }
+
+    async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        ClientLeaser::lease_info(self, key).await
+    }
 }
 
 /// Keeps one lease: heartbeats every TTL/4, extends the context by each answer, ends

@@ -95,18 +95,28 @@ struct Shared {
     /// that set the current deadline *started*, in nanoseconds: time suspended since
     /// then counts against the deadline, time suspended before does not.
     suspended_base: AtomicU64,
+    /// Whether its end is counted in the crate's metrics (leases held through a
+    /// manager are; fakes' are not).
+    metered: bool,
 }
 
 impl Shared {
     fn cancel(&self, reason: CancelReason) -> bool {
-        self.reason.send_if_modified(|state| {
+        let ended = self.reason.send_if_modified(|state| {
             if state.is_some() {
                 false
             } else {
                 *state = Some(reason);
                 true
             }
-        })
+        });
+        if ended && self.metered {
+            // Set once and never changed, so this is the reason just set.
+            if let Some(reason) = self.reason.borrow().as_ref() {
+                crate::metrics::ended(reason);
+            }
+        }
+        ended
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -236,22 +246,33 @@ impl LeaseContext {
     /// A new live context with a local deadline (`None`: no deadline) and the sender
     /// that ends it.
     pub(crate) fn new(token: u64, deadline: Option<Instant>) -> (ContextSender, LeaseContext) {
-        LeaseContext::new_since(token, deadline, crate::clock::suspended())
+        LeaseContext::build(token, deadline, crate::clock::suspended(), false)
     }
 
     /// Like [`new`](Self::new), for a deadline computed from an acquire that started
     /// when the machine's suspended time read `since`: a suspend between that start and
-    /// now already counts against the deadline.
+    /// now already counts against the deadline. The manager's contexts: their ends are
+    /// counted in the crate's metrics.
     pub(crate) fn new_since(
         token: u64,
         deadline: Option<Instant>,
         since: Duration,
+    ) -> (ContextSender, LeaseContext) {
+        LeaseContext::build(token, deadline, since, true)
+    }
+
+    fn build(
+        token: u64,
+        deadline: Option<Instant>,
+        since: Duration,
+        metered: bool,
     ) -> (ContextSender, LeaseContext) {
         let shared = Arc::new(Shared {
             reason: watch::channel(None).0,
             deadline: AtomicU64::new(u64::MAX),
             base: Instant::now(),
             suspended_base: AtomicU64::new(nanos_of(since)),
+            metered,
         });
         if let Some(d) = deadline {
             shared.deadline.store(shared.nanos(d), Ordering::Release);

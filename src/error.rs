@@ -65,6 +65,14 @@ pub enum LeaseError {
     /// The storage backend failed or could not be reached.
     #[error("lease backend failed: {0}")]
     Backend(#[source] BackendError),
+    /// This leaser does not offer the operation (for example
+    /// [`Leaser::lease_info`](crate::Leaser::lease_info) on a leaser that cannot look
+    /// leases up).
+    #[error("this leaser does not support {operation}")]
+    Unsupported {
+        /// The operation asked for.
+        operation: &'static str,
+    },
 }
 
 /// What kind of failure a [`BackendError`] is.

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::backend::LeaseInfo;
 use crate::context::{CancelReason, ContextSender, LeaseContext, LossCause};
 use crate::error::LeaseError;
 use crate::key::Key;
@@ -245,6 +246,29 @@ impl Leaser for FakeLeaser {
                 .await
                 .map_err(|_| LeaseError::WaitTimedOut { waited: timeout }),
         }
+    }
+
+    /// The current holder of `key`, as the real manager reports it: a held lease's
+    /// time left is its whole TTL (the fake's leases never run out), a kept lost one's
+    /// is the time until it frees.
+    async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        key.check_len()?;
+        let state = self.lock();
+        Ok(state
+            .held
+            .get(key)
+            .filter(|e| e.taken())
+            .map(|e| LeaseInfo {
+                key: key.clone(),
+                token: e.token,
+                ttl: e.ttl,
+                expires_in: e
+                    .expires_at
+                    .map_or(e.ttl, |at| at.saturating_duration_since(Instant::now())),
+                metadata: e.metadata.clone(),
+                revoked: false,
+                acquired_at: None,
+            }))
     }
 }
 

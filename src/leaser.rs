@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::backend::LeaseInfo;
 use crate::context::LeaseContext;
 use crate::error::LeaseError;
 use crate::key::Key;
@@ -124,6 +125,53 @@ pub trait Leaser: Send + Sync {
     async fn hold_with(&self, key: Key, options: AcquireOptions) -> Result<HeldLease, LeaseError> {
         let (lease, ctx) = self.acquire_lease_with(key, options).await?;
         Ok(HeldLease { lease, ctx })
+    }
+
+    /// What is known of the current lease on `key`, whoever holds it: token, time left,
+    /// metadata (`None` when nobody holds it). An optional capability: the default
+    /// answers [`LeaseError::Unsupported`]; [`LeaseManager`](crate::LeaseManager) and
+    /// [`FakeLeaser`](crate::FakeLeaser) implement it. Leader election's followers and
+    /// observers use it to learn who leads ([`election`](crate::election)).
+    async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        let _ = key;
+        Err(LeaseError::Unsupported {
+            operation: "lease_info",
+        })
+    }
+}
+
+/// A shared leaser is a leaser: `Arc<dyn Leaser>` (or `Arc<LeaseManager>`) can be passed
+/// wherever a `Leaser` is taken, such as
+/// [`Election::campaign`](crate::election::Election::campaign). Every method forwards,
+/// so the inner leaser's own versions of the provided methods are kept.
+#[async_trait]
+impl<L: Leaser + ?Sized> Leaser for std::sync::Arc<L> {
+    async fn acquire_lease(
+        &self,
+        key: Key,
+        ttl: Duration,
+    ) -> Result<(Lease, LeaseContext), LeaseError> {
+        (**self).acquire_lease(key, ttl).await
+    }
+
+    async fn acquire_lease_with(
+        &self,
+        key: Key,
+        options: AcquireOptions,
+    ) -> Result<(Lease, LeaseContext), LeaseError> {
+        (**self).acquire_lease_with(key, options).await
+    }
+
+    async fn hold(&self, key: Key, ttl: Duration) -> Result<HeldLease, LeaseError> {
+        (**self).hold(key, ttl).await
+    }
+
+    async fn hold_with(&self, key: Key, options: AcquireOptions) -> Result<HeldLease, LeaseError> {
+        (**self).hold_with(key, options).await
+    }
+
+    async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        (**self).lease_info(key).await
     }
 }
 

@@ -77,6 +77,12 @@
 //!   the lease service over gRPC, with the same guarantees (its context ends at a
 //!   deadline computed from when each confirmed heartbeat was *sent*, so before the
 //!   server's own deadline).
+//! - [`election`] (`election.rs`): leader election on any [`Leaser`]: candidates with
+//!   identities, leadership (with the term's fencing token) through a `watch` channel,
+//!   resign, campaigning again after a loss, and an observer of who leads.
+//! - [`metrics`] (`metrics.rs`): what the manager records through the `metrics`
+//!   facade (a table of names and labels), and with feature `prometheus` an endpoint
+//!   in the Prometheus text format.
 //!
 //! ## Guarantees
 //!
@@ -96,6 +102,21 @@
 //! 4. **No silent loss.** Release, renewal failure, revocation and shutdown each end the
 //!    context with a [`CancelReason`]. Dropping a [`Lease`] releases it; dropping every
 //!    [`LeaseManager`] handle shuts the manager down.
+//!
+//! ## Leader election and metrics
+//!
+//! [`election`] elects one leader among candidates on any [`Leaser`]: each candidate
+//! sees its [`Leadership`](election::Leadership) (leader with the term's fencing token
+//! and context, follower with the current leader's identity, or stopped) through a
+//! `tokio::sync::watch` channel, campaigns again after a lost term, and releases at
+//! once when it resigns; an [`Observer`](election::Observer) only watches who leads.
+//! The module docs compare it with client-go's leaderelection and kube-lease-manager.
+//!
+//! The manager records leases held, acquires by outcome, renewal latency, losses by
+//! cause and backend errors through the `metrics` facade; [`metrics`] lists the names
+//! and labels in a table, and with feature `prometheus` serves them in the Prometheus
+//! text format. Tracing spans `lease.acquire`, `lease.renew` and `lease.release` carry
+//! the key and the token.
 //!
 //! ## What a lease does not protect against
 //!
@@ -150,6 +171,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod clock;
 mod context;
+pub mod election;
 mod error;
 mod fake;
 #[cfg(feature = "postgres")]
@@ -158,6 +180,7 @@ pub mod key;
 mod lease;
 mod leaser;
 mod manager;
+pub mod metrics;
 #[cfg(feature = "client")]
 pub mod proto;
 #[cfg(feature = "server")]

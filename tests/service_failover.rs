@@ -183,3 +183,49 @@ async fn sigterm_stops_the_service_gracefully() {
     let status = status.expect("the service exits within 5 s of SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// `leases serve --metrics-bind` serves the manager's metrics in Prometheus text format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_the_services_leases() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = serve_with(&["--metrics-bind", &metrics]);
+    let c = client(&server).await;
+    for i in 0..3 {
+        let (lease, _) = c
+            .acquire_lease(Key::system(["metrics", &i.to_string()]), TTL)
+            .await
+            .unwrap();
+        lease.release().await.unwrap();
+    }
+    let (held, _) = c
+        .acquire_lease(Key::system(["metrics", "held"]), TTL)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.acquire_lease(Key::system(["metrics", "held"]), TTL).await,
+        Err(LeaseError::Conflict)
+    ));
+    let mut s = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {text}"))
+    };
+    assert_eq!(value("leases_acquires_total{outcome=\"granted\"}"), 4.0);
+    assert_eq!(value("leases_acquires_total{outcome=\"conflict\"}"), 1.0);
+    assert_eq!(value("leases_held "), 1.0);
+    held.release().await.unwrap();
+}

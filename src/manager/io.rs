@@ -11,6 +11,7 @@ use std::time::Duration;
 use ractor::{ActorRef, ActorStatus, RpcReplyPort};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::messages::{Attempt, ManagerMessage, Msg, Waiter};
 use crate::backend::{AcquireOutcome, Backend};
@@ -239,6 +240,7 @@ pub(crate) fn release(
             Ok(true) => Ok(()),
             Ok(false) => Err(LeaseError::NotHeld),
             Err(e) => {
+                crate::metrics::backend_error(crate::metrics::Op::Release);
                 tracing::warn!(%key, token, error = %e, "lease release failed");
                 Err(LeaseError::Backend(e))
             }
@@ -252,11 +254,15 @@ pub(crate) fn release(
         return answer(&key, token, released, reply);
     }
     let backend = backend.clone();
-    tokio::spawn(async move {
-        let k = key.clone();
-        let released = unpanic(async move { backend.release(&k, token).await }).await;
-        answer(&key, token, released, reply);
-    });
+    let span = tracing::info_span!("lease.release", %key, token);
+    tokio::spawn(
+        async move {
+            let k = key.clone();
+            let released = unpanic(async move { backend.release(&k, token).await }).await;
+            answer(&key, token, released, reply);
+        }
+        .instrument(span),
+    );
 }
 
 /// Revokes `key` on the backend in a task and answers `reply`. `local` is the token of
@@ -298,10 +304,14 @@ pub(crate) fn revoke(
             (Ok(None), Some(Ok(true))) => Ok(true),
             (Ok(None), _) => Ok(false),
             (Err(e), Some(Ok(true))) => {
+                crate::metrics::backend_error(crate::metrics::Op::Revoke);
                 tracing::warn!(%key, error = %e, "revoke failed; our own holder gave the key back");
                 Ok(true)
             }
-            (Err(e), _) => Err(LeaseError::Backend(e)),
+            (Err(e), _) => {
+                crate::metrics::backend_error(crate::metrics::Op::Revoke);
+                Err(LeaseError::Backend(e))
+            }
         };
         drop(done);
         let _ = reply.send(result);
@@ -336,7 +346,13 @@ pub(crate) async fn release_all(
     let mut releases = JoinSet::new();
     for (key, token) in held {
         let backend = backend.clone();
-        releases.spawn(async move { backend.release(&key, token).await });
+        releases.spawn(async move {
+            let released = backend.release(&key, token).await;
+            if released.is_err() {
+                crate::metrics::backend_error(crate::metrics::Op::Release);
+            }
+            released
+        });
     }
     let finished = tokio::time::timeout(timeout, async {
         while releases.join_next().await.is_some() {}

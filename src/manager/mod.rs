@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ractor::{Actor, ActorCell, ActorRef, ActorStatus};
+use tracing::Instrument;
 
 use crate::backend::LeaseInfo;
 use crate::backend::{Backend, MemoryBackend};
@@ -297,7 +298,11 @@ impl LeaseManager {
     pub async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
         self.check_running()?;
         key.check_len()?;
-        Ok(self.inner.backend.info(key).await?)
+        let info = self.inner.backend.info(key).await;
+        if info.is_err() {
+            crate::metrics::backend_error(crate::metrics::Op::Info);
+        }
+        Ok(info?)
     }
 
     /// The live leases whose key's string form starts with `prefix` (a plain string
@@ -372,12 +377,18 @@ impl LeaseManager {
         // manager is busy shutting down or after it stopped.
         options.validate(&key, self.inner.config.min_ttl)?;
         self.check_running()?;
-        call(&self.inner.actor, |reply| Msg::Acquire {
+        let span = tracing::info_span!("lease.acquire", %key, token = tracing::field::Empty);
+        let acquired = call(&self.inner.actor, |reply| Msg::Acquire {
             key,
             options,
             reply,
         })
-        .await
+        .instrument(span.clone())
+        .await;
+        if let Ok((lease, _)) = &acquired {
+            span.record("token", lease.token());
+        }
+        acquired
     }
 }
 
@@ -480,5 +491,9 @@ impl Leaser for LeaseManager {
         options: AcquireOptions,
     ) -> Result<(Lease, LeaseContext), LeaseError> {
         LeaseManager::acquire_lease_with(self, key, options).await
+    }
+
+    async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        LeaseManager::lease_info(self, key).await
     }
 }

@@ -15,6 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::backend::{Backend, RenewOutcome};
 use crate::context::{CancelReason, ContextSender, LossCause};
@@ -155,6 +156,8 @@ impl Actor for Renewer {
         }
         let a = &state.args;
         let renewal = a.backend.renew(&a.key, a.token, a.ttl);
+        let renewal = crate::metrics::timed_renewal(renewal, start)
+            .instrument(tracing::debug_span!("lease.renew", key = %a.key, token = a.token));
         match tokio::time::timeout_at(a.deadline, renewal).await {
             Ok(Ok(RenewOutcome::Renewed)) => {
                 let deadline = start + state.args.ttl - state.args.margin;
@@ -177,6 +180,7 @@ impl Actor for Renewer {
             }
             Ok(Ok(RenewOutcome::Lost)) => Err(state.lose(LossCause::RenewalRefused)),
             Ok(Err(error)) => {
+                crate::metrics::backend_error(crate::metrics::Op::Renew);
                 tracing::warn!(key = %state.args.key, token = state.args.token, %error,
                     "lease renewal failed; retrying until the local deadline");
                 let retry = state.retry();

@@ -17,6 +17,7 @@ use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
 };
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::io::{self, Grant};
 use super::messages::{call, AcquireReply, Attempt, ManagerMessage, Msg, Waiter};
@@ -56,12 +57,14 @@ struct ManagerOwner {
 #[async_trait]
 impl LeaseOwner for ManagerOwner {
     async fn release(&self, key: &Key, token: u64) -> Result<(), LeaseError> {
+        let span = tracing::info_span!("lease.release", %key, token);
         let key = key.clone();
         let released = call(&self.actor, |reply| Msg::Release {
             key,
             token,
             reply: Some(reply),
         })
+        .instrument(span)
         .await;
         match released {
             // The manager is gone, and every lease it held ended with it (released at
@@ -135,6 +138,7 @@ impl SupervisorState {
                     });
                 }
                 None => {
+                    crate::metrics::acquire_failed(&LeaseError::Conflict);
                     let _ = waiter.reply.send(Err(LeaseError::Conflict));
                     self.table.tidy(&key);
                 }
@@ -182,15 +186,21 @@ impl SupervisorState {
                 since,
             } => self.on_granted(myself, &key, waiter, grant, started, since),
             Attempt::Conflict => {
+                crate::metrics::acquire_failed(&LeaseError::Conflict);
                 let _ = waiter.reply.send(Err(LeaseError::Conflict));
             }
             Attempt::TimedOut => {
                 let waited = waiter.options.wait.unwrap_or_default();
-                let _ = waiter.reply.send(Err(LeaseError::WaitTimedOut { waited }));
+                let error = LeaseError::WaitTimedOut { waited };
+                crate::metrics::acquire_failed(&error);
+                let _ = waiter.reply.send(Err(error));
             }
             Attempt::Failed(e) => {
                 tracing::warn!(%key, error = %e, "lease acquire failed");
-                let _ = waiter.reply.send(Err(LeaseError::Backend(e)));
+                crate::metrics::backend_error(crate::metrics::Op::Acquire);
+                let error = LeaseError::Backend(e);
+                crate::metrics::acquire_failed(&error);
+                let _ = waiter.reply.send(Err(error));
             }
         }
         self.serve_next(myself, &key);
@@ -228,6 +238,7 @@ impl SupervisorState {
             // Dropping the grant gives the key back.
             drop(grant);
             tracing::debug!(%key, token, %error, "grant refused");
+            crate::metrics::acquire_failed(&error);
             let _ = waiter.reply.send(Err(error));
             return;
         }
@@ -240,6 +251,7 @@ impl SupervisorState {
                 token,
                 ctx: ctx_tx.clone(),
                 renewer: None,
+                _held: crate::metrics::HeldGauge::new(),
             },
         );
         tracing::info!(%key, token, ?ttl, "lease acquired");
@@ -275,6 +287,7 @@ impl SupervisorState {
                     }
                     // If the caller went away, the lease comes back here and its drop
                     // releases it through the supervisor's mailbox.
+                    crate::metrics::acquire_granted();
                     let _ = waiter.reply.send(Ok((lease, ctx)));
                 }
                 Err(e) => {
@@ -411,7 +424,9 @@ impl SupervisorState {
     fn on_wait_expired(&mut self, key: Key, waiter: u64) {
         if let Some(w) = self.table.remove_waiter(&key, waiter) {
             let waited = w.options.wait.unwrap_or_default();
-            let _ = w.reply.send(Err(LeaseError::WaitTimedOut { waited }));
+            let error = LeaseError::WaitTimedOut { waited };
+            crate::metrics::acquire_failed(&error);
+            let _ = w.reply.send(Err(error));
         }
         self.table.tidy(&key);
     }

@@ -18,6 +18,8 @@ pub(crate) struct LocalHolder {
     pub(crate) ctx: ContextSender,
     /// `None` until the renewal actor has started and attached.
     pub(crate) renewer: Option<ActorRef<Tick>>,
+    /// Counts it in the `leases_held` gauge while it is in the table.
+    pub(crate) _held: crate::metrics::HeldGauge,
 }
 
 impl Drop for LocalHolder {
@@ -211,6 +213,7 @@ mod tests {
                 token,
                 ctx,
                 renewer: None,
+                _held: crate::metrics::HeldGauge::new(),
             },
             view,
         )

@@ -14,6 +14,7 @@ use leases::LeaseManager;
 #[command(after_help = "Examples:
   leases serve                                   # memory backend, 127.0.0.1:8895
   leases serve --postgres postgres://u@db/leases # several servers may share one table
+  leases serve --metrics-bind 127.0.0.1:9095      # Prometheus text at /metrics
   leases serve --bind 0.0.0.0:8895 --token-file /etc/leases/token \\
       --tls-cert server.crt --tls-key server.key")]
 pub(crate) struct ServeArgs {
@@ -38,6 +39,9 @@ pub(crate) struct ServeArgs {
     /// The shortest TTL granted.
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
     pub(crate) min_ttl: Duration,
+    /// Serve the metrics in Prometheus text format at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_bind: Option<SocketAddr>,
     /// The most keys one FTL stream may hold.
     #[arg(long, default_value_t = 1024)]
     pub(crate) max_keys_per_stream: usize,
@@ -58,6 +62,20 @@ pub(crate) async fn run(args: ServeArgs, postgres: Option<String>, table: String
 }
 
 async fn serve(args: ServeArgs, postgres: Option<String>, table: String) -> Result<(), String> {
+    // The recorder first, so that everything the manager does is counted.
+    let _metrics = match args.metrics_bind {
+        Some(addr) => {
+            let exporter = leases::metrics::install_prometheus(addr)
+                .await
+                .map_err(|e| format!("metrics endpoint: {e}"))?;
+            eprintln!(
+                "leases serve: metrics at http://{}/metrics",
+                exporter.local_addr()
+            );
+            Some(exporter)
+        }
+        None => None,
+    };
     let mut builder = LeaseManager::builder().min_ttl(args.min_ttl);
     if let Some(url) = postgres.filter(|u| !u.is_empty()) {
         builder = builder.postgres(PostgresOptions::new(url).table(table));
