@@ -484,6 +484,27 @@ async fn drive(
     mut answers: tonic::Streaming<HoldResponse>,
     sender: ContextSender,
     watch: LeaseContext,
+    commands: mpsc::UnboundedReceiver<Command>,
+) {
+    keep(ttl, &requests, &mut answers, sender, watch, commands).await;
+    // The context has ended. Hang up cleanly: close our side and read the server's to
+    // its end, so that the server sees a closed stream (which tells it this holder has
+    // stopped, and frees the key at once) rather than a reset (after which it must
+    // wait out the time left it promised).
+    drop(requests);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(Some(_)) = answers.message().await {}
+    })
+    .await;
+}
+
+/// The body of [`drive`]: returns once the context has ended.
+async fn keep(
+    ttl: Duration,
+    requests: &mpsc::UnboundedSender<HoldRequest>,
+    answers: &mut tonic::Streaming<HoldResponse>,
+    sender: ContextSender,
+    watch: LeaseContext,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let every = ttl / 4;

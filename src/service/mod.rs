@@ -15,9 +15,12 @@
 //!
 //! Every lease the service grants is held by one [`LeaseManager`] on behalf of the
 //! gRPC stream that asked for it: the manager renews it in the background while the
-//! stream is alive and its client keeps sending requests. The lease is released at
-//! once when the stream ends (closed, reset, connection lost), and when no request for
-//! it has come for its TTL (the client is gone). Several servers on one PostgreSQL
+//! stream is alive and its client keeps sending requests. An FTL stream's leases are
+//! released at once when the stream ends (closed, reset, connection lost), and when no
+//! request for a key has come for its TTL (the client is gone). A native stream's lease
+//! is released at once on the client's `release`; when the stream ends otherwise, once
+//! the client has closed its side, or at the latest when the time left the server last
+//! told it has run out (its client may act until then: see [`native`]). Several servers on one PostgreSQL
 //! table serve the same leases, so that the service survives the loss of a server.
 //!
 //! # Security and limits
