@@ -196,6 +196,49 @@ async fn a_server_shutting_down_does_not_free_the_key_before_its_clients_hear() 
     let _ = tokio::time::timeout(Duration::from_secs(10), stopping).await;
 }
 
+/// `leases serve` on SIGTERM: `serve_until` (the service's shutdown), then the
+/// manager's shutdown, which releases every lease it still holds at once. A client
+/// whose connection broke on the server's side only has not heard (and cannot); another
+/// server on the same backend (a second manager here) must not get the key while that
+/// client may still act. So the service's shutdown must return only once its streams
+/// have let go of their leases in their own time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_then_manager_shutdown_does_not_free_keys_before_clients_stop() {
+    let manager = memory_manager().await;
+    let other = LeaseManager::builder()
+        .min_ttl(TTL)
+        .backend(manager.backend())
+        .start()
+        .await
+        .unwrap();
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let relay = OneSidedCut::start(server.local_addr()).await;
+    let c = client_at(relay.addr).await;
+    let key = Key::system(["review", "serve-shutdown"]);
+    let ttl = TTL * 4;
+    let (_lease, ctx) = c.acquire_lease(key.clone(), ttl).await.unwrap();
+    tokio::time::sleep(TTL * 2).await;
+    assert!(!ctx.is_cancelled());
+    relay.cut.send(true).unwrap();
+    // What `leases serve` does on SIGTERM.
+    let stopping = tokio::spawn(async move {
+        let _ = server.shutdown().await;
+        manager.shutdown().await;
+    });
+    let (got, _other_ctx, after) = grab(&other, &key, TTL, ttl * 2)
+        .await
+        .expect("the key is free again within its TTL");
+    let first_still_acts = !ctx.is_cancelled();
+    let left_then = left(&ctx);
+    drop(got);
+    assert!(
+        !first_still_acts,
+        "two holders: another server got the key {after:?} after the shutdown began, \
+         while the first holder may still act for {left_then:?}"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(10), stopping).await;
+}
+
 // ------------------------------------------------------------- no panics -----
 
 /// `AcquireOptions::wait` takes any duration; the client adds it to its request
