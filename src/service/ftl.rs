@@ -80,7 +80,12 @@ impl LeaseService for FtlService {
         request: Request<Streaming<AcquireLeaseRequest>>,
     ) -> Result<Response<Answers>, Status> {
         let (tx, rx) = watch::channel(Produced::default());
-        tokio::spawn(run_stream(self.shared.clone(), request.into_inner(), tx));
+        let counted = self.shared.stream();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            run_stream(shared, request.into_inner(), tx).await;
+            drop(counted);
+        });
         Ok(Response::new(Box::pin(answers(rx))))
     }
 }

@@ -144,6 +144,25 @@ pub(crate) struct Shared {
     pub(crate) options: Arc<ServeOptions>,
     /// Cancelled when the server stops: every stream releases its leases and ends.
     pub(crate) stopping: CancellationToken,
+    /// How many streams still hold (or are letting go of) leases.
+    pub(crate) streams: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Shared {
+    /// Counts a stream until the returned guard is dropped (its task has ended).
+    pub(crate) fn stream(&self) -> StreamGuard {
+        self.streams.send_modify(|n| *n += 1);
+        StreamGuard(self.streams.clone())
+    }
+}
+
+/// Held by the task serving one stream; see [`Shared::stream`].
+pub(crate) struct StreamGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// A running lease service. Stop it with [`shutdown`](LeaseServer::shutdown); dropping
@@ -151,6 +170,7 @@ pub(crate) struct Shared {
 pub struct LeaseServer {
     addr: SocketAddr,
     stopping: CancellationToken,
+    streams: Arc<tokio::sync::watch::Sender<usize>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
@@ -203,10 +223,12 @@ impl LeaseServer {
             source,
         })?;
         let stopping = CancellationToken::new();
+        let streams = Arc::new(tokio::sync::watch::Sender::new(0));
         let shared = Shared {
             manager,
             options: Arc::new(options),
             stopping: stopping.clone(),
+            streams: streams.clone(),
         };
         let routes = routes(&shared, stopping.clone());
         let mut builder = tonic::transport::Server::builder()
@@ -230,6 +252,7 @@ impl LeaseServer {
         Ok(LeaseServer {
             addr,
             stopping,
+            streams,
             task: Some(task),
         })
     }
@@ -239,12 +262,16 @@ impl LeaseServer {
         self.addr
     }
 
-    /// Stops the service gracefully: every stream releases its leases and ends (FTL
-    /// streams with `UNAVAILABLE`, native ones with an `ended` answer), then the server
-    /// closes its connections. The manager is not shut down (it is the caller's).
+    /// Stops the service gracefully: every stream ends (FTL streams with
+    /// `UNAVAILABLE`, native ones with an `ended` answer) and releases its leases, then
+    /// the server closes its connections. Returns once every stream has released its
+    /// leases: a native stream whose client has not hung up (its connection broke, say)
+    /// keeps its lease until the time left it last promised has run out, at most its
+    /// TTL, so that shutting the manager down next frees no key a client may still act
+    /// on. The manager is not shut down (it is the caller's).
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         self.stopping.cancel();
-        match self.task.take() {
+        let result = match self.task.take() {
             Some(task) => match task.await {
                 Ok(result) => result,
                 Err(e) => Err(ServeError::InvalidOptions(format!(
@@ -252,7 +279,9 @@ impl LeaseServer {
                 ))),
             },
             None => Ok(()),
-        }
+        };
+        let _ = self.streams.subscribe().wait_for(|n| *n == 0).await;
+        result
     }
 
     /// Serves until the returned future is dropped or `stop` completes, then shuts down

@@ -85,7 +85,12 @@ impl Leases for NativeService {
         request: Request<Streaming<HoldRequest>>,
     ) -> Result<Response<HoldAnswers>, Status> {
         let (tx, rx) = mpsc::channel(UNREAD_LIMIT);
-        tokio::spawn(run_hold(self.shared.clone(), request.into_inner(), tx));
+        let counted = self.shared.stream();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            run_hold(shared, request.into_inner(), tx).await;
+            drop(counted);
+        });
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
 
