@@ -114,7 +114,7 @@ impl OneSidedCut {
                     }
                     // The server's side: reset. The client's: open, silent, forever.
                     let server = sr.reunite(sw).unwrap();
-                    let _ = server.set_linger(Some(Duration::ZERO));
+                    let _ = server.set_zero_linger();
                     drop(server);
                     let _keep = (cr, cw);
                     std::future::pending::<()>().await;
