@@ -456,6 +456,60 @@ async fn native_bad_input_gets_clear_statuses() {
     lease.release().await.unwrap();
 }
 
+/// A native client that sends heartbeats and never reads its answers is treated as
+/// gone after 64 unread: its stream must end with the documented status
+/// (`RESOURCE_EXHAUSTED`), readable once the client does read, not just stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_native_stream_ends_with_its_status() {
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let (tx, answers) = hold_stream(
+        server.local_addr(),
+        acquire("/system/review/unread", pd(30, 0), None),
+    )
+    .await;
+    let mut answers = answers.unwrap();
+    // Far more answers than the connection's buffers and windows hold.
+    for _ in 0..300_000 {
+        if tx
+            .send(HoldRequest {
+                kind: Some(In::Heartbeat(Heartbeat {})),
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    // Give the server time to fill everything up and give up on us.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut renewed = 0u64;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("an answer or the end within 10 s")
+        {
+            Ok(Some(HoldResponse {
+                kind: Some(Out::Granted(_)),
+            })) => {}
+            Ok(Some(HoldResponse {
+                kind: Some(Out::Renewed(_)),
+            })) => renewed += 1,
+            Ok(Some(other)) => break Ok(Some(other)),
+            Ok(None) => break Ok(None),
+            Err(status) => break Err(status),
+        }
+    };
+    assert!(
+        renewed < 300_000,
+        "the server answered every heartbeat: the limit never hit"
+    );
+    match end {
+        Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        other => panic!("after {renewed} answers the stream ended without its status: {other:?}"),
+    }
+}
+
 /// A caller that gives up on an acquire that waits (its future is dropped) leaves no
 /// lease behind: when the holder releases, the key is free for the next one, not
 /// granted to a stream nobody reads.
