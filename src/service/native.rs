@@ -84,7 +84,8 @@ impl Leases for NativeService {
         &self,
         request: Request<Streaming<HoldRequest>>,
     ) -> Result<Response<HoldAnswers>, Status> {
-        let (tx, rx) = mpsc::channel(UNREAD_LIMIT);
+        // One slot more than the limit: the stream's end always fits.
+        let (tx, rx) = mpsc::channel(UNREAD_LIMIT + 1);
         let counted = self.shared.stream();
         let shared = self.shared.clone();
         tokio::spawn(async move {
@@ -261,7 +262,8 @@ async fn run_hold(
                     let renewed = answer(Out::Renewed(Renewed {
                         time_left: Some(proto_duration(left)),
                     }));
-                    if tx.try_send(renewed).is_err() {
+                    // Keep the last slot for the end (its status must reach the client).
+                    if tx.capacity() <= 1 || tx.try_send(renewed).is_err() {
                         break Err(Status::resource_exhausted(
                             "the client does not read its answers",
                         ));
