@@ -373,9 +373,13 @@ impl Sent {
     }
 }
 
-fn time_left_of(d: Option<prost_types::Duration>) -> Duration {
+/// The time left an answer reports, at most the lease's TTL: no server can promise
+/// more, and a larger (or absurd) value from the network must neither stretch the
+/// holder's context nor overflow an instant.
+fn time_left_of(d: Option<prost_types::Duration>, ttl: Duration) -> Duration {
     d.and_then(|d| Duration::try_from(d).ok())
         .unwrap_or_default()
+        .min(ttl)
 }
 
 #[async_trait]
@@ -400,9 +404,15 @@ impl Leaser for ClientLeaser {
             })),
         });
         let mut request = self.request(outgoing);
-        // The answer may take as long as the wait, plus the usual.
-        request.set_timeout(self.inner.options.request_timeout + wait.unwrap_or_default());
-        let limit = self.inner.options.request_timeout + wait.unwrap_or_default();
+        // The stream lives as long as the lease: no gRPC deadline on it (a server or
+        // proxy that honours one would end the lease when it passed). The client bounds
+        // its own waits; the answer may take as long as the wait, plus the usual.
+        request.metadata_mut().remove("grpc-timeout");
+        let limit = self
+            .inner
+            .options
+            .request_timeout
+            .saturating_add(wait.unwrap_or_default());
         let mut answers = tokio::time::timeout(limit, self.client().hold(request))
             .await
             .map_err(|_| unavailable("the lease service did not answer in time"))?
@@ -414,7 +424,7 @@ impl Leaser for ClientLeaser {
         let (token, mut time_left) = match first {
             Ok(Some(HoldResponse {
                 kind: Some(Out::Granted(g)),
-            })) => (g.token, time_left_of(g.time_left)),
+            })) => (g.token, time_left_of(g.time_left, ttl)),
             Ok(Some(other)) => {
                 return Err(unavailable(format!("unexpected first answer {other:?}")));
             }
@@ -436,7 +446,7 @@ impl Leaser for ClientLeaser {
                 Ok(Some(HoldResponse {
                     kind: Some(Out::Renewed(r)),
                 })) => {
-                    time_left = time_left_of(r.time_left);
+                    time_left = time_left_of(r.time_left, ttl);
                     confirmed = hb;
                 }
                 Ok(Some(HoldResponse {
@@ -477,6 +487,27 @@ async fn drive(
     ttl: Duration,
     requests: mpsc::UnboundedSender<HoldRequest>,
     mut answers: tonic::Streaming<HoldResponse>,
+    sender: ContextSender,
+    watch: LeaseContext,
+    commands: mpsc::UnboundedReceiver<Command>,
+) {
+    keep(ttl, &requests, &mut answers, sender, watch, commands).await;
+    // The context has ended. Hang up cleanly: close our side and read the server's to
+    // its end, so that the server sees a closed stream (which tells it this holder has
+    // stopped, and frees the key at once) rather than a reset (after which it must
+    // wait out the time left it promised).
+    drop(requests);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(Some(_)) = answers.message().await {}
+    })
+    .await;
+}
+
+/// The body of [`drive`]: returns once the context has ended.
+async fn keep(
+    ttl: Duration,
+    requests: &mpsc::UnboundedSender<HoldRequest>,
+    answers: &mut tonic::Streaming<HoldResponse>,
     sender: ContextSender,
     watch: LeaseContext,
     mut commands: mpsc::UnboundedReceiver<Command>,
@@ -540,7 +571,7 @@ async fn drive(
             answer = answers.message() => match answer {
                 Ok(Some(HoldResponse { kind: Some(Out::Renewed(r)) })) => {
                     if let Some(sent) = pending.pop_front() {
-                        sender.extend(sent.at + time_left_of(r.time_left), sent.since);
+                        sender.extend(sent.at + time_left_of(r.time_left, ttl), sent.since);
                     }
                 }
                 Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {

@@ -81,9 +81,11 @@ impl LeaseService for FtlService {
     ) -> Result<Response<Answers>, Status> {
         let slot = self.shared.open_stream(request.remote_addr())?;
         let (tx, rx) = watch::channel(Produced::default());
+        let counted = self.shared.stream();
         let shared = self.shared.clone();
         tokio::spawn(async move {
             run_stream(shared, request.into_inner(), tx).await;
+            drop(counted);
             drop(slot);
         });
         Ok(Response::new(Box::pin(answers(rx))))

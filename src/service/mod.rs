@@ -15,9 +15,12 @@
 //!
 //! Every lease the service grants is held by one [`LeaseManager`] on behalf of the
 //! gRPC stream that asked for it: the manager renews it in the background while the
-//! stream is alive and its client keeps sending requests. The lease is released at
-//! once when the stream ends (closed, reset, connection lost), and when no request for
-//! it has come for its TTL (the client is gone). Several servers on one PostgreSQL
+//! stream is alive and its client keeps sending requests. An FTL stream's leases are
+//! released at once when the stream ends (closed, reset, connection lost), and when no
+//! request for a key has come for its TTL (the client is gone). A native stream's lease
+//! is released at once on the client's `release`; when the stream ends otherwise, once
+//! the client has closed its side, or at the latest when the time left the server last
+//! told it has run out (its client may act until then: see [`native`]). Several servers on one PostgreSQL
 //! table serve the same leases, so that the service survives the loss of a server.
 //!
 //! # Security and limits
@@ -142,6 +145,8 @@ pub(crate) struct Shared {
     pub(crate) options: Arc<ServeOptions>,
     /// Cancelled when the server stops: every stream releases its leases and ends.
     pub(crate) stopping: CancellationToken,
+    /// How many streams still hold (or are letting go of) leases.
+    pub(crate) active: Arc<tokio::sync::watch::Sender<usize>>,
     /// Open lease streams per client connection (by its remote address).
     pub(crate) streams: Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>>,
 }
@@ -188,11 +193,29 @@ impl Drop for StreamSlot {
     }
 }
 
+impl Shared {
+    /// Counts a stream until the returned guard is dropped (its task has ended).
+    pub(crate) fn stream(&self) -> StreamGuard {
+        self.active.send_modify(|n| *n += 1);
+        StreamGuard(self.active.clone())
+    }
+}
+
+/// Held by the task serving one stream; see [`Shared::stream`].
+pub(crate) struct StreamGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 /// A running lease service. Stop it with [`shutdown`](LeaseServer::shutdown); dropping
 /// it stops it too (without waiting).
 pub struct LeaseServer {
     addr: SocketAddr,
     stopping: CancellationToken,
+    streams: Arc<tokio::sync::watch::Sender<usize>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
@@ -245,11 +268,13 @@ impl LeaseServer {
             source,
         })?;
         let stopping = CancellationToken::new();
+        let streams = Arc::new(tokio::sync::watch::Sender::new(0));
         let shared = Shared {
             manager,
             options: Arc::new(options),
             stopping: stopping.clone(),
             streams: Arc::default(),
+            active: streams.clone(),
         };
         let routes = routes(&shared, stopping.clone());
         let mut builder = tonic::transport::Server::builder()
@@ -275,6 +300,7 @@ impl LeaseServer {
         Ok(LeaseServer {
             addr,
             stopping,
+            streams,
             task: Some(task),
         })
     }
@@ -284,12 +310,16 @@ impl LeaseServer {
         self.addr
     }
 
-    /// Stops the service gracefully: every stream releases its leases and ends (FTL
-    /// streams with `UNAVAILABLE`, native ones with an `ended` answer), then the server
-    /// closes its connections. The manager is not shut down (it is the caller's).
+    /// Stops the service gracefully: every stream ends (FTL streams with
+    /// `UNAVAILABLE`, native ones with an `ended` answer) and releases its leases, then
+    /// the server closes its connections. Returns once every stream has released its
+    /// leases: a native stream whose client has not hung up (its connection broke, say)
+    /// keeps its lease until the time left it last promised has run out, at most its
+    /// TTL, so that shutting the manager down next frees no key a client may still act
+    /// on. The manager is not shut down (it is the caller's).
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         self.stopping.cancel();
-        match self.task.take() {
+        let result = match self.task.take() {
             Some(task) => match task.await {
                 Ok(result) => result,
                 Err(e) => Err(ServeError::InvalidOptions(format!(
@@ -297,7 +327,9 @@ impl LeaseServer {
                 ))),
             },
             None => Ok(()),
-        }
+        };
+        let _ = self.streams.subscribe().wait_for(|n| *n == 0).await;
+        result
     }
 
     /// Serves until the returned future is dropped or `stop` completes, then shuts down

@@ -9,10 +9,14 @@
 //! [`ClientLeaser`](crate::ClientLeaser)).
 //!
 //! The stream ends with an `ended` answer (released, revoked, lost, shutdown) when the
-//! lease ends; the server releases the lease when the stream ends for any reason, on
-//! `release`, and when no request has come within the TTL. A client that does not
-//! read its answers (more than 64 unread) is treated as gone: its lease is released
-//! and the stream ends with `RESOURCE_EXHAUSTED`.
+//! lease ends, or with a status. The server releases the lease at once on `release`.
+//! When the stream ends otherwise (the client closed it, it broke, no request came
+//! within the TTL, the server is shutting down), the server releases once the client
+//! has closed its side cleanly, or at the latest when the time left it last told the
+//! client has run out: a client whose connection broke on the server's side only, or
+//! whose `ended` answer is still on its way, may still act until then. A client that
+//! does not read its answers (more than 64 unread) is treated as gone: the stream ends
+//! with `RESOURCE_EXHAUSTED`, and its lease is released in the same way.
 
 use std::pin::Pin;
 
@@ -84,10 +88,13 @@ impl Leases for NativeService {
         request: Request<Streaming<HoldRequest>>,
     ) -> Result<Response<HoldAnswers>, Status> {
         let slot = self.shared.open_stream(request.remote_addr())?;
-        let (tx, rx) = mpsc::channel(UNREAD_LIMIT);
+        // One slot more than the limit: the stream's end always fits.
+        let (tx, rx) = mpsc::channel(UNREAD_LIMIT + 1);
+        let counted = self.shared.stream();
         let shared = self.shared.clone();
         tokio::spawn(async move {
             run_hold(shared, request.into_inner(), tx).await;
+            drop(counted);
             drop(slot);
         });
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
@@ -235,15 +242,21 @@ async fn run_hold(
             return;
         }
     };
+    // How long the client may act on what it was told: the server's deadline when it
+    // last answered (the client counts from the earlier instant it sent the request).
+    // Until then nobody else may have the key, unless the client says it has stopped.
+    let left = time_left(&ctx, ttl);
+    let mut promised = Instant::now() + left;
     let granted = answer(Out::Granted(Granted {
         token: lease.token(),
-        time_left: Some(proto_duration(time_left(&ctx, ttl))),
+        time_left: Some(proto_duration(left)),
     }));
     if tx.try_send(granted).is_err() {
         let _ = lease.release().await;
         return;
     }
     let mut last = Instant::now();
+    let (mut hung_up, mut broken) = (false, false);
     let end = loop {
         tokio::select! {
             biased;
@@ -262,10 +275,13 @@ async fn run_hold(
                     if let Some(reason) = ctx.reason() {
                         break ended_by(&reason);
                     }
+                    let left = time_left(&ctx, ttl);
+                    promised = promised.max(Instant::now() + left);
                     let renewed = answer(Out::Renewed(Renewed {
-                        time_left: Some(proto_duration(time_left(&ctx, ttl))),
+                        time_left: Some(proto_duration(left)),
                     }));
-                    if tx.try_send(renewed).is_err() {
+                    // Keep the last slot for the end (its status must reach the client).
+                    if tx.capacity() <= 1 || tx.try_send(renewed).is_err() {
                         break Err(Status::resource_exhausted(
                             "the client does not read its answers",
                         ));
@@ -279,13 +295,41 @@ async fn run_hold(
                 Ok(Some(_)) => {
                     break Err(Status::invalid_argument("only heartbeat and release may follow acquire"));
                 }
-                Ok(None) => break Err(Status::cancelled("the client closed the stream")),
-                Err(status) => break Err(status),
+                Ok(None) => {
+                    hung_up = true;
+                    break Err(Status::cancelled("the client closed the stream"));
+                }
+                Err(status) => {
+                    broken = true;
+                    break Err(status);
+                }
             },
         }
     };
-    // Tell the client first, then release.
+    // Tell the client first. Then release once it has hung up cleanly (it closes its
+    // side only when it has stopped), or else when the time it was last promised has
+    // run out: a stream that broke, a shutdown, or an answer still on its way does not
+    // mean the client has heard yet.
     let _ = tx.try_send(end);
     drop(tx);
+    if broken {
+        tokio::time::sleep_until(promised).await;
+    } else if !hung_up {
+        let _ = tokio::time::timeout_at(promised, hang_up(&mut incoming)).await;
+    }
     let _ = lease.release().await;
+}
+
+/// Returns when the client closes its side of the stream cleanly; never, if the
+/// stream breaks (then nobody can tell whether the client has stopped). A broken
+/// `Streaming` reads as a clean end after its error: call this only on one that has
+/// not failed yet.
+async fn hang_up(incoming: &mut Streaming<HoldRequest>) {
+    loop {
+        match incoming.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
