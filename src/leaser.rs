@@ -28,6 +28,11 @@ pub struct AcquireOptions {
     pub(crate) ttl: Duration,
     pub(crate) metadata: Vec<u8>,
     pub(crate) wait: Option<Duration>,
+    /// The holder is remote (a client of the lease service): when the manager revokes
+    /// it, the key is not given back at once, because the remote holder hears of the
+    /// revoke only one network hop later; the service gives it back (by releasing the
+    /// lease) once the client has hung up or its promised deadline has passed.
+    pub(crate) remote_holder: bool,
 }
 
 impl AcquireOptions {
@@ -37,6 +42,7 @@ impl AcquireOptions {
             ttl,
             metadata: Vec::new(),
             wait: None,
+            remote_holder: false,
         }
     }
 
@@ -54,6 +60,13 @@ impl AcquireOptions {
     /// polling.
     pub fn wait(mut self, timeout: Duration) -> AcquireOptions {
         self.wait = Some(timeout);
+        self
+    }
+
+    /// Marks the holder as remote (see the field); for the lease service.
+    #[cfg(feature = "server")]
+    pub(crate) fn for_remote_holder(mut self) -> AcquireOptions {
+        self.remote_holder = true;
         self
     }
 

@@ -248,7 +248,6 @@ async fn serve_then_manager_shutdown_does_not_free_keys_before_clients_stop() {
 /// has ended; it would have to wait for the stream's client to hang up (or for the
 /// time left it was promised), which needs a hook in the manager's revoke.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding, not fixed: a revoke through the service frees the key before the remote holder hears"]
 async fn a_revoke_does_not_free_the_key_before_the_remote_holder_hears() {
     let manager = memory_manager().await;
     let server = LeaseServer::start(manager.clone(), local()).await.unwrap();

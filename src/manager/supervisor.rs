@@ -216,6 +216,7 @@ impl SupervisorState {
         since: Duration,
     ) {
         let ttl = waiter.options.ttl;
+        let remote = waiter.options.remote_holder;
         let margin = self.config.margin(ttl);
         let deadline = started + ttl - margin;
         // Time the machine spent suspended since the acquire started counts too: the
@@ -252,6 +253,7 @@ impl SupervisorState {
                 ctx: ctx_tx.clone(),
                 renewer: None,
                 _held: crate::metrics::HeldGauge::new(),
+                remote,
             },
         );
         tracing::info!(%key, token, ?ttl, "lease acquired");
@@ -400,6 +402,24 @@ impl SupervisorState {
         if self.stopping {
             return stopped_reply(reply);
         }
+        // A remote holder (a client of the lease service) hears of the revoke one network
+        // hop after its server-side context ends: its context is ended and its renewal
+        // stopped, but it stays in the table, so that the key is given back only when
+        // the service releases the lease (once the client has hung up or its promised
+        // deadline has passed). The backend marks it revoked meanwhile.
+        if let Some(holder) = self
+            .table
+            .get(&key)
+            .and_then(|slot| slot.holder.as_mut())
+            .filter(|h| h.remote && h.ctx.reason().is_none())
+        {
+            holder.ctx.cancel(CancelReason::Revoked);
+            if let Some(renewer) = holder.renewer.take() {
+                renewer.get_cell().unlink(self.cell.clone());
+                renewer.kill();
+            }
+            return io::revoke(myself, self.backend.clone(), key, None, true, reply);
+        }
         // Our own holder is told first, so the key is never free while it still acts.
         // A lease whose context had already ended by loss is left to expire instead of
         // given back, so that its holder keeps the safety margin it was promised.
@@ -411,7 +431,7 @@ impl SupervisorState {
             // backend (see `io::revoke`).
             self.table.slot(&key).busy = true;
         }
-        io::revoke(myself, self.backend.clone(), key, local, reply);
+        io::revoke(myself, self.backend.clone(), key, local, false, reply);
     }
 
     fn on_revoke_done(&mut self, myself: &ActorRef<ManagerMessage>, key: Key) {

@@ -20,6 +20,9 @@ pub(crate) struct LocalHolder {
     pub(crate) renewer: Option<ActorRef<Tick>>,
     /// Counts it in the `leases_held` gauge while it is in the table.
     pub(crate) _held: crate::metrics::HeldGauge,
+    /// A remote holder (see `AcquireOptions::remote_holder`): a revoke ends its context
+    /// and stops its renewal but leaves it in the table until its lease is released.
+    pub(crate) remote: bool,
 }
 
 impl Drop for LocalHolder {
@@ -130,7 +133,10 @@ impl LeaseTable {
             .slots
             .get_mut(key)
             .and_then(|s| s.holder.as_mut())
-            .filter(|h| h.token == token && h.renewer.is_none());
+            .filter(|h| h.token == token && h.renewer.is_none())
+            // A remote holder revoked before its renewer started keeps its place in the
+            // table but must not be renewed (nor given back by its renewer's exit).
+            .filter(|h| !(h.remote && h.ctx.reason().is_some()));
         match holder {
             Some(holder) => {
                 holder.renewer = Some(renewer);
@@ -214,6 +220,7 @@ mod tests {
                 ctx,
                 renewer: None,
                 _held: crate::metrics::HeldGauge::new(),
+                remote: false,
             },
             view,
         )

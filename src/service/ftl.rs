@@ -244,7 +244,7 @@ async fn handle(
     }
     let (lease, ctx) = shared
         .manager
-        .acquire_lease_with(key.clone(), options)
+        .acquire_lease_with(key.clone(), options.for_remote_holder())
         .await
         .map_err(|e| match e {
             LeaseError::Conflict | LeaseError::WaitTimedOut { .. } => {
