@@ -18,6 +18,7 @@ use ractor::{
 };
 use tokio::time::Instant;
 
+use super::alarms::Alarms;
 use super::io::{self, Grant};
 use super::messages::{call, AcquireReply, Attempt, ManagerMessage, Msg, Waiter};
 use super::renewer::{Renewer, RenewerArgs, Tick};
@@ -46,6 +47,8 @@ pub(crate) struct SupervisorState {
     cell: ractor::ActorCell,
     table: LeaseTable,
     stopping: bool,
+    /// The alarm clock every renewer of this manager ticks by.
+    alarms: Alarms,
 }
 
 /// How a [`Lease`] handle reaches the supervisor that granted it.
@@ -251,6 +254,7 @@ impl SupervisorState {
             margin,
             ctx: ctx_tx.clone(),
             deadline,
+            alarms: self.alarms.clone(),
         };
         let lease = Lease::new(key.clone(), token, self.owner.clone());
         // Starting an actor is the costliest step of an acquire, so it runs in a task of
@@ -471,6 +475,7 @@ impl Actor for Supervisor {
             owner: Arc::new(ManagerOwner { actor: myself }),
             table: LeaseTable::default(),
             stopping: false,
+            alarms: Alarms::start(),
         })
     }
 
