@@ -868,8 +868,8 @@ impl Backend for PostgresBackend {
         })
     }
 
-    /// Queues the renewal for the next batch (see [`renewals`]): renewals due close
-    /// together share one statement.
+    /// Queues the renewal for the next batch: renewals due close together share one
+    /// statement (see [`PostgresOptions::renew_batch_window`]).
     async fn renew(
         &self,
         key: &Key,

@@ -150,6 +150,14 @@ async fn batcher(db: Arc<Db>, mut requests: mpsc::UnboundedReceiver<Request>) {
                 None => return,
             },
             () = tokio::time::sleep_until(send_at), if earliest.is_some() => {
+                // Renewals already queued ride along (a bounded number, so that a flood
+                // cannot hold the batch back).
+                for _ in 0..size {
+                    match requests.try_recv() {
+                        Ok(request) => pending.push(request),
+                        Err(_) => break,
+                    }
+                }
                 earliest = None;
                 send(&db, std::mem::take(&mut pending), size, &mut running);
             }
