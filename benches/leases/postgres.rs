@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use leases::backend::PostgresOptions;
+use leases::backend::{PostgresBackend, PostgresOptions};
 use leases::{Key, LeaseManager};
 
 use crate::args::Sizes;
@@ -31,7 +31,7 @@ struct RawSql {
 
 /// The backend's own statements, so that (c) issues exactly what it issues.
 fn statements() -> (String, String) {
-    leases::backend::PostgresBackend::statements("leases")
+    PostgresBackend::statements("leases")
 }
 
 impl RawSql {
@@ -145,16 +145,18 @@ async fn server_cpu(url: &str) -> f64 {
 
 /// Holds `n` leases (acquired by 64 tasks at once) on a manager of its own with these
 /// options, then counts the database's statements and CPU over `window`. Returns
-/// (statements per held lease per minute, server CPU per wall second, lost).
+/// (statements per held lease per minute, of which renewal statements, server CPU per
+/// wall second, lost).
 async fn statements_per_lease(
     url: &str,
     options: PostgresOptions,
     n: usize,
     window: Duration,
     name: &str,
-) -> (f64, f64, usize) {
+) -> (f64, f64, f64, usize) {
+    let backend = Arc::new(PostgresBackend::connect(options).await.unwrap());
     let m = LeaseManager::builder()
-        .postgres(options)
+        .backend(backend.clone())
         .start()
         .await
         .unwrap();
@@ -192,11 +194,13 @@ async fn statements_per_lease(
     // may flush seconds late), then count over the window.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let c0 = commits(url).await;
+    let r0 = backend.renew_statements();
     let cpu0 = server_cpu(url).await;
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let cpu = server_cpu(url).await - cpu0;
     let wall = t0.elapsed().as_secs_f64();
+    let renewals = (backend.renew_statements() - r0) as f64 / n as f64 / (wall / 60.0);
     tokio::time::sleep(Duration::from_millis(1100)).await; // let the stats flush
     let c1 = commits(url).await;
     let minutes = (t0.elapsed().as_secs_f64() - 1.1) / 60.0;
@@ -205,7 +209,7 @@ async fn statements_per_lease(
     let per = (c1 - c0 - 4).max(0) as f64 / held.len() as f64 / minutes;
     m.shutdown().await;
     drop(held);
-    (per, cpu / wall, lost)
+    (per, renewals, cpu / wall, lost)
 }
 
 pub async fn postgres_section(s: &Sizes) {
@@ -253,8 +257,8 @@ pub async fn postgres_section(s: &Sizes) {
         TTL / 3,
         s.pg_window.as_secs_f64()
     );
-    println!("| renewals | leases held | database statements per held lease per minute | server CPU per wall second | lost |");
-    println!("|---|---|---|---|---|");
+    println!("| renewals | leases held | database statements per held lease per minute | of which renewal statements | server CPU per wall second | lost |");
+    println!("|---|---|---|---|---|---|");
     for (tag, name, options, n) in [
         (
             "batched",
@@ -269,9 +273,10 @@ pub async fn postgres_section(s: &Sizes) {
             s.pg_held_unbatched,
         ),
     ] {
-        let (per, cpu, lost) = statements_per_lease(&url, options, n, s.pg_window, tag).await;
+        let (per, renewals, cpu, lost) =
+            statements_per_lease(&url, options, n, s.pg_window, tag).await;
         println!(
-            "| {name} | {n} | {per:.3} | {:.1} % of a core | {lost} |",
+            "| {name} | {n} | {per:.3} | {renewals:.3} | {:.1} % of a core | {lost} |",
             cpu * 100.0
         );
     }

@@ -362,6 +362,8 @@ struct Db {
     sql: Sql,
     options: PostgresOptions,
     schema: OnceCell<()>,
+    /// Renewal statements sent so far (for benchmarks).
+    renew_statements: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -591,6 +593,7 @@ impl PostgresBackend {
             sql,
             options,
             schema: OnceCell::new(),
+            renew_statements: Default::default(),
         });
         let renewals = renewals::Renewals::start(&runtime, db.clone());
         Ok(PostgresBackend {
@@ -608,6 +611,15 @@ impl PostgresBackend {
     pub fn statements(table: &str) -> (String, String) {
         let sql = Sql::new(table);
         (sql.acquire, sql.release)
+    }
+
+    /// How many renewal statements this backend has sent (each renews up to
+    /// `renew_batch_size` leases). For benchmarks.
+    #[doc(hidden)]
+    pub fn renew_statements(&self) -> u64 {
+        self.db
+            .renew_statements
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The options this backend was made with.

@@ -215,6 +215,8 @@ async fn renew_chunk(db: Arc<Db>, leases: Vec<Lease>) {
         waiting.push(l.replies);
     }
     tracing::trace!(leases = keys.len(), "renewing a batch");
+    db.renew_statements
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let answer = db
         .with_client("renew", |c, sql| {
             Box::pin(async move {
