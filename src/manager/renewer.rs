@@ -110,59 +110,64 @@ impl Actor for Renewer {
         // the actor lives, so a renewal's (the backend call, its timeout) would cost
         // every held lease memory between renewals too. One allocation per renewal
         // instead.
-        Box::pin(renew(myself, state)).await
+        Box::pin(Renewer::renew(myself, state)).await
     }
 }
 
-/// One tick: renews the lease (or ends it), and sets the next alarm.
-async fn renew(myself: ActorRef<Tick>, state: &mut RenewerState) -> Result<(), ActorProcessingErr> {
-    let (start, since) = (Instant::now(), crate::clock::suspended());
-    // The context may have ended without us: its deadline passed on the
-    // suspend-aware clock, or the supervisor ended it (and maybe died before it
-    // could stop us). Never renew a lease whose holder has been told it is over.
-    match state.args.ctx.reason() {
-        None => {}
-        Some(CancelReason::Lost(LossCause::DeadlineExceeded)) => {
-            return Err(state.lose(LossCause::DeadlineExceeded))
-        }
-        Some(reason) => {
-            myself.stop(Some(format!("the lease ended: {reason}")));
-            return Ok(());
-        }
-    }
-    if start >= state.args.deadline {
-        return Err(state.lose(LossCause::DeadlineExceeded));
-    }
-    let a = &state.args;
-    let renewal = a.backend.renew(&a.key, a.token, a.ttl);
-    match tokio::time::timeout_at(a.deadline, renewal).await {
-        Ok(Ok(RenewOutcome::Renewed)) => {
-            let deadline = start + state.args.ttl - state.args.margin;
-            if !state.args.ctx.extend(deadline, since) {
-                // Confirmed too late: the context already ended at the old deadline.
-                return Err(state.lose(LossCause::DeadlineExceeded));
+impl Renewer {
+    /// One tick: renews the lease (or ends it), and sets the next alarm.
+    async fn renew(
+        myself: ActorRef<Tick>,
+        state: &mut RenewerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (start, since) = (Instant::now(), crate::clock::suspended());
+        // The context may have ended without us: its deadline passed on the
+        // suspend-aware clock, or the supervisor ended it (and maybe died before it
+        // could stop us). Never renew a lease whose holder has been told it is over.
+        match state.args.ctx.reason() {
+            None => {}
+            Some(CancelReason::Lost(LossCause::DeadlineExceeded)) => {
+                return Err(state.lose(LossCause::DeadlineExceeded))
             }
-            state.args.deadline = deadline;
-            tracing::trace!(key = %state.args.key, token = state.args.token, "lease renewed");
-            let interval = state.interval();
-            state.schedule(interval);
-            Ok(())
-        }
-        Ok(Ok(RenewOutcome::Revoked)) => {
-            if state.args.ctx.cancel(CancelReason::Revoked) {
-                tracing::info!(key = %state.args.key, token = state.args.token, "lease revoked");
+            Some(reason) => {
+                myself.stop(Some(format!("the lease ended: {reason}")));
+                return Ok(());
             }
-            myself.stop(Some("revoked".into()));
-            Ok(())
         }
-        Ok(Ok(RenewOutcome::Lost)) => Err(state.lose(LossCause::RenewalRefused)),
-        Ok(Err(error)) => {
-            tracing::warn!(key = %state.args.key, token = state.args.token, %error,
+        if start >= state.args.deadline {
+            return Err(state.lose(LossCause::DeadlineExceeded));
+        }
+        let a = &state.args;
+        let renewal = a.backend.renew(&a.key, a.token, a.ttl);
+        match tokio::time::timeout_at(a.deadline, renewal).await {
+            Ok(Ok(RenewOutcome::Renewed)) => {
+                let deadline = start + state.args.ttl - state.args.margin;
+                if !state.args.ctx.extend(deadline, since) {
+                    // Confirmed too late: the context already ended at the old deadline.
+                    return Err(state.lose(LossCause::DeadlineExceeded));
+                }
+                state.args.deadline = deadline;
+                tracing::trace!(key = %state.args.key, token = state.args.token, "lease renewed");
+                let interval = state.interval();
+                state.schedule(interval);
+                Ok(())
+            }
+            Ok(Ok(RenewOutcome::Revoked)) => {
+                if state.args.ctx.cancel(CancelReason::Revoked) {
+                    tracing::info!(key = %state.args.key, token = state.args.token, "lease revoked");
+                }
+                myself.stop(Some("revoked".into()));
+                Ok(())
+            }
+            Ok(Ok(RenewOutcome::Lost)) => Err(state.lose(LossCause::RenewalRefused)),
+            Ok(Err(error)) => {
+                tracing::warn!(key = %state.args.key, token = state.args.token, %error,
                     "lease renewal failed; retrying until the local deadline");
-            let retry = state.retry();
-            state.schedule(retry);
-            Ok(())
+                let retry = state.retry();
+                state.schedule(retry);
+                Ok(())
+            }
+            Err(_elapsed) => Err(state.lose(LossCause::DeadlineExceeded)),
         }
-        Err(_elapsed) => Err(state.lose(LossCause::DeadlineExceeded)),
     }
 }
