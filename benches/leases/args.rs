@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::contenders::Kind;
 
 const USAGE: &str =
-    "usage: leases [--smoke] [--secs SECONDS] [--only memory|scale|postgres|profile]
+    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--only memory|scale|postgres|profile]
        leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS";
 
 /// A section of the report, for `--only`.
@@ -45,6 +45,8 @@ pub struct Args {
     pub smoke: bool,
     /// `--secs S`: the full run with S seconds per cell and the 100k scale size only.
     pub secs: Option<f64>,
+    /// `--pg-held N`: leases held for the PostgreSQL statement count (default 100k).
+    pub pg_held: Option<usize>,
     /// `--scale-child KIND N WINDOW`: be one scale cell (see `scale.rs`), print its line.
     pub scale_child: Option<(Kind, usize, Duration)>,
 }
@@ -62,6 +64,9 @@ pub struct Sizes {
     /// Leases held to count PostgreSQL statements.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub pg_held: usize,
+    /// Leases held to count PostgreSQL statements with one statement per renewal.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub pg_held_unbatched: usize,
     /// How long those statements are counted.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub pg_window: Duration,
@@ -84,6 +89,9 @@ impl Args {
                 "--smoke" => parsed.smoke = true,
                 "--secs" => parsed.secs = Some(seconds(&mut args, "--secs")?.as_secs_f64()),
                 "--only" => parsed.only = Some(value(&mut args, "--only", "a section")?),
+                "--pg-held" => {
+                    parsed.pg_held = Some(value(&mut args, "--pg-held", "a number of leases")?)
+                }
                 "--scale-child" => {
                     let kind = value(&mut args, "--scale-child", "a kind")?;
                     let n = value(&mut args, "--scale-child", "a number of leases")?;
@@ -105,12 +113,21 @@ impl Args {
     }
 
     pub fn sizes(&self) -> Sizes {
+        let mut sizes = self.base_sizes();
+        if let Some(n) = self.pg_held {
+            sizes.pg_held = n;
+        }
+        sizes
+    }
+
+    fn base_sizes(&self) -> Sizes {
         let full = Sizes {
             rounds: 3,
             secs: 2.0,
             scale: vec![100_000, 1_000_000],
             window: Duration::from_secs(12),
-            pg_held: 10_000,
+            pg_held: 100_000,
+            pg_held_unbatched: 10_000,
             pg_window: Duration::from_secs(30),
         };
         match self.secs {
@@ -125,6 +142,7 @@ impl Args {
                 scale: vec![1000],
                 window: Duration::from_millis(200),
                 pg_held: 100,
+                pg_held_unbatched: 50,
                 pg_window: Duration::from_millis(500),
             },
             None => full,

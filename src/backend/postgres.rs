@@ -17,11 +17,19 @@
 //!
 //! - **Acquire** is one `INSERT … ON CONFLICT (key) DO UPDATE … WHERE expires_at <= now()`
 //!   that takes a free or expired row.
-//! - **Renew** is one `UPDATE … WHERE key = $1 AND token = $2 AND expires_at > now()
-//!   RETURNING revoked`: compare-and-set on `(key, token)` that never revives an expired
-//!   lease, extends only a lease that is not revoked, and reads `revoked` from the very
-//!   row version it locked (so a renewal that waited on a committing revoke is told
-//!   `Revoked`, not `Lost`).
+//! - **Renew** is batched: renewals that fall due close together (within
+//!   [`PostgresOptions::renew_batch_window`]) go to the database as one `UPDATE … FROM
+//!   unnest($keys, $tokens, $ttls) … RETURNING key, token, revoked`, in chunks of at most
+//!   [`PostgresOptions::renew_batch_size`] leases, keys in order (the statement locks
+//!   its rows in key order, so batches of different processes never deadlock). For each
+//!   lease it is compare-and-set on `(key, token)` that never revives an expired lease
+//!   (judged on the database's clock), extends only a lease that is not revoked, and
+//!   reads `revoked` from the very row version it locked (so a renewal that waited on a
+//!   committing revoke is told `Revoked`, not `Lost`). A lease missing from the answer
+//!   is lost, and its holder is told at once; a statement that fails or times out
+//!   fails every renewal in it (none counts as renewed) and their renewers retry. Each
+//!   holder's deadline counts from its renewer's start, taken before the batch was
+//!   sent. One renewal actor per lease remains: batching happens below it, here.
 //! - **Release** is compare-and-set on `(key, token)` too. It ends the lease by setting
 //!   `expires_at = now()` and keeps the row (see fencing below), then sends
 //!   `NOTIFY <table>_freed, '<key>'`; one listening connection per backend wakes
@@ -76,6 +84,9 @@
 //!    - **renew**: possibly an extension nobody knows of. The renewer counts the renewal
 //!      as failed (the local deadline does not move) and retries, so the holder is
 //!      still told at its deadline; the row then expires up to one TTL later.
+//!      (Renewal statements are run by the backend's batcher task, not by the renewer:
+//!      a renewer that stops waiting cuts no statement short; see `renewals.rs`. Only
+//!      dropping the backend aborts them, with the same effect as here.)
 //!    - **release**: possibly released. The holder's context has already ended; if the
 //!      release did not happen, the lease expires within its TTL.
 //!    - **revoke**: possibly revoked; the holder learns at its next renewal.
@@ -109,6 +120,8 @@ use crate::backend::LeaseInfo;
 use crate::error::{BackendError, BackendErrorKind, LeaseError};
 use crate::key::Key;
 
+mod renewals;
+
 /// How to reach and use the database.
 #[derive(Clone)]
 pub struct PostgresOptions {
@@ -118,6 +131,8 @@ pub struct PostgresOptions {
     connect_timeout: Duration,
     statement_timeout: Duration,
     ca_certificate_pem: Option<Vec<u8>>,
+    renew_batch_window: Duration,
+    renew_batch_size: usize,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -129,14 +144,18 @@ impl std::fmt::Debug for PostgresOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("ca_certificate", &self.ca_certificate_pem.is_some())
+            .field("renew_batch_window", &self.renew_batch_window)
+            .field("renew_batch_size", &self.renew_batch_size)
             .finish_non_exhaustive()
     }
 }
 
 impl PostgresOptions {
     /// Options for this connection string (`postgres://user:pass@host:port/db?sslmode=…`
-    /// or `host=… user=…`), with a pool of 8 connections, the table `leases`, and 5 s
-    /// connect and statement timeouts.
+    /// or `host=… user=…`), with a pool of 8 connections, the table `leases`, 5 s
+    /// connect and statement timeouts, and renewals batched (up to 1000 leases a
+    /// statement, gathered for up to 50 ms; see
+    /// [`renew_batch_window`](Self::renew_batch_window)).
     ///
     /// `sslmode=require` encrypts without verifying the server's certificate, as libpq
     /// does; add [`ca_certificate_pem`](Self::ca_certificate_pem) to verify it.
@@ -148,6 +167,8 @@ impl PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
             ca_certificate_pem: None,
+            renew_batch_window: Duration::from_millis(50),
+            renew_batch_size: 1000,
         }
     }
 
@@ -181,6 +202,24 @@ impl PostgresOptions {
     /// the connection string asks for it) encrypts but does not authenticate the server.
     pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_certificate_pem = Some(pem.into());
+        self
+    }
+
+    /// How long a renewal may wait for others to share its statement (default 50 ms):
+    /// renewals that fall due within this window of each other go to the database as
+    /// one statement. A renewal never waits longer than 1/20 of its lease's TTL, and
+    /// the wait only delays it (its holder's deadline counts from before the wait), so
+    /// it costs no safety. `Duration::ZERO` sends what is queued at once.
+    pub fn renew_batch_window(mut self, window: Duration) -> Self {
+        self.renew_batch_window = window;
+        self
+    }
+
+    /// The most leases one renewal statement renews (default 1000; at least 1). More
+    /// renewals due at once go as several statements, each over a range of keys in
+    /// order. `1` makes every renewal a statement of its own.
+    pub fn renew_batch_size(mut self, size: usize) -> Self {
+        self.renew_batch_size = size;
         self
     }
 }
@@ -250,23 +289,40 @@ impl Sql {
                 SELECT (SELECT token FROM ins),
                        (SELECT {us_left} FROM {t} WHERE key = $1 AND {live})"
             ),
-            // One UPDATE, so that the answer is read from the row version it locked:
-            // a renewal that waited on a committing revoke sees `revoked` set and says
-            // so (a separate EXISTS would read the statement's older snapshot). A
-            // revoked lease is matched but not extended.
+            // Renewals, many leases in one statement: `$1` keys, `$2` tokens, `$3` TTLs
+            // in ms, one element per lease; it returns the `(key, token, revoked)` of
+            // every lease it matched, and a lease it did not return is lost.
+            //
+            // `mine` locks the rows still held by the given `(key, token)`, in key
+            // order (the sort runs below the row locks), so that two batches from
+            // different processes never wait on each other in a cycle; the UPDATE then
+            // touches only rows it already holds. A row that changed while we waited
+            // for its lock is re-checked on its newest version (READ COMMITTED's
+            // re-check), so a renewal that waited on a committing revoke returns
+            // `revoked` set (and extends nothing), one that waited on a takeover or a
+            // release does not match. A revoked lease is matched but not extended.
             //
             // Liveness is judged on `clock_timestamp()`, not `now()` (the statement's
             // start): a renewal that waited on the row lock of a committing release
             // re-checks the released row, whose `expires_at` is the release's `now()`,
             // later than our `now()`; against `now()` it would revive a released lease.
-            // The new expiry still counts from `now()`, which is no later than the
-            // moment the renewer started.
+            // The new expiry still counts from `now()`, which is no earlier than the
+            // moment the batch was sent, hence than every renewer's start.
             renew: format!(
-                "UPDATE {t} SET
-                    expires_at = CASE WHEN revoked THEN expires_at ELSE now() + ($3::bigint * interval '1 millisecond') END,
-                    ttl_ms = CASE WHEN revoked THEN ttl_ms ELSE $3 END
-                WHERE key = $1 AND token = $2 AND expires_at > clock_timestamp()
-                RETURNING revoked"
+                "WITH want AS MATERIALIZED (
+                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(key, token, ttl_ms)),
+                mine AS MATERIALIZED (
+                    SELECT l.key, l.token, w.ttl_ms FROM {t} l
+                    JOIN want w ON l.key = w.key AND l.token = w.token
+                    WHERE l.expires_at > clock_timestamp()
+                    ORDER BY l.key COLLATE \"C\"
+                    FOR UPDATE OF l)
+                UPDATE {t} l SET
+                    expires_at = CASE WHEN l.revoked THEN l.expires_at ELSE now() + (m.ttl_ms * interval '1 millisecond') END,
+                    ttl_ms = CASE WHEN l.revoked THEN l.ttl_ms ELSE m.ttl_ms END
+                FROM mine m
+                WHERE l.key = m.key AND l.token = m.token
+                RETURNING l.key, l.token, l.revoked"
             ),
             // Release ends the lease but keeps the row, and with it the key's last
             // token: see the acquire above for why rows are never deleted here.
@@ -303,18 +359,27 @@ impl Sql {
 /// the database lazily: creating it never fails because the database is down; the first
 /// operation creates the schema if needed.
 pub struct PostgresBackend {
-    pool: Pool,
-    sql: Arc<Sql>,
-    options: PostgresOptions,
-    schema: OnceCell<()>,
+    db: Arc<Db>,
     frees: broadcast::Sender<Freed>,
     listener: JoinHandle<()>,
+    renewals: renewals::Renewals,
+}
+
+/// What every operation needs to reach the database: shared by the backend and its
+/// renewal batcher (see [`renewals`]).
+struct Db {
+    pool: Pool,
+    sql: Sql,
+    options: PostgresOptions,
+    schema: OnceCell<()>,
+    /// Renewal statements sent so far (for benchmarks).
+    renew_statements: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PostgresBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresBackend")
-            .field("options", &self.options)
+            .field("options", &self.db.options)
             .finish_non_exhaustive()
     }
 }
@@ -322,6 +387,7 @@ impl std::fmt::Debug for PostgresBackend {
 impl Drop for PostgresBackend {
     fn drop(&mut self) {
         self.listener.abort();
+        self.renewals.stop();
     }
 }
 
@@ -532,7 +598,12 @@ impl PostgresBackend {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| LeaseError::InvalidConfig(format!("connection pool: {e}")))?;
-        let sql = Arc::new(Sql::new(&options.table));
+        if options.renew_batch_size == 0 {
+            return Err(LeaseError::InvalidConfig(
+                "renew_batch_size must be at least 1".into(),
+            ));
+        }
+        let sql = Sql::new(&options.table);
         let frees = broadcast::channel(1024).0;
         let listener = runtime.spawn(listen(
             config,
@@ -541,13 +612,19 @@ impl PostgresBackend {
             frees.clone(),
             options.statement_timeout,
         ));
-        Ok(PostgresBackend {
+        let db = Arc::new(Db {
             pool,
             sql,
             options,
             schema: OnceCell::new(),
+            renew_statements: Default::default(),
+        });
+        let renewals = renewals::Renewals::start(&runtime, db.clone());
+        Ok(PostgresBackend {
+            db,
             frees,
             listener,
+            renewals,
         })
     }
 
@@ -560,11 +637,30 @@ impl PostgresBackend {
         (sql.acquire, sql.release)
     }
 
-    /// The options this backend was made with.
-    pub fn options(&self) -> &PostgresOptions {
-        &self.options
+    /// How many renewal statements this backend has sent (each renews up to
+    /// `renew_batch_size` leases). For benchmarks.
+    #[doc(hidden)]
+    pub fn renew_statements(&self) -> u64 {
+        self.db
+            .renew_statements
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The options this backend was made with.
+    pub fn options(&self) -> &PostgresOptions {
+        &self.db.options
+    }
+
+    /// Runs `op` on a pooled connection: see [`Db::with_client`].
+    async fn with_client<T, F>(&self, what: &str, op: F) -> Result<T, BackendError>
+    where
+        F: for<'c> FnOnce(&'c deadpool_postgres::ClientWrapper, &'c Sql) -> PgFuture<'c, T>,
+    {
+        self.db.with_client(what, op).await
+    }
+}
+
+impl Db {
     /// Runs `op` on a pooled connection (creating the schema first, once), bounded by the
     /// statement timeout.
     ///
@@ -808,6 +904,8 @@ impl Backend for PostgresBackend {
         })
     }
 
+    /// Queues the renewal for the next batch: renewals due close together share one
+    /// statement (see [`PostgresOptions::renew_batch_window`]).
     async fn renew(
         &self,
         key: &Key,
@@ -817,22 +915,9 @@ impl Backend for PostgresBackend {
         let Some(token) = token_to_db(token) else {
             return Ok(RenewOutcome::Lost);
         };
-        let k = key.to_string();
-        let ms = ttl_ms(ttl);
-        let revoked: Option<bool> = self
-            .with_client("renew", |c, sql| {
-                Box::pin(async move {
-                    let stmt = c.prepare_cached(&sql.renew).await?;
-                    let row = c.query_opt(&stmt, &[&k, &token, &ms]).await?;
-                    Ok(row.map(|row| row.get(0)))
-                })
-            })
-            .await?;
-        Ok(match revoked {
-            Some(false) => RenewOutcome::Renewed,
-            Some(true) => RenewOutcome::Revoked,
-            None => RenewOutcome::Lost,
-        })
+        self.renewals
+            .renew(key.to_string(), token, ttl, &self.db.options)
+            .await
     }
 
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {

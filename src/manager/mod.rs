@@ -15,6 +15,7 @@ use crate::key::Key;
 use crate::leaser::{AcquireOptions, Leaser, MAX_TTL, MIN_TTL};
 use crate::Lease;
 
+mod alarms;
 mod io;
 mod messages;
 mod renewer;

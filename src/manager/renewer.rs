@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
+
+use super::alarms::{Alarms, Bell};
 
 use crate::backend::{Backend, RenewOutcome};
 use crate::context::{CancelReason, ContextSender, LossCause};
@@ -24,7 +24,8 @@ use crate::key::Key;
 /// The renewal actor.
 pub(crate) struct Renewer;
 
-/// The one message a renewer gets: time to renew (or to check the deadline).
+/// The one message a renewer gets, from the manager's alarm clock: time to renew (or to
+/// check the deadline).
 pub(crate) struct Tick;
 
 /// What a renewer needs to start.
@@ -37,54 +38,24 @@ pub(crate) struct RenewerArgs {
     pub(crate) ctx: ContextSender,
     /// The local deadline already earned by the acquire.
     pub(crate) deadline: Instant,
+    /// The manager's alarm clock, which sends the ticks.
+    pub(crate) alarms: Alarms,
 }
 
-/// The renewer's alarm clock: one long-lived task per renewer that sends a [`Tick`] at
-/// the instant last set. Setting a new instant costs a channel write, not a new task.
-/// The task is aborted when the renewer's state is dropped, which happens however the
-/// actor ends (stop, kill, panic), unlike `post_stop`.
-struct Timer {
-    at: watch::Sender<Instant>,
-    task: JoinHandle<()>,
-}
+/// The renewer's own bell on the manager's alarm clock (see [`Alarms`]), silenced when
+/// the renewer's state is dropped, which happens however the actor ends (stop, kill,
+/// panic), unlike `post_stop`.
+struct BellGuard(Arc<Bell>);
 
-impl Timer {
-    fn start(myself: ActorRef<Tick>, first: Instant) -> Timer {
-        let (at, mut rx) = watch::channel(first);
-        let task = tokio::spawn(async move {
-            loop {
-                let when = *rx.borrow_and_update();
-                tokio::select! {
-                    _ = tokio::time::sleep_until(when) => {
-                        if myself.send_message(Tick).is_err() {
-                            return;
-                        }
-                        // Wait to be set again.
-                        if rx.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                    changed = rx.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Timer { at, task }
-    }
-}
-
-impl Drop for Timer {
+impl Drop for BellGuard {
     fn drop(&mut self) {
-        self.task.abort();
+        self.0.silence();
     }
 }
 
 pub(crate) struct RenewerState {
     args: RenewerArgs,
-    timer: Timer,
+    bell: BellGuard,
 }
 
 impl RenewerState {
@@ -101,7 +72,7 @@ impl RenewerState {
     /// Schedules the next tick after `after`, but never later than the deadline.
     fn schedule(&mut self, after: Duration) {
         let at = (Instant::now() + after).min(self.args.deadline);
-        self.timer.at.send_replace(at);
+        self.args.alarms.set(at, &self.bell.0);
     }
 
     /// Ends the context with `reason` and returns the error that fails the actor.
@@ -125,16 +96,29 @@ impl Actor for Renewer {
         args: RenewerArgs,
     ) -> Result<RenewerState, ActorProcessingErr> {
         let first = (Instant::now() + args.ttl / 3).min(args.deadline);
-        Ok(RenewerState {
-            args,
-            timer: Timer::start(myself, first),
-        })
+        let bell = BellGuard(Bell::new(myself));
+        args.alarms.set(first, &bell.0);
+        Ok(RenewerState { args, bell })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Tick>,
         _tick: Tick,
+        state: &mut RenewerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Boxed: the actor's task holds the state of its `handle` future for as long as
+        // the actor lives, so a renewal's (the backend call, its timeout) would cost
+        // every held lease memory between renewals too. One allocation per renewal
+        // instead.
+        Box::pin(Renewer::renew(myself, state)).await
+    }
+}
+
+impl Renewer {
+    /// One tick: renews the lease (or ends it), and sets the next alarm.
+    async fn renew(
+        myself: ActorRef<Tick>,
         state: &mut RenewerState,
     ) -> Result<(), ActorProcessingErr> {
         let (start, since) = (Instant::now(), crate::clock::suspended());

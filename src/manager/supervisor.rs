@@ -19,6 +19,7 @@ use ractor::{
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::alarms::Alarms;
 use super::io::{self, Grant};
 use super::messages::{call, AcquireReply, Attempt, ManagerMessage, Msg, Waiter};
 use super::renewer::{Renewer, RenewerArgs, Tick};
@@ -47,6 +48,8 @@ pub(crate) struct SupervisorState {
     cell: ractor::ActorCell,
     table: LeaseTable,
     stopping: bool,
+    /// The alarm clock every renewer of this manager ticks by.
+    alarms: Alarms,
 }
 
 /// How a [`Lease`] handle reaches the supervisor that granted it.
@@ -265,6 +268,7 @@ impl SupervisorState {
             margin,
             ctx: ctx_tx.clone(),
             deadline,
+            alarms: self.alarms.clone(),
         };
         let lease = Lease::new(key.clone(), token, self.owner.clone());
         // Starting an actor is the costliest step of an acquire, so it runs in a task of
@@ -506,6 +510,7 @@ impl Actor for Supervisor {
             owner: Arc::new(ManagerOwner { actor: myself }),
             table: LeaseTable::default(),
             stopping: false,
+            alarms: Alarms::start(),
         })
     }
 
