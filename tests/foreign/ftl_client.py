@@ -180,19 +180,19 @@ class FtlClientTest(unittest.TestCase):
                 time.sleep(0.02)
 
     def test_go_like_heartbeats_hold_then_close_releases(self):
-        ttl = 2.0
+        ttl = 4.0
         key = self.key("job")
         holder = self.go_like(key, ttl)
         holder.acquire()
         self.assert_held(key)
-        # Hold for well over two TTLs on heartbeats alone (answers never read).
-        time.sleep(2.5 * ttl)
-        self.assertGreaterEqual(holder.heartbeats, 4)
+        # Held past its TTL on heartbeats alone (answers never read).
+        time.sleep(1.5 * ttl)
+        self.assertGreaterEqual(holder.heartbeats, 2)
         self.assert_held(key)
         holder.close()
-        # Released on close: free long before the TTL could have run out.
-        _, took = self.acquire_soon(key, within=ttl / 2)
-        self.assertLess(took, ttl / 2)
+        # Released on close: free within a quarter of the TTL, while its last
+        # heartbeat (at most ttl/2 ago) would keep it at least ttl/2 more.
+        self.acquire_soon(key, within=ttl / 4)
 
     def test_cancelled_stream_releases(self):
         ttl = 5.0
@@ -215,9 +215,9 @@ class FtlClientTest(unittest.TestCase):
         ended = time.monotonic() - acquired
         self.assertIsNotNone(error, "the stream ended without a status")
         self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, error.details())
-        # Not before its TTL (less a little for the answer's way back), and not
-        # much after it.
-        self.assertGreaterEqual(ended, ttl - 0.25)
+        # Not before its TTL (less a margin for the answer's way back, measured
+        # from when this client read it), and not much after it.
+        self.assertGreaterEqual(ended, 0.75 * ttl)
         self.assertLess(ended, ttl + 3.0)
         # Free at once: the key is released when the stream ends.
         self.acquire_soon(key, within=1.0)
