@@ -32,6 +32,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --all-features --no-deps --quiet
 step "cargo test (all features: memory and PostgreSQL backends, multi-process faults)"
 cargo test --all-features
 
+step "a foreign client: Python grpcio, FTL's Go- and JVM-like clients against leases serve"
+bash tests/foreign/run.sh
+
 step "the conformance kit from another crate (tests/external_backend)"
 cargo fmt --manifest-path tests/external_backend/Cargo.toml -- --check
 cargo test --manifest-path tests/external_backend/Cargo.toml --target-dir target

@@ -1,33 +1,7 @@
 //! [`ClientLeaser`]: leases from a lease service (`leases serve`) over gRPC, the Rust
 //! half of FTL's `NewClientLeaser` (feature `client`).
 //!
-//! # How a lease over the network keeps the guarantees
-//! Each lease is one `Hold` stream of the native protocol (`proto/leases/v1`). The
-//! server holds the lease in its own [`LeaseManager`](crate::LeaseManager), renews it
-//! with the backend, and answers each of the client's heartbeats (every TTL/4) with the
-//! holder's *time left*: the server's local deadline for the lease, measured when it
-//! answered. The client adds that time to the instant it **sent** the heartbeat. Since
-//! the server measured after that instant, the client's deadline is never later than
-//! the server's, which ends before the backend could grant the key to anyone else. So:
-//! - the context ends by itself at the local deadline computed from the last confirmed
-//!   answer (a partitioned client stops in time, with
-//!   [`LossCause::DeadlineExceeded`]);
-//! - a lost connection or server, or a stream that ends, is
-//!   [`CancelReason::Lost`] at once
-//!   ([`LossCause::Disconnected`]); a loss the server
-//!   reports is [`LossCause::Remote`], a revoke
-//!   [`CancelReason::Revoked`];
-//! - the token is the server's fencing token;
-//! - [`Lease::release`] ends the context, asks the server to
-//!   release and waits for its confirmation; dropping the lease ends the stream, and
-//!   the server releases at once.
-//!
-//! An acquire that waited ([`AcquireOptions::wait`]) takes one more round trip before
-//! it returns: the grant's answer may have been sent long after the request, so its
-//! time left is confirmed by a heartbeat first.
-//!
-//! Like the manager, a `ClientLeaser` is cheap to clone and can be used from any task
-//! or actor; the renewal of each lease runs in a task of its own.
+//! See [`ClientLeaser`] for how a lease over the network keeps the guarantees.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -142,8 +116,40 @@ impl ClientOptions {
     }
 }
 
-/// A [`Leaser`] whose leases come from a lease service over gRPC. See the
-/// [module docs](self) for how it keeps the guarantees.
+/// A [`Leaser`] whose leases come from a lease service over gRPC.
+///
+/// # How a lease over the network keeps the guarantees
+/// Each lease is one `Hold` stream of the native protocol (`proto/leases/v1`). The
+/// server holds the lease in its own [`LeaseManager`](crate::LeaseManager), renews it
+/// with the backend, and answers each of the client's heartbeats (every TTL/4) with the
+/// holder's *time left*: the server's local deadline for the lease, measured when it
+/// answered. The client adds that time to the instant it **sent** the heartbeat. Since
+/// the server measured after that instant, the client's deadline is never later than
+/// the server's, which ends before the backend could grant the key to anyone else. So:
+/// - the context ends by itself at the local deadline computed from the last confirmed
+///   answer (a partitioned client stops in time, with
+///   [`LossCause::DeadlineExceeded`](crate::LossCause::DeadlineExceeded));
+/// - a lost connection or server, or a stream that ends, is
+///   [`CancelReason::Lost`](crate::CancelReason::Lost) at once
+///   ([`LossCause::Disconnected`](crate::LossCause::Disconnected)); a loss the server
+///   reports is [`LossCause::Remote`](crate::LossCause::Remote), a revoke
+///   [`CancelReason::Revoked`](crate::CancelReason::Revoked);
+/// - the token is the server's fencing token;
+/// - [`Lease::release`](crate::Lease::release) ends the context, asks the server to
+///   release and waits for its confirmation; dropping the lease ends the stream, and
+///   the server releases at once.
+///
+/// An acquire that waited ([`AcquireOptions::wait`]) takes one more round trip before
+/// it returns: the grant's answer may have been sent long after the request, so its
+/// time left is confirmed by a heartbeat first.
+///
+/// Like the manager, a `ClientLeaser` is cheap to clone and can be used from any task
+/// or actor; the renewal of each lease runs in a task of its own.
+///
+/// Each held lease is one stream on the leaser's one HTTP/2 connection, and the service
+/// allows a bounded number of lease streams per connection (`--max-streams-per-connection`,
+/// 1024 by default): past it, acquires fail with a `Backend` error saying so. A process
+/// that holds more leases at once uses several `ClientLeaser`s.
 #[derive(Clone)]
 pub struct ClientLeaser {
     inner: Arc<Inner>,

@@ -9,8 +9,9 @@ use std::time::Duration;
 use crate::contenders::Kind;
 
 const USAGE: &str =
-    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--only memory|scale|postgres|profile]
-       leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS";
+    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--only memory|scale|postgres|service|profile]
+       leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS
+       leases --service-floor";
 
 /// A section of the report, for `--only`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -20,6 +21,8 @@ pub enum Section {
     Profile,
     Scale,
     Postgres,
+    /// The lease service over gRPC beside a bare tonic service (feature `server`).
+    Service,
 }
 
 impl FromStr for Section {
@@ -30,8 +33,9 @@ impl FromStr for Section {
             "profile" => Ok(Section::Profile),
             "scale" => Ok(Section::Scale),
             "postgres" => Ok(Section::Postgres),
+            "service" => Ok(Section::Service),
             other => Err(format!(
-                "unknown section `{other}` (memory | scale | postgres | profile)"
+                "unknown section `{other}` (memory | scale | postgres | service | profile)"
             )),
         }
     }
@@ -49,6 +53,9 @@ pub struct Args {
     pub pg_held: Option<usize>,
     /// `--scale-child KIND N WINDOW`: be one scale cell (see `scale.rs`), print its line.
     pub scale_child: Option<(Kind, usize, Duration)>,
+    /// `--service-floor`: be the service section's floor server (see `service.rs`).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub service_floor: bool,
 }
 
 /// How much each section does.
@@ -70,6 +77,12 @@ pub struct Sizes {
     /// How long those statements are counted.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub pg_window: Duration,
+    /// Leases held at once through the lease service.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub service_held: usize,
+    /// How long they heartbeat while the CPU is measured.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub service_window: Duration,
 }
 
 impl Args {
@@ -98,6 +111,7 @@ impl Args {
                     let window = seconds(&mut args, "--scale-child")?;
                     parsed.scale_child = Some((kind, n, window));
                 }
+                "--service-floor" => parsed.service_floor = true,
                 _ => {}
             }
         }
@@ -129,6 +143,8 @@ impl Args {
             pg_held: 100_000,
             pg_held_unbatched: 10_000,
             pg_window: Duration::from_secs(30),
+            service_held: 10_000,
+            service_window: Duration::from_secs(12),
         };
         match self.secs {
             Some(secs) => Sizes {
@@ -144,6 +160,8 @@ impl Args {
                 pg_held: 100,
                 pg_held_unbatched: 50,
                 pg_window: Duration::from_millis(500),
+                service_held: 100,
+                service_window: Duration::from_millis(300),
             },
             None => full,
         }

@@ -4,6 +4,7 @@
 //!     cargo bench --all-features --bench leases                  # full run, a few minutes
 //!     cargo bench --all-features --bench leases -- --smoke       # tiny sizes, a sanity check
 //!     cargo bench --all-features --bench leases -- --only memory # one section
+//!     cargo bench --all-features --bench leases -- --only service # the lease service
 //!
 //! Baselines:
 //! - (a) a bare `Mutex<HashMap>` lease table, no renewal: the floor;
@@ -12,11 +13,14 @@
 //! - (c) PostgreSQL: the same SQL statements issued directly with the driver, no actors;
 //! - (d) a bare ractor supervisor that spawns one linked child actor with a renewal
 //!   timer and a watch channel per lease, and does nothing else: the floor of our own
-//!   design, what the actor shape alone costs.
+//!   design, what the actor shape alone costs;
+//! - (e) a bare tonic server of FTL's `LeaseService` that answers each request with an
+//!   empty message and holds nothing: the floor of the lease service.
 //!
 //! One module a section: `throughput` (memory backend: pairs/s, latency, conflicts),
 //! `scale` (leases held at once, each size in a child process), `postgres` (the
-//! PostgreSQL backend beside (c)); `contenders` holds ours and the in-memory baselines,
+//! PostgreSQL backend beside (c)), `service` (the lease service over gRPC beside (e),
+//! feature `server`); `contenders` holds ours and the in-memory baselines,
 //! `args` the command line, `report` the shared printing helpers.
 
 mod args;
@@ -25,12 +29,19 @@ mod contenders;
 mod postgres;
 mod report;
 mod scale;
+#[cfg(feature = "server")]
+mod service;
 mod throughput;
 
 use args::{Args, Section};
 
 fn main() {
     let args = Args::from_env();
+    #[cfg(feature = "server")]
+    if args.service_floor {
+        service::floor_child();
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -58,5 +69,9 @@ async fn run(args: &Args) {
     #[cfg(feature = "postgres")]
     if args.wants(Section::Postgres) {
         postgres::postgres_section(&sizes).await;
+    }
+    #[cfg(feature = "server")]
+    if args.wants(Section::Service) {
+        service::service_section(&sizes).await;
     }
 }

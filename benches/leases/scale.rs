@@ -14,7 +14,7 @@ use crate::args::Sizes;
 use crate::contenders::{memory_manager, Bare, Kind, Ours, Subject, Table, TTL};
 use crate::report::ratio;
 
-fn rss_bytes() -> u64 {
+pub fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
@@ -26,7 +26,7 @@ fn rss_bytes() -> u64 {
     pages * page
 }
 
-fn cpu_seconds() -> f64 {
+pub fn cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct we hand it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

@@ -15,7 +15,9 @@
 //! or no request for it within its TTL: the client is gone) ends the stream at once
 //! with `RESOURCE_EXHAUSTED`: the client learns it no longer holds the key, and a
 //! later request never silently re-acquires it. When the stream ends (closed, reset,
-//! connection lost), every lease it holds is released at once.
+//! connection lost), every lease it holds is released at once; when the client closed
+//! its side, the call ends (OK) only after the releases, so a client that reads its
+//! call to the end knows its keys are free.
 //!
 //! FTL's Go runtime sends its heartbeats every ttl/2 and never reads the responses.
 //! Answers are therefore never queued: the stream keeps a count of answers owed and
@@ -191,12 +193,20 @@ async fn run_stream(
             },
         }
     };
-    // Tell the client first (a lost lease must be reported at once), then release.
-    if let Some(status) = end {
-        tx.send_modify(|p| p.end = Some(status));
+    match end {
+        // The client closed its side (or is gone): release first, then end the call,
+        // so that a client that sees its call end knows its keys are free.
+        None => {
+            release_all(held).await;
+            drop(tx);
+        }
+        // Tell the client first (a lost lease must be reported at once), then release.
+        Some(status) => {
+            tx.send_modify(|p| p.end = Some(status));
+            drop(tx);
+            release_all(held).await;
+        }
     }
-    drop(tx);
-    release_all(held).await;
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
