@@ -128,14 +128,14 @@ impl ClientOptions {
 /// the server's, which ends before the backend could grant the key to anyone else. So:
 /// - the context ends by itself at the local deadline computed from the last confirmed
 ///   answer (a partitioned client stops in time, with
-///   [`LossCause::DeadlineExceeded`](crate::LossCause::DeadlineExceeded));
+///   [`LossCause::DeadlineExceeded`]);
 /// - a lost connection or server, or a stream that ends, is
-///   [`CancelReason::Lost`](crate::CancelReason::Lost) at once
-///   ([`LossCause::Disconnected`](crate::LossCause::Disconnected)); a loss the server
-///   reports is [`LossCause::Remote`](crate::LossCause::Remote), a revoke
-///   [`CancelReason::Revoked`](crate::CancelReason::Revoked);
+///   [`CancelReason::Lost`] at once
+///   ([`LossCause::Disconnected`]); a loss the server
+///   reports is [`LossCause::Remote`], a revoke
+///   [`CancelReason::Revoked`];
 /// - the token is the server's fencing token;
-/// - [`Lease::release`](crate::Lease::release) ends the context, asks the server to
+/// - [`Lease::release`] ends the context, asks the server to
 ///   release and waits for its confirmation; dropping the lease ends the stream, and
 ///   the server releases at once.
 ///
