@@ -154,7 +154,19 @@ async fn statements_per_lease(
     window: Duration,
     name: &str,
 ) -> (f64, f64, f64, usize) {
-    let backend = Arc::new(PostgresBackend::connect(options).await.unwrap());
+    // The previous row's 100k releases may keep the server busy for a while: wait.
+    let mut tries = 0;
+    let backend = loop {
+        match PostgresBackend::connect(options.clone()).await {
+            Ok(b) => break Arc::new(b),
+            Err(e) if tries < 12 => {
+                tries += 1;
+                eprintln!("postgres: the server is busy ({e}); trying again");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => panic!("postgres: {e}"),
+        }
+    };
     let m = LeaseManager::builder()
         .backend(backend.clone())
         .start()
