@@ -21,12 +21,16 @@ use tokio::sync::broadcast;
 use crate::error::BackendError;
 use crate::key::Key;
 
+#[cfg(feature = "etcd")]
+mod etcd;
 #[cfg(feature = "test-util")]
 mod faulty;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdBackend, EtcdOptions};
 #[cfg(feature = "test-util")]
 pub use faulty::{AcquireFault, FaultyBackend, RenewFault};
 pub use memory::MemoryBackend;
