@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, EtcdBackend, EtcdOptions, FaultyBackend, RenewOutcome};
+use leases::backend::{
+    AcquireOutcome, Backend, EtcdBackend, EtcdOptions, FaultyBackend, RenewOutcome,
+};
 use leases::{Key, LeaseError, LeaseManager};
 use support::etcd::{run_id, shared_endpoints};
 
@@ -84,11 +86,20 @@ async fn tokens_are_create_revisions_and_keep_growing_across_backends() {
             a.acquire(&key, TTL, b"").await.unwrap(),
             AcquireOutcome::Held { .. }
         ));
-        assert_eq!(backend.renew(&key, t, TTL).await.unwrap(), RenewOutcome::Renewed);
-        assert_eq!(backend.renew(&key, t + 1, TTL).await.unwrap(), RenewOutcome::Lost);
+        assert_eq!(
+            backend.renew(&key, t, TTL).await.unwrap(),
+            RenewOutcome::Renewed
+        );
+        assert_eq!(
+            backend.renew(&key, t + 1, TTL).await.unwrap(),
+            RenewOutcome::Lost
+        );
         assert!(!backend.release(&key, t + 1).await.unwrap());
         assert!(backend.release(&key, t).await.unwrap());
-        assert_eq!(backend.renew(&key, t, TTL).await.unwrap(), RenewOutcome::Lost);
+        assert_eq!(
+            backend.renew(&key, t, TTL).await.unwrap(),
+            RenewOutcome::Lost
+        );
         last = t;
     }
 }
@@ -106,11 +117,18 @@ async fn a_key_nobody_renews_does_not_ride_on_its_group() {
     // Renew only `kept`, for three TTLs.
     let until = Instant::now() + TTL * 3;
     while Instant::now() < until {
-        assert_eq!(b.renew(&kept, t1, TTL).await.unwrap(), RenewOutcome::Renewed);
+        assert_eq!(
+            b.renew(&kept, t1, TTL).await.unwrap(),
+            RenewOutcome::Renewed
+        );
         tokio::time::sleep(TTL / 3).await;
     }
     assert!(b.info(&kept).await.unwrap().is_some());
-    assert_eq!(b.info(&abandoned).await.unwrap(), None, "the abandoned key lingers");
+    assert_eq!(
+        b.info(&abandoned).await.unwrap(),
+        None,
+        "the abandoned key lingers"
+    );
     assert!(b.release(&kept, t1).await.unwrap());
 }
 
@@ -153,9 +171,16 @@ async fn an_unreachable_cluster_is_a_backend_error_within_the_request_timeout() 
             .await
             .unwrap();
         let started = Instant::now();
-        let err = m.acquire_lease(Key::system(["unreachable"]), TTL).await.unwrap_err();
+        let err = m
+            .acquire_lease(Key::system(["unreachable"]), TTL)
+            .await
+            .unwrap_err();
         assert!(matches!(err, LeaseError::Backend(_)), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
         assert!(matches!(m.check().await, Err(LeaseError::Backend(_))));
         m.shutdown().await;
         assert!(matches!(

@@ -1,1 +1,228 @@
+//! Holders contend for a few keys through a throwaway 3-member etcd cluster of their own
+//! while this test injects faults into the cluster:
+//! 1. SIGKILL of the leader member (and its restart),
+//! 2. SIGSTOP of the (new) leader for three times the election timeout, then SIGCONT,
+//! 3. the whole cluster killed, held down past every holder's TTL, and restarted.
+//!
+//! Three managers, each with its own `EtcdBackend` (as three processes would have),
+//! run workers that acquire a random key (waiting up to a second), hold it for a random
+//! while or until its context ends, and release it. A ledger in this process checks, at
+//! every grant: every earlier holder of that key has its context cancelled (no two
+//! live holders at once: a holder's context ends before anyone else is granted the
+//! key), and the token is larger than every earlier token of that key. It also checks
+//! that while the whole cluster is down every holder's context ends within a TTL, and
+//! that after each fault the managers (the same ones) grant keys again once a quorum is
+//! back.
 #![cfg(feature = "etcd")]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use leases::backend::EtcdOptions;
+use leases::{AcquireOptions, Key, LeaseContext, LeaseManager};
+use support::etcd::EtcdCluster;
+use support::rng::XorShift;
+
+const TTL: Duration = Duration::from_secs(2);
+const KEYS: usize = 3;
+const MANAGERS: usize = 3;
+const WORKERS: usize = 4;
+
+#[derive(Default)]
+struct KeyLedger {
+    max_token: u64,
+    holders: Vec<(u64, LeaseContext)>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    keys: Mutex<Vec<KeyLedger>>,
+    violations: Mutex<Vec<String>>,
+    grants: AtomicU64,
+}
+
+impl Ledger {
+    fn new() -> Ledger {
+        let l = Ledger::default();
+        l.keys.lock().unwrap().resize_with(KEYS, KeyLedger::default);
+        l
+    }
+
+    fn granted(&self, key: usize, token: u64, ctx: LeaseContext) {
+        let mut keys = self.keys.lock().unwrap();
+        let k = &mut keys[key];
+        for (t, other) in &k.holders {
+            if !other.is_cancelled() {
+                self.violations.lock().unwrap().push(format!(
+                    "key {key}: token {token} granted while holder {t} is live"
+                ));
+            }
+        }
+        if token <= k.max_token {
+            self.violations
+                .lock()
+                .unwrap()
+                .push(format!("key {key}: token {token} after {}", k.max_token));
+        }
+        k.max_token = k.max_token.max(token);
+        k.holders.retain(|(_, c)| !c.is_cancelled());
+        k.holders.push((token, ctx));
+        self.grants.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn live_holders(&self) -> usize {
+        self.keys
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|k| k.holders.iter().filter(|(_, c)| !c.is_cancelled()).count())
+            .sum()
+    }
+}
+
+fn key(i: usize) -> Key {
+    Key::system(["faults", &i.to_string()])
+}
+
+async fn worker(m: LeaseManager, ledger: Arc<Ledger>, stop: Arc<AtomicBool>, seed: u64) {
+    let mut rng = XorShift::new(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let k = rng.below(KEYS as u64) as usize;
+        let opts = AcquireOptions::new(TTL).wait(Duration::from_secs(1));
+        match m.acquire_lease_with(key(k), opts).await {
+            Ok((lease, ctx)) => {
+                ledger.granted(k, lease.token(), ctx.clone());
+                let hold = rng.millis(Duration::from_millis(50), Duration::from_millis(3000));
+                tokio::select! {
+                    _ = ctx.cancelled() => {}
+                    _ = tokio::time::sleep(hold) => {}
+                }
+                let _ = lease.release().await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits (up to `max`) until `n` more grants happened.
+async fn grants_resume(ledger: &Ledger, n: u64, max: Duration, after: &str) {
+    let from = ledger.grants.load(Ordering::Relaxed);
+    let until = tokio::time::Instant::now() + max;
+    while ledger.grants.load(Ordering::Relaxed) < from + n {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no {n} grants within {max:?} after {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The cluster's leader, waiting for one to be elected.
+async fn leader(cluster: &EtcdCluster) -> usize {
+    for _ in 0..200 {
+        if let Some(l) = cluster.leader() {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no etcd leader within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_stay_exclusive_through_leader_loss_a_stopped_member_and_a_full_restart() {
+    let mut cluster = EtcdCluster::start(3);
+    let options = EtcdOptions::new(cluster.endpoints())
+        .prefix("/leases-faults")
+        .request_timeout(Duration::from_secs(1));
+    let ledger = Arc::new(Ledger::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut managers = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..MANAGERS {
+        let m = LeaseManager::builder()
+            .min_ttl(TTL)
+            .etcd(options.clone())
+            .start()
+            .await
+            .unwrap();
+        for w in 0..WORKERS {
+            let seed = (i * WORKERS + w) as u64;
+            tasks.push(tokio::spawn(worker(
+                m.clone(),
+                ledger.clone(),
+                stop.clone(),
+                seed,
+            )));
+        }
+        managers.push(m);
+    }
+    grants_resume(&ledger, 20, Duration::from_secs(20), "the start").await;
+
+    // 1. The leader crashes; the others elect a new one and serve on.
+    let l = leader(&cluster).await;
+    eprintln!("SIGKILL of the leader, member {l}");
+    cluster.kill(l);
+    grants_resume(&ledger, 10, Duration::from_secs(15), "killing the leader").await;
+    cluster.restart(l);
+    cluster.wait_healthy(Duration::from_secs(30));
+    grants_resume(
+        &ledger,
+        10,
+        Duration::from_secs(15),
+        "restarting the member",
+    )
+    .await;
+
+    // 2. The leader freezes past the election timeout (500 ms): the others elect
+    // another; our connections to it hang and are given up on.
+    let l = leader(&cluster).await;
+    eprintln!("SIGSTOP of the leader, member {l}, for 1.5 s");
+    cluster.pause(l);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    grants_resume(&ledger, 5, Duration::from_secs(15), "stopping the leader").await;
+    cluster.resume(l);
+    cluster.wait_healthy(Duration::from_secs(30));
+    grants_resume(&ledger, 10, Duration::from_secs(15), "resuming the member").await;
+
+    // 3. The whole cluster goes down: every holder must be told within a TTL.
+    eprintln!("SIGKILL of every member");
+    cluster.kill_all();
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+    assert_eq!(
+        ledger.live_holders(),
+        0,
+        "holders still live a TTL after the cluster went down"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!("restarting every member");
+    cluster.restart_all();
+    // The same managers serve again once a quorum is back.
+    grants_resume(
+        &ledger,
+        20,
+        Duration::from_secs(30),
+        "restarting the cluster",
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("a worker stops")
+            .unwrap();
+    }
+    for m in &managers {
+        m.shutdown().await;
+    }
+    let violations = ledger.violations.lock().unwrap().clone();
+    eprintln!(
+        "{} grants, {} violations",
+        ledger.grants.load(Ordering::Relaxed),
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}

@@ -333,7 +333,11 @@ fn encode(revoked: bool, ttl: Duration, at: SystemTime, nonce: &[u8; 16], md: &[
     let mut v = Vec::with_capacity(VALUE_HEADER + md.len());
     v.push(1);
     v.push(u8::from(revoked));
-    v.extend_from_slice(&u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX).to_be_bytes());
+    v.extend_from_slice(
+        &u64::try_from(ttl.as_nanos())
+            .unwrap_or(u64::MAX)
+            .to_be_bytes(),
+    );
     let micros = at
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -403,8 +407,7 @@ fn retryable(status: &tonic::Status) -> bool {
 }
 
 fn is_auth_error(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unauthenticated
-        || status.message().contains("invalid auth token")
+    status.code() == tonic::Code::Unauthenticated || status.message().contains("invalid auth token")
 }
 
 fn is_lease_not_found(status: &tonic::Status) -> bool {
@@ -594,16 +597,30 @@ impl Inner {
         Ok(Some(token))
     }
 
-    async fn range(&self, what: &str, req: pb::RangeRequest) -> Result<pb::RangeResponse, BackendError> {
+    async fn range(
+        &self,
+        what: &str,
+        req: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, BackendError> {
         self.call(what, |ch, token| {
             let req = req.clone();
-            async move { Ok(KvClient::new(ch).range(request(req, &token)).await?.into_inner()) }
+            async move {
+                Ok(KvClient::new(ch)
+                    .range(request(req, &token))
+                    .await?
+                    .into_inner())
+            }
         })
         .await
     }
 
     async fn get(&self, what: &str, key: &[u8]) -> Result<Option<pb::KeyValue>, BackendError> {
-        Ok(self.range(what, range_req(key.to_vec())).await?.kvs.into_iter().next())
+        Ok(self
+            .range(what, range_req(key.to_vec()))
+            .await?
+            .kvs
+            .into_iter()
+            .next())
     }
 
     async fn txn(&self, what: &str, req: pb::TxnRequest) -> Result<pb::TxnResponse, BackendError> {
@@ -654,7 +671,10 @@ impl Inner {
     async fn time_to_live(&self, id: i64) -> Result<i64, BackendError> {
         self.call("lease time-to-live", |ch, token| async move {
             let resp = LeaseClient::new(ch)
-                .lease_time_to_live(request(pb::LeaseTimeToLiveRequest { id, keys: false }, &token))
+                .lease_time_to_live(request(
+                    pb::LeaseTimeToLiveRequest { id, keys: false },
+                    &token,
+                ))
                 .await?
                 .into_inner();
             Ok(resp.ttl)
@@ -777,7 +797,12 @@ impl Inner {
 
     /// Makes sure the etcd lease `id` of a key renewed with `ttl` lives until `start +
     /// ttl`. `Ok(false)`: it is gone.
-    async fn confirm_alive(&self, id: i64, ttl: Duration, start: Instant) -> Result<bool, BackendError> {
+    async fn confirm_alive(
+        &self,
+        id: i64,
+        ttl: Duration,
+        start: Instant,
+    ) -> Result<bool, BackendError> {
         let slot = self.slot(ttl);
         let mut state = slot.state.lock().await;
         match state.as_mut() {
@@ -817,7 +842,11 @@ impl Inner {
         Ok(left.min(ttl).max(Duration::from_millis(1)))
     }
 
-    async fn info_of(&self, key: Key, kv: &pb::KeyValue) -> Result<Option<LeaseInfo>, BackendError> {
+    async fn info_of(
+        &self,
+        key: Key,
+        kv: &pb::KeyValue,
+    ) -> Result<Option<LeaseInfo>, BackendError> {
         let Some(v) = decode(&kv.value) else {
             return Ok(None);
         };
@@ -867,8 +896,10 @@ async fn watch(inner: Arc<Inner>, frees: broadcast::Sender<Freed>) {
             });
             let mut req = request(outbound, &token);
             // Ask the member to end the stream when it has no leader (it would be cut off).
-            req.metadata_mut()
-                .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+            req.metadata_mut().insert(
+                "hasleader",
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
             let mut inbound = tokio::time::timeout(SILENCE, WatchClient::new(channel).watch(req))
                 .await
                 .map_err(|_| "watch: no answer".to_string())?
@@ -941,7 +972,9 @@ impl EtcdBackend {
     /// [`LeaseError::InvalidConfig`] for bad options.
     pub fn new(options: EtcdOptions) -> Result<EtcdBackend, LeaseError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(config_error("EtcdBackend::new must be called within a tokio runtime"));
+            return Err(config_error(
+                "EtcdBackend::new must be called within a tokio runtime",
+            ));
         }
         if options.endpoints.is_empty() {
             return Err(config_error("etcd: no endpoints given"));
@@ -1065,7 +1098,9 @@ impl Backend for EtcdBackend {
             let req = pb::TxnRequest {
                 compare: vec![compare_create(&ek, 0)],
                 success: vec![put],
-                failure: vec![op(pb::request_op::Request::RequestRange(range_req(ek.clone())))],
+                failure: vec![op(pb::request_op::Request::RequestRange(range_req(
+                    ek.clone(),
+                )))],
             };
             let resp = match inner.txn_status("acquire", req).await? {
                 Ok(resp) => resp,
@@ -1087,7 +1122,10 @@ impl Backend for EtcdBackend {
                     .and_then(|h| u64::try_from(h.revision).ok())
                     .filter(|t| *t > 0)
                     .ok_or_else(|| {
-                        BackendError::new(BackendErrorKind::Failed, "etcd acquire: no revision in the answer")
+                        BackendError::new(
+                            BackendErrorKind::Failed,
+                            "etcd acquire: no revision in the answer",
+                        )
                     })?;
                 inner.update_held(&ek, &nonce, |h| h.token = Some(token));
                 return Ok(AcquireOutcome::Granted { token });
@@ -1148,13 +1186,17 @@ impl Backend for EtcdBackend {
         // out before this renewal): then it is lost, whatever the read said.
         let mut known = false;
         let mut stale = false;
-        inner.update_held(&ek, &decode(&kv.value).map(|v| v.nonce).unwrap_or_default(), |h| {
-            known = true;
-            stale = h.live_until <= start;
-            if !stale {
-                h.live_until = start + ttl;
-            }
-        });
+        inner.update_held(
+            &ek,
+            &decode(&kv.value).map(|v| v.nonce).unwrap_or_default(),
+            |h| {
+                known = true;
+                stale = h.live_until <= start;
+                if !stale {
+                    h.live_until = start + ttl;
+                }
+            },
+        );
         if stale {
             return Ok(RenewOutcome::Lost);
         }
@@ -1381,7 +1423,10 @@ mod tests {
         };
         assert!(g.covers(now, Duration::from_secs(2)));
         assert!(!g.covers(now + Duration::from_millis(1), Duration::from_secs(2)));
-        assert!(g.covers(now + Duration::from_millis(500), Duration::from_millis(1500)));
+        assert!(g.covers(
+            now + Duration::from_millis(500),
+            Duration::from_millis(1500)
+        ));
     }
 
     #[tokio::test]

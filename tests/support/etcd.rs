@@ -220,7 +220,8 @@ impl EtcdCluster {
             }
         }
         let leader = leader?;
-        ids.iter().position(|id| id.as_deref() == Some(leader.as_str()))
+        ids.iter()
+            .position(|id| id.as_deref() == Some(leader.as_str()))
     }
 
     fn signal(&self, i: usize, sig: i32) {
@@ -290,9 +291,7 @@ pub fn shared_endpoints() -> Vec<String> {
     static SHARED: OnceLock<(Vec<String>, Option<Mutex<EtcdCluster>>)> = OnceLock::new();
     SHARED
         .get_or_init(|| match std::env::var("LEASES_ETCD_ENDPOINTS") {
-            Ok(list) if !list.is_empty() => {
-                (list.split(',').map(str::to_string).collect(), None)
-            }
+            Ok(list) if !list.is_empty() => (list.split(',').map(str::to_string).collect(), None),
             _ => {
                 let cluster = EtcdCluster::start(3);
                 (cluster.endpoints(), Some(Mutex::new(cluster)))
