@@ -226,3 +226,141 @@ async fn holders_stay_exclusive_through_leader_loss_a_stopped_member_and_a_full_
     );
     assert!(violations.is_empty(), "{violations:#?}");
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes on one machine.
+fn mono_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+/// The holder process of [`a_killed_holder_process_is_taken_over_only_after_its_deadline`]:
+/// a no-op unless started by it (with `LEASES_ETCD_HOLDER` set to the endpoints). It
+/// acquires the key, then prints its token and its local deadline (on CLOCK_MONOTONIC)
+/// every 50 ms until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_process() {
+    let Ok(endpoints) = std::env::var("LEASES_ETCD_HOLDER") else {
+        return;
+    };
+    let options = EtcdOptions::new(endpoints.split(','))
+        .prefix("/leases-holders")
+        .request_timeout(Duration::from_secs(1));
+    let m = LeaseManager::builder()
+        .min_ttl(TTL)
+        .etcd(options)
+        .start()
+        .await
+        .unwrap();
+    let opts = AcquireOptions::new(TTL).wait(Duration::from_secs(30));
+    let (lease, ctx) = m.acquire_lease_with(key(0), opts).await.unwrap();
+    use std::io::Write;
+    loop {
+        if !ctx.is_cancelled() {
+            let left = ctx
+                .deadline()
+                .unwrap()
+                .saturating_duration_since(std::time::Instant::now());
+            let deadline = mono_ns() + left.as_nanos();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "HOLDER {} {deadline}", lease.token());
+            let _ = out.flush();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A holder in another process is SIGKILLed while it holds the key (three times): the
+/// key is granted here only after the killed holder's last reported local deadline, with
+/// a larger token, and within its TTL plus etcd's sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_process_is_taken_over_only_after_its_deadline() {
+    use std::io::BufRead;
+    if std::env::var("LEASES_ETCD_HOLDER").is_ok() {
+        return;
+    }
+    let cluster = EtcdCluster::start(3);
+    let options = EtcdOptions::new(cluster.endpoints())
+        .prefix("/leases-holders")
+        .request_timeout(Duration::from_secs(1));
+    let m = LeaseManager::builder()
+        .min_ttl(TTL)
+        .etcd(options)
+        .start()
+        .await
+        .unwrap();
+    let mut last_token = 0;
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "holder_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("LEASES_ETCD_HOLDER", cluster.endpoints().join(","))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut parts = line.strip_prefix("HOLDER ").unwrap_or("").split(' ');
+                if let (Some(t), Some(d)) = (parts.next(), parts.next()) {
+                    let _ = tx.send((t.parse::<u64>().unwrap(), d.parse::<u128>().unwrap()));
+                }
+            }
+        });
+        // Let it hold across a few renewals, then kill it.
+        let (token, _) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the holder got the key");
+        assert!(
+            token > last_token,
+            "round {round}: token {token} after {last_token}"
+        );
+        tokio::time::sleep(TTL).await;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let killed_at = mono_ns();
+        let _ = child.wait();
+        reader.join().unwrap();
+        let deadline = rx
+            .try_iter()
+            .last()
+            .map(|(_, d)| d)
+            .expect("deadline reports");
+        assert!(
+            deadline > killed_at,
+            "the holder's lease had ended before the kill"
+        );
+        let opts = AcquireOptions::new(TTL).wait(TTL * 3);
+        let (lease, _ctx) = m.acquire_lease_with(key(0), opts).await.unwrap();
+        let granted_at = mono_ns();
+        assert!(
+            granted_at > deadline,
+            "round {round}: granted {} ms before the killed holder's deadline",
+            (deadline - granted_at) / 1_000_000
+        );
+        let late = Duration::from_nanos((granted_at - killed_at) as u64);
+        assert!(
+            late < TTL + Duration::from_millis(1500),
+            "free only {late:?} after the kill"
+        );
+        assert!(lease.token() > token);
+        last_token = lease.token();
+        eprintln!(
+            "round {round}: holder {token} killed; granted {} after {late:?}",
+            lease.token()
+        );
+        lease.release().await.unwrap();
+    }
+    m.shutdown().await;
+}

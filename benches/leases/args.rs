@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::contenders::Kind;
 
 const USAGE: &str =
-    "usage: leases [--smoke] [--secs SECONDS] [--only memory|scale|postgres|profile]
+    "usage: leases [--smoke] [--secs SECONDS] [--only memory|scale|postgres|etcd|profile]
        leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS";
 
 /// A section of the report, for `--only`.
@@ -20,6 +20,7 @@ pub enum Section {
     Profile,
     Scale,
     Postgres,
+    Etcd,
 }
 
 impl FromStr for Section {
@@ -30,8 +31,9 @@ impl FromStr for Section {
             "profile" => Ok(Section::Profile),
             "scale" => Ok(Section::Scale),
             "postgres" => Ok(Section::Postgres),
+            "etcd" => Ok(Section::Etcd),
             other => Err(format!(
-                "unknown section `{other}` (memory | scale | postgres | profile)"
+                "unknown section `{other}` (memory | scale | postgres | etcd | profile)"
             )),
         }
     }

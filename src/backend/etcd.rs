@@ -60,7 +60,7 @@
 //! A key must not ride on a group's etcd lease after its holder's context ended: the
 //! group is kept alive for the other keys. So the backend remembers, for every key it
 //! acquired, until when its holder can be live (the start of its last confirmed renewal
-//! + TTL). Before every keep-alive of a group it deletes (by nonce, compare-and-set on
+//! plus the TTL). Before every keep-alive of a group it deletes (by nonce, compare-and-set on
 //! the create revision) the keys of that group whose holders can no longer be live —
 //! acquires whose answer was lost, holders whose renewals failed and whose release did
 //! not get through — and skips the keep-alive if it cannot. Such a key therefore lives at
@@ -116,7 +116,8 @@ use crate::backend::LeaseInfo;
 use crate::error::{BackendError, BackendErrorKind, LeaseError};
 use crate::key::Key;
 
-/// The subset of etcd's v3 API this backend speaks (`proto/etcd/`).
+/// The subset of etcd's v3 API this backend speaks (`proto/etcd/`): generated
+/// messages and clients, re-exported (hidden) for the benchmarks' bare-client floor.
 #[allow(
     missing_docs,
     unreachable_pub,
@@ -124,7 +125,7 @@ use crate::key::Key;
     clippy::all,
     clippy::pedantic
 )]
-mod pb {
+pub mod pb {
     tonic::include_proto!("etcdserverpb");
 }
 

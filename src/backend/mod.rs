@@ -29,6 +29,12 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 
+/// etcd's wire messages and gRPC clients as the etcd backend speaks them (a subset of
+/// etcd's v3 API), for benchmarks that send the same operations without the manager.
+/// Not a stable API.
+#[cfg(feature = "etcd")]
+#[doc(hidden)]
+pub use etcd::pb as etcd_wire;
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdBackend, EtcdOptions};
 #[cfg(feature = "test-util")]

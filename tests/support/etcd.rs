@@ -58,7 +58,7 @@ fn free_port() -> u16 {
 }
 
 /// One HTTP/1.0 request to a member's client port; the body of the answer.
-fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(500),
@@ -193,6 +193,11 @@ impl EtcdCluster {
             .iter()
             .map(|m| format!("http://127.0.0.1:{}", m.client))
             .collect()
+    }
+
+    /// The client ports of every member.
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.members.iter().map(|m| m.client).collect()
     }
 
     /// The number of members.
