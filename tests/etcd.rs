@@ -213,3 +213,40 @@ async fn check_answers_up_front() {
     m.shutdown().await;
     assert!(matches!(m.check().await, Err(LeaseError::ManagerStopped)));
 }
+
+/// With etcd's auth on, a backend with the right user works (and re-authenticates when
+/// its token is refused); without a user, or with a wrong password, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password() {
+    let cluster = support::etcd::EtcdCluster::start(1);
+    let port = cluster.client_ports()[0];
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"s3cret"}"#,
+        ),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        let answer = support::etcd::http(port, "POST", path, body).unwrap_or_default();
+        assert!(!answer.contains("\"error\""), "{path}: {answer}");
+    }
+    let base = || {
+        EtcdOptions::new(cluster.endpoints())
+            .request_timeout(Duration::from_secs(2))
+            .prefix("/auth")
+    };
+    let b = EtcdBackend::connect(base().user("root", "s3cret"))
+        .await
+        .unwrap();
+    let key = Key::system(["auth"]);
+    let t = granted(b.acquire(&key, TTL, b"").await.unwrap());
+    assert_eq!(b.renew(&key, t, TTL).await.unwrap(), RenewOutcome::Renewed);
+    assert!(b.release(&key, t).await.unwrap());
+    for refused in [base(), base().user("root", "wrong")] {
+        assert!(matches!(
+            EtcdBackend::connect(refused).await,
+            Err(LeaseError::Backend(_))
+        ));
+    }
+}
