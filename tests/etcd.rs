@@ -250,3 +250,43 @@ async fn user_and_password() {
         ));
     }
 }
+
+/// A cluster that serves clients over TLS only: the backend verifies the members'
+/// certificate against the CA it is given, and refuses one from another CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verified_against_the_given_ca() {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cluster =
+        support::etcd::EtcdCluster::start_tls(1, &ck.cert.pem(), &ck.signing_key.serialize_pem());
+    let base = || {
+        EtcdOptions::new(cluster.endpoints())
+            .request_timeout(Duration::from_secs(2))
+            .prefix("/tls")
+    };
+    // The member may still be electing itself: try for a while.
+    let mut backend = None;
+    for _ in 0..50 {
+        match EtcdBackend::connect(base().ca_certificate_pem(ck.cert.pem())).await {
+            Ok(b) => {
+                backend = Some(b);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let b = backend.expect("a TLS connection verified against the CA");
+    let key = Key::system(["tls"]);
+    let t = granted(b.acquire(&key, TTL, b"").await.unwrap());
+    assert!(b.release(&key, t).await.unwrap());
+    // https without a CA is a configuration error; another CA is refused.
+    assert!(matches!(
+        EtcdBackend::new(base()),
+        Err(LeaseError::InvalidConfig(_))
+    ));
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    assert!(matches!(
+        EtcdBackend::connect(base().ca_certificate_pem(other.cert.pem())).await,
+        Err(LeaseError::Backend(_))
+    ));
+}

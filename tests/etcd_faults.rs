@@ -350,8 +350,10 @@ async fn a_killed_holder_process_is_taken_over_only_after_its_deadline() {
             (deadline - granted_at) / 1_000_000
         );
         let late = Duration::from_nanos((granted_at - killed_at) as u64);
+        // Bounded: the etcd lease runs out a TTL after the last keep-alive, etcd's
+        // sweep (every 500 ms) revokes it, the watch wakes us; slack for a loaded machine.
         assert!(
-            late < TTL + Duration::from_millis(1500),
+            late < TTL + Duration::from_millis(2500),
             "free only {late:?} after the kill"
         );
         assert!(lease.token() > token);

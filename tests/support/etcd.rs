@@ -89,11 +89,23 @@ pub struct EtcdCluster {
     dir: PathBuf,
     members: Vec<Member>,
     token: String,
+    /// Server certificate and key files: clients must use TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until all are healthy.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None)
+    }
+
+    /// Starts `n` members that serve clients over TLS only, with this certificate and
+    /// key (PEM), and waits until their client ports accept connections.
+    pub fn start_tls(n: usize, cert_pem: &str, key_pem: &str) -> EtcdCluster {
+        EtcdCluster::start_with(n, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(n: usize, tls: Option<(&str, &str)>) -> EtcdCluster {
         let bin = etcd_bin();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -109,11 +121,18 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
+        let tls = tls.map(|(cert, key)| {
+            let (c, k) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&c, cert).unwrap();
+            std::fs::write(&k, key).unwrap();
+            (c, k)
+        });
         let mut cluster = EtcdCluster {
             bin,
             dir,
             members,
             token: format!("leases-{}-{stamp}", std::process::id()),
+            tls,
         };
         static HOOK: OnceLock<()> = OnceLock::new();
         HOOK.get_or_init(|| {
@@ -140,9 +159,18 @@ impl EtcdCluster {
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", m.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
@@ -172,6 +200,17 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
+            if self.tls.is_some() {
+                // No plain-HTTP health check over TLS: wait for the port.
+                while TcpStream::connect(("127.0.0.1", m.client)).is_err() {
+                    assert!(
+                        Instant::now() < until,
+                        "etcd member {i} not listening within {max:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
             loop {
                 let body = http(m.client, "GET", "/health", "").unwrap_or_default();
                 if body.contains("\"health\":\"true\"") {
@@ -189,9 +228,10 @@ impl EtcdCluster {
 
     /// The client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client))
             .collect()
     }
 
