@@ -53,8 +53,11 @@
 //! with less than a second left (etcd answers time left in whole seconds, rounded
 //! down) looks again every 100 ms for up to 1.6 s instead of answering "held" at once.
 //!
-//! A leader change never shortens an etcd lease (the new leader extends every lease by
-//! at least its TTL), so losing the leader only makes keys last longer.
+//! A leader change never shortens an etcd lease (the new leader extends every lease to
+//! its TTL plus the election timeout from its election), so losing the leader only makes
+//! keys last longer. That extension also covers a keep-alive answered by a leader that
+//! was just cut off and has not yet stepped down: it answered before the new leader was
+//! elected.
 //!
 //! # Keys nobody holds
 //! A key must not ride on a group's etcd lease after its holder's context ended: the
@@ -379,8 +382,20 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 /// A TTL in etcd's whole seconds, rounded up, at least 1.
 fn etcd_ttl_secs(ttl: Duration) -> i64 {
-    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+/// `start + ttl`, or an error for a TTL beyond the clock.
+fn until(start: Instant, ttl: Duration) -> Result<Instant, BackendError> {
+    start.checked_add(ttl).ok_or_else(|| {
+        BackendError::new(
+            BackendErrorKind::Failed,
+            format!("TTL {ttl:?} overflows the clock"),
+        )
+    })
 }
 
 fn status_error(what: &str, status: tonic::Status) -> BackendError {
@@ -1072,6 +1087,7 @@ impl Backend for EtcdBackend {
     ) -> Result<AcquireOutcome, BackendError> {
         let inner = &self.inner;
         let start = Instant::now();
+        until(start, ttl)?;
         let ek = inner.etcd_key(key);
         let nonce = inner.nonce();
         let value = encode(false, ttl, SystemTime::now(), &nonce, metadata);
@@ -1170,6 +1186,7 @@ impl Backend for EtcdBackend {
     ) -> Result<RenewOutcome, BackendError> {
         let inner = &self.inner;
         let start = Instant::now();
+        until(start, ttl)?;
         let ek = inner.etcd_key(key);
         let kv = inner.get("renew read", &ek).await?;
         let Some(kv) = kv.filter(|kv| token_of(kv) == token) else {
@@ -1428,6 +1445,17 @@ mod tests {
             now + Duration::from_millis(500),
             Duration::from_millis(1500)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_absurd_ttl_is_an_error_before_any_io() {
+        // Nothing listens on port 1: an error other than the TTL's would be Unavailable.
+        let b = EtcdBackend::new(EtcdOptions::new(["http://127.0.0.1:1"])).unwrap();
+        let k = Key::system(["x"]);
+        let e = b.acquire(&k, Duration::MAX, b"").await.unwrap_err();
+        assert_eq!(e.kind(), BackendErrorKind::Failed, "{e}");
+        let e = b.renew(&k, 1, Duration::MAX).await.unwrap_err();
+        assert_eq!(e.kind(), BackendErrorKind::Failed, "{e}");
     }
 
     #[tokio::test]
