@@ -42,6 +42,8 @@ struct Ledger {
     keys: Mutex<Vec<KeyLedger>>,
     violations: Mutex<Vec<String>>,
     grants: AtomicU64,
+    /// The fault in progress, for the violation reports.
+    phase: Mutex<&'static str>,
 }
 
 impl Ledger {
@@ -56,8 +58,9 @@ impl Ledger {
         let k = &mut keys[key];
         for (t, other) in &k.holders {
             if !other.is_cancelled() {
+                let phase = *self.phase.lock().unwrap();
                 self.violations.lock().unwrap().push(format!(
-                    "key {key}: token {token} granted while holder {t} is live"
+                    "key {key}: token {token} granted while holder {t} is live ({phase})"
                 ));
             }
         }
@@ -163,6 +166,7 @@ async fn holders_stay_exclusive_through_leader_loss_a_stopped_member_and_a_full_
 
     // 1. The leader crashes; the others elect a new one and serve on.
     let l = leader(&cluster).await;
+    *ledger.phase.lock().unwrap() = "leader killed";
     eprintln!("SIGKILL of the leader, member {l}");
     cluster.kill(l);
     grants_resume(&ledger, 10, Duration::from_secs(15), "killing the leader").await;
@@ -179,15 +183,18 @@ async fn holders_stay_exclusive_through_leader_loss_a_stopped_member_and_a_full_
     // 2. The leader freezes past the election timeout (500 ms): the others elect
     // another; our connections to it hang and are given up on.
     let l = leader(&cluster).await;
+    *ledger.phase.lock().unwrap() = "leader stopped";
     eprintln!("SIGSTOP of the leader, member {l}, for 1.5 s");
     cluster.pause(l);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     grants_resume(&ledger, 5, Duration::from_secs(15), "stopping the leader").await;
     cluster.resume(l);
+    *ledger.phase.lock().unwrap() = "leader resumed";
     cluster.wait_healthy(Duration::from_secs(30));
     grants_resume(&ledger, 10, Duration::from_secs(15), "resuming the member").await;
 
     // 3. The whole cluster goes down: every holder must be told within a TTL.
+    *ledger.phase.lock().unwrap() = "cluster killed";
     eprintln!("SIGKILL of every member");
     cluster.kill_all();
     tokio::time::sleep(TTL + Duration::from_millis(500)).await;
@@ -197,6 +204,7 @@ async fn holders_stay_exclusive_through_leader_loss_a_stopped_member_and_a_full_
         "holders still live a TTL after the cluster went down"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
+    *ledger.phase.lock().unwrap() = "cluster restarted";
     eprintln!("restarting every member");
     cluster.restart_all();
     // The same managers serve again once a quorum is back.

@@ -664,8 +664,41 @@ impl Inner {
         .await
     }
 
-    /// One keep-alive of an etcd lease: its TTL in seconds, 0 (or less) when it is gone.
+    /// One keep-alive of an etcd lease, confirmed: its TTL in seconds, 0 (or less) when
+    /// it is gone.
+    ///
+    /// etcd 3.4 lets a leader that was cut off (or frozen) and has not yet stepped down
+    /// answer keep-alives from its own, no longer authoritative, lease table, while the
+    /// real leader lets the lease run out. So a keep-alive counts only if a linearizable
+    /// read made *after* its answer (which only the current leader can serve) sees the
+    /// same Raft term as the answer: one leader per term, and that leader was still
+    /// leading after it renewed the lease.
     async fn keep_alive(&self, id: i64) -> Result<i64, BackendError> {
+        let (ttl, term) = self.keep_alive_once(id).await?;
+        if ttl <= 0 {
+            return Ok(ttl);
+        }
+        let req = pb::RangeRequest {
+            key: self.prefix.clone(),
+            count_only: true,
+            ..Default::default()
+        };
+        let now = self.range("leader check", req).await?;
+        let current = now.header.map(|h| h.raft_term).unwrap_or(0);
+        if current != term || term == 0 {
+            return Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                format!(
+                    "etcd keep-alive answered in Raft term {term}, but the cluster is in term \
+                     {current}: not counted"
+                ),
+            ));
+        }
+        Ok(ttl)
+    }
+
+    /// One keep-alive of an etcd lease: its TTL and the Raft term of the answer.
+    async fn keep_alive_once(&self, id: i64) -> Result<(i64, u64), BackendError> {
         self.call("keep-alive", |ch, token| async move {
             // Keep our half open until the answer came: closing it could end the
             // stream before the member answers.
@@ -676,7 +709,7 @@ impl Inner {
                 .await?
                 .into_inner();
             match inbound.message().await? {
-                Some(resp) => Ok(resp.ttl),
+                Some(resp) => Ok((resp.ttl, resp.header.map(|h| h.raft_term).unwrap_or(0))),
                 None => Err(tonic::Status::unavailable("the keep-alive stream ended")),
             }
         })
