@@ -18,7 +18,10 @@
 //!   then it makes sure the group's etcd lease was kept alive by a keep-alive *sent
 //!   after this renewal started* (renewals queued behind a keep-alive in flight share the
 //!   next one), see "TTLs" below. A keep-alive answering TTL 0 means the etcd lease is
-//!   gone, and with it the key: `Lost`.
+//!   gone, and with it the key: `Lost`. A keep-alive counts only when a linearizable
+//!   read made after its answer sees the same Raft term: etcd 3.4 lets a leader that
+//!   was cut off or frozen, and has not yet noticed, answer keep-alives from a lease
+//!   table that no longer counts (see `keep_alive` in the source).
 //! - **Release** is a transaction *if create revision = token, delete*.
 //! - **Revoke** rewrites the value with the revoked flag set (*if mod revision is still
 //!   the one read*, keeping the key's etcd lease); the holder is told `Revoked` at its
@@ -55,9 +58,8 @@
 //!
 //! A leader change never shortens an etcd lease (the new leader extends every lease to
 //! its TTL plus the election timeout from its election), so losing the leader only makes
-//! keys last longer. That extension also covers a keep-alive answered by a leader that
-//! was just cut off and has not yet stepped down: it answered before the new leader was
-//! elected.
+//! keys last longer. A keep-alive answered by a leader that was cut off and has not yet
+//! stepped down is not counted (the Raft term check above).
 //!
 //! # Keys nobody holds
 //! A key must not ride on a group's etcd lease after its holder's context ended: the
