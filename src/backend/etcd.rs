@@ -61,6 +61,12 @@
 //! keys last longer. A keep-alive answered by a leader that was cut off and has not yet
 //! stepped down is not counted (the Raft term check above).
 //!
+//! **A server defect this backend cannot mend.** In etcd releases without the fix for
+//! etcd issue #15247 (PR #16822; Debian bookworm ships 3.4.23, without it), a leader that
+//! was frozen or stuck past the election timeout proposes, when it resumes, to revoke
+//! the leases its stale table believes expired, and the new leader applies that: keys
+//! can vanish while their holders are live. Use a fixed etcd.
+//!
 //! # Keys nobody holds
 //! A key must not ride on a group's etcd lease after its holder's context ended: the
 //! group is kept alive for the other keys. So the backend remembers, for every key it
