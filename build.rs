@@ -1,9 +1,31 @@
 //! Generates the gRPC code of the lease service from `proto/` when the `client` feature
-//! is on, with a pure-Rust protobuf compiler (`protox`): no `protoc` is needed.
+//! is on, and the etcd client code (the subset of etcd's API in `proto/etcd/`) when the
+//! `etcd` feature is on, with a pure-Rust protobuf compiler (`protox`): no `protoc` is
+//! needed.
 
 fn main() {
     #[cfg(feature = "client")]
     grpc::generate();
+    #[cfg(feature = "etcd")]
+    etcd::generate();
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    const PROTO: &str = "proto/etcd/kv_lease_watch.proto";
+
+    pub fn generate() {
+        println!("cargo:rerun-if-changed={PROTO}");
+        let fds = match protox::compile([PROTO], ["proto"]) {
+            Ok(fds) => fds,
+            Err(e) => panic!("the etcd protocol subset does not compile: {e}"),
+        };
+        tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(false)
+            .compile_fds(fds)
+            .expect("generating the etcd client code");
+    }
 }
 
 #[cfg(feature = "client")]

@@ -20,6 +20,16 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${LEASES_PG_BI
   fi
 fi
 
+# The etcd tests start throwaway 3-member clusters from the machine's etcd server.
+if ! command -v etcd >/dev/null 2>&1 && [ -z "${LEASES_ETCD_BIN:-}" ]; then
+  step "installing etcd (Debian's etcd-server, for the tests)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -29,7 +39,7 @@ cargo clippy --all-targets --all-features -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --all-features --no-deps --quiet
 
-step "cargo test (all features: memory and PostgreSQL backends, multi-process faults)"
+step "cargo test (all features: memory, PostgreSQL and etcd backends, multi-process faults)"
 cargo test --all-features
 
 step "a foreign client: Python grpcio, FTL's Go- and JVM-like clients against leases serve"

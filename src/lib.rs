@@ -62,7 +62,8 @@
 //! - [`backend`] (`backend/`): the [`Backend`](backend::Backend) trait and its contract
 //!   (`mod.rs`), the in-process [`MemoryBackend`](backend::MemoryBackend) (the default),
 //!   `PostgresBackend` (feature `postgres`: leases shared by processes and machines
-//!   through one table), and `FaultyBackend` (feature `test-util`), which injects faults.
+//!   through one table), `EtcdBackend` (feature `etcd`: leases in an etcd cluster, on
+//!   etcd leases kept alive one per TTL group), and `FaultyBackend` (feature `test-util`), which injects faults.
 //! - [`actors`]: the ractor-facing API in one place (messages to the manager, the
 //!   supervision tree, lease ends as actor messages).
 //! - [`FakeLeaser`] (`fake.rs`): for unit tests of code that takes a `dyn Leaser`.

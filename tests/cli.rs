@@ -62,6 +62,20 @@ impl Cli {
         }
     }
 
+    /// Leases in a throwaway 3-member etcd cluster (`support/etcd.rs`), reached directly.
+    pub fn etcd() -> Cli {
+        let endpoints = support::etcd::shared_endpoints().join(",");
+        Cli {
+            source: vec![
+                "--etcd".into(),
+                endpoints,
+                "--etcd-prefix".into(),
+                format!("/leases-cli-{}", run_id()),
+            ],
+            label: "etcd",
+        }
+    }
+
     /// Leases through a lease service: one in-process `LeaseServer` on the memory
     /// backend, started once for this test process.
     pub fn server() -> Cli {
@@ -109,7 +123,13 @@ impl Cli {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_leases"));
         c.args(&self.source).args(args);
-        for var in ["LEASES_POSTGRES_URL", "LEASES_SERVER", "LEASES_TABLE"] {
+        for var in [
+            "LEASES_POSTGRES_URL",
+            "LEASES_SERVER",
+            "LEASES_TABLE",
+            "LEASES_ETCD_ENDPOINTS",
+            "LEASES_ETCD_PREFIX",
+        ] {
             c.env_remove(var);
         }
         c.stdin(Stdio::null())
@@ -618,6 +638,10 @@ macro_rules! scenarios {
 }
 
 scenarios!(postgres, Cli::postgres(&shared_url());
+    exit_code_is_the_commands, command_sees_key_and_token, held_by_someone_else,
+    sigint_is_passed_on, stop_and_continue, revoke_stops_the_command, list_and_info, usage_errors);
+
+scenarios!(etcd, Cli::etcd();
     exit_code_is_the_commands, command_sees_key_and_token, held_by_someone_else,
     sigint_is_passed_on, stop_and_continue, revoke_stops_the_command, list_and_info, usage_errors);
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::contenders::Kind;
 
 const USAGE: &str =
-    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--only memory|scale|postgres|service|profile]
+    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--only memory|scale|postgres|service|etcd|profile]
        leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS
        leases --service-floor";
 
@@ -23,6 +23,8 @@ pub enum Section {
     Postgres,
     /// The lease service over gRPC beside a bare tonic service (feature `server`).
     Service,
+    /// The etcd backend on a 3-member cluster beside the bare client (feature `etcd`).
+    Etcd,
 }
 
 impl FromStr for Section {
@@ -34,8 +36,9 @@ impl FromStr for Section {
             "scale" => Ok(Section::Scale),
             "postgres" => Ok(Section::Postgres),
             "service" => Ok(Section::Service),
+            "etcd" => Ok(Section::Etcd),
             other => Err(format!(
-                "unknown section `{other}` (memory | scale | postgres | service | profile)"
+                "unknown section `{other}` (memory | scale | postgres | service | etcd | profile)"
             )),
         }
     }

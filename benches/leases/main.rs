@@ -11,20 +11,25 @@
 //! - (b) the same table plus one `tokio::spawn`ed renewal task per lease: what users
 //!   would otherwise write by hand;
 //! - (c) PostgreSQL: the same SQL statements issued directly with the driver, no actors;
+//! - (e) etcd: the same transactions sent with the bare gRPC client, no actors (the
+//!   backend's own generated client, on one pre-granted etcd lease);
 //! - (d) a bare ractor supervisor that spawns one linked child actor with a renewal
 //!   timer and a watch channel per lease, and does nothing else: the floor of our own
 //!   design, what the actor shape alone costs;
-//! - (e) a bare tonic server of FTL's `LeaseService` that answers each request with an
+//! - (f) a bare tonic server of FTL's `LeaseService` that answers each request with an
 //!   empty message and holds nothing: the floor of the lease service.
 //!
 //! One module a section: `throughput` (memory backend: pairs/s, latency, conflicts),
 //! `scale` (leases held at once, each size in a child process), `postgres` (the
-//! PostgreSQL backend beside (c)), `service` (the lease service over gRPC beside (e),
-//! feature `server`); `contenders` holds ours and the in-memory baselines,
+//! PostgreSQL backend beside (c)), `service` (the lease service over gRPC beside (f),
+//! feature `server`), `etcd` (the etcd backend on a 3-member cluster beside (e));
+//! `contenders` holds ours and the in-memory baselines,
 //! `args` the command line, `report` the shared printing helpers.
 
 mod args;
 mod contenders;
+#[cfg(feature = "etcd")]
+mod etcd;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod report;
@@ -73,5 +78,9 @@ async fn run(args: &Args) {
     #[cfg(feature = "server")]
     if args.wants(Section::Service) {
         service::service_section(&sizes).await;
+    }
+    #[cfg(feature = "etcd")]
+    if args.wants(Section::Etcd) {
+        etcd::etcd_section(&sizes).await;
     }
 }

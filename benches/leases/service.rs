@@ -1,4 +1,4 @@
-//! The lease service (`leases serve`, memory backend) over gRPC, beside its floor (e):
+//! The lease service (`leases serve`, memory backend) over gRPC, beside its floor (f):
 //! a bare tonic server of the same FTL `LeaseService` (the generated trait and wire)
 //! that answers each request with an empty message and holds nothing.
 //!
@@ -375,7 +375,7 @@ pub async fn service_section(s: &Sizes) {
         "\n## Lease service: acquire+release pairs over gRPC (memory backend, TTL {PAIR_TTL:?}; servers in their own processes, one HTTP/2 connection over 127.0.0.1; each cell the median of {} runs of {:.1} s, implementations interleaved)\n",
         s.rounds, s.secs
     );
-    println!("| implementation | pairs/s, 1 stream | pairs/s, 64 streams | pair p50, 1 stream | pair p99, 1 stream | pair p50, 64 streams | pair p99, 64 streams | 64 streams vs (e) | failed cycles |");
+    println!("| implementation | pairs/s, 1 stream | pairs/s, 64 streams | pair p50, 1 stream | pair p99, 1 stream | pair p50, 64 streams | pair p99, 64 streams | 64 streams vs (f) | failed cycles |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let ours = Server::ours();
     let floor = Server::floor();
@@ -389,7 +389,7 @@ pub async fn service_section(s: &Sizes) {
             Arc::new(Ftl(ours.channel().await)),
         ),
         (
-            "(e) bare tonic FTL service, empty answers",
+            "(f) bare tonic FTL service, empty answers",
             Arc::new(Ftl(floor.channel().await)),
         ),
     ];

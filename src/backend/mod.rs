@@ -4,9 +4,9 @@
 //! shaped for three stores:
 //! - the in-process [`MemoryBackend`] (the default),
 //! - PostgreSQL, one row per key with `expires_at` and a token from a sequence,
-//! - etcd, whose leases carry their own IDs and keep-alives (a backend there keeps a
-//!   map from fencing token to etcd lease ID; the token itself can be the key's
-//!   creation revision, which etcd makes strictly increasing).
+//! - etcd (`EtcdBackend`, feature `etcd`): one etcd key per lease, whose create
+//!   revision (strictly increasing, cluster-wide) is the token, riding on one etcd lease
+//!   per TTL that the backend keeps alive for all its keys of that TTL.
 //!
 //! Renew and release are compare-and-set on `(key, token)`: a stale holder can neither
 //! revive nor delete a newer holder's lease. Revocation marks a lease as revoked
@@ -21,12 +21,22 @@ use tokio::sync::broadcast;
 use crate::error::BackendError;
 use crate::key::Key;
 
+#[cfg(feature = "etcd")]
+mod etcd;
 #[cfg(feature = "test-util")]
 mod faulty;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 
+/// etcd's wire messages and gRPC clients as the etcd backend speaks them (a subset of
+/// etcd's v3 API), for benchmarks that send the same operations without the manager.
+/// Not a stable API.
+#[cfg(feature = "etcd")]
+#[doc(hidden)]
+pub use etcd::pb as etcd_wire;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdBackend, EtcdOptions};
 #[cfg(feature = "test-util")]
 pub use faulty::{AcquireFault, FaultyBackend, RenewFault};
 pub use memory::MemoryBackend;

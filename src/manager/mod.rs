@@ -60,6 +60,8 @@ pub struct LeaseManagerBuilder {
     supervisor: Option<ActorCell>,
     #[cfg(feature = "postgres")]
     postgres: Option<crate::backend::PostgresOptions>,
+    #[cfg(feature = "etcd")]
+    etcd: Option<crate::backend::EtcdOptions>,
 }
 
 impl std::fmt::Debug for LeaseManagerBuilder {
@@ -106,6 +108,16 @@ impl LeaseManagerBuilder {
     #[cfg(feature = "postgres")]
     pub fn postgres(mut self, options: crate::backend::PostgresOptions) -> Self {
         self.postgres = Some(options);
+        self
+    }
+
+    /// Stores leases in an etcd cluster (feature `etcd`), shared with every manager that
+    /// uses the same cluster and key prefix. Connections are made lazily; see
+    /// [`EtcdBackend`](crate::backend::EtcdBackend). Setting it with another backend
+    /// is an [`InvalidConfig`](LeaseError::InvalidConfig) error at `start`.
+    #[cfg(feature = "etcd")]
+    pub fn etcd(mut self, options: crate::backend::EtcdOptions) -> Self {
+        self.etcd = Some(options);
         self
     }
 
@@ -156,6 +168,18 @@ impl LeaseManagerBuilder {
         };
         #[cfg(not(feature = "postgres"))]
         let backend = self.backend;
+        #[cfg(feature = "etcd")]
+        let backend = match (self.etcd, backend) {
+            (Some(_), Some(_)) => {
+                return Err(LeaseError::InvalidConfig(
+                    "the etcd backend and another backend were both set: choose one".into(),
+                ))
+            }
+            (Some(options), None) => {
+                Some(Arc::new(crate::backend::EtcdBackend::new(options)?) as Arc<dyn Backend>)
+            }
+            (None, backend) => backend,
+        };
         let backend = backend.unwrap_or_else(|| Arc::new(MemoryBackend::new()));
         let args = SupervisorArgs {
             backend: backend.clone(),
@@ -235,6 +259,8 @@ impl LeaseManager {
             supervisor: None,
             #[cfg(feature = "postgres")]
             postgres: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
     }
 

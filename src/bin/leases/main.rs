@@ -111,20 +111,43 @@ pub(crate) struct SourceArgs {
         value_name = "NAME"
     )]
     pub(crate) table: String,
+    /// Use the leases in this etcd cluster directly: its members' client URLs,
+    /// comma-separated (e.g. http://10.0.0.1:2379,http://10.0.0.2:2379).
+    #[arg(
+        long,
+        global = true,
+        env = "LEASES_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
+    pub(crate) etcd: Vec<String>,
+    /// With --etcd: the prefix of the etcd keys the leases live under.
+    #[arg(
+        long,
+        global = true,
+        env = "LEASES_ETCD_PREFIX",
+        default_value = "/leases",
+        value_name = "PREFIX"
+    )]
+    pub(crate) etcd_prefix: String,
     /// Where `postgres` came from (a flag beats an environment variable).
     #[arg(skip)]
     pub(crate) postgres_source: Option<ValueSource>,
     /// Where `server` came from.
     #[arg(skip)]
     pub(crate) server_source: Option<ValueSource>,
+    /// Where `etcd` came from.
+    #[arg(skip)]
+    pub(crate) etcd_source: Option<ValueSource>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve leases over gRPC: FTL's LeaseService and the native service, on one port,
     /// with HTTP probes (/_readiness, /_liveness), health and reflection. Memory backend
-    /// unless --postgres (LEASES_POSTGRES_URL) is given; several servers may share one
-    /// table. Stops gracefully on SIGINT/SIGTERM.
+    /// unless --postgres (LEASES_POSTGRES_URL) or --etcd (LEASES_ETCD_ENDPOINTS) is
+    /// given; several servers may share one table or cluster. Stops gracefully on
+    /// SIGINT/SIGTERM.
     Serve(serve::ServeArgs),
     /// Acquire a lease and run a command while holding it.
     ///
@@ -318,7 +341,15 @@ fn main() -> ExitCode {
             .enable_all()
             .build();
         return match runtime {
-            Ok(rt) => rt.block_on(serve::run(args, cli.source.postgres, cli.source.table)),
+            Ok(rt) => {
+                let etcd = source::etcd_options(&cli.source);
+                rt.block_on(serve::run(
+                    args,
+                    cli.source.postgres,
+                    cli.source.table,
+                    etcd,
+                ))
+            }
             Err(e) => {
                 eprintln!("leases serve: cannot start the runtime: {e}");
                 ExitCode::from(exit::INTERNAL)
@@ -327,6 +358,7 @@ fn main() -> ExitCode {
     }
     cli.source.postgres_source = value_source(&matches, "postgres");
     cli.source.server_source = value_source(&matches, "server");
+    cli.source.etcd_source = value_source(&matches, "etcd");
     // One thread: the command is spawned from the thread that lives as long as the
     // process, which the parent-death signal (run.rs) depends on.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use leases::backend::PostgresOptions;
+use leases::backend::{EtcdOptions, PostgresOptions};
 use leases::service::{LeaseServer, ServeOptions, TlsFiles, DEFAULT_BIND};
 use leases::LeaseManager;
 
@@ -15,6 +15,7 @@ use leases::LeaseManager;
   leases serve                                   # memory backend, 127.0.0.1:8895
   leases serve --postgres postgres://u@db/leases # several servers may share one table
   leases serve --metrics-bind 127.0.0.1:9095      # Prometheus text at /metrics
+  leases serve --etcd http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379
   leases serve --bind 0.0.0.0:8895 --token-file /etc/leases/token \\
       --tls-cert server.crt --tls-key server.key")]
 pub(crate) struct ServeArgs {
@@ -51,8 +52,13 @@ pub(crate) struct ServeArgs {
 }
 
 /// Runs the service until SIGINT or SIGTERM, then stops gracefully.
-pub(crate) async fn run(args: ServeArgs, postgres: Option<String>, table: String) -> ExitCode {
-    match serve(args, postgres, table).await {
+pub(crate) async fn run(
+    args: ServeArgs,
+    postgres: Option<String>,
+    table: String,
+    etcd: Option<EtcdOptions>,
+) -> ExitCode {
+    match serve(args, postgres, table, etcd).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("leases serve: {e}");
@@ -61,7 +67,12 @@ pub(crate) async fn run(args: ServeArgs, postgres: Option<String>, table: String
     }
 }
 
-async fn serve(args: ServeArgs, postgres: Option<String>, table: String) -> Result<(), String> {
+async fn serve(
+    args: ServeArgs,
+    postgres: Option<String>,
+    table: String,
+    etcd: Option<EtcdOptions>,
+) -> Result<(), String> {
     // The recorder first, so that everything the manager does is counted.
     let _metrics = match args.metrics_bind {
         Some(addr) => {
@@ -77,8 +88,15 @@ async fn serve(args: ServeArgs, postgres: Option<String>, table: String) -> Resu
         None => None,
     };
     let mut builder = LeaseManager::builder().min_ttl(args.min_ttl);
-    if let Some(url) = postgres.filter(|u| !u.is_empty()) {
+    let postgres = postgres.filter(|u| !u.is_empty());
+    if postgres.is_some() && etcd.is_some() {
+        return Err("both --postgres and --etcd were given: choose one".into());
+    }
+    if let Some(url) = postgres {
         builder = builder.postgres(PostgresOptions::new(url).table(table));
+    }
+    if let Some(options) = etcd {
+        builder = builder.etcd(options);
     }
     let manager = builder.start().await.map_err(|e| e.to_string())?;
     let auth_token = match &args.token_file {

@@ -2,7 +2,7 @@
 //! [`Source`]; a new way to reach leases (the lease service) is one more variant, with
 //! an arm in each method and in [`Source::open`].
 
-use leases::backend::{PostgresBackend, PostgresOptions};
+use leases::backend::{EtcdBackend, EtcdOptions, PostgresBackend, PostgresOptions};
 use leases::{
     AcquireOptions, ClientLeaser, ClientOptions, Key, Lease, LeaseContext, LeaseError, LeaseInfo,
     LeaseManager, Leaser,
@@ -18,6 +18,19 @@ pub(crate) enum Source {
     Postgres(LeaseManager),
     /// A lease service (`leases serve`), through a client.
     Server(ClientLeaser),
+    /// Leases in an etcd cluster, used directly through a manager of our own.
+    Etcd(LeaseManager),
+}
+
+/// The etcd options the arguments name, if they name a cluster.
+pub(crate) fn etcd_options(args: &SourceArgs) -> Option<EtcdOptions> {
+    let endpoints: Vec<String> = args
+        .etcd
+        .iter()
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .collect();
+    (!endpoints.is_empty()).then(|| EtcdOptions::new(endpoints).prefix(args.etcd_prefix.clone()))
 }
 
 impl Source {
@@ -39,6 +52,16 @@ impl Source {
                     .await
                     .map_err(|e| Failure::from_lease_error(&e))?;
                 Ok(Source::Postgres(manager))
+            }
+            Chosen::Etcd(options) => {
+                let backend =
+                    EtcdBackend::new(options).map_err(|e| Failure::from_lease_error(&e))?;
+                let manager = LeaseManager::builder()
+                    .backend(Arc::new(backend))
+                    .start()
+                    .await
+                    .map_err(|e| Failure::from_lease_error(&e))?;
+                Ok(Source::Etcd(manager))
             }
             Chosen::Server(url) => {
                 let mut options = ClientOptions::new(url);
@@ -69,7 +92,7 @@ impl Source {
         options: AcquireOptions,
     ) -> Result<(Lease, LeaseContext), LeaseError> {
         match self {
-            Source::Postgres(m) => m.acquire_lease_with(key, options).await,
+            Source::Postgres(m) | Source::Etcd(m) => m.acquire_lease_with(key, options).await,
             Source::Server(c) => c.acquire_lease_with(key, options).await,
         }
     }
@@ -77,7 +100,7 @@ impl Source {
     /// Revokes whoever holds `key`; `true` if someone did.
     pub(crate) async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
         match self {
-            Source::Postgres(m) => m.revoke(key).await,
+            Source::Postgres(m) | Source::Etcd(m) => m.revoke(key).await,
             Source::Server(c) => c.revoke(key).await,
         }
     }
@@ -85,7 +108,7 @@ impl Source {
     /// The live lease on `key`, if any.
     pub(crate) async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
         match self {
-            Source::Postgres(m) => m.lease_info(key).await,
+            Source::Postgres(m) | Source::Etcd(m) => m.lease_info(key).await,
             Source::Server(c) => c.lease_info(key).await,
         }
     }
@@ -97,7 +120,7 @@ impl Source {
         limit: usize,
     ) -> Result<Vec<LeaseInfo>, LeaseError> {
         match self {
-            Source::Postgres(m) => m.list(prefix, limit).await,
+            Source::Postgres(m) | Source::Etcd(m) => m.list(prefix, limit).await,
             Source::Server(c) => c.list(prefix, limit).await,
         }
     }
@@ -109,7 +132,7 @@ impl Source {
     /// expires, keeping the safety margin.
     pub(crate) async fn give_back_revoked(&self, key: &Key, token: u64) {
         match self {
-            Source::Postgres(m) => {
+            Source::Postgres(m) | Source::Etcd(m) => {
                 if let Err(e) = m.backend().release(key, token).await {
                     eprintln!("leases: could not give back the revoked lease on {key}: {e}");
                 }
@@ -122,7 +145,7 @@ impl Source {
     /// Ends the source: releases whatever is still held, stops its tasks.
     pub(crate) async fn shutdown(self) {
         match self {
-            Source::Postgres(m) => m.shutdown().await,
+            Source::Postgres(m) | Source::Etcd(m) => m.shutdown().await,
             Source::Server(_) => {}
         }
     }
@@ -132,34 +155,41 @@ impl Source {
 pub(crate) enum Chosen {
     Postgres(String),
     Server(String),
+    Etcd(EtcdOptions),
 }
 
 impl SourceArgs {
     fn resolve(&self) -> Result<Chosen, Failure> {
         use clap::parser::ValueSource::CommandLine;
-        let postgres = self.postgres.clone().filter(|u| !u.is_empty());
-        let server = self.server.clone().filter(|u| !u.is_empty());
         let from_flag = |source: Option<clap::parser::ValueSource>| source == Some(CommandLine);
-        match (postgres, server) {
-            (Some(p), Some(s)) => {
-                match (
-                    from_flag(self.postgres_source),
-                    from_flag(self.server_source),
-                ) {
-                    (true, false) => Ok(Chosen::Postgres(p)),
-                    (false, true) => Ok(Chosen::Server(s)),
-                    _ => Err(Failure::new(
-                        USAGE,
-                        "both a PostgreSQL URL and a lease server were given; choose one \
-                         (--postgres or --server; a flag beats the other's environment variable)",
-                    )),
-                }
-            }
-            (Some(p), None) => Ok(Chosen::Postgres(p)),
-            (None, Some(s)) => Ok(Chosen::Server(s)),
-            (None, None) => Err(Failure::new(
+        // Every source given, with whether it came from a flag.
+        let mut given: Vec<(Chosen, bool)> = Vec::new();
+        if let Some(p) = self.postgres.clone().filter(|u| !u.is_empty()) {
+            given.push((Chosen::Postgres(p), from_flag(self.postgres_source)));
+        }
+        if let Some(s) = self.server.clone().filter(|u| !u.is_empty()) {
+            given.push((Chosen::Server(s), from_flag(self.server_source)));
+        }
+        if let Some(e) = etcd_options(self) {
+            given.push((Chosen::Etcd(e), from_flag(self.etcd_source)));
+        }
+        let none = given.is_empty();
+        if given.len() > 1 {
+            // A flag beats the others' environment variables.
+            given.retain(|(_, flag)| *flag);
+        }
+        match given.len() {
+            1 => Ok(given.remove(0).0),
+            0 if none => Err(Failure::new(
                 USAGE,
-                "where do leases live? give --postgres URL (or set LEASES_POSTGRES_URL)",
+                "where do leases live? give --postgres URL (or set LEASES_POSTGRES_URL), \
+                 or --etcd URLS (LEASES_ETCD_ENDPOINTS)",
+            )),
+            _ => Err(Failure::new(
+                USAGE,
+                "more than one of a PostgreSQL URL, a lease server and an etcd cluster were \
+                 given; choose one (--postgres, --server or --etcd; a flag beats the others' \
+                 environment variables)",
             )),
         }
     }

@@ -1,0 +1,407 @@
+//! Holders contend for a few keys through a throwaway 3-member etcd cluster of their own
+//! while this test injects faults into the cluster:
+//! 1. SIGKILL of the leader member (and its restart),
+//! 2. SIGSTOP of a follower member for three times the election timeout, then SIGCONT
+//!    (and, in an ignored test, of the leader: see below),
+//! 3. the whole cluster killed, held down past every holder's TTL, and restarted.
+//!
+//! Three managers, each with its own `EtcdBackend` (as three processes would have),
+//! run workers that acquire a random key (waiting up to a second), hold it for a random
+//! while or until its context ends, and release it. A ledger in this process checks, at
+//! every grant: every earlier holder of that key has its context cancelled (no two
+//! live holders at once: a holder's context ends before anyone else is granted the
+//! key), and the token is larger than every earlier token of that key. It also checks
+//! that while the whole cluster is down every holder's context ends within a TTL, and
+//! that after each fault the managers (the same ones) grant keys again once a quorum is
+//! back.
+//!
+//! **Known etcd defect.** Freezing the *leader* past the election timeout can make a
+//! second holder on etcd 3.4.23 (Debian bookworm's `etcd-server`): when the frozen
+//! leader resumes, its lease table still believes it is the leader and that the leases
+//! renewed meanwhile through the new leader have expired, and it proposes their
+//! revocation, which the new leader applies (etcd issues #12528 and #15247, fixed by
+//! etcd PR #16822, backported to the 3.4 and 3.5 branches). No client can stop a
+//! server from deleting keys early. `a_frozen_leader_revokes_leases_on_old_etcd` runs
+//! that scenario; it is ignored because it fails (about one run in three here) on the
+//! etcd this project installs. The backend does defend against the other half of those
+//! issues (a frozen leader *answering keep-alives* from its stale table): see the Raft
+//! term check in `backend/etcd.rs`.
+#![cfg(feature = "etcd")]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use leases::backend::EtcdOptions;
+use leases::{AcquireOptions, Key, LeaseContext, LeaseManager};
+use support::etcd::EtcdCluster;
+use support::rng::XorShift;
+
+const TTL: Duration = Duration::from_secs(2);
+const KEYS: usize = 3;
+const MANAGERS: usize = 3;
+const WORKERS: usize = 4;
+
+#[derive(Default)]
+struct KeyLedger {
+    max_token: u64,
+    holders: Vec<(u64, LeaseContext)>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    keys: Mutex<Vec<KeyLedger>>,
+    violations: Mutex<Vec<String>>,
+    grants: AtomicU64,
+    /// The fault in progress, for the violation reports.
+    phase: Mutex<&'static str>,
+}
+
+impl Ledger {
+    fn new() -> Ledger {
+        let l = Ledger::default();
+        l.keys.lock().unwrap().resize_with(KEYS, KeyLedger::default);
+        l
+    }
+
+    fn granted(&self, key: usize, token: u64, ctx: LeaseContext) {
+        let mut keys = self.keys.lock().unwrap();
+        let k = &mut keys[key];
+        for (t, other) in &k.holders {
+            if !other.is_cancelled() {
+                let phase = *self.phase.lock().unwrap();
+                self.violations.lock().unwrap().push(format!(
+                    "key {key}: token {token} granted while holder {t} is live ({phase})"
+                ));
+            }
+        }
+        if token <= k.max_token {
+            self.violations
+                .lock()
+                .unwrap()
+                .push(format!("key {key}: token {token} after {}", k.max_token));
+        }
+        k.max_token = k.max_token.max(token);
+        k.holders.retain(|(_, c)| !c.is_cancelled());
+        k.holders.push((token, ctx));
+        self.grants.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn live_holders(&self) -> usize {
+        self.keys
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|k| k.holders.iter().filter(|(_, c)| !c.is_cancelled()).count())
+            .sum()
+    }
+}
+
+fn key(i: usize) -> Key {
+    Key::system(["faults", &i.to_string()])
+}
+
+async fn worker(m: LeaseManager, ledger: Arc<Ledger>, stop: Arc<AtomicBool>, seed: u64) {
+    let mut rng = XorShift::new(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let k = rng.below(KEYS as u64) as usize;
+        let opts = AcquireOptions::new(TTL).wait(Duration::from_secs(1));
+        match m.acquire_lease_with(key(k), opts).await {
+            Ok((lease, ctx)) => {
+                ledger.granted(k, lease.token(), ctx.clone());
+                let hold = rng.millis(Duration::from_millis(50), Duration::from_millis(3000));
+                tokio::select! {
+                    _ = ctx.cancelled() => {}
+                    _ = tokio::time::sleep(hold) => {}
+                }
+                let _ = lease.release().await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits (up to `max`) until `n` more grants happened.
+async fn grants_resume(ledger: &Ledger, n: u64, max: Duration, after: &str) {
+    let from = ledger.grants.load(Ordering::Relaxed);
+    let until = tokio::time::Instant::now() + max;
+    while ledger.grants.load(Ordering::Relaxed) < from + n {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no {n} grants within {max:?} after {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The cluster's leader, waiting for one to be elected.
+async fn leader(cluster: &EtcdCluster) -> usize {
+    for _ in 0..200 {
+        if let Some(l) = cluster.leader() {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no etcd leader within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_stay_exclusive_through_leader_loss_a_stopped_member_and_a_full_restart() {
+    faults(false).await;
+}
+
+/// The same with the leader frozen instead of a follower: fails on etcd 3.4.23 (see the
+/// module docs). Run it with `--ignored` against a fixed etcd (`LEASES_ETCD_BIN`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "etcd 3.4.23 lets a resumed stale leader revoke live leases (etcd #15247)"]
+async fn a_frozen_leader_revokes_leases_on_old_etcd() {
+    faults(true).await;
+}
+
+async fn faults(freeze_leader: bool) {
+    let mut cluster = EtcdCluster::start(3);
+    let options = EtcdOptions::new(cluster.endpoints())
+        .prefix("/leases-faults")
+        .request_timeout(Duration::from_secs(1));
+    let ledger = Arc::new(Ledger::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut managers = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..MANAGERS {
+        let m = LeaseManager::builder()
+            .min_ttl(TTL)
+            .etcd(options.clone())
+            .start()
+            .await
+            .unwrap();
+        for w in 0..WORKERS {
+            let seed = (i * WORKERS + w) as u64;
+            tasks.push(tokio::spawn(worker(
+                m.clone(),
+                ledger.clone(),
+                stop.clone(),
+                seed,
+            )));
+        }
+        managers.push(m);
+    }
+    grants_resume(&ledger, 20, Duration::from_secs(20), "the start").await;
+
+    // 1. The leader crashes; the others elect a new one and serve on.
+    let l = leader(&cluster).await;
+    *ledger.phase.lock().unwrap() = "leader killed";
+    eprintln!("SIGKILL of the leader, member {l}");
+    cluster.kill(l);
+    grants_resume(&ledger, 10, Duration::from_secs(15), "killing the leader").await;
+    cluster.restart(l);
+    cluster.wait_healthy(Duration::from_secs(30));
+    grants_resume(
+        &ledger,
+        10,
+        Duration::from_secs(15),
+        "restarting the member",
+    )
+    .await;
+
+    // 2. A member freezes past the election timeout (500 ms): it holds its connections
+    // but answers nothing, so ours to it hang and are given up on (the leader, in the
+    // ignored variant: the others elect another).
+    let leading = leader(&cluster).await;
+    let l = if freeze_leader {
+        leading
+    } else {
+        (leading + 1) % cluster.len()
+    };
+    *ledger.phase.lock().unwrap() = "member stopped";
+    eprintln!("SIGSTOP of member {l} (the leader is {leading}) for 1.5 s");
+    cluster.pause(l);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    grants_resume(&ledger, 5, Duration::from_secs(15), "stopping a member").await;
+    cluster.resume(l);
+    *ledger.phase.lock().unwrap() = "member resumed";
+    cluster.wait_healthy(Duration::from_secs(30));
+    grants_resume(&ledger, 10, Duration::from_secs(15), "resuming the member").await;
+
+    // 3. The whole cluster goes down: every holder must be told within a TTL.
+    *ledger.phase.lock().unwrap() = "cluster killed";
+    eprintln!("SIGKILL of every member");
+    cluster.kill_all();
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+    assert_eq!(
+        ledger.live_holders(),
+        0,
+        "holders still live a TTL after the cluster went down"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    *ledger.phase.lock().unwrap() = "cluster restarted";
+    eprintln!("restarting every member");
+    cluster.restart_all();
+    // The same managers serve again once a quorum is back.
+    grants_resume(
+        &ledger,
+        20,
+        Duration::from_secs(30),
+        "restarting the cluster",
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("a worker stops")
+            .unwrap();
+    }
+    for m in &managers {
+        m.shutdown().await;
+    }
+    let violations = ledger.violations.lock().unwrap().clone();
+    eprintln!(
+        "{} grants, {} violations",
+        ledger.grants.load(Ordering::Relaxed),
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes on one machine.
+fn mono_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+/// The holder process of [`a_killed_holder_process_is_taken_over_only_after_its_deadline`]:
+/// a no-op unless started by it (with `LEASES_ETCD_HOLDER` set to the endpoints). It
+/// acquires the key, then prints its token and its local deadline (on CLOCK_MONOTONIC)
+/// every 50 ms until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_process() {
+    let Ok(endpoints) = std::env::var("LEASES_ETCD_HOLDER") else {
+        return;
+    };
+    let options = EtcdOptions::new(endpoints.split(','))
+        .prefix("/leases-holders")
+        .request_timeout(Duration::from_secs(1));
+    let m = LeaseManager::builder()
+        .min_ttl(TTL)
+        .etcd(options)
+        .start()
+        .await
+        .unwrap();
+    let opts = AcquireOptions::new(TTL).wait(Duration::from_secs(30));
+    let (lease, ctx) = m.acquire_lease_with(key(0), opts).await.unwrap();
+    use std::io::Write;
+    loop {
+        if !ctx.is_cancelled() {
+            let left = ctx
+                .deadline()
+                .unwrap()
+                .saturating_duration_since(std::time::Instant::now());
+            let deadline = mono_ns() + left.as_nanos();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "HOLDER {} {deadline}", lease.token());
+            let _ = out.flush();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A holder in another process is SIGKILLed while it holds the key (three times): the
+/// key is granted here only after the killed holder's last reported local deadline, with
+/// a larger token, and within its TTL plus etcd's sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_process_is_taken_over_only_after_its_deadline() {
+    use std::io::BufRead;
+    if std::env::var("LEASES_ETCD_HOLDER").is_ok() {
+        return;
+    }
+    let cluster = EtcdCluster::start(3);
+    let options = EtcdOptions::new(cluster.endpoints())
+        .prefix("/leases-holders")
+        .request_timeout(Duration::from_secs(1));
+    let m = LeaseManager::builder()
+        .min_ttl(TTL)
+        .etcd(options)
+        .start()
+        .await
+        .unwrap();
+    let mut last_token = 0;
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "holder_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("LEASES_ETCD_HOLDER", cluster.endpoints().join(","))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut parts = line.strip_prefix("HOLDER ").unwrap_or("").split(' ');
+                if let (Some(t), Some(d)) = (parts.next(), parts.next()) {
+                    let _ = tx.send((t.parse::<u64>().unwrap(), d.parse::<u128>().unwrap()));
+                }
+            }
+        });
+        // Let it hold across a few renewals, then kill it.
+        let (token, _) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the holder got the key");
+        assert!(
+            token > last_token,
+            "round {round}: token {token} after {last_token}"
+        );
+        tokio::time::sleep(TTL).await;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let killed_at = mono_ns();
+        let _ = child.wait();
+        reader.join().unwrap();
+        let deadline = rx
+            .try_iter()
+            .last()
+            .map(|(_, d)| d)
+            .expect("deadline reports");
+        assert!(
+            deadline > killed_at,
+            "the holder's lease had ended before the kill"
+        );
+        let opts = AcquireOptions::new(TTL).wait(TTL * 3);
+        let (lease, _ctx) = m.acquire_lease_with(key(0), opts).await.unwrap();
+        let granted_at = mono_ns();
+        assert!(
+            granted_at > deadline,
+            "round {round}: granted {} ms before the killed holder's deadline",
+            (deadline - granted_at) / 1_000_000
+        );
+        let late = Duration::from_nanos((granted_at - killed_at) as u64);
+        // Bounded: the etcd lease runs out a TTL after the last keep-alive, etcd's
+        // sweep (every 500 ms) revokes it, the watch wakes us; slack for a loaded machine.
+        assert!(
+            late < TTL + Duration::from_millis(2500),
+            "free only {late:?} after the kill"
+        );
+        assert!(lease.token() > token);
+        last_token = lease.token();
+        eprintln!(
+            "round {round}: holder {token} killed; granted {} after {late:?}",
+            lease.token()
+        );
+        lease.release().await.unwrap();
+    }
+    m.shutdown().await;
+}
