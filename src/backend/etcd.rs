@@ -5,7 +5,8 @@
 //! `/leases/system/jobs/7`), attached to an *etcd lease* that this backend keeps alive:
 //!
 //! - **Acquire** is one transaction: *if the key's create revision is 0 (it does not
-//!   exist), put it with our etcd lease; else read it*. The key's **create revision is
+//!   exist) and its grant record is as last seen (see below), put both, the key with
+//!   our etcd lease; else read them*. The key's **create revision is
 //!   the fencing token**: etcd's revision counter is cluster-wide, persisted, and only
 //!   grows (across restarts and leader changes too), and a key created later has a
 //!   larger create revision, so every grant of a key has a larger token than the last.
@@ -22,7 +23,8 @@
 //!   read made after its answer sees the same Raft term: etcd 3.4 lets a leader that
 //!   was cut off or frozen, and has not yet noticed, answer keep-alives from a lease
 //!   table that no longer counts (see `keep_alive` in the source).
-//! - **Release** is a transaction *if create revision = token, delete*.
+//! - **Release** is a transaction *if create revision = token, delete the key and its
+//!   grant record*.
 //! - **Revoke** rewrites the value with the revoked flag set (*if mod revision is still
 //!   the one read*, keeping the key's etcd lease); the holder is told `Revoked` at its
 //!   next renewal and gives the key back, and until then the key stays taken.
@@ -61,11 +63,32 @@
 //! keys last longer. A keep-alive answered by a leader that was cut off and has not yet
 //! stepped down is not counted (the Raft term check above).
 //!
-//! **A server defect this backend cannot mend.** In etcd releases without the fix for
-//! etcd issue #15247 (PR #16822; Debian bookworm ships 3.4.23, without it), a leader that
-//! was frozen or stuck past the election timeout proposes, when it resumes, to revoke
-//! the leases its stale table believes expired, and the new leader applies that: keys
-//! can vanish while their holders are live. Use a fixed etcd.
+//! # Keys that vanish early: grant records
+//! In etcd releases without the fix for etcd issue #15247 (PR #16822; Debian bookworm
+//! ships 3.4.23, without it), a leader that was frozen or cut off past the election
+//! timeout, and deposed meanwhile, proposes when it resumes to revoke the leases its
+//! stale table believes expired, and the new leader applies that: keys vanish while
+//! their holders are live, who learn it at their next renewal. So that nobody is
+//! granted such a key before its holder knows, every acquire also writes the key's
+//! *grant record*, `<prefix>\0g<key>`, on no etcd lease (no revoke can take it): the
+//! holder's TTL and the Raft term its etcd lease was granted in (at least: the highest
+//! term this backend had seen before the grant). A release, and the cleanup of keys
+//! nobody holds, delete it with the key.
+//!
+//! An acquire that finds the key gone but its grant record there knows its last holder
+//! never let go. If the cluster's term is now higher than the record's (the leader
+//! changed since that etcd lease was granted: the only way a stale leader can revoke
+//! it), the key is granted only a TTL of the last holder's after this backend first saw
+//! it gone; until then the acquire answers *held*, with that wait as the time left. The
+//! holder's deadline comes first: its last confirmed renewal read the key before it
+//! vanished. Otherwise (no leader change) the key is granted at once: it vanished
+//! because etcd expired its etcd lease, after the holder's deadline.
+//!
+//! What it costs: after a leader change, a key freed by etcd *expiring* a dead holder's
+//! etcd lease is granted up to a TTL later than otherwise (Kubernetes' leader election
+//! always waits so: a lease duration after it last saw the record change). A released
+//! key never waits. The grant record of a key whose last holder died stays in etcd (25
+//! bytes) until the key is next acquired and released.
 //!
 //! # Keys nobody holds
 //! A key must not ride on a group's etcd lease after its holder's context ended: the
@@ -93,8 +116,9 @@
 //!    longer-lived etcd lease (its keys are all live holders or are deleted at the next
 //!    keep-alive), possibly some stale keys deleted. The next renewal sends another.
 //! 4. *The acquire transaction*: possibly a *phantom grant* nobody holds. The backend
-//!    remembered the acquire (with its nonce) before sending it, so the key is deleted
-//!    before the group's next keep-alive after one TTL, or vanishes with the etcd lease.
+//!    remembered the acquire (with its nonce) before sending it, so the key (and its
+//!    grant record) is deleted before the group's next keep-alive after one TTL, or
+//!    vanishes with the etcd lease (the grant record then stays, see above).
 //! 5. *Reading the key* (renew, info, revoke, list, free keys) and *the etcd lease's
 //!    time left*: nothing.
 //! 6. *The release transaction*: possibly released; if not, the key is deleted by the
@@ -299,6 +323,12 @@ struct Inner {
     held: Mutex<HashMap<Vec<u8>, Vec<Held>>>,
     instance: u64,
     acquires: AtomicU64,
+    /// The highest Raft term any answer carried.
+    max_term: AtomicU64,
+    /// Keys found gone without a release after a leader change, by (etcd key, mod
+    /// revision of their grant record): when they may be granted (a TTL after this
+    /// backend first saw them gone).
+    quarantine: Mutex<HashMap<(Vec<u8>, i64), Instant>>,
 }
 
 /// A group: one etcd lease carrying every key acquired here with one TTL. The async
@@ -314,6 +344,9 @@ struct Group {
     etcd_ttl: Duration,
     /// When the last confirmed grant or keep-alive of the etcd lease was *sent*.
     confirmed: Instant,
+    /// The highest Raft term seen before the grant was sent: the etcd lease was granted
+    /// in this term or a later one.
+    term: u64,
 }
 
 impl Group {
@@ -374,6 +407,32 @@ fn decode(v: &[u8]) -> Option<Value> {
         nonce,
         metadata: v[VALUE_HEADER..].to_vec(),
     })
+}
+
+/// The value of a grant record: `1` (format version), the holder's TTL in nanoseconds,
+/// the Raft term its etcd lease was granted in (at least), and that etcd lease's ID (all
+/// big-endian).
+fn encode_record(ttl: Duration, term: u64, lease: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(25);
+    v.push(1);
+    v.extend_from_slice(
+        &u64::try_from(ttl.as_nanos())
+            .unwrap_or(u64::MAX)
+            .to_be_bytes(),
+    );
+    v.extend_from_slice(&term.to_be_bytes());
+    v.extend_from_slice(&lease.to_be_bytes());
+    v
+}
+
+/// A grant record's holder TTL and etcd-lease term; `None` for a value this version did
+/// not write.
+fn decode_record(v: &[u8]) -> Option<(Duration, u64)> {
+    if v.len() != 25 || v[0] != 1 {
+        return None;
+    }
+    let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
+    Some((Duration::from_nanos(u64_at(1)), u64_at(9)))
 }
 
 /// The first key after every key starting with `prefix` (etcd's range end).
@@ -479,12 +538,21 @@ fn delete_op(key: &[u8]) -> pb::RequestOp {
     ))
 }
 
-/// The first key-value of the first range answer of a transaction.
-fn txn_kv(resp: &pb::TxnResponse) -> Option<&pb::KeyValue> {
-    resp.responses.iter().find_map(|r| match &r.response {
+fn compare_mod(key: &[u8], revision: i64) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Mod as i32,
+        key: key.to_vec(),
+        target_union: Some(pb::compare::TargetUnion::ModRevision(revision)),
+    }
+}
+
+/// The key-value of the `i`-th answer of a transaction, if it is a range that found one.
+fn range_kv(resp: &pb::TxnResponse, i: usize) -> Option<&pb::KeyValue> {
+    match &resp.responses.get(i)?.response {
         Some(pb::response_op::Response::ResponseRange(range)) => range.kvs.first(),
         _ => None,
-    })
+    }
 }
 
 fn token_of(kv: &pb::KeyValue) -> u64 {
@@ -507,6 +575,69 @@ impl Inner {
         let mut k = self.prefix.clone();
         k.extend_from_slice(key.to_string().as_bytes());
         k
+    }
+
+    /// The grant record of a lease key: `<prefix>\0g<key>`, outside the range of lease
+    /// keys (`<prefix>/…`) that `list` and the watch cover.
+    fn record_key(&self, etcd_key: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(b"\0g");
+        k.extend_from_slice(etcd_key.get(self.prefix.len()..).unwrap_or_default());
+        k
+    }
+
+    /// Notes the Raft term of an answer; the highest term seen so far.
+    fn saw(&self, header: Option<&pb::ResponseHeader>) -> u64 {
+        let term = header.map(|h| h.raft_term).unwrap_or(0);
+        self.max_term.fetch_max(term, Ordering::Relaxed).max(term)
+    }
+
+    /// For a key found gone while its grant record `f` is still there (its last holder
+    /// never released it): `None` if it may be granted now, else how long to wait.
+    ///
+    /// A key vanishes without a release when its etcd lease ends: normally etcd expiring
+    /// it, after its holder's deadline. But an etcd without the fix for etcd issue
+    /// #15247 lets a leader that was frozen or cut off, and deposed meanwhile, revoke
+    /// leases early when it resumes, and the key's holder may still be live: until at
+    /// most its TTL after the key vanished (its last confirmed renewal started before
+    /// that). Such a leader can only revoke etcd leases granted before the leader change,
+    /// so when the cluster's term is now higher than the term the holder's etcd lease
+    /// was granted in, the key is granted a holder's TTL after this backend first saw it
+    /// gone, not before (as Kubernetes' leader election waits a lease duration after it
+    /// last saw the record change).
+    fn wait_for_record(
+        &self,
+        ek: &[u8],
+        f: &pb::KeyValue,
+        ttl: Duration,
+        term_now: u64,
+        seen_at: Instant,
+    ) -> Option<Duration> {
+        let (held_ttl, granted_term) = decode_record(&f.value).unwrap_or((ttl, 0));
+        if granted_term != 0 && granted_term >= term_now {
+            return None;
+        }
+        let now = Instant::now();
+        let mut quarantine = crate::sync::lock(&self.quarantine);
+        // Forget keys whose wait ended long ago (each entry holds its end).
+        quarantine.retain(|_, ready| now < *ready + Duration::from_secs(60));
+        let ready = *quarantine
+            .entry((ek.to_vec(), f.mod_revision))
+            .or_insert_with(|| {
+                seen_at
+                    .checked_add(held_ttl)
+                    .or_else(|| seen_at.checked_add(ttl))
+                    .unwrap_or(seen_at)
+            });
+        if now >= ready {
+            return None;
+        }
+        tracing::debug!(
+            key = %String::from_utf8_lossy(ek),
+            wait = ?(ready - now),
+            "key gone without a release after a leader change: waiting out its last holder's TTL"
+        );
+        Some(ready - now)
     }
 
     fn key_of(&self, etcd_key: &[u8]) -> Option<Key> {
@@ -626,16 +757,19 @@ impl Inner {
         what: &str,
         req: pb::RangeRequest,
     ) -> Result<pb::RangeResponse, BackendError> {
-        self.call(what, |ch, token| {
-            let req = req.clone();
-            async move {
-                Ok(KvClient::new(ch)
-                    .range(request(req, &token))
-                    .await?
-                    .into_inner())
-            }
-        })
-        .await
+        let resp: pb::RangeResponse = self
+            .call(what, |ch, token| {
+                let req = req.clone();
+                async move {
+                    Ok(KvClient::new(ch)
+                        .range(request(req, &token))
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
+        self.saw(resp.header.as_ref());
+        Ok(resp)
     }
 
     async fn get(&self, what: &str, key: &[u8]) -> Result<Option<pb::KeyValue>, BackendError> {
@@ -663,7 +797,11 @@ impl Inner {
             let req = req.clone();
             async move {
                 match KvClient::new(ch).txn(request(req, &token)).await {
-                    Ok(resp) => Ok(Ok(resp.into_inner())),
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        self.saw(resp.header.as_ref());
+                        Ok(Ok(resp))
+                    }
                     Err(status) if is_lease_not_found(&status) => Ok(Err(status)),
                     Err(status) => Err(status),
                 }
@@ -717,11 +855,24 @@ impl Inner {
                 .await?
                 .into_inner();
             match inbound.message().await? {
-                Some(resp) => Ok((resp.ttl, resp.header.map(|h| h.raft_term).unwrap_or(0))),
+                Some(resp) => {
+                    self.saw(resp.header.as_ref());
+                    Ok((resp.ttl, resp.header.map(|h| h.raft_term).unwrap_or(0)))
+                }
                 None => Err(tonic::Status::unavailable("the keep-alive stream ended")),
             }
         })
         .await
+    }
+
+    /// A linearizable read of the prefix key alone (a quorum must answer).
+    async fn check_read(&self) -> Result<(), BackendError> {
+        let req = pb::RangeRequest {
+            key: self.prefix.clone(),
+            count_only: true,
+            ..Default::default()
+        };
+        self.range("check", req).await.map(drop)
     }
 
     /// Time left on an etcd lease in whole seconds (rounded down); -1 when it is gone.
@@ -742,6 +893,12 @@ impl Inner {
     /// Grants a group's etcd lease.
     async fn grant(&self, ttl: Duration) -> Result<Group, BackendError> {
         let secs = etcd_ttl_secs(ttl);
+        if self.max_term.load(Ordering::Relaxed) == 0 {
+            // Learn the cluster's term first: a group granted in an unknown term would
+            // make every key on it look older than any leader change.
+            self.check_read().await?;
+        }
+        let term = self.max_term.load(Ordering::Relaxed);
         let sent = Instant::now();
         let resp = self
             .call("lease grant", |ch, token| async move {
@@ -764,6 +921,7 @@ impl Inner {
             id: resp.id,
             etcd_ttl: Duration::from_secs(u64::try_from(resp.ttl).unwrap_or(0)),
             confirmed: sent,
+            term,
         })
     }
 
@@ -800,9 +958,10 @@ impl Inner {
             return Ok(());
         };
         if decode(&kv.value).is_some_and(|v| &v.nonce == nonce) {
+            // Nobody holds it: its grant record goes with it.
             let req = pb::TxnRequest {
                 compare: vec![compare_create(key, kv.create_revision)],
-                success: vec![delete_op(key)],
+                success: vec![delete_op(key), delete_op(&self.record_key(key))],
                 failure: vec![],
             };
             self.txn("cleanup delete", req).await?;
@@ -813,17 +972,17 @@ impl Inner {
 
     /// The group's etcd lease for an acquire started at `start`, granted or kept alive
     /// so that it lives until `start + ttl`.
-    async fn group_for(&self, ttl: Duration, start: Instant) -> Result<i64, BackendError> {
+    async fn group_for(&self, ttl: Duration, start: Instant) -> Result<Group, BackendError> {
         let slot = self.slot(ttl);
         let mut state = slot.state.lock().await;
         if let Some(group) = state.as_mut() {
             if group.covers(start, ttl) {
-                return Ok(group.id);
+                return Ok(*group);
             }
             let mut g = *group;
             if self.keep_group_alive(&mut g).await? && g.covers(start, ttl) {
                 *group = g;
-                return Ok(g.id);
+                return Ok(g);
             }
             let dead = group.id;
             *state = None;
@@ -831,7 +990,7 @@ impl Inner {
         }
         let group = self.grant(ttl).await?;
         *state = Some(group);
-        Ok(group.id)
+        Ok(group)
     }
 
     /// Drops the group whose etcd lease is `id` (it is gone).
@@ -1007,6 +1166,10 @@ async fn watch(inner: Arc<Inner>, frees: broadcast::Sender<Freed>) {
         let result: Result<(), String> = ended.await;
         if let Err(error) = result {
             tracing::debug!(endpoint = %inner.endpoints[i], %error, "etcd watch ended; reconnecting");
+            if error.contains("invalid auth token") {
+                // Authenticate again on the next connection.
+                *crate::sync::lock(&inner.auth_token) = None;
+            }
         }
         let _ = inner.current.compare_exchange(
             i,
@@ -1103,6 +1266,8 @@ impl EtcdBackend {
                 held: Mutex::new(HashMap::new()),
                 instance,
                 acquires: AtomicU64::new(0),
+                max_term: AtomicU64::new(0),
+                quarantine: Mutex::new(HashMap::new()),
             }),
             frees: broadcast::channel(FREES_CAPACITY).0,
             watcher: OnceLock::new(),
@@ -1132,9 +1297,13 @@ impl Backend for EtcdBackend {
         let ek = inner.etcd_key(key);
         let nonce = inner.nonce();
         let value = encode(false, ttl, SystemTime::now(), &nonce, metadata);
+        let record = inner.record_key(&ek);
+        // The grant record's mod revision the transaction expects (0: none).
+        let mut record_seen = 0;
         let mut lease_retries = 0;
         loop {
-            let lease = inner.group_for(ttl, start).await?;
+            let group = inner.group_for(ttl, start).await?;
+            let lease = group.id;
             // Remembered before the transaction is sent: if its answer is lost (or this
             // future dropped), the key is deleted before the group's next keep-alive
             // after one TTL.
@@ -1153,12 +1322,21 @@ impl Backend for EtcdBackend {
                 lease,
                 ignore_lease: false,
             }));
+            let put_record = op(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: record.clone(),
+                value: encode_record(ttl, group.term, lease),
+                lease: 0,
+                ignore_lease: false,
+            }));
             let req = pb::TxnRequest {
-                compare: vec![compare_create(&ek, 0)],
-                success: vec![put],
-                failure: vec![op(pb::request_op::Request::RequestRange(range_req(
-                    ek.clone(),
-                )))],
+                compare: vec![compare_create(&ek, 0), compare_mod(&record, record_seen)],
+                success: vec![put, put_record],
+                failure: vec![
+                    op(pb::request_op::Request::RequestRange(range_req(ek.clone()))),
+                    op(pb::request_op::Request::RequestRange(range_req(
+                        record.clone(),
+                    ))),
+                ],
             };
             let resp = match inner.txn_status("acquire", req).await? {
                 Ok(resp) => resp,
@@ -1188,10 +1366,23 @@ impl Backend for EtcdBackend {
                 inner.update_held(&ek, &nonce, |h| h.token = Some(token));
                 return Ok(AcquireOutcome::Granted { token });
             }
-            let Some(kv) = txn_kv(&resp).cloned() else {
-                // Deleted between the compare and the read: try again.
+            let seen_at = Instant::now();
+            let term_now = inner.saw(resp.header.as_ref());
+            let Some(kv) = range_kv(&resp, 0).cloned() else {
                 inner.forget(&ek, |h| h.nonce == nonce);
-                continue;
+                // The key is gone; its grant record is not what we expected.
+                let Some(f) = range_kv(&resp, 1) else {
+                    // Deleted between the compare and the read: try again.
+                    record_seen = 0;
+                    continue;
+                };
+                match inner.wait_for_record(&ek, f, ttl, term_now, seen_at) {
+                    None => {
+                        record_seen = f.mod_revision;
+                        continue;
+                    }
+                    Some(left) => return Ok(AcquireOutcome::Held { expires_in: left }),
+                }
             };
             let current = decode(&kv.value);
             if current.as_ref().is_some_and(|v| v.nonce == nonce) {
@@ -1283,9 +1474,10 @@ impl Backend for EtcdBackend {
         let Ok(revision) = i64::try_from(token) else {
             return Ok(false);
         };
+        // A release ends the holder knowingly: the grant record goes with the key.
         let req = pb::TxnRequest {
             compare: vec![compare_create(&ek, revision)],
-            success: vec![delete_op(&ek)],
+            success: vec![delete_op(&ek), delete_op(&inner.record_key(&ek))],
             failure: vec![],
         };
         let resp = inner.txn("release", req).await?;
@@ -1308,12 +1500,7 @@ impl Backend for EtcdBackend {
             }
             let value = encode(true, v.ttl, v.acquired_at, &v.nonce, &v.metadata);
             let req = pb::TxnRequest {
-                compare: vec![pb::Compare {
-                    result: pb::compare::CompareResult::Equal as i32,
-                    target: pb::compare::CompareTarget::Mod as i32,
-                    key: ek.clone(),
-                    target_union: Some(pb::compare::TargetUnion::ModRevision(kv.mod_revision)),
-                }],
+                compare: vec![compare_mod(&ek, kv.mod_revision)],
                 success: vec![op(pb::request_op::Request::RequestPut(pb::PutRequest {
                     key: ek.clone(),
                     value,
@@ -1416,13 +1603,7 @@ impl Backend for EtcdBackend {
     /// A linearizable read of the prefix (a quorum must answer), within the request
     /// timeout.
     async fn check(&self) -> Result<(), BackendError> {
-        let inner = &self.inner;
-        let req = pb::RangeRequest {
-            key: inner.prefix.clone(),
-            count_only: true,
-            ..Default::default()
-        };
-        inner.range("check", req).await.map(drop)
+        self.inner.check_read().await
     }
 
     fn subscribe_freed(&self) -> FreedKeys {
@@ -1473,12 +1654,24 @@ mod tests {
     }
 
     #[test]
+    fn grant_records_round_trip_and_sort_before_the_lease_keys() {
+        let ttl = Duration::from_millis(2500);
+        assert_eq!(decode_record(&encode_record(ttl, 7, 42)), Some((ttl, 7)));
+        assert_eq!(decode_record(b"not a record"), None);
+        // `<prefix>\0g…` is outside `<prefix>/…`, which list and the watch cover.
+        let lease_keys = b"/leases/".to_vec();
+        let record = b"/leases\0g/system/x".to_vec();
+        assert!(record < lease_keys || record >= prefix_end(&lease_keys));
+    }
+
+    #[test]
     fn groups_cover_only_what_was_confirmed() {
         let now = Instant::now();
         let g = Group {
             id: 1,
             etcd_ttl: Duration::from_secs(2),
             confirmed: now,
+            term: 1,
         };
         assert!(g.covers(now, Duration::from_secs(2)));
         assert!(!g.covers(now + Duration::from_millis(1), Duration::from_secs(2)));

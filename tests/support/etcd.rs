@@ -91,21 +91,29 @@ pub struct EtcdCluster {
     token: String,
     /// Server certificate and key files: clients must use TLS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// More command-line arguments for every member.
+    extra: Vec<String>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until all are healthy.
     pub fn start(n: usize) -> EtcdCluster {
-        EtcdCluster::start_with(n, None)
+        EtcdCluster::start_with(n, None, &[])
+    }
+
+    /// Starts `n` members with these extra command-line arguments.
+    #[allow(dead_code)]
+    pub fn start_args(n: usize, extra: &[&str]) -> EtcdCluster {
+        EtcdCluster::start_with(n, None, extra)
     }
 
     /// Starts `n` members that serve clients over TLS only, with this certificate and
     /// key (PEM), and waits until their client ports accept connections.
     pub fn start_tls(n: usize, cert_pem: &str, key_pem: &str) -> EtcdCluster {
-        EtcdCluster::start_with(n, Some((cert_pem, key_pem)))
+        EtcdCluster::start_with(n, Some((cert_pem, key_pem)), &[])
     }
 
-    fn start_with(n: usize, tls: Option<(&str, &str)>) -> EtcdCluster {
+    fn start_with(n: usize, tls: Option<(&str, &str)>, extra: &[&str]) -> EtcdCluster {
         let bin = etcd_bin();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -133,6 +141,7 @@ impl EtcdCluster {
             members,
             token: format!("leases-{}-{stamp}", std::process::id()),
             tls,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         static HOOK: OnceLock<()> = OnceLock::new();
         HOOK.get_or_init(|| {
@@ -184,6 +193,7 @@ impl EtcdCluster {
             // Elections within half a second; the smallest etcd lease is then 1 s.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
