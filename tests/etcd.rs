@@ -251,6 +251,127 @@ async fn user_and_password() {
     }
 }
 
+/// etcd's simple auth tokens expire when unused for `--auth-token-ttl` (here 1 s, so
+/// every renewal finds its token refused). A manager re-authenticates: its renewals go
+/// on across a member restart (the holder is not lost), and its watch comes back with a
+/// fresh token, so a waiter is woken by the release, not by the holder's TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_auth_token_is_replaced_for_renewals_and_the_watch() {
+    let mut cluster = support::etcd::EtcdCluster::start_args(1, &["--auth-token-ttl", "1"]);
+    let port = cluster.client_ports()[0];
+    for (path, body) in [
+        ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        let answer = support::etcd::http(port, "POST", path, body).unwrap_or_default();
+        assert!(!answer.contains("\"error\""), "{path}: {answer}");
+    }
+    let endpoint = cluster.endpoints()[0].clone();
+    let token = auth_token(&endpoint).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refused = range_with_token(&endpoint, &token).await;
+    assert!(
+        refused.is_err_and(|s| s.message().contains("invalid auth token")),
+        "precondition: a token unused for 2 s is refused"
+    );
+
+    let options = EtcdOptions::new(cluster.endpoints())
+        .request_timeout(Duration::from_secs(2))
+        .prefix("/auth-expiry")
+        .user("root", "pw");
+    // Renewals every TTL/3 (about 7 s): each one finds its token expired.
+    let ttl = Duration::from_secs(20);
+    let manager = || async {
+        LeaseManager::builder()
+            .etcd(options.clone())
+            .start()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (manager().await, manager().await);
+    let key = Key::system(["auth", "expiry"]);
+    let (lease, ctx) = a
+        .acquire_lease_with(key.clone(), leases::AcquireOptions::new(ttl))
+        .await
+        .unwrap();
+    // A waiter, whose backend watches with its first token (expired in a second).
+    let waiter = tokio::spawn({
+        let key = key.clone();
+        async move {
+            let opts = leases::AcquireOptions::new(ttl).wait(ttl * 3);
+            b.acquire_lease_with(key, opts).await.map(|(l, _)| l)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The restart ends the watch: it must reconnect, and its token has expired.
+    cluster.kill(0);
+    cluster.restart(0);
+    cluster.wait_healthy(Duration::from_secs(30));
+    tokio::time::sleep(ttl / 2).await;
+    assert!(
+        !ctx.is_cancelled(),
+        "the holder was lost over a refused token"
+    );
+    let info = a
+        .lease_info(&key)
+        .await
+        .expect("info with a fresh token")
+        .expect("still held");
+    assert_eq!(info.token, lease.token());
+
+    let released_at = Instant::now();
+    lease.release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .expect("the waiter is woken by the release, not by the TTL")
+        .unwrap()
+        .unwrap();
+    assert!(got.token() > info.token);
+    eprintln!(
+        "waiter granted {:?} after the release",
+        released_at.elapsed()
+    );
+    a.shutdown().await;
+}
+
+async fn auth_token(endpoint: &str) -> String {
+    use leases::backend::etcd_wire as pb;
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::auth_client::AuthClient::new(channel)
+        .authenticate(pb::AuthenticateRequest {
+            name: "root".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+async fn range_with_token(endpoint: &str, token: &str) -> Result<(), tonic::Status> {
+    use leases::backend::etcd_wire as pb;
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(pb::RangeRequest {
+        key: b"/auth-expiry".to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("token", token.parse().unwrap());
+    pb::kv_client::KvClient::new(channel)
+        .range(req)
+        .await
+        .map(drop)
+}
+
 /// A cluster that serves clients over TLS only: the backend verifies the members'
 /// certificate against the CA it is given, and refuses one from another CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
