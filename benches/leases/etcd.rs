@@ -1,6 +1,7 @@
 //! The etcd backend on a throwaway 3-member cluster (127.0.0.1): pairs/s with 1 and 8
-//! clients and acquire latency, beside (e), the backend's two transactions (create if
-//! absent on a pre-granted etcd lease; delete if the create revision is the token) sent
+//! clients and acquire latency, beside (e), the backend's two transactions (create the
+//! key on a pre-granted etcd lease and its grant record if both are absent; delete both
+//! if the create revision is the token) sent
 //! with the bare gRPC client, no actors: the floor of the etcd backend. Then the renewal
 //! traffic per held lease, counted by the members themselves (`/metrics`: gRPC messages
 //! received, by method), for a whole-second TTL and for one just under it (whose etcd
@@ -56,6 +57,13 @@ impl RawEtcd {
     }
 }
 
+/// Where the backend keeps a key's grant record: beside the lease keys, not under them.
+fn grant_record(key: &[u8]) -> Vec<u8> {
+    let mut r = b"/bench-raw\0g".to_vec();
+    r.extend_from_slice(&key[b"/bench-raw".len()..]);
+    r
+}
+
 fn compare_create(key: &[u8], revision: i64) -> pb::Compare {
     pb::Compare {
         result: pb::compare::CompareResult::Equal as i32,
@@ -79,9 +87,19 @@ impl Subject for RawEtcd {
                 ignore_lease: false,
             })),
         };
-        let get = pb::RequestOp {
+        let record = grant_record(&k);
+        let put_record = pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: record.clone(),
+                // The size of the backend's grant record.
+                value: vec![0; 25],
+                lease: 0,
+                ignore_lease: false,
+            })),
+        };
+        let get = |key: &[u8]| pb::RequestOp {
             request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
-                key: k.clone(),
+                key: key.to_vec(),
                 ..Default::default()
             })),
         };
@@ -89,9 +107,9 @@ impl Subject for RawEtcd {
             .kv
             .clone()
             .txn(pb::TxnRequest {
-                compare: vec![compare_create(&k, 0)],
-                success: vec![put],
-                failure: vec![get],
+                compare: vec![compare_create(&k, 0), compare_create(&record, 0)],
+                success: vec![put, put_record],
+                failure: vec![get(&k), get(&record)],
             })
             .await
             .unwrap()
@@ -100,10 +118,10 @@ impl Subject for RawEtcd {
             .then(|| (k, resp.header.map(|h| h.revision).unwrap_or(0)))
     }
     async fn release(&self, (k, token): Self::Held) {
-        let delete = pb::RequestOp {
+        let delete = |key: Vec<u8>| pb::RequestOp {
             request: Some(pb::request_op::Request::RequestDeleteRange(
                 pb::DeleteRangeRequest {
-                    key: k.clone(),
+                    key,
                     range_end: Vec::new(),
                 },
             )),
@@ -112,7 +130,7 @@ impl Subject for RawEtcd {
             .clone()
             .txn(pb::TxnRequest {
                 compare: vec![compare_create(&k, token)],
-                success: vec![delete],
+                success: vec![delete(grant_record(&k)), delete(k.clone())],
                 failure: vec![],
             })
             .await
