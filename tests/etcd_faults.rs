@@ -298,8 +298,13 @@ async fn a_lease_revoked_early_after_a_leader_change_is_granted_only_after_its_h
             .unwrap()
     };
     let (a, b) = (manager().await, manager().await);
-    for round in 0..2 {
-        let k = key(round);
+    // Two rounds in which the holder rode out the leader change (on a loaded machine
+    // the election can outlast its renewals; then that try does not count).
+    let (mut round, mut tries) = (0, 0);
+    while round < 2 {
+        tries += 1;
+        assert!(tries <= 6, "the holder never rode out a leader change");
+        let k = key(tries);
         let (lease_a, ctx_a) = a
             .acquire_lease_with(k.clone(), AcquireOptions::new(ttl))
             .await
@@ -313,10 +318,11 @@ async fn a_lease_revoked_early_after_a_leader_change_is_granted_only_after_its_h
         cluster.restart(l);
         cluster.wait_healthy(Duration::from_secs(30));
         tokio::time::sleep(ttl / 2).await;
-        assert!(
-            !ctx_a.is_cancelled(),
-            "precondition: the holder rode out the leader change"
-        );
+        if ctx_a.is_cancelled() {
+            eprintln!("round {round}: the holder was lost in the election; again");
+            let _ = lease_a.release().await;
+            continue;
+        }
 
         // Revoke the holder's etcd lease behind its back.
         let running = (l + 1) % cluster.len();
@@ -360,6 +366,7 @@ async fn a_lease_revoked_early_after_a_leader_change_is_granted_only_after_its_h
         eprintln!("round {round}: granted {late:?} after the revoke");
         lease_b.release().await.unwrap();
         let _ = lease_a.release().await;
+        round += 1;
     }
     a.shutdown().await;
     b.shutdown().await;
