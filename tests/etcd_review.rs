@@ -73,3 +73,60 @@ async fn an_abandoned_key_is_granted_to_fresh_backends_trying_once_after_a_leade
         gone.elapsed()
     );
 }
+
+/// "A released key never waits" (module docs of `backend/etcd.rs`). A holder's etcd
+/// lease is revoked early after a leader change (what a resumed stale leader does on
+/// etcd 3.4.23, here by hand), and its holder, done with the key, releases it before
+/// its next renewal: the release finds the key gone and used to leave its grant record
+/// behind, so the next acquirer waited out a whole TTL for a holder that had knowingly
+/// let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_released_by_its_holder_after_an_early_revoke_is_free_at_once() {
+    use leases::backend::etcd_wire as pb;
+    let ttl = Duration::from_secs(10);
+    let mut cluster = EtcdCluster::start(1);
+    let options = EtcdOptions::new(cluster.endpoints())
+        .prefix("/review-release")
+        .request_timeout(Duration::from_secs(2));
+    let key = Key::system(["review", "release"]);
+    let holder = EtcdBackend::connect(options.clone()).await.unwrap();
+    let AcquireOutcome::Granted { token } = holder.acquire(&key, ttl, b"").await.unwrap() else {
+        panic!("the key is free");
+    };
+
+    // A leader change, then the holder's etcd lease is revoked early.
+    cluster.kill(0);
+    cluster.restart(0);
+    cluster.wait_healthy(Duration::from_secs(30));
+    let channel = tonic::transport::Endpoint::from_shared(cluster.endpoints()[0].clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let kv = pb::kv_client::KvClient::new(channel.clone())
+        .range(pb::RangeRequest {
+            key: format!("/review-release{key}").into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .pop()
+        .expect("the holder's key is in etcd");
+    assert_eq!(kv.create_revision as u64, token);
+    pb::lease_client::LeaseClient::new(channel)
+        .lease_revoke(pb::LeaseRevokeRequest { id: kv.lease })
+        .await
+        .unwrap();
+
+    // The holder lets go (the key is already gone: not held any more).
+    assert!(!holder.release(&key, token).await.unwrap());
+
+    let other = EtcdBackend::connect(options.clone()).await.unwrap();
+    let got = other.acquire(&key, ttl, b"").await.unwrap();
+    match got {
+        AcquireOutcome::Granted { token: t } => assert!(t > token),
+        held => panic!("released by its holder, yet: {held:?}"),
+    }
+}
