@@ -24,7 +24,8 @@
 //!   was cut off or frozen, and has not yet noticed, answer keep-alives from a lease
 //!   table that no longer counts (see `keep_alive` in the source).
 //! - **Release** is a transaction *if create revision = token, delete the key and its
-//!   grant record*.
+//!   grant record*; if the key is gone, its grant record is deleted all the same when
+//!   the same acquire wrote it (its mod revision is the token).
 //! - **Revoke** rewrites the value with the revoked flag set (*if mod revision is still
 //!   the one read*, keeping the key's etcd lease); the holder is told `Revoked` at its
 //!   next renewal and gives the key back, and until then the key stays taken.
@@ -1535,12 +1536,25 @@ impl Backend for EtcdBackend {
             return Ok(false);
         };
         // A release ends the holder knowingly: the grant record goes with the key.
+        let record = inner.record_key(&ek);
         let req = pb::TxnRequest {
             compare: vec![compare_create(&ek, revision)],
-            success: vec![delete_op(&ek), delete_op(&inner.record_key(&ek))],
+            success: vec![delete_op(&ek), delete_op(&record)],
             failure: vec![],
         };
         let resp = inner.txn("release", req).await?;
+        if !resp.succeeded {
+            // The key vanished (its etcd lease ended early, say) and nobody took it
+            // since: its grant record, written by the same transaction as the key (so
+            // with the token as its mod revision), goes too, so that nobody waits for
+            // this holder, who has let go.
+            let req = pb::TxnRequest {
+                compare: vec![compare_create(&ek, 0), compare_mod(&record, revision)],
+                success: vec![delete_op(&record)],
+                failure: vec![],
+            };
+            inner.txn("release record", req).await?;
+        }
         inner.forget(&ek, |h| h.token == Some(token));
         Ok(resp.succeeded)
     }
