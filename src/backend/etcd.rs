@@ -24,7 +24,8 @@
 //!   was cut off or frozen, and has not yet noticed, answer keep-alives from a lease
 //!   table that no longer counts (see `keep_alive` in the source).
 //! - **Release** is a transaction *if create revision = token, delete the key and its
-//!   grant record*.
+//!   grant record*; if the key is gone, its grant record is deleted all the same when
+//!   the same acquire wrote it (its mod revision is the token).
 //! - **Revoke** rewrites the value with the revoked flag set (*if mod revision is still
 //!   the one read*, keeping the key's etcd lease); the holder is told `Revoked` at its
 //!   next renewal and gives the key back, and until then the key stays taken.
@@ -78,11 +79,18 @@
 //! An acquire that finds the key gone but its grant record there knows its last holder
 //! never let go. If the cluster's term is now higher than the record's (the leader
 //! changed since that etcd lease was granted: the only way a stale leader can revoke
-//! it), the key is granted only a TTL of the last holder's after this backend first saw
-//! it gone; until then the acquire answers *held*, with that wait as the time left. The
-//! holder's deadline comes first: its last confirmed renewal read the key before it
-//! vanished. Otherwise (no leader change) the key is granted at once: it vanished
-//! because etcd expired its etcd lease, after the holder's deadline.
+//! it), the key is granted only a TTL of the last holder's after it was first seen gone;
+//! until then acquires answer *held*, with that wait as the time left. The wait is kept
+//! in etcd, so that every backend (every process, however late it first looks) sees the
+//! same one: the acquire that first sees the key gone grants, *after* seeing it, an etcd
+//! lease of the holder's TTL that nobody keeps alive, and rewrites the grant record as a
+//! *wait* on it (if the record is still the one it saw). When etcd expires that etcd
+//! lease, the record goes and the key is free. A stale leader cannot end it early: its
+//! table has that etcd lease's true expiry (nobody renewed it elsewhere), and a leader
+//! change only extends etcd leases. The holder's deadline comes first: its last
+//! confirmed renewal read the key before it vanished. Otherwise (no leader change) the
+//! key is granted at once: it vanished because etcd expired its etcd lease, after the
+//! holder's deadline.
 //!
 //! What it costs: after a leader change, a key freed by etcd *expiring* a dead holder's
 //! etcd lease is granted up to a TTL later than otherwise (Kubernetes' leader election
@@ -325,10 +333,6 @@ struct Inner {
     acquires: AtomicU64,
     /// The highest Raft term any answer carried.
     max_term: AtomicU64,
-    /// Keys found gone without a release after a leader change, by (etcd key, mod
-    /// revision of their grant record): when they may be granted (a TTL after this
-    /// backend first saw them gone).
-    quarantine: Mutex<HashMap<(Vec<u8>, i64), Instant>>,
 }
 
 /// A group: one etcd lease carrying every key acquired here with one TTL. The async
@@ -409,12 +413,12 @@ fn decode(v: &[u8]) -> Option<Value> {
     })
 }
 
-/// The value of a grant record: `1` (format version), the holder's TTL in nanoseconds,
-/// the Raft term its etcd lease was granted in (at least), and that etcd lease's ID (all
-/// big-endian).
-fn encode_record(ttl: Duration, term: u64, lease: i64) -> Vec<u8> {
+/// The value of a grant record: `1` (a grant; `2`: a wait, see `Inner::start_wait`),
+/// the holder's TTL in nanoseconds, the Raft term its etcd lease was granted in (at
+/// least), and that etcd lease's ID (all big-endian).
+fn encode_record(kind: u8, ttl: Duration, term: u64, lease: i64) -> Vec<u8> {
     let mut v = Vec::with_capacity(25);
-    v.push(1);
+    v.push(kind);
     v.extend_from_slice(
         &u64::try_from(ttl.as_nanos())
             .unwrap_or(u64::MAX)
@@ -425,14 +429,25 @@ fn encode_record(ttl: Duration, term: u64, lease: i64) -> Vec<u8> {
     v
 }
 
-/// A grant record's holder TTL and etcd-lease term; `None` for a value this version did
-/// not write.
-fn decode_record(v: &[u8]) -> Option<(Duration, u64)> {
-    if v.len() != 25 || v[0] != 1 {
+/// A grant record's kind (1: grant, 2: wait), holder TTL, term and etcd lease ID; `None`
+/// for a value this version did not write.
+fn decode_record(v: &[u8]) -> Option<(u8, Duration, u64, i64)> {
+    if v.len() != 25 || !matches!(v[0], 1 | 2) {
         return None;
     }
     let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
-    Some((Duration::from_nanos(u64_at(1)), u64_at(9)))
+    let lease = i64::from_be_bytes(v[17..25].try_into().unwrap_or([0; 8]));
+    Some((v[0], Duration::from_nanos(u64_at(1)), u64_at(9), lease))
+}
+
+/// What a grant record found with its key gone says.
+enum RecordState {
+    /// The key may be granted now.
+    Free,
+    /// Its last holder may still be live: start the wait (that holder's TTL).
+    Stale(Duration),
+    /// A wait is running: until this etcd lease (of the holder's TTL) ends.
+    Waiting(i64),
 }
 
 /// The first key after every key starting with `prefix` (etcd's range end).
@@ -593,7 +608,7 @@ impl Inner {
     }
 
     /// For a key found gone while its grant record `f` is still there (its last holder
-    /// never released it): `None` if it may be granted now, else how long to wait.
+    /// never released it): may it be granted now, must a wait start, or is one running?
     ///
     /// A key vanishes without a release when its etcd lease ends: normally etcd expiring
     /// it, after its holder's deadline. But an etcd without the fix for etcd issue
@@ -602,42 +617,72 @@ impl Inner {
     /// most its TTL after the key vanished (its last confirmed renewal started before
     /// that). Such a leader can only revoke etcd leases granted before the leader change,
     /// so when the cluster's term is now higher than the term the holder's etcd lease
-    /// was granted in, the key is granted a holder's TTL after this backend first saw it
+    /// was granted in, the key is granted only a holder's TTL after it was first seen
     /// gone, not before (as Kubernetes' leader election waits a lease duration after it
     /// last saw the record change).
-    fn wait_for_record(
+    fn record_state(f: &pb::KeyValue, ttl: Duration, term_now: u64) -> RecordState {
+        match decode_record(&f.value) {
+            Some((2, _, _, wait)) => RecordState::Waiting(wait),
+            Some((_, _, granted_term, _)) if granted_term != 0 && granted_term >= term_now => {
+                RecordState::Free
+            }
+            Some((_, held_ttl, _, _)) => RecordState::Stale(held_ttl),
+            None => RecordState::Stale(ttl),
+        }
+    }
+
+    /// Starts the wait for a key found gone with its stale grant record `f` (see
+    /// [`record_state`](Self::record_state)), in etcd so that every backend (every
+    /// process, however late it looks) sees the same wait: the record is rewritten as a
+    /// *wait* on an etcd lease of the holder's TTL granted now, after the key was seen
+    /// gone, and never kept alive. When etcd expires it the record is gone and the key
+    /// free. Such an etcd lease cannot be revoked early (a stale leader revokes only
+    /// etcd leases kept alive through another leader, whose table it has not seen): its
+    /// leader's expiry is its grant plus its TTL, and a leader change only extends it.
+    async fn start_wait(
         &self,
         ek: &[u8],
+        record: &[u8],
         f: &pb::KeyValue,
-        ttl: Duration,
+        held_ttl: Duration,
         term_now: u64,
-        seen_at: Instant,
-    ) -> Option<Duration> {
-        let (held_ttl, granted_term) = decode_record(&f.value).unwrap_or((ttl, 0));
-        if granted_term != 0 && granted_term >= term_now {
-            return None;
+    ) -> Result<(), BackendError> {
+        let secs = etcd_ttl_secs(held_ttl);
+        let resp = self
+            .call("wait grant", |ch, token| async move {
+                Ok(LeaseClient::new(ch)
+                    .lease_grant(request(pb::LeaseGrantRequest { ttl: secs, id: 0 }, &token))
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        if !resp.error.is_empty() || resp.id == 0 || resp.ttl < secs {
+            return Err(BackendError::new(
+                BackendErrorKind::Failed,
+                format!(
+                    "etcd lease grant of {secs} s (a wait) refused: {} (granted {} s)",
+                    resp.error, resp.ttl
+                ),
+            ));
         }
-        let now = Instant::now();
-        let mut quarantine = crate::sync::lock(&self.quarantine);
-        // Forget keys whose wait ended long ago (each entry holds its end).
-        quarantine.retain(|_, ready| now < *ready + Duration::from_secs(60));
-        let ready = *quarantine
-            .entry((ek.to_vec(), f.mod_revision))
-            .or_insert_with(|| {
-                seen_at
-                    .checked_add(held_ttl)
-                    .or_else(|| seen_at.checked_add(ttl))
-                    .unwrap_or(seen_at)
-            });
-        if now >= ready {
-            return None;
-        }
+        let req = pb::TxnRequest {
+            compare: vec![compare_create(ek, 0), compare_mod(record, f.mod_revision)],
+            success: vec![op(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: record.to_vec(),
+                value: encode_record(2, held_ttl, term_now, resp.id),
+                lease: resp.id,
+                ignore_lease: false,
+            }))],
+            failure: vec![],
+        };
+        // If it failed, someone else changed the record first: the caller looks again.
+        self.txn("wait start", req).await?;
         tracing::debug!(
             key = %String::from_utf8_lossy(ek),
-            wait = ?(ready - now),
+            wait = ?held_ttl,
             "key gone without a release after a leader change: waiting out its last holder's TTL"
         );
-        Some(ready - now)
+        Ok(())
     }
 
     fn key_of(&self, etcd_key: &[u8]) -> Option<Key> {
@@ -1267,7 +1312,6 @@ impl EtcdBackend {
                 instance,
                 acquires: AtomicU64::new(0),
                 max_term: AtomicU64::new(0),
-                quarantine: Mutex::new(HashMap::new()),
             }),
             frees: broadcast::channel(FREES_CAPACITY).0,
             watcher: OnceLock::new(),
@@ -1301,6 +1345,7 @@ impl Backend for EtcdBackend {
         // The grant record's mod revision the transaction expects (0: none).
         let mut record_seen = 0;
         let mut lease_retries = 0;
+        let mut started_wait = false;
         loop {
             let group = inner.group_for(ttl, start).await?;
             let lease = group.id;
@@ -1324,7 +1369,7 @@ impl Backend for EtcdBackend {
             }));
             let put_record = op(pb::request_op::Request::RequestPut(pb::PutRequest {
                 key: record.clone(),
-                value: encode_record(ttl, group.term, lease),
+                value: encode_record(1, ttl, group.term, lease),
                 lease: 0,
                 ignore_lease: false,
             }));
@@ -1366,22 +1411,38 @@ impl Backend for EtcdBackend {
                 inner.update_held(&ek, &nonce, |h| h.token = Some(token));
                 return Ok(AcquireOutcome::Granted { token });
             }
-            let seen_at = Instant::now();
             let term_now = inner.saw(resp.header.as_ref());
             let Some(kv) = range_kv(&resp, 0).cloned() else {
                 inner.forget(&ek, |h| h.nonce == nonce);
                 // The key is gone; its grant record is not what we expected.
-                let Some(f) = range_kv(&resp, 1) else {
+                let Some(f) = range_kv(&resp, 1).cloned() else {
                     // Deleted between the compare and the read: try again.
                     record_seen = 0;
                     continue;
                 };
-                match inner.wait_for_record(&ek, f, ttl, term_now, seen_at) {
-                    None => {
+                match Inner::record_state(&f, ttl, term_now) {
+                    RecordState::Free => {
                         record_seen = f.mod_revision;
                         continue;
                     }
-                    Some(left) => return Ok(AcquireOutcome::Held { expires_in: left }),
+                    RecordState::Stale(held_ttl) => {
+                        if started_wait {
+                            // Our wait lost a race and the record changed again.
+                            return Ok(AcquireOutcome::Held {
+                                expires_in: held_ttl,
+                            });
+                        }
+                        started_wait = true;
+                        inner
+                            .start_wait(&ek, &record, &f, held_ttl, term_now)
+                            .await?;
+                        continue;
+                    }
+                    RecordState::Waiting(wait) => {
+                        let secs = inner.time_to_live(wait).await?;
+                        let left = Duration::from_secs(u64::try_from(secs.max(0)).unwrap_or(0) + 1);
+                        return Ok(AcquireOutcome::Held { expires_in: left });
+                    }
                 }
             };
             let current = decode(&kv.value);
@@ -1475,12 +1536,25 @@ impl Backend for EtcdBackend {
             return Ok(false);
         };
         // A release ends the holder knowingly: the grant record goes with the key.
+        let record = inner.record_key(&ek);
         let req = pb::TxnRequest {
             compare: vec![compare_create(&ek, revision)],
-            success: vec![delete_op(&ek), delete_op(&inner.record_key(&ek))],
+            success: vec![delete_op(&ek), delete_op(&record)],
             failure: vec![],
         };
         let resp = inner.txn("release", req).await?;
+        if !resp.succeeded {
+            // The key vanished (its etcd lease ended early, say) and nobody took it
+            // since: its grant record, written by the same transaction as the key (so
+            // with the token as its mod revision), goes too, so that nobody waits for
+            // this holder, who has let go.
+            let req = pb::TxnRequest {
+                compare: vec![compare_create(&ek, 0), compare_mod(&record, revision)],
+                success: vec![delete_op(&record)],
+                failure: vec![],
+            };
+            inner.txn("release record", req).await?;
+        }
         inner.forget(&ek, |h| h.token == Some(token));
         Ok(resp.succeeded)
     }
@@ -1656,7 +1730,14 @@ mod tests {
     #[test]
     fn grant_records_round_trip_and_sort_before_the_lease_keys() {
         let ttl = Duration::from_millis(2500);
-        assert_eq!(decode_record(&encode_record(ttl, 7, 42)), Some((ttl, 7)));
+        assert_eq!(
+            decode_record(&encode_record(1, ttl, 7, 42)),
+            Some((1, ttl, 7, 42))
+        );
+        assert_eq!(
+            decode_record(&encode_record(2, ttl, 7, -3)),
+            Some((2, ttl, 7, -3))
+        );
         assert_eq!(decode_record(b"not a record"), None);
         // `<prefix>\0g…` is outside `<prefix>/…`, which list and the watch cover.
         let lease_keys = b"/leases/".to_vec();
