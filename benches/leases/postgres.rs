@@ -291,6 +291,8 @@ async fn statements_per_lease(
     let per = (c1 - c0 - 4).max(0) as f64 / held.len() as f64 / minutes;
     m.shutdown().await;
     drop(held);
+    // The manager's handle holds the backend too.
+    drop(m);
     // The shutdown waits a bounded time for its releases; those still running go on
     // in tasks that hold the backend. Wait for them, so that the next row's count is
     // not theirs.
