@@ -158,7 +158,11 @@ pub async fn profile_section(s: &Sizes, kind: Kind, clients: usize) {
         Kind::B => pairs(Arc::new(Table::new(true)), clients, s.secs).await,
         Kind::D => pairs(Arc::new(Bare::start().await), clients, s.secs).await,
     };
-    println!("{}, {clients} clients: {:.0} pairs/s", kind.label(), t.per_sec);
+    println!(
+        "{}, {clients} clients: {:.0} pairs/s",
+        kind.label(),
+        t.per_sec
+    );
 }
 
 /// Median by rate of several runs of one cell.
