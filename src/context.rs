@@ -135,7 +135,14 @@ impl Shared {
 
     /// `true` once the deadline has passed, counting suspended time.
     fn past(&self, deadline: Instant) -> bool {
-        Instant::now() + self.slept() >= deadline
+        self.past_at(deadline, Instant::now(), crate::clock::suspended())
+    }
+
+    /// [`past`](Self::past) with the clocks read by the caller: tokio's `now` and the
+    /// machine's suspended time `suspended` (see `crate::clock`).
+    fn past_at(&self, deadline: Instant, now: Instant, suspended: Duration) -> bool {
+        let base = Duration::from_nanos(self.suspended_base.load(Ordering::Acquire));
+        now + suspended.saturating_sub(base) >= deadline
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -147,10 +154,20 @@ impl Shared {
     /// The reason, ending the context first if its deadline has passed. Once a reader has
     /// seen the deadline pass, the end is recorded, so no later extension can revive it.
     fn reason(&self) -> Option<CancelReason> {
+        self.reason_when(|d| self.past(d))
+    }
+
+    /// [`reason`](Self::reason) with the clocks read by the caller (see
+    /// [`past_at`](Self::past_at)).
+    fn reason_at(&self, now: Instant, suspended: Duration) -> Option<CancelReason> {
+        self.reason_when(|d| self.past_at(d, now, suspended))
+    }
+
+    fn reason_when(&self, past: impl FnOnce(Instant) -> bool) -> Option<CancelReason> {
         if let Some(reason) = self.reason.borrow().clone() {
             return Some(reason);
         }
-        if self.deadline().is_some_and(|d| self.past(d)) {
+        if self.deadline().is_some_and(past) {
             self.cancel(CancelReason::Lost(LossCause::DeadlineExceeded));
             return self.reason.borrow().clone();
         }
@@ -178,6 +195,13 @@ impl ContextSender {
         self.0.reason()
     }
 
+    /// [`reason`](Self::reason), judged at `now` (tokio's clock) with the machine's
+    /// suspended time read as `suspended` (see `crate::clock`): for a caller that has
+    /// just read both clocks.
+    pub(crate) fn reason_at(&self, now: Instant, suspended: Duration) -> Option<CancelReason> {
+        self.0.reason_at(now, suspended)
+    }
+
     /// Moves the local deadline to `deadline` after a confirmed renewal that started
     /// when the machine's suspended time read `since` (see `crate::clock`). Returns
     /// `false` (and changes nothing) if the context has already ended, or if its current
@@ -195,19 +219,17 @@ impl ContextSender {
             .fetch_max(nanos_of(since), Ordering::AcqRel);
         let new = self.0.nanos(deadline);
         let mut current = self.0.deadline.load(Ordering::Acquire);
-        loop {
+        // Checked just above for the first try (each check reads the clock three
+        // times, and renewals are the hot path); again before every retry.
+        while let Err(seen) =
+            self.0
+                .deadline
+                .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+        {
             if self.0.reason().is_some() {
                 return false;
             }
-            match self.0.deadline.compare_exchange(
-                current,
-                new,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(seen) => current = seen,
-            }
+            current = seen;
         }
         // A reader may have seen the old deadline pass while we swapped: then it has
         // ended the context, and the extension does not count.

@@ -110,7 +110,7 @@ pub enum KeyError {
 /// assert_eq!(Key::parse("/system/a%2Fb/x%20y").unwrap(), k);
 /// assert_eq!(Key::module("idv", ["user", "bob"]).to_string(), "/module/idv/user/bob");
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Key {
     /// Shared, so that a clone (the manager makes several per lease) costs one atomic
     /// increment rather than an allocation per segment.
@@ -289,6 +289,22 @@ fn unescape_segment(raw: &str, offset: usize, index: usize) -> Result<String, Ke
         }
     }
     String::from_utf8(out).map_err(|_| KeyError::InvalidUtf8 { segment: index })
+}
+
+/// Segment by segment, but clones of one key (the manager and its backend hold several
+/// of each held key, and look them up in maps) are equal at a glance: `Arc`'s own
+/// shortcut for equal pointers does not apply to a slice.
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        Arc::ptr_eq(&self.segments, &other.segments) || self.segments == other.segments
+    }
+}
+
+/// By the segments, as equality compares them.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.segments.hash(state);
+    }
 }
 
 impl fmt::Display for Key {

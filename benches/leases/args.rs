@@ -10,6 +10,7 @@ use crate::contenders::Kind;
 
 const USAGE: &str =
     "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--only memory|scale|postgres|service|etcd|profile]
+       leases --only profile [--clients N] [--kind ours|a|b|d] [--secs SECONDS]
        leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS
        leases --service-floor";
 
@@ -17,7 +18,8 @@ const USAGE: &str =
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Section {
     Memory,
-    /// Only our manager, 64 clients: for `perf record`. Runs only when asked for.
+    /// One contender (ours unless `--kind`), 64 clients unless `--clients`: for
+    /// `perf record`. Runs only when asked for.
     Profile,
     Scale,
     Postgres,
@@ -54,6 +56,10 @@ pub struct Args {
     pub secs: Option<f64>,
     /// `--pg-held N`: leases held for the PostgreSQL statement count (default 100k).
     pub pg_held: Option<usize>,
+    /// `--clients N`: the profile section's clients (default 64).
+    pub clients: Option<usize>,
+    /// `--kind KIND`: the profile section's contender (default ours).
+    pub kind: Option<Kind>,
     /// `--scale-child KIND N WINDOW`: be one scale cell (see `scale.rs`), print its line.
     pub scale_child: Option<(Kind, usize, Duration)>,
     /// `--service-floor`: be the service section's floor server (see `service.rs`).
@@ -114,6 +120,10 @@ impl Args {
                     let window = seconds(&mut args, "--scale-child")?;
                     parsed.scale_child = Some((kind, n, window));
                 }
+                "--clients" => {
+                    parsed.clients = Some(value(&mut args, "--clients", "a number of clients")?)
+                }
+                "--kind" => parsed.kind = Some(value(&mut args, "--kind", "a kind")?),
                 "--service-floor" => parsed.service_floor = true,
                 _ => {}
             }

@@ -66,7 +66,12 @@ async fn run(args: &Args) {
         throughput::memory_section(&sizes).await;
     }
     if args.wants(Section::Profile) {
-        throughput::profile_section(&sizes).await;
+        throughput::profile_section(
+            &sizes,
+            args.kind.unwrap_or(contenders::Kind::Ours),
+            args.clients.unwrap_or(64),
+        )
+        .await;
     }
     if args.wants(Section::Scale) {
         scale::scale_section(&sizes);

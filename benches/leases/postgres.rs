@@ -143,17 +143,37 @@ async fn server_cpu(url: &str) -> f64 {
     total / tick
 }
 
-/// Holds `n` leases (acquired by 64 tasks at once) on a manager of its own with these
-/// options, then counts the database's statements and CPU over `window`. Returns
-/// (statements per held lease per minute, of which renewal statements, server CPU per
-/// wall second, lost).
+/// One row of the renewal statements table.
+struct Held {
+    /// Database statements per held lease per minute.
+    per: f64,
+    /// Of which renewal statements.
+    renewals: f64,
+    /// Server CPU per wall second.
+    cpu: f64,
+    /// Leases whose context had ended by the end of the window.
+    lost: usize,
+    /// Seconds from the first acquire to the last.
+    acquire_secs: f64,
+    /// Growth of this process's resident memory over the acquires, per lease.
+    rss_per_lease: u64,
+    /// Leases acquired (fewer than asked if the acquires stopped).
+    held: usize,
+    /// Whether the acquires stopped early because a held lease was lost.
+    stopped: bool,
+    /// Keys skipped after failed acquires.
+    failed: usize,
+}
+
+/// Holds `n` leases (acquired by 32 tasks at once) on a manager of its own with these
+/// options, then counts the database's statements and CPU over `window`.
 async fn statements_per_lease(
     url: &str,
     options: PostgresOptions,
     n: usize,
     window: Duration,
     name: &str,
-) -> (f64, f64, f64, usize) {
+) -> Held {
     // The previous row's 100k releases may keep the server busy for a while: wait.
     let mut tries = 0;
     let backend = loop {
@@ -172,27 +192,71 @@ async fn statements_per_lease(
         .start()
         .await
         .unwrap();
+    let rss0 = crate::scale::rss_bytes();
+    let started = Instant::now();
     let workers = 32;
+    let acquired = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = {
+        let acquired = acquired.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let done = acquired.load(std::sync::atomic::Ordering::Relaxed);
+                eprintln!(
+                    "postgres: {done} of {n} leases acquired after {:.0} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    // Set when a held lease has been lost while others were still being acquired: the
+    // server (or this machine) cannot keep up with the renewals of that many, and the
+    // row then reports how many were held when that happened.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..workers {
         let m = m.clone();
         let name = name.to_string();
+        let (acquired, stop, failed) = (acquired.clone(), stop.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
-            let mut held = Vec::new();
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut held: Vec<(leases::Lease, leases::LeaseContext)> = Vec::new();
             for i in (w..n).step_by(workers) {
+                if stop.load(Relaxed) {
+                    break;
+                }
                 let key = Key::system(["held".to_string(), name.clone(), i.to_string()]);
                 // A busy machine may keep a pool slot longer than the wait allows: try
-                // again (the key is ours alone, so a retry can only succeed).
+                // again. An attempt that timed out may still have been granted on the
+                // server, and then the key stays taken (by nobody) until its TTL: after
+                // a few tries the key is skipped and counted.
                 let mut tries = 0;
                 loop {
                     match m.acquire_lease(key.clone(), TTL).await {
-                        Ok(lease) => break held.push(lease),
+                        Ok(lease) => {
+                            acquired.fetch_add(1, Relaxed);
+                            break held.push(lease);
+                        }
                         Err(e) if tries < 5 => {
                             tries += 1;
                             eprintln!("acquire of {key} failed ({e}); retrying");
                         }
-                        Err(e) => panic!("acquire of {key} failed: {e}"),
+                        Err(e) => {
+                            eprintln!("acquire of {key} failed ({e}); skipping it");
+                            failed.fetch_add(1, Relaxed);
+                            break;
+                        }
                     }
+                }
+                if held.len() % 256 == 0 && held.iter().any(|(_, ctx)| ctx.is_cancelled()) {
+                    if !stop.swap(true, Relaxed) {
+                        eprintln!(
+                            "postgres: a held lease was lost with {} acquired: stopping the acquires",
+                            acquired.load(Relaxed)
+                        );
+                    }
+                    break;
                 }
             }
             held
@@ -202,6 +266,12 @@ async fn statements_per_lease(
     for t in tasks {
         held.extend(t.await.unwrap());
     }
+    let stopped = stop.load(std::sync::atomic::Ordering::Relaxed);
+    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    let n = held.len();
+    let acquire_secs = started.elapsed().as_secs_f64();
+    progress.abort();
+    let rss_per_lease = crate::scale::rss_bytes().saturating_sub(rss0) / n.max(1) as u64;
     // Past the acquires' own statements (and their statistics, which a busy server
     // may flush seconds late), then count over the window.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -221,7 +291,26 @@ async fn statements_per_lease(
     let per = (c1 - c0 - 4).max(0) as f64 / held.len() as f64 / minutes;
     m.shutdown().await;
     drop(held);
-    (per, renewals, cpu / wall, lost)
+    // The manager's handle holds the backend too.
+    drop(m);
+    // The shutdown waits a bounded time for its releases; those still running go on
+    // in tasks that hold the backend. Wait for them, so that the next row's count is
+    // not theirs.
+    let waited = Instant::now();
+    while Arc::strong_count(&backend) > 1 && waited.elapsed() < Duration::from_secs(1800) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Held {
+        per,
+        renewals,
+        cpu: cpu / wall,
+        lost,
+        acquire_secs,
+        rss_per_lease,
+        held: n,
+        stopped,
+        failed,
+    }
 }
 
 pub async fn postgres_section(s: &Sizes) {
@@ -269,8 +358,8 @@ pub async fn postgres_section(s: &Sizes) {
         TTL / 3,
         s.pg_window.as_secs_f64()
     );
-    println!("| renewals | leases held | database statements per held lease per minute | of which renewal statements | server CPU per wall second | lost |");
-    println!("|---|---|---|---|---|---|");
+    println!("| renewals | leases held | database statements per held lease per minute | of which renewal statements | server CPU per wall second | lost | time to acquire all | manager resident bytes per lease |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (tag, name, options, n) in [
         (
             "batched",
@@ -285,11 +374,33 @@ pub async fn postgres_section(s: &Sizes) {
             s.pg_held_unbatched,
         ),
     ] {
-        let (per, renewals, cpu, lost) =
-            statements_per_lease(&url, options, n, s.pg_window, tag).await;
+        let h = statements_per_lease(&url, options, n, s.pg_window, tag).await;
+        let held = if h.held == n && h.failed == 0 {
+            n.to_string()
+        } else {
+            format!(
+                "{} of {n}{}{}",
+                h.held,
+                if h.stopped {
+                    " (acquires stopped: a held lease was lost)"
+                } else {
+                    ""
+                },
+                if h.failed > 0 {
+                    format!(" ({} keys skipped after failed acquires)", h.failed)
+                } else {
+                    String::new()
+                }
+            )
+        };
         println!(
-            "| {name} | {n} | {per:.3} | {renewals:.3} | {:.1} % of a core | {lost} |",
-            cpu * 100.0
+            "| {name} | {held} | {:.3} | {:.3} | {:.1} % of a core | {} | {:.1} s | {} |",
+            h.per,
+            h.renewals,
+            h.cpu * 100.0,
+            h.lost,
+            h.acquire_secs,
+            h.rss_per_lease
         );
     }
 }

@@ -150,10 +150,19 @@ pub async fn memory_section(s: &Sizes) {
     d.0.stop(None);
 }
 
-/// Only our manager, 64 clients: for `perf record`.
-pub async fn profile_section(s: &Sizes) {
-    let t = pairs(Arc::new(Ours(memory_manager().await)), 64, s.secs).await;
-    println!("leases (memory), 64 clients: {:.0} pairs/s", t.per_sec);
+/// One contender, `clients` clients, pairs for `s.secs`: for `perf record`.
+pub async fn profile_section(s: &Sizes, kind: Kind, clients: usize) {
+    let t = match kind {
+        Kind::Ours => pairs(Arc::new(Ours(memory_manager().await)), clients, s.secs).await,
+        Kind::A => pairs(Arc::new(Table::new(false)), clients, s.secs).await,
+        Kind::B => pairs(Arc::new(Table::new(true)), clients, s.secs).await,
+        Kind::D => pairs(Arc::new(Bare::start().await), clients, s.secs).await,
+    };
+    println!(
+        "{}, {clients} clients: {:.0} pairs/s",
+        kind.label(),
+        t.per_sec
+    );
 }
 
 /// Median by rate of several runs of one cell.

@@ -125,7 +125,7 @@ impl Renewer {
         // The context may have ended without us: its deadline passed on the
         // suspend-aware clock, or the supervisor ended it (and maybe died before it
         // could stop us). Never renew a lease whose holder has been told it is over.
-        match state.args.ctx.reason() {
+        match state.args.ctx.reason_at(start, since) {
             None => {}
             Some(CancelReason::Lost(LossCause::DeadlineExceeded)) => {
                 return Err(state.lose(LossCause::DeadlineExceeded))
