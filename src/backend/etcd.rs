@@ -647,30 +647,13 @@ impl Inner {
         held_ttl: Duration,
         term_now: u64,
     ) -> Result<(), BackendError> {
-        let secs = etcd_ttl_secs(held_ttl);
-        let resp = self
-            .call("wait grant", |ch, token| async move {
-                Ok(LeaseClient::new(ch)
-                    .lease_grant(request(pb::LeaseGrantRequest { ttl: secs, id: 0 }, &token))
-                    .await?
-                    .into_inner())
-            })
-            .await?;
-        if !resp.error.is_empty() || resp.id == 0 || resp.ttl < secs {
-            return Err(BackendError::new(
-                BackendErrorKind::Failed,
-                format!(
-                    "etcd lease grant of {secs} s (a wait) refused: {} (granted {} s)",
-                    resp.error, resp.ttl
-                ),
-            ));
-        }
+        let (wait, _) = self.grant_lease("wait grant", held_ttl).await?;
         let req = pb::TxnRequest {
             compare: vec![compare_create(ek, 0), compare_mod(record, f.mod_revision)],
             success: vec![op(pb::request_op::Request::RequestPut(pb::PutRequest {
                 key: record.to_vec(),
-                value: encode_record(2, held_ttl, term_now, resp.id),
-                lease: resp.id,
+                value: encode_record(2, held_ttl, term_now, wait),
+                lease: wait,
                 ignore_lease: false,
             }))],
             failure: vec![],
@@ -935,18 +918,16 @@ impl Inner {
         .await
     }
 
-    /// Grants a group's etcd lease.
-    async fn grant(&self, ttl: Duration) -> Result<Group, BackendError> {
+    /// Grants an etcd lease of `ttl` rounded up to whole seconds: its ID and the TTL
+    /// etcd granted (never less than asked).
+    async fn grant_lease(
+        &self,
+        what: &str,
+        ttl: Duration,
+    ) -> Result<(i64, Duration), BackendError> {
         let secs = etcd_ttl_secs(ttl);
-        if self.max_term.load(Ordering::Relaxed) == 0 {
-            // Learn the cluster's term first: a group granted in an unknown term would
-            // make every key on it look older than any leader change.
-            self.check_read().await?;
-        }
-        let term = self.max_term.load(Ordering::Relaxed);
-        let sent = Instant::now();
         let resp = self
-            .call("lease grant", |ch, token| async move {
+            .call(what, |ch, token| async move {
                 Ok(LeaseClient::new(ch)
                     .lease_grant(request(pb::LeaseGrantRequest { ttl: secs, id: 0 }, &token))
                     .await?
@@ -957,14 +938,28 @@ impl Inner {
             return Err(BackendError::new(
                 BackendErrorKind::Failed,
                 format!(
-                    "etcd lease grant of {secs} s refused: {} (granted {} s)",
+                    "etcd {what} of {secs} s refused: {} (granted {} s)",
                     resp.error, resp.ttl
                 ),
             ));
         }
+        let granted = Duration::from_secs(u64::try_from(resp.ttl).unwrap_or(0));
+        Ok((resp.id, granted))
+    }
+
+    /// Grants a group's etcd lease.
+    async fn grant(&self, ttl: Duration) -> Result<Group, BackendError> {
+        if self.max_term.load(Ordering::Relaxed) == 0 {
+            // Learn the cluster's term first: a group granted in an unknown term would
+            // make every key on it look older than any leader change.
+            self.check_read().await?;
+        }
+        let term = self.max_term.load(Ordering::Relaxed);
+        let sent = Instant::now();
+        let (id, granted) = self.grant_lease("lease grant", ttl).await?;
         Ok(Group {
-            id: resp.id,
-            etcd_ttl: Duration::from_secs(u64::try_from(resp.ttl).unwrap_or(0)),
+            id,
+            etcd_ttl: granted,
             confirmed: sent,
             term,
         })
