@@ -147,6 +147,29 @@ async fn leader(cluster: &EtcdCluster) -> usize {
     panic!("no etcd leader within 10 s");
 }
 
+/// SIGSTOPs member `i` (a `role`: leader or follower) for `millis`, checking grants go
+/// on without it, then SIGCONTs it and checks they go on once it is back. `phases`
+/// name the two halves in violation reports.
+async fn freeze(
+    cluster: &EtcdCluster,
+    ledger: &Ledger,
+    (i, role): (usize, &str),
+    phases: [&'static str; 2],
+    millis: u64,
+) {
+    *ledger.phase.lock().unwrap() = phases[0];
+    eprintln!("SIGSTOP of the {role}, member {i}, for {millis} ms");
+    cluster.pause(i);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    let after = format!("stopping the {role}");
+    grants_resume(ledger, 5, Duration::from_secs(15), &after).await;
+    cluster.resume(i);
+    *ledger.phase.lock().unwrap() = phases[1];
+    cluster.wait_healthy(Duration::from_secs(30));
+    let after = format!("resuming the {role}");
+    grants_resume(ledger, 10, Duration::from_secs(15), &after).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_stay_exclusive_through_leader_loss_stopped_members_and_a_full_restart() {
     let mut cluster = EtcdCluster::start(3);
@@ -196,43 +219,17 @@ async fn holders_stay_exclusive_through_leader_loss_stopped_members_and_a_full_r
     // 2. A follower freezes past the election timeout (500 ms): it holds its
     // connections but answers nothing, so ours to it hang and are given up on.
     let leading = leader(&cluster).await;
-    let l = (leading + 1) % cluster.len();
-    *ledger.phase.lock().unwrap() = "follower stopped";
-    eprintln!("SIGSTOP of member {l} (the leader is {leading}) for 1.5 s");
-    cluster.pause(l);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    grants_resume(&ledger, 5, Duration::from_secs(15), "stopping a follower").await;
-    cluster.resume(l);
-    *ledger.phase.lock().unwrap() = "follower resumed";
-    cluster.wait_healthy(Duration::from_secs(30));
-    grants_resume(
-        &ledger,
-        10,
-        Duration::from_secs(15),
-        "resuming the follower",
-    )
-    .await;
+    let follower = (leading + 1) % cluster.len();
+    let phases = ["follower stopped", "follower resumed"];
+    freeze(&cluster, &ledger, (follower, "follower"), phases, 1500).await;
 
     // 3. The leader freezes past the election timeout and past every TTL: the others
     // elect another, and when it resumes, etcd 3.4.23 lets it revoke the etcd leases
     // renewed meanwhile (see the module docs). Their keys vanish early; nobody may be
     // granted one before its holder knows.
-    let l = leader(&cluster).await;
-    *ledger.phase.lock().unwrap() = "leader stopped";
-    eprintln!("SIGSTOP of the leader, member {l}, for 3 s");
-    cluster.pause(l);
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    grants_resume(&ledger, 5, Duration::from_secs(15), "stopping the leader").await;
-    cluster.resume(l);
-    *ledger.phase.lock().unwrap() = "leader resumed";
-    cluster.wait_healthy(Duration::from_secs(30));
-    grants_resume(
-        &ledger,
-        10,
-        Duration::from_secs(15),
-        "resuming the old leader",
-    )
-    .await;
+    let leading = leader(&cluster).await;
+    let phases = ["leader stopped", "leader resumed"];
+    freeze(&cluster, &ledger, (leading, "leader"), phases, 3000).await;
 
     // 4. The whole cluster goes down: every holder must be told within a TTL.
     *ledger.phase.lock().unwrap() = "cluster killed";
