@@ -305,3 +305,144 @@ async fn renewals_given_up_mid_batch_leave_nothing_behind() {
         .into_iter()
         .all(|o| o.unwrap() == RenewOutcome::Renewed));
 }
+
+/// Renewal statements running now for this application: `(all, waiting on a lock)`.
+async fn renewal_statements(db: &Client, app: &str) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE wait_event_type = 'Lock')
+             FROM pg_stat_activity
+             WHERE application_name = $1 AND state = 'active' AND query LIKE '%unnest(%' AND query LIKE '%UPDATE%'",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// When renewals pile up (here: their rows are locked), at most half the pool runs
+/// renewal statements, so an acquire still gets a connection at once; and a lease whose
+/// renewal is still running (its renewer gave up and tried again) is not sent in a
+/// second statement beside it, but after it. Every renewal then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_that_pile_up_leave_acquires_a_connection_and_never_run_a_lease_twice() {
+    let case = "pileup";
+    let t = table(case);
+    let app = format!("leases_batch_pileup_{}", run_id());
+    let url = shared_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
+        .table(t.clone())
+        .pool_size(2)
+        .renew_batch_window(Duration::ZERO)
+        .statement_timeout(Duration::from_secs(4));
+    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    let ttl = Duration::from_secs(30);
+    let a = Key::system(["batch-pileup", "a"]);
+    let c = Key::system(["batch-pileup", "c"]);
+    let ta = grant(&backend, &a, ttl).await;
+    let tc = grant(&backend, &c, ttl).await;
+    let db = connect(&url).await;
+    let locker = connect(&url).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {t} WHERE key IN ('{a}', '{c}') FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+
+    let renew = |key: &Key, token: u64| {
+        let (backend, key) = (backend.clone(), key.clone());
+        tokio::spawn(async move { backend.renew(&key, token, ttl).await })
+    };
+    let wait_for_blocked = |n: i64| {
+        let (db, app) = (&db, app.clone());
+        async move {
+            for _ in 0..100 {
+                if renewal_statements(db, &app).await.1 >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("no renewal statement blocked on the locked row");
+        }
+    };
+    // A's renewal takes the one renewal slot (pool of 2) and blocks on the lock.
+    let first_a = renew(&a, ta);
+    wait_for_blocked(1).await;
+    // C's renewal is due at once, but must wait in the queue, not at the pool.
+    let renew_c = renew(&c, tc);
+    // A's renewer gives up and tries again while its statement still runs.
+    first_a.abort();
+    let second_a = renew(&a, ta);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        renewal_statements(&db, &app).await,
+        (1, 1),
+        "only one renewal statement may run with a pool of 2"
+    );
+    let d = Key::system(["batch-pileup", "d"]);
+    let acquired = backend.acquire(&d, ttl, b"").await;
+    assert!(
+        matches!(acquired, Ok(AcquireOutcome::Granted { .. })),
+        "an acquire must get the other connection while renewals wait: {acquired:?}"
+    );
+    assert_eq!(renewal_statements(&db, &app).await, (1, 1));
+
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(renew_c.await.unwrap().unwrap(), RenewOutcome::Renewed);
+    assert_eq!(second_a.await.unwrap().unwrap(), RenewOutcome::Renewed);
+}
+
+/// With free statement slots (a pool of 4: two renewal statements at once), a lease
+/// whose renewal statement is still running is still not sent again beside it: the
+/// retry waits for that statement and then renews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_renewal_waits_for_its_running_statement() {
+    let case = "retry";
+    let t = table(case);
+    let app = format!("leases_batch_retry_{}", run_id());
+    let url = shared_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
+        .table(t.clone())
+        .pool_size(4)
+        .renew_batch_window(Duration::ZERO)
+        .statement_timeout(Duration::from_secs(4));
+    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    let ttl = Duration::from_secs(30);
+    let a = Key::system(["batch-retry", "a"]);
+    let ta = grant(&backend, &a, ttl).await;
+    let db = connect(&url).await;
+    let locker = connect(&url).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {t} WHERE key = '{a}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let renew = || {
+        let (backend, key) = (backend.clone(), a.clone());
+        tokio::spawn(async move { backend.renew(&key, ta, ttl).await })
+    };
+    let first = renew();
+    let mut blocked = false;
+    for _ in 0..100 {
+        if renewal_statements(&db, &app).await.1 >= 1 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(blocked, "no renewal statement blocked on the locked row");
+    first.abort();
+    let second = renew();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        renewal_statements(&db, &app).await,
+        (1, 1),
+        "the same lease in two running statements"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), RenewOutcome::Renewed);
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::contenders::Kind;
 
 const USAGE: &str =
-    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--only memory|scale|postgres|service|etcd|profile]
+    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--pg-ttl SECONDS] [--only memory|scale|postgres|service|etcd|profile]
        leases --only profile [--clients N] [--kind ours|a|b|d] [--secs SECONDS]
        leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS
        leases --service-floor";
@@ -56,6 +56,9 @@ pub struct Args {
     pub secs: Option<f64>,
     /// `--pg-held N`: leases held for the PostgreSQL statement count (default 100k).
     pub pg_held: Option<usize>,
+    /// `--pg-ttl S`: the TTL of the leases held for the PostgreSQL statement count
+    /// (default the benchmark's TTL, 30 s).
+    pub pg_ttl: Option<Duration>,
     /// `--clients N`: the profile section's clients (default 64).
     pub clients: Option<usize>,
     /// `--kind KIND`: the profile section's contender (default ours).
@@ -80,6 +83,9 @@ pub struct Sizes {
     /// Leases held to count PostgreSQL statements.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub pg_held: usize,
+    /// Their TTL.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub pg_ttl: Duration,
     /// Leases held to count PostgreSQL statements with one statement per renewal.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub pg_held_unbatched: usize,
@@ -114,6 +120,7 @@ impl Args {
                 "--pg-held" => {
                     parsed.pg_held = Some(value(&mut args, "--pg-held", "a number of leases")?)
                 }
+                "--pg-ttl" => parsed.pg_ttl = Some(seconds(&mut args, "--pg-ttl")?),
                 "--scale-child" => {
                     let kind = value(&mut args, "--scale-child", "a kind")?;
                     let n = value(&mut args, "--scale-child", "a number of leases")?;
@@ -144,6 +151,9 @@ impl Args {
         if let Some(n) = self.pg_held {
             sizes.pg_held = n;
         }
+        if let Some(ttl) = self.pg_ttl {
+            sizes.pg_ttl = ttl;
+        }
         sizes
     }
 
@@ -154,6 +164,7 @@ impl Args {
             scale: vec![100_000, 1_000_000],
             window: Duration::from_secs(12),
             pg_held: 100_000,
+            pg_ttl: crate::contenders::TTL,
             pg_held_unbatched: 10_000,
             pg_window: Duration::from_secs(30),
             service_held: 10_000,
@@ -171,6 +182,7 @@ impl Args {
                 scale: vec![1000],
                 window: Duration::from_millis(200),
                 pg_held: 100,
+                pg_ttl: crate::contenders::TTL,
                 pg_held_unbatched: 50,
                 pg_window: Duration::from_millis(500),
                 service_held: 100,

@@ -171,6 +171,7 @@ async fn statements_per_lease(
     url: &str,
     options: PostgresOptions,
     n: usize,
+    ttl: Duration,
     window: Duration,
     name: &str,
 ) -> Held {
@@ -233,7 +234,7 @@ async fn statements_per_lease(
                 // a few tries the key is skipped and counted.
                 let mut tries = 0;
                 loop {
-                    match m.acquire_lease(key.clone(), TTL).await {
+                    match m.acquire_lease(key.clone(), ttl).await {
                         Ok(lease) => {
                             acquired.fetch_add(1, Relaxed);
                             break held.push(lease);
@@ -354,8 +355,9 @@ pub async fn postgres_section(s: &Sizes) {
     // Statements per held lease per minute, batched (the default) and, as the
     // baseline, one statement per renewal.
     println!(
-        "\n### PostgreSQL: renewal statements (TTL {TTL:?}, renewal every {:?}, counted over {:.0} s)\n",
-        TTL / 3,
+        "\n### PostgreSQL: renewal statements (TTL {:?}, renewal every {:?}, counted over {:.0} s)\n",
+        s.pg_ttl,
+        s.pg_ttl / 3,
         s.pg_window.as_secs_f64()
     );
     println!("| renewals | leases held | database statements per held lease per minute | of which renewal statements | server CPU per wall second | lost | time to acquire all | manager resident bytes per lease |");
@@ -374,7 +376,7 @@ pub async fn postgres_section(s: &Sizes) {
             s.pg_held_unbatched,
         ),
     ] {
-        let h = statements_per_lease(&url, options, n, s.pg_window, tag).await;
+        let h = statements_per_lease(&url, options, n, s.pg_ttl, s.pg_window, tag).await;
         let held = if h.held == n && h.failed == 0 {
             n.to_string()
         } else {

@@ -19,13 +19,15 @@
 //!   that takes a free or expired row.
 //! - **Renew** is batched: renewals that fall due close together (within
 //!   [`PostgresOptions::renew_batch_window`]) go to the database as one `UPDATE … FROM
-//!   unnest($keys, $tokens, $ttls) … RETURNING key, token, revoked`, in chunks of at most
-//!   [`PostgresOptions::renew_batch_size`] leases, keys in order (the statement locks
-//!   its rows in key order, so batches of different processes never deadlock). For each
+//!   unnest($keys, $tokens, $ttls) … RETURNING position, revoked`, in chunks of at most
+//!   [`PostgresOptions::renew_batch_size`] leases, keys in order, with at most half the
+//!   pool's connections running renewal statements at once (so acquires and releases
+//!   keep the other half when renewals pile up; renewals wait in the batch queue,
+//!   where they join larger statements). No lease is in two statements at once. For each
 //!   lease it is compare-and-set on `(key, token)` that never revives an expired lease
 //!   (judged on the database's clock), extends only a lease that is not revoked, and
-//!   reads `revoked` from the very row version it locked (so a renewal that waited on a
-//!   committing revoke is told `Revoked`, not `Lost`). A lease missing from the answer
+//!   reads `revoked` from the very row version it updated (so a renewal that waited on
+//!   a committing revoke is told `Revoked`, not `Lost`). A lease missing from the answer
 //!   is lost, and its holder is told at once; a statement that fails or times out
 //!   fails every renewal in it (none counts as renewed) and their renewers retry. Each
 //!   holder's deadline counts from its renewer's start, taken before the batch was
@@ -216,8 +218,9 @@ impl PostgresOptions {
     }
 
     /// The most leases one renewal statement renews (default 1000; at least 1). More
-    /// renewals due at once go as several statements, each over a range of keys in
-    /// order. `1` makes every renewal a statement of its own.
+    /// renewals due at once go as several statements, at most half of
+    /// [`pool_size`](Self::pool_size) (at least one) running at once; the rest wait in
+    /// the queue. `1` makes every renewal a statement of its own.
     pub fn renew_batch_size(mut self, size: usize) -> Self {
         self.renew_batch_size = size;
         self
@@ -290,17 +293,25 @@ impl Sql {
                        (SELECT {us_left} FROM {t} WHERE key = $1 AND {live})"
             ),
             // Renewals, many leases in one statement: `$1` keys, `$2` tokens, `$3` TTLs
-            // in ms, one element per lease; it returns the `(key, token, revoked)` of
-            // every lease it matched, and a lease it did not return is lost.
+            // in ms, one element per lease (no lease twice); it returns the position
+            // (from 1) in the arrays and `revoked` of every lease it matched, and a lease
+            // it did not return is lost.
             //
-            // `mine` locks the rows still held by the given `(key, token)`, in key
-            // order (the sort runs below the row locks), so that two batches from
-            // different processes never wait on each other in a cycle; the UPDATE then
-            // touches only rows it already holds. A row that changed while we waited
-            // for its lock is re-checked on its newest version (READ COMMITTED's
-            // re-check), so a renewal that waited on a committing revoke returns
-            // `revoked` set (and extends nothing), one that waited on a takeover or a
-            // release does not match. A revoked lease is matched but not extended.
+            // One UPDATE: each row is found by its key, matched on `(key, token)` and
+            // extended in one pass. A row that changed while we waited for its lock is
+            // re-checked on its newest version (READ COMMITTED's re-check), so a renewal
+            // that waited on a committing revoke matches with `revoked` set (and extends
+            // nothing; `SET` and `RETURNING` read that newest version), one that waited
+            // on a takeover or a release does not match. A revoked lease is matched but
+            // not extended.
+            //
+            // Rows are locked in whatever order the plan visits them. Two renewal
+            // statements could only wait on each other in a cycle if they shared two
+            // leases, and a lease belongs to one holder, renewed by one backend, whose
+            // batcher never has the same lease in two statements at once; every other
+            // writer (acquire, release, revoke) touches one row. The server would
+            // anyway detect such a deadlock and fail one statement, which fails its
+            // leases into retry.
             //
             // Liveness is judged on `clock_timestamp()`, not `now()` (the statement's
             // start): a renewal that waited on the row lock of a committing release
@@ -309,20 +320,12 @@ impl Sql {
             // The new expiry still counts from `now()`, which is no earlier than the
             // moment the batch was sent, hence than every renewer's start.
             renew: format!(
-                "WITH want AS MATERIALIZED (
-                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(key, token, ttl_ms)),
-                mine AS MATERIALIZED (
-                    SELECT l.key, l.token, w.ttl_ms FROM {t} l
-                    JOIN want w ON l.key = w.key AND l.token = w.token
-                    WHERE l.expires_at > clock_timestamp()
-                    ORDER BY l.key COLLATE \"C\"
-                    FOR UPDATE OF l)
-                UPDATE {t} l SET
-                    expires_at = CASE WHEN l.revoked THEN l.expires_at ELSE now() + (m.ttl_ms * interval '1 millisecond') END,
-                    ttl_ms = CASE WHEN l.revoked THEN l.ttl_ms ELSE m.ttl_ms END
-                FROM mine m
-                WHERE l.key = m.key AND l.token = m.token
-                RETURNING l.key, l.token, l.revoked"
+                "UPDATE {t} l SET
+                    expires_at = CASE WHEN l.revoked THEN l.expires_at ELSE now() + (w.ttl_ms * interval '1 millisecond') END,
+                    ttl_ms = CASE WHEN l.revoked THEN l.ttl_ms ELSE w.ttl_ms END
+                FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS w(key, token, ttl_ms, i)
+                WHERE l.key = w.key AND l.token = w.token AND l.expires_at > clock_timestamp()
+                RETURNING w.i, l.revoked"
             ),
             // Release ends the lease but keeps the row, and with it the key's last
             // token: see the acquire above for why rows are never deleted here.

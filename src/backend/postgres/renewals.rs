@@ -3,10 +3,21 @@
 //! Each [`renew`](Renewals::renew) call queues its lease and waits for the answer. One
 //! task, the *batcher*, gathers the queue: when the oldest queued renewal has waited its
 //! share of the batch window (at most [`renew_batch_window`], and at most 1/20 of its
-//! TTL), or when a full chunk is queued, it sends everything queued as statements of at
-//! most [`renew_batch_size`] leases each, keys in order, each in a task of its own
-//! (so a slow statement does not hold up the next batch). The statement answers with
-//! the leases it renewed; each caller is told its own outcome:
+//! TTL), or when a full chunk is queued, it sends the oldest queued renewals as
+//! statements of at most [`renew_batch_size`] leases each, keys in order, each in a task
+//! of its own (so a slow statement does not hold up the next batch).
+//!
+//! At most half the pool's connections (at least one) run renewal statements at once.
+//! When the database falls behind, renewals wait here, oldest first, and join larger
+//! statements, instead of queueing for connections, where acquires and releases would
+//! queue behind them and everything would time out together. A renewal that waits too
+//! long fails with a timeout like a slow statement, and its renewer retries.
+//!
+//! No lease is in two running statements at once: a renewal of a lease whose earlier
+//! renewal is still running (its renewer gave up waiting and tried again) waits for
+//! that statement to end. So two statements never share a row, and need no common lock
+//! order. The statement answers with the leases it renewed; each caller is told its own
+//! outcome:
 //!
 //! - in the answer, not revoked: [`RenewOutcome::Renewed`];
 //! - in the answer, revoked: [`RenewOutcome::Revoked`] (matched, not extended);
@@ -33,7 +44,7 @@
 //! [`renew_batch_window`]: super::PostgresOptions::renew_batch_window
 //! [`renew_batch_size`]: super::PostgresOptions::renew_batch_size
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,73 +143,144 @@ fn stopped() -> BackendError {
     )
 }
 
+/// The batcher's state: what is queued, what is running.
+struct Batcher {
+    db: Arc<Db>,
+    /// The most leases in one statement.
+    size: usize,
+    /// The most statements running at once.
+    max_running: usize,
+    /// Queued renewals, oldest first.
+    pending: Vec<Request>,
+    /// When the batch must be sent, for the sake of the most urgent queued renewal.
+    earliest: Option<Instant>,
+    /// Renewals of a lease that is in a running statement: they wait for it to end.
+    deferred: Vec<Request>,
+    /// Running statements; each returns the [`lease_id`]s it covered.
+    running: JoinSet<Vec<u64>>,
+    /// The [`lease_id`]s of the leases in running statements.
+    in_flight: HashSet<u64>,
+}
+
 /// Gathers queued renewals into batches until the backend is dropped.
 async fn batcher(db: Arc<Db>, mut requests: mpsc::UnboundedReceiver<Request>) {
-    let size = db.options.renew_batch_size.max(1);
-    let mut pending: Vec<Request> = Vec::new();
-    let mut earliest: Option<Instant> = None;
-    let mut running = JoinSet::new();
+    let mut b = Batcher {
+        size: db.options.renew_batch_size.max(1),
+        max_running: (db.options.pool_size / 2).max(1),
+        db,
+        pending: Vec::new(),
+        earliest: None,
+        deferred: Vec::new(),
+        running: JoinSet::new(),
+        in_flight: HashSet::new(),
+    };
     loop {
-        let send_at = earliest.unwrap_or_else(Instant::now);
+        let send_at = b.earliest.unwrap_or_else(Instant::now);
+        let free = b.running.len() < b.max_running;
         tokio::select! {
             request = requests.recv() => match request {
-                Some(request) => {
-                    earliest = Some(earliest.map_or(request.due, |e| e.min(request.due)));
-                    pending.push(request);
-                }
+                Some(request) => b.queue(request),
                 // Every sender is gone: the backend was dropped.
                 None => return,
             },
-            () = tokio::time::sleep_until(send_at), if earliest.is_some() => {
+            () = tokio::time::sleep_until(send_at), if b.earliest.is_some() && free => {
                 // Renewals already queued ride along (a bounded number, so that a flood
                 // cannot hold the batch back).
-                for _ in 0..size {
+                for _ in 0..b.size {
                     match requests.try_recv() {
-                        Ok(request) => pending.push(request),
+                        Ok(request) => b.queue(request),
                         Err(_) => break,
                     }
                 }
-                earliest = None;
-                send(&db, std::mem::take(&mut pending), size, &mut running);
+                b.send();
             }
-            // Reap finished statements (their answers are already sent).
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            // A statement ended (its answers are already sent): its leases may be sent
+            // again, and its connection is free for the next batch.
+            Some(done) = b.running.join_next(), if !b.running.is_empty() => {
+                if let Ok(ids) = done {
+                    for id in ids {
+                        b.in_flight.remove(&id);
+                    }
+                } else {
+                    // A statement task cannot panic or be cancelled while the batcher
+                    // runs; should it, forget what was in flight rather than hold
+                    // those leases back for ever (the server re-checks every row).
+                    b.in_flight.clear();
+                }
+                for request in std::mem::take(&mut b.deferred) {
+                    b.queue(request);
+                }
+            }
         }
-        if pending.len() >= size {
-            earliest = None;
-            send(&db, std::mem::take(&mut pending), size, &mut running);
+        if b.pending.len() >= b.size && b.running.len() < b.max_running {
+            b.send();
         }
     }
 }
 
-/// Sends `batch` as statements of at most `size` leases, keys in order.
-fn send(db: &Arc<Db>, mut batch: Vec<Request>, size: usize, running: &mut JoinSet<()>) {
-    // A renewer that stopped waiting (its future was dropped) needs no renewal.
-    batch.retain(|r| !r.reply.is_closed());
-    // Keys in one fixed order, so that chunks cover disjoint ranges of keys; the
-    // statement locks its rows in key order too.
-    batch.sort_unstable_by(|a, b| (&a.key, a.token).cmp(&(&b.key, b.token)));
-    let mut leases: Vec<Lease> = Vec::with_capacity(batch.len());
-    for r in batch {
-        match leases.last_mut() {
-            // The same lease twice: one element, renewed by the longest TTL asked for,
-            // and both callers get its answer.
-            Some(l) if l.key == r.key && l.token == r.token => {
-                l.ttl_ms = l.ttl_ms.max(r.ttl_ms);
-                l.replies.push(r.reply);
-            }
-            _ => leases.push(Lease {
-                key: r.key,
-                token: r.token,
-                ttl_ms: r.ttl_ms,
-                replies: vec![r.reply],
-            }),
-        }
+/// Identifies a lease `(key, token)` among those in flight. Two leases with the same
+/// identifier only make one of them wait for the other's statement.
+fn lease_id(key: &str, token: i64) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x6c65_6173_6573).build_hasher();
+    key.hash(&mut h);
+    token.hash(&mut h);
+    h.finish()
+}
+
+impl Batcher {
+    fn queue(&mut self, request: Request) {
+        self.earliest = Some(self.earliest.map_or(request.due, |e| e.min(request.due)));
+        self.pending.push(request);
     }
-    while !leases.is_empty() {
-        let rest = leases.split_off(leases.len().min(size));
-        let chunk = std::mem::replace(&mut leases, rest);
-        running.spawn(renew_chunk(db.clone(), chunk));
+
+    /// Sends the oldest queued renewals, as many as the free statement slots take, as
+    /// statements of at most `size` leases each, keys in order.
+    fn send(&mut self) {
+        // A renewer that stopped waiting (its future was dropped) needs no renewal.
+        self.pending.retain(|r| !r.reply.is_closed());
+        let slots = self.max_running.saturating_sub(self.running.len());
+        // Oldest first, so that under load every lease gets its turn.
+        let take = (slots * self.size).min(self.pending.len());
+        let rest = self.pending.split_off(take);
+        let mut batch = std::mem::replace(&mut self.pending, rest);
+        self.earliest = self.pending.iter().map(|r| r.due).min();
+        // Keys in one fixed order: duplicates side by side, and chunks over ranges of
+        // keys (neighbouring index pages).
+        batch.sort_unstable_by(|a, b| (&a.key, a.token).cmp(&(&b.key, b.token)));
+        let mut leases: Vec<Lease> = Vec::with_capacity(batch.len());
+        for r in batch {
+            match leases.last_mut() {
+                // The same lease twice: one element, renewed by the longest TTL asked
+                // for, and both callers get its answer.
+                Some(l) if l.key == r.key && l.token == r.token => {
+                    l.ttl_ms = l.ttl_ms.max(r.ttl_ms);
+                    l.replies.push(r.reply);
+                }
+                // Already in a running statement (a renewer that gave up on it and
+                // tried again): never in two at once, so it waits for that one to end.
+                _ if self.in_flight.contains(&lease_id(&r.key, r.token)) => {
+                    self.deferred.push(r);
+                }
+                _ => leases.push(Lease {
+                    key: r.key,
+                    token: r.token,
+                    ttl_ms: r.ttl_ms,
+                    replies: vec![r.reply],
+                }),
+            }
+        }
+        while !leases.is_empty() {
+            let rest = leases.split_off(leases.len().min(self.size));
+            let chunk = std::mem::replace(&mut leases, rest);
+            let ids: Vec<u64> = chunk.iter().map(|l| lease_id(&l.key, l.token)).collect();
+            self.in_flight.extend(ids.iter().copied());
+            let db = self.db.clone();
+            self.running.spawn(async move {
+                renew_chunk(db, chunk).await;
+                ids
+            });
+        }
     }
 }
 
@@ -222,18 +304,27 @@ async fn renew_chunk(db: Arc<Db>, leases: Vec<Lease>) {
             Box::pin(async move {
                 let stmt = c.prepare_cached(&sql.renew).await?;
                 let rows = c.query(&stmt, &[&keys, &tokens, &ttls]).await?;
-                let renewed: HashMap<(String, i64), bool> = rows
-                    .iter()
-                    .map(|row| ((row.get(0), row.get(1)), row.get(2)))
-                    .collect();
-                Ok((keys, tokens, renewed))
+                // By position in the arrays (from 1): `Some(revoked)` if matched.
+                let mut matched: Vec<Option<bool>> = vec![None; keys.len()];
+                for row in &rows {
+                    let position: i64 = row.try_get(0)?;
+                    let revoked: bool = row.try_get(1)?;
+                    if let Some(slot) = usize::try_from(position)
+                        .ok()
+                        .and_then(|p| p.checked_sub(1))
+                        .and_then(|i| matched.get_mut(i))
+                    {
+                        *slot = Some(revoked);
+                    }
+                }
+                Ok(matched)
             })
         })
         .await;
     match answer {
-        Ok((keys, tokens, mut renewed)) => {
-            for ((key, token), replies) in keys.into_iter().zip(tokens).zip(waiting) {
-                let outcome = match renewed.remove(&(key, token)) {
+        Ok(matched) => {
+            for (outcome, replies) in matched.into_iter().zip(waiting) {
+                let outcome = match outcome {
                     Some(false) => RenewOutcome::Renewed,
                     Some(true) => RenewOutcome::Revoked,
                     // Not in the answer: expired, released or taken over.
