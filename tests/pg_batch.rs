@@ -446,3 +446,75 @@ async fn a_retried_renewal_waits_for_its_running_statement() {
     locker.batch_execute("COMMIT").await.unwrap();
     assert_eq!(second.await.unwrap().unwrap(), RenewOutcome::Renewed);
 }
+
+/// A renewal that waits in the queue longer than a statement may take (here behind two
+/// statements that each run into the statement timeout, one slot, one lease a
+/// statement) is not failed for it: it keeps its place and is renewed when its turn
+/// comes, well within its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_queued_behind_slow_statements_keeps_its_place() {
+    let case = "queued";
+    let t = table(case);
+    let app = format!("leases_batch_queued_{}", run_id());
+    let url = shared_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let timeout = Duration::from_secs(2);
+    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
+        .table(t.clone())
+        .pool_size(2)
+        .renew_batch_size(1)
+        .renew_batch_window(Duration::ZERO)
+        .statement_timeout(timeout);
+    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    let ttl = Duration::from_secs(30);
+    let mut leases = Vec::new();
+    for name in ["a1", "a2", "c"] {
+        let key = Key::system(["batch-queued", name]);
+        let token = grant(&backend, &key, ttl).await;
+        leases.push((key, token));
+    }
+    let db = connect(&url).await;
+    let locker = connect(&url).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {t} WHERE key IN ('{}', '{}') FOR UPDATE",
+            leases[0].0, leases[1].0
+        ))
+        .await
+        .unwrap();
+    let renew = |(key, token): (Key, u64)| {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let answer = backend.renew(&key, token, ttl).await;
+            (answer, std::time::Instant::now())
+        })
+    };
+    let started = std::time::Instant::now();
+    let a1 = renew(leases[0].clone());
+    let mut blocked = false;
+    for _ in 0..100 {
+        if renewal_statements(&db, &app).await.1 >= 1 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(blocked, "no renewal statement blocked on the locked row");
+    let a2 = renew(leases[1].clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = renew(leases[2].clone());
+    let (a1, _) = a1.await.unwrap();
+    let (a2, _) = a2.await.unwrap();
+    let (c, c_done) = c.await.unwrap();
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert!(a1.is_err() && a2.is_err(), "{a1:?} {a2:?}");
+    assert_eq!(
+        c.unwrap(),
+        RenewOutcome::Renewed,
+        "the queued renewal must wait for its turn, not fail"
+    );
+    assert!(
+        c_done - started >= timeout * 2,
+        "c was renewed before both slow statements ended: the queue was not in order"
+    );
+}

@@ -151,6 +151,8 @@ struct Held {
     renewals: f64,
     /// Server CPU per wall second.
     cpu: f64,
+    /// This process's CPU (the manager, its renewals and the driver) per wall second.
+    manager_cpu: f64,
     /// Leases whose context had ended by the end of the window.
     lost: usize,
     /// Seconds from the first acquire to the last.
@@ -279,8 +281,10 @@ async fn statements_per_lease(
     let c0 = commits(url).await;
     let r0 = backend.renew_statements();
     let cpu0 = server_cpu(url).await;
+    let mine0 = crate::scale::cpu_seconds();
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
+    let mine = crate::scale::cpu_seconds() - mine0;
     let cpu = server_cpu(url).await - cpu0;
     let wall = t0.elapsed().as_secs_f64();
     let renewals = (backend.renew_statements() - r0) as f64 / n as f64 / (wall / 60.0);
@@ -305,6 +309,7 @@ async fn statements_per_lease(
         per,
         renewals,
         cpu: cpu / wall,
+        manager_cpu: mine / wall,
         lost,
         acquire_secs,
         rss_per_lease,
@@ -360,8 +365,8 @@ pub async fn postgres_section(s: &Sizes) {
         s.pg_ttl / 3,
         s.pg_window.as_secs_f64()
     );
-    println!("| renewals | leases held | database statements per held lease per minute | of which renewal statements | server CPU per wall second | lost | time to acquire all | manager resident bytes per lease |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| renewals | leases held | database statements per held lease per minute | of which renewal statements | server CPU per wall second | manager CPU per wall second | lost | time to acquire all | manager resident bytes per lease |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (tag, name, options, n) in [
         (
             "batched",
@@ -396,10 +401,11 @@ pub async fn postgres_section(s: &Sizes) {
             )
         };
         println!(
-            "| {name} | {held} | {:.3} | {:.3} | {:.1} % of a core | {} | {:.1} s | {} |",
+            "| {name} | {held} | {:.3} | {:.3} | {:.1} % of a core | {:.1} % of a core | {} | {:.1} s | {} |",
             h.per,
             h.renewals,
             h.cpu * 100.0,
+            h.manager_cpu * 100.0,
             h.lost,
             h.acquire_secs,
             h.rss_per_lease

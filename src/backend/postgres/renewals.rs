@@ -10,8 +10,9 @@
 //! At most half the pool's connections (at least one) run renewal statements at once.
 //! When the database falls behind, renewals wait here, oldest first, and join larger
 //! statements, instead of queueing for connections, where acquires and releases would
-//! queue behind them and everything would time out together. A renewal that waits too
-//! long fails with a timeout like a slow statement, and its renewer retries.
+//! queue behind them and everything would time out together. A queued renewal keeps its
+//! place until its renewer stops waiting (at the holder's deadline) or its TTL is spent;
+//! it is not failed and re-queued at the back, behind everyone else.
 //!
 //! No lease is in two running statements at once: a renewal of a lease whose earlier
 //! renewal is still running (its renewer gave up waiting and tried again) waits for
@@ -44,7 +45,7 @@
 //! [`renew_batch_window`]: super::PostgresOptions::renew_batch_window
 //! [`renew_batch_size`]: super::PostgresOptions::renew_batch_size
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,8 +97,10 @@ impl Renewals {
         self.task.abort();
     }
 
-    /// Renews `(key, token)` by `ttl` in the next batch, bounded by the time the batch
-    /// may wait plus the statement timeout.
+    /// Renews `(key, token)` by `ttl` in the next batch. Bounded by the lease's TTL
+    /// (how long it may wait in the queue: a renewal sent later cannot keep the lease
+    /// anyway), the batch window and the statement timeout. The manager's renewers
+    /// bound it by the holder's deadline, which comes first.
     pub(super) async fn renew(
         &self,
         key: String,
@@ -124,7 +127,13 @@ impl Renewals {
         if self.queue.send(request).is_err() {
             return Err(stopped());
         }
-        let bound = wait.saturating_add(options.statement_timeout);
+        // Under load, renewals queue here for a free statement slot. A renewal that
+        // gave up sooner would retry at the back of the queue, after everyone else:
+        // it keeps its place until its TTL is spent.
+        let bound = ttl
+            .max(wait)
+            .saturating_add(wait)
+            .saturating_add(options.statement_timeout);
         match tokio::time::timeout(bound, answer).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(stopped()),
@@ -151,7 +160,7 @@ struct Batcher {
     /// The most statements running at once.
     max_running: usize,
     /// Queued renewals, oldest first.
-    pending: Vec<Request>,
+    pending: VecDeque<Request>,
     /// When the batch must be sent, for the sake of the most urgent queued renewal.
     earliest: Option<Instant>,
     /// Renewals of a lease that is in a running statement: they wait for it to end.
@@ -168,7 +177,7 @@ async fn batcher(db: Arc<Db>, mut requests: mpsc::UnboundedReceiver<Request>) {
         size: db.options.renew_batch_size.max(1),
         max_running: (db.options.pool_size / 2).max(1),
         db,
-        pending: Vec::new(),
+        pending: VecDeque::new(),
         earliest: None,
         deferred: Vec::new(),
         running: JoinSet::new(),
@@ -231,20 +240,30 @@ fn lease_id(key: &str, token: i64) -> u64 {
 impl Batcher {
     fn queue(&mut self, request: Request) {
         self.earliest = Some(self.earliest.map_or(request.due, |e| e.min(request.due)));
-        self.pending.push(request);
+        self.pending.push_back(request);
     }
 
     /// Sends the oldest queued renewals, as many as the free statement slots take, as
     /// statements of at most `size` leases each, keys in order.
     fn send(&mut self) {
-        // A renewer that stopped waiting (its future was dropped) needs no renewal.
-        self.pending.retain(|r| !r.reply.is_closed());
         let slots = self.max_running.saturating_sub(self.running.len());
-        // Oldest first, so that under load every lease gets its turn.
-        let take = (slots * self.size).min(self.pending.len());
-        let rest = self.pending.split_off(take);
-        let mut batch = std::mem::replace(&mut self.pending, rest);
-        self.earliest = self.pending.iter().map(|r| r.due).min();
+        // Oldest first, so that under load every lease gets its turn; a renewer that
+        // stopped waiting (its future was dropped) needs no renewal. Only what is sent
+        // is looked at: under load the queue is long, and this runs for every batch.
+        let mut batch = Vec::with_capacity((slots * self.size).min(self.pending.len()));
+        while batch.len() < slots * self.size {
+            match self.pending.pop_front() {
+                Some(r) if r.reply.is_closed() => {}
+                Some(r) => batch.push(r),
+                None => break,
+            }
+        }
+        self.earliest = if self.pending.len() >= self.size {
+            // A backlog: send again as soon as a statement slot is free.
+            self.pending.front().map(|_| Instant::now())
+        } else {
+            self.pending.iter().map(|r| r.due).min()
+        };
         // Keys in one fixed order: duplicates side by side, and chunks over ranges of
         // keys (neighbouring index pages).
         batch.sort_unstable_by(|a, b| (&a.key, a.token).cmp(&(&b.key, b.token)));
