@@ -239,3 +239,87 @@ async fn an_unbounded_batch_size_keeps_the_batcher_renewing() {
         );
     }
 }
+
+/// One statement, three leases, two of them behind row locks of committing writers: a
+/// revoke (`a`) and the holder's release (`b`, the backend's own release statement);
+/// `c` is free. After both commit, the one `UPDATE` re-checks `a` and `b` on their
+/// newest versions: `a` is told `Revoked` and not extended, `b` is told `Lost` and not
+/// revived, `c` is renewed; each answer reaches its own caller by position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_behind_a_committing_revoke_and_release_answers_each_lease() {
+    let (t, app, backend) = backend_for("revoke_release", Duration::from_millis(300)).await;
+    let url = shared_url();
+    let db = connect(&url).await;
+    let ttl = Duration::from_secs(30);
+    let keys: Vec<Key> = ["a", "b", "c"]
+        .iter()
+        .map(|k| Key::system(["review", "revoke-release", k]))
+        .collect();
+    let mut tokens = Vec::new();
+    for k in &keys {
+        tokens.push(grant(&backend, k, ttl).await);
+    }
+    let before: Vec<_> = {
+        let mut v = Vec::new();
+        for k in &keys {
+            v.push(row(&db, &t, k).await);
+        }
+        v
+    };
+
+    let revoker = connect(&url).await;
+    revoker
+        .batch_execute(&format!(
+            "BEGIN; UPDATE {t} SET revoked = true WHERE key = '{}'",
+            keys[0]
+        ))
+        .await
+        .unwrap();
+    let (_, release_sql) = PostgresBackend::statements(&t);
+    let releaser = connect(&url).await;
+    releaser.batch_execute("BEGIN").await.unwrap();
+    let released = releaser
+        .query(
+            release_sql.as_str(),
+            &[&keys[1].to_string(), &(tokens[1] as i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 1);
+
+    let renewals: Vec<_> = keys
+        .iter()
+        .zip(&tokens)
+        .map(|(k, &token)| {
+            let (backend, k) = (backend.clone(), k.clone());
+            tokio::spawn(async move { backend.renew(&k, token, ttl).await })
+        })
+        .collect();
+    wait_for_blocked_renewal(&db, &app).await;
+    assert!(
+        renewals.iter().all(|r| !r.is_finished()),
+        "one statement for all three"
+    );
+    revoker.batch_execute("COMMIT").await.unwrap();
+    releaser.batch_execute("COMMIT").await.unwrap();
+    let mut outcomes = Vec::new();
+    for r in renewals {
+        outcomes.push(r.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        [
+            RenewOutcome::Revoked,
+            RenewOutcome::Lost,
+            RenewOutcome::Renewed
+        ]
+    );
+    let (a, b, c) = (
+        row(&db, &t, &keys[0]).await,
+        row(&db, &t, &keys[1]).await,
+        row(&db, &t, &keys[2]).await,
+    );
+    assert_eq!(a.1, before[0].1, "the revoked lease was extended");
+    assert!(b.2, "the released lease was revived");
+    assert!(c.1 > before[2].1, "the free lease was not extended");
+}
