@@ -20,14 +20,15 @@
 //! - **Renew** is batched: renewals that fall due close together (within
 //!   [`PostgresOptions::renew_batch_window`]) go to the database as one `UPDATE … FROM
 //!   unnest($keys, $tokens, $ttls) … RETURNING position, revoked`, in chunks of at most
-//!   [`PostgresOptions::renew_batch_size`] leases, keys in order, with at most half the
+//!   [`PostgresOptions::renew_batch_size`] leases, keys in order (the statement locks
+//!   its rows in key order, then judges expiry on the locked rows), with at most half the
 //!   pool's connections running renewal statements at once (so acquires and releases
 //!   keep the other half when renewals pile up; renewals wait in the batch queue,
 //!   where they join larger statements). No lease is in two statements at once. For each
 //!   lease it is compare-and-set on `(key, token)` that never revives an expired lease
 //!   (judged on the database's clock), extends only a lease that is not revoked, and
-//!   reads `revoked` from the very row version it updated (so a renewal that waited on
-//!   a committing revoke is told `Revoked`, not `Lost`). A lease missing from the answer
+//!   reads `revoked` from the very row version it locked (so a renewal that waited on a
+//!   committing revoke is told `Revoked`, not `Lost`). A lease missing from the answer
 //!   is lost, and its holder is told at once; a statement that fails or times out
 //!   fails every renewal in it (none counts as renewed) and their renewers retry. Each
 //!   holder's deadline counts from its renewer's start, taken before the batch was
@@ -297,21 +298,22 @@ impl Sql {
             // (from 1) in the arrays and `revoked` of every lease it matched, and a lease
             // it did not return is lost.
             //
-            // One UPDATE: each row is found by its key, matched on `(key, token)` and
-            // extended in one pass. A row that changed while we waited for its lock is
-            // re-checked on its newest version (READ COMMITTED's re-check), so a renewal
-            // that waited on a committing revoke matches with `revoked` set (and extends
-            // nothing; `SET` and `RETURNING` read that newest version), one that waited
-            // on a takeover or a release does not match. A revoked lease is matched but
-            // not extended.
+            // `mine` locks the rows still held by the given `(key, token)`, in key
+            // order (the sort runs below the row locks), so that two statements that
+            // shared rows could never wait on each other in a cycle (the batcher never
+            // has one lease in two running statements anyway). A row that another
+            // transaction *changed* while we waited for its lock is re-checked on its
+            // newest version (READ COMMITTED's re-check), so a renewal that waited on a
+            // committing revoke returns `revoked` set (and extends nothing), one that
+            // waited on a takeover or a release does not match.
             //
-            // Rows are locked in whatever order the plan visits them. Two renewal
-            // statements could only wait on each other in a cycle if they shared two
-            // leases, and a lease belongs to one holder, renewed by one backend, whose
-            // batcher never has the same lease in two statements at once; every other
-            // writer (acquire, release, revoke) touches one row. The server would
-            // anyway detect such a deadlock and fail one statement, which fails its
-            // leases into retry.
+            // A row whose lock we waited for but that was *not* changed (a rival's
+            // acquire locks the row of a live lease, takes nothing, and holds the lock
+            // until its commit) is not re-checked: the lease may have expired during
+            // the wait. So expiry is judged again, on `clock_timestamp()`, in the
+            // filter on `mine`'s rows, which reads each row only after `mine` has
+            // locked it, whatever the plan; with the lock held the row cannot change
+            // any more. A lease that expired is then not matched (lost), never revived.
             //
             // Liveness is judged on `clock_timestamp()`, not `now()` (the statement's
             // start): a renewal that waited on the row lock of a committing release
@@ -320,12 +322,19 @@ impl Sql {
             // The new expiry still counts from `now()`, which is no earlier than the
             // moment the batch was sent, hence than every renewer's start.
             renew: format!(
-                "UPDATE {t} l SET
-                    expires_at = CASE WHEN l.revoked THEN l.expires_at ELSE now() + (w.ttl_ms * interval '1 millisecond') END,
-                    ttl_ms = CASE WHEN l.revoked THEN l.ttl_ms ELSE w.ttl_ms END
-                FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS w(key, token, ttl_ms, i)
-                WHERE l.key = w.key AND l.token = w.token AND l.expires_at > clock_timestamp()
-                RETURNING w.i, l.revoked"
+                "WITH mine AS MATERIALIZED (
+                    SELECT l.key, l.token, l.expires_at, w.ttl_ms, w.i FROM {t} l
+                    JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS w(key, token, ttl_ms, i)
+                      ON l.key = w.key AND l.token = w.token
+                    WHERE l.expires_at > clock_timestamp()
+                    ORDER BY l.key COLLATE \"C\"
+                    FOR UPDATE OF l)
+                UPDATE {t} l SET
+                    expires_at = CASE WHEN l.revoked THEN l.expires_at ELSE now() + (m.ttl_ms * interval '1 millisecond') END,
+                    ttl_ms = CASE WHEN l.revoked THEN l.ttl_ms ELSE m.ttl_ms END
+                FROM mine m
+                WHERE m.expires_at > clock_timestamp() AND l.key = m.key AND l.token = m.token
+                RETURNING m.i, l.revoked"
             ),
             // Release ends the lease but keeps the row, and with it the key's last
             // token: see the acquire above for why rows are never deleted here.

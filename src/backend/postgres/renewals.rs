@@ -16,8 +16,9 @@
 //!
 //! No lease is in two running statements at once: a renewal of a lease whose earlier
 //! renewal is still running (its renewer gave up waiting and tried again) waits for
-//! that statement to end. So two statements never share a row, and need no common lock
-//! order. The statement answers with the leases it renewed; each caller is told its own
+//! that statement to end, then goes first. (The statements lock their rows in key order
+//! too, so even a statement the server still runs after we gave up on it cannot
+//! deadlock with the retry.) The statement answers with the leases it renewed; each caller is told its own
 //! outcome:
 //!
 //! - in the answer, not revoked: [`RenewOutcome::Renewed`];
@@ -216,8 +217,10 @@ async fn batcher(db: Arc<Db>, mut requests: mpsc::UnboundedReceiver<Request>) {
                     // those leases back for ever (the server re-checks every row).
                     b.in_flight.clear();
                 }
-                for request in std::mem::take(&mut b.deferred) {
-                    b.queue(request);
+                // Back at the front, in their order: they have waited their turn.
+                for request in std::mem::take(&mut b.deferred).into_iter().rev() {
+                    b.earliest = Some(b.earliest.map_or(request.due, |e| e.min(request.due)));
+                    b.pending.push_front(request);
                 }
             }
         }
@@ -250,8 +253,9 @@ impl Batcher {
         // Oldest first, so that under load every lease gets its turn; a renewer that
         // stopped waiting (its future was dropped) needs no renewal. Only what is sent
         // is looked at: under load the queue is long, and this runs for every batch.
-        let mut batch = Vec::with_capacity((slots * self.size).min(self.pending.len()));
-        while batch.len() < slots * self.size {
+        let most = slots.saturating_mul(self.size);
+        let mut batch = Vec::with_capacity(most.min(self.pending.len()));
+        while batch.len() < most {
             match self.pending.pop_front() {
                 Some(r) if r.reply.is_closed() => {}
                 Some(r) => batch.push(r),
