@@ -518,3 +518,93 @@ async fn a_renewal_queued_behind_slow_statements_keeps_its_place() {
         "c was renewed before both slow statements ended: the queue was not in order"
     );
 }
+
+/// A short queue is served oldest first, a backlog (more than two full rounds of
+/// statements) newest first: a database that cannot keep up then loses the oldest
+/// waiting renewals' leases instead of delaying every renewal alike until all holders
+/// reach their deadlines together. One slot, one lease a statement; four renewals queue
+/// behind a blocked one. Each statement extends from its own `now()`, so the rows'
+/// expiries give the order the statements ran in: newest (a3), a2, then, the queue short
+/// again, oldest (a0), a1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_served_newest_first_and_a_short_queue_oldest_first() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let case = "lifo";
+    let t = table(case);
+    let app = format!("leases_batch_lifo_{}", run_id());
+    let url = shared_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
+        .table(t.clone())
+        .pool_size(2)
+        .renew_batch_size(1)
+        .renew_batch_window(Duration::ZERO)
+        .statement_timeout(Duration::from_secs(4));
+    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    let ttl = Duration::from_secs(30);
+    let mut leases = Vec::new();
+    for name in ["x", "a0", "a1", "a2", "a3"] {
+        let key = Key::system(["batch-lifo", name]);
+        let token = grant(&backend, &key, ttl).await;
+        leases.push((key, token));
+    }
+    let db = connect(&url).await;
+    let locker = connect(&url).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {t} WHERE key = '{}' FOR UPDATE",
+            leases[0].0
+        ))
+        .await
+        .unwrap();
+    let blocked = {
+        let (backend, (key, token)) = (backend.clone(), leases[0].clone());
+        tokio::spawn(async move { backend.renew(&key, token, ttl).await })
+    };
+    let mut waiting = false;
+    for _ in 0..100 {
+        if renewal_statements(&db, &app).await.1 >= 1 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(waiting, "no renewal statement blocked on the locked row");
+    // Queue a0..a3 in this order: a renewal is queued by its future's first poll.
+    let mut queued = Vec::new();
+    for (key, token) in leases[1..].iter().cloned() {
+        let backend = backend.clone();
+        let mut renewal = Box::pin(async move { backend.renew(&key, token, ttl).await });
+        let first = renewal
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(
+            matches!(first, Poll::Pending),
+            "answered before it was sent"
+        );
+        queued.push(tokio::spawn(renewal));
+    }
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(blocked.await.unwrap().unwrap(), RenewOutcome::Renewed);
+    for q in queued {
+        assert_eq!(q.await.unwrap().unwrap(), RenewOutcome::Renewed);
+    }
+    let after = rows(&db, &t).await;
+    let expiry = |name: &str| {
+        after
+            .iter()
+            .find(|r| r.0.ends_with(&format!("/{name}")))
+            .unwrap()
+            .2
+    };
+    let order = ["a3", "a2", "a0", "a1"];
+    for pair in order.windows(2) {
+        assert!(
+            expiry(pair[0]) < expiry(pair[1]),
+            "{} should have been renewed before {}: {after:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}

@@ -8,11 +8,14 @@
 //! of its own (so a slow statement does not hold up the next batch).
 //!
 //! At most half the pool's connections (at least one) run renewal statements at once.
-//! When the database falls behind, renewals wait here, oldest first, and join larger
+//! When the database falls behind, renewals wait here and join larger
 //! statements, instead of queueing for connections, where acquires and releases would
 //! queue behind them and everything would time out together. A queued renewal keeps its
 //! place until its renewer stops waiting (at the holder's deadline) or its TTL is spent;
-//! it is not failed and re-queued at the back, behind everyone else.
+//! it is not failed and re-queued at the back, behind everyone else. A short queue is
+//! served oldest first; a queue longer than two full rounds of statements newest first,
+//! so that an overloaded database loses the leases it cannot keep rather than all of
+//! them (see `Batcher::send`).
 //!
 //! No lease is in two running statements at once: a renewal of a lease whose earlier
 //! renewal is still running (its renewer gave up waiting and tried again) waits for
@@ -246,17 +249,37 @@ impl Batcher {
         self.pending.push_back(request);
     }
 
-    /// Sends the oldest queued renewals, as many as the free statement slots take, as
-    /// statements of at most `size` leases each, keys in order.
+    /// Sends queued renewals, as many as the free statement slots take, as statements of
+    /// at most `size` leases each, keys in order: the oldest first, unless the queue
+    /// holds more than two full rounds of statements, then the newest first.
+    ///
+    /// Why the newest under a backlog: when renewals arrive faster than the database
+    /// renews them, serving them in order delays every one of them alike, until every
+    /// holder reaches its deadline at about the same time and nearly all leases are
+    /// lost together. Served newest first, renewals that were just queued go through at
+    /// once (their holders keep their leases) and the oldest wait until their holders'
+    /// deadlines: those leases are lost, and told, until what is left is what the
+    /// database can renew.
     fn send(&mut self) {
         let slots = self.max_running.saturating_sub(self.running.len());
-        // Oldest first, so that under load every lease gets its turn; a renewer that
-        // stopped waiting (its future was dropped) needs no renewal. Only what is sent
-        // is looked at: under load the queue is long, and this runs for every batch.
+        // A renewer that stopped waiting (its future was dropped) needs no renewal. Only
+        // what is sent is looked at: under load the queue is long, and this runs for
+        // every batch.
         let most = slots.saturating_mul(self.size);
+        let backlog =
+            self.pending.len() > self.max_running.saturating_mul(self.size).saturating_mul(2);
         let mut batch = Vec::with_capacity(most.min(self.pending.len()));
         while batch.len() < most {
-            match self.pending.pop_front() {
+            let next = if backlog {
+                // Renewers at the front that gave up leave with no work.
+                while self.pending.front().is_some_and(|r| r.reply.is_closed()) {
+                    self.pending.pop_front();
+                }
+                self.pending.pop_back()
+            } else {
+                self.pending.pop_front()
+            };
+            match next {
                 Some(r) if r.reply.is_closed() => {}
                 Some(r) => batch.push(r),
                 None => break,
