@@ -219,3 +219,33 @@ async fn a_stale_renewal_the_server_still_runs_never_moves_a_confirmed_expiry_ba
         (confirmed - after) / 1000
     );
 }
+
+/// One caller's renewal with a TTL the database cannot represent (here `Duration::MAX`,
+/// sent as `i64::MAX` ms: `now() + interval` overflows) shares its statement with other
+/// leases' renewals. The error is that caller's to get; the other leases in the batch
+/// must still be renewed. A statement that fails as a whole hands the error to every
+/// lease in it, and their renewers' retries batch with the offender's retries again: one
+/// bad call through the public `Backend` trait fails the renewals of unrelated holders
+/// of the same backend until they are lost at their deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_with_an_unrepresentable_ttl_does_not_fail_the_rest_of_its_batch() {
+    let opts = PostgresOptions::new(shared_url())
+        .table(table("poison"))
+        // Long enough that both renewals share one statement.
+        .renew_batch_window(Duration::from_millis(300));
+    let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
+    let ttl = Duration::from_secs(30);
+    let bad = Key::system(["review2", "poison", "bad"]);
+    let good = Key::system(["review2", "poison", "good"]);
+    let tbad = grant(&backend, &bad, ttl).await;
+    let tgood = grant(&backend, &good, ttl).await;
+    let (rbad, rgood) = tokio::join!(
+        backend.renew(&bad, tbad, Duration::MAX),
+        backend.renew(&good, tgood, ttl)
+    );
+    assert!(
+        matches!(rgood, Ok(RenewOutcome::Renewed)),
+        "a held lease was not renewed because another lease's renewal in its batch asked \
+         for an unrepresentable TTL: good got {rgood:?} (bad got {rbad:?})"
+    );
+}
