@@ -249,3 +249,54 @@ async fn a_renewal_with_an_unrepresentable_ttl_does_not_fail_the_rest_of_its_bat
          for an unrepresentable TTL: good got {rgood:?} (bad got {rbad:?})"
     );
 }
+
+/// Option values at the edge of their types are input a user can give: each must be a
+/// typed error or work, never a panic (the crate's standard). `pool_size(usize::MAX)`
+/// ("no limit"; the batcher runs half of it) and `statement_timeout(Duration::MAX)`
+/// ("no limit") are tried, each in a task of its own so that a panic is reported as
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_pool_size_and_statement_timeout_do_not_panic() {
+    let cases: Vec<(&str, PostgresOptions)> = vec![
+        (
+            "pool_size(usize::MAX)",
+            PostgresOptions::new(shared_url())
+                .table(table("huge_pool"))
+                .pool_size(usize::MAX),
+        ),
+        (
+            "statement_timeout(Duration::MAX)",
+            PostgresOptions::new(shared_url())
+                .table(table("huge_timeout"))
+                .statement_timeout(Duration::MAX),
+        ),
+    ];
+    let mut panics = Vec::new();
+    for (name, opts) in cases {
+        let outcome = tokio::spawn(async move {
+            match PostgresBackend::connect(opts).await {
+                Ok(backend) => {
+                    let key = Key::system(["review2", "extreme"]);
+                    format!(
+                        "{:?}",
+                        backend.acquire(&key, Duration::from_secs(5), b"").await
+                    )
+                }
+                Err(e) => format!("typed error: {e}"),
+            }
+        })
+        .await;
+        if let Err(e) = outcome {
+            if e.is_panic() {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panics.push(format!("{name}: {msg}"));
+            }
+        }
+    }
+    assert!(panics.is_empty(), "an option value panics: {panics:?}");
+}
