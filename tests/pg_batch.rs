@@ -519,20 +519,15 @@ async fn a_renewal_queued_behind_slow_statements_keeps_its_place() {
     );
 }
 
-/// A short queue is served oldest first, a backlog (more than two full rounds of
-/// statements) newest first: a database that cannot keep up then loses the oldest
-/// waiting renewals' leases instead of delaying every renewal alike until all holders
-/// reach their deadlines together. One slot, one lease a statement; four renewals queue
-/// behind a blocked one. Each statement extends from its own `now()`, so the rows'
-/// expiries give the order the statements ran in: newest (a3), a2, then, the queue short
-/// again, oldest (a0), a1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_is_served_newest_first_and_a_short_queue_oldest_first() {
+/// The order in which five renewals ran: `x`, whose row is locked for `hold`, then
+/// `a0`..`a3`, queued in that order behind it (one statement slot, one lease a
+/// statement). Each statement extends from its own `now()`, so the rows' expiries give
+/// the order the statements ran in.
+async fn served_order(case: &str, ttl: Duration, hold: Duration) -> Vec<String> {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
-    let case = "lifo";
     let t = table(case);
-    let app = format!("leases_batch_lifo_{}", run_id());
+    let app = format!("leases_batch_{case}_{}", run_id());
     let url = shared_url();
     let sep = if url.contains('?') { '&' } else { '?' };
     let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
@@ -542,10 +537,9 @@ async fn a_backlog_is_served_newest_first_and_a_short_queue_oldest_first() {
         .renew_batch_window(Duration::ZERO)
         .statement_timeout(Duration::from_secs(4));
     let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
-    let ttl = Duration::from_secs(30);
     let mut leases = Vec::new();
     for name in ["x", "a0", "a1", "a2", "a3"] {
-        let key = Key::system(["batch-lifo", name]);
+        let key = Key::system(["batch-order", name]);
         let token = grant(&backend, &key, ttl).await;
         leases.push((key, token));
     }
@@ -585,26 +579,30 @@ async fn a_backlog_is_served_newest_first_and_a_short_queue_oldest_first() {
         );
         queued.push(tokio::spawn(renewal));
     }
+    tokio::time::sleep(hold).await;
     locker.batch_execute("COMMIT").await.unwrap();
     assert_eq!(blocked.await.unwrap().unwrap(), RenewOutcome::Renewed);
     for q in queued {
         assert_eq!(q.await.unwrap().unwrap(), RenewOutcome::Renewed);
     }
-    let after = rows(&db, &t).await;
-    let expiry = |name: &str| {
-        after
-            .iter()
-            .find(|r| r.0.ends_with(&format!("/{name}")))
-            .unwrap()
-            .2
-    };
-    let order = ["a3", "a2", "a0", "a1"];
-    for pair in order.windows(2) {
-        assert!(
-            expiry(pair[0]) < expiry(pair[1]),
-            "{} should have been renewed before {}: {after:?}",
-            pair[0],
-            pair[1]
-        );
-    }
+    let mut after = rows(&db, &t).await;
+    after.sort_by_key(|r| r.2);
+    after
+        .into_iter()
+        .map(|r| r.0.rsplit('/').next().unwrap().to_string())
+        .collect()
+}
+
+/// Renewals that waited less than a sixth of their TTL are served oldest first; once the
+/// oldest has waited longer (the database is not keeping up), newest first: an
+/// overloaded database then loses the oldest waiting renewals' leases instead of
+/// delaying every renewal alike until all holders reach their deadlines together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_queue_is_served_newest_first_and_a_prompt_one_oldest_first() {
+    // TTL 30 s: waiting 0.8 s is prompt (under 5 s).
+    let prompt = served_order("fifo", Duration::from_secs(30), Duration::from_millis(800)).await;
+    assert_eq!(prompt, ["x", "a0", "a1", "a2", "a3"]);
+    // TTL 3 s: waiting 0.8 s is late (over 0.5 s).
+    let late = served_order("lifo", Duration::from_secs(3), Duration::from_millis(800)).await;
+    assert_eq!(late, ["x", "a3", "a2", "a1", "a0"]);
 }

@@ -175,8 +175,9 @@ impl PostgresOptions {
         }
     }
 
-    /// Connections in the pool (renewals, acquires, releases). One more connection is
-    /// used to listen for released keys.
+    /// Connections in the pool (renewals, acquires, releases; from 1 to 10,000). One
+    /// more connection is used to listen for released keys. At most half of them (at
+    /// least one) run renewal statements at once.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
@@ -195,7 +196,8 @@ impl PostgresOptions {
         self
     }
 
-    /// How long one lease operation may take before it fails with a timeout.
+    /// How long one lease operation may take before it fails with a timeout (at most
+    /// about 24.8 days, PostgreSQL's own limit for `statement_timeout`).
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
         self
@@ -321,6 +323,12 @@ impl Sql {
             // later than our `now()`; against `now()` it would revive a released lease.
             // The new expiry still counts from `now()`, which is no earlier than the
             // moment the batch was sent, hence than every renewer's start.
+            //
+            // A renewal never moves an expiry backwards (`GREATEST`): a statement we
+            // gave up on may still run on the server (for up to its statement timeout,
+            // which starts only when the statement reaches the server, while ours
+            // started before waiting for a connection), after a retry of the same lease
+            // was confirmed; its older `now()` must not shorten what the retry promised.
             renew: format!(
                 "WITH mine AS MATERIALIZED (
                     SELECT l.key, l.token, l.expires_at, w.ttl_ms, w.i FROM {t} l
@@ -330,7 +338,8 @@ impl Sql {
                     ORDER BY l.key COLLATE \"C\"
                     FOR UPDATE OF l)
                 UPDATE {t} l SET
-                    expires_at = CASE WHEN l.revoked THEN l.expires_at ELSE now() + (m.ttl_ms * interval '1 millisecond') END,
+                    expires_at = CASE WHEN l.revoked THEN l.expires_at
+                        ELSE GREATEST(l.expires_at, now() + (m.ttl_ms * interval '1 millisecond')) END,
                     ttl_ms = CASE WHEN l.revoked THEN l.ttl_ms ELSE m.ttl_ms END
                 FROM mine m
                 WHERE m.expires_at > clock_timestamp() AND l.key = m.key AND l.token = m.token
@@ -439,6 +448,29 @@ fn like_prefix(prefix: &str) -> String {
     }
     pattern.push('%');
     pattern
+}
+
+/// The most connections a pool may have: far above any server's `max_connections`.
+const MAX_POOL_SIZE: usize = 10_000;
+
+/// PostgreSQL's `statement_timeout` is a 32-bit count of milliseconds.
+const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// The longest TTL the database can add to `now()` (a thousand years; PostgreSQL's
+/// timestamps end in the year 294276). A longer one is refused before it reaches the
+/// database, so that it cannot fail a whole batch of renewals.
+const MAX_DB_TTL: Duration = Duration::from_secs(1000 * 366 * 24 * 3600);
+
+fn check_ttl(what: &str, ttl: Duration) -> Result<(), BackendError> {
+    if ttl > MAX_DB_TTL {
+        return Err(BackendError::new(
+            BackendErrorKind::Failed,
+            format!(
+                "{what}: a TTL of {ttl:?} is longer than the database can store ({MAX_DB_TTL:?})"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {
@@ -561,10 +593,18 @@ impl PostgresBackend {
                 options.table
             )));
         }
-        if options.pool_size == 0 {
-            return Err(LeaseError::InvalidConfig(
-                "pool_size must be at least 1".into(),
-            ));
+        if options.pool_size == 0 || options.pool_size > MAX_POOL_SIZE {
+            return Err(LeaseError::InvalidConfig(format!(
+                "pool_size must be from 1 to {MAX_POOL_SIZE}, not {}",
+                options.pool_size
+            )));
+        }
+        if options.statement_timeout > MAX_STATEMENT_TIMEOUT {
+            return Err(LeaseError::InvalidConfig(format!(
+                "statement_timeout must be at most {MAX_STATEMENT_TIMEOUT:?} \
+                 (PostgreSQL's own limit), not {:?}",
+                options.statement_timeout
+            )));
         }
         let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
             LeaseError::InvalidConfig(format!("bad PostgreSQL connection string: {e}"))
@@ -593,7 +633,12 @@ impl PostgresBackend {
         config.keepalives_idle(Duration::from_secs(5));
         config.keepalives_interval(Duration::from_secs(1));
         config.keepalives_retries(3);
-        config.tcp_user_timeout(options.statement_timeout.max(Duration::from_secs(1)) * 2);
+        config.tcp_user_timeout(
+            options
+                .statement_timeout
+                .max(Duration::from_secs(1))
+                .saturating_mul(2),
+        );
         let tls = tls_connector(&options)?;
         let manager = Manager::from_config(
             config.clone(),
@@ -881,6 +926,7 @@ impl Backend for PostgresBackend {
         ttl: Duration,
         metadata: &[u8],
     ) -> Result<AcquireOutcome, BackendError> {
+        check_ttl("acquire", ttl)?;
         let key_text = key.to_string();
         let ms = ttl_ms(ttl);
         for _ in 0..3 {
@@ -927,6 +973,7 @@ impl Backend for PostgresBackend {
         let Some(token) = token_to_db(token) else {
             return Ok(RenewOutcome::Lost);
         };
+        check_ttl("renew", ttl)?;
         self.renewals
             .renew(key.to_string(), token, ttl, &self.db.options)
             .await

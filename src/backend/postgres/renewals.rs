@@ -12,10 +12,10 @@
 //! statements, instead of queueing for connections, where acquires and releases would
 //! queue behind them and everything would time out together. A queued renewal keeps its
 //! place until its renewer stops waiting (at the holder's deadline) or its TTL is spent;
-//! it is not failed and re-queued at the back, behind everyone else. A short queue is
-//! served oldest first; a queue longer than two full rounds of statements newest first,
-//! so that an overloaded database loses the leases it cannot keep rather than all of
-//! them (see `Batcher::send`).
+//! it is not failed and re-queued at the back, behind everyone else. The queue is served
+//! oldest first while its oldest renewal has waited less than a sixth of its TTL, newest
+//! first after that, so that an overloaded database loses the leases it cannot keep
+//! rather than all of them (see `Batcher::send`).
 //!
 //! No lease is in two running statements at once: a renewal of a lease whose earlier
 //! renewal is still running (its renewer gave up waiting and tried again) waits for
@@ -70,6 +70,10 @@ struct Request {
     ttl_ms: i64,
     /// When the batch must be sent, at the latest, for this renewal's sake.
     due: Instant,
+    /// Past this instant still queued (a sixth of its TTL after it was queued, half its
+    /// renewal interval), it shows the database is not keeping up: see
+    /// [`Batcher::send`].
+    late: Instant,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -126,6 +130,7 @@ impl Renewals {
             token,
             ttl_ms: ttl_ms(ttl),
             due,
+            late: now.checked_add(ttl / 6).unwrap_or(due),
             reply,
         };
         if self.queue.send(request).is_err() {
@@ -250,24 +255,28 @@ impl Batcher {
     }
 
     /// Sends queued renewals, as many as the free statement slots take, as statements of
-    /// at most `size` leases each, keys in order: the oldest first, unless the queue
-    /// holds more than two full rounds of statements, then the newest first.
+    /// at most `size` leases each, keys in order: the oldest first, unless the oldest
+    /// has waited past its `late` instant (a sixth of its TTL), then the newest first.
     ///
-    /// Why the newest under a backlog: when renewals arrive faster than the database
-    /// renews them, serving them in order delays every one of them alike, until every
-    /// holder reaches its deadline at about the same time and nearly all leases are
-    /// lost together. Served newest first, renewals that were just queued go through at
-    /// once (their holders keep their leases) and the oldest wait until their holders'
-    /// deadlines: those leases are lost, and told, until what is left is what the
-    /// database can renew.
+    /// Why the newest when the queue is that late: renewals then arrive faster than the
+    /// database renews them, and serving them in order would delay every one of them
+    /// alike, until every holder reaches its deadline at about the same time and nearly
+    /// all leases are lost together. Served newest first, renewals that were just
+    /// queued go through at once (their holders keep their leases) and the oldest wait
+    /// until their holders' deadlines: those leases are lost, and told, until what is
+    /// left is what the database can renew. A queue that drains within a sixth of the
+    /// TTL (a short burst) stays in order: every holder still has two thirds of its TTL.
     fn send(&mut self) {
         let slots = self.max_running.saturating_sub(self.running.len());
         // A renewer that stopped waiting (its future was dropped) needs no renewal. Only
         // what is sent is looked at: under load the queue is long, and this runs for
         // every batch.
         let most = slots.saturating_mul(self.size);
-        let backlog =
-            self.pending.len() > self.max_running.saturating_mul(self.size).saturating_mul(2);
+        while self.pending.front().is_some_and(|r| r.reply.is_closed()) {
+            self.pending.pop_front();
+        }
+        let now = Instant::now();
+        let backlog = self.pending.front().is_some_and(|r| r.late <= now);
         let mut batch = Vec::with_capacity(most.min(self.pending.len()));
         while batch.len() < most {
             let next = if backlog {
