@@ -244,11 +244,9 @@ async fn holders_of_one_batch_are_told_exactly_their_own_loss() {
 async fn renewals_given_up_mid_batch_leave_nothing_behind() {
     let case = "cancel";
     let t = table(case);
-    let app = format!("leases_batch_cancel_{}", run_id());
     let url = shared_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
-        .table(t.clone())
+    let (opts, app) = tagged(case);
+    let opts = opts
         .renew_batch_window(Duration::from_millis(200))
         .statement_timeout(Duration::from_secs(2));
     let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
@@ -306,6 +304,27 @@ async fn renewals_given_up_mid_batch_leave_nothing_behind() {
         .all(|o| o.unwrap() == RenewOutcome::Renewed));
 }
 
+/// Options on this test's own table, on connections named for the test (so that
+/// `pg_stat_activity` tells its statements apart), and that name.
+fn tagged(case: &str) -> (PostgresOptions, String) {
+    let app = format!("leases_batch_{case}_{}", run_id());
+    let url = shared_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}")).table(table(case));
+    (opts, app)
+}
+
+/// Waits until `n` renewal statements of `app` wait on a row lock (at most 2 s).
+async fn until_blocked(db: &Client, app: &str, n: i64) {
+    for _ in 0..100 {
+        if renewal_statements(db, app).await.1 >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no renewal statement blocked on the locked row");
+}
+
 /// Renewal statements running now for this application: `(all, waiting on a lock)`.
 async fn renewal_statements(db: &Client, app: &str) -> (i64, i64) {
     let row = db
@@ -328,11 +347,9 @@ async fn renewal_statements(db: &Client, app: &str) -> (i64, i64) {
 async fn renewals_that_pile_up_leave_acquires_a_connection_and_never_run_a_lease_twice() {
     let case = "pileup";
     let t = table(case);
-    let app = format!("leases_batch_pileup_{}", run_id());
     let url = shared_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
-        .table(t.clone())
+    let (opts, app) = tagged(case);
+    let opts = opts
         .pool_size(2)
         .renew_batch_window(Duration::ZERO)
         .statement_timeout(Duration::from_secs(4));
@@ -355,21 +372,9 @@ async fn renewals_that_pile_up_leave_acquires_a_connection_and_never_run_a_lease
         let (backend, key) = (backend.clone(), key.clone());
         tokio::spawn(async move { backend.renew(&key, token, ttl).await })
     };
-    let wait_for_blocked = |n: i64| {
-        let (db, app) = (&db, app.clone());
-        async move {
-            for _ in 0..100 {
-                if renewal_statements(db, &app).await.1 >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!("no renewal statement blocked on the locked row");
-        }
-    };
     // A's renewal takes the one renewal slot (pool of 2) and blocks on the lock.
     let first_a = renew(&a, ta);
-    wait_for_blocked(1).await;
+    until_blocked(&db, &app, 1).await;
     // C's renewal is due at once, but must wait in the queue, not at the pool.
     let renew_c = renew(&c, tc);
     // A's renewer gives up and tries again while its statement still runs.
@@ -401,11 +406,9 @@ async fn renewals_that_pile_up_leave_acquires_a_connection_and_never_run_a_lease
 async fn a_retried_renewal_waits_for_its_running_statement() {
     let case = "retry";
     let t = table(case);
-    let app = format!("leases_batch_retry_{}", run_id());
     let url = shared_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
-        .table(t.clone())
+    let (opts, app) = tagged(case);
+    let opts = opts
         .pool_size(4)
         .renew_batch_window(Duration::ZERO)
         .statement_timeout(Duration::from_secs(4));
@@ -426,15 +429,7 @@ async fn a_retried_renewal_waits_for_its_running_statement() {
         tokio::spawn(async move { backend.renew(&key, ta, ttl).await })
     };
     let first = renew();
-    let mut blocked = false;
-    for _ in 0..100 {
-        if renewal_statements(&db, &app).await.1 >= 1 {
-            blocked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(blocked, "no renewal statement blocked on the locked row");
+    until_blocked(&db, &app, 1).await;
     first.abort();
     let second = renew();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -455,12 +450,10 @@ async fn a_retried_renewal_waits_for_its_running_statement() {
 async fn a_renewal_queued_behind_slow_statements_keeps_its_place() {
     let case = "queued";
     let t = table(case);
-    let app = format!("leases_batch_queued_{}", run_id());
     let url = shared_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
     let timeout = Duration::from_secs(2);
-    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
-        .table(t.clone())
+    let (opts, app) = tagged(case);
+    let opts = opts
         .pool_size(2)
         .renew_batch_size(1)
         .renew_batch_window(Duration::ZERO)
@@ -491,15 +484,7 @@ async fn a_renewal_queued_behind_slow_statements_keeps_its_place() {
     };
     let started = std::time::Instant::now();
     let a1 = renew(leases[0].clone());
-    let mut blocked = false;
-    for _ in 0..100 {
-        if renewal_statements(&db, &app).await.1 >= 1 {
-            blocked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(blocked, "no renewal statement blocked on the locked row");
+    until_blocked(&db, &app, 1).await;
     let a2 = renew(leases[1].clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let c = renew(leases[2].clone());
@@ -527,11 +512,9 @@ async fn served_order(case: &str, ttl: Duration, hold: Duration) -> Vec<String> 
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
     let t = table(case);
-    let app = format!("leases_batch_{case}_{}", run_id());
     let url = shared_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
-        .table(t.clone())
+    let (opts, app) = tagged(case);
+    let opts = opts
         .pool_size(2)
         .renew_batch_size(1)
         .renew_batch_window(Duration::ZERO)
@@ -556,15 +539,7 @@ async fn served_order(case: &str, ttl: Duration, hold: Duration) -> Vec<String> 
         let (backend, (key, token)) = (backend.clone(), leases[0].clone());
         tokio::spawn(async move { backend.renew(&key, token, ttl).await })
     };
-    let mut waiting = false;
-    for _ in 0..100 {
-        if renewal_statements(&db, &app).await.1 >= 1 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(waiting, "no renewal statement blocked on the locked row");
+    until_blocked(&db, &app, 1).await;
     // Queue a0..a3 in this order: a renewal is queued by its future's first poll.
     let mut queued = Vec::new();
     for (key, token) in leases[1..].iter().cloned() {
