@@ -227,8 +227,7 @@ async fn batcher(db: Arc<Db>, mut requests: mpsc::UnboundedReceiver<Request>) {
                 }
                 // Back at the front, in their order: they have waited their turn.
                 for request in std::mem::take(&mut b.deferred).into_iter().rev() {
-                    b.earliest = Some(b.earliest.map_or(request.due, |e| e.min(request.due)));
-                    b.pending.push_front(request);
+                    b.queue_front(request);
                 }
             }
         }
@@ -249,9 +248,27 @@ fn lease_id(key: &str, token: i64) -> u64 {
 }
 
 impl Batcher {
+    /// Queues `request` last, and arms the timer for its due instant.
     fn queue(&mut self, request: Request) {
-        self.earliest = Some(self.earliest.map_or(request.due, |e| e.min(request.due)));
+        self.arm(request.due);
         self.pending.push_back(request);
+    }
+
+    /// Queues `request` first, and arms the timer for its due instant.
+    fn queue_front(&mut self, request: Request) {
+        self.arm(request.due);
+        self.pending.push_front(request);
+    }
+
+    fn arm(&mut self, due: Instant) {
+        self.earliest = Some(self.earliest.map_or(due, |e| e.min(due)));
+    }
+
+    /// Drops the renewals at the front whose renewers stopped waiting.
+    fn drop_abandoned_front(&mut self) {
+        while self.pending.front().is_some_and(|r| r.reply.is_closed()) {
+            self.pending.pop_front();
+        }
     }
 
     /// Sends queued renewals, as many as the free statement slots take, as statements of
@@ -272,18 +289,14 @@ impl Batcher {
         // what is sent is looked at: under load the queue is long, and this runs for
         // every batch.
         let most = slots.saturating_mul(self.size);
-        while self.pending.front().is_some_and(|r| r.reply.is_closed()) {
-            self.pending.pop_front();
-        }
+        self.drop_abandoned_front();
         let now = Instant::now();
         let backlog = self.pending.front().is_some_and(|r| r.late <= now);
         let mut batch = Vec::with_capacity(most.min(self.pending.len()));
         while batch.len() < most {
             let next = if backlog {
                 // Renewers at the front that gave up leave with no work.
-                while self.pending.front().is_some_and(|r| r.reply.is_closed()) {
-                    self.pending.pop_front();
-                }
+                self.drop_abandoned_front();
                 self.pending.pop_back()
             } else {
                 self.pending.pop_front()
