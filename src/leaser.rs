@@ -28,11 +28,9 @@ pub struct AcquireOptions {
     pub(crate) ttl: Duration,
     pub(crate) metadata: Vec<u8>,
     pub(crate) wait: Option<Duration>,
-    /// The holder is remote (a client of the lease service): when the manager revokes
-    /// it, the key is not given back at once, because the remote holder hears of the
-    /// revoke only one network hop later; the service gives it back (by releasing the
-    /// lease) once the client has hung up or its promised deadline has passed.
-    pub(crate) remote_holder: bool,
+    /// The key is given back only by the holder's own release (see
+    /// [`keep_until_released`](AcquireOptions::keep_until_released)).
+    pub(crate) keep: bool,
 }
 
 impl AcquireOptions {
@@ -42,7 +40,7 @@ impl AcquireOptions {
             ttl,
             metadata: Vec::new(),
             wait: None,
-            remote_holder: false,
+            keep: false,
         }
     }
 
@@ -63,11 +61,27 @@ impl AcquireOptions {
         self
     }
 
-    /// Marks the holder as remote (see the field); for the lease service.
-    #[cfg(feature = "server")]
-    pub(crate) fn for_remote_holder(mut self) -> AcquireOptions {
-        self.remote_holder = true;
+    /// Keeps the key taken after the lease ends, until this holder lets go of it.
+    ///
+    /// By default a lease that a revoke ends is given back to the store as soon as its
+    /// context has ended: a holder that acts only while its context is live has stopped
+    /// by then. A holder whose work can outlive the context (a child process that must
+    /// be killed first, a client across the network that hears of the end one hop
+    /// later) asks for this instead: however the lease ends (revoked here or through
+    /// another manager or server, revoked again, renewal lost, manager shut down), the
+    /// context ends at once as always, but the key is given back only when the
+    /// [`Lease`](crate::Lease) is released or dropped, and otherwise simply expires on
+    /// the store. Renewal stops when the context ends, so the key is free again at the
+    /// latest one TTL after the last confirmed renewal. The holder must still have
+    /// stopped by [`LeaseContext::deadline`](crate::LeaseContext::deadline).
+    pub fn keep_until_released(mut self) -> AcquireOptions {
+        self.keep = true;
         self
+    }
+
+    /// Whether [`keep_until_released`](Self::keep_until_released) was asked for.
+    pub fn keeps_until_released(&self) -> bool {
+        self.keep
     }
 
     /// The requested TTL.

@@ -272,16 +272,16 @@ pub(crate) fn release(
 /// expired. While `local` is set the key's slot stays busy, and the task frees it (with
 /// [`Msg::RevokeDone`]) before it answers, so that the caller's next acquire finds it
 /// free, and nobody here is granted the key before the revoke reached the backend
-/// (where it could mark the new lease revoked). `remote_holder`: our holder is a client
-/// of the lease service, already told; it keeps the key until the service releases it
-/// (possibly before the revoke reaches the backend, which then finds nothing to mark),
-/// and the answer is `true` either way.
+/// (where it could mark the new lease revoked). `kept`: our holder keeps its key until it
+/// releases it (see `AcquireOptions::keep_until_released`), and was told; it may give
+/// the key back before the revoke reaches the backend (which then finds nothing to
+/// mark), and the answer is `true` either way.
 pub(crate) fn revoke(
     me: &ActorRef<ManagerMessage>,
     backend: Arc<dyn Backend>,
     key: Key,
     local: Option<u64>,
-    remote_holder: bool,
+    kept: bool,
     reply: RpcReplyPort<Result<bool, LeaseError>>,
 ) {
     let done = RevokeDone {
@@ -306,8 +306,8 @@ pub(crate) fn revoke(
                 Ok(true)
             }
             (Ok(None), Some(Ok(true))) => Ok(true),
-            // Our remote holder was told (and may already have given the key back).
-            (Ok(None), _) if remote_holder => Ok(true),
+            // Our keeping holder was told (and may already have given the key back).
+            (Ok(None), _) if kept => Ok(true),
             (Ok(None), _) => Ok(false),
             (Err(e), Some(Ok(true))) => {
                 crate::metrics::backend_error(crate::metrics::Op::Revoke);

@@ -94,6 +94,16 @@ fn gives_back(reason: Option<CancelReason>) -> bool {
     matches!(reason, None | Some(CancelReason::Revoked))
 }
 
+/// What [`SupervisorState::end_holder`] did.
+struct Ended {
+    /// The ended holder's token.
+    token: u64,
+    /// The holder was taken out of the table and its lease should be given back.
+    give_back: bool,
+    /// The holder keeps its key: it stays in the table and nothing is given back.
+    kept: bool,
+}
+
 fn stopped_reply<T>(reply: RpcReplyPort<Result<T, LeaseError>>) {
     let _ = reply.send(Err(LeaseError::ManagerStopped));
 }
@@ -219,7 +229,7 @@ impl SupervisorState {
         since: Duration,
     ) {
         let ttl = waiter.options.ttl;
-        let remote = waiter.options.remote_holder;
+        let keep = waiter.options.keep;
         let margin = self.config.margin(ttl);
         let deadline = started + ttl - margin;
         // Time the machine spent suspended since the acquire started counts too: the
@@ -256,7 +266,7 @@ impl SupervisorState {
                 ctx: ctx_tx.clone(),
                 renewer: None,
                 _held: crate::metrics::HeldGauge::new(),
-                remote,
+                keep,
             },
         );
         tracing::info!(%key, token, ?ttl, "lease acquired");
@@ -331,28 +341,62 @@ impl SupervisorState {
     }
 
     /// Ends the local holder of `key` (if its token matches, or any holder when `token`
-    /// is `None`) with `reason`, and stops its renewer; returns the token it held and
+    /// is `None`) with `reason`, and stops its renewer.
+    ///
+    /// The one place that decides who gives a key back after its holder's context
+    /// ended: a holder that keeps its key (`keep_until_released`, as the lease service
+    /// and `leases run` ask for) stays in the table, claimed, and nothing is given back
+    /// here, however its lease ended, unless `by_holder` (its own `Lease` is being
+    /// released). Any other holder is taken out of the table; `give_back` then says
     /// whether its lease should be given back (see [`gives_back`]).
     fn end_holder(
         &mut self,
         key: &Key,
         token: Option<u64>,
         reason: CancelReason,
-    ) -> Option<(u64, bool)> {
+        by_holder: bool,
+    ) -> Option<Ended> {
+        let cell = self.cell.clone();
+        let stop = |renewer: &ActorRef<Tick>| {
+            // Unlink first: we know why it ends, so its exit event would be one more
+            // message on this mailbox for nothing. Kill rather than stop: a renewer
+            // blocked on a slow backend must not keep renewing a lease its holder has
+            // given up.
+            renewer.get_cell().unlink(cell.clone());
+            renewer.kill();
+        };
+        let keeps = self
+            .table
+            .holder(key)
+            .is_some_and(|h| h.keep && token.is_none_or(|t| t == h.token));
+        if keeps && !by_holder {
+            let (holder, renewer) = self.table.stop_renewal(key, token)?;
+            if holder.ctx.cancel(reason.clone()) {
+                tracing::debug!(%key, token = holder.token, %reason, "lease ended; its holder keeps the key");
+            }
+            let token = holder.token;
+            if let Some(renewer) = &renewer {
+                stop(renewer);
+            }
+            return Some(Ended {
+                token,
+                give_back: false,
+                kept: true,
+            });
+        }
         let holder = self.table.take_holder(key, token)?;
         let give_back = gives_back(holder.ctx.reason());
         if holder.ctx.cancel(reason.clone()) {
             tracing::debug!(%key, token = holder.token, %reason, "lease ended");
         }
         if let Some(renewer) = &holder.renewer {
-            // Unlink first: we know why it ends, so its exit event would be one more
-            // message on this mailbox for nothing. Kill rather than stop: a renewer
-            // blocked on a slow backend must not keep renewing a lease its holder has
-            // given up.
-            renewer.get_cell().unlink(self.cell.clone());
-            renewer.kill();
+            stop(renewer);
         }
-        Some((holder.token, give_back))
+        Some(Ended {
+            token: holder.token,
+            give_back,
+            kept: false,
+        })
     }
 
     fn on_release(
@@ -375,11 +419,11 @@ impl SupervisorState {
         };
         match ended {
             None => {
-                self.end_holder(&key, Some(token), CancelReason::Released);
+                self.end_holder(&key, Some(token), CancelReason::Released, true);
                 io::release(&self.backend, key.clone(), token, reply);
             }
             Some(reason) => {
-                self.end_holder(&key, Some(token), reason.clone());
+                self.end_holder(&key, Some(token), reason.clone(), true);
                 self.give_back_if_revoked(&key, token, &reason);
                 not_held(reply);
             }
@@ -406,36 +450,19 @@ impl SupervisorState {
         if self.stopping {
             return stopped_reply(reply);
         }
-        // A remote holder (a client of the lease service) hears of the revoke one network
-        // hop after its server-side context ends: its context is ended and its renewal
-        // stopped, but it stays in the table, so that the key is given back only when
-        // the service releases the lease (once the client has hung up or its promised
-        // deadline has passed). The backend marks it revoked meanwhile.
-        if let Some(holder) = self
-            .table
-            .get(&key)
-            .and_then(|slot| slot.holder.as_mut())
-            .filter(|h| h.remote && h.ctx.reason().is_none())
-        {
-            holder.ctx.cancel(CancelReason::Revoked);
-            if let Some(renewer) = holder.renewer.take() {
-                renewer.get_cell().unlink(self.cell.clone());
-                renewer.kill();
-            }
-            return io::revoke(myself, self.backend.clone(), key, None, true, reply);
-        }
         // Our own holder is told first, so the key is never free while it still acts.
         // A lease whose context had already ended by loss is left to expire instead of
-        // given back, so that its holder keeps the safety margin it was promised.
-        let local = self
-            .end_holder(&key, None, CancelReason::Revoked)
-            .and_then(|(token, give_back)| give_back.then_some(token));
+        // given back, so that its holder keeps the safety margin it was promised; a
+        // holder that keeps its key gives it back itself (see `end_holder`).
+        let ended = self.end_holder(&key, None, CancelReason::Revoked, false);
+        let kept = ended.as_ref().is_some_and(|e| e.kept);
+        let local = ended.and_then(|e| e.give_back.then_some(e.token));
         if local.is_some() {
             // Nobody here may be granted the key until the revoke has reached the
             // backend (see `io::revoke`).
             self.table.slot(&key).busy = true;
         }
-        io::revoke(myself, self.backend.clone(), key, local, false, reply);
+        io::revoke(myself, self.backend.clone(), key, local, kept, reply);
     }
 
     fn on_revoke_done(&mut self, myself: &ActorRef<ManagerMessage>, key: Key) {
@@ -464,8 +491,10 @@ impl SupervisorState {
             .holder_of(&key, token)
             .and_then(|h| h.ctx.reason());
         let reason = CancelReason::Lost(LossCause::RenewerFailed(why));
-        if let Some((token, _)) = self.end_holder(&key, Some(token), reason.clone()) {
-            self.give_back_if_revoked(&key, token, &ended.unwrap_or(reason));
+        if let Some(e) = self.end_holder(&key, Some(token), reason.clone(), false) {
+            if !e.kept {
+                self.give_back_if_revoked(&key, e.token, &ended.unwrap_or(reason));
+            }
         }
         self.serve_next(myself, &key);
     }
@@ -474,10 +503,11 @@ impl SupervisorState {
         self.stopping = true;
         let mut held = Vec::new();
         for key in self.table.keys() {
-            if let Some((token, give_back)) = self.end_holder(&key, None, CancelReason::Shutdown) {
-                // A lease already lost is left to expire (its holder keeps the margin).
-                if give_back {
-                    held.push((key.clone(), token));
+            if let Some(e) = self.end_holder(&key, None, CancelReason::Shutdown, false) {
+                // A lease already lost is left to expire (its holder keeps the margin),
+                // and so is one whose holder keeps its key and has not let go of it.
+                if e.give_back {
+                    held.push((key.clone(), e.token));
                 }
             }
             for w in self.table.drain_waiters(&key) {

@@ -23,9 +23,11 @@ pub(crate) struct LocalHolder {
     pub(crate) renewer: Option<ActorRef<Tick>>,
     /// Counts it in the `leases_held` gauge while it is in the table.
     pub(crate) _held: crate::metrics::HeldGauge,
-    /// A remote holder (see `AcquireOptions::remote_holder`): a revoke ends its context
-    /// and stops its renewal but leaves it in the table until its lease is released.
-    pub(crate) remote: bool,
+    /// The holder gives the key back itself (see `AcquireOptions::keep_until_released`):
+    /// whatever ends its context (a revoke, the renewer's exit, a shutdown) also stops
+    /// its renewal but leaves it in the table, and gives nothing back, until its
+    /// `Lease` is released or dropped.
+    pub(crate) keep: bool,
 }
 
 impl Drop for LocalHolder {
@@ -137,9 +139,9 @@ impl LeaseTable {
             .get_mut(key)
             .and_then(|s| s.holder.as_mut())
             .filter(|h| h.token == token && h.renewer.is_none())
-            // A remote holder revoked before its renewer started keeps its place in the
-            // table but must not be renewed (nor given back by its renewer's exit).
-            .filter(|h| !(h.remote && h.ctx.reason().is_some()));
+            // A keeping holder ended before its renewer started keeps its place in the
+            // table but must not be renewed.
+            .filter(|h| !(h.keep && h.ctx.reason().is_some()));
         match holder {
             Some(holder) => {
                 holder.renewer = Some(renewer);
@@ -148,6 +150,25 @@ impl LeaseTable {
             }
             None => false,
         }
+    }
+
+    /// Takes the renewer of `key`'s holder (if its token matches, or any holder when
+    /// `token` is `None`) out of the table, leaving the holder in place; the caller
+    /// stops it. Returns the holder, or `None` if there is no such holder.
+    pub(crate) fn stop_renewal(
+        &mut self,
+        key: &Key,
+        token: Option<u64>,
+    ) -> Option<(&LocalHolder, Option<ActorRef<Tick>>)> {
+        let holder = self.slots.get_mut(key)?.holder.as_mut()?;
+        if token.is_some_and(|t| t != holder.token) {
+            return None;
+        }
+        let renewer = holder.renewer.take();
+        if let Some(r) = &renewer {
+            self.renewers.remove(&r.get_id());
+        }
+        Some((holder, renewer))
     }
 
     /// The lease whose renewal actor `id` exited, forgetting the actor; `None` for an
@@ -223,7 +244,7 @@ mod tests {
                 ctx,
                 renewer: None,
                 _held: crate::metrics::HeldGauge::new(),
-                remote: false,
+                keep: false,
             },
             view,
         )

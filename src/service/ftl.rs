@@ -254,7 +254,7 @@ async fn handle(
     }
     let (lease, ctx) = shared
         .manager
-        .acquire_lease_with(key.clone(), options.for_remote_holder())
+        .acquire_lease_with(key.clone(), options.keep_until_released())
         .await
         .map_err(|e| match e {
             LeaseError::Conflict | LeaseError::WaitTimedOut { .. } => {

@@ -233,7 +233,7 @@ async fn run_hold(
         _ = stopping.cancelled() => Err(Status::unavailable("the lease service is shutting down")),
         // The client is gone: dropping the acquire gives up (the manager cleans up).
         _ = tx.closed() => return,
-        r = shared.manager.acquire_lease_with(key.clone(), options.for_remote_holder()) => r.map_err(|e| status_of(&e)),
+        r = shared.manager.acquire_lease_with(key.clone(), options.keep_until_released()) => r.map_err(|e| status_of(&e)),
     };
     let (lease, ctx) = match acquired {
         Ok(x) => x,
