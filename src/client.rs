@@ -472,6 +472,7 @@ impl Leaser for ClientLeaser {
         let (commands, command_rx) = mpsc::unbounded_channel();
         tokio::spawn(drive(
             ttl,
+            options.keep,
             requests,
             answers,
             sender,
@@ -491,17 +492,55 @@ impl Leaser for ClientLeaser {
 /// it when the stream tells or breaks, and carries out the holder's release.
 async fn drive(
     ttl: Duration,
+    keep_key: bool,
     requests: mpsc::UnboundedSender<HoldRequest>,
     mut answers: tonic::Streaming<HoldResponse>,
     sender: ContextSender,
     watch: LeaseContext,
-    commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    keep(ttl, &requests, &mut answers, sender, watch, commands).await;
-    // The context has ended. Hang up cleanly: close our side and read the server's to
-    // its end, so that the server sees a closed stream (which tells it this holder has
-    // stopped, and frees the key at once) rather than a reset (after which it must
-    // wait out the time left it promised).
+    let released = keep(
+        ttl,
+        &requests,
+        &mut answers,
+        sender,
+        watch.clone(),
+        &mut commands,
+    )
+    .await;
+    if !released {
+        // The lease ended without the holder's release. The server keeps the key until
+        // we say we have stopped (`release`) or the time it promised us has passed. A
+        // revoked holder has stopped once its context ended, unless it keeps its key
+        // until its `Lease` is released (`keep_until_released`); a lost one keeps its
+        // safety margin, as with a local manager: we never release it, and the key goes
+        // back when the server's promise runs out.
+        let revoked = watch.reason() == Some(CancelReason::Revoked);
+        if keep_key || !revoked {
+            let deadline = watch.deadline().map(Instant::from_std);
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = commands.recv() => {
+                    if let Some(Command::Release(Some(reply))) = command {
+                        let _ = reply.send(Err(LeaseError::NotHeld));
+                    }
+                }
+                _ = until_deadline => {}
+            }
+        }
+        if revoked {
+            let _ = requests.send(HoldRequest {
+                kind: Some(In::Release(Release {})),
+            });
+        }
+    }
+    // Close our side and read the server's to its end (briefly), so that a release
+    // reaches it before the stream goes.
     drop(requests);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while let Ok(Some(_)) = answers.message().await {}
@@ -509,15 +548,16 @@ async fn drive(
     .await;
 }
 
-/// The body of [`drive`]: returns once the context has ended.
+/// The body of [`drive`]: returns once the context has ended; `true` when it ended by
+/// the holder's release (carried out here).
 async fn keep(
     ttl: Duration,
     requests: &mpsc::UnboundedSender<HoldRequest>,
     answers: &mut tonic::Streaming<HoldResponse>,
     sender: ContextSender,
     watch: LeaseContext,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) {
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> bool {
     let every = ttl / 4;
     let mut pending: VecDeque<Sent> = VecDeque::new();
     let mut next = Instant::now() + every;
@@ -535,7 +575,7 @@ async fn keep(
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(LeaseError::NotHeld));
                     }
-                    return;
+                    return true;
                 }
                 sender.cancel(CancelReason::Released);
                 let _ = requests.send(HoldRequest { kind: Some(In::Release(Release {})) });
@@ -559,19 +599,15 @@ async fn keep(
                         Err(unavailable("the lease service did not confirm the release"))
                     });
                 }
-                return;
+                return true;
             }
-            _ = watch.cancelled() => {
-                // The deadline passed (or something else ended it): close the stream,
-                // and the server releases.
-                return;
-            }
+            _ = watch.cancelled() => return false,
             _ = tokio::time::sleep_until(next) => {
                 next += every;
                 pending.push_back(Sent::now());
                 if requests.send(HoldRequest { kind: Some(In::Heartbeat(Heartbeat {})) }).is_err() {
                     sender.cancel(CancelReason::Lost(LossCause::Disconnected("the request stream closed".into())));
-                    return;
+                    return false;
                 }
             }
             answer = answers.message() => match answer {
@@ -588,16 +624,16 @@ async fn keep(
                         _ => CancelReason::Lost(LossCause::Remote(e.message)),
                     };
                     sender.cancel(reason);
-                    return;
+                    return false;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     sender.cancel(CancelReason::Lost(LossCause::Disconnected("the lease service ended the stream".into())));
-                    return;
+                    return false;
                 }
                 Err(status) => {
                     sender.cancel(CancelReason::Lost(LossCause::Disconnected(status.message().to_string())));
-                    return;
+                    return false;
                 }
             },
         }

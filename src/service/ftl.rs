@@ -14,26 +14,40 @@
 //! A held lease that ends without the client asking (lost by the backend, revoked,
 //! or no request for it within its TTL: the client is gone) ends the stream at once
 //! with `RESOURCE_EXHAUSTED`: the client learns it no longer holds the key, and a
-//! later request never silently re-acquires it. When the stream ends (closed, reset,
-//! connection lost), every lease it holds is released at once; when the client closed
-//! its side, the call ends (OK) only after the releases, so a client that reads its
-//! call to the end knows its keys are free.
+//! later request never silently re-acquires it.
+//!
+//! Only the client's half-close of its request stream is FTL's release: the leases are
+//! released at once, and the call ends (OK) only after the releases, so a client that
+//! reads its call to the end knows its keys are free. However else the stream ends (a
+//! lease ended, a bad request, an HTTP/2 reset of any code, a lost connection, the
+//! server shutting down), each key stays taken until its heartbeat window has run out
+//! from the last request for it (see [`give_back`](super::give_back)): FTL's runtimes
+//! act until they see an error, and the protocol gives them no deadline, so that is
+//! the time the client may still be acting. (Behind FTL's runner proxy, which
+//! half-closes upstream when its downstream breaks, a broken module looks like a
+//! release: a limit of FTL's protocol that the native protocol does not have.)
+//!
+//! A slow acquire does not stop the stream: requests go on being read (heartbeats of
+//! the other keys count at once) while it runs, and answers still go out in request
+//! order.
 //!
 //! FTL's Go runtime sends its heartbeats every ttl/2 and never reads the responses.
 //! Answers are therefore never queued: the stream keeps a count of answers owed and
 //! hands them out as the client reads, so an unread stream costs a few bytes and
 //! blocks neither this stream's heartbeats nor any other stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::give_back::give_back;
 use super::{duration_of, status_of, Shared};
 use crate::proto::xyz::block::ftl::lease::v1::lease_service_server::LeaseService;
 use crate::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
@@ -126,33 +140,91 @@ fn answers(
 struct Held {
     lease: Lease,
     ctx: LeaseContext,
-    /// The heartbeat window: the lease is released when no request for it comes
-    /// within this long of the last one.
+    /// The heartbeat window: the lease ends when no request for it comes within this
+    /// long of the last one.
     window: Duration,
     last: Instant,
     watcher: AbortHandle,
 }
 
-/// Serves one `AcquireLease` stream until it ends, then releases its leases.
+impl Held {
+    /// Until when the client may act on this key without hearing more: FTL's protocol
+    /// promises nothing explicitly, and its runtimes act until they see an error, so
+    /// the server keeps the key until the heartbeat window of the last request has run
+    /// out (when it would have lapsed anyway).
+    fn promised(&self) -> Instant {
+        self.last + self.window
+    }
+}
+
+/// An acquire that is running, in a stream that keeps reading meanwhile.
+type Acquiring = Pin<
+    Box<
+        dyn std::future::Future<Output = (Key, Duration, Result<(Lease, LeaseContext), Status>)>
+            + Send,
+    >,
+>;
+
+/// The answer owed to one request, in request order.
+enum Owed {
+    /// Known: `Ok` (an empty answer) or the status that ends the stream.
+    Ready(Result<(), Status>),
+    /// The acquire of this key is still running.
+    Acquire(Key),
+}
+
+/// How a stream ended.
+enum End {
+    /// The client half-closed its request stream: FTL's release.
+    Released,
+    /// Anything else, with the status the client is told.
+    Broken(Status),
+    /// The client dropped its answers (a reset, its connection gone): nobody to tell.
+    Gone,
+}
+
+/// Serves one `AcquireLease` stream until it ends, then gives its leases back.
 async fn run_stream(
     shared: Shared,
     mut incoming: Streaming<AcquireLeaseRequest>,
     tx: watch::Sender<Produced>,
 ) {
     let mut held: HashMap<Key, Held> = HashMap::new();
+    let mut acquiring: FuturesUnordered<Acquiring> = FuturesUnordered::new();
+    let mut owed: VecDeque<Owed> = VecDeque::new();
     // Leases that ended by themselves report here (key, why).
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(Key, String)>();
-    let end: Option<Status> = loop {
+    let end: End = loop {
+        // Hand out the answers that are known, in order; a failed request ends the
+        // stream when its turn comes.
+        let failed = loop {
+            match owed.front() {
+                Some(Owed::Ready(Ok(()))) => {
+                    owed.pop_front();
+                    tx.send_modify(|p| p.answers += 1);
+                }
+                Some(Owed::Ready(Err(_))) => match owed.pop_front() {
+                    Some(Owed::Ready(Err(status))) => break Some(status),
+                    _ => break None,
+                },
+                _ => break None,
+            }
+        };
+        if let Some(status) = failed {
+            break End::Broken(status);
+        }
         let next_lapse = held.values().map(|h| h.last + h.window).min();
         tokio::select! {
             biased;
             _ = shared.stopping.cancelled() => {
-                break Some(Status::unavailable("the lease service is shutting down"));
+                break End::Broken(Status::unavailable("the lease service is shutting down"));
             }
-            _ = tx.closed() => break None,
+            _ = tx.closed() => {
+                break if half_closed_already(&mut incoming) { End::Released } else { End::Gone };
+            }
             Some((key, why)) = ended_rx.recv() => {
                 if held.contains_key(&key) {
-                    break Some(Status::resource_exhausted(format!("lease {key} ended: {why}")));
+                    break End::Broken(Status::resource_exhausted(format!("lease {key} ended: {why}")));
                 }
             }
             _ = sleep_until_opt(next_lapse) => {
@@ -162,51 +234,113 @@ async fn run_stream(
                     .find(|(_, h)| h.last + h.window <= now)
                     .map(|(k, _)| k.clone());
                 if let Some(key) = lapsed {
-                    break Some(Status::resource_exhausted(format!(
+                    break End::Broken(Status::resource_exhausted(format!(
                         "lease {key} expired: no request for it within its TTL"
                     )));
                 }
             }
-            message = incoming.message() => match message {
-                Ok(Some(request)) => {
-                    let handled = tokio::select! {
-                        biased;
-                        _ = shared.stopping.cancelled() => {
-                            Err(Status::unavailable("the lease service is shutting down"))
-                        }
-                        _ = tx.closed() => break None,
-                        handled = handle(&shared, request, &mut held, &ended_tx) => handled,
-                    };
-                    match handled {
-                        Ok(()) => {
-                            tx.send_modify(|p| p.answers += 1);
-                        }
-                        Err(status) => break Some(status),
+            Some((key, ttl, result)) = acquiring.next(), if !acquiring.is_empty() => {
+                let answer = match result {
+                    Ok((lease, ctx)) => {
+                        held.insert(key.clone(), hold(lease, ctx, ttl, &key, &ended_tx));
+                        Ok(())
+                    }
+                    Err(status) => Err(status),
+                };
+                for o in owed.iter_mut() {
+                    if matches!(o, Owed::Acquire(k) if *k == key) {
+                        *o = Owed::Ready(answer);
+                        break;
                     }
                 }
-                // The client closed its side.
-                Ok(None) => break None,
-                // A request that could not be read (too large, malformed), or the
-                // connection is gone: the status says which (and reaches the client
+            }
+            message = incoming.message() => match message {
+                Ok(Some(request)) => {
+                    let answer = request_of(&shared, request, &mut held, &acquiring_keys(&owed))
+                        .map(|next| match next {
+                            Next::Answered => Owed::Ready(Ok(())),
+                            Next::Acquire(key, options) => {
+                                acquiring.push(acquire(&shared, key.clone(), options));
+                                Owed::Acquire(key)
+                            }
+                        })
+                        .unwrap_or_else(|status| Owed::Ready(Err(status)));
+                    owed.push_back(answer);
+                }
+                // The client closed its side: FTL's release.
+                Ok(None) => break End::Released,
+                // A request that could not be read (too large, malformed), a reset, or
+                // the connection is gone: the status says which (and reaches the client
                 // if it still can).
-                Err(status) => break Some(status),
+                Err(status) => break End::Broken(status),
             },
         }
     };
+    // Acquires still running are dropped: their callers went away, so the manager gives
+    // back whatever they are granted, and the client was never told it held them.
+    drop(acquiring);
+    for h in held.values() {
+        h.watcher.abort();
+    }
     match end {
-        // The client closed its side (or is gone): release first, then end the call,
-        // so that a client that sees its call end knows its keys are free.
-        None => {
-            release_all(held).await;
+        // The client released: give the keys back first, then end the call (OK), so
+        // that a client that sees its call end knows its keys are free.
+        End::Released => {
+            let mut releases = tokio::task::JoinSet::new();
+            for (_, h) in held {
+                releases.spawn(async move {
+                    let _ = h.lease.release().await;
+                });
+            }
+            while releases.join_next().await.is_some() {}
             drop(tx);
         }
-        // Tell the client first (a lost lease must be reported at once), then release.
-        Some(status) => {
+        // Tell the client first (a lost lease must be reported at once); each key goes
+        // back when the time its client may act on has passed (see `give_back`).
+        End::Broken(status) => {
             tx.send_modify(|p| p.end = Some(status));
             drop(tx);
-            release_all(held).await;
+            give_back_all(held).await;
+        }
+        End::Gone => {
+            drop(tx);
+            give_back_all(held).await;
         }
     }
+}
+
+/// Gives back every lease of a stream that did not end by the client's release, each
+/// when its promise has run out (see [`give_back`]).
+async fn give_back_all(held: HashMap<Key, Held>) {
+    let mut releases = tokio::task::JoinSet::new();
+    for (_, h) in held {
+        let promised = h.promised();
+        releases.spawn(give_back(h.lease, promised, std::future::pending()));
+    }
+    while releases.join_next().await.is_some() {}
+}
+
+/// Whether the client had half-closed its request stream before it dropped its answers
+/// (FTL's Go runtime releases with a half-close and then a reset), reading only what
+/// has already arrived.
+fn half_closed_already(incoming: &mut Streaming<AcquireLeaseRequest>) -> bool {
+    use futures_util::FutureExt;
+    loop {
+        match incoming.message().now_or_never() {
+            Some(Ok(Some(_))) => {}
+            Some(Ok(None)) => return true,
+            Some(Err(_)) | None => return false,
+        }
+    }
+}
+
+fn acquiring_keys(owed: &VecDeque<Owed>) -> Vec<Key> {
+    owed.iter()
+        .filter_map(|o| match o {
+            Owed::Acquire(k) => Some(k.clone()),
+            Owed::Ready(_) => None,
+        })
+        .collect()
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -216,13 +350,22 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Acquires or keeps alive the key of one request.
-async fn handle(
+/// What one request asks for.
+enum Next {
+    /// A heartbeat of a held key (or of one being acquired): answered as it stands.
+    Answered,
+    /// A key to acquire.
+    Acquire(Key, AcquireOptions),
+}
+
+/// Reads one request: a heartbeat is handled here; an acquire is returned to be run
+/// while the stream keeps reading.
+fn request_of(
     shared: &Shared,
     request: AcquireLeaseRequest,
     held: &mut HashMap<Key, Held>,
-    ended_tx: &mpsc::UnboundedSender<(Key, String)>,
-) -> Result<(), Status> {
+    acquiring: &[Key],
+) -> Result<Next, Status> {
     let key = Key::from_segments(request.key).map_err(|e| status_of(&LeaseError::InvalidKey(e)))?;
     let ttl = match &request.ttl {
         None => shared.options.default_ttl,
@@ -244,24 +387,48 @@ async fn handle(
         }
         h.last = Instant::now();
         h.window = ttl;
-        return Ok(());
+        return Ok(Next::Answered);
     }
-    if held.len() >= shared.options.max_keys_per_stream {
+    if acquiring.contains(&key) {
+        // Its answer follows the acquire's, which ends the stream if it fails.
+        return Ok(Next::Answered);
+    }
+    if held.len() + acquiring.len() >= shared.options.max_keys_per_stream {
         return Err(Status::resource_exhausted(format!(
             "too many keys on one stream (at most {})",
             shared.options.max_keys_per_stream
         )));
     }
-    let (lease, ctx) = shared
-        .manager
-        .acquire_lease_with(key.clone(), options.keep_until_released())
-        .await
-        .map_err(|e| match e {
-            LeaseError::Conflict | LeaseError::WaitTimedOut { .. } => {
-                Status::resource_exhausted("lease already held")
-            }
-            other => status_of(&other),
-        })?;
+    Ok(Next::Acquire(key, options))
+}
+
+/// Acquires `key` for the stream (as a holder that keeps its key until the stream gives
+/// it back).
+fn acquire(shared: &Shared, key: Key, options: AcquireOptions) -> Acquiring {
+    let manager = shared.manager.clone();
+    let ttl = options.ttl();
+    Box::pin(async move {
+        let result = manager
+            .acquire_lease_with(key.clone(), options.keep_until_released())
+            .await
+            .map_err(|e| match e {
+                LeaseError::Conflict | LeaseError::WaitTimedOut { .. } => {
+                    Status::resource_exhausted("lease already held")
+                }
+                other => status_of(&other),
+            });
+        (key, ttl, result)
+    })
+}
+
+/// A key the stream now holds, with a watcher that reports its end.
+fn hold(
+    lease: Lease,
+    ctx: LeaseContext,
+    ttl: Duration,
+    key: &Key,
+    ended_tx: &mpsc::UnboundedSender<(Key, String)>,
+) -> Held {
     let watcher = {
         let ctx = ctx.clone();
         let key = key.clone();
@@ -272,28 +439,11 @@ async fn handle(
         })
         .abort_handle()
     };
-    held.insert(
-        key,
-        Held {
-            lease,
-            ctx,
-            window: ttl,
-            last: Instant::now(),
-            watcher,
-        },
-    );
-    Ok(())
-}
-
-/// Releases every lease of an ended stream, concurrently. A lease dropped here (this
-/// task cancelled) is still released: dropping a [`Lease`] releases it.
-async fn release_all(held: HashMap<Key, Held>) {
-    let mut releases = tokio::task::JoinSet::new();
-    for (_, h) in held {
-        h.watcher.abort();
-        releases.spawn(async move {
-            let _ = h.lease.release().await;
-        });
+    Held {
+        lease,
+        ctx,
+        window: ttl,
+        last: Instant::now(),
+        watcher,
     }
-    while releases.join_next().await.is_some() {}
 }

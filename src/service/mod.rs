@@ -38,7 +38,9 @@
 //! "too many lease streams on one connection").
 
 pub mod ftl;
+mod give_back;
 pub mod native;
+mod resets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -410,7 +412,8 @@ fn routes(shared: &Shared, stopping: CancellationToken) -> Routes {
                 }
             }),
         );
-    Routes::from(router)
+    // Last, so that it wraps every route: a reset request stream reads as broken.
+    Routes::from(router.layer(axum::middleware::map_request(resets::mark_resets)))
 }
 
 /// `None` when the backend answers; else why not. Bounded in time, so that a probe of

@@ -9,14 +9,17 @@
 //! [`ClientLeaser`](crate::ClientLeaser)).
 //!
 //! The stream ends with an `ended` answer (released, revoked, lost, shutdown) when the
-//! lease ends, or with a status. The server releases the lease at once on `release`.
-//! When the stream ends otherwise (the client closed it, it broke, no request came
-//! within the TTL, the server is shutting down), the server releases once the client
-//! has closed its side cleanly, or at the latest when the time left it last told the
-//! client has run out: a client whose connection broke on the server's side only, or
-//! whose `ended` answer is still on its way, may still act until then. A client that
-//! does not read its answers (more than 64 unread) is treated as gone: the stream ends
-//! with `RESOURCE_EXHAUSTED`, and its lease is released in the same way.
+//! lease ends, or with a status. Only the client's `release` is a clean end: the server
+//! then releases at once. However else the lease or the stream ends (revoked through
+//! any server, lost, no request within the TTL, the client closed its side without
+//! `release`, a reset or a broken connection, the server shutting down), the server
+//! keeps the key taken until the client sends `release` (it may, after an `ended`
+//! answer, once it has stopped) or the time left it last told the client has run out:
+//! a client whose connection broke on the server's side only, or whose `ended` answer
+//! is still on its way, may act until then (see
+//! [`give_back`](super::give_back)). A client that does not read its answers (more than
+//! 64 unread) is treated as gone: the stream ends with `RESOURCE_EXHAUSTED`, and its
+//! lease is given back in the same way.
 
 use std::pin::Pin;
 
@@ -25,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::give_back::give_back;
 use super::{duration_of, proto_duration, status_of, time_left, Shared};
 use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_request::Kind as In;
@@ -256,7 +260,6 @@ async fn run_hold(
         return;
     }
     let mut last = Instant::now();
-    let (mut hung_up, mut broken) = (false, false);
     let end = loop {
         tokio::select! {
             biased;
@@ -264,7 +267,14 @@ async fn run_hold(
                 break ended(Reason::Shutdown, "the lease service is shutting down");
             }
             reason = ctx.cancelled() => break ended_by(&reason),
-            _ = tx.closed() => break Err(Status::cancelled("the client went away")),
+            // The client dropped its answers (a reset, or its connection is gone).
+            _ = tx.closed() => {
+                if released_already(&mut incoming) {
+                    let _ = lease.release().await;
+                    return;
+                }
+                break Err(Status::cancelled("the client went away"));
+            }
             _ = tokio::time::sleep_until(last + ttl) => {
                 break ended(Reason::Lost, "no request within the TTL: the client is gone");
             }
@@ -295,41 +305,45 @@ async fn run_hold(
                 Ok(Some(_)) => {
                     break Err(Status::invalid_argument("only heartbeat and release may follow acquire"));
                 }
-                Ok(None) => {
-                    hung_up = true;
-                    break Err(Status::cancelled("the client closed the stream"));
-                }
-                Err(status) => {
-                    broken = true;
-                    break Err(status);
-                }
+                // Not a release: a client that has stopped says `release` first.
+                Ok(None) => break Err(Status::cancelled("the client closed the stream without releasing")),
+                Err(status) => break Err(status),
             },
         }
     };
-    // Tell the client first. Then release once it has hung up cleanly (it closes its
-    // side only when it has stopped), or else when the time it was last promised has
-    // run out: a stream that broke, a shutdown, or an answer still on its way does not
-    // mean the client has heard yet.
+    // Tell the client first; then the remote-holder rule decides when the key goes back:
+    // at the client's `release`, or when the time it was last promised has passed.
     let _ = tx.try_send(end);
     drop(tx);
-    if broken {
-        tokio::time::sleep_until(promised).await;
-    } else if !hung_up {
-        let _ = tokio::time::timeout_at(promised, hang_up(&mut incoming)).await;
-    }
-    let _ = lease.release().await;
+    give_back(lease, promised, release_of(&mut incoming)).await;
 }
 
-/// Returns when the client closes its side of the stream cleanly; never, if the
-/// stream breaks (then nobody can tell whether the client has stopped). A broken
-/// `Streaming` reads as a clean end after its error: call this only on one that has
-/// not failed yet.
-async fn hang_up(incoming: &mut Streaming<HoldRequest>) {
+/// Whether a `release` is already waiting among the requests read so far (a client
+/// that released and dropped its answers at once), without waiting for more.
+fn released_already(incoming: &mut Streaming<HoldRequest>) -> bool {
+    use futures_util::FutureExt;
+    loop {
+        match incoming.message().now_or_never() {
+            Some(Ok(Some(HoldRequest {
+                kind: Some(In::Release(_)),
+            }))) => return true,
+            Some(Ok(Some(_))) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Returns when the client sends `release` (after its lease ended, it says so once it
+/// has stopped); never if the stream ends or breaks first, since neither tells whether
+/// the client has stopped.
+async fn release_of(incoming: &mut Streaming<HoldRequest>) {
     loop {
         match incoming.message().await {
+            Ok(Some(HoldRequest {
+                kind: Some(In::Release(_)),
+            })) => return,
             Ok(Some(_)) => {}
-            Ok(None) => return,
-            Err(_) => std::future::pending().await,
+            Ok(None) | Err(_) => std::future::pending().await,
         }
     }
 }

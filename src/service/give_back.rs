@@ -1,0 +1,42 @@
+//! The remote-holder rule, in one place: when the lease service may give a key back.
+//!
+//! A lease the service holds for a client across the network ends on the server first
+//! (the client's release, a revoke through any server or the command line, a repeated
+//! revoke, a renewal failure, a lapse, a broken stream, a shutdown) and reaches the
+//! client one hop later, if ever. The client is a holder until it has surely heard or
+//! until the time it was promised has passed. So every stream, of either protocol,
+//! ends its leases through [`give_back`], which releases a lease only:
+//! - at once, on the client's own explicit end (the native protocol's `release`
+//!   message; FTL's half-close of the request stream), or
+//! - when the time the server last promised the client has passed.
+//!
+//! Nothing else counts as the client having stopped: an end of the request stream
+//! without a release (native), an HTTP/2 `RST_STREAM` of any code, a GOAWAY, a
+//! transport error or a response stream the client dropped are a *broken* stream (see
+//! [`resets`](super::resets), which turns a reset that hyper reports as a clean end
+//! into an error). Meanwhile the lease stays taken: the manager never gives back a
+//! key held with [`keep_until_released`](crate::AcquireOptions::keep_until_released),
+//! and renews it while its context lives, so the store cannot grant it to anyone else
+//! before the release below.
+
+use std::future::Future;
+
+use tokio::time::Instant;
+
+use crate::Lease;
+
+/// Releases `lease` once `clean_end` completes (the client said it has stopped) or
+/// `promised` has passed, whichever comes first. Dropping this future mid-way drops the
+/// lease, which releases it too: only a server that is going away does that (its
+/// manager's shutdown then leaves kept keys to expire instead).
+pub(crate) async fn give_back(
+    lease: Lease,
+    promised: Instant,
+    clean_end: impl Future<Output = ()>,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep_until(promised) => {}
+        _ = clean_end => {}
+    }
+    let _ = lease.release().await;
+}
