@@ -28,6 +28,50 @@ const RETRY_FLOOR: Duration = Duration::from_millis(10);
 /// port can only be asked, not awaited).
 const CALLER_CHECK: Duration = Duration::from_millis(500);
 
+/// Backend I/O a manager started in tasks of its own and that has not finished yet
+/// (acquire attempts, releases, revokes, grants given back), so that shutdown can wait
+/// for it: a process that exits when `shutdown` returns must not leave a key that is
+/// being given back taken by nobody for a TTL.
+#[derive(Clone, Debug)]
+pub(crate) struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for InFlight {
+    fn default() -> InFlight {
+        InFlight(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl InFlight {
+    /// Runs `io` in a task that is counted until it ends (or is dropped).
+    pub(crate) fn spawn(&self, io: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.send_modify(|n| *n += 1);
+        let counted = Counted(self.0.clone());
+        let spawned = tokio::runtime::Handle::try_current().map(|rt| {
+            rt.spawn(async move {
+                let _counted = counted;
+                io.await;
+            })
+        });
+        // Without a runtime (it is shutting down) nothing runs, and the guard inside the
+        // dropped future has already uncounted it.
+        drop(spawned);
+    }
+
+    /// Waits until no counted task is left.
+    pub(crate) async fn idle(&self) {
+        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Uncounts one task of an [`InFlight`] when dropped.
+struct Counted(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// A lease the backend granted that nobody holds yet.
 ///
 /// It travels in the message that reports the grant. If that message is never handled
@@ -37,14 +81,21 @@ const CALLER_CHECK: Duration = Duration::from_millis(500);
 /// with [`Grant::hold`] when it makes the grant a holder.
 pub(crate) struct Grant {
     backend: Arc<dyn Backend>,
+    inflight: InFlight,
     key: Key,
     token: Option<u64>,
 }
 
 impl Grant {
-    pub(crate) fn new(backend: Arc<dyn Backend>, key: Key, token: u64) -> Grant {
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        inflight: InFlight,
+        key: Key,
+        token: u64,
+    ) -> Grant {
         Grant {
             backend,
+            inflight,
             key,
             token: Some(token),
         }
@@ -75,11 +126,9 @@ impl Drop for Grant {
         }
         let (backend, key) = (self.backend.clone(), self.key.clone());
         // Without a runtime (it is shutting down) the lease simply expires.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = backend.release(&key, token).await;
-            });
-        }
+        self.inflight.spawn(async move {
+            let _ = backend.release(&key, token).await;
+        });
     }
 }
 
@@ -88,6 +137,7 @@ impl Drop for Grant {
 /// on the supervisor's mailbox. `None`: it cannot answer now; run [`start_attempt`].
 pub(crate) fn acquire_inline(
     backend: &Arc<dyn Backend>,
+    inflight: &InFlight,
     key: &Key,
     options: &AcquireOptions,
 ) -> Option<Attempt> {
@@ -97,7 +147,9 @@ pub(crate) fn acquire_inline(
             .inline()
             .and_then(|b| b.acquire_now(key, options.ttl, &options.metadata))
     })?;
-    Some(Attempt::from_answer(answer, backend, key, started, since))
+    Some(Attempt::from_answer(
+        answer, backend, inflight, key, started, since,
+    ))
 }
 
 /// Starts an acquire attempt for `waiter` in a task; it reports back with
@@ -105,6 +157,7 @@ pub(crate) fn acquire_inline(
 pub(crate) fn start_attempt(
     me: &ActorRef<ManagerMessage>,
     backend: Arc<dyn Backend>,
+    inflight: &InFlight,
     key: Key,
     waiter: Waiter,
 ) {
@@ -113,7 +166,8 @@ pub(crate) fn start_attempt(
         key,
         waiter: Some(waiter),
     };
-    tokio::spawn(async move {
+    let grants = inflight.clone();
+    inflight.spawn(async move {
         let mut report = report;
         let (me, key, waiter) = (&report.me, &report.key, report.waiter.as_ref());
         let Some(waiter) = waiter else { return };
@@ -127,7 +181,15 @@ pub(crate) fn start_attempt(
                     ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
                 )
         };
-        let outcome = attempt(backend, key, &waiter.options, waiter.until, gave_up).await;
+        let outcome = attempt(
+            backend,
+            &grants,
+            key,
+            &waiter.options,
+            waiter.until,
+            gave_up,
+        )
+        .await;
         report.send(outcome);
     });
 }
@@ -136,6 +198,7 @@ pub(crate) fn start_attempt(
 /// freed or to expire while `until` allows, and giving up as soon as the caller has.
 async fn attempt(
     backend: Arc<dyn Backend>,
+    inflight: &InFlight,
     key: &Key,
     options: &AcquireOptions,
     until: Option<Instant>,
@@ -152,7 +215,7 @@ async fn attempt(
         let answer = backend.acquire(key, options.ttl, &options.metadata).await;
         let expires_in = match answer {
             Ok(AcquireOutcome::Held { expires_in }) if until.is_some() => expires_in,
-            answer => return Attempt::from_answer(answer, &backend, key, started, since),
+            answer => return Attempt::from_answer(answer, &backend, inflight, key, started, since),
         };
         let until = until.unwrap_or(started);
         // Wait for a release, the holder's expiry or our own deadline; look at the
@@ -226,6 +289,7 @@ impl Drop for Report {
 /// outcome to `reply`, if any.
 pub(crate) fn release(
     backend: &Arc<dyn Backend>,
+    inflight: &InFlight,
     key: Key,
     token: u64,
     reply: Option<RpcReplyPort<Result<(), LeaseError>>>,
@@ -255,7 +319,7 @@ pub(crate) fn release(
     }
     let backend = backend.clone();
     let span = tracing::info_span!("lease.release", %key, token);
-    tokio::spawn(
+    inflight.spawn(
         async move {
             let k = key.clone();
             let released = unpanic(async move { backend.release(&k, token).await }).await;
@@ -279,6 +343,7 @@ pub(crate) fn release(
 pub(crate) fn revoke(
     me: &ActorRef<ManagerMessage>,
     backend: Arc<dyn Backend>,
+    inflight: &InFlight,
     key: Key,
     local: Option<u64>,
     kept: bool,
@@ -288,7 +353,7 @@ pub(crate) fn revoke(
         me: me.clone(),
         key: local.map(|_| key.clone()),
     };
-    tokio::spawn(async move {
+    inflight.spawn(async move {
         let revoked = {
             let (backend, key) = (backend.clone(), key.clone());
             unpanic(async move { backend.revoke(&key).await }).await

@@ -134,13 +134,14 @@ impl Attempt {
     pub(crate) fn from_answer(
         answer: Result<AcquireOutcome, BackendError>,
         backend: &std::sync::Arc<dyn Backend>,
+        inflight: &super::io::InFlight,
         key: &Key,
         started: Instant,
         since: Duration,
     ) -> Attempt {
         match answer {
             Ok(AcquireOutcome::Granted { token }) => Attempt::Granted {
-                grant: Grant::new(backend.clone(), key.clone(), token),
+                grant: Grant::new(backend.clone(), inflight.clone(), key.clone(), token),
                 started,
                 since,
             },

@@ -39,6 +39,8 @@ pub(crate) struct Config {
     /// `None`: TTL / [`DEFAULT_MARGIN_DIVISOR`].
     pub(crate) safety_margin: Option<Duration>,
     pub(crate) shutdown_timeout: Duration,
+    /// The backend I/O this manager has started and not finished.
+    pub(crate) inflight: io::InFlight,
 }
 
 impl Config {
@@ -253,6 +255,7 @@ impl LeaseManager {
                 min_ttl: MIN_TTL,
                 safety_margin: None,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                inflight: io::InFlight::default(),
             },
             backend: None,
             name: None,
@@ -355,13 +358,25 @@ impl LeaseManager {
         if self.inner.actor.send_message(ManagerMessage(msg)).is_ok() {
             let _ = rx.await;
         }
-        // Wait for the actor (and, with it, its children) to finish stopping.
+        // Wait for the actor (and, with it, its children) to finish stopping, then for
+        // the backend I/O it started (a grant given back, a release, an attempt still
+        // running), all within the shutdown timeout.
+        let config = &self.inner.config;
+        let until = tokio::time::Instant::now()
+            .checked_add(config.shutdown_timeout)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1 << 32));
         let _ = self
             .inner
             .actor
             .get_cell()
-            .wait(Some(self.inner.config.shutdown_timeout))
+            .wait(Some(config.shutdown_timeout))
             .await;
+        if tokio::time::timeout_at(until, config.inflight.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("lease manager shutdown: some backend calls did not finish in time");
+        }
     }
 }
 

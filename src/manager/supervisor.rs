@@ -161,7 +161,9 @@ impl SupervisorState {
         // A backend that can answer without I/O is asked inline (never for waiters,
         // whose attempts may wait).
         if waiter.until.is_none() {
-            if let Some(outcome) = io::acquire_inline(&self.backend, &key, &waiter.options) {
+            if let Some(outcome) =
+                io::acquire_inline(&self.backend, &self.config.inflight, &key, &waiter.options)
+            {
                 self.table.slot(&key).busy = true;
                 return self.on_attempted(myself, key, waiter, outcome);
             }
@@ -171,7 +173,13 @@ impl SupervisorState {
 
     fn start_attempt(&mut self, myself: &ActorRef<ManagerMessage>, key: Key, waiter: Waiter) {
         self.table.slot(&key).busy = true;
-        io::start_attempt(myself, self.backend.clone(), key, waiter);
+        io::start_attempt(
+            myself,
+            self.backend.clone(),
+            &self.config.inflight,
+            key,
+            waiter,
+        );
     }
 
     /// Starts the next waiter's attempt if the key is free of local claims.
@@ -420,7 +428,13 @@ impl SupervisorState {
         match ended {
             None => {
                 self.end_holder(&key, Some(token), CancelReason::Released, true);
-                io::release(&self.backend, key.clone(), token, reply);
+                io::release(
+                    &self.backend,
+                    &self.config.inflight,
+                    key.clone(),
+                    token,
+                    reply,
+                );
             }
             Some(reason) => {
                 self.end_holder(&key, Some(token), reason.clone(), true);
@@ -437,7 +451,13 @@ impl SupervisorState {
     /// safety margin between the holder being told and a takeover is kept.
     fn give_back_if_revoked(&self, key: &Key, token: u64, reason: &CancelReason) {
         if *reason == CancelReason::Revoked {
-            io::release(&self.backend, key.clone(), token, None);
+            io::release(
+                &self.backend,
+                &self.config.inflight,
+                key.clone(),
+                token,
+                None,
+            );
         }
     }
 
@@ -462,7 +482,15 @@ impl SupervisorState {
             // backend (see `io::revoke`).
             self.table.slot(&key).busy = true;
         }
-        io::revoke(myself, self.backend.clone(), key, local, kept, reply);
+        io::revoke(
+            myself,
+            self.backend.clone(),
+            &self.config.inflight,
+            key,
+            local,
+            kept,
+            reply,
+        );
     }
 
     fn on_revoke_done(&mut self, myself: &ActorRef<ManagerMessage>, key: Key) {
