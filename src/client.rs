@@ -136,8 +136,15 @@ impl ClientOptions {
 ///   [`CancelReason::Revoked`];
 /// - the token is the server's fencing token;
 /// - [`Lease::release`] ends the context, asks the server to
-///   release and waits for its confirmation; dropping the lease ends the stream, and
-///   the server releases at once.
+///   release and waits for its confirmation; dropping the lease asks the same without
+///   waiting. Only that `release` message frees the key at once: a stream that ends
+///   otherwise (closed, reset, broken) keeps the key taken on the server until the time
+///   it last promised has passed;
+/// - after a revoke, the client sends `release` as soon as the context has ended (the
+///   holder was told), or, with
+///   [`AcquireOptions::keep_until_released`], only once the
+///   [`Lease`] is released or dropped; after a loss it never does, so that the key keeps
+///   the safety margin a local manager keeps.
 ///
 /// An acquire that waited ([`AcquireOptions::wait`]) takes one more round trip before
 /// it returns: the grant's answer may have been sent long after the request, so its

@@ -21,7 +21,7 @@
 //! reads its call to the end knows its keys are free. However else the stream ends (a
 //! lease ended, a bad request, an HTTP/2 reset of any code, a lost connection, the
 //! server shutting down), each key stays taken until its heartbeat window has run out
-//! from the last request for it (see [`give_back`](super::give_back)): FTL's runtimes
+//! from the last request for it (the service's remote-holder rule, in `give_back.rs`): FTL's runtimes
 //! act until they see an error, and the protocol gives them no deadline, so that is
 //! the time the client may still be acting. (Behind FTL's runner proxy, which
 //! half-closes upstream when its downstream breaks, a broken module looks like a

@@ -15,13 +15,16 @@
 //!
 //! Every lease the service grants is held by one [`LeaseManager`] on behalf of the
 //! gRPC stream that asked for it: the manager renews it in the background while the
-//! stream is alive and its client keeps sending requests. An FTL stream's leases are
-//! released at once when the stream ends (closed, reset, connection lost), and when no
-//! request for a key has come for its TTL (the client is gone). A native stream's lease
-//! is released at once on the client's `release`; when the stream ends otherwise, once
-//! the client has closed its side, or at the latest when the time left the server last
-//! told it has run out (its client may act until then: see [`native`]). Several servers on one PostgreSQL
-//! table serve the same leases, so that the service survives the loss of a server.
+//! stream is alive and its client keeps sending requests. The client is a holder until
+//! it has surely stopped, so a key goes back at once only on the client's own release
+//! (the native `release` message, FTL's half-close); however else a lease or its stream
+//! ends (a revoke through any server, a loss, a lapse, a reset of any code, a broken
+//! connection, a shutdown), the key stays taken until the time the server last promised
+//! the client has passed. One function carries that rule for both protocols (see
+//! `give_back.rs`), and the manager never gives such a key back by itself
+//! ([`AcquireOptions::keep_until_released`](crate::AcquireOptions::keep_until_released)).
+//! Several servers on one PostgreSQL table serve the same leases, so that the service
+//! survives the loss of a server.
 //!
 //! # Security and limits
 //! The service binds to 127.0.0.1 unless told otherwise, and logs a warning when it

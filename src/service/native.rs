@@ -17,7 +17,7 @@
 //! answer, once it has stopped) or the time left it last told the client has run out:
 //! a client whose connection broke on the server's side only, or whose `ended` answer
 //! is still on its way, may act until then (see
-//! [`give_back`](super::give_back)). A client that does not read its answers (more than
+//! `give_back.rs`). A client that does not read its answers (more than
 //! 64 unread) is treated as gone: the stream ends with `RESOURCE_EXHAUSTED`, and its
 //! lease is given back in the same way.
 
