@@ -4,6 +4,7 @@
 //! - `serve`   (serve.rs): the lease service;
 //! - `run`     (run.rs): hold a lease while a command runs;
 //! - `list`, `info`, `revoke`: look at leases and end them (output.rs prints them);
+//! - tree.rs: the processes a command started, for `run`;
 //! - source.rs: where leases live (PostgreSQL directly, or a lease service);
 //! - exit.rs: the exit codes; duration.rs: `30s`, `5m`, `1h30m`.
 
@@ -14,6 +15,7 @@ mod run;
 mod serve;
 mod source;
 mod spinner;
+mod tree;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
