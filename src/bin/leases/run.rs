@@ -1,22 +1,29 @@
 //! `leases run`: hold a lease while a command runs, and stop the command when the
 //! lease is lost.
 //!
-//! The command runs in a process group of its own, so that a loss stops it and whatever
-//! it started (SIGTERM to the group, SIGKILL after the grace period). Signals sent to
-//! `leases` (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are passed on to the group, followed by
-//! SIGCONT so that a stopped command gets them too; the lease is released once the
-//! command has exited.
+//! **A command is a holder until it is dead**: the command itself and every process it
+//! started, also those that left its process group and those it left running when it
+//! exited (tree.rs finds them: `leases` is their subreaper). The lease is acquired with
+//! `keep_until_released`, so that however it ends its key stays taken until we let go of
+//! the `Lease`; we renew it while we can and release it only when the whole tree is dead.
 //!
-//! A stop (SIGTSTP, Ctrl-Z) stops the command's group first and then `leases` itself,
+//! On a loss the whole tree gets SIGTERM at once, then SIGKILL after the grace period,
+//! but never later than the kill margin before the context's deadline (see [`Timing`]):
+//! dead before the key could be granted elsewhere, whatever `--grace` says. The context
+//! ends *at* its deadline, too late to start killing, so a live lease whose renewal has
+//! fallen behind (the deadline near without a confirmed renewal) is acted on earlier,
+//! in the same way. Signals sent to `leases` (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are
+//! passed on to the tree, followed by SIGCONT so that a stopped command gets them too.
+//!
+//! A stop (SIGTSTP, Ctrl-Z) stops the command's tree first and then `leases` itself,
 //! never the other way round: a command must not run on while the process renewing its
-//! lease is frozen. When `leases` is continued, the command is continued too if the
-//! lease is still live; if it ran out meanwhile, the command is stopped for good as on
-//! any loss.
+//! lease is frozen. When `leases` is continued, the tree is continued too if the lease
+//! is still safe; if not, the command is stopped for good as on any loss.
 //!
-//! On Linux the command also gets SIGKILL if
-//! `leases` itself dies (a parent-death signal), so that a `kill -9` of `leases` does
-//! not leave it running without a lease (its own children are not covered: the lease
-//! then simply expires within its TTL).
+//! On Linux the command also gets SIGKILL if `leases` itself dies (a parent-death
+//! signal), so that a `kill -9` of `leases` does not leave it running without a lease
+//! (the processes it started are not covered: the lease then simply expires within its
+//! TTL while they may run on).
 
 use std::ffi::OsString;
 use std::time::Duration;
