@@ -362,6 +362,44 @@ fn postgres_processes_left_behind_keep_the_lease() {
     assert_eq!(ticks, 70, "the worker ran to its end");
 }
 
+/// `kill -9` of `leases run` itself: its guardian kills the whole tree, the command's
+/// group and a worker that left it, at once; the lease then expires, and B never runs
+/// beside them.
+#[test]
+fn postgres_sigkill_of_leases_kills_the_whole_tree() {
+    let scene = Scene::new("pg-sigkill", postgres());
+    let a = scene.run(
+        "a",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "(setsid sh \"$W\" escaped &); sh \"$W\" A & wait",
+        ],
+    );
+    scene.wait_for_workers(2);
+    // SIGKILL, and waited for.
+    drop(a);
+    let second = format!("{}", scene.dir.join("second.sh").display());
+    let b = scene.run("b", &["--wait", "60s"], &["sh", &second]);
+    let (code, err) = b.finish();
+    scene.check();
+    assert_eq!(code, 0, "B: {err}");
+    for pid in scene.pids() {
+        eventually(&format!("worker {pid} is dead"), || process_gone(pid));
+    }
+}
+
+/// Is process `pid` gone (or a zombie nobody reaped yet)?
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
 /// Defect 4 with a blackholed link to the database: renewal stops being confirmed; the
 /// command (ignoring SIGTERM, grace 10 s) is dead before the store lets the key go, so
 /// B, on a direct link, never runs beside it.

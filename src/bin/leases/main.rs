@@ -4,12 +4,15 @@
 //! - `serve`   (serve.rs): the lease service;
 //! - `run`     (run.rs): hold a lease while a command runs;
 //! - `list`, `info`, `revoke`: look at leases and end them (output.rs prints them);
-//! - tree.rs: the processes a command started, for `run`;
+//! - tree.rs: the processes a command started, for `run`; guardian.rs: the process
+//!   between `run` and its command that kills them all if `leases` is killed;
 //! - source.rs: where leases live (PostgreSQL directly, or a lease service);
 //! - exit.rs: the exit codes; duration.rs: `30s`, `5m`, `1h30m`.
 
 mod duration;
 mod exit;
+#[cfg(target_os = "linux")]
+mod guardian;
 mod output;
 mod run;
 mod serve;
@@ -166,7 +169,8 @@ enum Command {
     /// elsewhere; if no renewal has been confirmed by TTL/10 before that deadline,
     /// they are stopped the same way while the lease still lives. leases then exits
     /// with 79. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to leases are passed on to
-    /// them all. Otherwise leases exits with the command's own exit code.
+    /// them all; on Linux a guardian process kills them all if leases itself is
+    /// killed. Otherwise leases exits with the command's own exit code.
     #[command(after_help = format!("{RUN_EXAMPLES}\n\n{}", exit::TABLE))]
     Run(RunArgs),
     /// List the live leases, all or those whose key starts with a prefix.
@@ -342,6 +346,13 @@ async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
 }
 
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == guardian::ARG)
+    {
+        guardian::main(std::env::args_os().skip(2).collect());
+    }
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -20,10 +20,10 @@
 //! lease is frozen. When `leases` is continued, the tree is continued too if the lease
 //! is still safe; if not, the command is stopped for good as on any loss.
 //!
-//! On Linux the command also gets SIGKILL if `leases` itself dies (a parent-death
-//! signal), so that a `kill -9` of `leases` does not leave it running without a lease
-//! (the processes it started are not covered: the lease then simply expires within its
-//! TTL while they may run on).
+//! On Linux the command is started through a guardian (guardian.rs), which kills the
+//! whole tree if `leases` itself dies (a `kill -9`): the tree must not run on without a
+//! lease, which then simply expires within its TTL. Elsewhere only the command's
+//! process group is known, and nothing kills it if `leases` dies.
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -275,9 +275,24 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
     })?;
     let token = lease.token();
 
-    let mut cmd = tokio::process::Command::new(&command[0]);
-    cmd.args(&command[1..])
-        .env("LEASES_KEY", key.to_string())
+    // On Linux the command is started by a guardian (guardian.rs): this binary again,
+    // which kills the whole tree if `leases` dies. The guardian lives exactly as long
+    // as the tree and exits with the command's status.
+    #[cfg(target_os = "linux")]
+    let mut cmd = {
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg(crate::guardian::ARG)
+            .arg(std::process::id().to_string())
+            .args(&command);
+        cmd
+    };
+    #[cfg(not(target_os = "linux"))]
+    let mut cmd = {
+        let mut cmd = tokio::process::Command::new(&command[0]);
+        cmd.args(&command[1..]);
+        cmd
+    };
+    cmd.env("LEASES_KEY", key.to_string())
         .env("LEASES_TOKEN", token.to_string())
         .process_group(0);
     #[cfg(target_os = "linux")]
@@ -287,7 +302,8 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
         // async-signal-safe functions (prctl, getppid), allocating nothing.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                let death = crate::guardian::PARENT_DEATH;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, death, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // `leases` died before the line above: do not run without a lease.

@@ -91,6 +91,15 @@ impl Tree {
         }
     }
 
+    /// The descendants of this process, without any process group: the guardian's view
+    /// (its group is the command's, but it leads it itself).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn descendants() -> Tree {
+        let mut tree = Tree::new(0);
+        tree.leader_unreaped = false;
+        tree
+    }
+
     /// Tokio has waited for the command: its pid, and so its group id, may be reused
     /// once the group is empty, so the group is no longer signalled as a whole.
     pub(crate) fn leader_reaped(&mut self) {
