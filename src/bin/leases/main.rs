@@ -4,7 +4,8 @@
 //! - `serve`   (serve.rs): the lease service;
 //! - `run`     (run.rs): hold a lease while a command runs;
 //! - `list`, `info`, `revoke`: look at leases and end them (output.rs prints them);
-//! - tree.rs: the processes a command started, for `run`; guardian.rs: the process
+//! - tree.rs: the processes a command started, for `run`; kill_timing.rs: when it
+//!   stops them; guardian.rs: the process
 //!   between `run` and its command that kills them all if `leases` is killed;
 //! - source.rs: where leases live (PostgreSQL directly, or a lease service);
 //! - exit.rs: the exit codes; duration.rs: `30s`, `5m`, `1h30m`.
@@ -13,6 +14,7 @@ mod duration;
 mod exit;
 #[cfg(target_os = "linux")]
 mod guardian;
+mod kill_timing;
 mod output;
 mod run;
 mod serve;

@@ -8,7 +8,7 @@
 //! the `Lease`; we renew it while we can and release it only when the whole tree is dead.
 //!
 //! On a loss the whole tree gets SIGTERM at once, then SIGKILL after the grace period,
-//! but never later than the kill margin before the context's deadline (see [`Timing`]):
+//! but never later than the kill margin before the context's deadline (see kill_timing.rs):
 //! dead before the key could be granted elsewhere, whatever `--grace` says. The context
 //! ends *at* its deadline, too late to start killing, so a live lease whose renewal has
 //! fallen behind (the deadline near without a confirmed renewal) is acted on earlier,
@@ -30,11 +30,12 @@ use std::time::Duration;
 
 use std::collections::HashSet;
 
-use leases::{AcquireOptions, CancelReason, Key, LeaseContext};
+use leases::{AcquireOptions, CancelReason, Key};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::exit::{Failure, CANNOT_EXECUTE, INTERNAL, LOST, NOT_FOUND};
+use crate::kill_timing::{before, kill_at, lease_is_safe, Timing};
 use crate::source::Source;
 use crate::spinner::Spinner;
 use crate::tree::{self, Tree};
@@ -143,35 +144,6 @@ fn status_code(status: std::process::ExitStatus) -> u8 {
     }
 }
 
-/// When `run` stops a command whose lease is in danger, measured back from the lease
-/// context's local deadline (`LeaseContext::deadline`: the start of the last confirmed
-/// renewal + TTL − the library's safety margin, itself before the store could grant the
-/// key to anyone else).
-#[derive(Debug, Clone, Copy)]
-struct Timing {
-    /// SIGKILL goes out at the latest this long before the deadline, whatever `--grace`
-    /// says: time for the kernel to kill the tree and for `run` to find it gone.
-    /// TTL/20, at most 1 s (250 ms at the minimum TTL of 5 s).
-    kill_margin: Duration,
-    /// While the lease is live but no renewal has been confirmed until this long before
-    /// the deadline, the command is stopped as if the lease were lost (SIGTERM now,
-    /// SIGKILL at the kill margin): waiting for the context to end at the deadline would
-    /// leave no time to kill. TTL/10 (500 ms at 5 s). Renewals go every TTL/3 (TTL/4
-    /// through a lease service), so a live lease is normally more than TTL/5 from its
-    /// deadline.
-    stop_ahead: Duration,
-}
-
-impl Timing {
-    fn for_ttl(ttl: Duration) -> Timing {
-        let kill_margin = (ttl / 20).min(Duration::from_secs(1));
-        Timing {
-            kill_margin,
-            stop_ahead: (ttl / 10).max(kill_margin * 2),
-        }
-    }
-}
-
 /// How often the tree is looked at while it is being stopped, and while processes the
 /// command left behind run on after it exited.
 const STOPPING_POLL: Duration = Duration::from_millis(50);
@@ -197,30 +169,6 @@ struct Stopping {
     termed: HashSet<i32>,
     /// SIGKILL went out.
     killed: bool,
-}
-
-/// `a - b`, or `a` itself if that would be before the clock's start.
-fn before(a: Instant, b: Duration) -> Instant {
-    a.checked_sub(b).unwrap_or(a)
-}
-
-/// When SIGKILL must go out for a command stopped since `since`: after `grace`, but
-/// never later than the kill margin before the context's deadline (the last one
-/// confirmed, which a lease that ended keeps).
-fn kill_at(ctx: &LeaseContext, timing: Timing, since: Instant, grace: Duration) -> Instant {
-    let after_grace = since.checked_add(grace).unwrap_or(since + RECHECK * 3600);
-    match ctx.deadline() {
-        Some(deadline) => after_grace.min(before(Instant::from_std(deadline), timing.kill_margin)),
-        None => after_grace,
-    }
-}
-
-/// Is the lease live and not yet in danger (see [`Timing::stop_ahead`])?
-fn lease_is_safe(ctx: &LeaseContext, timing: Timing) -> bool {
-    !ctx.is_cancelled()
-        && ctx
-            .deadline()
-            .is_none_or(|d| Instant::now() < before(Instant::from_std(d), timing.stop_ahead))
 }
 
 /// Runs the command under the lease; returns the exit code `leases` should end with.
@@ -397,10 +345,8 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
                         .copied()
                         .filter(|pid| s.termed.insert(*pid))
                         .collect();
-                    if !new.is_empty() {
-                        tree.signal(libc::SIGTERM, &new);
-                        tree.signal(libc::SIGCONT, &new);
-                    }
+                    tree::signal_each(libc::SIGTERM, &new);
+                    tree::signal_each(libc::SIGCONT, &new);
                 }
             }
             if status.is_some() {

@@ -71,11 +71,14 @@ fn has_live_threads(pid: i32) -> bool {
     std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| tasks.count() > 1)
 }
 
-/// Sends `sig` to process `pid`.
-fn kill(pid: i32, sig: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
+/// Sends `sig` to each of `pids` (from a fresh [`Tree::scan`]), and to nothing else:
+/// not to the whole group, whose other members may have had it already.
+pub(crate) fn signal_each(sig: i32, pids: &[i32]) {
+    for &pid in pids {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, sig);
+        }
     }
 }
 
@@ -192,8 +195,6 @@ impl Tree {
                 libc::killpg(self.pgid, sig);
             }
         }
-        for &pid in alive {
-            kill(pid, sig);
-        }
+        signal_each(sig, alive);
     }
 }
