@@ -411,9 +411,36 @@ fn postgres_blackholed_link_kills_before_the_key_can_be_granted() {
         .split('@')
         .nth(1)
         .and_then(|rest| rest.split('/').next())
-        .expect("host:port in the shared URL");
+        .expect("host:port in the shared URL")
+        .to_string();
+    blackholed("pg-blackhole", &authority, |port| {
+        let via = url.replacen(&authority, &format!("127.0.0.1:{port}"), 1);
+        vec!["--postgres".into(), via]
+    });
+}
+
+/// Defect 4 with a blackholed link to a lease service: the client's deadline draws near
+/// unconfirmed; the command is dead before the service lets the key go. Needs the
+/// service to keep a silent client's lease until the time it promised has passed.
+#[test]
+fn server_blackholed_link_kills_before_the_key_can_be_granted() {
+    let direct = server();
+    let authority = direct[1]
+        .strip_prefix("http://")
+        .expect("an http URL")
+        .to_string();
+    blackholed("service-blackhole", &authority, |port| {
+        vec!["--server".into(), format!("http://127.0.0.1:{port}")]
+    });
+}
+
+/// The scenario of a blackholed link: A reaches the store (at `authority`, host:port)
+/// through a fault proxy, its source arguments made by `through` from the proxy's port;
+/// the link goes silent; B, on a direct link, waits for the key. A's command ignores
+/// SIGTERM (grace 10 s).
+fn blackholed(name: &str, authority: &str, through: impl FnOnce(u16) -> Vec<String>) {
     let target: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .expect("resolve the database")
+        .expect("resolve the store")
         .next()
         .expect("an address");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -422,19 +449,21 @@ fn postgres_blackholed_link_kills_before_the_key_can_be_granted() {
         .build()
         .unwrap();
     let proxy = rt.block_on(FaultProxy::start(target));
-    let via_proxy = url.replacen(authority, &format!("127.0.0.1:{}", proxy.port()), 1);
-
-    let mut scene = Scene::new("pg-blackhole", vec!["--postgres".into(), via_proxy]);
+    let mut scene = Scene::new(name, through(proxy.port()));
+    let direct = scene.source.clone();
     let worker = scene.worker();
     let a = scene.run("a", &[], &["sh", &worker, "A"]);
     scene.wait_for_workers(1);
     proxy.set(Fault::Blackhole);
-    scene.source = postgres();
+    scene.source = direct
+        .iter()
+        .map(|arg| arg.replace(&format!("127.0.0.1:{}", proxy.port()), authority))
+        .collect();
     let second = format!("{}", scene.dir.join("second.sh").display());
     let b = scene.run("b", &["--wait", "60s"], &["sh", &second]);
-    let (code, err) = b.finish();
-    assert_eq!(code, 0, "B: {err}");
+    let (b_code, b_err) = b.finish();
     scene.check();
+    assert_eq!(b_code, 0, "B: {b_err}");
     let (code, err) = a.finish();
     assert_eq!(code, LOST, "A: {err}");
     // Stopped before the lease's own end, when its deadline drew near unconfirmed, and
