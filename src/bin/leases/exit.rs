@@ -33,8 +33,9 @@ Exit codes:
   69     the backend could not be reached, or failed
   70     internal error of leases
   75     run: the key is held by someone else (after --wait, if given)
-  79     run: the lease was lost or revoked while the command ran; the
-         command was stopped (SIGTERM, then SIGKILL after --grace)
+  79     run: the lease was lost or revoked (or its renewal fell behind)
+         while the command ran; all its processes were stopped (SIGTERM,
+         then SIGKILL after --grace or before the key could be taken)
   126    run: the command could not be executed
   127    run: the command was not found";
 

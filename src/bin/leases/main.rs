@@ -4,16 +4,23 @@
 //! - `serve`   (serve.rs): the lease service;
 //! - `run`     (run.rs): hold a lease while a command runs;
 //! - `list`, `info`, `revoke`: look at leases and end them (output.rs prints them);
+//! - tree.rs: the processes a command started, for `run`; kill_timing.rs: when it
+//!   stops them; guardian.rs: the process
+//!   between `run` and its command that kills them all if `leases` is killed;
 //! - source.rs: where leases live (PostgreSQL directly, or a lease service);
 //! - exit.rs: the exit codes; duration.rs: `30s`, `5m`, `1h30m`.
 
 mod duration;
 mod exit;
+#[cfg(target_os = "linux")]
+mod guardian;
+mod kill_timing;
 mod output;
 mod run;
 mod serve;
 mod source;
 mod spinner;
+mod tree;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -153,10 +160,19 @@ enum Command {
     ///
     /// The command runs in a process group of its own and sees LEASES_KEY and
     /// LEASES_TOKEN (the fencing token: pass it with every write) in its environment.
-    /// If the lease is lost or revoked, the group gets SIGTERM, then SIGKILL after
-    /// --grace, and leases exits with 79. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to
-    /// leases are passed on to the group; the lease is released once the command has
-    /// exited. Otherwise leases exits with the command's own exit code.
+    /// The command holds the lease until it is dead: with every process it started,
+    /// those that left its process group (setsid, double fork) and those it left
+    /// running when it exited. The lease is renewed until the last of them has ended,
+    /// and only then released.
+    ///
+    /// If the lease is lost or revoked, all of them get SIGTERM at once, then SIGKILL
+    /// after --grace, but never later than TTL/20 (at most 1s) before the lease's
+    /// local deadline, so that they are dead before the key could be granted
+    /// elsewhere; if no renewal has been confirmed by TTL/10 before that deadline,
+    /// they are stopped the same way while the lease still lives. leases then exits
+    /// with 79. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to leases are passed on to
+    /// them all; on Linux a guardian process kills them all if leases itself is
+    /// killed. Otherwise leases exits with the command's own exit code.
     #[command(after_help = format!("{RUN_EXAMPLES}\n\n{}", exit::TABLE))]
     Run(RunArgs),
     /// List the live leases, all or those whose key starts with a prefix.
@@ -181,7 +197,7 @@ struct RunArgs {
     #[arg(value_parser = parse_key)]
     key: Key,
     /// How long the lease lasts unless renewed (it is renewed every TTL/3 while the
-    /// command runs); at least 5s. E.g. 30s, 5m, 1h30m.
+    /// command or a process it started runs); at least 5s. E.g. 30s, 5m, 1h30m.
     #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
     ttl: Duration,
     /// Wait up to this long for a held key to become free (default: do not wait).
@@ -190,7 +206,9 @@ struct RunArgs {
     /// Text attached to the lease, shown by `list` and `info` (default: "HOST pid PID").
     #[arg(long, value_name = "TEXT")]
     metadata: Option<String>,
-    /// After a lost lease: how long the command has between SIGTERM and SIGKILL.
+    /// After a lost lease: how long the command has between SIGTERM and SIGKILL; cut
+    /// short so that SIGKILL goes out TTL/20 (at most 1s) before the lease's local
+    /// deadline at the latest.
     #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "10s")]
     grace: Duration,
     /// The command and its arguments, after `--`.
@@ -330,6 +348,13 @@ async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
 }
 
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == guardian::ARG)
+    {
+        guardian::main(std::env::args_os().skip(2).collect());
+    }
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -1,33 +1,44 @@
 //! `leases run`: hold a lease while a command runs, and stop the command when the
 //! lease is lost.
 //!
-//! The command runs in a process group of its own, so that a loss stops it and whatever
-//! it started (SIGTERM to the group, SIGKILL after the grace period). Signals sent to
-//! `leases` (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are passed on to the group, followed by
-//! SIGCONT so that a stopped command gets them too; the lease is released once the
-//! command has exited.
+//! **A command is a holder until it is dead**: the command itself and every process it
+//! started, also those that left its process group and those it left running when it
+//! exited (tree.rs finds them: `leases` is their subreaper). The lease is acquired with
+//! `keep_until_released`, so that however it ends its key stays taken until we let go of
+//! the `Lease`; we renew it while we can and release it only when the whole tree is dead.
 //!
-//! A stop (SIGTSTP, Ctrl-Z) stops the command's group first and then `leases` itself,
+//! On a loss the whole tree gets SIGTERM at once, then SIGKILL after the grace period,
+//! but never later than the kill margin before the context's deadline (see kill_timing.rs):
+//! dead before the key could be granted elsewhere, whatever `--grace` says. The context
+//! ends *at* its deadline, too late to start killing, so a live lease whose renewal has
+//! fallen behind (the deadline near without a confirmed renewal) is acted on earlier,
+//! in the same way. Signals sent to `leases` (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are
+//! passed on to the tree, followed by SIGCONT so that a stopped command gets them too.
+//!
+//! A stop (SIGTSTP, Ctrl-Z) stops the command's tree first and then `leases` itself,
 //! never the other way round: a command must not run on while the process renewing its
-//! lease is frozen. When `leases` is continued, the command is continued too if the
-//! lease is still live; if it ran out meanwhile, the command is stopped for good as on
-//! any loss.
+//! lease is frozen. When `leases` is continued, the tree is continued too if the lease
+//! is still safe; if not, the command is stopped for good as on any loss.
 //!
-//! On Linux the command also gets SIGKILL if
-//! `leases` itself dies (a parent-death signal), so that a `kill -9` of `leases` does
-//! not leave it running without a lease (its own children are not covered: the lease
-//! then simply expires within its TTL).
+//! On Linux the command is started through a guardian (guardian.rs), which kills the
+//! whole tree if `leases` itself dies (a `kill -9`): the tree must not run on without a
+//! lease, which then simply expires within its TTL. Elsewhere only the command's
+//! process group is known, and nothing kills it if `leases` dies.
 
 use std::ffi::OsString;
 use std::time::Duration;
+
+use std::collections::HashSet;
 
 use leases::{AcquireOptions, CancelReason, Key};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::exit::{Failure, CANNOT_EXECUTE, INTERNAL, LOST, NOT_FOUND};
+use crate::kill_timing::{before, kill_at, lease_is_safe, Timing};
 use crate::source::Source;
 use crate::spinner::Spinner;
+use crate::tree::{self, Tree};
 
 /// What `run` needs, parsed.
 pub(crate) struct RunPlan {
@@ -103,15 +114,6 @@ fn default_metadata() -> String {
     format!("{host} pid {}", std::process::id())
 }
 
-/// Sends `sig` to the process group `pgid`. Only called while the group's leader has
-/// not been reaped, so the group id cannot have been reused.
-fn signal_group(pgid: i32, sig: i32) {
-    // SAFETY: killpg has no memory-safety preconditions.
-    unsafe {
-        libc::killpg(pgid, sig);
-    }
-}
-
 /// Stops this process (as SIGTSTP would have) until a SIGCONT.
 fn stop_self() {
     // SAFETY: kill has no memory-safety preconditions.
@@ -142,6 +144,33 @@ fn status_code(status: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// How often the tree is looked at while it is being stopped, and while processes the
+/// command left behind run on after it exited.
+const STOPPING_POLL: Duration = Duration::from_millis(50);
+const LEFT_BEHIND_POLL: Duration = Duration::from_millis(200);
+/// How often the deadline is looked at again at the least: tokio's timers do not count
+/// time the machine spent suspended, the deadline does.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Why the command is being stopped.
+enum Why {
+    /// The lease ended (lost, revoked, shut down).
+    Ended(CancelReason),
+    /// The lease is still live, but its renewal fell behind: the deadline is near.
+    FellBehind,
+}
+
+/// A command being stopped.
+struct Stopping {
+    why: Why,
+    /// When SIGTERM went out.
+    since: Instant,
+    /// The processes that got SIGTERM.
+    termed: HashSet<i32>,
+    /// SIGKILL went out.
+    killed: bool,
+}
+
 /// Runs the command under the lease; returns the exit code `leases` should end with.
 pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
     let RunPlan {
@@ -154,7 +183,15 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
     } = plan;
     // Installed first, so that a Ctrl-C while waiting for the lease is ours to handle.
     let mut signals = Signals::install()?;
-    let mut options = AcquireOptions::new(ttl).metadata(metadata.unwrap_or_else(default_metadata));
+    let mut children = signal(SignalKind::child())
+        .map_err(|e| Failure::new(INTERNAL, format!("cannot handle SIGCHLD: {e}")))?;
+    tree::become_subreaper()
+        .map_err(|e| Failure::new(INTERNAL, format!("cannot become a subreaper: {e}")))?;
+    // The key stays taken after the lease ends until we let go of the `Lease`, which we
+    // do only once every process of the command is dead.
+    let mut options = AcquireOptions::new(ttl)
+        .metadata(metadata.unwrap_or_else(default_metadata))
+        .keep_until_released();
     if let Some(wait) = wait {
         options = options.wait(wait);
     }
@@ -186,9 +223,24 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
     })?;
     let token = lease.token();
 
-    let mut cmd = tokio::process::Command::new(&command[0]);
-    cmd.args(&command[1..])
-        .env("LEASES_KEY", key.to_string())
+    // On Linux the command is started by a guardian (guardian.rs): this binary again,
+    // which kills the whole tree if `leases` dies. The guardian lives exactly as long
+    // as the tree and exits with the command's status.
+    #[cfg(target_os = "linux")]
+    let mut cmd = {
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg(crate::guardian::ARG)
+            .arg(std::process::id().to_string())
+            .args(&command);
+        cmd
+    };
+    #[cfg(not(target_os = "linux"))]
+    let mut cmd = {
+        let mut cmd = tokio::process::Command::new(&command[0]);
+        cmd.args(&command[1..]);
+        cmd
+    };
+    cmd.env("LEASES_KEY", key.to_string())
         .env("LEASES_TOKEN", token.to_string())
         .process_group(0);
     #[cfg(target_os = "linux")]
@@ -198,7 +250,8 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
         // async-signal-safe functions (prctl, getppid), allocating nothing.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                let death = crate::guardian::PARENT_DEATH;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, death, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // `leases` died before the line above: do not run without a lease.
@@ -225,51 +278,155 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
         return Err(Failure::new(INTERNAL, "the command has no process id"));
     };
 
-    // Loss: SIGTERM to the group, then SIGKILL after the grace period.
-    let mut lost: Option<CancelReason> = None;
-    let mut kill_at: Option<Instant> = None;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            reason = ctx.cancelled(), if lost.is_none() => {
+    // Until every process of the tree is dead: the lease is kept (renewed while it
+    // can be, never released). On a loss, or when the deadline draws near without a
+    // confirmed renewal, the whole tree gets SIGTERM at once, then SIGKILL after the
+    // grace period but at the latest the kill margin before the deadline.
+    let timing = Timing::for_ttl(ttl);
+    let mut tree = Tree::new(pgid);
+    let mut status: Option<std::io::Result<std::process::ExitStatus>> = None;
+    let mut stopping: Option<Stopping> = None;
+    let mut look = false;
+    let mut said_left_behind = false;
+    loop {
+        let now = Instant::now();
+        if stopping.is_none() && !lease_is_safe(&ctx, timing) {
+            let why = match ctx.reason() {
+                Some(reason) => Why::Ended(reason),
+                None => Why::FellBehind,
+            };
+            let alive = tree.scan();
+            let kill = kill_at(&ctx, timing, now, grace);
+            let what = match &why {
+                Why::Ended(reason) => format!("the lease on {key} ended ({reason})"),
+                Why::FellBehind => format!(
+                    "no renewal of the lease on {key} was confirmed until {} before its deadline",
+                    crate::duration::human(timing.stop_ahead)
+                ),
+            };
+            let killed = now >= kill;
+            if killed {
                 eprintln!(
-                    "leases: the lease on {key} ended ({reason}); stopping the command \
-                     (SIGTERM, then SIGKILL after {})",
-                    crate::duration::human(grace)
+                    "leases: {what}; no time is left before the key could be granted \
+                     elsewhere: SIGKILL to the command"
                 );
-                signal_group(pgid, libc::SIGTERM);
-                signal_group(pgid, libc::SIGCONT);
-                lost = Some(reason);
-                kill_at = Some(Instant::now() + grace);
+                tree.signal(libc::SIGKILL, &alive);
+            } else {
+                eprintln!(
+                    "leases: {what}; stopping the command (SIGTERM, then SIGKILL after {})",
+                    crate::duration::human(kill - now)
+                );
+                tree.signal(libc::SIGTERM, &alive);
+                tree.signal(libc::SIGCONT, &alive);
             }
-            _ = tokio::time::sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
-                eprintln!("leases: the command outlived the grace period; SIGKILL");
-                signal_group(pgid, libc::SIGKILL);
-                kill_at = None;
-            }
-            sig = signals.recv() => {
-                if sig == libc::SIGTSTP {
-                    // The command first, then us; continued in the other order, and
-                    // the command only while the lease lives (or to let it handle the
-                    // SIGTERM of a loss).
-                    signal_group(pgid, libc::SIGSTOP);
-                    stop_self();
-                    if !ctx.is_cancelled() || lost.is_some() {
-                        signal_group(pgid, libc::SIGCONT);
-                    }
+            stopping = Some(Stopping {
+                why,
+                since: now,
+                termed: alive.into_iter().collect(),
+                killed,
+            });
+            look = true;
+        }
+        if look || status.is_some() || stopping.is_some() {
+            look = false;
+            let alive = tree.scan();
+            if let Some(s) = &mut stopping {
+                if !s.killed && now >= kill_at(&ctx, timing, s.since, grace) {
+                    eprintln!("leases: the command is still running; SIGKILL");
+                    s.killed = true;
+                }
+                if s.killed {
+                    // Again at every look: whatever was forked meanwhile.
+                    tree.signal(libc::SIGKILL, &alive);
                 } else {
-                    signal_group(pgid, sig);
-                    signal_group(pgid, libc::SIGCONT);
+                    // Started after the SIGTERM: it gets one too.
+                    let new: Vec<i32> = alive
+                        .iter()
+                        .copied()
+                        .filter(|pid| s.termed.insert(*pid))
+                        .collect();
+                    tree::signal_each(libc::SIGTERM, &new);
+                    tree::signal_each(libc::SIGCONT, &new);
+                }
+            }
+            if status.is_some() {
+                if alive.is_empty() {
+                    break;
+                }
+                if !said_left_behind && stopping.is_none() {
+                    said_left_behind = true;
+                    eprintln!(
+                        "leases: the command exited, leaving {} process(es) running; \
+                         holding the lease on {key} until they end",
+                        alive.len()
+                    );
                 }
             }
         }
+
+        // The next time to look without being woken.
+        let mut next = now + RECHECK;
+        match &stopping {
+            None => {
+                if let Some(deadline) = ctx.deadline() {
+                    next = next.min(before(Instant::from_std(deadline), timing.stop_ahead));
+                }
+                if status.is_some() {
+                    next = next.min(now + LEFT_BEHIND_POLL);
+                }
+            }
+            Some(s) => {
+                next = next.min(now + STOPPING_POLL);
+                if !s.killed {
+                    next = next.min(kill_at(&ctx, timing, s.since, grace));
+                }
+            }
+        }
+        tokio::select! {
+            waited = child.wait(), if status.is_none() => {
+                status = Some(waited);
+                tree.leader_reaped();
+            }
+            _ = children.recv() => look = true,
+            _ = ctx.cancelled(), if stopping.is_none() => {}
+            _ = tokio::time::sleep_until(next) => {}
+            sig = signals.recv() => {
+                let alive = tree.scan();
+                if sig == libc::SIGTSTP {
+                    // The command first, then us; continued in the other order, and the
+                    // command only while the lease is safe (or to let it handle the
+                    // SIGTERM of a stop): otherwise it is stopped for good above.
+                    tree.signal(libc::SIGSTOP, &alive);
+                    stop_self();
+                    if stopping.is_some() || lease_is_safe(&ctx, timing) {
+                        let alive = tree.scan();
+                        tree.signal(libc::SIGCONT, &alive);
+                    }
+                } else {
+                    tree.signal(sig, &alive);
+                    tree.signal(libc::SIGCONT, &alive);
+                }
+            }
+        }
+    }
+
+    // Every process of the command is dead: now the key may go.
+    let code = match status {
+        Some(Ok(status)) => status_code(status),
+        Some(Err(e)) => {
+            eprintln!("leases: cannot wait for the command: {e}");
+            INTERNAL
+        }
+        None => INTERNAL,
     };
-    let status =
-        status.map_err(|e| Failure::new(INTERNAL, format!("cannot wait for the command: {e}")))?;
-    let code = status_code(status);
     // A lease that ended while the command ran, even at its very end, is a loss: the
     // command may have acted without it.
-    if let Some(reason) = lost.or_else(|| ctx.reason()) {
+    let fell_behind = matches!(stopping.as_ref().map(|s| &s.why), Some(Why::FellBehind));
+    let ended = match stopping.map(|s| s.why) {
+        Some(Why::Ended(reason)) => Some(reason),
+        Some(Why::FellBehind) | None => ctx.reason(),
+    };
+    if let Some(reason) = ended {
         let _ = lease.release().await;
         if reason == CancelReason::Revoked {
             source.give_back_revoked(&key, token).await;
@@ -282,13 +439,30 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
             ),
         ));
     }
-    match lease.release().await {
+    // Bounded by the TTL: after renewal fell behind, the store may be out of reach, and
+    // the lease then expires by itself within that time anyway.
+    match tokio::time::timeout(ttl, lease.release()).await {
         // Ended right after the command exited: it ran under the lease all along.
-        Ok(()) | Err(leases::LeaseError::NotHeld) => {}
-        Err(e) => eprintln!(
+        Ok(Ok(()) | Err(leases::LeaseError::NotHeld)) => {}
+        Ok(Err(e)) => eprintln!(
             "leases: could not release the lease on {key} ({e}); it expires within {}",
             crate::duration::human(ttl)
         ),
+        Err(_) => eprintln!(
+            "leases: the release of the lease on {key} did not finish in time; it expires \
+             within {}",
+            crate::duration::human(ttl)
+        ),
+    }
+    if fell_behind {
+        return Err(Failure::new(
+            LOST,
+            format!(
+                "the lease on {key} (token {token}) was about to run out without a confirmed \
+                 renewal while the command ran; the command was stopped and exited with \
+                 status {code}"
+            ),
+        ));
     }
     Ok(code)
 }

@@ -126,10 +126,12 @@ impl Source {
     }
 
     /// Gives back a lease that was revoked (its context ended with `Revoked`), so that
-    /// the revoker finds the key free at once. The manager does this too, but in a task
-    /// of its own that a process about to exit would cut off; compare-and-set on the
-    /// token, so a newer holder is never touched. Never for a lost lease: that one
-    /// expires, keeping the safety margin.
+    /// the revoker finds the key free at once. Only once its holder has stopped: `run`
+    /// acquires with `keep_until_released` and calls this after the `Lease`'s release,
+    /// when every process of its command is dead. That release gives the key back too,
+    /// but in a task of the manager's own that a process about to exit would cut off;
+    /// this waits for it (compare-and-set on the token, so a newer holder is never
+    /// touched). Never for a lost lease: that one expires, keeping the safety margin.
     pub(crate) async fn give_back_revoked(&self, key: &Key, token: u64) {
         match self {
             Source::Postgres(m) | Source::Etcd(m) => {
