@@ -1,0 +1,323 @@
+//! Adversarial review of the remote-holder rule (918e527): each test is one way a key
+//! held for a client of the lease service can be granted to someone else while the
+//! client may still act by the rule ("a remote client is a holder until it has surely
+//! heard or its promised time has passed").
+//!
+//! Real sockets and the real clock; every bound is a lower bound the server must
+//! respect whatever the machine's speed (the time a promise was made is measured from
+//! before the request was sent, so the server's own promise can only be later), with
+//! margins of many seconds between what a correct server does and what a faulty one
+//! does.
+#![cfg(feature = "server")]
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use leases::backend::{Backend, MemoryBackend};
+use leases::proto::leases::v1::hold_request::Kind as In;
+use leases::proto::leases::v1::hold_response::Kind as Out;
+use leases::proto::leases::v1::{Acquire, HoldRequest, HoldResponse};
+use leases::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
+use leases::service::{LeaseServer, ServeOptions};
+use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key, LeaseManager};
+use prost::Message;
+use tokio::time::Instant;
+
+const FTL: &str = "/xyz.block.ftl.lease.v1.LeaseService/AcquireLease";
+
+const TTL: Duration = Duration::from_secs(1);
+
+fn local() -> ServeOptions {
+    ServeOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        default_ttl: Duration::from_secs(2),
+        ..ServeOptions::default()
+    }
+}
+
+async fn manager_on(backend: Arc<dyn Backend>) -> LeaseManager {
+    LeaseManager::builder()
+        .backend(backend)
+        .min_ttl(TTL)
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn client_at(addr: SocketAddr) -> ClientLeaser {
+    ClientLeaser::connect_with(ClientOptions::new(format!("http://{addr}")).min_ttl(TTL))
+        .await
+        .unwrap()
+}
+
+/// Waits (without polling) for `key` on `manager`; the instant it was granted.
+async fn granted_at(manager: &LeaseManager, key: &Key, within: Duration) -> Instant {
+    let options = AcquireOptions::new(TTL * 3).wait(within);
+    let (lease, _ctx) = manager
+        .acquire_lease_with(key.clone(), options)
+        .await
+        .expect("the key is given back within its promise");
+    let at = Instant::now();
+    drop(lease);
+    at
+}
+
+// ------------------------------------------------------------- raw HTTP/2 -----
+
+/// One gRPC stream over a raw HTTP/2 connection, so that a test can reset it with any
+/// code (as an L7 proxy does upstream when its downstream client dies).
+struct RawStream {
+    send: h2::SendStream<Bytes>,
+    body: h2::RecvStream,
+    buf: BytesMut,
+    _conn: h2::client::SendRequest<Bytes>,
+}
+
+impl RawStream {
+    async fn open(addr: SocketAddr, path: &str) -> RawStream {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (conn, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut conn = conn.ready().await.unwrap();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, send) = conn.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        RawStream {
+            send,
+            body: response.into_body(),
+            buf: BytesMut::new(),
+            _conn: conn,
+        }
+    }
+
+    fn send(&mut self, message: &impl Message) {
+        let bytes = message.encode_to_vec();
+        let mut frame = BytesMut::with_capacity(5 + bytes.len());
+        frame.extend_from_slice(&[0]);
+        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&bytes);
+        // A stream the server has ended refuses more data: the test reads why next.
+        let _ = self.send.send_data(frame.freeze(), false);
+    }
+
+    /// The next message of the response, if the stream still has one.
+    async fn next<M: Message + Default>(&mut self) -> Option<M> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() >= 5 + len {
+                    self.buf.advance(5);
+                    let message = self.buf.split_to(len);
+                    return Some(M::decode(message).unwrap());
+                }
+            }
+            let chunk = self.body.data().await?.ok()?;
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    fn reset(&mut self, reason: h2::Reason) {
+        self.send.send_reset(reason);
+    }
+}
+
+/// Holds `key` over a raw native `Hold` stream; the stream, and the instant before
+/// which the server cannot have promised the time left it answered with.
+async fn raw_hold(addr: SocketAddr, key: &Key, ttl: Duration) -> (RawStream, Instant) {
+    let mut s = RawStream::open(addr, "/leases.v1.Leases/Hold").await;
+    let sent = Instant::now();
+    s.send(&HoldRequest {
+        kind: Some(In::Acquire(Acquire {
+            key: key.to_string(),
+            ttl: Some(ttl.try_into().unwrap()),
+            metadata: Vec::new(),
+            wait: None,
+        })),
+    });
+    let answer: HoldResponse = s.next().await.expect("an answer");
+    let left = match answer.kind {
+        Some(Out::Granted(g)) => Duration::try_from(g.time_left.unwrap()).unwrap(),
+        other => panic!("not granted: {other:?}"),
+    };
+    assert!(left > Duration::ZERO);
+    (s, sent + left)
+}
+
+fn ftl_request(key: &Key, ttl: Duration) -> AcquireLeaseRequest {
+    AcquireLeaseRequest {
+        key: key.segments().iter().map(|s| s.to_string()).collect(),
+        ttl: Some(ttl.try_into().unwrap()),
+    }
+}
+
+// ---------------------------------------------------------- FTL revokes -----
+
+/// An FTL stream's promise is the heartbeat window of its last request (`Held::promised`:
+/// last + window; the window is the last request's TTL). After a revoke (here through
+/// another manager on the same store, as through another server) the stream ends with
+/// `RESOURCE_EXHAUSTED` and `give_back` keeps the `Lease` until that promise. But the
+/// manager stops renewing a kept lease as soon as its context ends, so the store frees
+/// the key one lease TTL after the last renewal, whatever the server promised: the
+/// key is granted elsewhere while the FTL client, which acts until it sees an error
+/// (and FTL's Go runtime never reads its answers), is still a holder by the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_ftl_key_stays_taken_for_its_heartbeat_window() {
+    let store: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let a = manager_on(store.clone()).await;
+    let b = manager_on(store.clone()).await;
+    let server = LeaseServer::start(a.clone(), local()).await.unwrap();
+    let key = Key::system(["review", "ftl", "revoke"]);
+    let mut s = RawStream::open(server.local_addr(), FTL).await;
+    // Acquired with a TTL of 1 s; the heartbeat then asks for a 20 s window (its TTL
+    // "becomes the key's heartbeat window", ftl.rs).
+    s.send(&ftl_request(&key, TTL));
+    let _: AcquireLeaseResponse = s.next().await.expect("the acquire's answer");
+    let window = TTL * 20;
+    let sent = Instant::now();
+    s.send(&ftl_request(&key, window));
+    let _: AcquireLeaseResponse = s.next().await.expect("the heartbeat's answer");
+    // Revoked through another manager of the store.
+    assert!(b.revoke(&key).await.unwrap());
+    let at = granted_at(&b, &key, window * 2).await;
+    assert!(
+        at >= sent + window,
+        "guarantee 1 (exclusion, remote-holder rule): the revoked FTL key was granted \
+         elsewhere {:?} after the client's last request, {:?} before its heartbeat window \
+         ({window:?}) ran out",
+        at - sent,
+        sent + window - at
+    );
+    drop(s);
+    server.shutdown().await.unwrap();
+}
+
+/// A store that records when each renewal was confirmed (to place a request between two
+/// renewals on purpose).
+struct Recorded {
+    inner: MemoryBackend,
+    renewed: std::sync::Mutex<Vec<(Key, Instant)>>,
+}
+
+impl Recorded {
+    fn renewals_after(&self, key: &Key, after: Option<Instant>) -> Vec<Instant> {
+        self.renewed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, at)| k == key && after.is_none_or(|a| *at > a))
+            .map(|(_, at)| *at)
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Recorded {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<leases::backend::AcquireOutcome, leases::BackendError> {
+        self.inner.acquire(key, ttl, metadata).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<leases::backend::RenewOutcome, leases::BackendError> {
+        let outcome = self.inner.renew(key, token, ttl).await;
+        if matches!(outcome, Ok(leases::backend::RenewOutcome::Renewed)) {
+            self.renewed.lock().unwrap().push((key.clone(), Instant::now()));
+        }
+        outcome
+    }
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
+        self.inner.release(key, token).await
+    }
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, leases::BackendError> {
+        self.inner.revoke(key).await
+    }
+    async fn info(
+        &self,
+        key: &Key,
+    ) -> Result<Option<leases::backend::LeaseInfo>, leases::BackendError> {
+        self.inner.info(key).await
+    }
+    fn subscribe_freed(&self) -> leases::backend::FreedKeys {
+        self.inner.subscribe_freed()
+    }
+}
+
+/// The same gap with FTL's Go runtime's own requests (every heartbeat carries the
+/// lease's TTL, 3 s here): a heartbeat that arrives between two renewals promises the
+/// client up to a renewal interval (TTL/3) more than the store keeps a revoked key,
+/// since renewal stops at the revoke. The heartbeat is sent half a second after a
+/// confirmed renewal and the revoke follows at once; an attempt in which another
+/// renewal was confirmed before the revoke (a stalled machine) is tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_ftl_key_stays_taken_for_a_same_ttl_heartbeat() {
+    let ttl = TTL * 3;
+    for attempt in 0..5 {
+        let store = Arc::new(Recorded {
+            inner: MemoryBackend::new(),
+            renewed: Default::default(),
+        });
+        let a = manager_on(store.clone()).await;
+        let b = manager_on(store.clone()).await;
+        let server = LeaseServer::start(a.clone(), local()).await.unwrap();
+        let key = Key::system(["review", "ftl", "same-ttl", &attempt.to_string()]);
+        let mut s = RawStream::open(server.local_addr(), FTL).await;
+        s.send(&ftl_request(&key, ttl));
+        let _: AcquireLeaseResponse = s.next().await.expect("the acquire's answer");
+        // The first confirmed renewal.
+        let first = tokio::time::timeout(ttl * 2, async {
+            loop {
+                if let Some(at) = store.renewals_after(&key, None).first() {
+                    return *at;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a renewal within two TTLs");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent = Instant::now();
+        s.send(&ftl_request(&key, ttl));
+        let _: AcquireLeaseResponse = s.next().await.expect("the heartbeat's answer");
+        // Revoked through the same server's manager (as `leases revoke` does).
+        assert!(a.revoke(&key).await.unwrap());
+        let at = granted_at(&b, &key, ttl * 4).await;
+        if !store.renewals_after(&key, Some(first)).is_empty() {
+            // Another renewal came before the revoke: not the case under test.
+            drop(s);
+            server.shutdown().await.unwrap();
+            continue;
+        }
+        assert!(
+            at >= sent + ttl,
+            "guarantee 1 (exclusion, remote-holder rule): the revoked FTL key was granted \
+             elsewhere {:?} after the client's last heartbeat (TTL {ttl:?}), {:?} before \
+             its heartbeat window ran out",
+            at - sent,
+            sent + ttl - at
+        );
+        drop(s);
+        server.shutdown().await.unwrap();
+        return;
+    }
+    panic!("setup: every attempt saw a renewal between the heartbeat and the revoke");
+}
