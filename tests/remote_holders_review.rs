@@ -22,7 +22,7 @@ use leases::proto::leases::v1::hold_response::Kind as Out;
 use leases::proto::leases::v1::{Acquire, HoldRequest, HoldResponse};
 use leases::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
 use leases::service::{LeaseServer, ServeOptions};
-use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key, LeaseManager};
+use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key, LeaseManager, Leaser};
 use prost::Message;
 use tokio::time::Instant;
 
@@ -320,4 +320,40 @@ async fn a_revoked_ftl_key_stays_taken_for_a_same_ttl_heartbeat() {
         return;
     }
     panic!("setup: every attempt saw a renewal between the heartbeat and the revoke");
+}
+
+// ------------------------------------------------------ server shutdown -----
+
+/// `LeaseServer::shutdown`: "a native stream whose client has not hung up (its
+/// connection broke, say) keeps its lease until the time left it last promised has run
+/// out". A `ClientLeaser` that hears the `ended(SHUTDOWN)` answer has stopped (its
+/// context ended at once) and hangs up; yet it never sends `release` (it maps SHUTDOWN
+/// to a loss, "after a loss it never does"), and the server reads a half-close without
+/// `release` as a broken stream, so a graceful shutdown with healthy clients waits out
+/// every client's whole promise (up to the 24 h `MAX_TTL`) with the key taken by
+/// nobody. A local manager gives a live lease back at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_shutdown_does_not_wait_out_a_client_that_heard() {
+    let manager = manager_on(Arc::new(MemoryBackend::new())).await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let client = client_at(server.local_addr()).await;
+    let key = Key::system(["review", "shutdown", "heard"]);
+    let ttl = Duration::from_secs(20);
+    let (lease, ctx) = client.acquire_lease(key.clone(), ttl).await.unwrap();
+    let started = Instant::now();
+    let stopping = tokio::spawn(server.shutdown());
+    let reason = tokio::time::timeout(Duration::from_secs(5), ctx.cancelled())
+        .await
+        .expect("the client hears the shutdown");
+    // The holder has stopped; it lets go of its lease too.
+    drop(lease);
+    stopping.await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < ttl / 2,
+        "liveness: LeaseServer::shutdown took {took:?} (lease TTL {ttl:?}) although its \
+         only client heard the shutdown ({reason}), stopped and let go of its lease; the \
+         key stayed taken by nobody meanwhile"
+    );
+    manager.shutdown().await;
 }
