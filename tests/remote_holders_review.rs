@@ -357,3 +357,92 @@ async fn a_server_shutdown_does_not_wait_out_a_client_that_heard() {
     );
     manager.shutdown().await;
 }
+
+// ------------------------------------------- FTL acquires in flight -----
+
+/// A store whose acquires of keys under `/system/slow` take `delay`.
+struct SlowAcquire {
+    inner: MemoryBackend,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Backend for SlowAcquire {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<leases::backend::AcquireOutcome, leases::BackendError> {
+        if key.to_string().starts_with("/system/slow") {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.acquire(key, ttl, metadata).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<leases::backend::RenewOutcome, leases::BackendError> {
+        self.inner.renew(key, token, ttl).await
+    }
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
+        self.inner.release(key, token).await
+    }
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, leases::BackendError> {
+        self.inner.revoke(key).await
+    }
+    async fn info(
+        &self,
+        key: &Key,
+    ) -> Result<Option<leases::backend::LeaseInfo>, leases::BackendError> {
+        self.inner.info(key).await
+    }
+    fn subscribe_freed(&self) -> leases::backend::FreedKeys {
+        self.inner.subscribe_freed()
+    }
+}
+
+/// (passes) An FTL stream reset while one of its acquires is still running: the client
+/// was never told it holds that key, so the grant goes back as soon as the store makes
+/// it (it is not kept for a heartbeat window, nor for a TTL), while the key the client
+/// was told about is kept for its window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ftl_acquire_in_flight_at_a_reset_is_given_back_at_once() {
+    let delay = TTL * 2;
+    let store = Arc::new(SlowAcquire {
+        inner: MemoryBackend::new(),
+        delay,
+    });
+    let a = manager_on(store.clone()).await;
+    let server = LeaseServer::start(a.clone(), local()).await.unwrap();
+    let told = Key::system(["review", "told"]);
+    let slow = Key::system(["slow", "review"]);
+    let mut s = RawStream::open(server.local_addr(), FTL).await;
+    let window = TTL * 20;
+    let sent = Instant::now();
+    s.send(&ftl_request(&told, window));
+    let _: AcquireLeaseResponse = s.next().await.expect("the acquire's answer");
+    s.send(&ftl_request(&slow, window));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.reset(h2::Reason::CANCEL);
+    let reset = Instant::now();
+    // The slow key: free about when its acquire finishes on the store.
+    let other = manager_on(store.clone()).await;
+    let at = granted_at(&other, &slow, window).await;
+    assert!(
+        at - reset < delay + TTL * 3,
+        "liveness: a grant nobody was told of came back {:?} after the reset (its acquire \
+         took {delay:?})",
+        at - reset
+    );
+    // The key the client was told of: kept for its window.
+    let at = granted_at(&other, &told, window * 2).await;
+    assert!(
+        at >= sent + window,
+        "guarantee 1: the key the reset client was told of came back {:?} before its window",
+        sent + window - at
+    );
+    server.shutdown().await.unwrap();
+}
