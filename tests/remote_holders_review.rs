@@ -446,3 +446,141 @@ async fn an_ftl_acquire_in_flight_at_a_reset_is_given_back_at_once() {
     );
     server.shutdown().await.unwrap();
 }
+
+// ------------------------------------------------------------- HTTP/1.1 -----
+
+/// A native `Hold` stream over plain HTTP/1.1 (the server accepts HTTP/1; the reset
+/// wrapper only looks at HTTP/2 bodies): a chunked request body, read by hand.
+struct Http1Hold {
+    tcp: tokio::net::TcpStream,
+    raw: BytesMut,
+    body: BytesMut,
+    head_done: bool,
+}
+
+impl Http1Hold {
+    async fn open(addr: SocketAddr) -> Http1Hold {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /leases.v1.Leases/Hold HTTP/1.1\r\nhost: {addr}\r\n\
+             content-type: application/grpc\r\nte: trailers\r\n\
+             transfer-encoding: chunked\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        Http1Hold {
+            tcp,
+            raw: BytesMut::new(),
+            body: BytesMut::new(),
+            head_done: false,
+        }
+    }
+
+    async fn send(&mut self, message: &impl Message) {
+        use tokio::io::AsyncWriteExt;
+        let bytes = message.encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&bytes);
+        let mut chunk = format!("{:x}\r\n", frame.len()).into_bytes();
+        chunk.extend_from_slice(&frame);
+        chunk.extend_from_slice(b"\r\n");
+        self.tcp.write_all(&chunk).await.unwrap();
+    }
+
+    /// The last chunk: the request body ends cleanly (a half-close).
+    async fn end(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        self.tcp.write_all(b"0\r\n\r\n").await.unwrap();
+    }
+
+    /// Moves whole chunks from `raw` to `body`.
+    fn dechunk(&mut self) {
+        if !self.head_done {
+            if let Some(i) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.raw[..i]).to_string();
+                assert!(head.starts_with("HTTP/1.1 200"), "answer head: {head}");
+                self.raw.advance(i + 4);
+                self.head_done = true;
+            } else {
+                return;
+            }
+        }
+        while let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&self.raw[..i]).to_string();
+            let len = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+            if self.raw.len() < i + 2 + len + 2 {
+                return;
+            }
+            self.raw.advance(i + 2);
+            let data = self.raw.split_to(len);
+            self.raw.advance(2);
+            self.body.extend_from_slice(&data);
+            if len == 0 {
+                return;
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<HoldResponse> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            self.dechunk();
+            if self.body.len() >= 5 {
+                let len = u32::from_be_bytes(self.body[1..5].try_into().unwrap()) as usize;
+                if self.body.len() >= 5 + len {
+                    self.body.advance(5);
+                    return Some(HoldResponse::decode(self.body.split_to(len)).unwrap());
+                }
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.tcp.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// (passes) Over HTTP/1.1 too, only `release` frees the key at once: a connection cut
+/// in the middle of the chunked request body, and a clean end of the body without
+/// `release`, both keep the key until the promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_hold_stream_keeps_the_key_until_its_promise() {
+    for (i, clean_end) in [false, true].into_iter().enumerate() {
+        let manager = manager_on(Arc::new(MemoryBackend::new())).await;
+        let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+        let key = Key::system(["review", "http1", &i.to_string()]);
+        let mut s = Http1Hold::open(server.local_addr()).await;
+        let sent = Instant::now();
+        s.send(&HoldRequest {
+            kind: Some(In::Acquire(Acquire {
+                key: key.to_string(),
+                ttl: Some((TTL * 3).try_into().unwrap()),
+                metadata: Vec::new(),
+                wait: None,
+            })),
+        })
+        .await;
+        let left = match s.next().await.map(|a| a.kind) {
+            Some(Some(Out::Granted(g))) => Duration::try_from(g.time_left.unwrap()).unwrap(),
+            other => panic!("not granted over HTTP/1.1: {other:?}"),
+        };
+        let promised = sent + left;
+        if clean_end {
+            s.end().await;
+        } else {
+            drop(s);
+        }
+        let at = granted_at(&manager, &key, TTL * 10).await;
+        assert!(
+            at >= promised,
+            "guarantee 1 (remote-holder rule) over HTTP/1.1 ({}): the key was granted {:?} \
+             before the promise ran out",
+            if clean_end { "body ended without release" } else { "connection cut mid-body" },
+            promised - at
+        );
+        server.shutdown().await.unwrap();
+    }
+}
