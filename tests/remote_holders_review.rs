@@ -584,3 +584,45 @@ async fn an_http1_hold_stream_keeps_the_key_until_its_promise() {
         server.shutdown().await.unwrap();
     }
 }
+
+/// (passes) `max_keys_per_stream` counts acquires still running: with a limit of one, a
+/// second key asked for while the first is being acquired is refused (after the first
+/// key's answer, in request order) and never taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftl_key_limit_counts_acquires_in_flight() {
+    let store = Arc::new(SlowAcquire {
+        inner: MemoryBackend::new(),
+        delay: TTL,
+    });
+    let manager = manager_on(store.clone()).await;
+    let options = ServeOptions {
+        max_keys_per_stream: 1,
+        ..local()
+    };
+    let server = LeaseServer::start(manager.clone(), options).await.unwrap();
+    let first = Key::system(["slow", "limit"]);
+    let second = Key::system(["review", "limit"]);
+    let mut s = RawStream::open(server.local_addr(), FTL).await;
+    s.send(&ftl_request(&first, TTL * 5));
+    s.send(&ftl_request(&second, TTL * 5));
+    let answer: Option<AcquireLeaseResponse> =
+        tokio::time::timeout(TTL * 5, s.next()).await.unwrap();
+    assert!(answer.is_some(), "the first key's answer comes first");
+    let next: Option<AcquireLeaseResponse> =
+        tokio::time::timeout(TTL * 5, s.next()).await.unwrap();
+    assert!(next.is_none(), "the second key is refused");
+    let trailers = s.body.trailers().await.ok().flatten();
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-message"))
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    assert!(
+        status.as_deref().is_some_and(|m| m.contains("too%20many%20keys") || m.contains("too many keys")),
+        "refused for the limit: {trailers:?}"
+    );
+    assert!(
+        manager.lease_info(&second).await.unwrap().is_none(),
+        "the refused key was never taken"
+    );
+    server.shutdown().await.unwrap();
+}
