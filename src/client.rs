@@ -140,8 +140,8 @@ impl ClientOptions {
 ///   waiting. Only that `release` message frees the key at once: a stream that ends
 ///   otherwise (closed, reset, broken) keeps the key taken on the server until the time
 ///   it last promised has passed;
-/// - after a revoke, the client sends `release` as soon as the context has ended (the
-///   holder was told), or, with
+/// - after a revoke, or its server shutting down, the client sends `release` as soon as
+///   the context has ended (the holder was told), or, with
 ///   [`AcquireOptions::keep_until_released`], only once the
 ///   [`Lease`] is released or dropped; after a loss it never does, so that the key keeps
 ///   the safety margin a local manager keeps.
@@ -506,7 +506,7 @@ async fn drive(
     watch: LeaseContext,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let released = keep(
+    let stop = keep(
         ttl,
         &requests,
         &mut answers,
@@ -515,15 +515,19 @@ async fn drive(
         &mut commands,
     )
     .await;
-    if !released {
+    if stop != Stop::Released {
         // The lease ended without the holder's release. The server keeps the key until
         // we say we have stopped (`release`) or the time it promised us has passed. A
-        // revoked holder has stopped once its context ended, unless it keeps its key
-        // until its `Lease` is released (`keep_until_released`); a lost one keeps its
-        // safety margin, as with a local manager: we never release it, and the key goes
-        // back when the server's promise runs out.
-        let revoked = watch.reason() == Some(CancelReason::Revoked);
-        if keep_key || !revoked {
+        // revoked holder (or one whose server shut down) has stopped once its context
+        // ended, unless it keeps its key until its `Lease` is released
+        // (`keep_until_released`); a lost one keeps its safety margin, as with a local
+        // manager: we never release it, and the key goes back when the server's promise
+        // runs out.
+        // Revoked or shut down: the server ended the lease and told us, and we have
+        // stopped as soon as the context ended (unless the holder keeps the key until
+        // it lets go). A loss is not ours to shorten.
+        let heard = stop == Stop::Heard;
+        if keep_key || !heard {
             let deadline = watch.deadline().map(Instant::from_std);
             let until_deadline = async {
                 match deadline {
@@ -540,7 +544,7 @@ async fn drive(
                 _ = until_deadline => {}
             }
         }
-        if revoked {
+        if heard {
             let _ = requests.send(HoldRequest {
                 kind: Some(In::Release(Release {})),
             });
@@ -555,8 +559,19 @@ async fn drive(
     .await;
 }
 
-/// The body of [`drive`]: returns once the context has ended; `true` when it ended by
-/// the holder's release (carried out here).
+/// How [`keep`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// By the holder's release (carried out there).
+    Released,
+    /// The server ended the lease (revoked, or the server is shutting down) and told
+    /// us: we stop as soon as the context has ended, and may say so.
+    Heard,
+    /// Any other way: a loss, a deadline, a broken stream.
+    Other,
+}
+
+/// The body of [`drive`]: returns once the context has ended, and how.
 async fn keep(
     ttl: Duration,
     requests: &mpsc::UnboundedSender<HoldRequest>,
@@ -564,7 +579,7 @@ async fn keep(
     sender: ContextSender,
     watch: LeaseContext,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> bool {
+) -> Stop {
     let every = ttl / 4;
     let mut pending: VecDeque<Sent> = VecDeque::new();
     let mut next = Instant::now() + every;
@@ -582,7 +597,7 @@ async fn keep(
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(LeaseError::NotHeld));
                     }
-                    return true;
+                    return Stop::Released;
                 }
                 sender.cancel(CancelReason::Released);
                 let _ = requests.send(HoldRequest { kind: Some(In::Release(Release {})) });
@@ -606,15 +621,15 @@ async fn keep(
                         Err(unavailable("the lease service did not confirm the release"))
                     });
                 }
-                return true;
+                return Stop::Released;
             }
-            _ = watch.cancelled() => return false,
+            _ = watch.cancelled() => return Stop::Other,
             _ = tokio::time::sleep_until(next) => {
                 next += every;
                 pending.push_back(Sent::now());
                 if requests.send(HoldRequest { kind: Some(In::Heartbeat(Heartbeat {})) }).is_err() {
                     sender.cancel(CancelReason::Lost(LossCause::Disconnected("the request stream closed".into())));
-                    return false;
+                    return Stop::Other;
                 }
             }
             answer = answers.message() => match answer {
@@ -624,23 +639,25 @@ async fn keep(
                     }
                 }
                 Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {
-                    let reason = match Reason::try_from(e.reason).unwrap_or(Reason::Lost) {
+                    let told = Reason::try_from(e.reason).unwrap_or(Reason::Lost);
+                    let heard = matches!(told, Reason::Revoked | Reason::Shutdown);
+                    let reason = match told {
                         Reason::Revoked => CancelReason::Revoked,
                         Reason::Released => CancelReason::Released,
                         Reason::Shutdown => CancelReason::Lost(LossCause::Remote(e.message)),
                         _ => CancelReason::Lost(LossCause::Remote(e.message)),
                     };
                     sender.cancel(reason);
-                    return false;
+                    return if heard { Stop::Heard } else { Stop::Other };
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     sender.cancel(CancelReason::Lost(LossCause::Disconnected("the lease service ended the stream".into())));
-                    return false;
+                    return Stop::Other;
                 }
                 Err(status) => {
                     sender.cancel(CancelReason::Lost(LossCause::Disconnected(status.message().to_string())));
-                    return false;
+                    return Stop::Other;
                 }
             },
         }

@@ -76,11 +76,13 @@ async fn a_revoke_of_a_kept_holder_does_not_hit_the_next_holder() {
     // The holder has stopped and lets go.
     let kept_token = kept.token();
     let _ = kept.release().await;
-    // The next caller, after the holder let go (and before the revoke reached the store).
+    // The next caller, after the holder let go (and before the revoke reached the
+    // store): it waits, since the key is not this manager's to grant until the revoke
+    // has landed.
     let (next, next_ctx) = manager
-        .acquire_lease(key.clone(), ttl)
+        .acquire_lease_with(key.clone(), AcquireOptions::new(ttl).wait(ttl))
         .await
-        .expect("the key is free once its kept holder let go");
+        .expect("the key is granted once its kept holder let go and the revoke landed");
     assert!(revoke.await.unwrap().unwrap());
     // Two renewals of the new lease.
     tokio::time::sleep(ttl * 2 / 3 + Duration::from_millis(100)).await;
@@ -162,7 +164,11 @@ async fn a_kept_holder_at_shutdown_leaves_its_key_to_expire() {
     assert_eq!(ctx.reason(), Some(CancelReason::Shutdown));
     let stopped = tokio::time::Instant::now();
     drop(kept);
-    let other = LeaseManager::builder().backend(store).start().await.unwrap();
+    let other = LeaseManager::builder()
+        .backend(store)
+        .start()
+        .await
+        .unwrap();
     let options = AcquireOptions::new(ttl).wait(ttl * 10);
     let (_lease, _ctx) = other.acquire_lease_with(key, options).await.unwrap();
     let at = tokio::time::Instant::now();

@@ -166,7 +166,7 @@ fn ftl_request(key: &Key, ttl: Duration) -> AcquireLeaseRequest {
 // ---------------------------------------------------------- FTL revokes -----
 
 /// An FTL stream's promise is the heartbeat window of its last request (`Held::promised`:
-/// last + window; the window is the last request's TTL). After a revoke (here through
+/// last + window; the window is the last request's TTL, at most the acquiring one's). After a revoke (here through
 /// another manager on the same store, as through another server) the stream ends with
 /// `RESOURCE_EXHAUSTED` and `give_back` keeps the `Lease` until that promise. But the
 /// manager stops renewing a kept lease as soon as its context ends, so the store frees
@@ -181,13 +181,14 @@ async fn a_revoked_ftl_key_stays_taken_for_its_heartbeat_window() {
     let server = LeaseServer::start(a.clone(), local()).await.unwrap();
     let key = Key::system(["review", "ftl", "revoke"]);
     let mut s = RawStream::open(server.local_addr(), FTL).await;
-    // Acquired with a TTL of 1 s; the heartbeat then asks for a 20 s window (its TTL
-    // "becomes the key's heartbeat window", ftl.rs).
-    s.send(&ftl_request(&key, TTL));
+    // Acquired with a TTL of 3 s; the heartbeat then asks for a 20 s window. A request's
+    // TTL sets the key's heartbeat window, up to the TTL it was acquired with (ftl.rs):
+    // the store holds the key for that (and half again), and no more.
+    s.send(&ftl_request(&key, TTL * 3));
     let _: AcquireLeaseResponse = s.next().await.expect("the acquire's answer");
-    let window = TTL * 20;
+    let window = TTL * 3;
     let sent = Instant::now();
-    s.send(&ftl_request(&key, window));
+    s.send(&ftl_request(&key, TTL * 20));
     let _: AcquireLeaseResponse = s.next().await.expect("the heartbeat's answer");
     // Revoked through another manager of the store.
     assert!(b.revoke(&key).await.unwrap());
@@ -241,7 +242,10 @@ impl Backend for Recorded {
     ) -> Result<leases::backend::RenewOutcome, leases::BackendError> {
         let outcome = self.inner.renew(key, token, ttl).await;
         if matches!(outcome, Ok(leases::backend::RenewOutcome::Renewed)) {
-            self.renewed.lock().unwrap().push((key.clone(), Instant::now()));
+            self.renewed
+                .lock()
+                .unwrap()
+                .push((key.clone(), Instant::now()));
         }
         outcome
     }
@@ -578,7 +582,11 @@ async fn an_http1_hold_stream_keeps_the_key_until_its_promise() {
             at >= promised,
             "guarantee 1 (remote-holder rule) over HTTP/1.1 ({}): the key was granted {:?} \
              before the promise ran out",
-            if clean_end { "body ended without release" } else { "connection cut mid-body" },
+            if clean_end {
+                "body ended without release"
+            } else {
+                "connection cut mid-body"
+            },
             promised - at
         );
         server.shutdown().await.unwrap();
@@ -608,8 +616,7 @@ async fn ftl_key_limit_counts_acquires_in_flight() {
     let answer: Option<AcquireLeaseResponse> =
         tokio::time::timeout(TTL * 5, s.next()).await.unwrap();
     assert!(answer.is_some(), "the first key's answer comes first");
-    let next: Option<AcquireLeaseResponse> =
-        tokio::time::timeout(TTL * 5, s.next()).await.unwrap();
+    let next: Option<AcquireLeaseResponse> = tokio::time::timeout(TTL * 5, s.next()).await.unwrap();
     assert!(next.is_none(), "the second key is refused");
     let trailers = s.body.trailers().await.ok().flatten();
     let status = trailers
@@ -617,7 +624,9 @@ async fn ftl_key_limit_counts_acquires_in_flight() {
         .and_then(|t| t.get("grpc-message"))
         .map(|v| v.to_str().unwrap_or("").to_string());
     assert!(
-        status.as_deref().is_some_and(|m| m.contains("too%20many%20keys") || m.contains("too many keys")),
+        status
+            .as_deref()
+            .is_some_and(|m| m.contains("too%20many%20keys") || m.contains("too many keys")),
         "refused for the limit: {trailers:?}"
     );
     assert!(

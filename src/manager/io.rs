@@ -336,7 +336,7 @@ pub(crate) fn release(
 /// expired. While `local` is set the key's slot stays busy, and the task frees it (with
 /// [`Msg::RevokeDone`]) before it answers, so that the caller's next acquire finds it
 /// free, and nobody here is granted the key before the revoke reached the backend
-/// (where it could mark the new lease revoked). `kept`: our holder keeps its key until it
+/// (where it could mark the new lease revoked); so too while `kept`. `kept`: our holder keeps its key until it
 /// releases it (see `AcquireOptions::keep_until_released`), and was told; it may give
 /// the key back before the revoke reaches the backend (which then finds nothing to
 /// mark), and the answer is `true` either way.
@@ -351,7 +351,7 @@ pub(crate) fn revoke(
 ) {
     let done = RevokeDone {
         me: me.clone(),
-        key: local.map(|_| key.clone()),
+        key: (local.is_some() || kept).then(|| key.clone()),
     };
     inflight.spawn(async move {
         let revoked = {

@@ -351,26 +351,24 @@ impl LeaseManager {
     /// [`LeaseError::ManagerStopped`], and every actor has stopped when this returns.
     /// Later calls fail with `ManagerStopped`. Calling it again does nothing.
     pub async fn shutdown(&self) {
+        // One deadline for everything below: the supervisor's releases, its stopping,
+        // and the backend I/O it started (a grant given back, a release, an attempt
+        // still running).
+        let config = &self.inner.config;
+        let now = tokio::time::Instant::now();
+        let until = now
+            .checked_add(config.shutdown_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(1 << 32));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let msg = Msg::Shutdown {
             reply: Some(tx.into()),
         };
         if self.inner.actor.send_message(ManagerMessage(msg)).is_ok() {
-            let _ = rx.await;
+            let _ = tokio::time::timeout_at(until, rx).await;
         }
-        // Wait for the actor (and, with it, its children) to finish stopping, then for
-        // the backend I/O it started (a grant given back, a release, an attempt still
-        // running), all within the shutdown timeout.
-        let config = &self.inner.config;
-        let until = tokio::time::Instant::now()
-            .checked_add(config.shutdown_timeout)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1 << 32));
-        let _ = self
-            .inner
-            .actor
-            .get_cell()
-            .wait(Some(config.shutdown_timeout))
-            .await;
+        // Wait for the actor (and, with it, its children) to finish stopping.
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let _ = self.inner.actor.get_cell().wait(Some(left)).await;
         if tokio::time::timeout_at(until, config.inflight.idle())
             .await
             .is_err()

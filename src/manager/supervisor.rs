@@ -477,9 +477,10 @@ impl SupervisorState {
         let ended = self.end_holder(&key, None, CancelReason::Revoked, false);
         let kept = ended.as_ref().is_some_and(|e| e.kept);
         let local = ended.and_then(|e| e.give_back.then_some(e.token));
-        if local.is_some() {
+        if local.is_some() || kept {
             // Nobody here may be granted the key until the revoke has reached the
-            // backend (see `io::revoke`).
+            // backend (see `io::revoke`): a kept holder may let go at once, and a
+            // revoke still on its way must not mark the next holder's lease.
             self.table.slot(&key).busy = true;
         }
         io::revoke(

@@ -8,7 +8,10 @@
 //! - a key this stream does not hold is acquired (without waiting): held by someone
 //!   else → the stream ends with `RESOURCE_EXHAUSTED` "lease already held";
 //! - a key this stream holds is kept alive: the request is the client's heartbeat, and
-//!   its TTL becomes the key's heartbeat window;
+//!   its TTL becomes the key's heartbeat window (at most the TTL it was acquired
+//!   with). The store holds the key for 1.5 times the acquiring TTL, renewed every half
+//!   of it, so that a key the server must keep after the stream ends (below) is still
+//!   held in the store until the window of its last request has run out;
 //! - the answer is one empty response, in request order.
 //!
 //! A held lease that ends without the client asking (lost by the backend, revoked,
@@ -48,7 +51,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::give_back::give_back;
-use super::{duration_of, status_of, Shared};
+use super::{duration_of, status_of, Shared, StreamSlot};
 use crate::proto::xyz::block::ftl::lease::v1::lease_service_server::LeaseService;
 use crate::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
 use crate::proto::xyz::block::ftl::v1::{PingRequest, PingResponse};
@@ -100,9 +103,8 @@ impl LeaseService for FtlService {
         let counted = self.shared.stream();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            run_stream(shared, request.into_inner(), tx).await;
+            run_stream(shared, request.into_inner(), tx, slot).await;
             drop(counted);
-            drop(slot);
         });
         Ok(Response::new(Box::pin(answers(rx))))
     }
@@ -141,8 +143,11 @@ struct Held {
     lease: Lease,
     ctx: LeaseContext,
     /// The heartbeat window: the lease ends when no request for it comes within this
-    /// long of the last one.
+    /// long of the last one. A request's TTL sets it, up to `acquired`.
     window: Duration,
+    /// The TTL of the request that acquired the key: the store holds the lease for
+    /// half as long again (see [`store_ttl`]), which no window may outgrow.
+    acquired: Duration,
     last: Instant,
     watcher: AbortHandle,
 }
@@ -157,6 +162,18 @@ impl Held {
     }
 }
 
+/// The TTL an FTL key is held with in the store: its heartbeat window and half again.
+///
+/// Why: a lease that ends on the server (a revoke through any server) stops being
+/// renewed, and the store frees it one TTL after its last renewal, which may have
+/// started up to a renewal interval (a third of the TTL) before the client's last
+/// request. With the store's TTL at 1.5 windows, renewed every half window, the store
+/// keeps the key at least until that request's window has run out, so the server's
+/// promise ([`Held::promised`]) holds. Capped at [`MAX_TTL`](crate::MAX_TTL).
+fn store_ttl(window: Duration) -> Duration {
+    window.saturating_add(window / 2).min(crate::MAX_TTL)
+}
+
 /// An acquire that is running, in a stream that keeps reading meanwhile.
 type Acquiring = Pin<
     Box<
@@ -165,12 +182,87 @@ type Acquiring = Pin<
     >,
 >;
 
-/// The answer owed to one request, in request order.
-enum Owed {
-    /// Known: `Ok` (an empty answer) or the status that ends the stream.
-    Ready(Result<(), Status>),
+/// The answers a stream owes, in request order: runs of empty answers, acquires still
+/// running, and failures. After the first failure nothing new is started: the stream
+/// ends with it when its turn comes.
+#[derive(Default)]
+struct Owed {
+    queue: VecDeque<Answer>,
+    failing: bool,
+}
+
+enum Answer {
+    /// This many empty answers.
+    Ok(u64),
     /// The acquire of this key is still running.
     Acquire(Key),
+    /// The status that ends the stream.
+    Failed(Status),
+}
+
+impl Owed {
+    fn ok(&mut self) {
+        match self.queue.back_mut() {
+            Some(Answer::Ok(n)) => *n += 1,
+            _ => self.queue.push_back(Answer::Ok(1)),
+        }
+    }
+
+    fn fail(&mut self, status: Status) {
+        self.failing = true;
+        self.queue.push_back(Answer::Failed(status));
+    }
+
+    fn acquire(&mut self, key: Key) {
+        self.queue.push_back(Answer::Acquire(key));
+    }
+
+    /// The keys whose acquires are running.
+    fn acquiring(&self) -> Vec<Key> {
+        self.queue
+            .iter()
+            .filter_map(|a| match a {
+                Answer::Acquire(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The acquire of `key` has answered.
+    fn resolve(&mut self, key: &Key, answer: Result<(), Status>) {
+        if let Some(slot) = self
+            .queue
+            .iter_mut()
+            .find(|a| matches!(a, Answer::Acquire(k) if k == key))
+        {
+            *slot = match answer {
+                Ok(()) => Answer::Ok(1),
+                Err(status) => {
+                    self.failing = true;
+                    Answer::Failed(status)
+                }
+            };
+        }
+    }
+
+    /// Takes what can be handed out now: a number of empty answers, then the status
+    /// that ends the stream if it is next.
+    fn take_ready(&mut self) -> (u64, Option<Status>) {
+        let mut answers = 0;
+        loop {
+            match self.queue.front() {
+                Some(Answer::Ok(n)) => {
+                    answers += n;
+                    self.queue.pop_front();
+                }
+                Some(Answer::Failed(_)) => match self.queue.pop_front() {
+                    Some(Answer::Failed(status)) => return (answers, Some(status)),
+                    _ => return (answers, None),
+                },
+                _ => return (answers, None),
+            }
+        }
+    }
 }
 
 /// How a stream ended.
@@ -188,28 +280,20 @@ async fn run_stream(
     shared: Shared,
     mut incoming: Streaming<AcquireLeaseRequest>,
     tx: watch::Sender<Produced>,
+    slot: StreamSlot,
 ) {
     let mut held: HashMap<Key, Held> = HashMap::new();
     let mut acquiring: FuturesUnordered<Acquiring> = FuturesUnordered::new();
-    let mut owed: VecDeque<Owed> = VecDeque::new();
+    let mut owed = Owed::default();
     // Leases that ended by themselves report here (key, why).
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(Key, String)>();
     let end: End = loop {
         // Hand out the answers that are known, in order; a failed request ends the
         // stream when its turn comes.
-        let failed = loop {
-            match owed.front() {
-                Some(Owed::Ready(Ok(()))) => {
-                    owed.pop_front();
-                    tx.send_modify(|p| p.answers += 1);
-                }
-                Some(Owed::Ready(Err(_))) => match owed.pop_front() {
-                    Some(Owed::Ready(Err(status))) => break Some(status),
-                    _ => break None,
-                },
-                _ => break None,
-            }
-        };
+        let (answers, failed) = owed.take_ready();
+        if answers > 0 {
+            tx.send_modify(|p| p.answers += answers);
+        }
         if let Some(status) = failed {
             break End::Broken(status);
         }
@@ -220,7 +304,11 @@ async fn run_stream(
                 break End::Broken(Status::unavailable("the lease service is shutting down"));
             }
             _ = tx.closed() => {
-                break if half_closed_already(&mut incoming) { End::Released } else { End::Gone };
+                break if half_closed_already(&mut incoming, &mut held) {
+                    End::Released
+                } else {
+                    End::Gone
+                };
             }
             Some((key, why)) = ended_rx.recv() => {
                 if held.contains_key(&key) {
@@ -239,33 +327,24 @@ async fn run_stream(
                     )));
                 }
             }
-            Some((key, ttl, result)) = acquiring.next(), if !acquiring.is_empty() => {
-                let answer = match result {
-                    Ok((lease, ctx)) => {
-                        held.insert(key.clone(), hold(lease, ctx, ttl, &key, &ended_tx));
-                        Ok(())
-                    }
-                    Err(status) => Err(status),
-                };
-                for o in owed.iter_mut() {
-                    if matches!(o, Owed::Acquire(k) if *k == key) {
-                        *o = Owed::Ready(answer);
-                        break;
-                    }
-                }
+            Some((key, window, result)) = acquiring.next(), if !acquiring.is_empty() => {
+                let answer = result.map(|(lease, ctx)| {
+                    held.insert(key.clone(), hold(lease, ctx, window, &key, &ended_tx));
+                });
+                owed.resolve(&key, answer);
             }
             message = incoming.message() => match message {
+                // A stream that is failing starts nothing more: its end is on its way.
+                Ok(Some(_)) if owed.failing => {}
                 Ok(Some(request)) => {
-                    let answer = request_of(&shared, request, &mut held, &acquiring_keys(&owed))
-                        .map(|next| match next {
-                            Next::Answered => Owed::Ready(Ok(())),
-                            Next::Acquire(key, options) => {
-                                acquiring.push(acquire(&shared, key.clone(), options));
-                                Owed::Acquire(key)
-                            }
-                        })
-                        .unwrap_or_else(|status| Owed::Ready(Err(status)));
-                    owed.push_back(answer);
+                    match request_of(&shared, request, &mut held, &owed.acquiring()) {
+                        Ok(Next::Answered) => owed.ok(),
+                        Ok(Next::Acquire(key, window)) => {
+                            acquiring.push(acquire(&shared, key.clone(), window));
+                            owed.acquire(key);
+                        }
+                        Err(status) => owed.fail(status),
+                    }
                 }
                 // The client closed its side: FTL's release.
                 Ok(None) => break End::Released,
@@ -276,6 +355,9 @@ async fn run_stream(
             },
         }
     };
+    // The stream itself is over: it no longer counts against its connection's limit,
+    // even while its keys wait to be given back.
+    drop(slot);
     // Acquires still running are dropped: their callers went away, so the manager gives
     // back whatever they are granted, and the client was never told it held them.
     drop(acquiring);
@@ -322,25 +404,26 @@ async fn give_back_all(held: HashMap<Key, Held>) {
 
 /// Whether the client had half-closed its request stream before it dropped its answers
 /// (FTL's Go runtime releases with a half-close and then a reset), reading only what
-/// has already arrived.
-fn half_closed_already(incoming: &mut Streaming<AcquireLeaseRequest>) -> bool {
+/// has already arrived. Heartbeats read on the way still count for their keys.
+fn half_closed_already(
+    incoming: &mut Streaming<AcquireLeaseRequest>,
+    held: &mut HashMap<Key, Held>,
+) -> bool {
     use futures_util::FutureExt;
     loop {
         match incoming.message().now_or_never() {
-            Some(Ok(Some(_))) => {}
+            Some(Ok(Some(request))) => {
+                if let Some(h) = Key::from_segments(request.key)
+                    .ok()
+                    .and_then(|key| held.get_mut(&key))
+                {
+                    h.last = Instant::now();
+                }
+            }
             Some(Ok(None)) => return true,
             Some(Err(_)) | None => return false,
         }
     }
-}
-
-fn acquiring_keys(owed: &VecDeque<Owed>) -> Vec<Key> {
-    owed.iter()
-        .filter_map(|o| match o {
-            Owed::Acquire(k) => Some(k.clone()),
-            Owed::Ready(_) => None,
-        })
-        .collect()
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -354,8 +437,8 @@ async fn sleep_until_opt(at: Option<Instant>) {
 enum Next {
     /// A heartbeat of a held key (or of one being acquired): answered as it stands.
     Answered,
-    /// A key to acquire.
-    Acquire(Key, AcquireOptions),
+    /// A key to acquire, with its heartbeat window.
+    Acquire(Key, Duration),
 }
 
 /// Reads one request: a heartbeat is handled here; an acquire is returned to be run
@@ -386,7 +469,7 @@ fn request_of(
             )));
         }
         h.last = Instant::now();
-        h.window = ttl;
+        h.window = ttl.min(h.acquired);
         return Ok(Next::Answered);
     }
     if acquiring.contains(&key) {
@@ -399,17 +482,17 @@ fn request_of(
             shared.options.max_keys_per_stream
         )));
     }
-    Ok(Next::Acquire(key, options))
+    Ok(Next::Acquire(key, ttl))
 }
 
-/// Acquires `key` for the stream (as a holder that keeps its key until the stream gives
-/// it back).
-fn acquire(shared: &Shared, key: Key, options: AcquireOptions) -> Acquiring {
+/// Acquires `key` for the stream, held in the store for [`store_ttl`] of its heartbeat
+/// `window`, as a holder that keeps its key until the stream gives it back.
+fn acquire(shared: &Shared, key: Key, window: Duration) -> Acquiring {
     let manager = shared.manager.clone();
-    let ttl = options.ttl();
     Box::pin(async move {
+        let options = AcquireOptions::new(store_ttl(window)).keep_until_released();
         let result = manager
-            .acquire_lease_with(key.clone(), options.keep_until_released())
+            .acquire_lease_with(key.clone(), options)
             .await
             .map_err(|e| match e {
                 LeaseError::Conflict | LeaseError::WaitTimedOut { .. } => {
@@ -417,7 +500,7 @@ fn acquire(shared: &Shared, key: Key, options: AcquireOptions) -> Acquiring {
                 }
                 other => status_of(&other),
             });
-        (key, ttl, result)
+        (key, window, result)
     })
 }
 
@@ -443,6 +526,7 @@ fn hold(
         lease,
         ctx,
         window: ttl,
+        acquired: ttl,
         last: Instant::now(),
         watcher,
     }

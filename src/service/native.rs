@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::give_back::give_back;
-use super::{duration_of, proto_duration, status_of, time_left, Shared};
+use super::{duration_of, proto_duration, status_of, time_left, Shared, StreamSlot};
 use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;
@@ -97,9 +97,8 @@ impl Leases for NativeService {
         let counted = self.shared.stream();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            run_hold(shared, request.into_inner(), tx).await;
+            run_hold(shared, request.into_inner(), tx, slot).await;
             drop(counted);
-            drop(slot);
         });
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
@@ -201,6 +200,7 @@ async fn run_hold(
     shared: Shared,
     mut incoming: Streaming<HoldRequest>,
     tx: mpsc::Sender<Result<HoldResponse, Status>>,
+    slot: StreamSlot,
 ) {
     let stopping = shared.stopping.clone();
     // The first request: acquire.
@@ -315,6 +315,8 @@ async fn run_hold(
     // at the client's `release`, or when the time it was last promised has passed.
     let _ = tx.try_send(end);
     drop(tx);
+    // The stream is over: it no longer counts against its connection's limit.
+    drop(slot);
     give_back(lease, promised, release_of(&mut incoming)).await;
 }
 

@@ -91,23 +91,29 @@ class GoLike(Stream):
         self._stop = threading.Event()
         self._thread = None
         self.heartbeats = 0
+        self.last_sent = None
 
     def acquire(self):
+        self.last_sent = time.monotonic()
         super().acquire(self.key, self.ttl)
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
 
     def _beat(self):
         while not self._stop.wait(self.ttl / 2):
+            self.last_sent = time.monotonic()
             self.requests.send(request(self.key, self.ttl))
             self.heartbeats += 1
+
+    def stop_heartbeats(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def close(self):
         """Stops the heartbeats and half-closes the request stream. Like FTL's Go
         runtime, it does not wait for the server's end of the stream."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self.stop_heartbeats()
         self.requests.close()
 
 
@@ -194,15 +200,33 @@ class FtlClientTest(unittest.TestCase):
         # heartbeat (at most ttl/2 ago) would keep it at least ttl/2 more.
         self.acquire_soon(key, within=ttl / 4)
 
-    def test_cancelled_stream_releases(self):
+    def test_half_close_then_cancel_releases(self):
+        # FTL's Go runtime releases with CloseRequest (a half-close, written first)
+        # and then CloseResponse (a reset). grpcio half-closes from another thread, so
+        # give it a moment to reach the wire before the reset, as Go's writes do.
         ttl = 5.0
         key = self.key("job")
         holder = self.go_like(key, ttl)
         holder.acquire()
         self.assert_held(key)
-        holder.close()  # stop its heartbeats; then reset the stream
+        holder.close()  # stop its heartbeats, half-close; then reset the stream
+        time.sleep(0.3)
         holder.cancel()
         self.acquire_soon(key, within=ttl / 4)
+
+    def test_cancel_without_close_keeps_the_key_for_its_window(self):
+        # A reset without the half-close is a broken stream (what an L7 proxy sends
+        # upstream when its client died): the client may act until the heartbeat
+        # window of its last request has run out, so the key is kept until then.
+        ttl = 3.0
+        key = self.key("job")
+        holder = self.go_like(key, ttl)
+        holder.acquire()
+        holder.stop_heartbeats()
+        holder.cancel()
+        self.assert_held(key)
+        self.acquire_soon(key, within=ttl + 3.0)
+        self.assertGreaterEqual(time.monotonic(), holder.last_sent + ttl)
 
     def test_jvm_like_expires_without_heartbeats(self):
         ttl = 2.0
