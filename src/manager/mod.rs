@@ -306,9 +306,11 @@ impl LeaseManager {
 
     /// Revokes whoever holds `key`, here or in another manager sharing the backend.
     /// Returns `true` if someone held it. A holder in this manager is told at once
-    /// ([`CancelReason::Revoked`](crate::CancelReason::Revoked)) and the key is freed; a
-    /// holder elsewhere is told at its next renewal, and until then (at most its TTL)
-    /// the key stays taken, so that revoking never makes two holders.
+    /// ([`CancelReason::Revoked`](crate::CancelReason::Revoked)) and the key is freed
+    /// (for a holder that keeps its key until it lets go,
+    /// [`AcquireOptions::keep_until_released`], once it does); a holder elsewhere is
+    /// told at its next renewal, and until then (at most its TTL) the key stays taken,
+    /// so that revoking never makes two holders.
     pub async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
         self.check_running()?;
         let key = key.clone();
