@@ -438,8 +438,7 @@ impl Campaign {
             let attempt = {
                 let acquire = self.leaser.acquire_lease_with(key.clone(), acquire);
                 tokio::pin!(acquire);
-                let mut looks =
-                    tokio::time::interval_at(tokio::time::Instant::now() + retry, retry);
+                let mut looks = tokio::time::interval_at(crate::clock::after(retry), retry);
                 looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
@@ -543,6 +542,25 @@ impl Campaign {
             _ = self.stop.cancelled() => false,
             _ = tokio::time::sleep(pause) => true,
         }
+    }
+}
+
+impl Drop for Campaign {
+    /// Every way the campaign ends shows as `Stopped`: a task that ends without saying
+    /// so (it panicked, or its runtime shut down) must not leave its candidate a
+    /// `Follower` forever.
+    fn drop(&mut self) {
+        self.tx.send_if_modified(|state| {
+            if state.is_stopped() {
+                return false;
+            }
+            *state = Leadership::Stopped {
+                error: Some(LeaseError::InvalidConfig(
+                    "the campaign task ended unexpectedly".into(),
+                )),
+            };
+            true
+        });
     }
 }
 
