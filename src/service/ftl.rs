@@ -34,6 +34,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::first::NoFirst;
 use super::{duration_of, status_of, Shared};
 use crate::proto::xyz::block::ftl::lease::v1::lease_service_server::LeaseService;
 use crate::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
@@ -139,6 +140,16 @@ async fn run_stream(
     mut incoming: Streaming<AcquireLeaseRequest>,
     tx: watch::Sender<Produced>,
 ) {
+    let mut first = match super::first::first_request(&shared, &mut incoming, tx.closed()).await {
+        Ok(request) => Some(request),
+        Err(NoFirst::Gone) => return,
+        // The loop below ends the stream as every stopping server's.
+        Err(NoFirst::Stopping) => None,
+        Err(NoFirst::End(status)) => {
+            tx.send_modify(|p| p.end = Some(status));
+            return;
+        }
+    };
     let mut held: HashMap<Key, Held> = HashMap::new();
     // Leases that ended by themselves report here (key, why).
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(Key, String)>();
@@ -167,7 +178,7 @@ async fn run_stream(
                     )));
                 }
             }
-            message = incoming.message() => match message {
+            message = super::first::next_request(&mut first, &mut incoming) => match message {
                 Ok(Some(request)) => {
                     let handled = tokio::select! {
                         biased;
