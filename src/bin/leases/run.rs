@@ -240,7 +240,8 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
                 signal_group(pgid, libc::SIGTERM);
                 signal_group(pgid, libc::SIGCONT);
                 lost = Some(reason);
-                kill_at = Some(Instant::now() + grace);
+                // A grace too long for the clock never ends: no SIGKILL.
+                kill_at = Instant::now().checked_add(grace);
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                 eprintln!("leases: the command outlived the grace period; SIGKILL");
