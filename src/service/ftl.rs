@@ -227,6 +227,27 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// The key and TTL of one request, checked (`INVALID_ARGUMENT` when they cannot be
+/// used): a pure function of the request, so that it can be fuzzed.
+#[doc(hidden)]
+pub fn key_and_ttl(
+    request: AcquireLeaseRequest,
+    default_ttl: Duration,
+    min_ttl: Duration,
+) -> Result<(Key, Duration), Status> {
+    let key = Key::from_segments(request.key).map_err(|e| status_of(&LeaseError::InvalidKey(e)))?;
+    let ttl = match &request.ttl {
+        None => default_ttl,
+        Some(d) => duration_of(d).ok_or_else(|| {
+            Status::invalid_argument(format!("lease TTL {d:?} is negative or malformed"))
+        })?,
+    };
+    AcquireOptions::new(ttl)
+        .validate(&key, min_ttl)
+        .map_err(|e| status_of(&e))?;
+    Ok((key, ttl))
+}
+
 /// Acquires or keeps alive the key of one request.
 async fn handle(
     shared: &Shared,
@@ -234,17 +255,12 @@ async fn handle(
     held: &mut HashMap<Key, Held>,
     ended_tx: &mpsc::UnboundedSender<(Key, String)>,
 ) -> Result<(), Status> {
-    let key = Key::from_segments(request.key).map_err(|e| status_of(&LeaseError::InvalidKey(e)))?;
-    let ttl = match &request.ttl {
-        None => shared.options.default_ttl,
-        Some(d) => duration_of(d).ok_or_else(|| {
-            Status::invalid_argument(format!("lease TTL {d:?} is negative or malformed"))
-        })?,
-    };
+    let (key, ttl) = key_and_ttl(
+        request,
+        shared.options.default_ttl,
+        shared.manager.min_ttl(),
+    )?;
     let options = AcquireOptions::new(ttl);
-    options
-        .validate(&key, shared.manager.min_ttl())
-        .map_err(|e| status_of(&e))?;
     if let Some(h) = held.get_mut(&key) {
         // A heartbeat. A lease that has ended is reported by its watcher; check here
         // too, so that the answer never confirms an ended lease.

@@ -173,8 +173,10 @@ fn ended_by(reason: &CancelReason) -> Result<HoldResponse, Status> {
     ended(r, reason.to_string())
 }
 
-/// The acquire options of the first request.
-fn options_of(acquire: Acquire) -> Result<(Key, AcquireOptions), Status> {
+/// The acquire options of the first request (unchecked: the manager checks them).
+/// Public, hidden, for the fuzz targets.
+#[doc(hidden)]
+pub fn options_of(acquire: Acquire) -> Result<(Key, AcquireOptions), Status> {
     let key = parse_key(&acquire.key)?;
     let ttl = acquire
         .ttl
