@@ -83,7 +83,8 @@ pub(crate) fn parse_ttl_refusal(value: &str) -> Option<crate::LeaseError> {
             return None;
         }
         let nanos: u32 = nanos.parse().ok()?;
-        (nanos < 1_000_000_000).then_some(std::time::Duration::new(secs.parse().ok()?, nanos))
+        let secs: u64 = secs.parse().ok()?;
+        (nanos < 1_000_000_000).then(|| std::time::Duration::new(secs, nanos))
     };
     let mut words = value.split(' ');
     let (kind, ttl, bound) = (words.next()?, exact(words.next()?)?, exact(words.next()?)?);
@@ -110,5 +111,41 @@ pub(crate) fn listed(limit: usize) -> usize {
     match limit {
         0 => LIST_LIMIT,
         n => n.min(LIST_LIMIT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LeaseError;
+    use std::time::Duration;
+
+    #[test]
+    fn ttl_refusals_round_trip_exactly() {
+        let cases = [
+            LeaseError::TtlTooShort {
+                ttl: Duration::new(1, 5),
+                min: Duration::from_secs(5),
+            },
+            LeaseError::TtlTooLong {
+                ttl: Duration::MAX,
+                max: crate::MAX_TTL,
+            },
+        ];
+        for e in cases {
+            let back = parse_ttl_refusal(&ttl_refusal(&e).unwrap()).unwrap();
+            assert_eq!(back.to_string(), e.to_string());
+        }
+        assert!(ttl_refusal(&LeaseError::Conflict).is_none());
+        for bad in [
+            "",
+            "too-short",
+            "too-short 1.0 2.0",
+            "too-long 1.000000000 x",
+            "x 1.000000000 2.000000000",
+            "too-short 1.000000000 2.000000000 3",
+        ] {
+            assert!(parse_ttl_refusal(bad).is_none(), "{bad:?}");
+        }
     }
 }

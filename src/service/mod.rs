@@ -35,7 +35,12 @@
 //! the keys one FTL stream may hold ([`ServeOptions::max_keys_per_stream`],
 //! `RESOURCE_EXHAUSTED` "too many keys on one stream"), and the open lease streams of
 //! one connection ([`ServeOptions::max_streams_per_connection`], `RESOURCE_EXHAUSTED`
-//! "too many lease streams on one connection").
+//! "too many lease streams on one connection"), and the wait for a stream's first
+//! request ([`ServeOptions::first_request_timeout`], `DEADLINE_EXCEEDED`), so that a
+//! silent stream does not keep its slot. A TTL refusal (`INVALID_ARGUMENT`) carries its
+//! numbers in the trailer `leases-ttl-refusal`, from which
+//! [`ClientLeaser`](crate::ClientLeaser) rebuilds [`LeaseError::TtlTooShort`] or
+//! [`LeaseError::TtlTooLong`].
 
 mod first;
 pub mod ftl;
