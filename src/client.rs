@@ -192,7 +192,12 @@ fn error_of(status: &Status, waited: Option<Duration>) -> LeaseError {
         Code::DeadlineExceeded => {
             LeaseError::Backend(BackendError::new(BackendErrorKind::Timeout, message))
         }
-        Code::InvalidArgument => LeaseError::InvalidConfig(message),
+        Code::InvalidArgument => status
+            .metadata()
+            .get(crate::proto::TTL_REFUSAL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::proto::parse_ttl_refusal)
+            .unwrap_or(LeaseError::InvalidConfig(message)),
         _ => LeaseError::Backend(BackendError::new(BackendErrorKind::Failed, message)),
     }
 }
@@ -223,8 +228,14 @@ impl ClientLeaser {
     }
 
     /// Connects with `options`. Fails with [`LeaseError::Backend`] when the service
-    /// cannot be reached, and [`LeaseError::InvalidConfig`] for a bad URL or TLS file.
+    /// cannot be reached, and [`LeaseError::InvalidConfig`] for a bad URL or TLS file
+    /// or a zero timeout.
     pub async fn connect_with(options: ClientOptions) -> Result<ClientLeaser, LeaseError> {
+        if options.connect_timeout.is_zero() || options.request_timeout.is_zero() {
+            return Err(LeaseError::InvalidConfig(
+                "the connect and request timeouts must be positive".into(),
+            ));
+        }
         let mut endpoint = Endpoint::from_shared(options.url.clone())
             .map_err(|e| {
                 LeaseError::InvalidConfig(format!("bad lease service URL {:?}: {e}", options.url))
@@ -280,7 +291,14 @@ impl ClientLeaser {
         if let Some(auth) = &self.inner.auth {
             request.metadata_mut().insert("authorization", auth.clone());
         }
-        request.set_timeout(self.inner.options.request_timeout);
+        // tonic panics on a timeout too long for gRPC's header (about 11,000 years):
+        // saturate at about 30 years.
+        request.set_timeout(
+            self.inner
+                .options
+                .request_timeout
+                .min(crate::clock::FAR_FUTURE),
+        );
         request
     }
 
@@ -310,10 +328,20 @@ impl ClientLeaser {
     }
 
     /// The live leases whose key strings start with `prefix`, in key order, at most
-    /// `limit` (0: the server's limit).
+    /// `limit` (0: the server's limit, 10,000).
+    ///
+    /// The server sends them in one message, which can be far larger than gRPC's usual
+    /// 4 MiB limit (each lease carries up to 64 KiB of metadata): this call accepts an
+    /// answer as large as the leases asked for can be, `limit` × about 66 KiB (at most
+    /// about 670 MB for 10,000 leases). Ask for fewer leases, or a narrower prefix, to
+    /// bound the memory a list takes.
     pub async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, LeaseError> {
+        let most = crate::proto::listed(limit)
+            .saturating_mul(crate::proto::MAX_LISTED_LEASE_BYTES)
+            .saturating_add(64 * 1024);
         let answer = self
             .client()
+            .max_decoding_message_size(most)
             .list(self.request(ListRequest {
                 prefix: prefix.to_string(),
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),

@@ -35,6 +35,16 @@ pub fn simulate_suspend(time: Duration) {
     });
 }
 
+/// How far ahead [`after`] looks at most: about 30 years, as tokio's own timers do.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The instant `d` from now, saturated at [`FAR_FUTURE`] from now: `Instant + Duration`
+/// panics on overflow, and a duration a user gave (`Duration::MAX` meaning "never") must
+/// not.
+pub(crate) fn after(d: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + d.min(FAR_FUTURE)
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn os_suspended() -> Duration {
     fn read(clock: libc::clockid_t) -> Option<Duration> {

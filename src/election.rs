@@ -210,7 +210,8 @@ impl ElectionOptions {
         }
     }
 
-    /// How often a follower looks at who leads (default TTL/4): it bounds how stale
+    /// How often a follower looks at who leads (default TTL/4, at least 1 ms; shorter is
+    /// refused, and any longer value works: `Duration::MAX` means "never"): it bounds how stale
     /// `Follower { leader }` can be. It does not delay a takeover: a follower waits for
     /// the key inside the leaser, which wakes it at once when the key is released or
     /// expires.
@@ -223,7 +224,8 @@ impl ElectionOptions {
     /// starts at `min` and doubles with each failure in a row up to `max`, and each
     /// pause is drawn at random from the upper half of that (jitter: the first pause is
     /// between `min/2` and `min`), so that candidates that failed together do not retry
-    /// together. Defaults: 100 ms and the TTL.
+    /// together. Defaults: 100 ms and the TTL. `min` must be at least 1 ms; a `max` of
+    /// any length saturates.
     pub fn backoff(mut self, min: Duration, max: Duration) -> ElectionOptions {
         self.backoff_min = min;
         self.backoff_max = Some(max);
@@ -247,7 +249,7 @@ impl ElectionOptions {
     }
 
     fn retry_or_default(&self) -> Duration {
-        self.retry.unwrap_or(self.ttl / 4)
+        self.retry.unwrap_or((self.ttl / 4).max(MIN_PERIOD))
     }
 
     fn check(&self, key: &Key) -> Result<(), LeaseError> {
@@ -265,10 +267,12 @@ impl ElectionOptions {
             });
         }
         let max = self.backoff_max.unwrap_or(self.ttl);
-        if self.retry_or_default().is_zero() || self.backoff_min.is_zero() || max < self.backoff_min
+        if self.retry_or_default() < MIN_PERIOD
+            || self.backoff_min < MIN_PERIOD
+            || max < self.backoff_min
         {
             return Err(LeaseError::InvalidConfig(format!(
-                "election: retry ({:?}) and backoff ({:?}..{:?}) must be positive, with min <= max",
+                "election: retry ({:?}) and backoff ({:?}..{:?}) must be at least {MIN_PERIOD:?}, with min <= max",
                 self.retry_or_default(),
                 self.backoff_min,
                 max
@@ -277,6 +281,10 @@ impl ElectionOptions {
         Ok(())
     }
 }
+
+/// The shortest retry, backoff or observer interval: anything shorter would ask the
+/// leaser without pause.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
 
 /// How long a follower waits for the key in one acquire: long, since the leaser wakes it
 /// when the key is freed or expires, and it looks at who leads meanwhile.
@@ -305,7 +313,7 @@ impl Election {
     /// Starts campaigning for `key` through `leaser` (a
     /// [`LeaseManager`](crate::LeaseManager) clone, say). The state starts as
     /// `Follower { leader: None }`. Fails at once for options no leaser could accept (a
-    /// key or identity too long, a TTL above [`MAX_TTL`], a zero retry or backoff) and
+    /// key or identity too long, a TTL above [`MAX_TTL`], a retry or backoff below 1 ms) and
     /// outside a tokio runtime; a TTL the leaser refuses ends the campaign with
     /// `Stopped { error }` instead.
     pub fn campaign<L: Leaser + 'static>(
@@ -438,8 +446,7 @@ impl Campaign {
             let attempt = {
                 let acquire = self.leaser.acquire_lease_with(key.clone(), acquire);
                 tokio::pin!(acquire);
-                let mut looks =
-                    tokio::time::interval_at(tokio::time::Instant::now() + retry, retry);
+                let mut looks = tokio::time::interval_at(crate::clock::after(retry), retry);
                 looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
@@ -546,6 +553,25 @@ impl Campaign {
     }
 }
 
+impl Drop for Campaign {
+    /// Every way the campaign ends shows as `Stopped`: a task that ends without saying
+    /// so (it panicked, or its runtime shut down) must not leave its candidate a
+    /// `Follower` forever.
+    fn drop(&mut self) {
+        self.tx.send_if_modified(|state| {
+            if state.is_stopped() {
+                return false;
+            }
+            *state = Leadership::Stopped {
+                error: Some(LeaseError::InvalidConfig(
+                    "the campaign task ended unexpectedly".into(),
+                )),
+            };
+            true
+        });
+    }
+}
+
 /// A small pseudo-random generator (xorshift64*) for backoff jitter: no dependency,
 /// seeded at random (from std's hasher keys) unless a test fixes the seed.
 #[derive(Debug)]
@@ -597,16 +623,16 @@ pub struct Observer {
 impl Observer {
     /// Looks once (failing with [`LeaseError::Unsupported`] for a leaser that cannot
     /// look leases up, or any other error of that first look), then keeps looking every
-    /// `interval` in a task of its own until stopped or dropped.
+    /// `interval` (at least 1 ms) in a task of its own until stopped or dropped.
     pub async fn start<L: Leaser + 'static>(
         leaser: L,
         key: Key,
         interval: Duration,
     ) -> Result<Observer, LeaseError> {
-        if interval.is_zero() {
-            return Err(LeaseError::InvalidConfig(
-                "observer: the interval must be positive".into(),
-            ));
+        if interval < MIN_PERIOD {
+            return Err(LeaseError::InvalidConfig(format!(
+                "observer: the interval must be at least {MIN_PERIOD:?}"
+            )));
         }
         let runtime = runtime()?;
         let first = leaser.lease_info(&key).await?.map(LeaderInfo::from_info);

@@ -490,6 +490,31 @@ fn revoke_stops_the_command(cli: &Cli) {
     assert!(again.stderr.contains("not held"), "{again:?}");
 }
 
+/// A grace period too long for the clock means "never SIGKILL": `leases run` panicked
+/// on `Instant + Duration` once its lease was lost (#19).
+fn longest_grace(cli: &Cli) {
+    let key = cli.key("grace", "k");
+    let mut run = cli.start(&[
+        "run",
+        &key,
+        "--ttl",
+        "5s",
+        "--grace",
+        "213503982334601d",
+        "--",
+        "sh",
+        "-c",
+        "echo $LEASES_TOKEN; exec sleep 1000",
+    ]);
+    let _token: u64 = run.line().parse().expect("the token");
+    let revoked = cli.call(&["revoke", &key]);
+    assert_eq!(revoked.code, 0, "{revoked:?}");
+    // The command ends on SIGTERM; `run` says why and exits 79.
+    let done = run.finish();
+    assert_eq!(done.code, code::LOST, "{done:?}");
+    assert!(!done.stderr.contains("panicked"), "{done:?}");
+}
+
 /// `list` and `info` as tables and as JSON, parsed back.
 fn list_and_info(cli: &Cli) {
     let prefix = cli.prefix("list");
@@ -647,7 +672,8 @@ scenarios!(etcd, Cli::etcd();
 
 scenarios!(service, Cli::server();
     exit_code_is_the_commands, command_sees_key_and_token, held_by_someone_else,
-    sigint_is_passed_on, stop_and_continue, revoke_stops_the_command, list_and_info, usage_errors);
+    sigint_is_passed_on, stop_and_continue, revoke_stops_the_command, list_and_info, usage_errors,
+    longest_grace);
 
 /// A lease service that cannot be reached: 69 from every command, and the command
 /// never runs.

@@ -190,14 +190,14 @@ impl PostgresOptions {
         self
     }
 
-    /// How long to wait for a connection (new or from the pool).
+    /// How long to wait for a connection (new or from the pool); must be positive.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// How long one lease operation may take before it fails with a timeout (at most
-    /// about 24.8 days, PostgreSQL's own limit for `statement_timeout`).
+    /// How long one lease operation may take before it fails with a timeout (positive,
+    /// and at most about 24.8 days, PostgreSQL's own limit for `statement_timeout`).
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
         self
@@ -598,6 +598,11 @@ impl PostgresBackend {
                 "pool_size must be from 1 to {MAX_POOL_SIZE}, not {}",
                 options.pool_size
             )));
+        }
+        if options.statement_timeout.is_zero() || options.connect_timeout.is_zero() {
+            return Err(LeaseError::InvalidConfig(
+                "connect_timeout and statement_timeout must be positive".into(),
+            ));
         }
         if options.statement_timeout > MAX_STATEMENT_TIMEOUT {
             return Err(LeaseError::InvalidConfig(format!(
@@ -1134,6 +1139,8 @@ mod tests {
         for opts in [
             PostgresOptions::new("postgres://x/y").table("Bad-Name"),
             PostgresOptions::new("postgres://x/y").pool_size(0),
+            PostgresOptions::new("postgres://x/y").statement_timeout(Duration::ZERO),
+            PostgresOptions::new("postgres://x/y").connect_timeout(Duration::ZERO),
             PostgresOptions::new("not a url = = ="),
             PostgresOptions::new("host=x").ca_certificate_pem(
                 "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",

@@ -76,7 +76,8 @@ impl std::fmt::Debug for LeaseManagerBuilder {
 }
 
 impl LeaseManagerBuilder {
-    /// The smallest TTL the manager accepts (default [`MIN_TTL`], 5 s). Tests lower it.
+    /// The smallest TTL the manager accepts (default [`MIN_TTL`], 5 s; from 1 ms to
+    /// [`MAX_TTL`]). Tests lower it.
     pub fn min_ttl(mut self, min_ttl: Duration) -> Self {
         self.config.min_ttl = min_ttl;
         self
@@ -142,9 +143,10 @@ impl LeaseManagerBuilder {
     /// Starts the supervisor actor and returns the handle.
     pub async fn start(self) -> Result<LeaseManager, LeaseError> {
         let config = self.config;
-        if config.min_ttl.is_zero() || config.min_ttl > MAX_TTL {
+        // Below a millisecond, renewals (every TTL/3) would come without pause.
+        if config.min_ttl < Duration::from_millis(1) || config.min_ttl > MAX_TTL {
             return Err(LeaseError::InvalidConfig(format!(
-                "min_ttl must be between 0 and {MAX_TTL:?}, not {:?}",
+                "min_ttl must be between 1ms and {MAX_TTL:?}, not {:?}",
                 config.min_ttl
             )));
         }

@@ -50,6 +50,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::first::NoFirst;
 use super::give_back::give_back;
 use super::{duration_of, status_of, Shared, StreamSlot};
 use crate::proto::xyz::block::ftl::lease::v1::lease_service_server::LeaseService;
@@ -282,6 +283,16 @@ async fn run_stream(
     tx: watch::Sender<Produced>,
     slot: StreamSlot,
 ) {
+    let mut first = match super::first::first_request(&shared, &mut incoming, tx.closed()).await {
+        Ok(request) => Some(request),
+        Err(NoFirst::Gone) => return,
+        // The loop below ends the stream as every stopping server's.
+        Err(NoFirst::Stopping) => None,
+        Err(NoFirst::End(status)) => {
+            tx.send_modify(|p| p.end = Some(status));
+            return;
+        }
+    };
     let mut held: HashMap<Key, Held> = HashMap::new();
     let mut acquiring: FuturesUnordered<Acquiring> = FuturesUnordered::new();
     let mut owed = Owed::default();
@@ -333,7 +344,7 @@ async fn run_stream(
                 });
                 owed.resolve(&key, answer);
             }
-            message = incoming.message() => match message {
+            message = super::first::next_request(&mut first, &mut incoming) => match message {
                 // A stream that is failing starts nothing more: its end is on its way.
                 Ok(Some(_)) if owed.failing => {}
                 Ok(Some(request)) => {
@@ -433,6 +444,27 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// The key and TTL of one request, checked (`INVALID_ARGUMENT` when they cannot be
+/// used): a pure function of the request, so that it can be fuzzed.
+#[doc(hidden)]
+pub fn key_and_ttl(
+    request: AcquireLeaseRequest,
+    default_ttl: Duration,
+    min_ttl: Duration,
+) -> Result<(Key, Duration), Status> {
+    let key = Key::from_segments(request.key).map_err(|e| status_of(&LeaseError::InvalidKey(e)))?;
+    let ttl = match &request.ttl {
+        None => default_ttl,
+        Some(d) => duration_of(d).ok_or_else(|| {
+            Status::invalid_argument(format!("lease TTL {d:?} is negative or malformed"))
+        })?,
+    };
+    AcquireOptions::new(ttl)
+        .validate(&key, min_ttl)
+        .map_err(|e| status_of(&e))?;
+    Ok((key, ttl))
+}
+
 /// What one request asks for.
 enum Next {
     /// A heartbeat of a held key (or of one being acquired): answered as it stands.
@@ -449,17 +481,7 @@ fn request_of(
     held: &mut HashMap<Key, Held>,
     acquiring: &[Key],
 ) -> Result<Next, Status> {
-    let key = Key::from_segments(request.key).map_err(|e| status_of(&LeaseError::InvalidKey(e)))?;
-    let ttl = match &request.ttl {
-        None => shared.options.default_ttl,
-        Some(d) => duration_of(d).ok_or_else(|| {
-            Status::invalid_argument(format!("lease TTL {d:?} is negative or malformed"))
-        })?,
-    };
-    let options = AcquireOptions::new(ttl);
-    options
-        .validate(&key, shared.manager.min_ttl())
-        .map_err(|e| status_of(&e))?;
+    let (key, ttl) = key_and_ttl(request, shared.options.default_ttl, shared.manager.min_ttl())?;
     if let Some(h) = held.get_mut(&key) {
         // A heartbeat. A lease that has ended is reported by its watcher; check here
         // too, so that the answer never confirms an ended lease.

@@ -38,8 +38,14 @@
 //! the keys one FTL stream may hold ([`ServeOptions::max_keys_per_stream`],
 //! `RESOURCE_EXHAUSTED` "too many keys on one stream"), and the open lease streams of
 //! one connection ([`ServeOptions::max_streams_per_connection`], `RESOURCE_EXHAUSTED`
-//! "too many lease streams on one connection").
+//! "too many lease streams on one connection"), and the wait for a stream's first
+//! request ([`ServeOptions::first_request_timeout`], `DEADLINE_EXCEEDED`), so that a
+//! silent stream does not keep its slot. A TTL refusal (`INVALID_ARGUMENT`) carries its
+//! numbers in the trailer `leases-ttl-refusal`, from which
+//! [`ClientLeaser`](crate::ClientLeaser) rebuilds [`LeaseError::TtlTooShort`] or
+//! [`LeaseError::TtlTooLong`].
 
+mod first;
 pub mod ftl;
 mod give_back;
 pub mod native;
@@ -61,7 +67,7 @@ use tonic::{Code, Status};
 
 use crate::error::LeaseError;
 use crate::proto;
-use crate::LeaseManager;
+use crate::{LeaseManager, MAX_TTL};
 
 /// The address `leases serve` binds to by default: loopback only.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8895";
@@ -101,9 +107,18 @@ pub struct ServeOptions {
     /// The most open lease streams (FTL `AcquireLease` and native `Hold`) on one client
     /// connection (1024 by default).
     pub max_streams_per_connection: u32,
-    /// How often the health service re-checks the backend (2 s by default).
+    /// How often the health service re-checks the backend (2 s by default; must be
+    /// positive: zero would re-check without pause).
     pub health_interval: Duration,
+    /// How long a new lease stream (FTL `AcquireLease` or native `Hold`) may wait before
+    /// its first request ([`DEFAULT_FIRST_REQUEST_TIMEOUT`] by default; must be
+    /// positive). A stream that sends nothing by then ends with `DEADLINE_EXCEEDED` and
+    /// frees its slot of [`max_streams_per_connection`](Self::max_streams_per_connection).
+    pub first_request_timeout: Duration,
 }
+
+/// How long a new lease stream may wait before its first request, by default.
+pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for ServeOptions {
     fn default() -> ServeOptions {
@@ -116,6 +131,7 @@ impl Default for ServeOptions {
             max_keys_per_stream: 1024,
             max_streams_per_connection: 1024,
             health_interval: Duration::from_secs(2),
+            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
         }
     }
 }
@@ -141,6 +157,39 @@ pub enum ServeError {
     /// The HTTP/2 server failed.
     #[error("the server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+impl ServeOptions {
+    /// Refuses options no server could use (each with its reason); every other value is
+    /// used as given, durations saturating where they would overflow.
+    fn check(&self, min_ttl: Duration) -> Result<(), ServeError> {
+        let invalid = |why: String| Err(ServeError::InvalidOptions(why));
+        if self.max_keys_per_stream == 0 || self.max_streams_per_connection == 0 {
+            return invalid("the per-stream and per-connection limits must be at least 1".into());
+        }
+        if self.max_message_bytes == 0 {
+            return invalid("max_message_bytes must be at least 1".into());
+        }
+        if self.default_ttl < min_ttl {
+            return invalid(format!(
+                "the default TTL {:?} is below the minimum TTL {min_ttl:?}",
+                self.default_ttl
+            ));
+        }
+        if self.default_ttl > MAX_TTL {
+            return invalid(format!(
+                "the default TTL {:?} is above the maximum TTL {MAX_TTL:?}",
+                self.default_ttl
+            ));
+        }
+        if self.health_interval.is_zero() {
+            return invalid("health_interval must be positive".into());
+        }
+        if self.first_request_timeout.is_zero() {
+            return invalid("first_request_timeout must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 /// State shared by the services of one server.
@@ -238,18 +287,7 @@ impl LeaseServer {
         manager: LeaseManager,
         options: ServeOptions,
     ) -> Result<LeaseServer, ServeError> {
-        if options.max_keys_per_stream == 0 || options.max_streams_per_connection == 0 {
-            return Err(ServeError::InvalidOptions(
-                "the per-stream and per-connection limits must be at least 1".into(),
-            ));
-        }
-        if options.default_ttl < manager.min_ttl() {
-            return Err(ServeError::InvalidOptions(format!(
-                "the default TTL {:?} is below the minimum TTL {:?}",
-                options.default_ttl,
-                manager.min_ttl()
-            )));
-        }
+        options.check(manager.min_ttl())?;
         let tls = match &options.tls {
             Some(files) => Some(tls_config(files)?),
             None => None,
@@ -512,7 +550,12 @@ pub(crate) fn status_of(e: &LeaseError) -> Status {
         LeaseError::ManagerStopped | LeaseError::Backend(_) => Code::Unavailable,
         _ => Code::Internal,
     };
-    Status::new(code, e.to_string())
+    let mut status = Status::new(code, e.to_string());
+    // The numbers of a TTL refusal, for clients to rebuild the exact error.
+    if let Some(value) = proto::ttl_refusal(e).and_then(|v| v.parse().ok()) {
+        status.metadata_mut().insert(proto::TTL_REFUSAL, value);
+    }
+    status
 }
 
 pub(crate) use crate::proto::{duration as proto_duration, std_duration as duration_of};

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::first::NoFirst;
 use super::give_back::give_back;
 use super::{duration_of, proto_duration, status_of, time_left, Shared, StreamSlot};
 use crate::proto::leases::v1::ended::Reason;
@@ -40,8 +41,8 @@ use crate::proto::leases::v1::{
 };
 use crate::{AcquireOptions, CancelReason, Key, LeaseError, LeaseInfo};
 
-/// The most leases one `List` answers with.
-const LIST_LIMIT: usize = 10_000;
+// The most leases one `List` answers with.
+use crate::proto::LIST_LIMIT;
 
 /// Unread answers after which a client is treated as gone.
 const UNREAD_LIMIT: usize = 64;
@@ -175,8 +176,10 @@ fn ended_by(reason: &CancelReason) -> Result<HoldResponse, Status> {
     ended(r, reason.to_string())
 }
 
-/// The acquire options of the first request.
-fn options_of(acquire: Acquire) -> Result<(Key, AcquireOptions), Status> {
+/// The acquire options of the first request (unchecked: the manager checks them).
+/// Public, hidden, for the fuzz targets.
+#[doc(hidden)]
+pub fn options_of(acquire: Acquire) -> Result<(Key, AcquireOptions), Status> {
     let key = parse_key(&acquire.key)?;
     let ttl = acquire
         .ttl
@@ -204,24 +207,22 @@ async fn run_hold(
 ) {
     let stopping = shared.stopping.clone();
     // The first request: acquire.
-    let first = tokio::select! {
-        _ = stopping.cancelled() => return,
-        _ = tx.closed() => return,
-        m = incoming.message() => m,
+    let first = match super::first::first_request(&shared, &mut incoming, tx.closed()).await {
+        Ok(first) => first,
+        Err(NoFirst::End(status)) => {
+            let _ = tx.try_send(Err(status));
+            return;
+        }
+        Err(NoFirst::Gone | NoFirst::Stopping) => return,
     };
     let acquire = match first {
-        Ok(Some(HoldRequest {
+        HoldRequest {
             kind: Some(In::Acquire(a)),
-        })) => a,
-        Ok(Some(_)) => {
+        } => a,
+        _ => {
             let _ = tx.try_send(Err(Status::invalid_argument(
                 "the first request of a Hold stream must be `acquire`",
             )));
-            return;
-        }
-        Ok(None) => return,
-        Err(status) => {
-            let _ = tx.try_send(Err(status));
             return;
         }
     };

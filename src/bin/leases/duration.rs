@@ -77,11 +77,10 @@ pub(crate) fn parse(input: &str) -> Result<Duration, DurationError> {
                 })
             }
         };
-        let part =
-            Duration::try_from_secs_f64(value * unit_secs).map_err(|_| DurationError::TooLong)?;
-        // Whole milliseconds and seconds stay exact (no float rounding for `250ms`).
+        // Whole milliseconds and seconds stay exact (no float rounding for `250ms`, and
+        // every whole number of seconds up to `u64::MAX` is accepted).
         let part = if number.contains('.') {
-            part
+            Duration::try_from_secs_f64(value * unit_secs).map_err(|_| DurationError::TooLong)?
         } else {
             let n: u64 = number.parse().map_err(|_| DurationError::TooLong)?;
             match unit {
@@ -201,6 +200,22 @@ mod tests {
             Err(DurationError::UnknownUnit { unit: "e".into() })
         );
         assert_eq!(parse("213503982334602d"), Err(DurationError::TooLong));
+        assert_eq!(parse("18446744073709551616s"), Err(DurationError::TooLong));
+    }
+
+    /// Whole numbers near the largest duration were refused through a float's
+    /// rounding (2^64 - 1 seconds rounds up to 2^64): found while writing the fuzz
+    /// target's round-trip property.
+    #[test]
+    fn the_largest_whole_seconds_parse() {
+        assert_eq!(
+            parse("18446744073709551615s"),
+            Ok(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            parse("18446744073709551s999ms"),
+            Ok(Duration::new(18_446_744_073_709_551, 999_000_000))
+        );
     }
 
     #[test]
