@@ -481,7 +481,11 @@ fn request_of(
     held: &mut HashMap<Key, Held>,
     acquiring: &[Key],
 ) -> Result<Next, Status> {
-    let (key, ttl) = key_and_ttl(request, shared.options.default_ttl, shared.manager.min_ttl())?;
+    let (key, ttl) = key_and_ttl(
+        request,
+        shared.options.default_ttl,
+        shared.manager.min_ttl(),
+    )?;
     if let Some(h) = held.get_mut(&key) {
         // A heartbeat. A lease that has ended is reported by its watcher; check here
         // too, so that the answer never confirms an ended lease.
