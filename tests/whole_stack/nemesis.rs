@@ -1,0 +1,360 @@
+//! The whole-stack checker's nemesis: every 250–900 ms one random fault or operation,
+//! each logged in the history (with the time) and counted by kind.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use h2::Reason;
+use leases::{ClientLeaser, Key};
+
+use crate::h2proxy::{ConnFault, StreamReset};
+use crate::support::proxy::Fault;
+use crate::support::rng::XorShift;
+use crate::{World, LEASES};
+
+/// The `RST_STREAM` codes injected upstream.
+const CODES: &[(Reason, &str)] = &[
+    (Reason::NO_ERROR, "NO_ERROR"),
+    (Reason::CANCEL, "CANCEL"),
+    (Reason::INTERNAL_ERROR, "INTERNAL_ERROR"),
+    (Reason::PROTOCOL_ERROR, "PROTOCOL_ERROR"),
+    (Reason::REFUSED_STREAM, "REFUSED_STREAM"),
+    (Reason::ENHANCE_YOUR_CALM, "ENHANCE_YOUR_CALM"),
+];
+
+/// The least of each counter a run of `seconds` must reach, or it proves nothing.
+pub fn minimums(seconds: u64) -> Vec<(&'static str, u64)> {
+    // About 90 actions a minute over 17 kinds: a kind is picked ~5 times a minute.
+    let k = (seconds / 60).max(1);
+    let mut v = vec![
+        ("grants: ClientLeaser", 10 * k),
+        ("grants: FTL", 5 * k),
+        ("grants: leases run", 5 * k),
+        ("fault: delay", k),
+        ("fault: blackhole", k),
+        ("fault: tcp reset", k),
+        ("fault: half-open", k),
+        ("fault: GOAWAY graceful", k),
+        ("fault: GOAWAY abrupt", k),
+        ("fault: server SIGSTOP", k),
+        ("fault: server SIGKILL", k),
+        ("fault: server SIGTERM", k),
+        ("fault: postgres restart", k),
+        ("fault: leases run SIGTERM", k),
+        ("op: revoke", 3 * k),
+        ("op: revoke twice", k),
+    ];
+    v.push(("fault: RST_STREAM (any code)", 3 * k));
+    v
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// Runs until the clients' stop time, then heals everything.
+pub async fn run(world: Arc<World>, mut rng: XorShift) {
+    let stop_at = world.env.stop_at;
+    let mut tasks = tokio::task::JoinSet::new();
+    while Instant::now() < stop_at {
+        tokio::time::sleep(rng.millis(Duration::from_millis(250), Duration::from_millis(900)))
+            .await;
+        let pick = rng.below(17);
+        let world2 = world.clone();
+        let seed = rng.next();
+        tasks.spawn(async move { act(world2, pick, XorShift::new(seed)).await });
+    }
+    while tasks.join_next().await.is_some() {}
+    for c in &world.chains {
+        c.tcp.set(Fault::Pass);
+    }
+    for s in &world.servers {
+        s.signal(libc::SIGCONT);
+    }
+    world.env.history.event("nemesis: healed, faults over");
+}
+
+async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
+    let h = &world.env.history;
+    let log = |kind: &str, what: String| {
+        h.count(kind.to_string());
+        h.event(format!("{kind}: {what}"));
+    };
+    match pick {
+        // Link faults on a general chain (ClientLeaser and `leases run --server`).
+        0..=3 => {
+            let general: Vec<_> = world.chains.iter().filter(|c| !c.ftl).collect();
+            let c = general[rng.below(general.len() as u64) as usize];
+            if c.busy.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            let hold = rng.millis(Duration::from_millis(300), Duration::from_secs(4));
+            let (kind, fault) = match pick {
+                0 => (
+                    "fault: delay",
+                    Fault::Delay(
+                        rng.millis(Duration::from_millis(100), Duration::from_millis(800)),
+                    ),
+                ),
+                1 => ("fault: blackhole", Fault::Blackhole),
+                2 => ("fault: tcp reset", Fault::Reset),
+                _ => ("fault: half-open", Fault::HalfOpen),
+            };
+            log(kind, format!("{} {fault} for {}", c.name, secs(hold)));
+            c.tcp.set(fault);
+            tokio::time::sleep(hold).await;
+            c.tcp.set(Fault::Pass);
+            h.event(format!("heal: {} pass", c.name));
+            c.busy.store(false, Ordering::SeqCst);
+        }
+        // FTL chains: resets and short delays only.
+        4 => {
+            let ftl: Vec<_> = world.chains.iter().filter(|c| c.ftl).collect();
+            let c = ftl[rng.below(ftl.len() as u64) as usize];
+            if c.busy.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            let (kind, fault, hold) = if rng.below(2) == 0 {
+                (
+                    "fault: tcp reset",
+                    Fault::Reset,
+                    rng.millis(Duration::from_millis(50), Duration::from_millis(800)),
+                )
+            } else {
+                (
+                    "fault: delay",
+                    Fault::Delay(rng.millis(Duration::from_millis(20), Duration::from_millis(500))),
+                    rng.millis(Duration::from_millis(300), Duration::from_secs(3)),
+                )
+            };
+            log(kind, format!("{} {fault} for {}", c.name, secs(hold)));
+            c.tcp.set(fault);
+            tokio::time::sleep(hold).await;
+            c.tcp.set(Fault::Pass);
+            h.event(format!("heal: {} pass", c.name));
+            c.busy.store(false, Ordering::SeqCst);
+        }
+        // RST_STREAM upstream on a lease stream; the client hears nothing for a while.
+        5..=7 => {
+            let c = &world.chains[rng.below(world.chains.len() as u64) as usize];
+            let streams: Vec<_> =
+                c.h2.streams()
+                    .into_iter()
+                    .filter(|(_, p)| p.ends_with("/Hold") || p.ends_with("/AcquireLease"))
+                    .collect();
+            if streams.is_empty() {
+                return;
+            }
+            let (id, path) = &streams[rng.below(streams.len() as u64) as usize];
+            let (reason, name) = CODES[rng.below(CODES.len() as u64) as usize];
+            let client_after = rng.millis(Duration::ZERO, Duration::from_millis(1500));
+            if c.h2.reset_stream(
+                *id,
+                StreamReset {
+                    reason,
+                    client_after,
+                },
+            ) {
+                h.count("fault: RST_STREAM (any code)");
+                log(
+                    &format!("fault: RST_STREAM {name}"),
+                    format!(
+                        "{} stream {id} {path} upstream; the client's side reset after {}",
+                        c.name,
+                        secs(client_after)
+                    ),
+                );
+            }
+        }
+        // GOAWAY to a client connection.
+        8 => {
+            let c = &world.chains[rng.below(world.chains.len() as u64) as usize];
+            let conns = c.h2.conns();
+            if conns.is_empty() {
+                return;
+            }
+            let id = conns[rng.below(conns.len() as u64) as usize];
+            if rng.below(2) == 0 {
+                if c.h2.conn_fault(id, ConnFault::GracefulGoaway) {
+                    log("fault: GOAWAY graceful", format!("{} conn {id}", c.name));
+                }
+            } else {
+                let (reason, name) = CODES[rng.below(CODES.len() as u64) as usize];
+                if c.h2.conn_fault(id, ConnFault::AbruptGoaway(reason)) {
+                    log(
+                        "fault: GOAWAY abrupt",
+                        format!("{} conn {id} {name}", c.name),
+                    );
+                }
+            }
+        }
+        // Servers: SIGSTOP/SIGCONT any; SIGKILL or SIGTERM and restart a PostgreSQL one.
+        9..=11 => {
+            let s = world.servers[rng.below(world.servers.len() as u64) as usize].clone();
+            if pick != 9 && s.store != "pg" {
+                return;
+            }
+            // Keep one PostgreSQL server up.
+            let others_busy = world
+                .servers
+                .iter()
+                .any(|o| o.store == "pg" && o.name != s.name && o.busy.load(Ordering::SeqCst));
+            if (pick != 9 && others_busy) || s.busy.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            match pick {
+                9 => {
+                    let hold = rng.millis(Duration::from_millis(200), Duration::from_secs(3));
+                    if s.signal(libc::SIGSTOP) {
+                        log(
+                            "fault: server SIGSTOP",
+                            format!("{} for {}", s.name, secs(hold)),
+                        );
+                        tokio::time::sleep(hold).await;
+                        s.signal(libc::SIGCONT);
+                        h.event(format!("heal: {} SIGCONT", s.name));
+                    }
+                }
+                _ => {
+                    let (sig, kind) = if pick == 10 {
+                        (libc::SIGKILL, "fault: server SIGKILL")
+                    } else {
+                        (libc::SIGTERM, "fault: server SIGTERM")
+                    };
+                    if s.signal(sig) {
+                        let down = rng.millis(Duration::from_millis(300), Duration::from_secs(2));
+                        log(kind, format!("{}, restart after {}", s.name, secs(down)));
+                        let s2 = s.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            s2.reap(Duration::from_secs(15));
+                            std::thread::sleep(down);
+                            s2.start(Duration::from_secs(60))
+                        })
+                        .await;
+                        h.event(format!("heal: {} restarted", s.name));
+                    }
+                }
+            }
+            s.busy.store(false, Ordering::SeqCst);
+        }
+        // `leases run` processes: SIGTERM any; SIGKILL one whose command does not fork
+        // (a killed `leases run` cannot stop forked jobs: the documented limit).
+        12 => {
+            let runs: Vec<(u32, bool)> = world
+                .env
+                .runs
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(p, f)| (*p, *f))
+                .collect();
+            if runs.is_empty() {
+                return;
+            }
+            let (pid, forks) = runs[rng.below(runs.len() as u64) as usize];
+            let (sig, kind) = if !forks && rng.below(3) == 0 {
+                (libc::SIGKILL, "fault: leases run SIGKILL")
+            } else {
+                (libc::SIGTERM, "fault: leases run SIGTERM")
+            };
+            // Only while the worker still waits for it (it is in `runs`): not reaped.
+            if world.env.runs.lock().unwrap().contains_key(&pid) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid as i32, sig) };
+                log(kind, format!("pid {pid}"));
+            }
+        }
+        // PostgreSQL stopped (immediate) and started again.
+        13 => {
+            if world.pg_busy.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            let down = rng.millis(Duration::from_millis(300), Duration::from_secs(3));
+            log(
+                "fault: postgres restart",
+                format!("stopped for {}", secs(down)),
+            );
+            let pg = world.pg.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                pg.stop();
+                std::thread::sleep(down);
+                pg.start_again();
+            })
+            .await;
+            h.event("heal: postgres started");
+            world.pg_busy.store(false, Ordering::SeqCst);
+        }
+        // Revoke through any server or the CLI; sometimes twice.
+        _ => {
+            let store = &world.env.stores[rng.below(world.env.stores.len() as u64) as usize];
+            let key = store.keys[rng.below(store.keys.len() as u64) as usize].clone();
+            let twice = rng.below(2) == 0;
+            h.count("op: revoke");
+            if twice {
+                h.count("op: revoke twice");
+            }
+            for n in 0..(1 + twice as u64) {
+                if n == 1 {
+                    tokio::time::sleep(rng.millis(Duration::ZERO, Duration::from_millis(1500)))
+                        .await;
+                }
+                revoke(&world, store.name, &key, &mut rng).await;
+            }
+        }
+    }
+}
+
+/// One revoke of `key` in `store`, through a random way; logged with its outcome.
+async fn revoke(world: &World, store: &str, key: &str, rng: &mut XorShift) {
+    let h = &world.env.history;
+    let servers: Vec<_> = world.servers.iter().filter(|s| s.store == store).collect();
+    let s = servers[rng.below(servers.len() as u64) as usize];
+    let url = format!("http://{}", s.addr());
+    let how = if store == "pg" {
+        rng.below(3)
+    } else {
+        rng.below(2)
+    };
+    h.event(format!("op: revoke {key} starts"));
+    let outcome = match how {
+        0 => {
+            let r = tokio::time::timeout(Duration::from_secs(5), async {
+                let c = ClientLeaser::connect(url.clone()).await?;
+                c.revoke(&Key::parse(key).unwrap()).await
+            })
+            .await;
+            format!("via {} (ClientLeaser::revoke): {r:?}", s.name)
+        }
+        _ => {
+            let (flag, target) = if how == 1 {
+                ("--server", url.clone())
+            } else {
+                ("--postgres", world.pg.url())
+            };
+            let out = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::process::Command::new(LEASES)
+                    .args(["revoke", flag, &target, key])
+                    .env_remove("LEASES_SERVER")
+                    .env_remove("LEASES_POSTGRES_URL")
+                    .output(),
+            )
+            .await;
+            match out {
+                Ok(Ok(o)) => format!(
+                    "via `leases revoke {flag}` ({}): {} {}",
+                    if how == 1 {
+                        s.name.as_str()
+                    } else {
+                        "postgres"
+                    },
+                    o.status,
+                    String::from_utf8_lossy(&o.stdout).trim()
+                ),
+                other => format!("via `leases revoke {flag}`: {other:?}"),
+            }
+        }
+    };
+    h.event(format!("op: revoke {key} {outcome}"));
+}
