@@ -170,6 +170,8 @@ pub struct Chain {
     pub h2: H2Proxy,
     /// A link fault is in force.
     pub busy: AtomicBool,
+    /// The link when no fault is in force: a far server's delay, or Pass.
+    pub base: support::proxy::Fault,
 }
 
 /// Everything the nemesis acts on.
@@ -246,11 +248,24 @@ async fn run(seed: u64, seconds: u64) -> bool {
             .unwrap();
         assert!(started, "a leases serve did not start");
     }
+    let mut rng = XorShift::new(seed);
+    // pg-a is a far server (as in issue #19's first report): its links always have some
+    // delay, so that its clients hear of an ended lease late.
+    let far = support::proxy::Fault::Delay(
+        rng.millis(Duration::from_millis(150), Duration::from_millis(450)),
+    );
+    println!("whole_stack: pg-a is far: {far}");
     let mut chains = Vec::new();
     for (i, s) in servers.iter().enumerate() {
         for ftl in [false, true] {
-            let h2 = H2Proxy::start(s.addr()).await;
+            let h2 = H2Proxy::start(s.addr(), clients::stream_label).await;
             let tcp = FaultProxy::start(h2.addr()).await;
+            let base = if s.name == "pg-a" {
+                far
+            } else {
+                support::proxy::Fault::Pass
+            };
+            tcp.set(base);
             chains.push(Chain {
                 name: format!("{}{}", s.name, if ftl { "/ftl" } else { "" }),
                 server: i,
@@ -258,6 +273,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
                 tcp,
                 h2,
                 busy: AtomicBool::new(false),
+                base,
             });
         }
     }
@@ -312,7 +328,6 @@ async fn run(seed: u64, seconds: u64) -> bool {
         pg_busy: AtomicBool::new(false),
     });
 
-    let mut rng = XorShift::new(seed);
     let mut workers = tokio::task::JoinSet::new();
     for n in 0..5 {
         workers.spawn(clients::leaser_worker(
@@ -358,6 +373,9 @@ async fn run(seed: u64, seconds: u64) -> bool {
     let bound = 2 * ttl_ns + 20_000_000_000;
     let report = history.check(origin, ttl_ns, bound);
     let counts = history.counts();
+    let dump = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("whole_stack-{seed}.log"));
+    history.dump(&dump, origin);
+    println!("whole_stack: the whole history is in {}", dump.display());
     println!("whole_stack: counts (seed {seed}):");
     for (name, n) in &counts {
         println!("  {name}: {n}");
@@ -397,7 +415,36 @@ async fn run(seed: u64, seconds: u64) -> bool {
             violations.len(),
             history::secs(violations[0].at(), origin)
         );
-        for v in violations.iter().take(6) {
+        // The first violation of each kind of earlier holder, then the next ones.
+        let kind = |v: &history::Violation| {
+            v.a.grant
+                .holder
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
+                .to_string()
+        };
+        let mut by_kind = std::collections::BTreeMap::new();
+        for v in &violations {
+            *by_kind.entry(kind(v)).or_insert(0) += 1;
+        }
+        println!("  by the earlier holder's kind: {by_kind:?}");
+        for v in &violations {
+            println!("  {}", v.line(origin));
+        }
+        let mut shown: Vec<&history::Violation> = Vec::new();
+        for v in &violations {
+            if !shown.iter().any(|s| kind(s) == kind(v)) {
+                shown.push(v);
+            }
+        }
+        for v in &violations {
+            if shown.len() < 8 && !shown.iter().any(|s| std::ptr::eq(*s, v)) {
+                shown.push(v);
+            }
+        }
+        for v in shown {
             println!("\n{}", v.describe(origin));
             if v.a.acts > 0 {
                 let key = &v.a.grant.key;

@@ -7,7 +7,7 @@
 //!   answer until it sees an error or it half-closes;
 //! - `leases run` with commands that work, ignore SIGTERM, fork background jobs or exit
 //!   early; their processes (this test binary in actor mode, see [`actor_main`]) append
-//!   `<ns> <key> <token> <pid>` to the act file every 20 ms while they live.
+//!   `<ns> <key> <token> <pid> <run>` to the act file every 20 ms while they live.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -74,7 +74,7 @@ impl Env {
 /// Holds leases through `ClientLeaser`s until the run ends.
 pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
     let mut leasers: HashMap<String, ClientLeaser> = HashMap::new();
-    let mut grants = 0;
+    let mut attempts = 0;
     while env.running() {
         let store = Env::pick(&mut rng, &env.stores);
         let key = Env::pick(&mut rng, &store.keys).clone();
@@ -98,7 +98,9 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
             }
         };
         let wait = rng.millis(Duration::ZERO, Duration::from_secs(6));
-        let options = AcquireOptions::new(TTL).wait(wait);
+        attempts += 1;
+        let holder = format!("client{n}.{attempts}");
+        let options = AcquireOptions::new(TTL).wait(wait).metadata(holder.clone());
         env.history.want(&key);
         let acquired = tokio::time::timeout(
             wait + Duration::from_secs(10),
@@ -110,8 +112,6 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
                 .await;
             continue;
         };
-        grants += 1;
-        let holder = format!("client{n}.{grants}");
         let grant = Grant {
             key: key.clone(),
             token: Some(lease.token()),
@@ -150,6 +150,29 @@ fn segments(key: &str) -> Vec<String> {
         .split('/')
         .map(str::to_string)
         .collect()
+}
+
+/// The key a lease stream's first gRPC message asks for (FTL's or ours), for the log.
+pub fn stream_label(path: &str, first: &[u8]) -> String {
+    use prost::Message as _;
+    // A gRPC message: compressed flag, length (4 bytes), then the protobuf.
+    let Some(msg) = first.get(5..) else {
+        return String::new();
+    };
+    if path.ends_with("/AcquireLease") {
+        if let Ok(r) = AcquireLeaseRequest::decode(msg) {
+            return format!("FTL /{}", r.key.join("/"));
+        }
+    } else if path.ends_with("/Hold") {
+        use leases::proto::leases::v1::{hold_request::Kind, HoldRequest};
+        if let Ok(HoldRequest {
+            kind: Some(Kind::Acquire(a)),
+        }) = HoldRequest::decode(msg)
+        {
+            return format!("Hold {} by {}", a.key, String::from_utf8_lossy(&a.metadata));
+        }
+    }
+    String::new()
 }
 
 /// Holds leases as FTL's Go runtime does, until the run ends.
@@ -279,8 +302,8 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let wait = rng.millis(Duration::from_secs(1), Duration::from_secs(6));
         let grace = rng.millis(Duration::from_millis(300), Duration::from_secs(4));
         let act_ms = rng.millis(Duration::from_millis(200), Duration::from_secs(8));
+        let who = format!("run{n}.{}", runs + 1);
         runs += 1;
-        let who = format!("run{n}.{runs}");
         env.history.want(&key);
         let mut cmd = tokio::process::Command::new(&env.leases_bin);
         cmd.arg("run")
@@ -293,10 +316,13 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
             .arg(format!("{}ms", wait.as_millis()))
             .arg("--grace")
             .arg(format!("{}ms", grace.as_millis()))
+            .arg("--metadata")
+            .arg(&who)
             .arg("--")
             .args(["sh", "-c", script])
             .env("WS_ACTOR", &env.actor_bin)
             .env("WS_ACT_FILE", &env.act_file)
+            .env("WS_WHO", &who)
             .env("WS_ACT_MS", act_ms.as_millis().to_string())
             .env("WS_ACT_IGNORE_TERM", if ignore_term { "1" } else { "0" })
             .env_remove("LEASES_SERVER")
@@ -347,6 +373,7 @@ pub fn actor_main() {
     let key = std::env::var("LEASES_KEY").expect("LEASES_KEY");
     let token = std::env::var("LEASES_TOKEN").expect("LEASES_TOKEN");
     let pid = std::process::id();
+    let who = std::env::var("WS_WHO").unwrap_or_default();
     let mut out = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -355,7 +382,7 @@ pub fn actor_main() {
     let until = Instant::now() + Duration::from_millis(ms);
     loop {
         // One write per line, under PIPE_BUF: lines from many processes never mix.
-        let line = format!("{} {key} {token} {pid}\n", now_ns());
+        let line = format!("{} {key} {token} {pid} {who}\n", now_ns());
         let _ = out.write_all(line.as_bytes());
         if Instant::now() >= until {
             return;

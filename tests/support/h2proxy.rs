@@ -43,11 +43,17 @@ pub enum ConnFault {
 
 struct StreamEntry {
     path: String,
+    /// What the labeller made of the stream's first request message.
+    label: String,
     fault: mpsc::UnboundedSender<StreamReset>,
 }
 
+/// Names a stream from its path and the first bytes the client sent (for the log).
+pub type Labeller = fn(&str, &[u8]) -> String;
+
 struct Ctl {
     upstream: SocketAddr,
+    labeller: Labeller,
     next: AtomicU64,
     streams: Mutex<HashMap<u64, StreamEntry>>,
     conns: Mutex<HashMap<u64, mpsc::UnboundedSender<ConnFault>>>,
@@ -62,13 +68,14 @@ pub struct H2Proxy {
 
 impl H2Proxy {
     /// Listens on 127.0.0.1 (a free port) and proxies to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> H2Proxy {
+    pub async fn start(upstream: SocketAddr, labeller: Labeller) -> H2Proxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind h2 proxy");
         let addr = listener.local_addr().unwrap();
         let ctl = Arc::new(Ctl {
             upstream,
+            labeller,
             next: AtomicU64::new(1),
             streams: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -82,10 +89,10 @@ impl H2Proxy {
         self.addr
     }
 
-    /// The live streams: id and request path.
-    pub fn streams(&self) -> Vec<(u64, String)> {
+    /// The live streams: id, request path and label.
+    pub fn streams(&self) -> Vec<(u64, String, String)> {
         let mut v: Vec<_> = (self.ctl.streams.lock().unwrap().iter())
-            .map(|(id, e)| (*id, e.path.clone()))
+            .map(|(id, e)| (*id, e.path.clone(), e.label.clone()))
             .collect();
         v.sort();
         v
@@ -180,6 +187,7 @@ async fn connection(down: TcpStream, ctl: Arc<Ctl>) {
         stream: false,
     };
     let mut streams = JoinSet::new();
+    let mut up_done = false;
     loop {
         tokio::select! {
             accepted = conn.accept() => match accepted {
@@ -193,7 +201,10 @@ async fn connection(down: TcpStream, ctl: Arc<Ctl>) {
                 ConnFault::AbruptGoaway(reason) => conn.abrupt_shutdown(reason),
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
-            _ = &mut up_task => break,
+            _ = &mut up_task => {
+                up_done = true;
+                break;
+            }
         }
     }
     // The client's connection is gone: dropping the stream tasks resets their upstream
@@ -202,8 +213,10 @@ async fn connection(down: TcpStream, ctl: Arc<Ctl>) {
     streams.abort_all();
     while streams.join_next().await.is_some() {}
     drop(send_req);
-    let _ = tokio::time::timeout(Duration::from_secs(2), &mut up_task).await;
-    up_task.abort();
+    if !up_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut up_task).await;
+        up_task.abort();
+    }
 }
 
 /// How a stream's forwarding ended.
@@ -238,10 +251,14 @@ async fn stream(
     };
     let id = ctl.next.fetch_add(1, Ordering::Relaxed);
     let (ftx, mut frx) = mpsc::unbounded_channel();
-    ctl.streams
-        .lock()
-        .unwrap()
-        .insert(id, StreamEntry { path, fault: ftx });
+    ctl.streams.lock().unwrap().insert(
+        id,
+        StreamEntry {
+            path,
+            label: String::new(),
+            fault: ftx,
+        },
+    );
     let _unregister = Unregister {
         ctl: &ctl,
         id,
@@ -249,18 +266,25 @@ async fn stream(
     };
     let mut down_send: Option<SendStream<Bytes>> = None;
     let end = {
-        let reqs = pump_request(&mut down_body, &mut up_send);
+        let reqs = pump_request(&mut down_body, &mut up_send, &ctl, id);
         let resps = pump_response(resp_fut, &mut respond, &mut down_send);
         tokio::pin!(reqs, resps);
-        let mut req_done = req_end;
+        let (mut req_done, mut resp_done) = (req_end, false);
         loop {
             tokio::select! {
                 r = &mut reqs, if !req_done => match r {
+                    Ok(()) if resp_done => break End::Done,
                     Ok(()) => req_done = true,
+                    // After the response ended, a failed forward is the server having
+                    // closed its side: nothing more to do.
+                    Err(_) if resp_done => break End::Done,
                     Err(e) => break End::ClientBroke(e.reason().unwrap_or(Reason::CANCEL)),
                 },
-                r = &mut resps => match r {
-                    Ok(()) => break End::Done,
+                // A complete response with the request still open: keep forwarding the
+                // client's side until it ends, as a direct connection would (no reset).
+                r = &mut resps, if !resp_done => match r {
+                    Ok(()) if req_done => break End::Done,
+                    Ok(()) => resp_done = true,
                     Err(e) => break End::UpstreamBroke(e.reason().unwrap_or(Reason::CANCEL)),
                 },
                 Some(fault) = frx.recv() => break End::Fault(fault),
@@ -292,9 +316,20 @@ async fn stream(
     }
 }
 
-async fn pump_request(body: &mut RecvStream, up: &mut SendStream<Bytes>) -> Result<(), h2::Error> {
+async fn pump_request(
+    body: &mut RecvStream,
+    up: &mut SendStream<Bytes>,
+    ctl: &Ctl,
+    id: u64,
+) -> Result<(), h2::Error> {
+    let mut first = true;
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
+        if std::mem::take(&mut first) {
+            if let Some(e) = ctl.streams.lock().unwrap().get_mut(&id) {
+                e.label = (ctl.labeller)(&e.path, &chunk);
+            }
+        }
         let n = chunk.len();
         up.send_data(chunk, false)?;
         let _ = body.flow_control().release_capacity(n);

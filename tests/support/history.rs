@@ -87,7 +87,8 @@ impl History {
     /// Logs an operation or fault.
     pub fn event(&self, what: impl Into<String>) {
         let t = now_ns();
-        self.0.lock().unwrap().events.push((t, what.into()));
+        let what = what.into().replace('\n', " | ");
+        self.0.lock().unwrap().events.push((t, what));
     }
 
     /// Someone starts waiting for `key`.
@@ -113,13 +114,13 @@ impl History {
     }
 
     /// Reads the acts `leases run` commands appended to `path`: lines of
-    /// `<ns> <key> <token> <pid>`; a torn last line is skipped.
+    /// `<ns> <key> <token> <pid> [<run>]`; a torn last line is skipped.
     pub fn load_act_file(&self, path: &std::path::Path) {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let mut grants = std::collections::HashSet::new();
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() != 4 {
+            if f.len() != 4 && f.len() != 5 {
                 continue;
             }
             let (Ok(t), Ok(token)) = (f[0].parse::<u64>(), f[2].parse::<u64>()) else {
@@ -128,7 +129,7 @@ impl History {
             let grant = Grant {
                 key: f[1].to_string(),
                 token: Some(token),
-                holder: "leases-run".into(),
+                holder: format!("leases-run:{}", f.get(4).unwrap_or(&"")),
             };
             self.act(&grant, t);
             grants.insert((grant.key, token));
@@ -227,6 +228,31 @@ impl History {
         }
     }
 
+    /// Writes the whole history (events and intervals, by time) to `path`.
+    pub fn dump(&self, path: &std::path::Path, origin: u64) {
+        let inner = self.0.lock().unwrap();
+        let mut lines: Vec<(u64, String)> = inner.events.clone();
+        for i in inner.intervals.values() {
+            let token = i.grant.token.map_or("-".to_string(), |t| t.to_string());
+            lines.push((
+                i.start,
+                format!(
+                    "interval {} token {token} holder {} acted .. {} ({} acts)",
+                    i.grant.key,
+                    i.grant.holder,
+                    secs(i.end, origin),
+                    i.acts
+                ),
+            ));
+        }
+        lines.sort_by_key(|(t, _)| *t);
+        let mut out = String::new();
+        for (t, what) in lines {
+            let _ = writeln!(out, "t={} {what}", secs(t, origin));
+        }
+        let _ = std::fs::write(path, out);
+    }
+
     /// The events between `from` and `to`, one per line, times from `origin`.
     pub fn events_between(&self, from: u64, to: u64, origin: u64) -> String {
         let inner = self.0.lock().unwrap();
@@ -258,6 +284,31 @@ impl Violation {
     /// When the violation happened (the later interval's start; 0 for liveness).
     pub fn at(&self) -> u64 {
         self.b.start
+    }
+
+    /// The violation on one line.
+    pub fn line(&self, origin: u64) -> String {
+        if self.a.acts == 0 {
+            return self.what.clone();
+        }
+        let who = |i: &Interval| {
+            format!(
+                "{}(token {})",
+                i.grant.holder,
+                i.grant.token.map_or("-".to_string(), |t| t.to_string())
+            )
+        };
+        format!(
+            "t={} {} {}: {} acted {}..{}, {} from {}",
+            secs(self.b.start, origin),
+            self.what.split(':').next().unwrap_or(""),
+            self.a.grant.key,
+            who(&self.a),
+            secs(self.a.start, origin),
+            secs(self.a.end, origin),
+            who(&self.b),
+            secs(self.b.start, origin)
+        )
     }
 
     /// The violation for a reader, times from `origin`.

@@ -25,7 +25,7 @@ const CODES: &[(Reason, &str)] = &[
 
 /// The least of each counter a run of `seconds` must reach, or it proves nothing.
 pub fn minimums(seconds: u64) -> Vec<(&'static str, u64)> {
-    // About 90 actions a minute over 17 kinds: a kind is picked ~5 times a minute.
+    // About 90 actions a minute over 20 slots: a slot is picked ~4.5 times a minute.
     let k = (seconds / 60).max(1);
     let mut v = vec![
         ("grants: ClientLeaser", 10 * k),
@@ -60,14 +60,14 @@ pub async fn run(world: Arc<World>, mut rng: XorShift) {
     while Instant::now() < stop_at {
         tokio::time::sleep(rng.millis(Duration::from_millis(250), Duration::from_millis(900)))
             .await;
-        let pick = rng.below(17);
+        let pick = rng.below(20);
         let world2 = world.clone();
         let seed = rng.next();
         tasks.spawn(async move { act(world2, pick, XorShift::new(seed)).await });
     }
     while tasks.join_next().await.is_some() {}
     for c in &world.chains {
-        c.tcp.set(Fault::Pass);
+        c.tcp.set(c.base);
     }
     for s in &world.servers {
         s.signal(libc::SIGCONT);
@@ -82,8 +82,9 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
         h.event(format!("{kind}: {what}"));
     };
     match pick {
-        // Link faults on a general chain (ClientLeaser and `leases run --server`).
-        0..=3 => {
+        // Link faults on a general chain (ClientLeaser and `leases run --server`); delays
+        // most often, as a slow link is what hides an ended lease from its holder.
+        0..=4 => {
             let general: Vec<_> = world.chains.iter().filter(|c| !c.ftl).collect();
             let c = general[rng.below(general.len() as u64) as usize];
             if c.busy.swap(true, Ordering::SeqCst) {
@@ -91,25 +92,25 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             }
             let hold = rng.millis(Duration::from_millis(300), Duration::from_secs(4));
             let (kind, fault) = match pick {
-                0 => (
+                0 | 1 => (
                     "fault: delay",
                     Fault::Delay(
                         rng.millis(Duration::from_millis(100), Duration::from_millis(800)),
                     ),
                 ),
-                1 => ("fault: blackhole", Fault::Blackhole),
-                2 => ("fault: tcp reset", Fault::Reset),
+                2 => ("fault: blackhole", Fault::Blackhole),
+                3 => ("fault: tcp reset", Fault::Reset),
                 _ => ("fault: half-open", Fault::HalfOpen),
             };
             log(kind, format!("{} {fault} for {}", c.name, secs(hold)));
             c.tcp.set(fault);
             tokio::time::sleep(hold).await;
-            c.tcp.set(Fault::Pass);
-            h.event(format!("heal: {} pass", c.name));
+            c.tcp.set(c.base);
+            h.event(format!("heal: {} {}", c.name, c.base));
             c.busy.store(false, Ordering::SeqCst);
         }
         // FTL chains: resets and short delays only.
-        4 => {
+        5 => {
             let ftl: Vec<_> = world.chains.iter().filter(|c| c.ftl).collect();
             let c = ftl[rng.below(ftl.len() as u64) as usize];
             if c.busy.swap(true, Ordering::SeqCst) {
@@ -131,22 +132,22 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             log(kind, format!("{} {fault} for {}", c.name, secs(hold)));
             c.tcp.set(fault);
             tokio::time::sleep(hold).await;
-            c.tcp.set(Fault::Pass);
-            h.event(format!("heal: {} pass", c.name));
+            c.tcp.set(c.base);
+            h.event(format!("heal: {} {}", c.name, c.base));
             c.busy.store(false, Ordering::SeqCst);
         }
         // RST_STREAM upstream on a lease stream; the client hears nothing for a while.
-        5..=7 => {
+        6..=8 => {
             let c = &world.chains[rng.below(world.chains.len() as u64) as usize];
             let streams: Vec<_> =
                 c.h2.streams()
                     .into_iter()
-                    .filter(|(_, p)| p.ends_with("/Hold") || p.ends_with("/AcquireLease"))
+                    .filter(|(_, p, _)| p.ends_with("/Hold") || p.ends_with("/AcquireLease"))
                     .collect();
             if streams.is_empty() {
                 return;
             }
-            let (id, path) = &streams[rng.below(streams.len() as u64) as usize];
+            let (id, path, label) = &streams[rng.below(streams.len() as u64) as usize];
             let (reason, name) = CODES[rng.below(CODES.len() as u64) as usize];
             let client_after = rng.millis(Duration::ZERO, Duration::from_millis(1500));
             if c.h2.reset_stream(
@@ -160,7 +161,7 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
                 log(
                     &format!("fault: RST_STREAM {name}"),
                     format!(
-                        "{} stream {id} {path} upstream; the client's side reset after {}",
+                        "{} stream {id} {path} ({label}) upstream; the client's side reset after {}",
                         c.name,
                         secs(client_after)
                     ),
@@ -168,7 +169,7 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             }
         }
         // GOAWAY to a client connection.
-        8 => {
+        9 => {
             let c = &world.chains[rng.below(world.chains.len() as u64) as usize];
             let conns = c.h2.conns();
             if conns.is_empty() {
@@ -190,9 +191,9 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             }
         }
         // Servers: SIGSTOP/SIGCONT any; SIGKILL or SIGTERM and restart a PostgreSQL one.
-        9..=11 => {
+        10..=12 => {
             let s = world.servers[rng.below(world.servers.len() as u64) as usize].clone();
-            if pick != 9 && s.store != "pg" {
+            if pick != 10 && s.store != "pg" {
                 return;
             }
             // Keep one PostgreSQL server up.
@@ -200,11 +201,11 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
                 .servers
                 .iter()
                 .any(|o| o.store == "pg" && o.name != s.name && o.busy.load(Ordering::SeqCst));
-            if (pick != 9 && others_busy) || s.busy.swap(true, Ordering::SeqCst) {
+            if (pick != 10 && others_busy) || s.busy.swap(true, Ordering::SeqCst) {
                 return;
             }
             match pick {
-                9 => {
+                10 => {
                     let hold = rng.millis(Duration::from_millis(200), Duration::from_secs(3));
                     if s.signal(libc::SIGSTOP) {
                         log(
@@ -217,7 +218,7 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
                     }
                 }
                 _ => {
-                    let (sig, kind) = if pick == 10 {
+                    let (sig, kind) = if pick == 11 {
                         (libc::SIGKILL, "fault: server SIGKILL")
                     } else {
                         (libc::SIGTERM, "fault: server SIGTERM")
@@ -240,7 +241,7 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
         }
         // `leases run` processes: SIGTERM any; SIGKILL one whose command does not fork
         // (a killed `leases run` cannot stop forked jobs: the documented limit).
-        12 => {
+        13 => {
             let runs: Vec<(u32, bool)> = world
                 .env
                 .runs
@@ -266,7 +267,7 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             }
         }
         // PostgreSQL stopped (immediate) and started again.
-        13 => {
+        14 => {
             if world.pg_busy.swap(true, Ordering::SeqCst) {
                 return;
             }
