@@ -302,7 +302,7 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let wait = rng.millis(Duration::from_secs(1), Duration::from_secs(6));
         let grace = rng.millis(Duration::from_millis(300), Duration::from_secs(4));
         let act_ms = rng.millis(Duration::from_millis(200), Duration::from_secs(8));
-        let who = format!("run{n}.{}", runs + 1);
+        let who = format!("run{n}.{}/{name}", runs + 1);
         runs += 1;
         env.history.want(&key);
         let mut cmd = tokio::process::Command::new(&env.leases_bin);
