@@ -272,8 +272,10 @@ async fn run(seed: u64, seconds: u64) -> bool {
                 support::proxy::Fault::Pass
             };
             tcp.set(base);
+            let name = format!("{}{}", s.name, if ftl { "/ftl" } else { "" });
+            println!("whole_stack: {name} is http://{}", tcp.addr());
             chains.push(Chain {
-                name: format!("{}{}", s.name, if ftl { "/ftl" } else { "" }),
+                name,
                 server: i,
                 ftl,
                 tcp,

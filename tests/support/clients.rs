@@ -354,9 +354,13 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
                     last.join(" | ")
                 ));
             }
-            _ => env
-                .history
-                .event(format!("{who} pid {pid}: did not exit in 60s")),
+            _ => {
+                // Not reaped yet (its wait was cut off), so the pid is still its own.
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                env.history
+                    .event(format!("{who} pid {pid}: did not exit in 60s; SIGKILL"));
+            }
         }
     }
 }
