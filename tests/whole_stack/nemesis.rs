@@ -206,7 +206,10 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             }
             match pick {
                 10 => {
-                    let hold = rng.millis(Duration::from_millis(200), Duration::from_secs(3));
+                    // At most 2 s: a lease renewed every TTL/3 cannot lapse meanwhile, so
+                    // FTL clients (no deadline rule in FTL's protocol) hear of any loss
+                    // before the key can go to someone else.
+                    let hold = rng.millis(Duration::from_millis(200), Duration::from_secs(2));
                     if s.signal(libc::SIGSTOP) {
                         log(
                             "fault: server SIGSTOP",
