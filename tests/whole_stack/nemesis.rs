@@ -25,7 +25,8 @@ const CODES: &[(Reason, &str)] = &[
 
 /// The least of each counter a run of `seconds` must reach, or it proves nothing.
 pub fn minimums(seconds: u64) -> Vec<(&'static str, u64)> {
-    // About 90 actions a minute over 20 slots: a slot is picked ~4.5 times a minute.
+    // About 100 actions a minute, dealt from a deck of 20 slots: every slot comes up ~5
+    // times a minute; a few find nothing to act on (a fault already in force there).
     let k = (seconds / 60).max(1);
     let mut v = vec![
         ("grants: ClientLeaser", 10 * k),
@@ -57,10 +58,19 @@ fn secs(d: Duration) -> String {
 pub async fn run(world: Arc<World>, mut rng: XorShift) {
     let stop_at = world.env.stop_at;
     let mut tasks = tokio::task::JoinSet::new();
+    // Slots are dealt from a shuffled deck, so that every kind comes up as often in
+    // every run (the minimum counts must not depend on luck).
+    let mut deck: Vec<u64> = Vec::new();
     while Instant::now() < stop_at {
         tokio::time::sleep(rng.millis(Duration::from_millis(250), Duration::from_millis(900)))
             .await;
-        let pick = rng.below(20);
+        if deck.is_empty() {
+            deck = (0..20).collect();
+            for i in (1..deck.len()).rev() {
+                deck.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+        }
+        let pick = deck.pop().unwrap();
         let world2 = world.clone();
         let seed = rng.next();
         tasks.spawn(async move { act(world2, pick, XorShift::new(seed)).await });
@@ -138,16 +148,14 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
         }
         // RST_STREAM upstream on a lease stream; the client hears nothing for a while.
         6..=8 => {
-            let c = &world.chains[rng.below(world.chains.len() as u64) as usize];
-            let streams: Vec<_> =
-                c.h2.streams()
-                    .into_iter()
-                    .filter(|(_, p, _)| p.ends_with("/Hold") || p.ends_with("/AcquireLease"))
-                    .collect();
+            let streams: Vec<_> = (world.chains.iter())
+                .flat_map(|c| c.h2.streams().into_iter().map(move |s| (c, s)))
+                .filter(|(_, (_, p, _))| p.ends_with("/Hold") || p.ends_with("/AcquireLease"))
+                .collect();
             if streams.is_empty() {
                 return;
             }
-            let (id, path, label) = &streams[rng.below(streams.len() as u64) as usize];
+            let (c, (id, path, label)) = &streams[rng.below(streams.len() as u64) as usize];
             let (reason, name) = CODES[rng.below(CODES.len() as u64) as usize];
             let client_after = rng.millis(Duration::ZERO, Duration::from_millis(1500));
             if c.h2.reset_stream(
@@ -168,15 +176,16 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
                 );
             }
         }
-        // GOAWAY to a client connection.
-        9 => {
-            let c = &world.chains[rng.below(world.chains.len() as u64) as usize];
-            let conns = c.h2.conns();
+        // GOAWAY to a client connection: graceful in slot 9, abrupt in slot 15.
+        9 | 15 => {
+            let conns: Vec<_> = (world.chains.iter())
+                .flat_map(|c| c.h2.conns().into_iter().map(move |id| (c, id)))
+                .collect();
             if conns.is_empty() {
                 return;
             }
-            let id = conns[rng.below(conns.len() as u64) as usize];
-            if rng.below(2) == 0 {
+            let (c, id) = conns[rng.below(conns.len() as u64) as usize];
+            if pick == 9 {
                 if c.h2.conn_fault(id, ConnFault::GracefulGoaway) {
                     log("fault: GOAWAY graceful", format!("{} conn {id}", c.name));
                 }
@@ -192,10 +201,12 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
         }
         // Servers: SIGSTOP/SIGCONT any; SIGKILL or SIGTERM and restart a PostgreSQL one.
         10..=12 => {
-            let s = world.servers[rng.below(world.servers.len() as u64) as usize].clone();
-            if pick != 10 && s.store != "pg" {
-                return;
-            }
+            // SIGKILL and SIGTERM only for PostgreSQL servers (a memory server's
+            // leases die with it).
+            let servers: Vec<_> = (world.servers.iter())
+                .filter(|s| pick == 10 || s.store == "pg")
+                .collect();
+            let s = servers[rng.below(servers.len() as u64) as usize].clone();
             // Keep one PostgreSQL server up.
             let others_busy = world
                 .servers
