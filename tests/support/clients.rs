@@ -100,7 +100,11 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let wait = rng.millis(Duration::ZERO, Duration::from_secs(6));
         attempts += 1;
         let holder = format!("client{n}.{attempts}");
-        let options = AcquireOptions::new(TTL).wait(wait).metadata(holder.clone());
+        // The way in is part of the metadata: the nemesis aims revokes at holders of
+        // the far server (see nemesis.rs).
+        let options = AcquireOptions::new(TTL)
+            .wait(wait)
+            .metadata(format!("{holder} via {url}"));
         env.history.want(&key);
         let acquired = tokio::time::timeout(
             wait + Duration::from_secs(10),
@@ -317,7 +321,7 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
             .arg("--grace")
             .arg(format!("{}ms", grace.as_millis()))
             .arg("--metadata")
-            .arg(&who)
+            .arg(format!("{who} via {url}"))
             .arg("--")
             .args(["sh", "-c", script])
             .env("WS_ACTOR", &env.actor_bin)

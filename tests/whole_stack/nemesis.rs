@@ -303,7 +303,16 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
         // Revoke through any server or the CLI; sometimes twice.
         _ => {
             let store = &world.env.stores[rng.below(world.env.stores.len() as u64) as usize];
-            let key = store.keys[rng.below(store.keys.len() as u64) as usize].clone();
+            let mut key = store.keys[rng.below(store.keys.len() as u64) as usize].clone();
+            // Half of the PostgreSQL revokes aim at a key held through the far server,
+            // and go through another way (issue #19's first defect).
+            let mut elsewhere = false;
+            if store.name == "pg" && rng.below(2) == 0 {
+                if let Some(k) = held_via_far(&world, store, &mut rng).await {
+                    key = k;
+                    elsewhere = true;
+                }
+            }
             let twice = rng.below(2) == 0;
             h.count("op: revoke");
             if twice {
@@ -314,16 +323,54 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
                     tokio::time::sleep(rng.millis(Duration::ZERO, Duration::from_millis(1500)))
                         .await;
                 }
-                revoke(&world, store.name, &key, &mut rng).await;
+                revoke(&world, store.name, &key, elsewhere, &mut rng).await;
             }
         }
     }
 }
 
-/// One revoke of `key` in `store`, through a random way; logged with its outcome.
-async fn revoke(world: &World, store: &str, key: &str, rng: &mut XorShift) {
+/// A key of `store` whose holder came in through the far server (pg-a), if any.
+async fn held_via_far(
+    world: &World,
+    store: &crate::clients::Store,
+    rng: &mut XorShift,
+) -> Option<String> {
+    let far: Vec<String> = (world.chains.iter())
+        .filter(|c| world.servers[c.server].name == "pg-a")
+        .map(|c| format!("via http://{}", c.tcp.addr()))
+        .collect();
+    let near = world.servers.iter().find(|s| s.name == "pg-b")?;
+    let c = tokio::time::timeout(
+        Duration::from_secs(2),
+        ClientLeaser::connect(format!("http://{}", near.addr())),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let mut found = Vec::new();
+    for key in &store.keys {
+        let info = tokio::time::timeout(
+            Duration::from_secs(2),
+            c.lease_info(&Key::parse(key).unwrap()),
+        )
+        .await;
+        if let Ok(Ok(Some(info))) = info {
+            let meta = String::from_utf8_lossy(&info.metadata);
+            if !info.revoked && far.iter().any(|f| meta.ends_with(f.as_str())) {
+                found.push(key.clone());
+            }
+        }
+    }
+    (!found.is_empty()).then(|| found[rng.below(found.len() as u64) as usize].clone())
+}
+
+/// One revoke of `key` in `store`, through a random way (`elsewhere`: not through
+/// pg-a); logged with its outcome.
+async fn revoke(world: &World, store: &str, key: &str, elsewhere: bool, rng: &mut XorShift) {
     let h = &world.env.history;
-    let servers: Vec<_> = world.servers.iter().filter(|s| s.store == store).collect();
+    let servers: Vec<_> = (world.servers.iter())
+        .filter(|s| s.store == store && !(elsewhere && s.name == "pg-a"))
+        .collect();
     let s = servers[rng.below(servers.len() as u64) as usize];
     let url = format!("http://{}", s.addr());
     let how = if store == "pg" {
@@ -331,7 +378,12 @@ async fn revoke(world: &World, store: &str, key: &str, rng: &mut XorShift) {
     } else {
         rng.below(2)
     };
-    h.event(format!("op: revoke {key} starts"));
+    let aim = if elsewhere {
+        " (held through the far pg-a)"
+    } else {
+        ""
+    };
+    h.event(format!("op: revoke {key} starts{aim}"));
     let outcome = match how {
         0 => {
             let r = tokio::time::timeout(Duration::from_secs(5), async {
