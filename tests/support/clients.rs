@@ -100,50 +100,66 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let wait = rng.millis(Duration::ZERO, Duration::from_secs(6));
         attempts += 1;
         let holder = format!("client{n}.{attempts}");
-        // The way in is part of the metadata: the nemesis aims revokes at holders of
-        // the far server (see nemesis.rs).
-        let options = AcquireOptions::new(TTL)
-            .wait(wait)
-            .metadata(format!("{holder} via {url}"));
-        env.history.want(&key);
-        let acquired = tokio::time::timeout(
-            wait + Duration::from_secs(10),
-            leases::Leaser::acquire_lease_with(&leaser, Key::parse(&key).unwrap(), options),
-        )
-        .await;
-        let Ok(Ok((lease, ctx))) = acquired else {
+        let hold = rng.millis(Duration::from_millis(100), Duration::from_secs(8));
+        if !hold_once(&env, &leaser, &key, &url, &holder, wait, hold).await {
             tokio::time::sleep(rng.millis(Duration::from_millis(20), Duration::from_millis(300)))
                 .await;
-            continue;
-        };
-        let grant = Grant {
-            key: key.clone(),
-            token: Some(lease.token()),
-            holder: holder.clone(),
-        };
-        env.history.count("grants: ClientLeaser");
-        env.history.event(format!(
-            "{holder} ClientLeaser granted {key} token {} via {url}",
-            lease.token()
-        ));
-        let until = Instant::now() + rng.millis(Duration::from_millis(100), Duration::from_secs(8));
-        loop {
-            let t = now_ns();
-            // Stamp first, then check: the act happened while the context was live.
-            if let Some(reason) = ctx.reason() {
-                env.history
-                    .event(format!("{holder} {key} context ended: {reason}"));
-                break;
-            }
-            env.history.act(&grant, t);
-            if Instant::now() >= until {
-                let r = tokio::time::timeout(Duration::from_secs(12), lease.release()).await;
-                env.history
-                    .event(format!("{holder} {key} released ({r:?})"));
-                break;
-            }
-            tokio::time::sleep(ACT_EVERY).await;
         }
+    }
+}
+
+/// One `ClientLeaser` holder: acquires `key` through `url` (waiting up to `wait`), acts
+/// for `hold` or until its context ends, releases. False if it got no lease.
+pub async fn hold_once(
+    env: &Env,
+    leaser: &ClientLeaser,
+    key: &str,
+    url: &str,
+    holder: &str,
+    wait: Duration,
+    hold: Duration,
+) -> bool {
+    // The way in is part of the metadata: the nemesis aims revokes at holders of the
+    // far server (see nemesis.rs).
+    let options = AcquireOptions::new(TTL)
+        .wait(wait)
+        .metadata(format!("{holder} via {url}"));
+    env.history.want(key);
+    let acquired = tokio::time::timeout(
+        wait + Duration::from_secs(10),
+        leases::Leaser::acquire_lease_with(leaser, Key::parse(key).unwrap(), options),
+    )
+    .await;
+    let Ok(Ok((lease, ctx))) = acquired else {
+        return false;
+    };
+    let grant = Grant {
+        key: key.to_string(),
+        token: Some(lease.token()),
+        holder: holder.to_string(),
+    };
+    env.history.count("grants: ClientLeaser");
+    env.history.event(format!(
+        "{holder} ClientLeaser granted {key} token {} via {url}",
+        lease.token()
+    ));
+    let until = Instant::now() + hold;
+    loop {
+        let t = now_ns();
+        // Stamp first, then check: the act happened while the context was live.
+        if let Some(reason) = ctx.reason() {
+            env.history
+                .event(format!("{holder} {key} context ended: {reason}"));
+            return true;
+        }
+        env.history.act(&grant, t);
+        if Instant::now() >= until {
+            let r = tokio::time::timeout(Duration::from_secs(12), lease.release()).await;
+            env.history
+                .event(format!("{holder} {key} released ({r:?})"));
+            return true;
+        }
+        tokio::time::sleep(ACT_EVERY).await;
     }
 }
 

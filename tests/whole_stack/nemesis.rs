@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use h2::Reason;
 use leases::{ClientLeaser, Key};
 
+use crate::clients::hold_once;
 use crate::h2proxy::{ConnFault, StreamReset};
 use crate::support::proxy::Fault;
 use crate::support::rng::XorShift;
@@ -318,12 +319,38 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             if twice {
                 h.count("op: revoke twice");
             }
+            // A revoke aimed at a far holder hands the key over, as an operator would:
+            // someone waits for it through pg-b meanwhile.
+            let mut taker = None;
+            if elsewhere {
+                let env = world.env.clone();
+                let url = (world.chains.iter())
+                    .find(|c| c.name == "pg-b")
+                    .map(|c| format!("http://{}", c.tcp.addr()))
+                    .unwrap();
+                let (key, hold) = (
+                    key.clone(),
+                    rng.millis(Duration::from_millis(200), Duration::from_secs(3)),
+                );
+                let holder = format!("taker{}", rng.below(1_000_000));
+                taker = Some(tokio::spawn(async move {
+                    let Ok(leaser) = ClientLeaser::connect(url.clone()).await else {
+                        return;
+                    };
+                    let wait = Duration::from_secs(6);
+                    hold_once(&env, &leaser, &key, &url, &holder, wait, hold).await;
+                }));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             for n in 0..(1 + twice as u64) {
                 if n == 1 {
                     tokio::time::sleep(rng.millis(Duration::ZERO, Duration::from_millis(1500)))
                         .await;
                 }
                 revoke(&world, store.name, &key, elsewhere, &mut rng).await;
+            }
+            if let Some(taker) = taker {
+                let _ = taker.await;
             }
         }
     }
