@@ -1,0 +1,416 @@
+//! The whole-stack checker's clients, one worker loop per kind, each recording its acts:
+//!
+//! - `ClientLeaser` (native `Hold` streams): acts from the grant while its context
+//!   lives, checked right after each act is stamped;
+//! - a raw FTL client behaving as FTL's Go runtime: heartbeats every TTL/2 without
+//!   waiting for answers, releases by half-closing then resetting; acts from the first
+//!   answer until it sees an error or it half-closes;
+//! - `leases run` with commands that work, ignore SIGTERM, fork background jobs or exit
+//!   early; their processes (this test binary in actor mode, see [`actor_main`]) append
+//!   `<ns> <key> <token> <pid> <run>` to the act file every 20 ms while they live.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leases::proto::xyz::block::ftl::lease::v1::lease_service_client::LeaseServiceClient;
+use leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseRequest;
+use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key};
+use tokio::sync::mpsc;
+
+use crate::history::{now_ns, Grant, History};
+use crate::support::rng::XorShift;
+
+/// Every lease's TTL (the service's minimum).
+pub const TTL: Duration = Duration::from_secs(5);
+/// How often a holder acts.
+const ACT_EVERY: Duration = Duration::from_millis(25);
+
+/// One store: its keys and the ways to reach it.
+pub struct Store {
+    /// `pg` or `mem`.
+    pub name: &'static str,
+    /// Key strings.
+    pub keys: Vec<String>,
+    /// Server URLs through the general fault chains.
+    pub urls: Vec<String>,
+    /// Server URLs through the FTL chains (no silent-link faults).
+    pub ftl_urls: Vec<String>,
+    /// The PostgreSQL URL, for `leases run --postgres`.
+    pub postgres: Option<String>,
+}
+
+/// What every worker shares.
+pub struct Env {
+    /// The stores.
+    pub stores: Vec<Store>,
+    /// The history.
+    pub history: History,
+    /// Workers start nothing new after this.
+    pub stop_at: Instant,
+    /// The `leases` binary.
+    pub leases_bin: String,
+    /// This test binary (actor mode).
+    pub actor_bin: String,
+    /// Where `leases run` commands record their acts.
+    pub act_file: String,
+    /// Running `leases run` processes: pid → whether its command forks.
+    pub runs: Mutex<HashMap<u32, bool>>,
+}
+
+impl Env {
+    fn running(&self) -> bool {
+        Instant::now() < self.stop_at
+    }
+
+    fn pick<'a, T>(rng: &mut XorShift, v: &'a [T]) -> &'a T {
+        &v[rng.below(v.len() as u64) as usize]
+    }
+}
+
+/// Holds leases through `ClientLeaser`s until the run ends.
+pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
+    let mut leasers: HashMap<String, ClientLeaser> = HashMap::new();
+    let mut attempts = 0;
+    while env.running() {
+        let store = Env::pick(&mut rng, &env.stores);
+        let key = Env::pick(&mut rng, &store.keys).clone();
+        let url = Env::pick(&mut rng, &store.urls).clone();
+        let leaser = match leasers.get(&url) {
+            Some(l) => l.clone(),
+            None => {
+                let options = ClientOptions::new(url.clone())
+                    .connect_timeout(Duration::from_secs(2))
+                    .request_timeout(Duration::from_secs(3));
+                match ClientLeaser::connect_with(options).await {
+                    Ok(l) => {
+                        leasers.insert(url.clone(), l.clone());
+                        l
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let wait = rng.millis(Duration::ZERO, Duration::from_secs(6));
+        attempts += 1;
+        let holder = format!("client{n}.{attempts}");
+        let hold = rng.millis(Duration::from_millis(100), Duration::from_secs(8));
+        if !hold_once(&env, &leaser, &key, &url, &holder, wait, hold).await {
+            tokio::time::sleep(rng.millis(Duration::from_millis(20), Duration::from_millis(300)))
+                .await;
+        }
+    }
+}
+
+/// One `ClientLeaser` holder: acquires `key` through `url` (waiting up to `wait`), acts
+/// for `hold` or until its context ends, releases. False if it got no lease.
+pub async fn hold_once(
+    env: &Env,
+    leaser: &ClientLeaser,
+    key: &str,
+    url: &str,
+    holder: &str,
+    wait: Duration,
+    hold: Duration,
+) -> bool {
+    // The way in is part of the metadata: the nemesis aims revokes at holders of the
+    // far server (see nemesis.rs).
+    let options = AcquireOptions::new(TTL)
+        .wait(wait)
+        .metadata(format!("{holder} via {url}"));
+    env.history.want(key);
+    let acquired = tokio::time::timeout(
+        wait + Duration::from_secs(10),
+        leases::Leaser::acquire_lease_with(leaser, Key::parse(key).unwrap(), options),
+    )
+    .await;
+    let Ok(Ok((lease, ctx))) = acquired else {
+        return false;
+    };
+    let grant = Grant {
+        key: key.to_string(),
+        token: Some(lease.token()),
+        holder: holder.to_string(),
+    };
+    env.history.count("grants: ClientLeaser");
+    env.history.event(format!(
+        "{holder} ClientLeaser granted {key} token {} via {url}",
+        lease.token()
+    ));
+    let until = Instant::now() + hold;
+    loop {
+        let t = now_ns();
+        // Stamp first, then check: the act happened while the context was live.
+        if let Some(reason) = ctx.reason() {
+            env.history
+                .event(format!("{holder} {key} context ended: {reason}"));
+            return true;
+        }
+        env.history.act(&grant, t);
+        if Instant::now() >= until {
+            let r = tokio::time::timeout(Duration::from_secs(12), lease.release()).await;
+            env.history
+                .event(format!("{holder} {key} released ({r:?})"));
+            return true;
+        }
+        tokio::time::sleep(ACT_EVERY).await;
+    }
+}
+
+/// The segments of a key string, as FTL sends them.
+fn segments(key: &str) -> Vec<String> {
+    // Our keys use only characters that need no escaping.
+    key.trim_start_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect()
+}
+
+/// The key a lease stream's first gRPC message asks for (FTL's or ours), for the log.
+pub fn stream_label(path: &str, first: &[u8]) -> String {
+    use prost::Message as _;
+    // A gRPC message: compressed flag, length (4 bytes), then the protobuf.
+    let Some(msg) = first.get(5..) else {
+        return String::new();
+    };
+    if path.ends_with("/AcquireLease") {
+        if let Ok(r) = AcquireLeaseRequest::decode(msg) {
+            return format!("FTL /{}", r.key.join("/"));
+        }
+    } else if path.ends_with("/Hold") {
+        use leases::proto::leases::v1::{hold_request::Kind, HoldRequest};
+        if let Ok(HoldRequest {
+            kind: Some(Kind::Acquire(a)),
+        }) = HoldRequest::decode(msg)
+        {
+            return format!("Hold {} by {}", a.key, String::from_utf8_lossy(&a.metadata));
+        }
+    }
+    String::new()
+}
+
+/// Holds leases as FTL's Go runtime does, until the run ends.
+pub async fn ftl_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
+    let mut clients: HashMap<String, LeaseServiceClient<tonic::transport::Channel>> =
+        HashMap::new();
+    let mut grants = 0;
+    while env.running() {
+        let store = Env::pick(&mut rng, &env.stores);
+        let key = Env::pick(&mut rng, &store.keys).clone();
+        let url = Env::pick(&mut rng, &store.ftl_urls).clone();
+        let mut client = match clients.get(&url) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+                    .unwrap()
+                    .connect_timeout(Duration::from_secs(2));
+                let c = LeaseServiceClient::new(endpoint.connect_lazy());
+                clients.insert(url.clone(), c.clone());
+                c
+            }
+        };
+        let request = AcquireLeaseRequest {
+            key: segments(&key),
+            ttl: Some(prost_types::Duration {
+                seconds: TTL.as_secs() as i64,
+                nanos: 0,
+            }),
+        };
+        let (tx, rx) = mpsc::unbounded_channel::<AcquireLeaseRequest>();
+        let outgoing =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
+        let _ = tx.send(request.clone());
+        env.history.want(&key);
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut answers = client.acquire_lease(outgoing).await?.into_inner();
+            match answers.message().await? {
+                Some(_) => Ok(answers),
+                None => Err(tonic::Status::unavailable("closed")),
+            }
+        })
+        .await;
+        let Ok(Ok(mut answers)) = answered else {
+            tokio::time::sleep(rng.millis(Duration::from_millis(50), Duration::from_millis(500)))
+                .await;
+            continue;
+        };
+        grants += 1;
+        let holder = format!("ftl{n}.{grants}");
+        let grant = Grant {
+            key: key.clone(),
+            token: None,
+            holder: holder.clone(),
+        };
+        env.history.count("grants: FTL");
+        env.history
+            .event(format!("{holder} FTL granted {key} via {url}"));
+        // The runtime never waits for answers; an error is all it can see.
+        let broken = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let broken = broken.clone();
+            let history = env.history.clone();
+            let holder = holder.clone();
+            tokio::spawn(async move {
+                let end = loop {
+                    match answers.message().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break "stream ended".to_string(),
+                        Err(s) => break format!("error {:?}: {}", s.code(), s.message()),
+                    }
+                };
+                broken.store(true, Ordering::SeqCst);
+                history.event(format!("{holder} FTL sees {end}"));
+            })
+        };
+        let until = Instant::now() + rng.millis(Duration::from_millis(100), Duration::from_secs(8));
+        let mut next_beat = Instant::now() + TTL / 2;
+        loop {
+            let t = now_ns();
+            if broken.load(Ordering::SeqCst) {
+                break;
+            }
+            env.history.act(&grant, t);
+            if Instant::now() >= until {
+                env.history
+                    .event(format!("{holder} FTL releases {key} (half-close, reset)"));
+                break;
+            }
+            if Instant::now() >= next_beat {
+                next_beat += TTL / 2;
+                let _ = tx.send(request.clone());
+            }
+            tokio::time::sleep(ACT_EVERY).await;
+        }
+        // CloseRequest (the release), then CloseResponse (a reset).
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
+        reader.abort();
+    }
+}
+
+/// The commands `leases run` runs: (name, script, ignores SIGTERM, forks).
+const COMMANDS: &[(&str, &str, bool, bool)] = &[
+    ("works", "exec \"$WS_ACTOR\"", false, false),
+    ("ignores-term", "exec \"$WS_ACTOR\"", true, false),
+    ("forks", "\"$WS_ACTOR\" & wait", true, true),
+    ("exits-early", "\"$WS_ACTOR\" & exit 0", false, true),
+    ("setsid", "setsid \"$WS_ACTOR\" & wait", true, true),
+];
+
+/// Runs `leases run` commands until the run ends.
+pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
+    let mut runs = 0;
+    while env.running() {
+        let store = Env::pick(&mut rng, &env.stores);
+        let key = Env::pick(&mut rng, &store.keys).clone();
+        let via_pg = store.postgres.is_some() && rng.below(3) == 0;
+        let (flag, url) = if via_pg {
+            ("--postgres", store.postgres.clone().unwrap())
+        } else {
+            ("--server", Env::pick(&mut rng, &store.urls).clone())
+        };
+        let (name, script, ignore_term, forks) = *Env::pick(&mut rng, COMMANDS);
+        let wait = rng.millis(Duration::from_secs(1), Duration::from_secs(6));
+        let grace = rng.millis(Duration::from_millis(300), Duration::from_secs(4));
+        let act_ms = rng.millis(Duration::from_millis(200), Duration::from_secs(8));
+        let who = format!("run{n}.{}/{name}", runs + 1);
+        runs += 1;
+        env.history.want(&key);
+        let mut cmd = tokio::process::Command::new(&env.leases_bin);
+        cmd.arg("run")
+            .arg(flag)
+            .arg(&url)
+            .arg(&key)
+            .arg("--ttl")
+            .arg(format!("{}s", TTL.as_secs()))
+            .arg("--wait")
+            .arg(format!("{}ms", wait.as_millis()))
+            .arg("--grace")
+            .arg(format!("{}ms", grace.as_millis()))
+            .arg("--metadata")
+            .arg(format!("{who} via {url}"))
+            .arg("--")
+            .args(["sh", "-c", script])
+            .env("WS_ACTOR", &env.actor_bin)
+            .env("WS_ACT_FILE", &env.act_file)
+            .env("WS_WHO", &who)
+            .env("WS_ACT_MS", act_ms.as_millis().to_string())
+            .env("WS_ACT_IGNORE_TERM", if ignore_term { "1" } else { "0" })
+            .env_remove("LEASES_SERVER")
+            .env_remove("LEASES_POSTGRES_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        let Ok(child) = cmd.spawn() else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let pid = child.id().unwrap_or(0);
+        env.runs.lock().unwrap().insert(pid, forks);
+        env.history.event(format!(
+            "{who} pid {pid}: leases run {flag} {url} {key} --grace {}ms -- {name} ({}ms)",
+            grace.as_millis(),
+            act_ms.as_millis()
+        ));
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await;
+        env.runs.lock().unwrap().remove(&pid);
+        match out {
+            Ok(Ok(out)) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let last: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+                env.history.event(format!(
+                    "{who} pid {pid}: exited {} {}",
+                    out.status,
+                    last.join(" | ")
+                ));
+            }
+            _ => {
+                // Not reaped yet (its wait was cut off), so the pid is still its own.
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                env.history
+                    .event(format!("{who} pid {pid}: did not exit in 60s; SIGKILL"));
+            }
+        }
+    }
+}
+
+/// Actor mode: the process a `leases run` command runs. Appends an act line every
+/// 20 ms for `WS_ACT_MS`, ignoring SIGTERM when `WS_ACT_IGNORE_TERM=1`.
+pub fn actor_main() {
+    let file = std::env::var("WS_ACT_FILE").expect("WS_ACT_FILE");
+    let ms: u64 = std::env::var("WS_ACT_MS").unwrap().parse().unwrap();
+    if std::env::var("WS_ACT_IGNORE_TERM").as_deref() == Ok("1") {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    let key = std::env::var("LEASES_KEY").expect("LEASES_KEY");
+    let token = std::env::var("LEASES_TOKEN").expect("LEASES_TOKEN");
+    let pid = std::process::id();
+    let who = std::env::var("WS_WHO").unwrap_or_default();
+    let mut out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(file)
+        .expect("open the act file");
+    let until = Instant::now() + Duration::from_millis(ms);
+    loop {
+        // One write per line, under PIPE_BUF: lines from many processes never mix.
+        let line = format!("{} {key} {token} {pid} {who}\n", now_ns());
+        let _ = out.write_all(line.as_bytes());
+        if Instant::now() >= until {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
