@@ -39,15 +39,12 @@ cargo clippy --all-targets --all-features -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --all-features --no-deps --quiet
 
-step "cargo test (all features: memory, PostgreSQL and etcd backends, multi-process faults)"
-# The whole-stack checker runs in its own step below.
-LEASES_CHECKER_SKIP=1 cargo test --all-features
-
-# Randomized faults over real processes (servers, clients, proxies, PostgreSQL) and a
-# checker of the guarantees. It prints its seed; rerun a failure with
+# Includes the whole-stack checker (tests/whole_stack.rs): randomized faults over real
+# processes (servers, clients, proxies, PostgreSQL) for ${LEASES_CHECKER_SECONDS:-150}s
+# and a checker of the guarantees. It prints its seed; rerun a failure with
 # LEASES_CHECKER_SEED=N, run longer with LEASES_CHECKER_SECONDS=N.
-step "whole-stack checker (${LEASES_CHECKER_SECONDS:-150}s of faults, tests/whole_stack.rs)"
-cargo test --all-features --test whole_stack
+step "cargo test (all features: memory, PostgreSQL and etcd backends, multi-process faults, the whole-stack checker)"
+cargo test --all-features
 
 step "a foreign client: Python grpcio, FTL's Go- and JVM-like clients against leases serve"
 bash tests/foreign/run.sh

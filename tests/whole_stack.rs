@@ -9,7 +9,6 @@
 //!
 //!   LEASES_CHECKER_SECONDS=150  how long faults and clients run (the CI length)
 //!   LEASES_CHECKER_SEED=N       the seed (printed; default: from the clock)
-//!   LEASES_CHECKER_SKIP=1       do nothing (scripts/test.sh runs it in a step of its own)
 //!
 //! A failure prints the violating intervals and the faults and operations around them.
 
@@ -196,11 +195,6 @@ fn env_u64(name: &str) -> Option<u64> {
 fn main() {
     if std::env::var_os("WS_ACT_FILE").is_some() {
         clients::actor_main();
-        return;
-    }
-    if std::env::var("LEASES_CHECKER_SKIP").as_deref() == Ok("1") {
-        // scripts/test.sh runs the checker in a step of its own, not twice.
-        println!("whole_stack: skipped (LEASES_CHECKER_SKIP=1)");
         return;
     }
     let seconds = env_u64("LEASES_CHECKER_SECONDS").unwrap_or(150);
