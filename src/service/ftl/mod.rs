@@ -39,7 +39,7 @@
 //! hands them out as the client reads, so an unread stream costs a few bytes and
 //! blocks neither this stream's heartbeats nor any other stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -49,6 +49,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
+
+mod owed;
+
+use owed::Owed;
 
 use super::first::NoFirst;
 use super::give_back::give_back;
@@ -182,89 +186,6 @@ type Acquiring = Pin<
             + Send,
     >,
 >;
-
-/// The answers a stream owes, in request order: runs of empty answers, acquires still
-/// running, and failures. After the first failure nothing new is started: the stream
-/// ends with it when its turn comes.
-#[derive(Default)]
-struct Owed {
-    queue: VecDeque<Answer>,
-    failing: bool,
-}
-
-enum Answer {
-    /// This many empty answers.
-    Ok(u64),
-    /// The acquire of this key is still running.
-    Acquire(Key),
-    /// The status that ends the stream.
-    Failed(Status),
-}
-
-impl Owed {
-    fn ok(&mut self) {
-        match self.queue.back_mut() {
-            Some(Answer::Ok(n)) => *n += 1,
-            _ => self.queue.push_back(Answer::Ok(1)),
-        }
-    }
-
-    fn fail(&mut self, status: Status) {
-        self.failing = true;
-        self.queue.push_back(Answer::Failed(status));
-    }
-
-    fn acquire(&mut self, key: Key) {
-        self.queue.push_back(Answer::Acquire(key));
-    }
-
-    /// The keys whose acquires are running.
-    fn acquiring(&self) -> Vec<Key> {
-        self.queue
-            .iter()
-            .filter_map(|a| match a {
-                Answer::Acquire(k) => Some(k.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The acquire of `key` has answered.
-    fn resolve(&mut self, key: &Key, answer: Result<(), Status>) {
-        if let Some(slot) = self
-            .queue
-            .iter_mut()
-            .find(|a| matches!(a, Answer::Acquire(k) if k == key))
-        {
-            *slot = match answer {
-                Ok(()) => Answer::Ok(1),
-                Err(status) => {
-                    self.failing = true;
-                    Answer::Failed(status)
-                }
-            };
-        }
-    }
-
-    /// Takes what can be handed out now: a number of empty answers, then the status
-    /// that ends the stream if it is next.
-    fn take_ready(&mut self) -> (u64, Option<Status>) {
-        let mut answers = 0;
-        loop {
-            match self.queue.front() {
-                Some(Answer::Ok(n)) => {
-                    answers += n;
-                    self.queue.pop_front();
-                }
-                Some(Answer::Failed(_)) => match self.queue.pop_front() {
-                    Some(Answer::Failed(status)) => return (answers, Some(status)),
-                    _ => return (answers, None),
-                },
-                _ => return (answers, None),
-            }
-        }
-    }
-}
 
 /// How a stream ended.
 enum End {
