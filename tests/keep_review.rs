@@ -1,47 +1,18 @@
 //! Adversarial review of `AcquireOptions::keep_until_released` (47d8548): holders that
 //! keep their key until they let go of it, in one manager, on paused tokio time.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
-use leases::{AcquireOptions, BackendError, CancelReason, Key, LeaseManager};
+use leases::backend::{Backend, MemoryBackend};
+use leases::{AcquireOptions, CancelReason, Key, LeaseManager};
+use support::slowed::{Op, Slowed};
 
-/// A store whose revokes take a while to arrive (a slow database).
-struct SlowRevoke(MemoryBackend, Duration);
-
-#[async_trait]
-impl Backend for SlowRevoke {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, BackendError> {
-        self.0.acquire(key, ttl, metadata).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<RenewOutcome, BackendError> {
-        self.0.renew(key, token, ttl).await
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
-        self.0.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        tokio::time::sleep(self.1).await;
-        self.0.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.0.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.0.subscribe_freed()
-    }
+/// A store whose revokes take `delay` to arrive (a slow database).
+fn slow_revokes(delay: Duration) -> Slowed {
+    Slowed::new(move |op, _| (op == Op::Revoke).then_some(delay))
 }
 
 /// For an ordinary holder the manager keeps the key's slot busy until a revoke has
@@ -54,10 +25,7 @@ impl Backend for SlowRevoke {
 #[tokio::test(start_paused = true)]
 async fn a_revoke_of_a_kept_holder_does_not_hit_the_next_holder() {
     let manager = LeaseManager::builder()
-        .backend(Arc::new(SlowRevoke(
-            MemoryBackend::new(),
-            Duration::from_millis(500),
-        )))
+        .backend(Arc::new(slow_revokes(Duration::from_millis(500))))
         .start()
         .await
         .unwrap();

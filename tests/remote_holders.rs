@@ -11,159 +11,20 @@
 //! before the request was sent, so the server's own promise can only be later).
 #![cfg(feature = "server")]
 
-use std::net::SocketAddr;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::{Buf, Bytes, BytesMut};
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
-use leases::proto::leases::v1::hold_request::Kind as In;
-use leases::proto::leases::v1::hold_response::Kind as Out;
-use leases::proto::leases::v1::{Acquire, HoldRequest, HoldResponse};
-use leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseRequest;
-use leases::service::{LeaseServer, ServeOptions};
-use leases::{
-    AcquireOptions, BackendError, ClientLeaser, ClientOptions, Key, LeaseError, LeaseManager,
-    Leaser,
+use bytes::Bytes;
+use leases::backend::{Backend, MemoryBackend};
+use leases::service::LeaseServer;
+use leases::{AcquireOptions, Key, LeaseError, Leaser};
+use support::remote::{
+    client_at, ftl_request, granted_at, local, manager_on, raw_hold, RawStream, FTL, TTL,
 };
-use prost::Message;
+use support::slowed::{Op, Slowed};
 use tokio::time::Instant;
-
-const TTL: Duration = Duration::from_secs(1);
-
-fn local() -> ServeOptions {
-    ServeOptions {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        default_ttl: Duration::from_secs(2),
-        ..ServeOptions::default()
-    }
-}
-
-async fn manager_on(backend: Arc<dyn Backend>) -> LeaseManager {
-    LeaseManager::builder()
-        .backend(backend)
-        .min_ttl(TTL)
-        .start()
-        .await
-        .unwrap()
-}
-
-async fn client_at(addr: SocketAddr) -> ClientLeaser {
-    ClientLeaser::connect_with(ClientOptions::new(format!("http://{addr}")).min_ttl(TTL))
-        .await
-        .unwrap()
-}
-
-/// Waits (without polling) for `key` on `manager`; the instant it was granted.
-async fn granted_at(manager: &LeaseManager, key: &Key, within: Duration) -> Instant {
-    let options = AcquireOptions::new(TTL * 3).wait(within);
-    let (lease, _ctx) = manager
-        .acquire_lease_with(key.clone(), options)
-        .await
-        .expect("the key is given back within its promise");
-    let at = Instant::now();
-    drop(lease);
-    at
-}
-
-// ------------------------------------------------------------- raw HTTP/2 -----
-
-/// One gRPC stream over a raw HTTP/2 connection, so that a test can reset it with any
-/// code (as an L7 proxy does upstream when its downstream client dies).
-struct RawStream {
-    send: h2::SendStream<Bytes>,
-    body: h2::RecvStream,
-    buf: BytesMut,
-    _conn: h2::client::SendRequest<Bytes>,
-}
-
-impl RawStream {
-    async fn open(addr: SocketAddr, path: &str) -> RawStream {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (conn, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut conn = conn.ready().await.unwrap();
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, send) = conn.send_request(request, false).unwrap();
-        let response = response.await.unwrap();
-        assert_eq!(response.status(), 200);
-        RawStream {
-            send,
-            body: response.into_body(),
-            buf: BytesMut::new(),
-            _conn: conn,
-        }
-    }
-
-    fn send(&mut self, message: &impl Message) {
-        let bytes = message.encode_to_vec();
-        let mut frame = BytesMut::with_capacity(5 + bytes.len());
-        frame.extend_from_slice(&[0]);
-        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&bytes);
-        // A stream the server has ended refuses more data: the test reads why next.
-        let _ = self.send.send_data(frame.freeze(), false);
-    }
-
-    /// The next message of the response, if the stream still has one.
-    async fn next<M: Message + Default>(&mut self) -> Option<M> {
-        loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                if self.buf.len() >= 5 + len {
-                    self.buf.advance(5);
-                    let message = self.buf.split_to(len);
-                    return Some(M::decode(message).unwrap());
-                }
-            }
-            let chunk = self.body.data().await?.ok()?;
-            let _ = self.body.flow_control().release_capacity(chunk.len());
-            self.buf.extend_from_slice(&chunk);
-        }
-    }
-
-    fn reset(&mut self, reason: h2::Reason) {
-        self.send.send_reset(reason);
-    }
-}
-
-/// Holds `key` over a raw native `Hold` stream; the stream, and the instant before
-/// which the server cannot have promised the time left it answered with.
-async fn raw_hold(addr: SocketAddr, key: &Key, ttl: Duration) -> (RawStream, Instant) {
-    let mut s = RawStream::open(addr, "/leases.v1.Leases/Hold").await;
-    let sent = Instant::now();
-    s.send(&HoldRequest {
-        kind: Some(In::Acquire(Acquire {
-            key: key.to_string(),
-            ttl: Some(ttl.try_into().unwrap()),
-            metadata: Vec::new(),
-            wait: None,
-        })),
-    });
-    let answer: HoldResponse = s.next().await.expect("an answer");
-    let left = match answer.kind {
-        Some(Out::Granted(g)) => Duration::try_from(g.time_left.unwrap()).unwrap(),
-        other => panic!("not granted: {other:?}"),
-    };
-    assert!(left > Duration::ZERO);
-    (s, sent + left)
-}
-
-fn ftl_request(key: &Key, ttl: Duration) -> AcquireLeaseRequest {
-    AcquireLeaseRequest {
-        key: key.segments().iter().map(|s| s.to_string()).collect(),
-        ttl: Some(ttl.try_into().unwrap()),
-    }
-}
 
 // --------------------------------------------------------------- resets -----
 
@@ -208,11 +69,7 @@ async fn a_reset_ftl_stream_keeps_the_key_until_its_window_runs_out() {
         let manager = manager_on(Arc::new(MemoryBackend::new())).await;
         let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
         let key = Key::system(["reset", "ftl", &i.to_string()]);
-        let mut s = RawStream::open(
-            server.local_addr(),
-            "/xyz.block.ftl.lease.v1.LeaseService/AcquireLease",
-        )
-        .await;
+        let mut s = RawStream::open(server.local_addr(), FTL).await;
         let sent = Instant::now();
         s.send(&ftl_request(&key, TTL * 2));
         let _: leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseResponse =
@@ -236,11 +93,7 @@ async fn an_ftl_half_close_then_reset_is_still_a_release() {
     let manager = manager_on(Arc::new(MemoryBackend::new())).await;
     let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
     let key = Key::system(["reset", "ftl-release"]);
-    let mut s = RawStream::open(
-        server.local_addr(),
-        "/xyz.block.ftl.lease.v1.LeaseService/AcquireLease",
-    )
-    .await;
+    let mut s = RawStream::open(server.local_addr(), FTL).await;
     s.send(&ftl_request(&key, TTL * 30));
     let _: leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseResponse =
         s.next().await.expect("the acquire's answer");
@@ -357,67 +210,19 @@ async fn a_revoked_client_holder_gives_the_key_back_when_it_lets_go() {
 
 // ---------------------------------------------------------- FTL liveness -----
 
-/// A backend whose acquires of one key take a while (a slow database).
-struct SlowAcquire {
-    inner: MemoryBackend,
-    slow: Key,
-    delay: Duration,
-}
-
-#[async_trait]
-impl Backend for SlowAcquire {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, BackendError> {
-        if *key == self.slow {
-            tokio::time::sleep(self.delay).await;
-        }
-        self.inner.acquire(key, ttl, metadata).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<RenewOutcome, BackendError> {
-        self.inner.renew(key, token, ttl).await
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
-        self.inner.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.inner.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.inner.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.inner.subscribe_freed()
-    }
-}
-
 /// Defect 6: a slow acquire of one key (3 s) stopped the FTL stream reading, so the
 /// heartbeats of its other keys (window 2 s) were not read and they lapsed with
 /// `RESOURCE_EXHAUSTED`. The stream must keep reading while an acquire runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_acquire_does_not_stop_an_ftl_stream_reading() {
     let slow = Key::system(["ftl", "slow"]);
-    let backend = SlowAcquire {
-        inner: MemoryBackend::new(),
-        slow: slow.clone(),
-        delay: TTL * 3,
-    };
+    let slowed = slow.clone();
+    let backend =
+        Slowed::new(move |op, key| (op == Op::Acquire && *key == slowed).then_some(TTL * 3));
     let manager = manager_on(Arc::new(backend)).await;
     let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
     let fast = Key::system(["ftl", "fast"]);
-    let mut s = RawStream::open(
-        server.local_addr(),
-        "/xyz.block.ftl.lease.v1.LeaseService/AcquireLease",
-    )
-    .await;
+    let mut s = RawStream::open(server.local_addr(), FTL).await;
     type Answer = leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseResponse;
     s.send(&ftl_request(&fast, TTL * 2));
     let _: Answer = s.next().await.expect("fast is granted");

@@ -9,159 +9,25 @@
 //! margins of many seconds between what a correct server does and what a faulty one
 //! does.
 #![cfg(feature = "server")]
-#![allow(dead_code)]
+
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use leases::backend::{Backend, MemoryBackend};
 use leases::proto::leases::v1::hold_request::Kind as In;
 use leases::proto::leases::v1::hold_response::Kind as Out;
 use leases::proto::leases::v1::{Acquire, HoldRequest, HoldResponse};
-use leases::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
+use leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseResponse;
 use leases::service::{LeaseServer, ServeOptions};
-use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key, LeaseManager, Leaser};
+use leases::{Key, Leaser};
 use prost::Message;
+use support::remote::{client_at, ftl_request, granted_at, local, manager_on, RawStream, FTL, TTL};
+use support::slowed::{Op, Slowed};
 use tokio::time::Instant;
-
-const FTL: &str = "/xyz.block.ftl.lease.v1.LeaseService/AcquireLease";
-
-const TTL: Duration = Duration::from_secs(1);
-
-fn local() -> ServeOptions {
-    ServeOptions {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        default_ttl: Duration::from_secs(2),
-        ..ServeOptions::default()
-    }
-}
-
-async fn manager_on(backend: Arc<dyn Backend>) -> LeaseManager {
-    LeaseManager::builder()
-        .backend(backend)
-        .min_ttl(TTL)
-        .start()
-        .await
-        .unwrap()
-}
-
-async fn client_at(addr: SocketAddr) -> ClientLeaser {
-    ClientLeaser::connect_with(ClientOptions::new(format!("http://{addr}")).min_ttl(TTL))
-        .await
-        .unwrap()
-}
-
-/// Waits (without polling) for `key` on `manager`; the instant it was granted.
-async fn granted_at(manager: &LeaseManager, key: &Key, within: Duration) -> Instant {
-    let options = AcquireOptions::new(TTL * 3).wait(within);
-    let (lease, _ctx) = manager
-        .acquire_lease_with(key.clone(), options)
-        .await
-        .expect("the key is given back within its promise");
-    let at = Instant::now();
-    drop(lease);
-    at
-}
-
-// ------------------------------------------------------------- raw HTTP/2 -----
-
-/// One gRPC stream over a raw HTTP/2 connection, so that a test can reset it with any
-/// code (as an L7 proxy does upstream when its downstream client dies).
-struct RawStream {
-    send: h2::SendStream<Bytes>,
-    body: h2::RecvStream,
-    buf: BytesMut,
-    _conn: h2::client::SendRequest<Bytes>,
-}
-
-impl RawStream {
-    async fn open(addr: SocketAddr, path: &str) -> RawStream {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (conn, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut conn = conn.ready().await.unwrap();
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, send) = conn.send_request(request, false).unwrap();
-        let response = response.await.unwrap();
-        assert_eq!(response.status(), 200);
-        RawStream {
-            send,
-            body: response.into_body(),
-            buf: BytesMut::new(),
-            _conn: conn,
-        }
-    }
-
-    fn send(&mut self, message: &impl Message) {
-        let bytes = message.encode_to_vec();
-        let mut frame = BytesMut::with_capacity(5 + bytes.len());
-        frame.extend_from_slice(&[0]);
-        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&bytes);
-        // A stream the server has ended refuses more data: the test reads why next.
-        let _ = self.send.send_data(frame.freeze(), false);
-    }
-
-    /// The next message of the response, if the stream still has one.
-    async fn next<M: Message + Default>(&mut self) -> Option<M> {
-        loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                if self.buf.len() >= 5 + len {
-                    self.buf.advance(5);
-                    let message = self.buf.split_to(len);
-                    return Some(M::decode(message).unwrap());
-                }
-            }
-            let chunk = self.body.data().await?.ok()?;
-            let _ = self.body.flow_control().release_capacity(chunk.len());
-            self.buf.extend_from_slice(&chunk);
-        }
-    }
-
-    fn reset(&mut self, reason: h2::Reason) {
-        self.send.send_reset(reason);
-    }
-}
-
-/// Holds `key` over a raw native `Hold` stream; the stream, and the instant before
-/// which the server cannot have promised the time left it answered with.
-async fn raw_hold(addr: SocketAddr, key: &Key, ttl: Duration) -> (RawStream, Instant) {
-    let mut s = RawStream::open(addr, "/leases.v1.Leases/Hold").await;
-    let sent = Instant::now();
-    s.send(&HoldRequest {
-        kind: Some(In::Acquire(Acquire {
-            key: key.to_string(),
-            ttl: Some(ttl.try_into().unwrap()),
-            metadata: Vec::new(),
-            wait: None,
-        })),
-    });
-    let answer: HoldResponse = s.next().await.expect("an answer");
-    let left = match answer.kind {
-        Some(Out::Granted(g)) => Duration::try_from(g.time_left.unwrap()).unwrap(),
-        other => panic!("not granted: {other:?}"),
-    };
-    assert!(left > Duration::ZERO);
-    (s, sent + left)
-}
-
-fn ftl_request(key: &Key, ttl: Duration) -> AcquireLeaseRequest {
-    AcquireLeaseRequest {
-        key: key.segments().iter().map(|s| s.to_string()).collect(),
-        ttl: Some(ttl.try_into().unwrap()),
-    }
-}
 
 // ---------------------------------------------------------- FTL revokes -----
 
@@ -365,47 +231,10 @@ async fn a_server_shutdown_does_not_wait_out_a_client_that_heard() {
 // ------------------------------------------- FTL acquires in flight -----
 
 /// A store whose acquires of keys under `/system/slow` take `delay`.
-struct SlowAcquire {
-    inner: MemoryBackend,
-    delay: Duration,
-}
-
-#[async_trait::async_trait]
-impl Backend for SlowAcquire {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<leases::backend::AcquireOutcome, leases::BackendError> {
-        if key.to_string().starts_with("/system/slow") {
-            tokio::time::sleep(self.delay).await;
-        }
-        self.inner.acquire(key, ttl, metadata).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<leases::backend::RenewOutcome, leases::BackendError> {
-        self.inner.renew(key, token, ttl).await
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
-        self.inner.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, leases::BackendError> {
-        self.inner.revoke(key).await
-    }
-    async fn info(
-        &self,
-        key: &Key,
-    ) -> Result<Option<leases::backend::LeaseInfo>, leases::BackendError> {
-        self.inner.info(key).await
-    }
-    fn subscribe_freed(&self) -> leases::backend::FreedKeys {
-        self.inner.subscribe_freed()
-    }
+fn slow_acquires(delay: Duration) -> Slowed {
+    Slowed::new(move |op, key| {
+        (op == Op::Acquire && key.to_string().starts_with("/system/slow")).then_some(delay)
+    })
 }
 
 /// (passes) An FTL stream reset while one of its acquires is still running: the client
@@ -415,10 +244,7 @@ impl Backend for SlowAcquire {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ftl_acquire_in_flight_at_a_reset_is_given_back_at_once() {
     let delay = TTL * 2;
-    let store = Arc::new(SlowAcquire {
-        inner: MemoryBackend::new(),
-        delay,
-    });
+    let store = Arc::new(slow_acquires(delay));
     let a = manager_on(store.clone()).await;
     let server = LeaseServer::start(a.clone(), local()).await.unwrap();
     let told = Key::system(["review", "told"]);
@@ -598,10 +424,7 @@ async fn an_http1_hold_stream_keeps_the_key_until_its_promise() {
 /// key's answer, in request order) and never taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ftl_key_limit_counts_acquires_in_flight() {
-    let store = Arc::new(SlowAcquire {
-        inner: MemoryBackend::new(),
-        delay: TTL,
-    });
+    let store = Arc::new(slow_acquires(TTL));
     let manager = manager_on(store.clone()).await;
     let options = ServeOptions {
         max_keys_per_stream: 1,

@@ -2,49 +2,22 @@
 //! (issue #19, item 9): a process that exits when `shutdown` returns must not leave a
 //! key taken by nobody for a TTL.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
-use leases::{AcquireOptions, BackendError, Key, LeaseManager};
+use leases::backend::Backend;
+use leases::{AcquireOptions, Key, LeaseManager};
+use support::slowed::{Op, Slowed};
 
 /// A store whose releases take half a second, or a second for keys under
 /// `/system/slow` (a slow database).
-struct SlowRelease(MemoryBackend);
-
-#[async_trait]
-impl Backend for SlowRelease {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, BackendError> {
-        self.0.acquire(key, ttl, metadata).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<RenewOutcome, BackendError> {
-        self.0.renew(key, token, ttl).await
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
+fn slow_releases() -> Slowed {
+    Slowed::new(|op, key| {
         let slow = key.to_string().starts_with("/system/slow");
-        tokio::time::sleep(Duration::from_millis(if slow { 1000 } else { 500 })).await;
-        self.0.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.0.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.0.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.0.subscribe_freed()
-    }
+        (op == Op::Release).then(|| Duration::from_millis(if slow { 1000 } else { 500 }))
+    })
 }
 
 /// A waiter whose attempt is granted while `shutdown` runs (its manager is releasing
@@ -52,7 +25,7 @@ impl Backend for SlowRelease {
 /// release too.
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_a_grant_it_gives_back() {
-    let backend = Arc::new(SlowRelease(MemoryBackend::new()));
+    let backend = Arc::new(slow_releases());
     let start = || LeaseManager::builder().backend(backend.clone()).start();
     let (elsewhere, manager) = (start().await.unwrap(), start().await.unwrap());
     let key = Key::system(["shutdown", "give-back"]);

@@ -3,48 +3,18 @@
 //!
 //! Paused tokio time: the verdict does not depend on the machine's speed.
 
-use std::future::pending;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
-use leases::{BackendError, Key, LeaseManager};
+use leases::{Key, LeaseManager};
+use support::slowed::{Op, Slowed};
 use tokio::time::Instant;
 
 /// A store whose releases never answer (a database behind a black-holed link).
-struct StuckRelease(MemoryBackend);
-
-#[async_trait]
-impl Backend for StuckRelease {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, BackendError> {
-        self.0.acquire(key, ttl, metadata).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<RenewOutcome, BackendError> {
-        self.0.renew(key, token, ttl).await
-    }
-    async fn release(&self, _key: &Key, _token: u64) -> Result<bool, BackendError> {
-        pending().await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.0.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.0.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.0.subscribe_freed()
-    }
+fn stuck_releases() -> Slowed {
+    Slowed::new(|op, _| (op == Op::Release).then_some(Duration::MAX))
 }
 
 /// `shutdown_timeout(T)`: "how long shutdown waits for the backend to release held
@@ -57,7 +27,7 @@ impl Backend for StuckRelease {
 async fn shutdown_with_a_stuck_store_stays_within_its_timeout() {
     let timeout = Duration::from_secs(5);
     let manager = LeaseManager::builder()
-        .backend(Arc::new(StuckRelease(MemoryBackend::new())))
+        .backend(Arc::new(stuck_releases()))
         .shutdown_timeout(timeout)
         .start()
         .await

@@ -1,7 +1,10 @@
-//! Test support shared by the PostgreSQL tests.
+//! Test support shared by the tests.
 #![allow(dead_code)]
 
 pub mod etcd;
 pub mod pg;
 pub mod proxy;
+#[cfg(feature = "server")]
+pub mod remote;
 pub mod rng;
+pub mod slowed;

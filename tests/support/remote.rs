@@ -1,0 +1,157 @@
+//! The lease service under test as a remote client sees it: a server on a store, a
+//! `ClientLeaser`, and raw HTTP/2 streams that can be reset with any code (as an L7
+//! proxy does upstream when its downstream client dies), for the tests of the
+//! remote-holder rule.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use leases::backend::Backend;
+use leases::proto::leases::v1::hold_request::Kind as In;
+use leases::proto::leases::v1::hold_response::Kind as Out;
+use leases::proto::leases::v1::{Acquire, HoldRequest, HoldResponse};
+use leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseRequest;
+use leases::service::ServeOptions;
+use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key, LeaseManager};
+use prost::Message;
+use tokio::time::Instant;
+
+/// The path of FTL's `AcquireLease` stream.
+pub const FTL: &str = "/xyz.block.ftl.lease.v1.LeaseService/AcquireLease";
+
+pub const TTL: Duration = Duration::from_secs(1);
+
+pub fn local() -> ServeOptions {
+    ServeOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        default_ttl: Duration::from_secs(2),
+        ..ServeOptions::default()
+    }
+}
+
+pub async fn manager_on(backend: Arc<dyn Backend>) -> LeaseManager {
+    LeaseManager::builder()
+        .backend(backend)
+        .min_ttl(TTL)
+        .start()
+        .await
+        .unwrap()
+}
+
+pub async fn client_at(addr: SocketAddr) -> ClientLeaser {
+    ClientLeaser::connect_with(ClientOptions::new(format!("http://{addr}")).min_ttl(TTL))
+        .await
+        .unwrap()
+}
+
+/// Waits (without polling) for `key` on `manager`; the instant it was granted.
+pub async fn granted_at(manager: &LeaseManager, key: &Key, within: Duration) -> Instant {
+    let options = AcquireOptions::new(TTL * 3).wait(within);
+    let (lease, _ctx) = manager
+        .acquire_lease_with(key.clone(), options)
+        .await
+        .expect("the key is given back within its promise");
+    let at = Instant::now();
+    drop(lease);
+    at
+}
+
+// ------------------------------------------------------------- raw HTTP/2 -----
+
+/// One gRPC stream over a raw HTTP/2 connection, so that a test can reset it with any
+/// code (as an L7 proxy does upstream when its downstream client dies).
+pub struct RawStream {
+    pub send: h2::SendStream<Bytes>,
+    pub body: h2::RecvStream,
+    buf: BytesMut,
+    _conn: h2::client::SendRequest<Bytes>,
+}
+
+impl RawStream {
+    pub async fn open(addr: SocketAddr, path: &str) -> RawStream {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (conn, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut conn = conn.ready().await.unwrap();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, send) = conn.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        RawStream {
+            send,
+            body: response.into_body(),
+            buf: BytesMut::new(),
+            _conn: conn,
+        }
+    }
+
+    pub fn send(&mut self, message: &impl Message) {
+        let bytes = message.encode_to_vec();
+        let mut frame = BytesMut::with_capacity(5 + bytes.len());
+        frame.extend_from_slice(&[0]);
+        frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&bytes);
+        // A stream the server has ended refuses more data: the test reads why next.
+        let _ = self.send.send_data(frame.freeze(), false);
+    }
+
+    /// The next message of the response, if the stream still has one.
+    pub async fn next<M: Message + Default>(&mut self) -> Option<M> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() >= 5 + len {
+                    self.buf.advance(5);
+                    let message = self.buf.split_to(len);
+                    return Some(M::decode(message).unwrap());
+                }
+            }
+            let chunk = self.body.data().await?.ok()?;
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    pub fn reset(&mut self, reason: h2::Reason) {
+        self.send.send_reset(reason);
+    }
+}
+
+/// Holds `key` over a raw native `Hold` stream; the stream, and the instant before
+/// which the server cannot have promised the time left it answered with.
+pub async fn raw_hold(addr: SocketAddr, key: &Key, ttl: Duration) -> (RawStream, Instant) {
+    let mut s = RawStream::open(addr, "/leases.v1.Leases/Hold").await;
+    let sent = Instant::now();
+    s.send(&HoldRequest {
+        kind: Some(In::Acquire(Acquire {
+            key: key.to_string(),
+            ttl: Some(ttl.try_into().unwrap()),
+            metadata: Vec::new(),
+            wait: None,
+        })),
+    });
+    let answer: HoldResponse = s.next().await.expect("an answer");
+    let left = match answer.kind {
+        Some(Out::Granted(g)) => Duration::try_from(g.time_left.unwrap()).unwrap(),
+        other => panic!("not granted: {other:?}"),
+    };
+    assert!(left > Duration::ZERO);
+    (s, sent + left)
+}
+
+pub fn ftl_request(key: &Key, ttl: Duration) -> AcquireLeaseRequest {
+    AcquireLeaseRequest {
+        key: key.segments().iter().map(|s| s.to_string()).collect(),
+        ttl: Some(ttl.try_into().unwrap()),
+    }
+}
