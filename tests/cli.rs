@@ -79,32 +79,9 @@ impl Cli {
     /// Leases through a lease service: one in-process `LeaseServer` on the memory
     /// backend, started once for this test process.
     pub fn server() -> Cli {
-        static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let url = URL.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let manager = leases::LeaseManager::start().await.unwrap();
-                    let options = leases::service::ServeOptions {
-                        bind: "127.0.0.1:0".parse().unwrap(),
-                        ..Default::default()
-                    };
-                    let server = leases::service::LeaseServer::start(manager, options)
-                        .await
-                        .unwrap();
-                    tx.send(format!("http://{}", server.local_addr())).unwrap();
-                    std::future::pending::<()>().await;
-                });
-            });
-            rx.recv().unwrap()
-        });
+        let url = support::remote::background_server_url();
         Cli {
-            source: vec!["--server".into(), url.clone()],
+            source: vec!["--server".into(), url],
             label: "service",
         }
     }

@@ -259,31 +259,7 @@ fn postgres() -> Vec<String> {
 
 /// A lease service in this test process: the memory backend behind one `LeaseServer`.
 fn server() -> Vec<String> {
-    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let url = URL.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let manager = leases::LeaseManager::start().await.unwrap();
-                let options = leases::service::ServeOptions {
-                    bind: "127.0.0.1:0".parse().unwrap(),
-                    ..Default::default()
-                };
-                let server = leases::service::LeaseServer::start(manager, options)
-                    .await
-                    .unwrap();
-                tx.send(format!("http://{}", server.local_addr())).unwrap();
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().unwrap()
-    });
-    vec!["--server".into(), url.clone()]
+    vec!["--server".into(), support::remote::background_server_url()]
 }
 
 /// The scenario of a revoke: A runs `command` (whose workers, `workers` of them, ignore

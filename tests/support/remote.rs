@@ -155,3 +155,33 @@ pub fn ftl_request(key: &Key, ttl: Duration) -> AcquireLeaseRequest {
         ttl: Some(ttl.try_into().unwrap()),
     }
 }
+
+/// The URL of a lease service on the memory backend, started once for this test
+/// process in a runtime of its own (for tests that run the `leases` binary).
+pub fn background_server_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let manager = LeaseManager::start().await.unwrap();
+                let options = ServeOptions {
+                    bind: "127.0.0.1:0".parse().unwrap(),
+                    ..Default::default()
+                };
+                let server = leases::service::LeaseServer::start(manager, options)
+                    .await
+                    .unwrap();
+                tx.send(format!("http://{}", server.local_addr())).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().unwrap()
+    })
+    .clone()
+}
