@@ -555,7 +555,12 @@ async fn drive(
         // stopped as soon as the context ended (unless the holder keeps the key until
         // it lets go). A loss is not ours to shorten.
         let heard = stop == Stop::Heard;
-        if keep_key || !heard {
+        // Whether the holder has stopped: at once for one that was told (unless it
+        // keeps its key until it lets go); otherwise when it lets go of its `Lease`.
+        // Never when its deadline merely passes: the server's promise then runs out
+        // by itself, a little later.
+        let mut stopped = heard && !keep_key;
+        if !stopped {
             let deadline = watch.deadline().map(Instant::from_std);
             let until_deadline = async {
                 match deadline {
@@ -568,11 +573,14 @@ async fn drive(
                     if let Some(Command::Release(Some(reply))) = command {
                         let _ = reply.send(Err(LeaseError::NotHeld));
                     }
+                    stopped = true;
                 }
                 _ = until_deadline => {}
             }
         }
-        if heard {
+        // A lost lease is never released (its safety margin is kept, as a local manager
+        // keeps it); a revoked or shut-down one is, once its holder has stopped.
+        if heard && stopped {
             let _ = requests.send(HoldRequest {
                 kind: Some(In::Release(Release {})),
             });
