@@ -175,6 +175,11 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
                         secs(client_after)
                     ),
                 );
+                // Someone wants the key the broken stream held, as after any fault
+                // that cuts a holder off: a key freed too early is then taken at once.
+                if let Some(key) = label_key(label) {
+                    contend(&world, key, &mut rng).await;
+                }
             }
         }
         // GOAWAY to a client connection: graceful in slot 9, abrupt in slot 15.
@@ -354,6 +359,41 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             }
         }
     }
+}
+
+/// The key of a lease stream's label (see `clients::stream_label`).
+fn label_key(label: &str) -> Option<String> {
+    if let Some(key) = label.strip_prefix("FTL ") {
+        return Some(key.to_string());
+    }
+    let rest = label.strip_prefix("Hold ")?;
+    rest.split(' ').next().map(str::to_string)
+}
+
+/// A client that waits a few seconds for `key` through a random server of its store,
+/// and holds it for a moment if it gets it.
+async fn contend(world: &Arc<World>, key: String, rng: &mut XorShift) {
+    let Some(store) = world.env.stores.iter().find(|s| s.keys.contains(&key)) else {
+        return;
+    };
+    let url = store.urls[rng.below(store.urls.len() as u64) as usize].clone();
+    let env = &world.env;
+    let hold = rng.millis(Duration::from_millis(200), Duration::from_secs(2));
+    let holder = format!("taker{}", rng.below(1_000_000));
+    // Awaited here, in this fault's own task, so that the run waits for it.
+    let Ok(leaser) = ClientLeaser::connect(url.clone()).await else {
+        return;
+    };
+    hold_once(
+        env,
+        &leaser,
+        &key,
+        &url,
+        &holder,
+        Duration::from_secs(5),
+        hold,
+    )
+    .await;
 }
 
 /// A key of `store` whose holder came in through the far server (pg-a), if any.
