@@ -165,6 +165,23 @@
 //! [`MemoryBackend`](backend::MemoryBackend)).
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+// The code blocks of README.md and docs/ as doctests: `cargo test --doc` compiles and runs
+// every ```rust block (tests/docs.rs checks the other kinds, and that every file with a
+// rust block is included here). They use every backend and the conformance kit.
+#[cfg(all(doctest, feature = "server", feature = "test-util"))]
+mod doc_blocks {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/README.md")]
+    struct Map;
+    #[doc = include_str!("../docs/guide.md")]
+    struct Guide;
+    #[doc = include_str!("../docs/cli.md")]
+    struct Cli;
+    #[doc = include_str!("../docs/development.md")]
+    struct Development;
+}
+
 pub mod actors;
 pub mod backend;
 #[cfg(feature = "client")]
