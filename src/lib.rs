@@ -180,6 +180,12 @@ mod doc_blocks {
     struct Cli;
     #[doc = include_str!("../docs/development.md")]
     struct Development;
+    #[doc = include_str!("../docs/operating.md")]
+    struct Operating;
+    #[doc = include_str!("../docs/protocol.md")]
+    struct Protocol;
+    #[doc = include_str!("../docs/internals.md")]
+    struct Internals;
 }
 
 pub mod actors;
