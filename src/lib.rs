@@ -176,6 +176,8 @@ mod doc_blocks {
     struct Map;
     #[doc = include_str!("../docs/guide.md")]
     struct Guide;
+    #[doc = include_str!("../docs/backends.md")]
+    struct Backends;
     #[doc = include_str!("../docs/cli.md")]
     struct Cli;
     #[doc = include_str!("../docs/development.md")]
