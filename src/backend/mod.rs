@@ -61,7 +61,7 @@ pub struct LeaseInfo {
     /// releases it).
     pub revoked: bool,
     /// When the lease was granted, on the backend's wall clock, if the backend records
-    /// it (the memory backend and PostgreSQL do).
+    /// it (the memory backend, PostgreSQL and etcd do).
     pub acquired_at: Option<std::time::SystemTime>,
 }
 
