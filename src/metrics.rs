@@ -19,7 +19,7 @@
 //! spans (`tracing` crate) named `lease.acquire`, `lease.renew` and `lease.release`
 //! carry the fields `key` and `token` (an acquire's token is filled in once granted).
 
-use crate::context::{CancelReason, LossCause};
+use crate::context::reason::{CancelReason, LossCause};
 use crate::error::LeaseError;
 
 /// Gauge: leases held right now.
