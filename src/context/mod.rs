@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub(crate) mod reason;
 mod shared;
 
-pub use reason::{CancelReason, LeaseEnded, LossCause};
 pub(crate) use shared::ContextSender;
 use shared::Shared;
+
+use crate::reason::{CancelReason, LeaseEnded};
 
 /// A holder's view of its lease: cancelled when the lease ends, with a reason.
 ///
@@ -223,6 +223,7 @@ impl LeaseContext {
 mod tests {
     use super::*;
     use crate::error::LeaseError;
+    use crate::reason::LossCause;
 
     #[tokio::test]
     async fn context_ends_once_with_the_first_reason() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::reason::{CancelReason, LossCause};
+use crate::reason::{CancelReason, LossCause};
 
 /// State shared by a context's clones and whoever may end it.
 #[derive(Debug)]

@@ -14,11 +14,12 @@ use super::messages::{AcquireReply, Attempt, ManagerMessage, Msg, Waiter};
 use super::renewer::{Renewer, RenewerArgs};
 use super::state::{stopped_reply, SupervisorState};
 use super::table::LocalHolder;
-use crate::context::{CancelReason, LeaseContext, LossCause};
+use crate::context::LeaseContext;
 use crate::error::{BackendError, BackendErrorKind, LeaseError};
 use crate::key::Key;
 use crate::lease::Lease;
 use crate::leaser::AcquireOptions;
+use crate::reason::{CancelReason, LossCause};
 
 impl SupervisorState {
     pub(super) fn on_acquire(

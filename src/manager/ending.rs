@@ -10,9 +10,9 @@ use super::io;
 use super::messages::ManagerMessage;
 use super::renewer::RenewerRef;
 use super::state::{stopped_reply, SupervisorState};
-use crate::context::{CancelReason, LossCause};
 use crate::error::LeaseError;
 use crate::key::Key;
+use crate::reason::{CancelReason, LossCause};
 
 /// Whether a lease whose context reads `reason` is given back when a revoke or a
 /// shutdown ends it: a live one and a revoked one are; one lost by the holder is left to

@@ -16,7 +16,7 @@ use crate::context::LeaseContext;
 use crate::error::LeaseError;
 use crate::key::Key;
 use crate::lease::Lease;
-use crate::leaser::{AcquireOptions, Leaser};
+use crate::leaser::{AcquireOptions, HeldLease, Leaser};
 
 struct Inner {
     actor: ActorRef<ManagerMessage>,
@@ -199,7 +199,7 @@ impl LeaseManager {
     /// Acquires `key` for `ttl` as one [`HeldLease`](crate::HeldLease) (the lease and
     /// its context together, released when dropped): see [`Leaser::hold`]. The
     /// recommended form.
-    pub async fn hold(&self, key: Key, ttl: Duration) -> Result<crate::HeldLease, LeaseError> {
+    pub async fn hold(&self, key: Key, ttl: Duration) -> Result<HeldLease, LeaseError> {
         Leaser::hold(self, key, ttl).await
     }
 
@@ -208,7 +208,7 @@ impl LeaseManager {
         &self,
         key: Key,
         options: AcquireOptions,
-    ) -> Result<crate::HeldLease, LeaseError> {
+    ) -> Result<HeldLease, LeaseError> {
         Leaser::hold_with(self, key, options).await
     }
 

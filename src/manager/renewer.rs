@@ -23,9 +23,10 @@ use tracing::Instrument;
 use super::alarms::{Alarms, Bell, Tick};
 
 use crate::backend::{Backend, RenewOutcome};
-use crate::context::{CancelReason, ContextSender, LossCause};
+use crate::context::ContextSender;
 use crate::error::BackendError;
 use crate::key::Key;
+use crate::reason::{CancelReason, LossCause};
 
 /// The renewal actor. The one message it gets is a [`Tick`] from the manager's alarm
 /// clock: time to renew (or to check the deadline).

@@ -12,8 +12,8 @@ use ractor::ActorId;
 use super::messages::Waiter;
 use super::renewer::RenewerRef;
 use crate::context::ContextSender;
-use crate::context::{CancelReason, LossCause};
 use crate::key::Key;
+use crate::reason::{CancelReason, LossCause};
 
 /// A lease this manager holds for one of its callers.
 pub(crate) struct LocalHolder {

@@ -1,4 +1,5 @@
-//! Why a lease ended: every end has a reason, and a loss has a cause.
+//! Why a lease ended: every end has a reason, and a loss has a cause. A holder reads it
+//! from its [`LeaseContext`](crate::LeaseContext); the metrics count ends by it.
 
 use std::fmt;
 
