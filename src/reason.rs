@@ -5,7 +5,8 @@ use std::fmt;
 
 use crate::error::LeaseError;
 
-/// Why a [`LeaseContext`] ended. Every end has one: there is no silent loss.
+/// Why a [`LeaseContext`](crate::LeaseContext) ended. Every end has one: there is no
+/// silent loss.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CancelReason {
@@ -73,7 +74,8 @@ impl fmt::Display for LossCause {
     }
 }
 
-/// The lease behind a [`LeaseContext`] has ended; [`LeaseContext::check`] says why.
+/// The lease behind a [`LeaseContext`](crate::LeaseContext) has ended;
+/// [`LeaseContext::check`](crate::LeaseContext::check) says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the lease has ended: {reason}")]
 pub struct LeaseEnded {

@@ -194,7 +194,8 @@ impl LeaseContext {
 
     /// `Ok(())` while the lease is held, else [`LeaseEnded`] with the reason it ended.
     /// Handy before a side effect: `ctx.check()?;` (it converts into
-    /// [`LeaseError::NotHeld`] where a `LeaseError` is expected).
+    /// [`LeaseError::NotHeld`](crate::LeaseError::NotHeld) where a `LeaseError` is
+    /// expected).
     pub fn check(&self) -> Result<(), LeaseEnded> {
         match self.reason() {
             Some(reason) => Err(LeaseEnded { reason }),

@@ -33,9 +33,9 @@ impl Election {
     /// Starts campaigning for `key` through `leaser` (a
     /// [`LeaseManager`](crate::LeaseManager) clone, say). The state starts as
     /// `Follower { leader: None }`. Fails at once for options no leaser could accept (a
-    /// key or identity too long, a TTL above [`MAX_TTL`], a retry or backoff below 1 ms) and
-    /// outside a tokio runtime; a TTL the leaser refuses ends the campaign with
-    /// `Stopped { error }` instead.
+    /// key or identity too long, a TTL above [`MAX_TTL`](crate::MAX_TTL), a retry or
+    /// backoff below 1 ms) and outside a tokio runtime; a TTL the leaser refuses ends the
+    /// campaign with `Stopped { error }` instead.
     pub fn campaign<L: Leaser + 'static>(
         leaser: L,
         key: Key,

@@ -43,7 +43,8 @@ pub enum Leadership {
     },
     /// The campaign is over.
     Stopped {
-        /// `None` after [`Election::resign`] (or a dropped [`Election`]); else why it
+        /// `None` after [`Election::resign`](crate::election::Election::resign) (or a
+        /// dropped [`Election`](crate::election::Election)); else why it
         /// could not go on (the leaser stopped, or the options were refused).
         error: Option<LeaseError>,
     },

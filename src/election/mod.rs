@@ -95,6 +95,9 @@
 //! judges expiry on the backend's one clock, runs on every backend of this crate
 //! (memory, PostgreSQL, or your own), and has an observer mode; it has no Kubernetes
 //! backend.
+//!
+//! [`Leaser`]: crate::Leaser
+//! [`LeaseContext`]: crate::LeaseContext
 
 mod campaign;
 mod candidate;

@@ -11,8 +11,8 @@
 //! | `leases_held` | gauge | | Leases this process's managers hold right now (granted, not yet ended). |
 //! | `leases_acquires_total` | counter | `outcome` = `granted`, `conflict`, `timed_out`, `error` | Acquire calls by how they ended: `conflict` is a held key (no wait), `timed_out` a wait that ran out, `error` a backend failure or a grant confirmed too late to hold. Input errors (bad TTL, key or metadata) and calls to a stopped manager are not counted. |
 //! | `leases_renewal_duration_seconds` | histogram | | How long each renewal call to the backend took, answered or failed (a renewal still unanswered at the local deadline is a loss, not a sample). |
-//! | `leases_lost_total` | counter | `cause` = `renewal_refused`, `deadline_exceeded`, `renewer_failed`, `manager_failed`, and for a `ClientLeaser` `remote`, `disconnected` | Leases whose holder was told they were lost (see [`LossCause`]). |
-//! | `leases_ended_total` | counter | `reason` = `released`, `revoked`, `lost`, `shutdown` | Every end of a lease held through a manager, by [`CancelReason`]; each lease ends once. |
+//! | `leases_lost_total` | counter | `cause` = `renewal_refused`, `deadline_exceeded`, `renewer_failed`, `manager_failed`, and for a `ClientLeaser` `remote`, `disconnected` | Leases whose holder was told they were lost (see [`LossCause`](crate::LossCause)). |
+//! | `leases_ended_total` | counter | `reason` = `released`, `revoked`, `lost`, `shutdown` | Every end of a lease held through a manager, by [`CancelReason`](crate::CancelReason); each lease ends once. |
 //! | `leases_backend_errors_total` | counter | `op` = `acquire`, `renew`, `release`, `revoke`, `info` | Backend calls that failed (unreachable, timed out, or answered with an error). |
 //!
 //! Leases held through a [`FakeLeaser`](crate::FakeLeaser) are not counted. Tracing
