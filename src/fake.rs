@@ -9,11 +9,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backend::LeaseInfo;
-use crate::context::{CancelReason, ContextSender, LeaseContext, LossCause};
+use crate::context::{ContextSender, LeaseContext};
 use crate::error::LeaseError;
 use crate::key::Key;
 use crate::lease::{Lease, LeaseOwner};
 use crate::leaser::{AcquireOptions, Leaser, MIN_TTL};
+use crate::reason::{CancelReason, LossCause};
 
 /// A [`Leaser`] for unit tests: no actors, no backend, no renewals.
 ///

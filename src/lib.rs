@@ -209,6 +209,7 @@ mod manager;
 pub mod metrics;
 #[cfg(feature = "client")]
 pub mod proto;
+mod reason;
 #[cfg(feature = "server")]
 pub mod service;
 mod sync;
@@ -218,13 +219,14 @@ pub mod testing;
 pub use backend::LeaseInfo;
 #[cfg(feature = "client")]
 pub use client::{ClientLeaser, ClientOptions};
-pub use context::{CancelReason, LeaseContext, LeaseEnded, LossCause};
+pub use context::LeaseContext;
 pub use error::{BackendError, BackendErrorKind, LeaseError};
 pub use fake::FakeLeaser;
 pub use key::{Key, KeyError, MAX_KEY_LEN};
 pub use lease::Lease;
 pub use leaser::{AcquireOptions, HeldLease, Leaser, MAX_METADATA_LEN, MAX_TTL, MIN_TTL};
 pub use manager::{LeaseManager, LeaseManagerBuilder, DEFAULT_MARGIN_DIVISOR};
+pub use reason::{CancelReason, LeaseEnded, LossCause};
 // At the root too, for code written before they moved to [`actors`].
 #[doc(hidden)]
 pub use manager::{AcquireReply, ManagerMessage};

@@ -18,24 +18,34 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use ractor::ActorRef;
+use ractor::{ActorRef, Message};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::renewer::Tick;
+/// What an alarm sends when it rings: time to act (for a renewer, to renew or to check
+/// its deadline). The clock rings any actor whose message can be made from it.
+pub(crate) struct Tick;
 
-/// A handle on a manager's alarm clock (cheap to clone).
-#[derive(Clone)]
-pub(crate) struct Alarms {
-    inner: Arc<Inner>,
+/// A handle on a manager's alarm clock (cheap to clone), ringing actors whose message
+/// is `M`.
+pub(crate) struct Alarms<M> {
+    inner: Arc<Inner<M>>,
 }
 
-struct Inner {
-    alarms: Mutex<Buckets>,
+impl<M> Clone for Alarms<M> {
+    fn clone(&self) -> Self {
+        Alarms {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<M> {
+    alarms: Mutex<Buckets<M>>,
     wake: Arc<Notify>,
 }
 
-impl Drop for Inner {
+impl<M> Drop for Inner<M> {
     fn drop(&mut self) {
         // The last handle is gone: let the clock's task see it and end.
         self.wake.notify_one();
@@ -45,16 +55,16 @@ impl Drop for Inner {
 /// The alarms, in buckets of one millisecond: setting an alarm pushes one pointer on its
 /// millisecond's list, and the clock rings a whole list at once. (A binary heap of a
 /// million alarms spent its time on cache misses.)
-struct Buckets {
+struct Buckets<M> {
     /// The instant bucket 0 is due.
     base: Instant,
     /// Bells by the whole milliseconds after `base` their alarm is due, rounded up.
-    due: BTreeMap<u64, Vec<Arc<Bell>>>,
+    due: BTreeMap<u64, Vec<Arc<Bell<M>>>>,
     /// The instant the clock's task sleeps until (`None`: until woken).
     armed: Option<Instant>,
 }
 
-impl Buckets {
+impl<M> Buckets<M> {
     /// The bucket of `at`: never due before `at`, so an alarm never rings early.
     fn bucket(&self, at: Instant) -> u64 {
         let after = at.saturating_duration_since(self.base);
@@ -70,10 +80,10 @@ impl Buckets {
 }
 
 /// How an alarm reaches one renewer; silenced when the renewer is gone.
-pub(crate) struct Bell(Mutex<Option<ActorRef<Tick>>>);
+pub(crate) struct Bell<M>(Mutex<Option<ActorRef<M>>>);
 
-impl Bell {
-    pub(crate) fn new(renewer: ActorRef<Tick>) -> Arc<Bell> {
+impl<M: Message + From<Tick>> Bell<M> {
+    pub(crate) fn new(renewer: ActorRef<M>) -> Arc<Bell<M>> {
         Arc::new(Bell(Mutex::new(Some(renewer))))
     }
 
@@ -84,14 +94,14 @@ impl Bell {
 
     fn ring(&self) {
         if let Some(renewer) = crate::sync::lock(&self.0).as_ref() {
-            let _ = renewer.send_message(Tick);
+            let _ = renewer.send_message(M::from(Tick));
         }
     }
 }
 
-impl Alarms {
+impl<M: Message + From<Tick>> Alarms<M> {
     /// Starts a clock (its task runs on the current runtime).
-    pub(crate) fn start() -> Alarms {
+    pub(crate) fn start() -> Alarms<M> {
         let wake = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
             alarms: Mutex::new(Buckets {
@@ -106,7 +116,7 @@ impl Alarms {
     }
 
     /// Rings `bell` at `at` (at once if `at` has passed), or within a millisecond after.
-    pub(crate) fn set(&self, at: Instant, bell: &Arc<Bell>) {
+    pub(crate) fn set(&self, at: Instant, bell: &Arc<Bell<M>>) {
         let wake = {
             let mut alarms = crate::sync::lock(&self.inner.alarms);
             let bucket = alarms.bucket(at);
@@ -128,7 +138,7 @@ impl Alarms {
 
 /// The clock's task: rings what is due, then sleeps until the next alarm or until an
 /// earlier one is set.
-async fn run(inner: Weak<Inner>, wake: Arc<Notify>) {
+async fn run<M: Message + From<Tick>>(inner: Weak<Inner<M>>, wake: Arc<Notify>) {
     let mut ringing = Vec::new();
     loop {
         let next = {

@@ -7,8 +7,9 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
-use super::io::Grant;
-use super::renewer::Tick;
+use super::grant::Grant;
+use super::renewer::RenewerRef;
+use super::tasks::InFlight;
 use crate::backend::{AcquireOutcome, Backend};
 use crate::context::LeaseContext;
 use crate::error::{BackendError, LeaseError};
@@ -100,7 +101,7 @@ pub(crate) enum Msg {
     Attach {
         key: Key,
         token: u64,
-        renewer: ActorRef<Tick>,
+        renewer: RenewerRef,
     },
     /// A queued waiter's wait ran out.
     WaitExpired {
@@ -134,7 +135,7 @@ impl Attempt {
     pub(crate) fn from_answer(
         answer: Result<AcquireOutcome, BackendError>,
         backend: &std::sync::Arc<dyn Backend>,
-        inflight: &super::io::InFlight,
+        inflight: &InFlight,
         key: &Key,
         started: Instant,
         since: Duration,

@@ -7,6 +7,11 @@
 //! by the deadline, the renewer ends the holder's context itself (so loss is told on
 //! time even if the supervisor's mailbox is busy) and then fails, which the supervisor
 //! sees as a supervision event.
+//!
+//! A tick has two halves: the renewal itself (the backend call, bounded by the
+//! deadline), which comes to a [`Renewal`], and [`RenewerState::settle`], which acts on
+//! it (moves the deadline, or ends the lease, or retries). Only the first half knows
+//! where the answer comes from.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,18 +20,35 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::alarms::{Alarms, Bell};
+use super::alarms::{Alarms, Bell, Tick};
 
 use crate::backend::{Backend, RenewOutcome};
-use crate::context::{CancelReason, ContextSender, LossCause};
+use crate::context::ContextSender;
+use crate::error::BackendError;
 use crate::key::Key;
+use crate::reason::{CancelReason, LossCause};
 
-/// The renewal actor.
+/// The renewal actor. The one message it gets is a [`Tick`] from the manager's alarm
+/// clock: time to renew (or to check the deadline).
 pub(crate) struct Renewer;
 
-/// The one message a renewer gets, from the manager's alarm clock: time to renew (or to
-/// check the deadline).
-pub(crate) struct Tick;
+/// How the supervisor (and the lease table) address a renewer.
+pub(crate) type RenewerRef = ActorRef<Tick>;
+
+/// What one renewal of the lease came to.
+pub(crate) enum Renewal {
+    /// The backend confirmed the renewal, which started at `start` (tokio's clock) when
+    /// the machine's suspended time read `since` (see `crate::clock`).
+    Renewed { start: Instant, since: Duration },
+    /// The lease was revoked.
+    Revoked,
+    /// The backend refused: the lease expired there or is no longer ours.
+    Refused,
+    /// The backend call failed; it may be retried until the deadline.
+    Failed(BackendError),
+    /// No answer came before the local deadline.
+    TimedOut,
+}
 
 /// What a renewer needs to start.
 pub(crate) struct RenewerArgs {
@@ -39,13 +61,13 @@ pub(crate) struct RenewerArgs {
     /// The local deadline already earned by the acquire.
     pub(crate) deadline: Instant,
     /// The manager's alarm clock, which sends the ticks.
-    pub(crate) alarms: Alarms,
+    pub(crate) alarms: Alarms<Tick>,
 }
 
 /// The renewer's own bell on the manager's alarm clock (see [`Alarms`]), silenced when
 /// the renewer's state is dropped, which happens however the actor ends (stop, kill,
 /// panic), unlike `post_stop`.
-struct BellGuard(Arc<Bell>);
+struct BellGuard(Arc<Bell<Tick>>);
 
 impl Drop for BellGuard {
     fn drop(&mut self) {
@@ -138,40 +160,66 @@ impl Renewer {
         if start >= state.args.deadline {
             return Err(state.lose(LossCause::DeadlineExceeded));
         }
-        let a = &state.args;
+        let renewal = state.renew_once(start, since).await;
+        state.settle(&myself, renewal)
+    }
+}
+
+impl RenewerState {
+    /// Asks the backend to renew the lease, waiting at most until the local deadline.
+    /// `start` and `since` are read before the call (see [`Renewal::Renewed`]).
+    async fn renew_once(&self, start: Instant, since: Duration) -> Renewal {
+        let a = &self.args;
         let renewal = a.backend.renew(&a.key, a.token, a.ttl);
         let renewal = crate::metrics::timed_renewal(renewal, start)
             .instrument(tracing::debug_span!("lease.renew", key = %a.key, token = a.token));
         match tokio::time::timeout_at(a.deadline, renewal).await {
-            Ok(Ok(RenewOutcome::Renewed)) => {
-                let deadline = start + state.args.ttl - state.args.margin;
-                if !state.args.ctx.extend(deadline, since) {
+            Ok(Ok(RenewOutcome::Renewed)) => Renewal::Renewed { start, since },
+            Ok(Ok(RenewOutcome::Revoked)) => Renewal::Revoked,
+            Ok(Ok(RenewOutcome::Lost)) => Renewal::Refused,
+            Ok(Err(error)) => Renewal::Failed(error),
+            Err(_elapsed) => Renewal::TimedOut,
+        }
+    }
+
+    /// Acts on a renewal: moves the deadline and sets the next alarm, or ends the
+    /// lease (stopping the actor, or failing it for a loss), or retries after a
+    /// failure.
+    fn settle(
+        &mut self,
+        myself: &ActorRef<Tick>,
+        renewal: Renewal,
+    ) -> Result<(), ActorProcessingErr> {
+        match renewal {
+            Renewal::Renewed { start, since } => {
+                let deadline = start + self.args.ttl - self.args.margin;
+                if !self.args.ctx.extend(deadline, since) {
                     // Confirmed too late: the context already ended at the old deadline.
-                    return Err(state.lose(LossCause::DeadlineExceeded));
+                    return Err(self.lose(LossCause::DeadlineExceeded));
                 }
-                state.args.deadline = deadline;
-                tracing::trace!(key = %state.args.key, token = state.args.token, "lease renewed");
-                let interval = state.interval();
-                state.schedule(interval);
+                self.args.deadline = deadline;
+                tracing::trace!(key = %self.args.key, token = self.args.token, "lease renewed");
+                let interval = self.interval();
+                self.schedule(interval);
                 Ok(())
             }
-            Ok(Ok(RenewOutcome::Revoked)) => {
-                if state.args.ctx.cancel(CancelReason::Revoked) {
-                    tracing::info!(key = %state.args.key, token = state.args.token, "lease revoked");
+            Renewal::Revoked => {
+                if self.args.ctx.cancel(CancelReason::Revoked) {
+                    tracing::info!(key = %self.args.key, token = self.args.token, "lease revoked");
                 }
                 myself.stop(Some("revoked".into()));
                 Ok(())
             }
-            Ok(Ok(RenewOutcome::Lost)) => Err(state.lose(LossCause::RenewalRefused)),
-            Ok(Err(error)) => {
+            Renewal::Refused => Err(self.lose(LossCause::RenewalRefused)),
+            Renewal::Failed(error) => {
                 crate::metrics::backend_error(crate::metrics::Op::Renew);
-                tracing::warn!(key = %state.args.key, token = state.args.token, %error,
+                tracing::warn!(key = %self.args.key, token = self.args.token, %error,
                     "lease renewal failed; retrying until the local deadline");
-                let retry = state.retry();
-                state.schedule(retry);
+                let retry = self.retry();
+                self.schedule(retry);
                 Ok(())
             }
-            Err(_elapsed) => Err(state.lose(LossCause::DeadlineExceeded)),
+            Renewal::TimedOut => Err(self.lose(LossCause::DeadlineExceeded)),
         }
     }
 }

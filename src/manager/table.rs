@@ -7,20 +7,20 @@ use std::collections::VecDeque;
 // A fast, randomly seeded hasher: SipHash showed in the profile of renewals.
 use foldhash::HashMap;
 
-use ractor::{ActorId, ActorRef};
+use ractor::ActorId;
 
 use super::messages::Waiter;
-use super::renewer::Tick;
+use super::renewer::RenewerRef;
 use crate::context::ContextSender;
-use crate::context::{CancelReason, LossCause};
 use crate::key::Key;
+use crate::reason::{CancelReason, LossCause};
 
 /// A lease this manager holds for one of its callers.
 pub(crate) struct LocalHolder {
     pub(crate) token: u64,
     pub(crate) ctx: ContextSender,
     /// `None` until the renewal actor has started and attached.
-    pub(crate) renewer: Option<ActorRef<Tick>>,
+    pub(crate) renewer: Option<RenewerRef>,
     /// Counts it in the `leases_held` gauge while it is in the table.
     pub(crate) _held: crate::metrics::HeldGauge,
     /// The holder gives the key back itself (see `AcquireOptions::keep_until_released`):
@@ -132,7 +132,7 @@ impl LeaseTable {
     /// Records that the renewal actor `id` renews the lease `(key, token)`, if that
     /// lease is still held here and has no renewer yet. Returns `false` otherwise (the
     /// lease ended before its renewer started: the caller stops the renewer).
-    pub(crate) fn attach(&mut self, key: &Key, token: u64, renewer: ActorRef<Tick>) -> bool {
+    pub(crate) fn attach(&mut self, key: &Key, token: u64, renewer: RenewerRef) -> bool {
         let id = renewer.get_id();
         let holder = self
             .slots
@@ -159,7 +159,7 @@ impl LeaseTable {
         &mut self,
         key: &Key,
         token: Option<u64>,
-    ) -> Option<(&LocalHolder, Option<ActorRef<Tick>>)> {
+    ) -> Option<(&LocalHolder, Option<RenewerRef>)> {
         let holder = self.slots.get_mut(key)?.holder.as_mut()?;
         if token.is_some_and(|t| t != holder.token) {
             return None;
@@ -224,7 +224,7 @@ mod tests {
         table: &mut LeaseTable,
     ) -> (
         Waiter,
-        tokio::sync::oneshot::Receiver<super::super::AcquireReply>,
+        tokio::sync::oneshot::Receiver<crate::manager::messages::AcquireReply>,
     ) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let w = Waiter {

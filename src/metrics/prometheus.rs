@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::{describe, RENEWAL_BUCKETS, RENEWAL_SECONDS};
+use super::names::{describe, RENEWAL_BUCKETS, RENEWAL_SECONDS};
 
 /// The largest request head the listener reads; longer requests are refused.
 const MAX_REQUEST: usize = 8 * 1024;

@@ -15,7 +15,15 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+mod error;
+mod escape;
+#[cfg(feature = "postgres")]
+mod sql;
+
+pub use error::KeyError;
+#[cfg(feature = "postgres")]
+pub use error::SqlKeyError;
+use escape::{escape, must_escape, unescape_segment};
 
 /// The largest accepted string form of a key, in bytes.
 ///
@@ -24,79 +32,10 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 /// handed (PostgreSQL indexes, etcd request limits).
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// Bytes that `url.PathEscape` leaves alone, besides ASCII letters and digits.
-const UNESCAPED_PUNCTUATION: &[u8] = b"-_.~$&+:=@";
-
-/// The set of bytes that are escaped in a segment: everything but letters, digits and
-/// [`UNESCAPED_PUNCTUATION`].
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'$')
-    .remove(b'&')
-    .remove(b'+')
-    .remove(b':')
-    .remove(b'=')
-    .remove(b'@');
-
 /// The root segment of system keys.
 const SYSTEM: &str = "system";
 /// The root segment of module keys.
 const MODULE: &str = "module";
-
-/// Why a string is not a valid key.
-///
-/// Returned by [`Key::parse`] and [`Key::from_segments`]; positions are byte offsets
-/// into the string that was parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyError {
-    /// The string does not start with `/`.
-    #[error("lease key must start with '/' (expected /system/... or /module/...)")]
-    MissingLeadingSlash,
-    /// The first segment is neither `system` nor `module`.
-    #[error("lease key root must be 'system' or 'module', not {root:?}")]
-    UnknownRoot {
-        /// The first segment, unescaped where possible.
-        root: String,
-    },
-    /// A `module` key has no module name segment.
-    #[error("module lease key has no module name (expected /module/NAME/...)")]
-    MissingModuleName,
-    /// A `%` is not followed by two upper-case hex digits.
-    #[error("bad percent escape at byte {offset}: expected '%' and two upper-case hex digits")]
-    BadEscape {
-        /// Byte offset of the `%`.
-        offset: usize,
-    },
-    /// The string is not in canonical form: a byte is escaped that must not be, or a
-    /// byte appears raw that must be escaped.
-    #[error("non-canonical lease key at byte {offset}: {byte:?} must {}be escaped", if *.must_escape { "" } else { "not " })]
-    NonCanonical {
-        /// Byte offset of the offending byte or escape.
-        offset: usize,
-        /// The byte, after unescaping.
-        byte: char,
-        /// `true` when the byte appeared raw but must be escaped.
-        must_escape: bool,
-    },
-    /// A segment is not valid UTF-8 once unescaped.
-    #[error("segment {segment} of the lease key is not valid UTF-8 once unescaped")]
-    InvalidUtf8 {
-        /// Index of the segment (0 is the root).
-        segment: usize,
-    },
-    /// The string form is longer than [`MAX_KEY_LEN`].
-    #[error("lease key is {len} bytes long, more than the maximum {max}")]
-    TooLong {
-        /// Length of the string form in bytes.
-        len: usize,
-        /// The maximum, [`MAX_KEY_LEN`].
-        max: usize,
-    },
-}
 
 /// A lease key: a list of segments whose first is `system` or `module`.
 ///
@@ -234,63 +173,6 @@ impl Key {
     }
 }
 
-/// `true` when `url.PathEscape` escapes this byte.
-fn must_escape(b: u8) -> bool {
-    !(b.is_ascii_alphanumeric() || UNESCAPED_PUNCTUATION.contains(&b))
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Unescapes one segment, insisting on the canonical form. `offset` is the byte
-/// offset of the segment in the whole string, for error messages.
-fn unescape_segment(raw: &str, offset: usize, index: usize) -> Result<String, KeyError> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_value);
-            let lo = bytes.get(i + 2).copied().and_then(hex_value);
-            let (Some(hi), Some(lo)) = (hi, lo) else {
-                return Err(KeyError::BadEscape { offset: offset + i });
-            };
-            let decoded = hi * 16 + lo;
-            if !must_escape(decoded) {
-                return Err(KeyError::NonCanonical {
-                    offset: offset + i,
-                    byte: char::from(decoded),
-                    must_escape: false,
-                });
-            }
-            out.push(decoded);
-            i += 3;
-        } else {
-            if must_escape(b) {
-                // Report the whole character when the raw byte starts a multi-byte one.
-                let byte = raw[i..]
-                    .chars()
-                    .next()
-                    .unwrap_or(char::REPLACEMENT_CHARACTER);
-                return Err(KeyError::NonCanonical {
-                    offset: offset + i,
-                    byte,
-                    must_escape: true,
-                });
-            }
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| KeyError::InvalidUtf8 { segment: index })
-}
-
 /// Segment by segment, but clones of one key (the manager and its backend hold several
 /// of each held key, and look them up in maps) are equal at a glance: `Arc`'s own
 /// shortcut for equal pointers does not apply to a slice.
@@ -311,7 +193,7 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for segment in self.segments.iter() {
             f.write_str("/")?;
-            for piece in utf8_percent_encode(segment, SEGMENT) {
+            for piece in escape(segment) {
                 f.write_str(piece)?;
             }
         }
@@ -353,81 +235,6 @@ impl<'de> serde::Deserialize<'de> for Key {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         Key::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A database value that is not the canonical string of a lease key: the error
-/// [`Key`]'s `FromSql` (feature `postgres`) returns, inside tokio-postgres' error.
-#[cfg(feature = "postgres")]
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("database value {value:?} is not a canonical lease key: {source}")]
-pub struct SqlKeyError {
-    /// The value read (its first 120 characters, for long ones).
-    pub value: String,
-    /// Why it is not a key in canonical form.
-    #[source]
-    pub source: KeyError,
-}
-
-/// With feature `postgres`, a `Key` is a text value (`TEXT`, `VARCHAR`, ...) holding its
-/// canonical string form, as the lease table stores it. Writing a key longer than
-/// [`MAX_KEY_LEN`] fails (it could not be read back); reading accepts only canonical
-/// strings (exactly what `Display` prints, checked by [`Key::parse`] and a round trip)
-/// and refuses anything else with a [`SqlKeyError`] that names the value and the reason.
-#[cfg(feature = "postgres")]
-mod sql {
-    use super::{Key, KeyError, SqlKeyError};
-    use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
-
-    type BoxError = Box<dyn std::error::Error + Sync + Send>;
-
-    impl ToSql for Key {
-        fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
-            self.check_len()?;
-            self.to_string().as_str().to_sql(ty, out)
-        }
-
-        fn accepts(ty: &Type) -> bool {
-            <&str as ToSql>::accepts(ty)
-        }
-
-        to_sql_checked!();
-    }
-
-    impl<'a> FromSql<'a> for Key {
-        fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Key, BoxError> {
-            let text = <&str as FromSql>::from_sql(ty, raw)?;
-            let refuse = |source: KeyError| SqlKeyError {
-                value: text.chars().take(120).collect(),
-                source,
-            };
-            let key = Key::parse(text).map_err(refuse)?;
-            // `parse` accepts only canonical strings; the round trip says so again,
-            // at the cost of one allocation per value read.
-            let printed = key.to_string();
-            if printed != text {
-                let offset = text
-                    .char_indices()
-                    .zip(printed.chars())
-                    .find(|((_, a), b)| a != b)
-                    .map_or(printed.len().min(text.len()), |((i, _), _)| i);
-                let byte = text
-                    .get(offset..)
-                    .and_then(|rest| rest.chars().next())
-                    .unwrap_or('\0');
-                return Err(refuse(KeyError::NonCanonical {
-                    offset,
-                    byte,
-                    must_escape: false,
-                })
-                .into());
-            }
-            Ok(key)
-        }
-
-        fn accepts(ty: &Type) -> bool {
-            <&str as FromSql>::accepts(ty)
-        }
     }
 }
 

@@ -1,0 +1,67 @@
+//! A grant that nobody holds yet, and the guard that gives it back.
+
+use std::sync::Arc;
+
+use super::tasks::{catch_panic, InFlight};
+use crate::backend::Backend;
+use crate::key::Key;
+
+/// A lease the backend granted that nobody holds yet.
+///
+/// It travels in the message that reports the grant. If that message is never handled
+/// (the supervisor stopped, its mailbox was dropped with the message in it, a task
+/// panicked on the way), dropping the guard gives the key back, so a grant can never
+/// leave a key leased by nobody for a whole TTL. The supervisor takes the token out
+/// with [`Grant::hold`] when it makes the grant a holder.
+pub(crate) struct Grant {
+    backend: Arc<dyn Backend>,
+    inflight: InFlight,
+    key: Key,
+    token: Option<u64>,
+}
+
+impl Grant {
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        inflight: InFlight,
+        key: Key,
+        token: u64,
+    ) -> Grant {
+        Grant {
+            backend,
+            inflight,
+            key,
+            token: Some(token),
+        }
+    }
+
+    pub(crate) fn token(&self) -> u64 {
+        self.token.unwrap_or_default()
+    }
+
+    /// The grant now has a holder, which is responsible for releasing it.
+    pub(crate) fn hold(mut self) -> u64 {
+        self.token.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        tracing::debug!(key = %self.key, token, "giving back a grant that nobody took");
+        if let Some(Ok(_)) = catch_panic(|| {
+            self.backend
+                .inline()
+                .and_then(|b| b.release_now(&self.key, token))
+        }) {
+            return;
+        }
+        let (backend, key) = (self.backend.clone(), self.key.clone());
+        // Without a runtime (it is shutting down) the lease simply expires.
+        self.inflight.spawn(async move {
+            let _ = backend.release(&key, token).await;
+        });
+    }
+}
