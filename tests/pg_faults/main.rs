@@ -34,6 +34,7 @@
 //! Runs as a plain program (`harness = false`); `cargo test --all-features` runs it.
 //! The same binary, started with `contender …`, is one contending process.
 
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
