@@ -33,7 +33,7 @@ impl Sql {
             // gap). A fresh INSERT uses the VALUES draw; it can only happen when no row
             // exists, and rows are never deleted by this crate (release keeps the row
             // and its token), so no later grant can have come between that draw and
-            // the insert. See "Fencing tokens" in the module docs.
+            // the insert. See "Fencing tokens" in `mod.rs`.
             acquire: format!(
                 "WITH ins AS (
                     INSERT INTO {t} AS l (key, token, ttl_ms, expires_at, metadata, revoked, acquired_at)
