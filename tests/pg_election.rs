@@ -15,24 +15,10 @@ use std::time::{Duration, SystemTime};
 use leases::backend::{FaultyBackend, PostgresBackend, PostgresOptions};
 use leases::election::{Election, ElectionOptions, LeaderInfo, Leadership, Observer};
 use leases::{Key, LeaseManager};
-use support::pg::{run_id, shared_url};
+use support::pg::{connect, db_now, shared_url, table};
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
 
 const TTL: Duration = Duration::from_secs(1);
-
-async fn connect() -> Client {
-    let (client, conn) = tokio_postgres::connect(&shared_url(), NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-async fn db_now(db: &Client) -> SystemTime {
-    db.query_one("SELECT clock_timestamp()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// A term as a candidate's channel showed it, with times on the local monotonic clock
 /// and on the database's clock.
@@ -60,7 +46,7 @@ fn track(
 ) {
     let identity = identity.to_owned();
     tokio::spawn(async move {
-        let db = connect().await;
+        let db = connect(&shared_url()).await;
         let mut leading: Option<u64> = None;
         loop {
             let state = rx.borrow_and_update().clone();
@@ -154,7 +140,7 @@ async fn leads_within(c: &Candidate, within: Duration) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_campaigners_one_leader_and_handovers() {
-    let table = format!("l_{}_election", run_id());
+    let table = table("l", "election");
     let options = || {
         PostgresOptions::new(shared_url())
             .table(table.clone())

@@ -14,24 +14,18 @@ use std::time::Duration;
 use leases::backend::{FaultyBackend, PostgresBackend, PostgresOptions, RenewFault};
 use leases::fence::{Fence, FenceError, Fenced};
 use leases::{AcquireOptions, CancelReason, Key, LeaseManager, LossCause};
-use support::pg::{run_id, shared_url};
-use tokio_postgres::{Client, NoTls};
-
-async fn connect() -> Client {
-    let (client, conn) = tokio_postgres::connect(&shared_url(), NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
+use support::pg::{connect, shared_url, table};
+use tokio_postgres::Client;
 
 /// A fence table and a data table of this test's own: `data (k TEXT PRIMARY KEY, v TEXT,
 /// token BIGINT)`.
 async fn setup(case: &str) -> (Client, Fence, String) {
-    let db = connect().await;
-    let fence = Fence::new(format!("f_{}_{case}", run_id())).unwrap();
+    let db = connect(&shared_url()).await;
+    let fence = Fence::new(table("f", case)).unwrap();
     fence.create(&db).await.unwrap();
     // Creating it again is harmless.
     fence.create(&db).await.unwrap();
-    let data = format!("d_{}_{case}", run_id());
+    let data = table("d", case);
     db.batch_execute(&format!(
         "CREATE TABLE {data} (k TEXT PRIMARY KEY, v TEXT NOT NULL, token BIGINT NOT NULL)"
     ))
@@ -276,7 +270,7 @@ async fn concurrent_writers_end_with_the_highest_tokens_data() {
             let (fence, data, key) = (fence.clone(), data.clone(), key.clone());
             let token = round * 10 + i;
             tasks.push(tokio::spawn(async move {
-                let db = connect().await;
+                let db = connect(&shared_url()).await;
                 let mut outcomes = Vec::new();
                 for n in 0..5 {
                     let v = format!("t{token}-{n}");
@@ -301,7 +295,7 @@ async fn concurrent_writers_end_with_the_highest_tokens_data() {
                 }
             }
         }
-        let db = connect().await;
+        let db = connect(&shared_url()).await;
         let (v, t) = value(&db, &data, &key).await.unwrap();
         assert_eq!(t as u64, highest, "round {round}: {v}");
         assert!(v.starts_with(&format!("t{highest}-")), "{v}");
@@ -316,7 +310,7 @@ async fn concurrent_writers_end_with_the_highest_tokens_data() {
 async fn a_holder_that_lost_its_lease_cannot_write_late() {
     let (db, fence, data) = setup("lease").await;
     let url = shared_url();
-    let options = || PostgresOptions::new(url.clone()).table(format!("l_{}_fence", run_id()));
+    let options = || PostgresOptions::new(url.clone()).table(table("l", "fence"));
     let backend = Arc::new(PostgresBackend::connect(options()).await.unwrap());
     let faults = Arc::new(FaultyBackend::new(backend));
     let a = LeaseManager::builder()

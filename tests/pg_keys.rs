@@ -11,14 +11,7 @@ use std::error::Error as _;
 
 use leases::key::SqlKeyError;
 use leases::{Key, KeyError, MAX_KEY_LEN};
-use support::pg::{run_id, shared_url};
-use tokio_postgres::{Client, NoTls};
-
-async fn connect() -> Client {
-    let (client, conn) = tokio_postgres::connect(&shared_url(), NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
+use support::pg::{connect, shared_url, table};
 
 fn keys() -> Vec<Key> {
     vec![
@@ -32,8 +25,8 @@ fn keys() -> Vec<Key> {
 
 #[tokio::test]
 async fn keys_round_trip_through_text_and_varchar_columns() {
-    let db = connect().await;
-    let table = format!("k_{}_round_trip", run_id());
+    let db = connect(&shared_url()).await;
+    let table = table("k", "round_trip");
     db.batch_execute(&format!(
         "CREATE TABLE {table} (id INT PRIMARY KEY, t TEXT NOT NULL, v VARCHAR(1024) NOT NULL)"
     ))
@@ -72,7 +65,7 @@ async fn keys_round_trip_through_text_and_varchar_columns() {
 
 #[tokio::test]
 async fn non_canonical_strings_are_refused_with_a_clear_error() {
-    let db = connect().await;
+    let db = connect(&shared_url()).await;
     type Expected = fn(&KeyError) -> bool;
     let cases: &[(&str, Expected)] = &[
         // A raw space must be escaped.

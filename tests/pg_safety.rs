@@ -11,25 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, PostgresOptions, RenewOutcome};
-use leases::{CancelReason, Key, LeaseError, LeaseManager};
-use support::pg::{run_id, shared_url};
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-/// A table of this test's own, so that tests do not see each other's rows and locks.
-fn table(case: &str) -> String {
-    format!("s_{}_{case}", run_id())
-}
-
-fn with_app(url: &str, app: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}application_name={app}")
-}
+use leases::{CancelReason, Key, LeaseError};
+use support::pg::{connect, manager, run_id, shared_url, table, with_app};
+use tokio_postgres::Client;
 
 /// The shared server's URL, this test's own table, and a backend on it.
 async fn backend_for(
@@ -37,21 +21,12 @@ async fn backend_for(
     statement_timeout: Duration,
 ) -> (String, String, Arc<PostgresBackend>) {
     let url = shared_url();
-    let t = table(case);
+    let t = table("s", case);
     let opts = PostgresOptions::new(url.clone())
         .table(t.clone())
         .statement_timeout(statement_timeout);
     let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
     (url, t, backend)
-}
-
-async fn manager(options: PostgresOptions) -> LeaseManager {
-    LeaseManager::builder()
-        .min_ttl(Duration::from_secs(1))
-        .postgres(options)
-        .start()
-        .await
-        .unwrap()
 }
 
 /// Sessions of this test left `idle in transaction`.
@@ -73,7 +48,7 @@ async fn idle_in_transaction(db: &Client, app_prefix: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_transaction_never_returns_to_the_pool() {
     let url = shared_url();
-    let t = table("poison");
+    let t = table("s", "poison");
     let db = connect(&url).await;
     // Another session holds the schema lock for 2 s.
     let locker = {
@@ -288,7 +263,7 @@ async fn a_renewal_racing_a_revoke_is_told_revoked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_missed_while_the_listener_reconnects_still_wakes_waiters() {
     let url = shared_url();
-    let t = table("listen");
+    let t = table("s", "listen");
     let db = connect(&url).await;
     let role = format!("r_{}", run_id());
     db.batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))

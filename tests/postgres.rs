@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use leases::backend::{Backend, FaultyBackend, PostgresBackend, PostgresOptions};
 use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, LossCause};
-use support::pg::{run_id, shared_url, PgServer, Tls};
+use support::pg::{connect, manager, run_id, shared_url, table, PgServer, Tls};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -20,15 +20,6 @@ fn options(url: &str) -> PostgresOptions {
     PostgresOptions::new(url)
         .pool_size(4)
         .connect_timeout(Duration::from_secs(2))
-}
-
-async fn manager_on(options: PostgresOptions) -> LeaseManager {
-    LeaseManager::builder()
-        .min_ttl(TTL)
-        .postgres(options)
-        .start()
-        .await
-        .unwrap()
 }
 
 struct PgEnv {
@@ -177,7 +168,7 @@ mod through_a_slow_link {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_processes_can_create_the_schema_at_once() {
     let url = shared_url();
-    let table = format!("schema_race_{}", run_id());
+    let table = table("schema", "race");
     let mut tasks = Vec::new();
     for i in 0..12 {
         let opts = options(&url).table(table.clone());
@@ -195,15 +186,12 @@ async fn many_processes_can_create_the_schema_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_can_list_and_revoke_with_plain_sql() {
     let url = shared_url();
-    let table = format!("operator_{}", run_id());
-    let m = manager_on(options(&url).table(table.clone())).await;
+    let table = table("operator", "sql");
+    let m = manager(options(&url).table(table.clone())).await;
     let key = Key::system(["ops", "job 1"]);
     let opts = AcquireOptions::new(TTL * 5).metadata(b"host-a".to_vec());
     let (lease, ctx) = m.acquire_lease_with(key.clone(), opts).await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = connect(&url).await;
     // The README's listing query.
     let rows = client
         .query(
@@ -247,7 +235,7 @@ async fn an_unreachable_database_is_a_backend_error_within_the_connect_timeout()
     let silent_port = silent.local_addr().unwrap().port();
     for port in [closed, silent_port] {
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=1");
-        let m = manager_on(options(&url).connect_timeout(Duration::from_secs(1))).await;
+        let m = manager(options(&url).connect_timeout(Duration::from_secs(1))).await;
         let started = Instant::now();
         let err = m
             .acquire_lease(Key::system(["unreachable"]), TTL)
@@ -299,7 +287,7 @@ async fn choosing_two_backends_is_a_config_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_database_loses_leases_early_and_the_manager_recovers() {
     let server = PgServer::start(None);
-    let m = manager_on(options(&server.url())).await;
+    let m = manager(options(&server.url())).await;
     let key = Key::system(["db-loss"]);
     let ttl = Duration::from_secs(2);
     let (_lease, ctx) = m.acquire_lease(key.clone(), ttl).await.unwrap();
@@ -338,7 +326,7 @@ async fn tls_with_sslmode_require() {
     let key = Key::system(["tls"]);
 
     // sslmode=require: encrypted, certificate not checked (libpq semantics).
-    let m = manager_on(options(&format!("{}?sslmode=require", server.url()))).await;
+    let m = manager(options(&format!("{}?sslmode=require", server.url()))).await;
     let (lease, _) = m.acquire_lease(key.clone(), TTL).await.unwrap();
     lease.release().await.unwrap();
     m.shutdown().await;
@@ -346,7 +334,7 @@ async fn tls_with_sslmode_require() {
     // With the CA given, the certificate is verified too.
     let verified = options(&format!("{}?sslmode=require", server.url()))
         .ca_certificate_pem(tls.cert_pem.clone());
-    let m = manager_on(verified).await;
+    let m = manager(verified).await;
     let (lease, _) = m.acquire_lease(key.clone(), TTL).await.unwrap();
     lease.release().await.unwrap();
     m.shutdown().await;
@@ -354,7 +342,7 @@ async fn tls_with_sslmode_require() {
     // A certificate from another CA is refused.
     let wrong = options(&format!("{}?sslmode=require", server.url()))
         .ca_certificate_pem(self_signed().cert_pem);
-    let m = manager_on(wrong).await;
+    let m = manager(wrong).await;
     assert!(matches!(
         m.acquire_lease(key.clone(), TTL).await,
         Err(LeaseError::Backend(_))
@@ -362,7 +350,7 @@ async fn tls_with_sslmode_require() {
     m.shutdown().await;
 
     // The server refuses unencrypted connections, so the successes above were TLS.
-    let m = manager_on(options(&format!("{}?sslmode=disable", server.url()))).await;
+    let m = manager(options(&format!("{}?sslmode=disable", server.url()))).await;
     assert!(matches!(
         m.acquire_lease(key, TTL).await,
         Err(LeaseError::Backend(_))
@@ -372,7 +360,7 @@ async fn tls_with_sslmode_require() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_answers_up_front() {
-    let m = manager_on(options(&shared_url())).await;
+    let m = manager(options(&shared_url())).await;
     m.check().await.unwrap();
     m.shutdown().await;
     assert!(matches!(m.check().await, Err(LeaseError::ManagerStopped)));

@@ -32,6 +32,8 @@ mod contenders;
 mod etcd;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_renewals;
 mod report;
 mod scale;
 #[cfg(feature = "server")]

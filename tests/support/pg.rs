@@ -5,6 +5,11 @@
 //! dir, on 127.0.0.1 and a free port, as the `postgres` user when the tests run as root
 //! (PostgreSQL refuses to run as root). Servers stop when dropped and, for the shared
 //! one, when the test process exits. A missing PostgreSQL is a test failure, never a skip.
+//!
+//! With the `postgres` feature it also holds what the PostgreSQL tests share to reach
+//! the database themselves: a plain connection, table names unique to the process,
+//! `application_name`s to find their sessions by, the database's clock, a grant straight
+//! from the backend, and a manager.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -321,4 +326,64 @@ pub fn run_id() -> String {
         )
     })
     .clone()
+}
+
+// What the PostgreSQL tests share to reach the database and the backend themselves
+// (feature `postgres`).
+
+/// A plain (no TLS) connection to `url`, driven by a task of its own.
+#[cfg(feature = "postgres")]
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// A table name for test `case` that no other test process uses: `prefix` (one per
+/// test file), this process's [`run_id`], then `case`.
+pub fn table(prefix: &str, case: &str) -> String {
+    format!("{prefix}_{}_{case}", run_id())
+}
+
+/// `url` with `application_name=app`, so that a test can find the sessions it made
+/// in `pg_stat_activity`.
+pub fn with_app(url: &str, app: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}application_name={app}")
+}
+
+/// The database's clock now (`clock_timestamp()`).
+#[cfg(feature = "postgres")]
+pub async fn db_now(db: &tokio_postgres::Client) -> std::time::SystemTime {
+    db.query_one("SELECT clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Acquires `key`, which must be free, straight from `backend`: its token.
+#[cfg(feature = "postgres")]
+pub async fn grant(
+    backend: &leases::backend::PostgresBackend,
+    key: &leases::Key,
+    ttl: std::time::Duration,
+) -> u64 {
+    use leases::backend::{AcquireOutcome, Backend};
+    match backend.acquire(key, ttl, b"").await.unwrap() {
+        AcquireOutcome::Granted { token } => token,
+        held => panic!("{key} should be free: {held:?}"),
+    }
+}
+
+/// A manager on PostgreSQL with these options, taking TTLs from one second.
+#[cfg(feature = "postgres")]
+pub async fn manager(options: leases::backend::PostgresOptions) -> leases::LeaseManager {
+    leases::LeaseManager::builder()
+        .min_ttl(std::time::Duration::from_secs(1))
+        .postgres(options)
+        .start()
+        .await
+        .unwrap()
 }

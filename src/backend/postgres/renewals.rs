@@ -43,11 +43,11 @@
 //! still queued is left out of the batch when it is sent; one already sent may extend a
 //! lease nobody waits for, exactly like a renewal whose answer was lost (see the module
 //! docs of the backend). When the backend is dropped, the batcher and its statements
-//! are aborted; their connections are discarded by [`Checkout`](super::Checkout), and
+//! are aborted; their connections are discarded by [`Checkout`](super::pool::Checkout), and
 //! waiting callers get an error.
 //!
-//! [`renew_batch_window`]: super::PostgresOptions::renew_batch_window
-//! [`renew_batch_size`]: super::PostgresOptions::renew_batch_size
+//! [`renew_batch_window`]: super::options::PostgresOptions::renew_batch_window
+//! [`renew_batch_size`]: super::options::PostgresOptions::renew_batch_size
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -57,7 +57,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::{ttl_ms, Db, PostgresOptions};
+use super::options::PostgresOptions;
+use super::pool::Db;
+use super::values::ttl_ms;
 use crate::backend::RenewOutcome;
 use crate::error::{BackendError, BackendErrorKind};
 

@@ -1,51 +1,27 @@
 //! Adversarial review of the one-pass renewal `UPDATE` and its batcher (e8415e8): each
 //! interleaving is forced with row locks held by a second session, never left to the
 //! scheduler.
-//!
-//! Uses `LEASES_POSTGRES_URL` when set, else a throwaway server; never skipped.
-#![cfg(feature = "postgres")]
-
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, PostgresOptions, RenewOutcome};
 use leases::Key;
-use support::pg::{run_id, shared_url};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-/// A table of this test's own, so that tests do not see each other's rows and locks.
-fn table(case: &str) -> String {
-    format!("r_{}_{case}", run_id())
-}
+use crate::support::pg::{connect, grant, run_id, shared_url, table, with_app};
 
 /// This test's table, the application name of its backend's connections, and the
 /// backend (batch window `window`, statement timeout 10 s: longer than any wait here).
 async fn backend_for(case: &str, window: Duration) -> (String, String, Arc<PostgresBackend>) {
-    let t = table(case);
+    let t = table("r", case);
     let app = format!("leases_review_{case}_{}", run_id());
-    let url = shared_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let opts = PostgresOptions::new(format!("{url}{sep}application_name={app}"))
+    let opts = PostgresOptions::new(with_app(&shared_url(), &app))
         .table(t.clone())
         .renew_batch_window(window)
         .statement_timeout(Duration::from_secs(10));
     let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
     (t, app, backend)
-}
-
-async fn grant(backend: &PostgresBackend, key: &Key, ttl: Duration) -> u64 {
-    match backend.acquire(key, ttl, b"").await.unwrap() {
-        AcquireOutcome::Granted { token } => token,
-        held => panic!("{key} should be free: {held:?}"),
-    }
 }
 
 /// Waits until a renewal statement of `app` is blocked on a lock.
@@ -223,7 +199,7 @@ async fn a_batched_renewal_racing_a_takeover_is_lost_and_extends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unbounded_batch_size_keeps_the_batcher_renewing() {
     let opts = PostgresOptions::new(shared_url())
-        .table(table("unbounded"))
+        .table(table("r", "unbounded"))
         .pool_size(4)
         .renew_batch_size(usize::MAX)
         .renew_batch_window(Duration::ZERO);

@@ -2,43 +2,15 @@
 //! on the locked rows, at most half the pool running renewal statements. Each
 //! interleaving is forced with row locks held by a second session and observed in
 //! `pg_stat_activity`, never left to the scheduler.
-//!
-//! Uses `LEASES_POSTGRES_URL` when set, else a throwaway server; never skipped.
-#![cfg(feature = "postgres")]
-
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, PostgresOptions, RenewOutcome};
 use leases::Key;
-use support::pg::{run_id, shared_url};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-/// A table of this test's own, so that tests do not see each other's rows and locks.
-fn table(case: &str) -> String {
-    format!("r2_{}_{case}", run_id())
-}
-
-fn url_with_app(app: &str) -> String {
-    let url = shared_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}application_name={app}")
-}
-
-async fn grant(backend: &PostgresBackend, key: &Key, ttl: Duration) -> u64 {
-    match backend.acquire(key, ttl, b"").await.unwrap() {
-        AcquireOutcome::Granted { token } => token,
-        held => panic!("{key} should be free: {held:?}"),
-    }
-}
+use crate::support::pg::{connect, grant, run_id, shared_url, table, with_app};
 
 /// How many statements of `app` whose text contains `like` are running on the server
 /// (`blocked`: only those waiting on a lock).
@@ -112,10 +84,10 @@ async fn db_now_us(db: &Client) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_renewal_the_server_still_runs_never_moves_a_confirmed_expiry_backwards() {
     let case = "stale";
-    let t = table(case);
+    let t = table("r2", case);
     let app = format!("leases_review2_{case}_{}", run_id());
     let statement_timeout = Duration::from_secs(4);
-    let opts = PostgresOptions::new(url_with_app(&app))
+    let opts = PostgresOptions::new(with_app(&shared_url(), &app))
         .table(t.clone())
         .pool_size(2)
         .connect_timeout(Duration::from_secs(30))
@@ -230,7 +202,7 @@ async fn a_stale_renewal_the_server_still_runs_never_moves_a_confirmed_expiry_ba
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_with_an_unrepresentable_ttl_does_not_fail_the_rest_of_its_batch() {
     let opts = PostgresOptions::new(shared_url())
-        .table(table("poison"))
+        .table(table("r2", "poison"))
         // Long enough that both renewals share one statement.
         .renew_batch_window(Duration::from_millis(300));
     let backend = Arc::new(PostgresBackend::connect(opts).await.unwrap());
@@ -261,13 +233,13 @@ async fn extreme_pool_size_and_statement_timeout_do_not_panic() {
         (
             "pool_size(usize::MAX)",
             PostgresOptions::new(shared_url())
-                .table(table("huge_pool"))
+                .table(table("r2", "huge_pool"))
                 .pool_size(usize::MAX),
         ),
         (
             "statement_timeout(Duration::MAX)",
             PostgresOptions::new(shared_url())
-                .table(table("huge_timeout"))
+                .table(table("r2", "huge_timeout"))
                 .statement_timeout(Duration::MAX),
         ),
     ];

@@ -1,0 +1,69 @@
+//! The table and its token sequence: their definitions, and their creation on a
+//! backend's first operation, in a transaction under an advisory lock, so that many
+//! processes can start at once.
+
+use tokio::sync::OnceCell;
+
+use super::errors::pg_error;
+use crate::error::BackendError;
+
+/// The schema of one table, and whether this backend has made sure it exists.
+pub(super) struct Schema {
+    /// Serializes schema creation among processes (released at the transaction's end).
+    lock: String,
+    /// `CREATE … IF NOT EXISTS` statements, run in order.
+    create: Vec<String>,
+    /// Set once the schema exists: created here or found.
+    ready: OnceCell<()>,
+}
+
+impl Schema {
+    /// The schema of table `t` (a checked identifier: see `PostgresOptions::check`).
+    pub(super) fn new(t: &str) -> Schema {
+        Schema {
+            lock: format!("SELECT pg_advisory_xact_lock(hashtext('leases schema {t}'))"),
+            create: vec![
+                format!("CREATE SEQUENCE IF NOT EXISTS {t}_token_seq"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (
+                        key TEXT PRIMARY KEY,
+                        token BIGINT NOT NULL,
+                        ttl_ms BIGINT NOT NULL,
+                        expires_at TIMESTAMPTZ NOT NULL,
+                        metadata BYTEA NOT NULL,
+                        revoked BOOLEAN NOT NULL DEFAULT false,
+                        acquired_at TIMESTAMPTZ NOT NULL)"
+                ),
+            ],
+            ready: OnceCell::new(),
+        }
+    }
+
+    /// Creates the schema on `client` unless this backend already did; a failure (or a
+    /// dropped future) leaves it to the next operation to try again.
+    pub(super) async fn ensure(
+        &self,
+        client: &mut deadpool_postgres::ClientWrapper,
+    ) -> Result<(), BackendError> {
+        self.ready.get_or_try_init(|| self.create(client)).await?;
+        Ok(())
+    }
+
+    /// Creates the sequence and the table if they do not exist, in a transaction that
+    /// holds an advisory lock, so that processes starting together do not trip over each
+    /// other's `CREATE … IF NOT EXISTS`.
+    async fn create(
+        &self,
+        client: &mut deadpool_postgres::ClientWrapper,
+    ) -> Result<(), BackendError> {
+        let fail = |e| pg_error("could not create the lease table", e);
+        // The driver's transaction: a dropped or failed one is rolled back. (If this
+        // future is dropped mid-way, the connection is discarded anyway.)
+        let tx = client.transaction().await.map_err(fail)?;
+        tx.execute(self.lock.as_str(), &[]).await.map_err(fail)?;
+        for statement in &self.create {
+            tx.batch_execute(statement).await.map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)
+    }
+}
