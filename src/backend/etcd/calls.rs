@@ -4,7 +4,6 @@
 //! when etcd refuses a token); the Raft term of every answer noted; and the reads,
 //! transactions and etcd-lease calls built on that.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,8 +82,7 @@ impl Inner {
             let mut auth_retried = false;
             let mut backoff = Duration::from_millis(20);
             loop {
-                let i = self.current.load(Ordering::Relaxed) % self.channels.len();
-                let channel = self.channels[i].clone();
+                let (i, channel) = self.endpoint();
                 let attempt = async {
                     let token = self.token(&channel).await?;
                     f(channel.clone(), token).await
@@ -103,12 +101,7 @@ impl Inner {
                     return Err(status_error(what, status));
                 }
                 tracing::debug!(endpoint = %self.endpoints[i], %status, "etcd {what} failed; trying the next member");
-                let _ = self.current.compare_exchange(
-                    i,
-                    (i + 1) % self.channels.len(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                self.move_on_from(i);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(200));
             }

@@ -19,9 +19,9 @@ use crate::key::Key;
 /// The state of one backend, shared with its watch task.
 pub(super) struct Inner {
     pub(super) endpoints: Vec<String>,
-    pub(super) channels: Vec<Channel>,
+    channels: Vec<Channel>,
     /// The endpoint in use; moved on when it fails.
-    pub(super) current: AtomicUsize,
+    current: AtomicUsize,
     pub(super) prefix: Vec<u8>,
     pub(super) request_timeout: Duration,
     pub(super) try_timeout: Duration,
@@ -101,6 +101,22 @@ impl Inner {
             acquires: AtomicU64::new(0),
             max_term: AtomicU64::new(0),
         }
+    }
+
+    /// The endpoint in use: its index and channel.
+    pub(super) fn endpoint(&self) -> (usize, Channel) {
+        let i = self.current.load(Ordering::Relaxed) % self.channels.len();
+        (i, self.channels[i].clone())
+    }
+
+    /// Moves on from endpoint `i` to the next (unless someone already has).
+    pub(super) fn move_on_from(&self, i: usize) {
+        let _ = self.current.compare_exchange(
+            i,
+            (i + 1) % self.channels.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// The etcd key of a lease key: `<prefix><key>`.

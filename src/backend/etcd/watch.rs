@@ -4,7 +4,6 @@
 //! [`Freed::Everything`]. It asks for a progress report every second, and reconnects
 //! (to the next endpoint) when nothing arrives for three seconds or the stream ends.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -67,8 +66,7 @@ async fn watch(inner: Arc<Inner>, frees: broadcast::Sender<Freed>) {
     let end = prefix_end(&start);
     let mut backoff = Duration::from_millis(25);
     loop {
-        let i = inner.current.load(Ordering::Relaxed) % inner.channels.len();
-        let channel = inner.channels[i].clone();
+        let (i, channel) = inner.endpoint();
         let ended = async {
             let token = inner.token(&channel).await.map_err(|s| s.to_string())?;
             let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -147,12 +145,7 @@ async fn watch(inner: Arc<Inner>, frees: broadcast::Sender<Freed>) {
                 *crate::sync::lock(&inner.auth_token) = None;
             }
         }
-        let _ = inner.current.compare_exchange(
-            i,
-            (i + 1) % inner.channels.len(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        inner.move_on_from(i);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
