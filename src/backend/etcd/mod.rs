@@ -22,7 +22,7 @@
 //!   gone, and with it the key: `Lost`. A keep-alive counts only when a linearizable
 //!   read made after its answer sees the same Raft term: etcd 3.4 lets a leader that
 //!   was cut off or frozen, and has not yet noticed, answer keep-alives from a lease
-//!   table that no longer counts (see `keep_alive` in the source).
+//!   table that no longer counts (see `keep_alive` in `groups.rs`).
 //! - **Release** is a transaction *if create revision = token, delete the key and its
 //!   grant record*; if the key is gone, its grant record is deleted all the same when
 //!   the same acquire wrote it (its mod revision is the token).
