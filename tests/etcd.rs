@@ -16,7 +16,7 @@ use leases::backend::{
     AcquireOutcome, Backend, EtcdBackend, EtcdOptions, FaultyBackend, RenewOutcome,
 };
 use leases::{Key, LeaseError, LeaseManager};
-use support::etcd::{run_id, shared_endpoints};
+use support::etcd::{granted, manager, run_id, shared_endpoints, EtcdCluster};
 
 /// etcd leases are whole seconds: a TTL of whole seconds maps onto them exactly.
 const TTL: Duration = Duration::from_secs(2);
@@ -34,12 +34,7 @@ struct EtcdEnv {
 #[async_trait]
 impl leases::testing::conformance::Env for EtcdEnv {
     async fn manager(&self) -> LeaseManager {
-        LeaseManager::builder()
-            .min_ttl(TTL)
-            .etcd(options())
-            .start()
-            .await
-            .unwrap()
+        manager(options(), TTL).await
     }
 
     async fn faulty_manager(&self) -> (LeaseManager, Arc<FaultyBackend>) {
@@ -64,13 +59,6 @@ leases::conformance_tests!(
     },
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 );
-
-fn granted(o: AcquireOutcome) -> u64 {
-    match o {
-        AcquireOutcome::Granted { token } => token,
-        held => panic!("expected a grant, got {held:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_create_revisions_and_keep_growing_across_backends() {
@@ -164,12 +152,7 @@ async fn an_unreachable_cluster_is_a_backend_error_within_the_request_timeout() 
         let opts = EtcdOptions::new([format!("http://127.0.0.1:{port}")])
             .connect_timeout(Duration::from_millis(500))
             .request_timeout(Duration::from_secs(1));
-        let m = LeaseManager::builder()
-            .min_ttl(TTL)
-            .etcd(opts.clone())
-            .start()
-            .await
-            .unwrap();
+        let m = manager(opts.clone(), TTL).await;
         let started = Instant::now();
         let err = m
             .acquire_lease(Key::system(["unreachable"]), TTL)
@@ -203,12 +186,7 @@ async fn choosing_two_backends_is_a_config_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_answers_up_front() {
-    let m = LeaseManager::builder()
-        .min_ttl(TTL)
-        .etcd(options())
-        .start()
-        .await
-        .unwrap();
+    let m = manager(options(), TTL).await;
     m.check().await.unwrap();
     m.shutdown().await;
     assert!(matches!(m.check().await, Err(LeaseError::ManagerStopped)));
@@ -218,24 +196,9 @@ async fn check_answers_up_front() {
 /// its token is refused); without a user, or with a wrong password, it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_password() {
-    let cluster = support::etcd::EtcdCluster::start(1);
-    let port = cluster.client_ports()[0];
-    for (path, body) in [
-        (
-            "/v3/auth/user/add",
-            r#"{"name":"root","password":"s3cret"}"#,
-        ),
-        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
-        ("/v3/auth/enable", "{}"),
-    ] {
-        let answer = support::etcd::http(port, "POST", path, body).unwrap_or_default();
-        assert!(!answer.contains("\"error\""), "{path}: {answer}");
-    }
-    let base = || {
-        EtcdOptions::new(cluster.endpoints())
-            .request_timeout(Duration::from_secs(2))
-            .prefix("/auth")
-    };
+    let cluster = EtcdCluster::start(1);
+    cluster.enable_auth("root", "s3cret");
+    let base = || cluster.options("/auth");
     let b = EtcdBackend::connect(base().user("root", "s3cret"))
         .await
         .unwrap();
@@ -257,16 +220,8 @@ async fn user_and_password() {
 /// fresh token, so a waiter is woken by the release, not by the holder's TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_auth_token_is_replaced_for_renewals_and_the_watch() {
-    let mut cluster = support::etcd::EtcdCluster::start_args(1, &["--auth-token-ttl", "1"]);
-    let port = cluster.client_ports()[0];
-    for (path, body) in [
-        ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
-        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
-        ("/v3/auth/enable", "{}"),
-    ] {
-        let answer = support::etcd::http(port, "POST", path, body).unwrap_or_default();
-        assert!(!answer.contains("\"error\""), "{path}: {answer}");
-    }
+    let mut cluster = EtcdCluster::start_args(1, &["--auth-token-ttl", "1"]);
+    cluster.enable_auth("root", "pw");
     let endpoint = cluster.endpoints()[0].clone();
     let token = auth_token(&endpoint).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -276,10 +231,7 @@ async fn an_expired_auth_token_is_replaced_for_renewals_and_the_watch() {
         "precondition: a token unused for 2 s is refused"
     );
 
-    let options = EtcdOptions::new(cluster.endpoints())
-        .request_timeout(Duration::from_secs(2))
-        .prefix("/auth-expiry")
-        .user("root", "pw");
+    let options = cluster.options("/auth-expiry").user("root", "pw");
     // Renewals every TTL/3 (about 7 s): each one finds its token expired.
     let ttl = Duration::from_secs(20);
     let manager = || async {
@@ -306,9 +258,7 @@ async fn an_expired_auth_token_is_replaced_for_renewals_and_the_watch() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The restart ends the watch: it must reconnect, and its token has expired.
-    cluster.kill(0);
-    cluster.restart(0);
-    cluster.wait_healthy(Duration::from_secs(30));
+    cluster.crash_and_restart(0);
     tokio::time::sleep(ttl / 2).await;
     assert!(
         !ctx.is_cancelled(),
@@ -338,11 +288,7 @@ async fn an_expired_auth_token_is_replaced_for_renewals_and_the_watch() {
 
 async fn auth_token(endpoint: &str) -> String {
     use leases::backend::etcd_wire as pb;
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = support::etcd::channel(endpoint).await;
     pb::auth_client::AuthClient::new(channel)
         .authenticate(pb::AuthenticateRequest {
             name: "root".into(),
@@ -356,11 +302,7 @@ async fn auth_token(endpoint: &str) -> String {
 
 async fn range_with_token(endpoint: &str, token: &str) -> Result<(), tonic::Status> {
     use leases::backend::etcd_wire as pb;
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = support::etcd::channel(endpoint).await;
     let mut req = tonic::Request::new(pb::RangeRequest {
         key: b"/auth-expiry".to_vec(),
         ..Default::default()
@@ -378,13 +320,8 @@ async fn range_with_token(endpoint: &str, token: &str) -> Result<(), tonic::Stat
 async fn tls_verified_against_the_given_ca() {
     let ck =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let cluster =
-        support::etcd::EtcdCluster::start_tls(1, &ck.cert.pem(), &ck.signing_key.serialize_pem());
-    let base = || {
-        EtcdOptions::new(cluster.endpoints())
-            .request_timeout(Duration::from_secs(2))
-            .prefix("/tls")
-    };
+    let cluster = EtcdCluster::start_tls(1, &ck.cert.pem(), &ck.signing_key.serialize_pem());
+    let base = || cluster.options("/tls");
     // The member may still be electing itself: try for a while.
     let mut backend = None;
     for _ in 0..50 {

@@ -21,7 +21,7 @@
 //! that the etcd leases renewed meanwhile through the new leader have expired, and it
 //! proposes their revocation, which the new leader applies (etcd issues #12528 and
 //! #15247, fixed by etcd PR #16822): keys vanish while their holders are live. Before
-//! the backend's grant records (see `backend/etcd.rs`), a shorter freeze of the leader
+//! the backend's grant records (see `backend/etcd/`), a shorter freeze of the leader
 //! gave a second holder in about one run in three. The backend also guards against the
 //! other half of those issues (a frozen leader *answering keep-alives* from its stale
 //! table) with its Raft term check. `a_lease_revoked_early_after_a_leader_change_…`
@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use leases::backend::EtcdOptions;
 use leases::{AcquireOptions, Key, LeaseContext, LeaseManager};
-use support::etcd::EtcdCluster;
+use support::etcd::{manager, revoke_behind_holder, EtcdCluster};
 use support::rng::XorShift;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -136,17 +136,6 @@ async fn grants_resume(ledger: &Ledger, n: u64, max: Duration, after: &str) {
     }
 }
 
-/// The cluster's leader, waiting for one to be elected.
-async fn leader(cluster: &EtcdCluster) -> usize {
-    for _ in 0..200 {
-        if let Some(l) = cluster.leader() {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no etcd leader within 10 s");
-}
-
 /// SIGSTOPs member `i` (a `role`: leader or follower) for `millis`, checking grants go
 /// on without it, then SIGCONTs it and checks they go on once it is back. `phases`
 /// name the two halves in violation reports.
@@ -181,12 +170,7 @@ async fn holders_stay_exclusive_through_leader_loss_stopped_members_and_a_full_r
     let mut managers = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..MANAGERS {
-        let m = LeaseManager::builder()
-            .min_ttl(TTL)
-            .etcd(options.clone())
-            .start()
-            .await
-            .unwrap();
+        let m = manager(options.clone(), TTL).await;
         for w in 0..WORKERS {
             let seed = (i * WORKERS + w) as u64;
             tasks.push(tokio::spawn(worker(
@@ -201,7 +185,7 @@ async fn holders_stay_exclusive_through_leader_loss_stopped_members_and_a_full_r
     grants_resume(&ledger, 20, Duration::from_secs(20), "the start").await;
 
     // 1. The leader crashes; the others elect a new one and serve on.
-    let l = leader(&cluster).await;
+    let l = cluster.elected_leader().await;
     *ledger.phase.lock().unwrap() = "leader killed";
     eprintln!("SIGKILL of the leader, member {l}");
     cluster.kill(l);
@@ -218,7 +202,7 @@ async fn holders_stay_exclusive_through_leader_loss_stopped_members_and_a_full_r
 
     // 2. A follower freezes past the election timeout (500 ms): it holds its
     // connections but answers nothing, so ours to it hang and are given up on.
-    let leading = leader(&cluster).await;
+    let leading = cluster.elected_leader().await;
     let follower = (leading + 1) % cluster.len();
     let phases = ["follower stopped", "follower resumed"];
     freeze(&cluster, &ledger, (follower, "follower"), phases, 1500).await;
@@ -227,7 +211,7 @@ async fn holders_stay_exclusive_through_leader_loss_stopped_members_and_a_full_r
     // elect another, and when it resumes, etcd 3.4.23 lets it revoke the etcd leases
     // renewed meanwhile (see the module docs). Their keys vanish early; nobody may be
     // granted one before its holder knows.
-    let leading = leader(&cluster).await;
+    let leading = cluster.elected_leader().await;
     let phases = ["leader stopped", "leader resumed"];
     freeze(&cluster, &ledger, (leading, "leader"), phases, 3000).await;
 
@@ -280,21 +264,15 @@ async fn holders_stay_exclusive_through_leader_loss_stopped_members_and_a_full_r
 /// larger token, and not long after a TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_revoked_early_after_a_leader_change_is_granted_only_after_its_holder_knows() {
-    use leases::backend::etcd_wire as pb;
     let ttl = Duration::from_secs(4);
     let mut cluster = EtcdCluster::start(3);
     let options = EtcdOptions::new(cluster.endpoints())
         .prefix("/leases-early")
         .request_timeout(Duration::from_secs(1));
-    let manager = || async {
-        LeaseManager::builder()
-            .min_ttl(ttl)
-            .etcd(options.clone())
-            .start()
-            .await
-            .unwrap()
-    };
-    let (a, b) = (manager().await, manager().await);
+    let (a, b) = (
+        manager(options.clone(), ttl).await,
+        manager(options.clone(), ttl).await,
+    );
     // Two rounds in which the holder rode out the leader change (on a loaded machine
     // the election can outlast its renewals; then that try does not count).
     let (mut round, mut tries) = (0, 0);
@@ -308,10 +286,10 @@ async fn a_lease_revoked_early_after_a_leader_change_is_granted_only_after_its_h
             .unwrap();
 
         // A leader change after the holder's etcd lease was granted.
-        let l = leader(&cluster).await;
+        let l = cluster.elected_leader().await;
         eprintln!("round {round}: SIGKILL of the leader, member {l}");
         cluster.kill(l);
-        leader(&cluster).await;
+        cluster.elected_leader().await;
         cluster.restart(l);
         cluster.wait_healthy(Duration::from_secs(30));
         tokio::time::sleep(ttl / 2).await;
@@ -322,31 +300,11 @@ async fn a_lease_revoked_early_after_a_leader_change_is_granted_only_after_its_h
         }
 
         // Revoke the holder's etcd lease behind its back.
-        let running = (l + 1) % cluster.len();
-        let channel = tonic::transport::Endpoint::from_shared(cluster.endpoints()[running].clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let running = cluster.endpoints()[(l + 1) % cluster.len()].clone();
         let etcd_key = format!("/leases-early{k}").into_bytes();
-        let kv = pb::kv_client::KvClient::new(channel.clone())
-            .range(pb::RangeRequest {
-                key: etcd_key,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .kvs
-            .pop()
-            .expect("the holder's key is in etcd");
-        assert_eq!(kv.create_revision as u64, lease_a.token());
-        pb::lease_client::LeaseClient::new(channel)
-            .lease_revoke(pb::LeaseRevokeRequest { id: kv.lease })
-            .await
-            .unwrap();
+        let revoked = revoke_behind_holder(&running, etcd_key, lease_a.token()).await;
         let revoked_at = std::time::Instant::now();
-        eprintln!("round {round}: revoked etcd lease {:x}", kv.lease);
+        eprintln!("round {round}: revoked etcd lease {revoked:x}");
 
         let opts = AcquireOptions::new(ttl).wait(ttl * 3);
         let (lease_b, _ctx_b) = b.acquire_lease_with(k.clone(), opts).await.unwrap();
@@ -392,12 +350,7 @@ async fn holder_process() {
     let options = EtcdOptions::new(endpoints.split(','))
         .prefix("/leases-holders")
         .request_timeout(Duration::from_secs(1));
-    let m = LeaseManager::builder()
-        .min_ttl(TTL)
-        .etcd(options)
-        .start()
-        .await
-        .unwrap();
+    let m = manager(options, TTL).await;
     let opts = AcquireOptions::new(TTL).wait(Duration::from_secs(30));
     let (lease, ctx) = m.acquire_lease_with(key(0), opts).await.unwrap();
     use std::io::Write;
@@ -429,12 +382,7 @@ async fn a_killed_holder_process_is_taken_over_only_after_its_deadline() {
     let options = EtcdOptions::new(cluster.endpoints())
         .prefix("/leases-holders")
         .request_timeout(Duration::from_secs(1));
-    let m = LeaseManager::builder()
-        .min_ttl(TTL)
-        .etcd(options)
-        .start()
-        .await
-        .unwrap();
+    let m = manager(options, TTL).await;
     let mut last_token = 0;
     for round in 0..3 {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())

@@ -6,9 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use leases::backend::{AcquireOutcome, Backend, EtcdBackend, EtcdOptions};
+use leases::backend::{AcquireOutcome, Backend, EtcdBackend};
 use leases::Key;
-use support::etcd::EtcdCluster;
+use support::etcd::{granted, revoke_behind_holder, EtcdCluster};
 
 /// Guarantee 4 (nothing stuck) after a leader change. A holder dies (its process is
 /// gone: no renewals, no release) after a leader change, so its key's grant record
@@ -23,9 +23,7 @@ use support::etcd::EtcdCluster;
 async fn an_abandoned_key_is_granted_to_fresh_backends_trying_once_after_a_leader_change() {
     let ttl = Duration::from_secs(2);
     let mut cluster = EtcdCluster::start(1);
-    let options = EtcdOptions::new(cluster.endpoints())
-        .prefix("/review-stuck")
-        .request_timeout(Duration::from_secs(2));
+    let options = cluster.options("/review-stuck");
     let key = Key::system(["review", "stuck"]);
 
     // The holder acquires, then its process dies.
@@ -37,9 +35,7 @@ async fn an_abandoned_key_is_granted_to_fresh_backends_trying_once_after_a_leade
     let died = Instant::now();
 
     // A leader change: the single member restarts and elects itself in a new term.
-    cluster.kill(0);
-    cluster.restart(0);
-    cluster.wait_healthy(Duration::from_secs(30));
+    cluster.crash_and_restart(0);
 
     // Wait for etcd to expire the dead holder's key (its TTL, extended by the election).
     let probe = EtcdBackend::connect(options.clone()).await.unwrap();
@@ -74,7 +70,7 @@ async fn an_abandoned_key_is_granted_to_fresh_backends_trying_once_after_a_leade
     );
 }
 
-/// "A released key never waits" (module docs of `backend/etcd.rs`). A holder's etcd
+/// "A released key never waits" (module docs of `backend/etcd/mod.rs`). A holder's etcd
 /// lease is revoked early after a leader change (what a resumed stale leader does on
 /// etcd 3.4.23, here by hand), and its holder, done with the key, releases it before
 /// its next renewal: the release finds the key gone and used to leave its grant record
@@ -82,43 +78,17 @@ async fn an_abandoned_key_is_granted_to_fresh_backends_trying_once_after_a_leade
 /// let go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_released_by_its_holder_after_an_early_revoke_is_free_at_once() {
-    use leases::backend::etcd_wire as pb;
     let ttl = Duration::from_secs(10);
     let mut cluster = EtcdCluster::start(1);
-    let options = EtcdOptions::new(cluster.endpoints())
-        .prefix("/review-release")
-        .request_timeout(Duration::from_secs(2));
+    let options = cluster.options("/review-release");
     let key = Key::system(["review", "release"]);
     let holder = EtcdBackend::connect(options.clone()).await.unwrap();
-    let AcquireOutcome::Granted { token } = holder.acquire(&key, ttl, b"").await.unwrap() else {
-        panic!("the key is free");
-    };
+    let token = granted(holder.acquire(&key, ttl, b"").await.unwrap());
 
     // A leader change, then the holder's etcd lease is revoked early.
-    cluster.kill(0);
-    cluster.restart(0);
-    cluster.wait_healthy(Duration::from_secs(30));
-    let channel = tonic::transport::Endpoint::from_shared(cluster.endpoints()[0].clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let kv = pb::kv_client::KvClient::new(channel.clone())
-        .range(pb::RangeRequest {
-            key: format!("/review-release{key}").into_bytes(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .kvs
-        .pop()
-        .expect("the holder's key is in etcd");
-    assert_eq!(kv.create_revision as u64, token);
-    pb::lease_client::LeaseClient::new(channel)
-        .lease_revoke(pb::LeaseRevokeRequest { id: kv.lease })
-        .await
-        .unwrap();
+    cluster.crash_and_restart(0);
+    let etcd_key = format!("/review-release{key}").into_bytes();
+    revoke_behind_holder(&cluster.endpoints()[0], etcd_key, token).await;
 
     // The holder lets go (the key is already gone: not held any more).
     assert!(!holder.release(&key, token).await.unwrap());

@@ -36,11 +36,7 @@ struct RawEtcd {
 
 impl RawEtcd {
     async fn new(endpoint: &str) -> RawEtcd {
-        let channel = Channel::from_shared(endpoint.to_string())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = etcd_support::channel(endpoint).await;
         let lease = LeaseClient::new(channel.clone())
             .lease_grant(pb::LeaseGrantRequest {
                 ttl: TTL.as_secs() as i64,
@@ -142,12 +138,8 @@ impl Subject for RawEtcd {
 }
 
 async fn manager(endpoints: Vec<String>, prefix: &str) -> LeaseManager {
-    LeaseManager::builder()
-        .min_ttl(Duration::from_secs(1))
-        .etcd(EtcdOptions::new(endpoints).prefix(prefix))
-        .start()
-        .await
-        .unwrap()
+    let options = EtcdOptions::new(endpoints).prefix(prefix);
+    etcd_support::manager(options, Duration::from_secs(1)).await
 }
 
 /// gRPC messages received by the members so far, by method, summed over members.

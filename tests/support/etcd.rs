@@ -7,6 +7,10 @@
 //! restarted on the same ports and data. The cluster is killed and its dir removed when
 //! dropped and, for the shared one, when the test process exits. A missing etcd is a
 //! test failure, never a skip (scripts/test.sh installs it).
+//!
+//! Also what the etcd tests and the benchmark share: backend options and managers on a
+//! cluster, etcd's auth switched on, a bare gRPC channel to a member, and an etcd lease
+//! revoked behind its holder's back (what a resumed stale leader does on etcd 3.4).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -331,6 +335,49 @@ impl EtcdCluster {
         }
         self.wait_healthy(Duration::from_secs(60));
     }
+
+    /// SIGKILLs member `i`, starts it again and waits until every member is healthy:
+    /// with one member, a leader change (it elects itself in a new term).
+    pub fn crash_and_restart(&mut self, i: usize) {
+        self.kill(i);
+        self.restart(i);
+        self.wait_healthy(Duration::from_secs(30));
+    }
+
+    /// The current leader, waiting (up to 10 s) for one to be elected.
+    pub async fn elected_leader(&self) -> usize {
+        for _ in 0..200 {
+            if let Some(l) = self.leader() {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no etcd leader within 10 s");
+    }
+
+    /// Switches etcd's auth on, with `user` as root (password `password`).
+    pub fn enable_auth(&self, user: &str, password: &str) {
+        let port = self.client_ports()[0];
+        let add = format!(r#"{{"name":"{user}","password":"{password}"}}"#);
+        let grant = format!(r#"{{"user":"{user}","role":"root"}}"#);
+        for (path, body) in [
+            ("/v3/auth/user/add", add.as_str()),
+            ("/v3/auth/user/grant", grant.as_str()),
+            ("/v3/auth/enable", "{}"),
+        ] {
+            let answer = http(port, "POST", path, body).unwrap_or_default();
+            assert!(!answer.contains("\"error\""), "{path}: {answer}");
+        }
+    }
+
+    /// Backend options for this cluster: every member, this key prefix, a 2 s request
+    /// timeout.
+    #[cfg(feature = "etcd")]
+    pub fn options(&self, prefix: &str) -> leases::backend::EtcdOptions {
+        leases::backend::EtcdOptions::new(self.endpoints())
+            .prefix(prefix)
+            .request_timeout(Duration::from_secs(2))
+    }
 }
 
 impl Drop for EtcdCluster {
@@ -371,4 +418,62 @@ pub fn run_id() -> String {
         )
     })
     .clone()
+}
+
+/// A lease manager on etcd with these options and this shortest TTL.
+#[cfg(feature = "etcd")]
+pub async fn manager(
+    options: leases::backend::EtcdOptions,
+    min_ttl: Duration,
+) -> leases::LeaseManager {
+    leases::LeaseManager::builder()
+        .min_ttl(min_ttl)
+        .etcd(options)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// The token of a grant; panics at anything else.
+#[cfg(feature = "etcd")]
+pub fn granted(o: leases::backend::AcquireOutcome) -> u64 {
+    match o {
+        leases::backend::AcquireOutcome::Granted { token } => token,
+        held => panic!("expected a grant, got {held:?}"),
+    }
+}
+
+/// A bare gRPC channel to one member (no backend in between).
+pub async fn channel(endpoint: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Revokes, through the member at `endpoint`, the etcd lease that the lease key
+/// `etcd_key` (granted with `token`) rides on, behind its holder's back: what a resumed
+/// stale leader does on etcd without the fix for etcd #15247. The etcd lease's ID.
+#[cfg(feature = "etcd")]
+pub async fn revoke_behind_holder(endpoint: &str, etcd_key: Vec<u8>, token: u64) -> i64 {
+    use leases::backend::etcd_wire as pb;
+    let channel = channel(endpoint).await;
+    let kv = pb::kv_client::KvClient::new(channel.clone())
+        .range(pb::RangeRequest {
+            key: etcd_key,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .pop()
+        .expect("the holder's key is in etcd");
+    assert_eq!(kv.create_revision as u64, token);
+    pb::lease_client::LeaseClient::new(channel)
+        .lease_revoke(pb::LeaseRevokeRequest { id: kv.lease })
+        .await
+        .unwrap();
+    kv.lease
 }
