@@ -10,10 +10,10 @@ use leases::{ClientLeaser, Key};
 
 use crate::clients::hold_once;
 use crate::h2proxy::{ConnFault, StreamReset};
+use crate::history::History;
 use crate::support::proxy::Fault;
 use crate::support::rng::XorShift;
-use crate::history::History;
-use crate::{Chain, World, LEASES};
+use crate::world::{Chain, World, LEASES};
 
 /// The `RST_STREAM` codes injected upstream.
 const CODES: &[(Reason, &str)] = &[
