@@ -300,13 +300,7 @@ impl Violation {
         if self.a.acts == 0 {
             return self.what.clone();
         }
-        let who = |i: &Interval| {
-            format!(
-                "{}(token {})",
-                i.grant.holder,
-                token(i.grant.token)
-            )
-        };
+        let who = |i: &Interval| format!("{}(token {})", i.grant.holder, token(i.grant.token));
         format!(
             "t={} {} {}: {} acted {}..{}, {} from {}",
             secs(self.b.start, origin),
