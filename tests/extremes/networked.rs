@@ -13,6 +13,22 @@ use proptest::prelude::*;
 use crate::panics::{panics, real};
 use crate::strategies::{config, count, duration, size, text, valid_ttl};
 
+/// A backend built from options that name an unreachable store: a typed refusal of the
+/// options, or a backend whose check of the store fails.
+async fn refused_or_unreachable(
+    built: Result<impl Backend, LeaseError>,
+) -> Result<(), TestCaseError> {
+    match built {
+        Ok(backend) => {
+            let checked = tokio::time::timeout(Duration::from_millis(300), backend.check()).await;
+            prop_assert!(!matches!(checked, Ok(Ok(()))), "nothing listens there");
+        }
+        Err(LeaseError::InvalidConfig(_)) => {}
+        Err(e) => return Err(TestCaseError::fail(format!("untyped refusal {e:?}"))),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..config() })]
 
@@ -37,27 +53,12 @@ proptest! {
                 .statement_timeout(statement)
                 .renew_batch_window(window)
                 .renew_batch_size(batch);
-            match PostgresBackend::new(pg) {
-                Ok(backend) => {
-                    let checked = tokio::time::timeout(Duration::from_millis(300), backend.check()).await;
-                    prop_assert!(!matches!(checked, Ok(Ok(()))), "nothing listens there");
-                }
-                Err(LeaseError::InvalidConfig(_)) => {}
-                Err(e) => return Err(TestCaseError::fail(format!("untyped refusal {e:?}"))),
-            }
+            refused_or_unreachable(PostgresBackend::new(pg)).await?;
             let etcd = EtcdOptions::new(["http://127.0.0.1:1"])
                 .prefix(prefix)
                 .connect_timeout(connect)
                 .request_timeout(statement);
-            match EtcdBackend::new(etcd) {
-                Ok(backend) => {
-                    let checked = tokio::time::timeout(Duration::from_millis(300), backend.check()).await;
-                    prop_assert!(!matches!(checked, Ok(Ok(()))), "nothing listens there");
-                }
-                Err(LeaseError::InvalidConfig(_)) => {}
-                Err(e) => return Err(TestCaseError::fail(format!("untyped refusal {e:?}"))),
-            }
-            Ok(())
+            refused_or_unreachable(EtcdBackend::new(etcd)).await
         })?;
         prop_assert_eq!(panics(), before, "something panicked (see above)");
     }
