@@ -118,6 +118,14 @@ impl Cli {
         self.call(&run_args(key, extra, &["sh", "-c", script]))
     }
 
+    /// Starts `leases run KEY --ttl 5s [extra]` with a command that prints its token and
+    /// sleeps; the running `leases` and the token, once printed.
+    pub fn hold(&self, key: &str, extra: &[&str]) -> (Running, u64) {
+        let mut run = self.start_sh(key, extra, "echo $LEASES_TOKEN; exec sleep 1000");
+        let token = run.line().parse().expect("the token");
+        (run, token)
+    }
+
     /// Starts `leases run KEY --ttl 5s [extra] -- sh -c SCRIPT` in the background.
     pub fn start_sh(&self, key: &str, extra: &[&str], script: &str) -> Running {
         self.start(&run_args(key, extra, &["sh", "-c", script]))

@@ -13,12 +13,8 @@ pub fn list_and_info(cli: &Cli) {
     let mut holders = Vec::new();
     let mut tokens = Vec::new();
     for (key, meta) in [(&a, "holder of a"), (&b, "holder of b")] {
-        let mut run = cli.start_sh(
-            key,
-            &["--metadata", meta],
-            "echo $LEASES_TOKEN; exec sleep 1000",
-        );
-        tokens.push(run.line().parse::<u64>().expect("the token"));
+        let (run, token) = cli.hold(key, &["--metadata", meta]);
+        tokens.push(token);
         holders.push(run);
     }
 

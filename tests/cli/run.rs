@@ -72,12 +72,7 @@ pub fn held_by_someone_else(cli: &Cli) {
 /// why; the key is given back.
 pub fn revoke_stops_the_command(cli: &Cli) {
     let key = cli.key("revoke", "k");
-    let mut run = cli.start_sh(
-        &key,
-        &["--metadata", "revoke me"],
-        "echo $LEASES_TOKEN; exec sleep 1000",
-    );
-    let token: u64 = run.line().parse().expect("the token");
+    let (run, token) = cli.hold(&key, &["--metadata", "revoke me"]);
     let info = cli.call(&["info", &key, "--json"]);
     assert_eq!(info.code, 0, "{info:?}");
     let info = info.json();
@@ -112,12 +107,7 @@ pub fn revoke_stops_the_command(cli: &Cli) {
 /// on `Instant + Duration` once its lease was lost (#19).
 pub fn longest_grace(cli: &Cli) {
     let key = cli.key("grace", "k");
-    let mut run = cli.start_sh(
-        &key,
-        &["--grace", "213503982334601d"],
-        "echo $LEASES_TOKEN; exec sleep 1000",
-    );
-    let _token: u64 = run.line().parse().expect("the token");
+    let (run, _token) = cli.hold(&key, &["--grace", "213503982334601d"]);
     let revoked = cli.call(&["revoke", &key]);
     assert_eq!(revoked.code, 0, "{revoked:?}");
     // The command ends on SIGTERM; `run` says why and exits 79.
