@@ -111,11 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Someone leads.
     let first = wait_for_leader(&replicas, None).await;
-    let first_token = replicas[first]
-        .election
-        .leadership()
-        .token()
-        .ok_or("no token")?;
+    let first_token = token(&replicas[first])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Kill the leader: nothing it sends reaches the store any more, and it is gone.
@@ -131,11 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(dead.manager);
 
     let second = wait_for_leader(&replicas, Some(first_token)).await;
-    let second_token = replicas[second]
-        .election
-        .leadership()
-        .token()
-        .ok_or("no token")?;
+    let second_token = token(&replicas[second])?;
     say(
         start,
         "check",
@@ -156,11 +148,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let resigned_at = Instant::now();
     resigning.election.resign().await?;
     let third = wait_for_leader(&replicas, Some(second_token)).await;
-    let third_token = replicas[third]
-        .election
-        .leadership()
-        .token()
-        .ok_or("no token")?;
+    let third_token = token(&replicas[third])?;
     let handover = resigned_at.elapsed();
     say(
         start,
@@ -189,6 +177,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Waits until exactly one replica leads with a token larger than `after`, and returns
 /// its index.
+/// The replica's token while it leads; an error if it does not.
+fn token(replica: &Replica) -> Result<u64, Box<dyn std::error::Error>> {
+    Ok(replica.election.leadership().token().ok_or("no token")?)
+}
+
 async fn wait_for_leader(replicas: &[Replica], after: Option<u64>) -> usize {
     loop {
         let leaders: Vec<usize> = (0..replicas.len())

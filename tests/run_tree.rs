@@ -18,14 +18,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
+use support::binary::{eventually, kill_unfinished, leases, process_gone, wait_patiently};
 use support::pg::{run_id, shared_url};
 use support::proxy::{Fault, FaultProxy};
-
-/// A generous bound for anything that should take a moment.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// `run`'s exit code after a lost or revoked lease.
 const LOST: i32 = 79;
@@ -83,22 +80,11 @@ impl Scene {
 
     /// `leases <source> <args>`, its stdout and stderr in files named after `name`.
     fn command(&self, name: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_leases"));
-        c.args(&self.source).args(args);
-        for var in [
-            "LEASES_POSTGRES_URL",
-            "LEASES_SERVER",
-            "LEASES_TABLE",
-            "LEASES_ETCD_ENDPOINTS",
-            "LEASES_ETCD_PREFIX",
-        ] {
-            c.env_remove(var);
-        }
+        let mut c = leases(&self.source, args);
         let file = |what: &str| std::fs::File::create(self.dir.join(format!("{name}.{what}")));
         c.env("LOG", self.dir.join("log"))
             .env("PIDS", self.dir.join("pids"))
             .env("W", self.worker())
-            .stdin(Stdio::null())
             .stdout(file("out").unwrap())
             .stderr(file("err").unwrap());
         c
@@ -116,6 +102,13 @@ impl Scene {
             name: name.to_string(),
             dir: self.dir.clone(),
         }
+    }
+
+    /// Starts B: `leases run` waiting up to a minute for the key, then the second
+    /// holder's command.
+    fn second(&self) -> Running {
+        let second = self.dir.join("second.sh").display().to_string();
+        self.run("b", &["--wait", "60s"], &["sh", &second])
     }
 
     /// `leases revoke KEY`, which must find the key held.
@@ -207,50 +200,23 @@ struct Running {
 }
 
 impl Running {
-    /// Waits for the end (at most [`PATIENCE`]); the exit code and stderr.
+    /// Waits for the end (at most a minute); the exit code and stderr.
     fn finish(mut self) -> (i32, String) {
         let mut child = self.child.take().expect("not finished yet");
-        let until = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{}: still running after {PATIENCE:?}: {}",
-                    self.name,
-                    read(&self.dir.join(format!("{}.err", self.name)))
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let err = read(&self.dir.join(format!("{}.err", self.name)));
-        (status.code().unwrap_or(-1), err)
+        let err = || read(&self.dir.join(format!("{}.err", self.name)));
+        let status = wait_patiently(&mut child, || format!("{}: {}", self.name, err()));
+        (status.code().unwrap_or(-1), err())
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_unfinished(self.child.take());
     }
 }
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Polls `check` until it holds, for at most [`PATIENCE`].
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + PATIENCE;
-    while !check() {
-        assert!(Instant::now() < until, "not within {PATIENCE:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn postgres() -> Vec<String> {
@@ -269,8 +235,7 @@ fn revoked(scene: &Scene, command: &[&str], workers: usize) {
     let a = scene.run("a", &[], command);
     scene.wait_for_workers(workers);
     scene.revoke();
-    let second = format!("{}", scene.dir.join("second.sh").display());
-    let b = scene.run("b", &["--wait", "60s"], &["sh", &second]);
+    let b = scene.second();
     let (a_code, a_err) = a.finish();
     let (b_code, b_err) = b.finish();
     scene.check();
@@ -323,8 +288,7 @@ fn postgres_processes_left_behind_keep_the_lease() {
     // 70 ticks: at least 7 s, longer than the TTL, so the lease must be renewed.
     let a = scene.run("a", &[], &["sh", "-c", "(setsid sh \"$W\" A 70 &); exit 3"]);
     scene.wait_for_workers(1);
-    let second = format!("{}", scene.dir.join("second.sh").display());
-    let b = scene.run("b", &["--wait", "60s"], &["sh", &second]);
+    let b = scene.second();
     let (a_code, a_err) = a.finish();
     let (b_code, b_err) = b.finish();
     scene.check();
@@ -356,23 +320,12 @@ fn postgres_sigkill_of_leases_kills_the_whole_tree() {
     scene.wait_for_workers(2);
     // SIGKILL, and waited for.
     drop(a);
-    let second = format!("{}", scene.dir.join("second.sh").display());
-    let b = scene.run("b", &["--wait", "60s"], &["sh", &second]);
+    let b = scene.second();
     let (code, err) = b.finish();
     scene.check();
     assert_eq!(code, 0, "B: {err}");
     for pid in scene.pids() {
         eventually(&format!("worker {pid} is dead"), || process_gone(pid));
-    }
-}
-
-/// Is process `pid` gone (or a zombie nobody reaped yet)?
-fn process_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
     }
 }
 
@@ -435,8 +388,7 @@ fn blackholed(name: &str, authority: &str, through: impl FnOnce(u16) -> Vec<Stri
         .iter()
         .map(|arg| arg.replace(&format!("127.0.0.1:{}", proxy.port()), authority))
         .collect();
-    let second = format!("{}", scene.dir.join("second.sh").display());
-    let b = scene.run("b", &["--wait", "60s"], &["sh", &second]);
+    let b = scene.second();
     let (b_code, b_err) = b.finish();
     scene.check();
     assert_eq!(b_code, 0, "B: {b_err}");

@@ -109,6 +109,27 @@ async fn manager_on(backend: Arc<dyn Backend>) -> LeaseManager {
         .unwrap()
 }
 
+/// Two managers on one memory store.
+async fn two_managers() -> (LeaseManager, LeaseManager) {
+    let memory = Arc::new(MemoryBackend::new());
+    (manager_on(memory.clone()).await, manager_on(memory).await)
+}
+
+/// Shuts `manager` down while `waiter`, a wait of an hour through it, is under way: the
+/// wait ends with `ManagerStopped` at once.
+async fn shutdown_ends_the_wait<T: std::fmt::Debug>(
+    manager: LeaseManager,
+    waiter: tokio::task::JoinHandle<Result<T, LeaseError>>,
+) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    manager.shutdown().await;
+    let r = tokio::time::timeout(Duration::from_secs(2), waiter).await;
+    assert!(
+        matches!(r, Ok(Ok(Err(LeaseError::ManagerStopped)))),
+        "{r:?}"
+    );
+}
+
 /// An attempt kept trying the backend after its caller had given up, until the wait it
 /// asked for ran out (a round trip per holder expiry, and a busy slot).
 #[tokio::test(start_paused = true)]
@@ -162,9 +183,7 @@ async fn held_expiring_now_does_not_spin() {
 /// would stay taken by nobody for as long as the process lives.
 #[tokio::test(start_paused = true)]
 async fn renewers_stop_when_their_supervisor_dies() {
-    let memory = Arc::new(MemoryBackend::new());
-    let m = manager_on(memory.clone()).await;
-    let other = manager_on(memory.clone()).await;
+    let (m, other) = two_managers().await;
     let key = Key::system(["orphan"]);
     let (_lease, ctx) = m.acquire_lease(key.clone(), TTL).await.unwrap();
     tokio::time::sleep(TTL / 10).await;
@@ -257,9 +276,7 @@ async fn a_slow_release_at_shutdown_still_frees_the_key() {
 /// (the key held elsewhere) was not ended by `shutdown`; it waited out its whole wait.
 #[tokio::test(start_paused = true)]
 async fn shutdown_ends_a_waiter_whose_attempt_is_running() {
-    let memory = Arc::new(MemoryBackend::new());
-    let a = manager_on(memory.clone()).await;
-    let b = manager_on(memory.clone()).await;
+    let (a, b) = two_managers().await;
     let key = Key::system(["shutdown-waiter"]);
     let (_held, _ctx) = b.acquire_lease(key.clone(), TTL).await.unwrap();
     let (a2, k2) = (a.clone(), key.clone());
@@ -268,22 +285,14 @@ async fn shutdown_ends_a_waiter_whose_attempt_is_running() {
             .await
             .map(|_| ())
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    a.shutdown().await;
-    let r = tokio::time::timeout(Duration::from_secs(2), task).await;
-    assert!(
-        matches!(r, Ok(Ok(Err(LeaseError::ManagerStopped)))),
-        "{r:?}"
-    );
+    shutdown_ends_the_wait(a, task).await;
     b.shutdown().await;
 }
 
 /// The same for `acquire_any`: its wait ends when its manager stops.
 #[tokio::test(start_paused = true)]
 async fn shutdown_ends_an_acquire_any_wait() {
-    let memory = Arc::new(MemoryBackend::new());
-    let a = manager_on(memory.clone()).await;
-    let b = manager_on(memory.clone()).await;
+    let (a, b) = two_managers().await;
     let keys: Vec<Key> = (0..2)
         .map(|i| Key::system(["shutdown-any", &i.to_string()]))
         .collect();
@@ -298,12 +307,6 @@ async fn shutdown_ends_an_acquire_any_wait() {
         .await
         .map(|(i, _, _)| i)
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    a.shutdown().await;
-    let r = tokio::time::timeout(Duration::from_secs(2), task).await;
-    assert!(
-        matches!(r, Ok(Ok(Err(LeaseError::ManagerStopped)))),
-        "{r:?}"
-    );
+    shutdown_ends_the_wait(a, task).await;
     b.shutdown().await;
 }

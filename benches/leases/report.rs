@@ -1,5 +1,7 @@
 //! Printing helpers shared by the sections: the report's header, ratios against a
-//! baseline, medians of repeated runs.
+//! baseline, medians of repeated runs, percentiles of latencies.
+
+use std::time::Duration;
 
 /// The title and the machine the run is on.
 pub fn header() {
@@ -38,4 +40,12 @@ pub fn ratio(x: f64, base: f64) -> String {
 pub fn median_by<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
     runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
     runs.swap_remove(runs.len() / 2)
+}
+
+/// The `p` percentile (0 to 1) of `sorted` latencies; zero when there are none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }

@@ -13,7 +13,7 @@ use leases::Key;
 
 use crate::args::Sizes;
 use crate::contenders::{memory_manager, Bare, Kind, Ours, Subject, Table, TTL};
-use crate::report::{median_by, ratio};
+use crate::report::{median_by, percentile, ratio};
 
 pub struct Throughput {
     pub per_sec: f64,
@@ -58,15 +58,10 @@ pub async fn pairs<S: Subject>(subject: Arc<S>, clients: usize, secs: f64) -> Th
     }
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     Throughput {
         per_sec: total as f64 / elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
     }
 }
 

@@ -53,6 +53,22 @@ pub struct Interval {
     pub acts: u64,
 }
 
+impl Interval {
+    /// No interval: what a liveness violation, which is about no one grant, shows.
+    fn none() -> Interval {
+        Interval {
+            grant: Grant {
+                key: String::new(),
+                token: None,
+                holder: String::new(),
+            },
+            start: 0,
+            end: 0,
+            acts: 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     intervals: HashMap<Grant, Interval>,
@@ -197,26 +213,8 @@ impl History {
                     longest_free.0 as f64 / 1e9,
                     liveness_bound_ns as f64 / 1e9
                 ),
-                a: Interval {
-                    grant: Grant {
-                        key: String::new(),
-                        token: None,
-                        holder: String::new(),
-                    },
-                    start: 0,
-                    end: 0,
-                    acts: 0,
-                },
-                b: Interval {
-                    grant: Grant {
-                        key: String::new(),
-                        token: None,
-                        holder: String::new(),
-                    },
-                    start: 0,
-                    end: 0,
-                    acts: 0,
-                },
+                a: Interval::none(),
+                b: Interval::none(),
             });
         }
         Report {
@@ -233,12 +231,12 @@ impl History {
         let inner = self.0.lock().unwrap();
         let mut lines: Vec<(u64, String)> = inner.events.clone();
         for i in inner.intervals.values() {
-            let token = i.grant.token.map_or("-".to_string(), |t| t.to_string());
             lines.push((
                 i.start,
                 format!(
-                    "interval {} token {token} holder {} acted .. {} ({} acts)",
+                    "interval {} token {} holder {} acted .. {} ({} acts)",
                     i.grant.key,
+                    token(i.grant.token),
                     i.grant.holder,
                     secs(i.end, origin),
                     i.acts
@@ -246,22 +244,33 @@ impl History {
             ));
         }
         lines.sort_by_key(|(t, _)| *t);
-        let mut out = String::new();
-        for (t, what) in lines {
-            let _ = writeln!(out, "t={} {what}", secs(t, origin));
-        }
-        let _ = std::fs::write(path, out);
+        let _ = std::fs::write(path, timeline(&lines, "", origin));
     }
 
     /// The events between `from` and `to`, one per line, times from `origin`.
     pub fn events_between(&self, from: u64, to: u64, origin: u64) -> String {
         let inner = self.0.lock().unwrap();
-        let mut out = String::new();
-        for (t, what) in inner.events.iter().filter(|(t, _)| *t >= from && *t <= to) {
-            let _ = writeln!(out, "    t={} {what}", secs(*t, origin));
-        }
-        out
+        let events = inner.events.iter().filter(|(t, _)| *t >= from && *t <= to);
+        timeline(events, "    ", origin)
     }
+}
+
+/// `events`, one per line after `indent`, times from `origin`.
+fn timeline<'a>(
+    events: impl IntoIterator<Item = &'a (u64, String)>,
+    indent: &str,
+    origin: u64,
+) -> String {
+    let mut out = String::new();
+    for (t, what) in events {
+        let _ = writeln!(out, "{indent}t={} {what}", secs(*t, origin));
+    }
+    out
+}
+
+/// A fencing token as the checker prints it, `-` for none.
+fn token(token: Option<u64>) -> String {
+    token.map_or("-".to_string(), |t| t.to_string())
 }
 
 /// `t` as seconds since `origin`, to the millisecond.
@@ -291,13 +300,7 @@ impl Violation {
         if self.a.acts == 0 {
             return self.what.clone();
         }
-        let who = |i: &Interval| {
-            format!(
-                "{}(token {})",
-                i.grant.holder,
-                i.grant.token.map_or("-".to_string(), |t| t.to_string())
-            )
-        };
+        let who = |i: &Interval| format!("{}(token {})", i.grant.holder, token(i.grant.token));
         format!(
             "t={} {} {}: {} acted {}..{}, {} from {}",
             secs(self.b.start, origin),
@@ -317,7 +320,7 @@ impl Violation {
             format!(
                 "{} token {} holder {}: acted {} .. {} ({} acts)",
                 i.grant.key,
-                i.grant.token.map_or("-".to_string(), |t| t.to_string()),
+                token(i.grant.token),
                 i.grant.holder,
                 secs(i.start, origin),
                 secs(i.end, origin),

@@ -1,6 +1,8 @@
 //! Test support shared by the tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "server")]
+pub mod binary;
 pub mod etcd;
 pub mod pg;
 pub mod proxy;

@@ -10,9 +10,10 @@ use leases::{ClientLeaser, Key};
 
 use crate::clients::hold_once;
 use crate::h2proxy::{ConnFault, StreamReset};
+use crate::history::History;
 use crate::support::proxy::Fault;
 use crate::support::rng::XorShift;
-use crate::{World, LEASES};
+use crate::world::{Chain, World, LEASES};
 
 /// The `RST_STREAM` codes injected upstream.
 const CODES: &[(Reason, &str)] = &[
@@ -114,11 +115,7 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
                 _ => ("fault: half-open", Fault::HalfOpen),
             };
             log(kind, format!("{} {fault} for {}", c.name, secs(hold)));
-            c.tcp.set(fault);
-            tokio::time::sleep(hold).await;
-            c.tcp.set(c.base);
-            h.event(format!("heal: {} {}", c.name, c.base));
-            c.busy.store(false, Ordering::SeqCst);
+            link_fault(h, c, fault, hold).await;
         }
         // FTL chains: resets and short delays only.
         5 => {
@@ -141,11 +138,7 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
                 )
             };
             log(kind, format!("{} {fault} for {}", c.name, secs(hold)));
-            c.tcp.set(fault);
-            tokio::time::sleep(hold).await;
-            c.tcp.set(c.base);
-            h.event(format!("heal: {} {}", c.name, c.base));
-            c.busy.store(false, Ordering::SeqCst);
+            link_fault(h, c, fault, hold).await;
         }
         // RST_STREAM upstream on a lease stream; the client hears nothing for a while.
         6..=8 => {
@@ -362,6 +355,16 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
 }
 
 /// The key of a lease stream's label (see `clients::stream_label`).
+/// Puts `fault` on the link of chain `c` (taken busy by the caller) for `hold`, then
+/// heals it and frees the chain.
+async fn link_fault(h: &History, c: &Chain, fault: Fault, hold: Duration) {
+    c.tcp.set(fault);
+    tokio::time::sleep(hold).await;
+    c.tcp.set(c.base);
+    h.event(format!("heal: {} {}", c.name, c.base));
+    c.busy.store(false, Ordering::SeqCst);
+}
+
 fn label_key(label: &str) -> Option<String> {
     if let Some(key) = label.strip_prefix("FTL ") {
         return Some(key.to_string());

@@ -1,0 +1,55 @@
+//! End-to-end tests of the `leases` binary: the real executable, run as a user would,
+//! against a throwaway PostgreSQL (`support/pg.rs`; `LEASES_POSTGRES_URL` when set).
+//!
+//! Every scenario takes a [`Cli`](harness::Cli), the arguments that say where leases
+//! live, so that the same scenarios run against another source (the lease service) by
+//! adding one more `scenarios!` line. Nothing depends on speed: waits poll with deadlines
+//! of tens of seconds; the TTL is the crate's minimum, 5 s.
+//!
+//! - `harness`: the binary as the scenarios drive it, and the documented exit codes;
+//! - `run`: `leases run`, its command's exit code and environment, and what ends it;
+//! - `signals`: SIGINT, Ctrl-Z and SIGCONT passed on to the command;
+//! - `inspect`: `leases list` and `leases info`;
+//! - `errors`: usage errors, unreachable sources, the help.
+#![cfg(feature = "server")]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod errors;
+mod harness;
+mod inspect;
+mod run;
+mod signals;
+
+/// One test per scenario on one source: `scenarios!(NAME, CLI; module::scenario, ...)`
+/// makes `NAME::scenario`, which runs `module::scenario(&CLI)`.
+macro_rules! scenarios {
+    ($source:ident, $cli:expr; $($module:ident :: $scenario:ident),* $(,)?) => {
+        mod $source {
+            use crate::harness::Cli;
+            $(
+                #[test]
+                fn $scenario() {
+                    crate::$module::$scenario(&$cli);
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(postgres, Cli::postgres(&crate::support::pg::shared_url());
+    run::exit_code_is_the_commands, run::command_sees_key_and_token,
+    run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
+    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors);
+
+scenarios!(etcd, Cli::etcd();
+    run::exit_code_is_the_commands, run::command_sees_key_and_token,
+    run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
+    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors);
+
+scenarios!(service, Cli::server();
+    run::exit_code_is_the_commands, run::command_sees_key_and_token,
+    run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
+    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
+    run::longest_grace);

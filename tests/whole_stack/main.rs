@@ -1,0 +1,234 @@
+//! The whole-stack checker (issue #19): real `leases serve` processes (two on one
+//! throwaway PostgreSQL, one on the memory backend), clients of every kind (see
+//! support/clients.rs) through fault proxies (a byte-level TCP proxy in front of a
+//! frame-aware HTTP/2 proxy, per server), random operations (revokes through any server
+//! or the CLI, sometimes twice) and random faults (delay, blackhole, TCP reset,
+//! half-open, RST_STREAM with each code, GOAWAY, SIGSTOP/SIGKILL/SIGTERM of servers and
+//! of `leases run`, PostgreSQL stopped and restarted). Every holder records when it
+//! acts, on one clock; the checker (support/history.rs) knows only the guarantees.
+//!
+//!   LEASES_CHECKER_SECONDS=150  how long faults and clients run (the CI length)
+//!   LEASES_CHECKER_SEED=N       the seed (printed; default: from the clock)
+//!
+//! A failure prints the violating intervals and the faults and operations around them.
+//!
+//! - `world`: the servers, the proxy chains in front of them, what the nemesis acts on;
+//! - `nemesis`: the random faults and operations;
+//! - `verdict`: the checker's counts and violations, printed;
+//! - this file: starting it all, the clients, and the run's end.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[path = "../support/clients.rs"]
+mod clients;
+#[path = "../support/h2proxy.rs"]
+mod h2proxy;
+#[path = "../support/history.rs"]
+mod history;
+#[path = "../support/mod.rs"]
+mod support;
+
+mod nemesis;
+mod verdict;
+mod world;
+
+use clients::{Env, Store};
+use h2proxy::H2Proxy;
+use history::{now_ns, History};
+use support::pg::PgServer;
+use support::proxy::FaultProxy;
+use support::rng::XorShift;
+use world::{Chain, Server, World, LEASES};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+fn main() {
+    if std::env::var_os("WS_ACT_FILE").is_some() {
+        clients::actor_main();
+        return;
+    }
+    let seconds = env_u64("LEASES_CHECKER_SECONDS").unwrap_or(150);
+    let seed = env_u64("LEASES_CHECKER_SEED").unwrap_or_else(|| now_ns() % 1_000_000);
+    println!("whole_stack: seed {seed}, {seconds}s of faults (LEASES_CHECKER_SEED={seed} LEASES_CHECKER_SECONDS={seconds} to rerun)");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ok = runtime.block_on(run(seed, seconds));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+async fn run(seed: u64, seconds: u64) -> bool {
+    let dir = std::env::temp_dir().join(format!("leases-whole-stack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pg = Arc::new(
+        tokio::task::spawn_blocking(|| PgServer::start(None))
+            .await
+            .unwrap(),
+    );
+    let url = pg.url();
+    let pg_args = |table: &str| {
+        vec![
+            "--postgres".to_string(),
+            url.clone(),
+            "--table".into(),
+            table.into(),
+            "--min-ttl".into(),
+            "5s".into(),
+        ]
+    };
+    let servers: Vec<Arc<Server>> = vec![
+        Arc::new(Server::new("pg-a", "pg", pg_args("leases"), &dir)),
+        Arc::new(Server::new("pg-b", "pg", pg_args("leases"), &dir)),
+        Arc::new(Server::new(
+            "mem",
+            "mem",
+            vec!["--min-ttl".into(), "5s".into()],
+            &dir,
+        )),
+    ];
+    for s in &servers {
+        let s = s.clone();
+        let started = tokio::task::spawn_blocking(move || s.start(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert!(started, "a leases serve did not start");
+    }
+    let mut rng = XorShift::new(seed);
+    // pg-a is a far server (as in issue #19's first report): its links always have some
+    // delay, so that its clients hear of an ended lease late.
+    let far = support::proxy::Fault::Delay(
+        rng.millis(Duration::from_millis(150), Duration::from_millis(450)),
+    );
+    println!("whole_stack: pg-a is far: {far}");
+    let mut chains = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        for ftl in [false, true] {
+            let h2 = H2Proxy::start(s.addr(), clients::stream_label).await;
+            let tcp = FaultProxy::start(h2.addr()).await;
+            let base = if s.name == "pg-a" {
+                far
+            } else {
+                support::proxy::Fault::Pass
+            };
+            tcp.set(base);
+            let name = format!("{}{}", s.name, if ftl { "/ftl" } else { "" });
+            println!("whole_stack: {name} is http://{}", tcp.addr());
+            chains.push(Chain {
+                name,
+                server: i,
+                ftl,
+                tcp,
+                h2,
+                busy: AtomicBool::new(false),
+                base,
+            });
+        }
+    }
+    let urls = |store: &str, ftl: bool| -> Vec<String> {
+        chains
+            .iter()
+            .filter(|c| servers[c.server].store == store && c.ftl == ftl)
+            .map(|c| format!("http://{}", c.tcp.addr()))
+            .collect()
+    };
+    let run_id = format!("r{}", now_ns() % 1_000_000_000);
+    let keys = |store: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("/system/ws/{run_id}/{store}/k{i}"))
+            .collect()
+    };
+    let stores = vec![
+        Store {
+            name: "pg",
+            keys: keys("pg", 3),
+            urls: urls("pg", false),
+            ftl_urls: urls("pg", true),
+            postgres: Some(url.clone()),
+        },
+        Store {
+            name: "mem",
+            keys: keys("mem", 2),
+            urls: urls("mem", false),
+            ftl_urls: urls("mem", true),
+            postgres: None,
+        },
+    ];
+    let act_file = dir.join("acts.log");
+    let origin = now_ns();
+    let env = Arc::new(Env {
+        stores,
+        history: History::default(),
+        stop_at: Instant::now() + Duration::from_secs(seconds),
+        leases_bin: LEASES.into(),
+        actor_bin: std::env::current_exe()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
+        act_file: act_file.to_string_lossy().into_owned(),
+        runs: Mutex::new(Default::default()),
+    });
+    let world = Arc::new(World {
+        env: env.clone(),
+        servers,
+        chains,
+        pg,
+        pg_busy: AtomicBool::new(false),
+    });
+
+    let mut workers = tokio::task::JoinSet::new();
+    for n in 0..5 {
+        workers.spawn(clients::leaser_worker(
+            env.clone(),
+            n,
+            XorShift::new(rng.next()),
+        ));
+    }
+    for n in 0..3 {
+        workers.spawn(clients::ftl_worker(
+            env.clone(),
+            n,
+            XorShift::new(rng.next()),
+        ));
+    }
+    for n in 0..3 {
+        workers.spawn(clients::run_worker(
+            env.clone(),
+            n,
+            XorShift::new(rng.next()),
+        ));
+    }
+    let nemesis = tokio::spawn(nemesis::run(world.clone(), XorShift::new(rng.next())));
+    nemesis.await.unwrap();
+    println!("whole_stack: faults over, waiting for the clients to finish");
+    let drained = tokio::time::timeout(Duration::from_secs(120), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        println!("whole_stack: some clients did not finish in 120s");
+    }
+    // Background jobs of `leases run` commands act for at most 8 s.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    for s in &world.servers {
+        s.signal(libc::SIGKILL);
+        s.reap(Duration::from_secs(5));
+    }
+
+    let history = &env.history;
+    history.load_act_file(&act_file);
+    let ok = verdict::judge(history, seed, seconds, origin);
+    let _ = std::fs::remove_dir_all(&dir);
+    if ok {
+        println!("whole_stack: no violations (seed {seed})");
+    }
+    ok
+}

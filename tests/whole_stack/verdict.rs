@@ -1,0 +1,108 @@
+//! The checker's verdict on a run: the counts, each against the least a run of its
+//! length must reach, and every violation with the faults and operations around it.
+
+use std::path::PathBuf;
+
+use crate::clients::TTL;
+use crate::history::{self, History};
+use crate::nemesis;
+
+/// Checks the history of a run of `seconds` with `seed`, writes it whole to a file, and
+/// prints the counts and the violations, times from `origin`; whether the run passed (no
+/// violation, and enough of everything).
+pub fn judge(history: &History, seed: u64, seconds: u64, origin: u64) -> bool {
+    let ttl_ns = TTL.as_nanos() as u64;
+    let bound = 2 * ttl_ns + 20_000_000_000;
+    let report = history.check(origin, ttl_ns, bound);
+    let counts = history.counts();
+    let dump = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("whole_stack-{seed}.log"));
+    history.dump(&dump, origin);
+    println!("whole_stack: the whole history is in {}", dump.display());
+    println!("whole_stack: counts (seed {seed}):");
+    for (name, n) in &counts {
+        println!("  {name}: {n}");
+    }
+    println!(
+        "  grants that acted: {}, acts: {}, violations: {}",
+        report.intervals,
+        report.acts,
+        report.violations.len()
+    );
+    println!(
+        "  liveness: longest a key stayed free while wanted: {:.1}s ({}; fails beyond {:.0}s)",
+        report.longest_free_ns as f64 / 1e9,
+        report.longest_free_at,
+        bound as f64 / 1e9
+    );
+    let mut ok = true;
+    let minimums = nemesis::minimums(seconds);
+    for (name, min) in &minimums {
+        let n = counts.get(*name).copied().unwrap_or(0);
+        if n < *min {
+            println!("whole_stack: too few {name}: {n} < {min} (the run would pass vacuously)");
+            ok = false;
+        }
+    }
+    let min_acts = 100 * seconds;
+    if report.acts < min_acts {
+        println!("whole_stack: too few acts: {} < {min_acts}", report.acts);
+        ok = false;
+    }
+    if !report.violations.is_empty() {
+        ok = false;
+        let mut violations = report.violations.clone();
+        violations.sort_by_key(|v| v.at());
+        println!(
+            "whole_stack: {} VIOLATIONS (seed {seed}); the first at t={}",
+            violations.len(),
+            history::secs(violations[0].at(), origin)
+        );
+        // The first violation of each kind of earlier holder, then the next ones.
+        let kind = |v: &history::Violation| {
+            v.a.grant
+                .holder
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
+                .to_string()
+        };
+        let mut by_kind = std::collections::BTreeMap::new();
+        for v in &violations {
+            *by_kind.entry(kind(v)).or_insert(0) += 1;
+        }
+        println!("  by the earlier holder's kind: {by_kind:?}");
+        for v in &violations {
+            println!("  {}", v.line(origin));
+        }
+        let mut shown: Vec<&history::Violation> = Vec::new();
+        for v in &violations {
+            if !shown.iter().any(|s| kind(s) == kind(v)) {
+                shown.push(v);
+            }
+        }
+        for v in &violations {
+            if shown.len() < 8 && !shown.iter().any(|s| std::ptr::eq(*s, v)) {
+                shown.push(v);
+            }
+        }
+        for v in shown {
+            println!("\n{}", v.describe(origin));
+            if v.a.acts > 0 {
+                let key = &v.a.grant.key;
+                println!("  faults and operations around it:");
+                let around = history.events_between(
+                    v.a.start.min(v.b.start).saturating_sub(8_000_000_000),
+                    v.b.start + 1_000_000_000,
+                    origin,
+                );
+                for line in around.lines() {
+                    if line.contains(key.as_str()) || !line.contains("/system/") {
+                        println!("{line}");
+                    }
+                }
+            }
+        }
+    }
+    ok
+}
