@@ -13,7 +13,7 @@
 //! and, over plain HTTP/1.1 on the same port, `GET /_liveness` (always 200) and
 //! `GET /_readiness` (200, or 503 while the backend does not answer).
 //!
-//! Every lease the service grants is held by one [`LeaseManager`] on behalf of the
+//! Every lease the service grants is held by one [`LeaseManager`](crate::LeaseManager) on behalf of the
 //! gRPC stream that asked for it: the manager renews it in the background while the
 //! stream is alive and its client keeps sending requests. The client is a holder until
 //! it has surely stopped, so a key goes back at once only on the client's own release
@@ -42,8 +42,8 @@
 //! request ([`ServeOptions::first_request_timeout`], `DEADLINE_EXCEEDED`), so that a
 //! silent stream does not keep its slot. A TTL refusal (`INVALID_ARGUMENT`) carries its
 //! numbers in the trailer `leases-ttl-refusal`, from which
-//! [`ClientLeaser`](crate::ClientLeaser) rebuilds [`LeaseError::TtlTooShort`] or
-//! [`LeaseError::TtlTooLong`].
+//! [`ClientLeaser`](crate::ClientLeaser) rebuilds [`LeaseError::TtlTooShort`](crate::LeaseError::TtlTooShort)
+//! or [`LeaseError::TtlTooLong`](crate::LeaseError::TtlTooLong).
 //!
 //! # Layout
 //! Each part in a file of its own, none using another's names in a circle:

@@ -28,7 +28,7 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Where to listen; [`DEFAULT_BIND`] by default. Port 0 picks a free port (see
-    /// [`LeaseServer::local_addr`]).
+    /// [`LeaseServer::local_addr`](crate::service::LeaseServer::local_addr)).
     pub bind: SocketAddr,
     /// Serve TLS with these files; cleartext HTTP/2 (h2c) when `None`.
     pub tls: Option<TlsFiles>,
