@@ -2,7 +2,7 @@
 //! way the network path could break one of the four guarantees (or panic on input),
 //! and checks that it does not.
 //!
-//! Real sockets and the real clock, like `tests/service.rs`; every bound is generous
+//! Real sockets and the real clock, like `tests/service/`; every bound is generous
 //! (the verdict does not depend on the machine's speed).
 #![cfg(feature = "server")]
 //!
