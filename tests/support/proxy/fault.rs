@@ -1,5 +1,5 @@
-//! The faults a [`FaultProxy`](super::handle::FaultProxy) injects, and the state its
-//! handle, listener, connections and schedules share.
+//! The faults a `FaultProxy` injects, and the state its handle, listener,
+//! connections and schedules share.
 
 use std::fmt;
 use std::net::SocketAddr;
