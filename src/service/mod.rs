@@ -13,9 +13,10 @@
 //! and, over plain HTTP/1.1 on the same port, `GET /_liveness` (always 200) and
 //! `GET /_readiness` (200, or 503 while the backend does not answer).
 //!
-//! Every lease the service grants is held by one [`LeaseManager`](crate::LeaseManager) on behalf of the
-//! gRPC stream that asked for it: the manager renews it in the background while the
-//! stream is alive and its client keeps sending requests. The client is a holder until
+//! Every lease the service grants is held by one
+//! [`LeaseManager`](crate::LeaseManager) on behalf of the gRPC stream that asked for
+//! it: the manager renews it in the background while the stream is alive and its
+//! client keeps sending requests. The client is a holder until
 //! it has surely stopped, so a key goes back at once only on the client's own release
 //! (the native `release` message, FTL's half-close); however else a lease or its stream
 //! ends (a revoke through any server, a loss, a lapse, a reset of any code, a broken
@@ -42,14 +43,16 @@
 //! request ([`ServeOptions::first_request_timeout`], `DEADLINE_EXCEEDED`), so that a
 //! silent stream does not keep its slot. A TTL refusal (`INVALID_ARGUMENT`) carries its
 //! numbers in the trailer `leases-ttl-refusal`, from which
-//! [`ClientLeaser`](crate::ClientLeaser) rebuilds [`LeaseError::TtlTooShort`](crate::LeaseError::TtlTooShort)
-//! or [`LeaseError::TtlTooLong`](crate::LeaseError::TtlTooLong).
+//! [`ClientLeaser`](crate::ClientLeaser) rebuilds
+//! [`LeaseError::TtlTooShort`](crate::LeaseError::TtlTooShort) or
+//! [`LeaseError::TtlTooLong`](crate::LeaseError::TtlTooLong).
 //!
 //! # Layout
 //! Each part in a file of its own, none using another's names in a circle:
 //! - `options.rs`: [`ServeOptions`], [`TlsFiles`], their check, [`ServeError`];
 //! - `server.rs`: [`LeaseServer`], binding, serving and shutting down;
-//! - `routes.rs`: every service and probe of the one port, as one router;
+//! - `routes.rs`: every service and probe of the one port, as one router (another API
+//!   on the same port joins there, in a file of its own);
 //! - `shared.rs`: the state the services of one server share (streams, limits);
 //! - `auth.rs`: the bearer-token check; `probes.rs` the HTTP probes and readiness;
 //!   `health.rs` the gRPC health service;
