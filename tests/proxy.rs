@@ -1,4 +1,4 @@
-//! The TCP fault proxy of the test harness (`support/proxy.rs`), checked against a tiny
+//! The TCP fault proxy of the test harness (`support/proxy/`), checked against a tiny
 //! local echo server: each fault mode, `reset_all`, dropping the proxy, and schedules.
 
 mod support;

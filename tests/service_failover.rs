@@ -7,60 +7,17 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use leases::backend::{PostgresBackend, PostgresOptions};
-use leases::{CancelReason, ClientLeaser, ClientOptions, Key, LeaseError, Leaser};
+use leases::{CancelReason, Key, LeaseError, Leaser};
 use support::pg::PgServer;
+use support::remote::{client_to, ServeProcess};
 
 const TTL: Duration = Duration::from_secs(2);
 
-/// A `leases serve` process; killed when dropped.
-struct Serve {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(pg: &str) -> Serve {
-    serve_with(&["--postgres", pg])
-}
-
-fn serve_with(extra: &[&str]) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leases"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--min-ttl", "1s"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("leases serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("leases serve: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Serve {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
-
-async fn client(s: &Serve) -> ClientLeaser {
-    ClientLeaser::connect_with(ClientOptions::new(s.url.clone()).min_ttl(Duration::from_secs(1)))
-        .await
-        .unwrap()
+fn serve(pg: &str) -> ServeProcess {
+    ServeProcess::start(&["--postgres", pg])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +49,7 @@ async fn killing_the_holders_server_tells_its_client_before_the_other_is_granted
 
     let one = serve(&url);
     let two = serve(&url);
-    let (a, b) = (client(&one).await, client(&two).await);
+    let (a, b) = (client_to(&one.url).await, client_to(&two.url).await);
     let key = Key::system(["failover"]);
     let (lease, ctx) = a.acquire_lease(key.clone(), TTL).await.unwrap();
     let held_token = lease.token();
@@ -160,8 +117,8 @@ async fn killing_the_holders_server_tells_its_client_before_the_other_is_granted
 /// its leases are released, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_service_gracefully() {
-    let mut server = serve_with(&[]);
-    let c = client(&server).await;
+    let mut server = ServeProcess::start(&[]);
+    let c = client_to(&server.url).await;
     let (_lease, ctx) = c
         .acquire_lease(Key::system(["term"]), TTL * 5)
         .await
@@ -194,8 +151,8 @@ async fn the_metrics_endpoint_counts_the_services_leases() {
         .unwrap()
         .port();
     let metrics = format!("127.0.0.1:{port}");
-    let server = serve_with(&["--metrics-bind", &metrics]);
-    let c = client(&server).await;
+    let server = ServeProcess::start(&["--metrics-bind", &metrics]);
+    let c = client_to(&server.url).await;
     for i in 0..3 {
         let (lease, _) = c
             .acquire_lease(Key::system(["metrics", &i.to_string()]), TTL)

@@ -38,6 +38,8 @@ mod report;
 mod scale;
 #[cfg(feature = "server")]
 mod service;
+#[cfg(feature = "server")]
+mod service_process;
 mod throughput;
 
 use args::{Args, Section};

@@ -2,9 +2,9 @@
 //!
 //! A stream that is opened and then never sends anything would otherwise keep a task
 //! and one of its connection's stream slots
-//! ([`ServeOptions::max_streams_per_connection`](super::ServeOptions::max_streams_per_connection))
+//! ([`ServeOptions::max_streams_per_connection`](super::options::ServeOptions::max_streams_per_connection))
 //! until the server shuts down. Both lease services therefore wait at most
-//! [`ServeOptions::first_request_timeout`](super::ServeOptions::first_request_timeout)
+//! [`ServeOptions::first_request_timeout`](super::options::ServeOptions::first_request_timeout)
 //! for a stream's first request; past it the stream ends with `DEADLINE_EXCEEDED`
 //! ("no request within … of opening the stream") and frees its slot. Later requests
 //! are bounded by each protocol's own rule (the TTL).
@@ -13,7 +13,7 @@ use std::future::Future;
 
 use tonic::{Status, Streaming};
 
-use super::Shared;
+use super::shared::Shared;
 
 /// Why a stream ended before its first request.
 #[derive(Debug)]

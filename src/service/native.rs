@@ -30,7 +30,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::first::NoFirst;
 use super::give_back::give_back;
-use super::{duration_of, proto_duration, status_of, time_left, Shared, StreamSlot};
+use super::shared::{Shared, StreamSlot};
+use super::status::{duration_of, proto_duration, status_of, time_left};
 use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;

@@ -1,9 +1,12 @@
-//! The lease service under test as a remote client sees it: a server on a store, a
-//! `ClientLeaser`, and raw HTTP/2 streams that can be reset with any code (as an L7
-//! proxy does upstream when its downstream client dies), for the tests of the
-//! remote-holder rule.
+//! The lease service under test as a remote client sees it, shared by every test file
+//! of the service: a server on a store (in this process, or a `leases serve` process),
+//! `ClientLeaser`s, FTL streams through tonic, and raw HTTP/2 streams that can be reset
+//! with any code (as an L7 proxy does upstream when its downstream client dies), for
+//! the tests of the remote-holder rule.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,23 +15,40 @@ use leases::backend::Backend;
 use leases::proto::leases::v1::hold_request::Kind as In;
 use leases::proto::leases::v1::hold_response::Kind as Out;
 use leases::proto::leases::v1::{Acquire, HoldRequest, HoldResponse};
-use leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseRequest;
-use leases::service::ServeOptions;
+use leases::proto::xyz::block::ftl::lease::v1::lease_service_client::LeaseServiceClient;
+use leases::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
+use leases::service::{LeaseServer, ServeOptions};
 use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key, LeaseManager};
 use prost::Message;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 /// The path of FTL's `AcquireLease` stream.
 pub const FTL: &str = "/xyz.block.ftl.lease.v1.LeaseService/AcquireLease";
 
+/// The shortest TTL of the tests' managers and clients.
 pub const TTL: Duration = Duration::from_secs(1);
 
-pub fn local() -> ServeOptions {
+/// The default options on a free port of 127.0.0.1.
+pub fn loopback() -> ServeOptions {
     ServeOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
-        default_ttl: Duration::from_secs(2),
         ..ServeOptions::default()
     }
+}
+
+/// [`loopback`] with a default FTL TTL of 2 s (for managers whose minimum is [`TTL`]).
+pub fn local() -> ServeOptions {
+    ServeOptions {
+        default_ttl: Duration::from_secs(2),
+        ..loopback()
+    }
+}
+
+/// A manager on the memory backend whose minimum TTL is [`TTL`].
+pub async fn memory_manager() -> LeaseManager {
+    LeaseManager::builder().min_ttl(TTL).start().await.unwrap()
 }
 
 pub async fn manager_on(backend: Arc<dyn Backend>) -> LeaseManager {
@@ -40,8 +60,28 @@ pub async fn manager_on(backend: Arc<dyn Backend>) -> LeaseManager {
         .unwrap()
 }
 
+/// A client of the service at `url` asking for TTLs of at least [`TTL`].
+pub async fn client_to(url: &str) -> ClientLeaser {
+    ClientLeaser::connect_with(ClientOptions::new(url).min_ttl(TTL))
+        .await
+        .unwrap()
+}
+
+/// [`client_to`] the service at `addr`.
 pub async fn client_at(addr: SocketAddr) -> ClientLeaser {
-    ClientLeaser::connect_with(ClientOptions::new(format!("http://{addr}")).min_ttl(TTL))
+    client_to(&format!("http://{addr}")).await
+}
+
+/// [`client_to`] the service of `server`.
+pub async fn client_of(server: &LeaseServer) -> ClientLeaser {
+    client_at(server.local_addr()).await
+}
+
+/// A plain gRPC channel (no token, no timeouts) to the service at `addr`.
+pub async fn channel_at(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap()
 }
@@ -56,6 +96,74 @@ pub async fn granted_at(manager: &LeaseManager, key: &Key, within: Duration) -> 
     let at = Instant::now();
     drop(lease);
     at
+}
+
+// ---------------------------------------------------------- a server process -----
+
+/// A `leases serve` process on a free port of 127.0.0.1; killed when dropped.
+pub struct ServeProcess {
+    /// The process.
+    pub child: Child,
+    /// Its URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    /// Starts `leases serve --min-ttl 1s` with the `extra` arguments; returns once it
+    /// listens.
+    pub fn start(extra: &[&str]) -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_leases"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--min-ttl", "1s"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("leases serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("leases serve: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        ServeProcess {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+}
+
+// ------------------------------------------------------------ FTL streams -----
+
+/// An FTL `AcquireLease` stream through tonic: requests go in through `tx`; answers
+/// are read (or not).
+pub struct FtlStream {
+    pub tx: mpsc::UnboundedSender<AcquireLeaseRequest>,
+    pub answers: tonic::Streaming<AcquireLeaseResponse>,
+}
+
+/// Opens an FTL stream on `channel` whose first request is `first`.
+pub async fn ftl_open(
+    channel: &Channel,
+    first: AcquireLeaseRequest,
+) -> Result<FtlStream, tonic::Status> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tx.send(first).unwrap();
+    let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let answers = LeaseServiceClient::new(channel.clone())
+        .acquire_lease(outgoing)
+        .await?
+        .into_inner();
+    Ok(FtlStream { tx, answers })
 }
 
 // ------------------------------------------------------------- raw HTTP/2 -----
@@ -170,13 +278,7 @@ pub fn background_server_url() -> String {
                 .unwrap();
             rt.block_on(async move {
                 let manager = LeaseManager::start().await.unwrap();
-                let options = ServeOptions {
-                    bind: "127.0.0.1:0".parse().unwrap(),
-                    ..Default::default()
-                };
-                let server = leases::service::LeaseServer::start(manager, options)
-                    .await
-                    .unwrap();
+                let server = LeaseServer::start(manager, loopback()).await.unwrap();
                 tx.send(format!("http://{}", server.local_addr())).unwrap();
                 std::future::pending::<()>().await;
             });

@@ -4,7 +4,7 @@
 //! - the key is made of the request's segments (`["module", m, ...]` or
 //!   `["system", ...]`); a bad key, or a TTL below the minimum or above the maximum,
 //!   ends the stream with `INVALID_ARGUMENT`. A request without a TTL uses the server's
-//!   default ([`ServeOptions::default_ttl`](super::ServeOptions::default_ttl), 30 s);
+//!   default ([`ServeOptions::default_ttl`](super::options::ServeOptions::default_ttl), 30 s);
 //! - a key this stream does not hold is acquired (without waiting): held by someone
 //!   else → the stream ends with `RESOURCE_EXHAUSTED` "lease already held";
 //! - a key this stream holds is kept alive: the request is the client's heartbeat, and
@@ -56,7 +56,8 @@ use owed::Owed;
 
 use super::first::NoFirst;
 use super::give_back::give_back;
-use super::{duration_of, status_of, Shared, StreamSlot};
+use super::shared::{Shared, StreamSlot};
+use super::status::{duration_of, status_of};
 use crate::proto::xyz::block::ftl::lease::v1::lease_service_server::LeaseService;
 use crate::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
 use crate::proto::xyz::block::ftl::v1::{PingRequest, PingResponse};
@@ -93,7 +94,7 @@ type Answers = Pin<Box<dyn Stream<Item = Result<AcquireLeaseResponse, Status>> +
 impl LeaseService for FtlService {
     async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(PingResponse {
-            not_ready: super::readiness(&self.shared.manager).await,
+            not_ready: super::probes::readiness(&self.shared.manager).await,
         }))
     }
 

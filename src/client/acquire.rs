@@ -1,0 +1,115 @@
+//! The [`Leaser`] impl of [`ClientLeaser`]: an acquire opens a `Hold` stream, waits for
+//! its grant (confirming a waited grant's time left with one more round trip), and
+//! hands the stream to its keeper task.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::connection::ClientLeaser;
+use super::keep::{drive, time_left_of, Owner, Sent};
+use super::status::{error_of, unavailable};
+use crate::proto::leases::v1::hold_request::Kind as In;
+use crate::proto::leases::v1::hold_response::Kind as Out;
+use crate::proto::leases::v1::{Acquire, Heartbeat, HoldRequest, HoldResponse};
+use crate::{AcquireOptions, Key, Lease, LeaseContext, LeaseError, LeaseInfo, Leaser};
+
+#[async_trait]
+impl Leaser for ClientLeaser {
+    async fn acquire_lease_with(
+        &self,
+        key: Key,
+        options: AcquireOptions,
+    ) -> Result<(Lease, LeaseContext), LeaseError> {
+        options.validate(&key, self.options().min_ttl)?;
+        let ttl = options.ttl();
+        let wait = options.wait;
+        let (requests, mut rx) = mpsc::unbounded_channel::<HoldRequest>();
+        let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let sent = Sent::now();
+        let _ = requests.send(HoldRequest {
+            kind: Some(In::Acquire(Acquire {
+                key: key.to_string(),
+                ttl: Some(crate::proto::duration(ttl)),
+                metadata: options.metadata.clone(),
+                wait: wait.map(crate::proto::duration),
+            })),
+        });
+        let mut request = self.request(outgoing);
+        // The stream lives as long as the lease: no gRPC deadline on it (a server or
+        // proxy that honours one would end the lease when it passed). The client bounds
+        // its own waits; the answer may take as long as the wait, plus the usual.
+        request.metadata_mut().remove("grpc-timeout");
+        let limit = self
+            .options()
+            .request_timeout
+            .saturating_add(wait.unwrap_or_default());
+        let mut answers = tokio::time::timeout(limit, self.client().hold(request))
+            .await
+            .map_err(|_| unavailable("the lease service did not answer in time"))?
+            .map_err(|s| error_of(&s, wait))?
+            .into_inner();
+        let first = tokio::time::timeout(limit, answers.message())
+            .await
+            .map_err(|_| unavailable("the lease service did not answer in time"))?;
+        let (token, mut time_left) = match first {
+            Ok(Some(HoldResponse {
+                kind: Some(Out::Granted(g)),
+            })) => (g.token, time_left_of(g.time_left, ttl)),
+            Ok(Some(other)) => {
+                return Err(unavailable(format!("unexpected first answer {other:?}")));
+            }
+            Ok(None) => return Err(unavailable("the lease service closed the stream")),
+            Err(s) => return Err(error_of(&s, wait)),
+        };
+        let mut confirmed = sent;
+        if wait.is_some() {
+            // The grant may have come long after the request: confirm the time left
+            // with a heartbeat's round trip.
+            let hb = Sent::now();
+            let _ = requests.send(HoldRequest {
+                kind: Some(In::Heartbeat(Heartbeat {})),
+            });
+            let next = tokio::time::timeout(self.options().request_timeout, answers.message())
+                .await
+                .map_err(|_| unavailable("the lease service did not confirm the grant in time"))?;
+            match next {
+                Ok(Some(HoldResponse {
+                    kind: Some(Out::Renewed(r)),
+                })) => {
+                    time_left = time_left_of(r.time_left, ttl);
+                    confirmed = hb;
+                }
+                Ok(Some(HoldResponse {
+                    kind: Some(Out::Ended(e)),
+                })) => {
+                    return Err(unavailable(format!(
+                        "the lease ended at once: {}",
+                        e.message
+                    )));
+                }
+                Ok(_) => return Err(unavailable("the lease service closed the stream")),
+                Err(s) => return Err(error_of(&s, None)),
+            }
+        }
+        let (sender, ctx) =
+            LeaseContext::new_since(token, Some(confirmed.at + time_left), confirmed.since);
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        tokio::spawn(drive(
+            ttl,
+            options.keep,
+            requests,
+            answers,
+            sender,
+            ctx.clone(),
+            command_rx,
+        ));
+        let lease = Lease::new(key, token, Arc::new(Owner { commands }));
+        Ok((lease, ctx))
+    }
+
+    async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
+        ClientLeaser::lease_info(self, key).await
+    }
+}

@@ -1,0 +1,248 @@
+//! The life of one held lease after its grant: the task that heartbeats on its `Hold`
+//! stream every TTL/4, moves the context's deadline by each confirmed answer, ends the
+//! context when the stream tells or breaks, and carries out the holder's release (or,
+//! after a revoke, says when the holder has stopped).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::status::unavailable;
+use crate::context::ContextSender;
+use crate::lease::LeaseOwner;
+use crate::proto::leases::v1::ended::Reason;
+use crate::proto::leases::v1::hold_request::Kind as In;
+use crate::proto::leases::v1::hold_response::Kind as Out;
+use crate::proto::leases::v1::{Heartbeat, HoldRequest, HoldResponse, Release};
+use crate::{CancelReason, Key, LeaseContext, LeaseError, LossCause};
+
+/// What the holder's side asks of a lease's driver task.
+pub(super) enum Command {
+    /// Release, and answer when the server has confirmed (or not).
+    Release(Option<oneshot::Sender<Result<(), LeaseError>>>),
+}
+
+/// The [`Lease`]'s way to end a lease of this client.
+pub(super) struct Owner {
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+}
+
+#[async_trait]
+impl LeaseOwner for Owner {
+    async fn release(&self, _key: &Key, _token: u64) -> Result<(), LeaseError> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Release(Some(tx))).is_err() {
+            return Err(LeaseError::NotHeld);
+        }
+        rx.await.unwrap_or(Err(LeaseError::NotHeld))
+    }
+
+    fn release_on_drop(&self, _key: Key, _token: u64) {
+        let _ = self.commands.send(Command::Release(None));
+    }
+}
+
+/// The instant a request is sent, with the machine's suspended time then.
+#[derive(Clone, Copy)]
+pub(super) struct Sent {
+    pub(super) at: Instant,
+    pub(super) since: Duration,
+}
+
+impl Sent {
+    pub(super) fn now() -> Sent {
+        Sent {
+            at: Instant::now(),
+            since: crate::clock::suspended(),
+        }
+    }
+}
+
+/// The time left an answer reports, at most the lease's TTL: no server can promise
+/// more, and a larger (or absurd) value from the network must neither stretch the
+/// holder's context nor overflow an instant.
+pub(super) fn time_left_of(d: Option<prost_types::Duration>, ttl: Duration) -> Duration {
+    d.and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or_default()
+        .min(ttl)
+}
+
+/// Keeps one lease: heartbeats every TTL/4, extends the context by each answer, ends
+/// it when the stream tells or breaks, and carries out the holder's release.
+pub(super) async fn drive(
+    ttl: Duration,
+    keep_key: bool,
+    requests: mpsc::UnboundedSender<HoldRequest>,
+    mut answers: tonic::Streaming<HoldResponse>,
+    sender: ContextSender,
+    watch: LeaseContext,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let stop = keep(
+        ttl,
+        &requests,
+        &mut answers,
+        sender,
+        watch.clone(),
+        &mut commands,
+    )
+    .await;
+    if stop != Stop::Released {
+        // The lease ended without the holder's release. The server keeps the key until
+        // we say we have stopped (`release`) or the time it promised us has passed. A
+        // revoked holder (or one whose server shut down) has stopped once its context
+        // ended, unless it keeps its key until its `Lease` is released
+        // (`keep_until_released`); a lost one keeps its safety margin, as with a local
+        // manager: we never release it, and the key goes back when the server's promise
+        // runs out.
+        // Revoked or shut down: the server ended the lease and told us, and we have
+        // stopped as soon as the context ended (unless the holder keeps the key until
+        // it lets go). A loss is not ours to shorten.
+        let heard = stop == Stop::Heard;
+        // Whether the holder has stopped: at once for one that was told (unless it
+        // keeps its key until it lets go); otherwise when it lets go of its `Lease`.
+        // Never when its deadline merely passes: the server's promise then runs out
+        // by itself, a little later.
+        let mut stopped = heard && !keep_key;
+        if !stopped {
+            let deadline = watch.deadline().map(Instant::from_std);
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = commands.recv() => {
+                    if let Some(Command::Release(Some(reply))) = command {
+                        let _ = reply.send(Err(LeaseError::NotHeld));
+                    }
+                    stopped = true;
+                }
+                _ = until_deadline => {}
+            }
+        }
+        // A lost lease is never released (its safety margin is kept, as a local manager
+        // keeps it); a revoked or shut-down one is, once its holder has stopped.
+        if heard && stopped {
+            let _ = requests.send(HoldRequest {
+                kind: Some(In::Release(Release {})),
+            });
+        }
+    }
+    // Close our side and read the server's to its end (briefly), so that a release
+    // reaches it before the stream goes.
+    drop(requests);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(Some(_)) = answers.message().await {}
+    })
+    .await;
+}
+
+/// How [`keep`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// By the holder's release (carried out there).
+    Released,
+    /// The server ended the lease (revoked, or the server is shutting down) and told
+    /// us: we stop as soon as the context has ended, and may say so.
+    Heard,
+    /// Any other way: a loss, a deadline, a broken stream.
+    Other,
+}
+
+/// The body of [`drive`]: returns once the context has ended, and how.
+async fn keep(
+    ttl: Duration,
+    requests: &mpsc::UnboundedSender<HoldRequest>,
+    answers: &mut tonic::Streaming<HoldResponse>,
+    sender: ContextSender,
+    watch: LeaseContext,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Stop {
+    let every = ttl / 4;
+    let mut pending: VecDeque<Sent> = VecDeque::new();
+    let mut next = Instant::now() + every;
+    loop {
+        tokio::select! {
+            biased;
+            command = commands.recv() => {
+                let reply = match command {
+                    Some(Command::Release(reply)) => reply,
+                    // Every handle is gone without a release: end the stream (below),
+                    // and the server releases.
+                    None => None,
+                };
+                if sender.reason().is_some() {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(LeaseError::NotHeld));
+                    }
+                    return Stop::Released;
+                }
+                sender.cancel(CancelReason::Released);
+                let _ = requests.send(HoldRequest { kind: Some(In::Release(Release {})) });
+                let confirmed = tokio::time::timeout(Duration::from_secs(10), async {
+                    loop {
+                        match answers.message().await {
+                            Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {
+                                return e.reason == Reason::Released as i32;
+                            }
+                            Ok(Some(_)) => continue,
+                            _ => return false,
+                        }
+                    }
+                })
+                .await
+                .unwrap_or(false);
+                if let Some(reply) = reply {
+                    let _ = reply.send(if confirmed {
+                        Ok(())
+                    } else {
+                        Err(unavailable("the lease service did not confirm the release"))
+                    });
+                }
+                return Stop::Released;
+            }
+            _ = watch.cancelled() => return Stop::Other,
+            _ = tokio::time::sleep_until(next) => {
+                next += every;
+                pending.push_back(Sent::now());
+                if requests.send(HoldRequest { kind: Some(In::Heartbeat(Heartbeat {})) }).is_err() {
+                    sender.cancel(CancelReason::Lost(LossCause::Disconnected("the request stream closed".into())));
+                    return Stop::Other;
+                }
+            }
+            answer = answers.message() => match answer {
+                Ok(Some(HoldResponse { kind: Some(Out::Renewed(r)) })) => {
+                    if let Some(sent) = pending.pop_front() {
+                        sender.extend(sent.at + time_left_of(r.time_left, ttl), sent.since);
+                    }
+                }
+                Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {
+                    let told = Reason::try_from(e.reason).unwrap_or(Reason::Lost);
+                    let heard = matches!(told, Reason::Revoked | Reason::Shutdown);
+                    let reason = match told {
+                        Reason::Revoked => CancelReason::Revoked,
+                        Reason::Released => CancelReason::Released,
+                        Reason::Shutdown => CancelReason::Lost(LossCause::Remote(e.message)),
+                        _ => CancelReason::Lost(LossCause::Remote(e.message)),
+                    };
+                    sender.cancel(reason);
+                    return if heard { Stop::Heard } else { Stop::Other };
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    sender.cancel(CancelReason::Lost(LossCause::Disconnected("the lease service ended the stream".into())));
+                    return Stop::Other;
+                }
+                Err(status) => {
+                    sender.cancel(CancelReason::Lost(LossCause::Disconnected(status.message().to_string())));
+                    return Stop::Other;
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! [`ClientOptions`]: how a [`ClientLeaser`](crate::ClientLeaser) reaches its lease
+//! service: URL, bearer token, TLS, timeouts, the shortest TTL it asks for.
+
+use std::time::Duration;
+
+use crate::leaser::MIN_TTL;
+
+/// How to reach a lease service. Start from [`ClientOptions::new`].
+#[derive(Clone)]
+pub struct ClientOptions {
+    pub(super) url: String,
+    pub(super) bearer_token: Option<String>,
+    pub(super) ca_certificate_pem: Option<Vec<u8>>,
+    pub(super) identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    pub(super) domain: Option<String>,
+    pub(super) connect_timeout: Duration,
+    pub(super) request_timeout: Duration,
+    pub(super) min_ttl: Duration,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("url", &self.url)
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<set>"))
+            .field("tls", &self.ca_certificate_pem.is_some())
+            .finish()
+    }
+}
+
+impl ClientOptions {
+    /// Options for the service at `url` (`http://host:port`, or `https://` for TLS).
+    pub fn new(url: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            url: url.into(),
+            bearer_token: None,
+            ca_certificate_pem: None,
+            identity_pem: None,
+            domain: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            min_ttl: MIN_TTL,
+        }
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
+    /// Trusts this CA (PEM) for the server's certificate (for `https://` URLs).
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certificate_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM) to a server that requires them.
+    pub fn identity_pem(
+        mut self,
+        certificate: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity_pem = Some((certificate.into(), key.into()));
+        self
+    }
+
+    /// The name the server's certificate must carry, when it differs from the URL's host.
+    pub fn domain(mut self, name: impl Into<String>) -> Self {
+        self.domain = Some(name.into());
+        self
+    }
+
+    /// How long to wait for a connection (5 s by default).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call (or an acquire's answer, beyond its wait) may take (10 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The shortest TTL this client asks for ([`MIN_TTL`] by default). The server
+    /// enforces its own minimum too.
+    pub fn min_ttl(mut self, min_ttl: Duration) -> Self {
+        self.min_ttl = min_ttl;
+        self
+    }
+}
