@@ -39,7 +39,7 @@ cargo clippy --all-targets --all-features -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --all-features --no-deps --quiet
 
-# Includes the whole-stack checker (tests/whole_stack.rs): randomized faults over real
+# Includes the whole-stack checker (tests/whole_stack/): randomized faults over real
 # processes (servers, clients, proxies, PostgreSQL) for ${LEASES_CHECKER_SECONDS:-150}s
 # and a checker of the guarantees. It prints its seed; rerun a failure with
 # LEASES_CHECKER_SEED=N, run longer with LEASES_CHECKER_SECONDS=N.
