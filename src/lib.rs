@@ -44,26 +44,25 @@
 //! ## Layout
 //!
 //! The public API, then the files behind it (a file is about one idea, a folder about
-//! one layer):
+//! one layer; `docs/development.md` lists every file):
 //!
-//! - [`key`] (`key.rs`): [`Key`], its canonical string form and [`KeyError`].
+//! - [`key`] (`key/`): [`Key`], its canonical string form and [`KeyError`].
 //! - [`Leaser`] (`leaser.rs`): the trait every lease source implements,
 //!   [`AcquireOptions`], [`MIN_TTL`].
 //! - [`Lease`] (`lease.rs`): the handle that releases a lease.
-//! - [`LeaseContext`] (`context.rs`): how a holder learns that its lease ended, and why
-//!   ([`CancelReason`], [`LeaseEnded`]); the most safety-critical code in the crate. Its
-//!   deadline is judged on a suspend-aware clock (`clock.rs`).
-//! - [`LeaseManager`] (`manager/`): `mod.rs` is the handle and its builder;
-//!   `messages.rs` the supervisor's protocol; `table.rs` the lease table (plain data);
-//!   `io.rs` the backend calls it runs in tasks, and the guards that make each task
-//!   report back; `supervisor.rs` the actor that owns the table; `renewer.rs` the
-//!   renewal actor, one per held lease, that renews every TTL/3 and ends the lease's
-//!   context when it cannot.
+//! - [`LeaseContext`] (`context/`): how a holder learns that its lease ended, and why
+//!   ([`CancelReason`], [`LeaseEnded`], in `reason.rs`); the most safety-critical code
+//!   in the crate. Its deadline is judged on a suspend-aware clock (`clock.rs`).
+//! - [`LeaseManager`] (`manager/`): the handle and its builder; the supervisor actor that
+//!   owns the lease table, how a holder ends and when its key goes back; the backend
+//!   calls it runs in tasks; the renewal actor, one per held lease, that renews every
+//!   TTL/3 and ends the lease's context when it cannot; the one alarm clock they tick by.
 //! - [`backend`] (`backend/`): the [`Backend`](backend::Backend) trait and its contract
 //!   (`mod.rs`), the in-process [`MemoryBackend`](backend::MemoryBackend) (the default),
-//!   `PostgresBackend` (feature `postgres`: leases shared by processes and machines
-//!   through one table), `EtcdBackend` (feature `etcd`: leases in an etcd cluster, on
-//!   etcd leases kept alive one per TTL group), and `FaultyBackend` (feature `test-util`), which injects faults.
+//!   `PostgresBackend` (`postgres/`, feature `postgres`: leases shared by processes and
+//!   machines through one table), `EtcdBackend` (`etcd/`, feature `etcd`: leases in an
+//!   etcd cluster, on etcd leases kept alive one per TTL group), and `FaultyBackend`
+//!   (feature `test-util`), which injects faults.
 //! - [`actors`]: the ractor-facing API in one place (messages to the manager, the
 //!   supervision tree, lease ends as actor messages).
 //! - [`FakeLeaser`] (`fake.rs`): for unit tests of code that takes a `dyn Leaser`.
@@ -71,17 +70,17 @@
 //!   side, for data kept in PostgreSQL.
 //! - `testing` (feature `test-util`): the conformance kits that prove any backend, and
 //!   any [`Leaser`], keeps the guarantees below.
-//! - `service` (feature `server`): the lease service, `leases serve`: FTL's gRPC
-//!   `LeaseService` (wire-compatible with FTL's runtimes) and a native service with
+//! - `service` (`service/`, feature `server`): the lease service, `leases serve`: FTL's
+//!   gRPC `LeaseService` (wire-compatible with FTL's runtimes) and a native service with
 //!   tokens, waiting, revoke, info and list; `proto` holds the generated code.
-//! - `ClientLeaser` (`client.rs`, feature `client`): a [`Leaser`] whose leases come from
+//! - `ClientLeaser` (`client/`, feature `client`): a [`Leaser`] whose leases come from
 //!   the lease service over gRPC, with the same guarantees (its context ends at a
 //!   deadline computed from when each confirmed heartbeat was *sent*, so before the
 //!   server's own deadline).
-//! - [`election`] (`election.rs`): leader election on any [`Leaser`]: candidates with
+//! - [`election`] (`election/`): leader election on any [`Leaser`]: candidates with
 //!   identities, leadership (with the term's fencing token) through a `watch` channel,
 //!   resign, campaigning again after a loss, and an observer of who leads.
-//! - [`metrics`] (`metrics.rs`): what the manager records through the `metrics`
+//! - [`metrics`] (`metrics/`): what the manager records through the `metrics`
 //!   facade (a table of names and labels), and with feature `prometheus` an endpoint
 //!   in the Prometheus text format.
 //!

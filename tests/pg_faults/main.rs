@@ -20,7 +20,7 @@
 //!
 //!
 //! Then a **chaos phase**: every process reaches the database through a TCP fault
-//! proxy of its own (`support/proxy.rs`), and each proxy follows a random schedule of
+//! proxy of its own (`support/proxy/`), and each proxy follows a random schedule of
 //! delays, blackholes, resets, half-open connections and slow drips, switched at random
 //! moments, so that single statements are cut off mid-flight. Throughout the run the
 //! orchestrator samples the database every 200 ms and also asserts, on the database's
