@@ -2,6 +2,9 @@
 //! behind a claimed key, asked inline, or started as an attempt in a task), an
 //! attempt's outcome, a grant made into a holder with its renewal actor, the next
 //! waiter served, and a wait that ran out.
+//!
+//! Its log events keep the target `leases::manager::supervisor` they had before the manager was split
+//! into files, so that users' log filters still match them.
 
 use std::time::Duration;
 
@@ -130,7 +133,7 @@ impl SupervisorState {
                 let _ = waiter.reply.send(Err(error));
             }
             Attempt::Failed(e) => {
-                tracing::warn!(%key, error = %e, "lease acquire failed");
+                tracing::warn!(target: "leases::manager::supervisor", %key, error = %e, "lease acquire failed");
                 crate::metrics::backend_error(crate::metrics::Op::Acquire);
                 let error = LeaseError::Backend(e);
                 crate::metrics::acquire_failed(&error);
@@ -172,7 +175,7 @@ impl SupervisorState {
             let token = grant.token();
             // Dropping the grant gives the key back.
             drop(grant);
-            tracing::debug!(%key, token, %error, "grant refused");
+            tracing::debug!(target: "leases::manager::supervisor", %key, token, %error, "grant refused");
             crate::metrics::acquire_failed(&error);
             let _ = waiter.reply.send(Err(error));
             return;
@@ -190,7 +193,7 @@ impl SupervisorState {
                 keep,
             },
         );
-        tracing::info!(%key, token, ?ttl, "lease acquired");
+        tracing::info!(target: "leases::manager::supervisor", %key, token, ?ttl, "lease acquired");
         let args = RenewerArgs {
             backend: self.backend.clone(),
             key: key.clone(),

@@ -1,6 +1,9 @@
 //! Acquire attempts: asked inline of a backend that needs no I/O, or run in a task of
 //! their own, which waits (without polling the backend) while its caller allows, and
 //! which reports back to the supervisor whatever happens to it ([`Report`]).
+//!
+//! Its log events keep the target `leases::manager::io` they had before the manager was split
+//! into files, so that users' log filters still match them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,7 +171,7 @@ impl Drop for Report {
             } else {
                 "the acquire attempt ended without an answer"
             };
-            tracing::error!(key = %self.key, "{why}");
+            tracing::error!(target: "leases::manager::io", key = %self.key, "{why}");
             self.send(Attempt::Failed(BackendError::new(
                 BackendErrorKind::Failed,
                 why,

@@ -3,6 +3,9 @@
 //! ends a holder; the handlers around it decide what goes back to the backend (a
 //! revoked lease at once; a lost one is left to expire, so that its holder keeps its
 //! safety margin; a holder that keeps its key gives it back itself).
+//!
+//! Its log events keep the target `leases::manager::supervisor` they had before the manager was split
+//! into files, so that users' log filters still match them.
 
 use ractor::{ActorId, ActorRef, RpcReplyPort};
 
@@ -64,7 +67,7 @@ impl SupervisorState {
         if keeps && !by_holder {
             let (holder, renewer) = self.table.stop_renewal(key, token)?;
             if holder.ctx.cancel(reason.clone()) {
-                tracing::debug!(%key, token = holder.token, %reason, "lease ended; its holder keeps the key");
+                tracing::debug!(target: "leases::manager::supervisor", %key, token = holder.token, %reason, "lease ended; its holder keeps the key");
             }
             let token = holder.token;
             if let Some(renewer) = &renewer {
@@ -79,7 +82,7 @@ impl SupervisorState {
         let holder = self.table.take_holder(key, token)?;
         let give_back = gives_back(holder.ctx.reason());
         if holder.ctx.cancel(reason.clone()) {
-            tracing::debug!(%key, token = holder.token, %reason, "lease ended");
+            tracing::debug!(target: "leases::manager::supervisor", %key, token = holder.token, %reason, "lease ended");
         }
         if let Some(renewer) = &holder.renewer {
             stop(renewer);
@@ -225,8 +228,8 @@ impl SupervisorState {
         // Give the keys back so that others need not wait for the TTLs; bounded, since
         // the backend may be down.
         if !io::release_all(&self.backend, held, self.config.shutdown_timeout).await {
-            tracing::warn!("lease manager shutdown: some releases did not finish in time");
+            tracing::warn!(target: "leases::manager::supervisor", "lease manager shutdown: some releases did not finish in time");
         }
-        tracing::info!("lease manager stopped");
+        tracing::info!(target: "leases::manager::supervisor", "lease manager stopped");
     }
 }

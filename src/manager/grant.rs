@@ -1,4 +1,7 @@
 //! A grant that nobody holds yet, and the guard that gives it back.
+//!
+//! Its log events keep the target `leases::manager::io` they had before the manager was split
+//! into files, so that users' log filters still match them.
 
 use std::sync::Arc;
 
@@ -50,7 +53,7 @@ impl Drop for Grant {
         let Some(token) = self.token.take() else {
             return;
         };
-        tracing::debug!(key = %self.key, token, "giving back a grant that nobody took");
+        tracing::debug!(target: "leases::manager::io", key = %self.key, token, "giving back a grant that nobody took");
         if let Some(Ok(_)) = catch_panic(|| {
             self.backend
                 .inline()
