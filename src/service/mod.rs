@@ -35,7 +35,7 @@
 //! health service, reflection and the HTTP probes stay open, as probes need them.
 //! [`ServeOptions::tls`] serves TLS (rustls), optionally requiring client certificates
 //! signed by a given CA. Limits, each with its own status when exceeded: the size of
-//! one message ([`ServeOptions::max_message_bytes`], `RESOURCE_EXHAUSTED` from gRPC),
+//! one message ([`ServeOptions::max_message_bytes`], `OUT_OF_RANGE` from tonic's decoder),
 //! the keys one FTL stream may hold ([`ServeOptions::max_keys_per_stream`],
 //! `RESOURCE_EXHAUSTED` "too many keys on one stream"), and the open lease streams of
 //! one connection ([`ServeOptions::max_streams_per_connection`], `RESOURCE_EXHAUSTED`

@@ -36,9 +36,9 @@ pub struct ServeOptions {
     pub auth_token: Option<String>,
     /// The TTL of an FTL request without one; [`DEFAULT_FTL_TTL`] by default.
     pub default_ttl: Duration,
-    /// The largest request message accepted, in bytes (64 KiB by default: a key is at
-    /// most [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes and metadata at most
-    /// [`MAX_METADATA_LEN`](crate::MAX_METADATA_LEN)).
+    /// The largest request message accepted, in bytes (68 KiB by default: metadata of
+    /// up to [`MAX_METADATA_LEN`](crate::MAX_METADATA_LEN) bytes, plus 4 KiB for a key
+    /// of up to [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes and the other fields).
     pub max_message_bytes: usize,
     /// The most keys one FTL `AcquireLease` stream may hold at once (1024 by default).
     pub max_keys_per_stream: usize,
