@@ -1,4 +1,4 @@
-//! Why a lease service could not be reached, in words: connection refused, a host name
+//! Why a lease service (or a store) could not be reached, in words: connection refused, a host name
 //! that does not resolve, TLS spoken to a plain server or plain HTTP/2 to a TLS one; and
 //! a `--server` URL without its scheme, refused before anything is contacted.
 
@@ -31,8 +31,8 @@ pub(crate) fn explain(e: &(dyn Error + 'static)) -> Option<&'static str> {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
                 return Some(
-                    "connection refused: nothing listens at that address (is `leases serve` \
-                     running there, on that port?)",
+                    "connection refused: nothing listens at that address and port (is the \
+                     server running, and is the port right?)",
                 );
             }
         }
