@@ -87,6 +87,36 @@ fn serve_logs_the_non_loopback_warning() {
     );
 }
 
+/// The client commands log the library's warnings too (here: an acquire that failed on
+/// an unreachable database), at `warn` unless `RUST_LOG` says otherwise.
+#[test]
+fn clients_log_warnings() {
+    let cli = Cli::postgres(&format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        closed_port()
+    ));
+    let args = ["run", "/system/cli/logs/k", "--ttl", "5s", "--", "true"];
+    let logged = cli.call(&args);
+    assert_eq!(logged.code, code::BACKEND, "{logged:?}");
+    assert!(
+        logged.stderr.contains("WARN") && logged.stderr.contains("lease acquire failed"),
+        "{logged:?}"
+    );
+    let json = cli.call(&[&["--log-format", "json"][..], &args].concat());
+    let warning = json
+        .stderr
+        .lines()
+        .find(|l| l.contains("lease acquire failed"))
+        .unwrap_or_else(|| panic!("no warning: {json:?}"));
+    let warning: serde_json::Value = serde_json::from_str(warning).expect("a JSON line");
+    assert_eq!(warning["level"], "WARN", "{json:?}");
+    let off = cli.call_env(&args, &[("RUST_LOG", "off")]);
+    assert_eq!(off.code, code::BACKEND, "{off:?}");
+    assert!(!off.stderr.contains("lease acquire failed"), "{off:?}");
+    // The command's own message is not a log line: it stays.
+    assert!(off.stderr.starts_with("leases: "), "{off:?}");
+}
+
 /// `--log-format json`: every line on stderr is one JSON object, the warning among them
 /// with its level.
 #[test]

@@ -41,6 +41,11 @@ fn refused_token_has_its_own_exit_code() {
             assert_eq!(done.code, code::AUTH, "{args:?}: {done:?}");
         }
     }
+    let help = nobody().call(&["--help"]);
+    assert!(
+        help.stdout.contains("77") && help.stdout.contains("refused the token"),
+        "{help:?}"
+    );
     let right = cli.call(&["list", "--token-file", token.to_str().unwrap()]);
     assert_eq!(right.code, 0, "{right:?}");
     server.stop();
