@@ -36,9 +36,9 @@ Exit codes:
   1      info, revoke: the key is not held
   2      usage: bad arguments, key, duration, TTL, URL or token file
   69     the backend could not be reached, or failed
-  77     the lease service refused the token (--token-file, LEASES_TOKEN_FILE)
   70     internal error of leases
   75     run: the key is held by someone else (after --wait, if given)
+  77     the lease service refused the token (--token-file, LEASES_TOKEN_FILE)
   79     run: the lease was lost or revoked (or its renewal fell behind)
          while the command ran; all its processes were stopped (SIGTERM,
          then SIGKILL after --grace or before the key could be taken)
