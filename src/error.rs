@@ -88,6 +88,9 @@ pub enum BackendErrorKind {
     /// The backend does not offer this operation (for example
     /// [`Backend::list`](crate::backend::Backend::list) on a backend that cannot list).
     Unsupported,
+    /// The lease service refused the caller's credentials (gRPC `UNAUTHENTICATED` or
+    /// `PERMISSION_DENIED`: a missing or wrong bearer token). Retrying does not help.
+    Unauthenticated,
 }
 
 /// A failure of the storage behind the leases.

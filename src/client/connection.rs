@@ -9,7 +9,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::Request;
 
 use super::options::ClientOptions;
-use super::status::unavailable;
+
+use crate::error::{BackendError, BackendErrorKind};
 use crate::proto::leases::v1::leases_client::LeasesClient;
 use crate::LeaseError;
 
@@ -112,10 +113,12 @@ impl ClientLeaser {
                 .tls_config(tls)
                 .map_err(|e| LeaseError::InvalidConfig(format!("TLS: {e}")))?;
         }
+        // The transport error is kept as the cause: it says why (refused, DNS, TLS).
         let channel = endpoint.connect().await.map_err(|e| {
-            unavailable(format!(
-                "cannot reach the lease service at {}: {e}",
-                options.url
+            LeaseError::Backend(BackendError::with_source(
+                BackendErrorKind::Unavailable,
+                format!("cannot reach the lease service at {}: {e}", options.url),
+                e,
             ))
         })?;
         let auth =

@@ -22,6 +22,10 @@ pub(super) fn error_of(status: &Status, waited: Option<Duration>) -> LeaseError 
             waited: waited.unwrap_or_default(),
         },
         Code::Unavailable | Code::Cancelled | Code::Unknown => unavailable(message),
+        Code::Unauthenticated | Code::PermissionDenied => LeaseError::Backend(BackendError::new(
+            BackendErrorKind::Unauthenticated,
+            message,
+        )),
         Code::DeadlineExceeded => {
             LeaseError::Backend(BackendError::new(BackendErrorKind::Timeout, message))
         }

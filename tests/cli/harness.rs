@@ -15,6 +15,7 @@ pub mod code {
     pub const NOT_HELD: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const BACKEND: i32 = 69;
+    pub const AUTH: i32 = 77;
     pub const HELD: i32 = 75;
     pub const LOST: i32 = 79;
     pub const NOT_FOUND: i32 = 127;
@@ -111,6 +112,18 @@ impl Cli {
     pub fn start(&self, args: &[&str]) -> Running {
         let child = self.command(args).spawn().expect("the leases binary runs");
         Running::new(child, args)
+    }
+
+    /// Starts `leases <args>` in the background with these environment variables.
+    pub fn start_env(&self, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut c = self.command(args);
+        c.envs(env.iter().copied());
+        Running::new(c.spawn().expect("the leases binary runs"), args)
+    }
+
+    /// Runs `leases <args>` to its end with these environment variables.
+    pub fn call_env(&self, args: &[&str], env: &[(&str, &str)]) -> Done {
+        self.start_env(args, env).finish()
     }
 
     /// Runs `leases run KEY --ttl 5s [extra] -- sh -c SCRIPT` to its end.

@@ -10,7 +10,9 @@
 //! - `run`: `leases run`, its command's exit code and environment, and what ends it;
 //! - `signals`: SIGINT, Ctrl-Z and SIGCONT passed on to the command;
 //! - `inspect`: `leases list` and `leases info`;
-//! - `errors`: usage errors, unreachable sources, the help.
+//! - `errors`: usage errors, unreachable sources, the help;
+//! - `logs_and_flags`: logs on stderr, `serve`'s flags apart from the clients', token files;
+//! - `messages`: a refused token (77), why a service is unreachable, TTL bounds.
 #![cfg(feature = "server")]
 
 #[path = "../support/mod.rs"]
@@ -19,6 +21,8 @@ mod support;
 mod errors;
 mod harness;
 mod inspect;
+mod logs_and_flags;
+mod messages;
 mod run;
 mod signals;
 

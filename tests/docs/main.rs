@@ -312,6 +312,7 @@ fn run_sh(b: &Block) -> Option<String> {
         "LEASES_ETCD_PREFIX",
         "LEASES_TOKEN_FILE",
         "LEASES_CA_FILE",
+        "LEASES_SERVE_TOKEN_FILE",
     ] {
         command.env_remove(var);
     }

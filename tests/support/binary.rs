@@ -19,12 +19,21 @@ const SOURCE_VARIABLES: [&str; 5] = [
     "LEASES_ETCD_PREFIX",
 ];
 
-/// `leases <source> <args>`, with no `LEASES_*` variables from our own environment and
-/// nothing on stdin; the caller says where stdout and stderr go.
+/// The variables that name a token or CA file, or what is logged: a test sets them
+/// itself when it means to.
+const OTHER_VARIABLES: [&str; 4] = [
+    "LEASES_TOKEN_FILE",
+    "LEASES_CA_FILE",
+    "LEASES_SERVE_TOKEN_FILE",
+    "RUST_LOG",
+];
+
+/// `leases <source> <args>`, with no `LEASES_*` variables (nor `RUST_LOG`) from our own
+/// environment and nothing on stdin; the caller says where stdout and stderr go.
 pub fn leases(source: &[String], args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_leases"));
     c.args(source).args(args);
-    for var in SOURCE_VARIABLES {
+    for var in SOURCE_VARIABLES.into_iter().chain(OTHER_VARIABLES) {
         c.env_remove(var);
     }
     c.stdin(Stdio::null());

@@ -1,5 +1,5 @@
 //! Durations on the command line (`30s`, `5m`, `1h30m`, `1.5s`, `250ms`) and for people
-//! in the output (`4m59s`), plus the RFC 3339 time stamps of the JSON output.
+//! in the output (`4m59s`, `25h`, `500ms`), plus the RFC 3339 time stamps of the JSON output.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -97,27 +97,45 @@ pub(crate) fn parse(input: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
-/// A duration for people: `1h2m3s`, `4m5s`, `29.1s`, `0.4s`, `2d3h`.
+/// A duration as users write it, which [`parse`] reads back: `0s`, `500ms`, `1.5s`,
+/// `4m5s`, `1h30m`, `25h` (hours are the largest unit; below a millisecond is dropped).
 pub(crate) fn human(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs < 60 {
-        let tenths = d.as_millis() / 100;
-        return format!("{}.{}s", tenths / 10, tenths % 10);
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return if ms == 0 {
+            "0s".into()
+        } else {
+            format!("{ms}ms")
+        };
     }
-    let (days, hours, minutes, seconds) =
-        (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let (hours, minutes, seconds, millis) =
+        (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
     let mut out = String::new();
-    if days > 0 {
-        out += &format!("{days}d");
-    }
-    if hours > 0 || days > 0 {
+    if hours > 0 {
         out += &format!("{hours}h");
     }
-    out += &format!("{minutes}m");
-    if days == 0 {
+    if minutes > 0 {
+        out += &format!("{minutes}m");
+    }
+    if millis > 0 {
+        let fraction = format!("{millis:03}");
+        out += &format!("{seconds}.{}s", fraction.trim_end_matches('0'));
+    } else if seconds > 0 {
         out += &format!("{seconds}s");
     }
     out
+}
+
+/// [`human`] to the tenth of a second under a minute and to the second above it
+/// (rounded down): for time left and time waited, where milliseconds are noise.
+pub(crate) fn human_approx(d: Duration) -> String {
+    let step = if d < Duration::from_secs(60) {
+        100
+    } else {
+        1000
+    };
+    let ms = d.as_millis() / step * step;
+    human(Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
 
 /// An RFC 3339 time stamp in UTC with milliseconds: `2026-11-27T20:58:01.123Z`.
@@ -220,14 +238,25 @@ mod tests {
 
     #[test]
     fn human_form() {
-        assert_eq!(human(Duration::from_millis(400)), "0.4s");
-        assert_eq!(human(Duration::from_millis(29_160)), "29.1s");
-        assert_eq!(human(Duration::from_secs(245)), "4m5s");
-        assert_eq!(human(Duration::from_secs(3723)), "1h2m3s");
-        assert_eq!(
-            human(Duration::from_secs(2 * 86400 + 3 * 3600 + 7)),
-            "2d3h0m"
-        );
+        for (d, want) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(400), "0s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(29_120), "29.12s"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(245), "4m5s"),
+            (Duration::from_secs(5400), "1h30m"),
+            (Duration::from_secs(3723), "1h2m3s"),
+            (Duration::from_secs(3605), "1h5s"),
+            (Duration::from_secs(25 * 3600), "25h"),
+        ] {
+            assert_eq!(human(d), want, "{d:?}");
+            assert_eq!(parse(want), Ok(Duration::from_millis(d.as_millis() as u64)));
+        }
+        assert_eq!(human_approx(Duration::from_millis(29_160)), "29.1s");
+        assert_eq!(human_approx(Duration::from_millis(50)), "0s");
+        assert_eq!(human_approx(Duration::from_millis(245_900)), "4m5s");
     }
 
     #[test]

@@ -8,258 +8,33 @@
 //!   stops them; guardian.rs: the process
 //!   between `run` and its command that kills them all if `leases` is killed;
 //! - source.rs: where leases live (PostgreSQL directly, or a lease service);
-//! - exit.rs: the exit codes; duration.rs: `30s`, `5m`, `1h30m`.
+//! - args.rs: the command line's flags; logging.rs: logs on stderr (`RUST_LOG`);
+//! - token.rs: token files; exit.rs: the exit codes, and errors for people;
+//! - duration.rs: `30s`, `5m`, `1h30m`.
 
+mod args;
 mod duration;
 mod exit;
 #[cfg(target_os = "linux")]
 mod guardian;
 mod kill_timing;
+mod logging;
 mod output;
 mod run;
 mod serve;
 mod source;
 mod spinner;
+mod token;
+mod transport;
 mod tree;
 
-use std::ffi::OsString;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use leases::Key;
+use clap::{CommandFactory, FromArgMatches};
 
-use exit::{Failure, NOT_HELD};
+use args::{Cli, Command, SourceArgs};
+use exit::{Failure, NOT_HELD, USAGE};
 use source::Source;
-
-const ABOUT: &str = "Distributed leases with fencing tokens: serve them over gRPC, run a \
-command while holding a lease, and look at or revoke leases.";
-
-const EXAMPLES: &str = "\
-Examples:
-  export LEASES_POSTGRES_URL=postgres://app@db.internal/app
-  leases run /system/jobs/nightly --ttl 30s -- ./nightly.sh
-  leases list /system/jobs/
-  leases info /system/jobs/nightly --json
-  leases revoke /system/jobs/nightly";
-
-const RUN_EXAMPLES: &str = "\
-Examples:
-  # Run the job only if nobody else runs it now (exit 75 if someone does):
-  leases run /system/jobs/nightly --ttl 30s -- ./nightly.sh --full
-  # Wait up to 5 minutes for the lease, and say who holds it:
-  leases run /system/jobs/nightly --ttl 1m --wait 5m --metadata \"$HOSTNAME\" -- ./nightly.sh
-  # The command sees its key and fencing token:
-  leases run /module/billing/invoices --ttl 30s -- sh -c 'echo \"$LEASES_KEY $LEASES_TOKEN\"'";
-
-const LIST_EXAMPLES: &str = "\
-Examples:
-  leases list                      # every live lease
-  leases list /system/jobs/        # the leases under /system/jobs
-  leases list /module/billing --json | jq -r '.[].key'";
-
-const INFO_EXAMPLES: &str = "\
-Examples:
-  leases info /system/jobs/nightly
-  leases info /system/jobs/nightly --json | jq .token
-  leases info /system/jobs/nightly >/dev/null && echo held";
-
-const REVOKE_EXAMPLES: &str = "\
-Examples:
-  leases revoke /system/jobs/nightly
-  leases revoke /system/jobs/nightly --json";
-
-/// The command line.
-#[derive(Parser, Debug)]
-#[command(
-    name = "leases",
-    version,
-    about = ABOUT,
-    after_help = format!("{EXAMPLES}\n\n{}", exit::TABLE),
-    propagate_version = true
-)]
-struct Cli {
-    #[command(flatten)]
-    source: SourceArgs,
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// Where leases live (global options).
-#[derive(Args, Debug)]
-pub(crate) struct SourceArgs {
-    /// Use the lease table in this PostgreSQL database directly
-    /// (e.g. postgres://user:pass@host/db?sslmode=require).
-    #[arg(
-        long,
-        global = true,
-        env = "LEASES_POSTGRES_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    pub(crate) postgres: Option<String>,
-    /// Use the lease service (`leases serve`) at this address
-    /// (e.g. http://127.0.0.1:8895, or https://... for TLS).
-    #[arg(long, global = true, env = "LEASES_SERVER", value_name = "URL")]
-    pub(crate) server: Option<String>,
-    /// With --server: send the bearer token read from this file.
-    #[arg(long, global = true, env = "LEASES_TOKEN_FILE", value_name = "PATH")]
-    pub(crate) token_file: Option<std::path::PathBuf>,
-    /// With --server over TLS: trust this CA certificate (PEM) for the server.
-    #[arg(long, global = true, env = "LEASES_CA_FILE", value_name = "PATH")]
-    pub(crate) ca_file: Option<std::path::PathBuf>,
-    /// The lease table's name in PostgreSQL.
-    #[arg(
-        long,
-        global = true,
-        env = "LEASES_TABLE",
-        default_value = "leases",
-        value_name = "NAME"
-    )]
-    pub(crate) table: String,
-    /// Use the leases in this etcd cluster directly: its members' client URLs,
-    /// comma-separated (e.g. http://10.0.0.1:2379,http://10.0.0.2:2379).
-    #[arg(
-        long,
-        global = true,
-        env = "LEASES_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        value_name = "URLS"
-    )]
-    pub(crate) etcd: Vec<String>,
-    /// With --etcd: the prefix of the etcd keys the leases live under.
-    #[arg(
-        long,
-        global = true,
-        env = "LEASES_ETCD_PREFIX",
-        default_value = "/leases",
-        value_name = "PREFIX"
-    )]
-    pub(crate) etcd_prefix: String,
-    /// Where `postgres` came from (a flag beats an environment variable).
-    #[arg(skip)]
-    pub(crate) postgres_source: Option<ValueSource>,
-    /// Where `server` came from.
-    #[arg(skip)]
-    pub(crate) server_source: Option<ValueSource>,
-    /// Where `etcd` came from.
-    #[arg(skip)]
-    pub(crate) etcd_source: Option<ValueSource>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Serve leases over gRPC: FTL's LeaseService and the native service, on one port,
-    /// with HTTP probes (/_readiness, /_liveness), health and reflection. Memory backend
-    /// unless --postgres (LEASES_POSTGRES_URL) or --etcd (LEASES_ETCD_ENDPOINTS) is
-    /// given; several servers may share one table or cluster. Stops gracefully on
-    /// SIGINT/SIGTERM.
-    Serve(serve::ServeArgs),
-    /// Acquire a lease and run a command while holding it.
-    ///
-    /// The command runs in a process group of its own and sees LEASES_KEY and
-    /// LEASES_TOKEN (the fencing token: pass it with every write) in its environment.
-    /// The command holds the lease until it is dead: with every process it started,
-    /// those that left its process group (setsid, double fork) and those it left
-    /// running when it exited. The lease is renewed until the last of them has ended,
-    /// and only then released.
-    ///
-    /// If the lease is lost or revoked, all of them get SIGTERM at once, then SIGKILL
-    /// after --grace, but never later than TTL/20 (at most 1s) before the lease's
-    /// local deadline, so that they are dead before the key could be granted
-    /// elsewhere; if no renewal has been confirmed by TTL/10 before that deadline,
-    /// they are stopped the same way while the lease still lives. leases then exits
-    /// with 79. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to leases are passed on to
-    /// them all; on Linux a guardian process kills them all if leases itself is
-    /// killed. Otherwise leases exits with the command's own exit code.
-    #[command(after_help = format!("{RUN_EXAMPLES}\n\n{}", exit::TABLE))]
-    Run(RunArgs),
-    /// List the live leases, all or those whose key starts with a prefix.
-    #[command(after_help = LIST_EXAMPLES)]
-    List(ListArgs),
-    /// Show the lease on one key (exit code 1 if the key is not held).
-    #[command(after_help = INFO_EXAMPLES)]
-    Info(KeyArgs),
-    /// Revoke the lease on one key (exit code 1 if the key is not held).
-    ///
-    /// The holder is refused at its next renewal (within a third of its TTL), is told,
-    /// and gives the key back; until then nobody else can take the key.
-    #[command(after_help = REVOKE_EXAMPLES)]
-    Revoke(KeyArgs),
-}
-
-/// `leases run`.
-#[derive(Args, Debug)]
-struct RunArgs {
-    /// The key, in its canonical string form (e.g. /system/jobs/nightly,
-    /// /module/billing/invoices; segments escaped as URL path segments).
-    #[arg(value_parser = parse_key)]
-    key: Key,
-    /// How long the lease lasts unless renewed (it is renewed every TTL/3 while the
-    /// command or a process it started runs); at least 5s. E.g. 30s, 5m, 1h30m.
-    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
-    ttl: Duration,
-    /// Wait up to this long for a held key to become free (default: do not wait).
-    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
-    wait: Option<Duration>,
-    /// Text attached to the lease, shown by `list` and `info` (default: "HOST pid PID").
-    #[arg(long, value_name = "TEXT")]
-    metadata: Option<String>,
-    /// After a lost lease: how long the command has between SIGTERM and SIGKILL; cut
-    /// short so that SIGKILL goes out TTL/20 (at most 1s) before the lease's local
-    /// deadline at the latest.
-    #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "10s")]
-    grace: Duration,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
-    command: Vec<OsString>,
-}
-
-/// `leases list`.
-#[derive(Args, Debug)]
-struct ListArgs {
-    /// Only keys whose string form starts with this (a plain string prefix: end it with
-    /// `/` for one subtree).
-    prefix: Option<String>,
-    /// Print JSON (an array of leases) instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Show at most this many leases (in key order).
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    limit: usize,
-}
-
-/// `leases info` and `leases revoke`.
-#[derive(Args, Debug)]
-struct KeyArgs {
-    /// The key, in its canonical string form (e.g. /system/jobs/nightly).
-    #[arg(value_parser = parse_key)]
-    key: Key,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-fn parse_key(s: &str) -> Result<Key, String> {
-    Key::parse(s).map_err(|e| {
-        format!(
-            "{e} (a key looks like /system/jobs/nightly or /module/billing/invoices, each \
-             segment escaped as a URL path segment)"
-        )
-    })
-}
-
-/// Where a global argument's value came from: the top level or the subcommand's matches.
-fn value_source(matches: &ArgMatches, id: &str) -> Option<ValueSource> {
-    let sub = matches.subcommand().and_then(|(_, m)| m.value_source(id));
-    match (matches.value_source(id), sub) {
-        (Some(ValueSource::CommandLine), _) | (_, Some(ValueSource::CommandLine)) => {
-            Some(ValueSource::CommandLine)
-        }
-        (top, sub) => top.or(sub),
-    }
-}
 
 fn print_json(value: &serde_json::Value) {
     println!(
@@ -360,30 +135,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    let (_, sub_matches) = matches.subcommand().expect("a command is required");
+    let serving = matches!(cli.command, Command::Serve(_));
+    logging::init(cli.log.log_format, if serving { "info" } else { "warn" });
     if let Command::Serve(args) = cli.command {
-        // The service serves many clients at once: a runtime with worker threads.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build();
-        return match runtime {
-            Ok(rt) => {
-                let etcd = source::etcd_options(&cli.source);
-                rt.block_on(serve::run(
-                    args,
-                    cli.source.postgres,
-                    cli.source.table,
-                    etcd,
-                ))
-            }
-            Err(e) => {
-                eprintln!("leases serve: cannot start the runtime: {e}");
-                ExitCode::from(exit::INTERNAL)
-            }
-        };
+        return serve::main(args, &matches, cli.source, sub_matches);
     }
-    cli.source.postgres_source = value_source(&matches, "postgres");
-    cli.source.server_source = value_source(&matches, "server");
-    cli.source.etcd_source = value_source(&matches, "etcd");
+    let top = std::mem::take(&mut cli.source);
+    let source = cli.command.source_mut().expect("a client command");
+    let sub = std::mem::take(source);
+    *source = SourceArgs::merge(top, &matches, sub, sub_matches);
+    let source = std::mem::take(source);
     // One thread: the command is spawned from the thread that lives as long as the
     // process, which the parent-death signal (run.rs) depends on.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -396,15 +158,25 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
-    let outcome = runtime.block_on(async {
-        match Source::open(&cli.source).await {
-            Ok(source) => {
-                let outcome = execute(&source, cli.command).await;
-                source.shutdown().await;
-                outcome
+    let outcome = check_before_connecting(&cli.command).and_then(|()| {
+        runtime.block_on(async {
+            let opened = Source::open(&source).await?;
+            let outcome = execute(&opened, cli.command).await;
+            opened.shutdown().await;
+            match (outcome, &source.server) {
+                (Err(f), Some(url)) if f.code == exit::BACKEND && opened_plain(url) => {
+                    if transport::speaks_tls(url).await {
+                        Err(Failure::new(
+                            f.code,
+                            format!("{}\n  ({})", transport::plain_to_tls(url), f.message),
+                        ))
+                    } else {
+                        Err(f)
+                    }
+                }
+                (outcome, _) => outcome,
             }
-            Err(e) => Err(e),
-        }
+        })
     });
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -413,4 +185,37 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Was a lease service reached over plain HTTP/2?
+fn opened_plain(url: &str) -> bool {
+    url.starts_with("http://")
+}
+
+/// What can be refused before anything is contacted: a TTL out of the library's bounds.
+fn check_before_connecting(command: &Command) -> Result<(), Failure> {
+    if let Command::Run(args) = command {
+        let human = duration::human;
+        if args.ttl < leases::MIN_TTL {
+            return Err(Failure::new(
+                USAGE,
+                format!(
+                    "--ttl {} is shorter than the minimum {}",
+                    human(args.ttl),
+                    human(leases::MIN_TTL)
+                ),
+            ));
+        }
+        if args.ttl > leases::MAX_TTL {
+            return Err(Failure::new(
+                USAGE,
+                format!(
+                    "--ttl {} is longer than the maximum {}",
+                    human(args.ttl),
+                    human(leases::MAX_TTL)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

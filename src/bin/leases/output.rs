@@ -7,7 +7,7 @@
 use leases::LeaseInfo;
 use serde_json::{json, Value};
 
-use crate::duration::{human, rfc3339};
+use crate::duration::{human_approx, rfc3339};
 
 /// The longest holder text a table shows; longer metadata is cut (JSON has all of it).
 const HOLDER_WIDTH: usize = 40;
@@ -54,7 +54,7 @@ pub(crate) fn table(leases: &[LeaseInfo]) -> String {
                 info.key.to_string(),
                 holder(&info.metadata),
                 info.token.to_string(),
-                human(info.expires_in),
+                human_approx(info.expires_in),
                 if info.revoked { "yes" } else { "no" }.into(),
             ]
         })

@@ -218,7 +218,17 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
     };
     let (lease, ctx) = acquired.map_err(|e| {
         let mut f = Failure::from_lease_error(&e);
-        f.message = format!("{key}: {}", f.message);
+        f.message = match e {
+            // The library's bounds were checked before connecting: this is the
+            // service's own minimum (its `serve --min-ttl`).
+            leases::LeaseError::TtlTooShort { ttl, min } if source.is_service() => format!(
+                "{key}: the lease service refused --ttl {}: its minimum TTL (serve \
+                 --min-ttl) is {}",
+                crate::duration::human(ttl),
+                crate::duration::human(min)
+            ),
+            _ => format!("{key}: {}", f.message),
+        };
         f
     })?;
     let token = lease.token();
@@ -301,7 +311,7 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
                 Why::Ended(reason) => format!("the lease on {key} ended ({reason})"),
                 Why::FellBehind => format!(
                     "no renewal of the lease on {key} was confirmed until {} before its deadline",
-                    crate::duration::human(timing.stop_ahead)
+                    crate::duration::human_approx(timing.stop_ahead)
                 ),
             };
             let killed = now >= kill;
@@ -314,7 +324,7 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
             } else {
                 eprintln!(
                     "leases: {what}; stopping the command (SIGTERM, then SIGKILL after {})",
-                    crate::duration::human(kill - now)
+                    crate::duration::human_approx(kill - now)
                 );
                 tree.signal(libc::SIGTERM, &alive);
                 tree.signal(libc::SIGCONT, &alive);

@@ -5,9 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use leases::backend::{EtcdOptions, PostgresOptions};
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+
+use leases::backend::PostgresOptions;
 use leases::service::{LeaseServer, ServeOptions, TlsFiles, DEFAULT_BIND};
 use leases::LeaseManager;
+
+use crate::args::{SourceArgs, CLIENT_ONLY};
+use crate::exit::USAGE;
 
 /// Serve leases over gRPC (FTL's LeaseService and the native service).
 #[derive(clap::Args, Debug)]
@@ -19,46 +25,168 @@ use leases::LeaseManager;
   leases serve --bind 0.0.0.0:8895 --token-file /etc/leases/token \\
       --tls-cert server.crt --tls-key server.key")]
 pub(crate) struct ServeArgs {
+    /// Keep the leases in this PostgreSQL database (e.g.
+    /// postgres://user:pass@host/db?sslmode=require); several servers may share it.
+    #[arg(
+        long,
+        env = "LEASES_POSTGRES_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        help_heading = "Store (default: memory)"
+    )]
+    pub(crate) postgres: Option<String>,
+    /// With --postgres: the lease table's name.
+    #[arg(
+        long,
+        env = "LEASES_TABLE",
+        default_value = "leases",
+        value_name = "NAME",
+        help_heading = "Store (default: memory)"
+    )]
+    pub(crate) table: String,
+    /// Keep the leases in this etcd cluster: its members' client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "LEASES_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URLS",
+        help_heading = "Store (default: memory)"
+    )]
+    pub(crate) etcd: Vec<String>,
+    /// With --etcd: the prefix of the etcd keys the leases live under.
+    #[arg(
+        long,
+        env = "LEASES_ETCD_PREFIX",
+        default_value = "/leases",
+        value_name = "PREFIX",
+        help_heading = "Store (default: memory)"
+    )]
+    pub(crate) etcd_prefix: String,
     /// Address to listen on.
-    #[arg(long, default_value = DEFAULT_BIND)]
+    #[arg(long, default_value = DEFAULT_BIND, value_name = "ADDR", help_heading = "Service")]
     pub(crate) bind: SocketAddr,
-    /// Require `authorization: Bearer <token>`, with the token read from this file.
-    #[arg(long)]
+    /// Require `authorization: Bearer <token>` from every client, with the token read
+    /// from this file.
+    #[arg(
+        long,
+        env = "LEASES_SERVE_TOKEN_FILE",
+        value_name = "PATH",
+        help_heading = "Authentication and TLS"
+    )]
     pub(crate) token_file: Option<PathBuf>,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, requires = "tls_key")]
+    #[arg(
+        long,
+        requires = "tls_key",
+        value_name = "PATH",
+        help_heading = "Authentication and TLS"
+    )]
     pub(crate) tls_cert: Option<PathBuf>,
     /// The TLS private key (PEM).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(
+        long,
+        requires = "tls_cert",
+        value_name = "PATH",
+        help_heading = "Authentication and TLS"
+    )]
     pub(crate) tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (PEM).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(
+        long,
+        requires = "tls_cert",
+        value_name = "PATH",
+        help_heading = "Authentication and TLS"
+    )]
     pub(crate) tls_client_ca: Option<PathBuf>,
     /// The TTL of an FTL request that carries none.
-    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse,
+          value_name = "DURATION", help_heading = "Service")]
     pub(crate) default_ttl: Duration,
     /// The shortest TTL granted.
-    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse,
+          value_name = "DURATION", help_heading = "Service")]
     pub(crate) min_ttl: Duration,
     /// Serve the metrics in Prometheus text format at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", help_heading = "Service")]
     pub(crate) metrics_bind: Option<SocketAddr>,
     /// The most keys one FTL stream may hold.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        help_heading = "Service"
+    )]
     pub(crate) max_keys_per_stream: usize,
     /// The most concurrent streams on one connection.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        help_heading = "Service"
+    )]
     pub(crate) max_streams_per_connection: u32,
 }
 
-/// Runs the service until SIGINT or SIGTERM, then stops gracefully.
-pub(crate) async fn run(
-    args: ServeArgs,
-    postgres: Option<String>,
-    table: String,
-    etcd: Option<EtcdOptions>,
+/// `leases serve`: refuses the client commands' flags given before `serve` (their
+/// environment variables are not read), takes the store flags given there, reads the
+/// token file, then runs the service on a runtime with worker threads.
+pub(crate) fn main(
+    mut args: ServeArgs,
+    top_matches: &ArgMatches,
+    top: SourceArgs,
+    matches: &ArgMatches,
 ) -> ExitCode {
-    match serve(args, postgres, table, etcd).await {
+    let given = |m: &ArgMatches, id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    for (id, flag) in CLIENT_ONLY {
+        if given(top_matches, id) {
+            let hint = if id == "token_file" {
+                "; serve's own is `leases serve --token-file PATH` (LEASES_SERVE_TOKEN_FILE)"
+            } else {
+                ""
+            };
+            eprintln!("leases: {flag} is a flag of the client commands, not of serve{hint}");
+            return ExitCode::from(USAGE);
+        }
+    }
+    // `leases --postgres URL serve` as well as `leases serve --postgres URL`.
+    if given(top_matches, "postgres") && !given(matches, "postgres") {
+        args.postgres = top.postgres;
+    }
+    if given(top_matches, "table") && !given(matches, "table") {
+        args.table = top.table;
+    }
+    if given(top_matches, "etcd") && !given(matches, "etcd") {
+        args.etcd = top.etcd;
+    }
+    if given(top_matches, "etcd_prefix") && !given(matches, "etcd_prefix") {
+        args.etcd_prefix = top.etcd_prefix;
+    }
+    let auth_token = match &args.token_file {
+        Some(path) => match crate::token::read(path, "serve --token-file") {
+            Ok(token) => Some(token),
+            Err(f) => {
+                eprintln!("leases serve: {}", f.message);
+                return ExitCode::from(f.code);
+            }
+        },
+        None => None,
+    };
+    // The service serves many clients at once: a runtime with worker threads.
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(args, auth_token)),
+        Err(e) => {
+            eprintln!("leases serve: cannot start the runtime: {e}");
+            ExitCode::from(crate::exit::INTERNAL)
+        }
+    }
+}
+
+/// Runs the service until SIGINT or SIGTERM, then stops gracefully.
+async fn run(args: ServeArgs, auth_token: Option<String>) -> ExitCode {
+    match serve(args, auth_token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("leases serve: {e}");
@@ -67,19 +195,16 @@ pub(crate) async fn run(
     }
 }
 
-async fn serve(
-    args: ServeArgs,
-    postgres: Option<String>,
-    table: String,
-    etcd: Option<EtcdOptions>,
-) -> Result<(), String> {
+async fn serve(args: ServeArgs, auth_token: Option<String>) -> Result<(), String> {
+    let postgres = args.postgres.clone();
+    let etcd = crate::source::etcd_options(&args.etcd, &args.etcd_prefix);
     // The recorder first, so that everything the manager does is counted.
     let _metrics = match args.metrics_bind {
         Some(addr) => {
             let exporter = leases::metrics::install_prometheus(addr)
                 .await
                 .map_err(|e| format!("metrics endpoint: {e}"))?;
-            eprintln!(
+            tracing::info!(
                 "leases serve: metrics at http://{}/metrics",
                 exporter.local_addr()
             );
@@ -93,24 +218,12 @@ async fn serve(
         return Err("both --postgres and --etcd were given: choose one".into());
     }
     if let Some(url) = postgres {
-        builder = builder.postgres(PostgresOptions::new(url).table(table));
+        builder = builder.postgres(PostgresOptions::new(url).table(args.table.clone()));
     }
     if let Some(options) = etcd {
         builder = builder.etcd(options);
     }
     let manager = builder.start().await.map_err(|e| e.to_string())?;
-    let auth_token = match &args.token_file {
-        Some(path) => {
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
-            let token = token.trim().to_string();
-            if token.is_empty() {
-                return Err(format!("the token file {} is empty", path.display()));
-            }
-            Some(token)
-        }
-        None => None,
-    };
     let tls = args.tls_cert.clone().map(|certificate| TlsFiles {
         certificate,
         private_key: args.tls_key.clone().unwrap_or_default(),
@@ -144,6 +257,6 @@ async fn serve(
     };
     let result = server.serve_until(stop).await.map_err(|e| e.to_string());
     manager.shutdown().await;
-    eprintln!("leases serve: stopped");
+    tracing::info!("leases serve: stopped");
     result
 }

@@ -9,8 +9,8 @@ use leases::{
 };
 use std::sync::Arc;
 
+use crate::args::SourceArgs;
 use crate::exit::{Failure, USAGE};
-use crate::SourceArgs;
 
 /// Where leases live.
 pub(crate) enum Source {
@@ -23,14 +23,9 @@ pub(crate) enum Source {
 }
 
 /// The etcd options the arguments name, if they name a cluster.
-pub(crate) fn etcd_options(args: &SourceArgs) -> Option<EtcdOptions> {
-    let endpoints: Vec<String> = args
-        .etcd
-        .iter()
-        .filter(|u| !u.is_empty())
-        .cloned()
-        .collect();
-    (!endpoints.is_empty()).then(|| EtcdOptions::new(endpoints).prefix(args.etcd_prefix.clone()))
+pub(crate) fn etcd_options(etcd: &[String], prefix: &str) -> Option<EtcdOptions> {
+    let endpoints: Vec<String> = etcd.iter().filter(|u| !u.is_empty()).cloned().collect();
+    (!endpoints.is_empty()).then(|| EtcdOptions::new(endpoints).prefix(prefix.to_string()))
 }
 
 impl Source {
@@ -64,12 +59,10 @@ impl Source {
                 Ok(Source::Etcd(manager))
             }
             Chosen::Server(url) => {
+                crate::transport::check_scheme(&url)?;
                 let mut options = ClientOptions::new(url);
                 if let Some(path) = &args.token_file {
-                    let token = std::fs::read_to_string(path).map_err(|e| {
-                        Failure::new(USAGE, format!("cannot read {}: {e}", path.display()))
-                    })?;
-                    options = options.bearer_token(token.trim());
+                    options = options.bearer_token(crate::token::read(path, "--token-file")?);
                 }
                 if let Some(path) = &args.ca_file {
                     let pem = std::fs::read(path).map_err(|e| {
@@ -83,6 +76,11 @@ impl Source {
                 Ok(Source::Server(client))
             }
         }
+    }
+
+    /// Is this a lease service (whose own bounds may be narrower than the library's)?
+    pub(crate) fn is_service(&self) -> bool {
+        matches!(self, Source::Server(_))
     }
 
     /// Acquires `key`: the lease and its context (see `Leaser::acquire_lease_with`).
@@ -172,7 +170,7 @@ impl SourceArgs {
         if let Some(s) = self.server.clone().filter(|u| !u.is_empty()) {
             given.push((Chosen::Server(s), from_flag(self.server_source)));
         }
-        if let Some(e) = etcd_options(self) {
+        if let Some(e) = etcd_options(&self.etcd, &self.etcd_prefix) {
             given.push((Chosen::Etcd(e), from_flag(self.etcd_source)));
         }
         let none = given.is_empty();
@@ -184,8 +182,9 @@ impl SourceArgs {
             1 => Ok(given.remove(0).0),
             0 if none => Err(Failure::new(
                 USAGE,
-                "where do leases live? give --postgres URL (or set LEASES_POSTGRES_URL), \
-                 or --etcd URLS (LEASES_ETCD_ENDPOINTS)",
+                "where do leases live? give --server URL (or set LEASES_SERVER) for a lease \
+                 service, or --postgres URL (LEASES_POSTGRES_URL) or --etcd URLS \
+                 (LEASES_ETCD_ENDPOINTS) for a store used directly",
             )),
             _ => Err(Failure::new(
                 USAGE,

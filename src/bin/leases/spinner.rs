@@ -33,7 +33,7 @@ impl Spinner {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             for frame in FRAMES.iter().cycle() {
                 tick.tick().await;
-                let waited = crate::duration::human(started.elapsed());
+                let waited = crate::duration::human_approx(started.elapsed());
                 let mut err = std::io::stderr().lock();
                 let _ = write!(err, "\r\x1b[K{frame} {message} ({waited})");
                 let _ = err.flush();
