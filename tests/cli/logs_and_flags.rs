@@ -142,17 +142,23 @@ fn serve_logs_json_lines() {
     }
 }
 
-/// A client's `LEASES_TOKEN_FILE` does not turn on authentication in a server: serve
-/// reads only `LEASES_SERVE_TOKEN_FILE`; and a client does not read that one.
+/// Serve reads only `LEASES_SERVE_TOKEN_FILE`, and a client does not read that one. A
+/// client's `LEASES_TOKEN_FILE` in a server's environment (which once turned on
+/// authentication there) makes serve refuse to start rather than serve unauthenticated.
 #[test]
 fn serve_and_clients_read_their_own_token_files() {
     let token = temp_file("token", "s3cret\n");
     let token = token.to_str().unwrap();
-    // The client's variable, set where a server runs: no authentication.
-    let open = Serve::start(&[], &[], &[("LEASES_TOKEN_FILE", token)]);
-    let list = nobody().call(&["list", "--server", &open.url]);
-    assert_eq!(list.code, 0, "{list:?}");
-    open.stop();
+    // The client's variable, set where a server runs: refused, naming serve's own.
+    let refused = nobody().call_env(
+        &["serve", "--bind", "127.0.0.1:0"],
+        &[("LEASES_TOKEN_FILE", token)],
+    );
+    assert_eq!(refused.code, code::USAGE, "{refused:?}");
+    assert!(
+        refused.stderr.contains("LEASES_SERVE_TOKEN_FILE"),
+        "{refused:?}"
+    );
     // The server's own variable: authentication.
     let closed = Serve::start(&[], &[], &[("LEASES_SERVE_TOKEN_FILE", token)]);
     let without = nobody().call_env(

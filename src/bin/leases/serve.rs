@@ -161,6 +161,19 @@ pub(crate) fn main(
     if given(top_matches, "etcd_prefix") && !given(matches, "etcd_prefix") {
         args.etcd_prefix = top.etcd_prefix;
     }
+    // The clients' token variable in a server's environment once meant authentication
+    // for the server too. Serving without it now would silently open a service its
+    // operator meant to close: refuse, and say which variable serve reads.
+    if args.token_file.is_none()
+        && std::env::var_os("LEASES_TOKEN_FILE").is_some_and(|v| !v.is_empty())
+    {
+        eprintln!(
+            "leases serve: LEASES_TOKEN_FILE is the client commands' token file and serve does \
+             not read it; give serve its own with --token-file PATH or LEASES_SERVE_TOKEN_FILE, \
+             or unset LEASES_TOKEN_FILE to serve without authentication"
+        );
+        return ExitCode::from(USAGE);
+    }
     let auth_token = match &args.token_file {
         Some(path) => match crate::token::read(path, "serve --token-file") {
             Ok(token) => Some(token),
