@@ -142,6 +142,32 @@ fn serve_logs_json_lines() {
     }
 }
 
+/// Unset, `RUST_LOG` leaves out the line each acquired lease would add to a server's
+/// log (a server acquires all day); `RUST_LOG=info` shows it.
+#[test]
+fn serve_logs_no_line_per_acquire_unless_asked() {
+    for (env, expected) in [(vec![], false), (vec![("RUST_LOG", "info")], true)] {
+        let serve = Serve::start(&[], &[], &env);
+        let held = nobody().call(&[
+            "run",
+            "/system/logs/acquire",
+            "--ttl",
+            "5s",
+            "--server",
+            &serve.url,
+            "--",
+            "true",
+        ]);
+        assert_eq!(held.code, 0, "{held:?}");
+        let done = serve.stop();
+        assert_eq!(
+            done.stderr.contains("lease acquired"),
+            expected,
+            "RUST_LOG {env:?}: {done:?}"
+        );
+    }
+}
+
 /// Serve reads only `LEASES_SERVE_TOKEN_FILE`, and a client does not read that one. A
 /// client's `LEASES_TOKEN_FILE` in a server's environment (which once turned on
 /// authentication there) makes serve refuse to start rather than serve unauthenticated.

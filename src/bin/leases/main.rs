@@ -137,7 +137,14 @@ fn main() -> ExitCode {
     };
     let (_, sub_matches) = matches.subcommand().expect("a command is required");
     let serving = matches!(cli.command, Command::Serve(_));
-    logging::init(cli.log.log_format, if serving { "info" } else { "warn" });
+    // A server acquires leases all day: its default leaves out the line each acquire
+    // logs at info (the manager's `supervisor` target), which `RUST_LOG=info` shows.
+    let default = if serving {
+        "info,leases::manager::supervisor=warn"
+    } else {
+        "warn"
+    };
+    logging::init(cli.log.log_format, default);
     if let Command::Serve(args) = cli.command {
         return serve::main(args, &matches, cli.source, sub_matches);
     }
