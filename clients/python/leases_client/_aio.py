@@ -185,9 +185,15 @@ class AsyncLease:
         bound = (self._wait or 0.0) + client.timeout
         try:
             self._state.acquire_sent(clock())
-            await self._call.write(
-                _core.acquire_request(self.key, self.ttl, self.metadata, self._wait)
-            )
+            try:
+                await self._call.write(
+                    _core.acquire_request(self.key, self.ttl, self.metadata, self._wait)
+                )
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                # The server may end the call before it reads anything (a refused
+                # token): the write then fails with a status of its own ("Internal error
+                # from Core"), and the call's own status is the one that tells why.
+                raise await self._call_status() from None
             first = await asyncio.wait_for(self._call.read(), bound)
         except asyncio.TimeoutError:
             self._call.cancel()
@@ -215,6 +221,26 @@ class AsyncLease:
         if self._state.reason is not None:
             await self._close()
             raise self._state.lost_error()
+
+    async def _call_status(self) -> grpc.aio.AioRpcError:
+        """The call's final status, as an error (waits for it, within the timeout)."""
+        call = self._call
+        try:
+            async with asyncio.timeout(self._client.timeout):
+                return grpc.aio.AioRpcError(
+                    await call.code(),
+                    await call.initial_metadata(),
+                    await call.trailing_metadata(),
+                    await call.details(),
+                )
+        except TimeoutError:
+            call.cancel()
+            return grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "a request could not be sent and the call did not end",
+            )
 
     async def _read(self) -> None:
         try:
@@ -246,8 +272,11 @@ class AsyncLease:
         if self._state.heartbeat_sent(clock()):
             try:
                 await self._call.write(_core.HEARTBEAT)
-            except (grpc.RpcError, asyncio.InvalidStateError) as error:
-                self._end(Reason.BROKEN, _core.describe_rpc_error(error))
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                # The call has ended: the reader ends the lease with the call's own
+                # status, which says why (the write's error does not). The deadline
+                # still holds meanwhile.
+                pass
 
     async def _keep(self) -> None:
         """Heartbeats every TTL/4; ends the lease at its deadline."""

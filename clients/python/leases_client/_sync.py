@@ -76,7 +76,7 @@ class Client:
         the lease at the end of the block, or call `release()` yourself. `wait`: wait up
         to this long for a held key instead of raising `Conflict`. `on_lost(lease)` is
         called once, from a background thread, when the lease ends other than by
-        `release()`. Raises `Conflict`, `WaitTimedOut`, `InvalidArgument`,
+        `release()`, right after `lease.lost` is set. Raises `Conflict`, `WaitTimedOut`, `InvalidArgument`,
         `Unauthenticated` or `Unavailable`.
         """
         lease = Lease(

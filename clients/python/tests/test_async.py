@@ -20,7 +20,7 @@ class AsyncTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_hold_conflict_wait_release(self):
         key = support.unique_key(self)
-        async with self.client.hold(key, ttl=1.2, metadata=b"m") as lease:
+        async with self.client.hold(key, ttl=2, metadata=b"m") as lease:
             self.assertIsInstance(lease.lost, asyncio.Event)
             self.assertGreater(lease.token, 0)
             info = await self.client.info(key)
@@ -29,7 +29,7 @@ class AsyncTest(unittest.IsolatedAsyncioTestCase):
                 await self.client.hold(key, ttl=5)
             with self.assertRaises(leases_client.WaitTimedOut):
                 await self.client.hold(key, ttl=5, wait=0.3)
-            await asyncio.sleep(3)  # past two TTLs, on heartbeats
+            await asyncio.sleep(3)  # past one TTL and a half, on heartbeats
             lease.check()
             self.assertGreater(lease.time_left(), 0)
             self.assertEqual([i.key for i in await self.client.list(key)], [key])
@@ -51,9 +51,11 @@ class AsyncTest(unittest.IsolatedAsyncioTestCase):
     async def test_revoke_sets_the_event_and_calls_back(self):
         key = support.unique_key(self)
         called = []
+        callback_ran = asyncio.Event()
 
         async def on_lost(lease):
             called.append(lease.reason)
+            callback_ran.set()
 
         lease = await self.client.hold(key, ttl=5, on_lost=on_lost)
         self.assertTrue(await self.client.revoke(key))
@@ -62,7 +64,7 @@ class AsyncTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(leases_client.LeaseLost) as caught:
             lease.check()
         self.assertIs(caught.exception.reason, Reason.REVOKED)
-        await asyncio.sleep(0)
+        await asyncio.wait_for(callback_ran.wait(), 5)
         self.assertEqual(called, [Reason.REVOKED])
         await lease.release()
         self.assertFalse(await self.client.revoke(support.unique_key(self, "nobody")))

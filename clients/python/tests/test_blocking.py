@@ -26,10 +26,10 @@ class BlockingTest(unittest.TestCase):
 
     def test_hold_gives_a_token_keeps_it_past_its_ttl_and_release_frees_the_key(self):
         key = self.key()
-        with self.client.hold(key, ttl=1.2, metadata=b"host-a") as lease:
+        with self.client.hold(key, ttl=2, metadata=b"host-a") as lease:
             self.assertGreater(lease.token, 0)
             self.assertGreater(lease.time_left(), 0)
-            self.assertLessEqual(lease.time_left(), 1.2)
+            self.assertLessEqual(lease.time_left(), 2)
             info = self.client.info(key)
             self.assertEqual((info.token, info.metadata), (lease.token, b"host-a"))
             # Heartbeats keep it well past one TTL.
@@ -79,7 +79,13 @@ class BlockingTest(unittest.TestCase):
     def test_revoke_ends_the_holders_lease_with_reason_revoked(self):
         key = self.key()
         called = []
-        lease = self.client.hold(key, ttl=5, on_lost=lambda l: called.append(l.reason))
+        callback_ran = threading.Event()
+
+        def on_lost(lost_lease):
+            called.append(lost_lease.reason)
+            callback_ran.set()
+
+        lease = self.client.hold(key, ttl=5, on_lost=on_lost)
         self.assertTrue(self.client.revoke(key))
         self.assertTrue(lease.lost.wait(5), "revoke did not reach the holder")
         self.assertIs(lease.reason, Reason.REVOKED)
@@ -87,6 +93,8 @@ class BlockingTest(unittest.TestCase):
             lease.check()
         self.assertIs(caught.exception.reason, Reason.REVOKED)
         self.assertEqual(lease.time_left(), 0)
+        # The event is set before the callback runs: wait for the callback.
+        self.assertTrue(callback_ran.wait(5), "on_lost was not called")
         self.assertEqual(called, [Reason.REVOKED])
         lease.release()
         self.assertIs(lease.reason, Reason.REVOKED)

@@ -12,8 +12,9 @@ from leases_client import Reason
 import support
 
 TTL = 3.0
-# How late past its deadline the client may notice it: thread or task scheduling only.
-SLACK = 0.25
+# How late past its deadline the client may notice it: thread or task scheduling only
+# (generous, for a loaded 2-core CI machine).
+SLACK = 0.5
 
 
 class DeadlineTest(unittest.TestCase):
