@@ -49,6 +49,9 @@ cargo test --all-features
 step "a foreign client: Python grpcio, FTL's Go- and JVM-like clients against leases serve"
 bash tests/foreign/run.sh
 
+step "the Python client (clients/python): its tests against leases serve"
+bash clients/python/test.sh
+
 step "the conformance kit from another crate (tests/external_backend)"
 cargo fmt --manifest-path tests/external_backend/Cargo.toml -- --check
 cargo test --manifest-path tests/external_backend/Cargo.toml --target-dir target

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::{report, root};
 
 /// The folders a path in the layout may start from.
-const TOP: [&str; 9] = [
+const TOP: [&str; 10] = [
     "src/",
+    "clients/",
     "tests/",
     "benches/",
     "fuzz/",

@@ -14,6 +14,8 @@
 //!   (`support/pg.rs`) where the backend has created its `leases` table.
 //! - `proto`: appears verbatim in a file under `proto/`.
 //! - `json`, `toml`: parse.
+//! - `python`: compiles with `python3` (`compile()`, so syntax only: nothing is
+//!   imported or run; the Python client's own tests run its code).
 //! - `text`: output or a diagram; not checked.
 //!
 //! Every failure names the file and the line of the block's opening fence.
@@ -174,7 +176,7 @@ fn every_block_has_a_known_kind() {
                     failures.push(format!("{}: unknown mark `{m}` on a sh block", b.at()));
                 }
             }
-            "sql" | "proto" | "json" | "toml" | "text" => {
+            "sql" | "proto" | "json" | "toml" | "python" | "text" => {
                 if !b.marks.is_empty() {
                     failures.push(format!("{}: marks on a {} block", b.at(), b.kind));
                 }
@@ -184,7 +186,7 @@ fn every_block_has_a_known_kind() {
                 b.at()
             )),
             other => failures.push(format!(
-                "{}: unknown kind `{other}` (known: rust, sh, sql, proto, json, toml, text)",
+                "{}: unknown kind `{other}` (known: rust, sh, sql, proto, json, toml, python, text)",
                 b.at()
             )),
         }
@@ -435,4 +437,36 @@ fn toml_blocks_parse() {
             .map_err(|e| e.to_string())
     });
     report("toml blocks that do not parse", failures);
+}
+
+#[test]
+fn python_blocks_compile() {
+    let failures = unparsed("python", |body| {
+        // compile() checks the syntax (and what only the compiler sees, such as a
+        // `return` outside a function) without importing or running anything.
+        let mut python = Command::new("python3")
+            .args([
+                "-c",
+                "import sys; compile(sys.stdin.read(), '<block>', 'exec')",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("python3 does not run: {e}"))?;
+        python
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = python.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(stderr.trim().lines().last().unwrap_or_default().to_string())
+        }
+    });
+    report("python blocks that do not compile", failures);
 }

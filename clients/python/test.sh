@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The Python client's tests against a real `leases serve`. Runnable by hand:
+#
+#   bash clients/python/test.sh
+#
+# Creates a virtual environment in target/python-client-venv (reused on later runs) with
+# pinned grpcio, grpcio-tools (for the stub check) and protobuf, installs the client
+# with `pip install clients/python`, builds `leases` and starts two servers on free
+# ports (one plain, one with a token file), runs the unittest suite, and stops them.
+# Exits non-zero if any step fails.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+GRPCIO_VERSION=1.85.1
+PROTOBUF_VERSION=7.36.2
+VENV=target/python-client-venv
+PYTHON="${PYTHON:-python3}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian's python3 splits venv's pip bootstrap (ensurepip) into python3-venv.
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  step "installing python3-venv"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "the Python client needs Python 3.11 or later; $PYTHON is $("$PYTHON" --version)" >&2
+  exit 1
+fi
+
+stamp="$VENV/.installed-grpcio-$GRPCIO_VERSION-protobuf-$PROTOBUF_VERSION"
+if [ ! -x "$VENV/bin/python" ] || [ ! -e "$stamp" ]; then
+  step "virtual environment $VENV: grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_VERSION, protobuf $PROTOBUF_VERSION"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" "protobuf==$PROTOBUF_VERSION"
+  touch "$stamp"
+fi
+
+step "pip install clients/python"
+# --force-reinstall of the client alone (--no-deps), so that the tests always run
+# today's source, even with an unchanged version number.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  --force-reinstall --no-deps clients/python
+# setuptools builds inside the source folder; leave nothing there for the next build.
+rm -rf clients/python/build clients/python/leases_client.egg-info
+"$VENV/bin/python" -m pip check >/dev/null
+
+# All features, as the test suite builds them: after `cargo test --all-features` this
+# build is already done.
+step "cargo build --all-features --bin leases"
+cargo build --quiet --all-features --bin leases
+
+work="$(mktemp -d)"
+servers=()
+cleanup() {
+  for pid in "${servers[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts `leases serve` on a free port with extra flags; sets $addr.
+start_server() {
+  local log="$1"
+  shift
+  target/debug/leases serve --bind 127.0.0.1:0 --min-ttl 1s "$@" >"$log" 2>&1 &
+  servers+=("$!")
+  addr=""
+  for _ in $(seq 300); do
+    addr="$(sed -n 's/^leases serve: listening on //p' "$log")"
+    [ -n "$addr" ] && return 0
+    if ! kill -0 "${servers[-1]}" 2>/dev/null; then
+      cat "$log" >&2
+      echo "leases serve exited before it listened" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  cat "$log" >&2
+  echo "leases serve did not print its address within 30 s" >&2
+  exit 1
+}
+
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
+step "leases serve --min-ttl 1s, and another with --token-file"
+start_server "$work/plain.log"
+plain="$addr"
+start_server "$work/auth.log" --token-file "$work/token"
+auth="$addr"
+
+step "the Python client's tests against $plain and $auth"
+# Run from the scratch directory, so that `import leases_client` finds the installed
+# package and not the source tree.
+tests="$PWD/clients/python/tests"
+if ! (cd "$work" && LEASES_TEST_URL="http://$plain" LEASES_TEST_AUTH_URL="http://$auth" \
+  LEASES_TEST_TOKEN="$(cat token)" timeout 300 "$OLDPWD/$VENV/bin/python" -m unittest \
+  discover -v -s "$tests" -t "$tests"); then
+  echo "--- leases serve's output (plain):" >&2
+  cat "$work/plain.log" >&2
+  echo "--- leases serve's output (with a token):" >&2
+  cat "$work/auth.log" >&2
+  echo "the Python client's tests failed" >&2
+  exit 1
+fi
+for pid in "${servers[@]}"; do
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "a leases serve died during the tests" >&2
+    exit 1
+  fi
+done

@@ -1,0 +1,97 @@
+"""The deadline rule's bookkeeping (leases_client._core.State) on a hand-moved clock."""
+
+import unittest
+from unittest import mock
+
+from leases_client import LeaseLost, Reason
+from leases_client import _core
+
+
+class Clock:
+    def __init__(self, now=100.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class StateTest(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        patcher = mock.patch.object(_core, "clock", self.clock)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        self.state = _core.State(ttl=10.0)
+
+    def grant(self, sent=100.0, answered=100.5, time_left=8.0):
+        self.clock.now = sent
+        self.state.acquire_sent(sent)
+        self.clock.now = answered
+        self.state.granted(7, time_left)
+
+    def test_the_deadline_counts_from_the_acquire_sent_not_the_answer(self):
+        self.grant(sent=100.0, answered=101.0, time_left=8.0)
+        self.assertEqual(self.state.deadline, 108.0)
+        self.assertEqual(self.state.time_left(), 7.0)
+
+    def test_answers_pair_with_heartbeats_in_the_order_sent(self):
+        self.grant()
+        self.state.heartbeat_sent(102.0)
+        self.state.heartbeat_sent(103.0)
+        self.clock.now = 103.5
+        self.assertFalse(self.state.renewed(8.0))
+        self.assertEqual(self.state.deadline, 110.0)  # the first heartbeat's instant
+        self.assertFalse(self.state.renewed(6.0))
+        self.assertEqual(self.state.deadline, 109.0)  # the second's, even if earlier
+
+    def test_a_time_left_above_the_ttl_is_capped(self):
+        self.grant(time_left=1000.0)
+        self.assertEqual(self.state.deadline, 110.0)
+        self.state.heartbeat_sent(101.0)
+        self.state.renewed(1000.0)
+        self.assertEqual(self.state.deadline, 111.0)
+
+    def test_at_the_deadline_the_lease_is_lost_and_no_answer_revives_it(self):
+        self.grant(time_left=8.0)  # deadline 108
+        self.state.heartbeat_sent(104.0)
+        self.clock.now = 107.999
+        self.assertFalse(self.state.expire_if_due())
+        self.state.check()
+        self.clock.now = 108.0
+        self.assertTrue(self.state.expire_if_due())
+        self.assertIs(self.state.reason, Reason.DEADLINE)
+        self.assertEqual(self.state.ended_at, 108.0)
+        self.assertFalse(self.state.renewed(8.0))  # late: ignored
+        self.assertEqual(self.state.deadline, 108.0)
+        self.assertEqual(self.state.time_left(), 0.0)
+        with self.assertRaises(LeaseLost) as caught:
+            self.state.check()
+        self.assertIs(caught.exception.reason, Reason.DEADLINE)
+
+    def test_an_answer_that_comes_after_the_deadline_ends_the_lease(self):
+        self.grant(time_left=8.0)  # deadline 108
+        self.state.heartbeat_sent(101.0)
+        self.clock.now = 108.5
+        self.assertTrue(self.state.renewed(8.0))
+        self.assertIs(self.state.reason, Reason.DEADLINE)
+        self.assertEqual(self.state.deadline, 108.0)
+
+    def test_a_grant_already_past_its_deadline_is_lost(self):
+        self.grant(sent=100.0, answered=105.0, time_left=4.0)
+        self.assertIs(self.state.reason, Reason.DEADLINE)
+
+    def test_an_answer_to_no_heartbeat_breaks_the_lease(self):
+        self.grant()
+        self.assertTrue(self.state.renewed(8.0))
+        self.assertIs(self.state.reason, Reason.BROKEN)
+
+    def test_the_first_end_wins(self):
+        self.grant()
+        self.assertTrue(self.state.end(Reason.REVOKED, "revoked"))
+        self.assertFalse(self.state.end(Reason.RELEASED, "released by the holder"))
+        self.assertFalse(self.state.heartbeat_sent(101.0))
+        self.assertIs(self.state.reason, Reason.REVOKED)
+
+
+if __name__ == "__main__":
+    unittest.main()
