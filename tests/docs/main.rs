@@ -24,6 +24,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod deploy;
 mod layout;
 mod links;
 
