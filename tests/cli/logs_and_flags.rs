@@ -87,6 +87,18 @@ fn serve_logs_the_non_loopback_warning() {
     );
 }
 
+/// A server on the memory backend says, where its operator meets it, that no other
+/// server can share its leases; on PostgreSQL it does not.
+#[test]
+fn serve_on_memory_says_its_leases_are_its_own() {
+    const ALONE: &str = "no other server can share them";
+    let memory = Serve::start(&[], &[], &[]).stop();
+    assert!(memory.stderr.contains(ALONE), "{memory:?}");
+    let url = crate::support::pg::shared_url();
+    let shared = Serve::start(&[], &["--postgres", &url], &[]).stop();
+    assert!(!shared.stderr.contains(ALONE), "{shared:?}");
+}
+
 /// The client commands log the library's warnings too (here: an acquire that failed on
 /// an unreachable database), at `warn` unless `RUST_LOG` says otherwise.
 #[test]

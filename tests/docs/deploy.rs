@@ -46,7 +46,10 @@ fn the_systemd_unit_runs_a_command_line_that_parses() {
     let bogus = parses(&["serve", "--no-such-flag"]);
     assert_eq!(bogus.status.code(), Some(2), "{bogus:?}");
     for section in ["[Unit]", "[Service]", "[Install]"] {
-        assert!(unit.contains(section), "deploy/leases.service has no {section}");
+        assert!(
+            unit.contains(section),
+            "deploy/leases.service has no {section}"
+        );
     }
 }
 

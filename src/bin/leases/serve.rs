@@ -230,6 +230,7 @@ async fn serve(args: ServeArgs, auth_token: Option<String>) -> Result<(), String
     if postgres.is_some() && etcd.is_some() {
         return Err("both --postgres and --etcd were given: choose one".into());
     }
+    let on_memory = postgres.is_none() && etcd.is_none();
     if let Some(url) = postgres {
         builder = builder.postgres(PostgresOptions::new(url).table(args.table.clone()));
     }
@@ -237,6 +238,15 @@ async fn serve(args: ServeArgs, auth_token: Option<String>) -> Result<(), String
         builder = builder.etcd(options);
     }
     let manager = builder.start().await.map_err(|e| e.to_string())?;
+    if on_memory {
+        // Said where an operator meets it: a second server on memory is a second,
+        // separate set of leases, and a restart ends every lease held here.
+        tracing::warn!(
+            "leases serve: the leases live in this process's memory: no other server \
+             can share them, and they end when this server stops (--postgres or --etcd \
+             for leases that outlive it)"
+        );
+    }
     let tls = args.tls_cert.clone().map(|certificate| TlsFiles {
         certificate,
         private_key: args.tls_key.clone().unwrap_or_default(),
