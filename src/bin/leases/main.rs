@@ -4,6 +4,7 @@
 //! - `serve`   (serve.rs): the lease service;
 //! - `run`     (run.rs): hold a lease while a command runs;
 //! - `list`, `info`, `revoke`: look at leases and end them (output.rs prints them);
+//! - refusal.rs: why an acquire was refused (who holds the key);
 //! - tree.rs: the processes a command started, for `run`; kill_timing.rs: when it
 //!   stops them; guardian.rs: the process
 //!   between `run` and its command that kills them all if `leases` is killed;
@@ -20,6 +21,7 @@ mod guardian;
 mod kill_timing;
 mod logging;
 mod output;
+mod refusal;
 mod run;
 mod serve;
 mod source;

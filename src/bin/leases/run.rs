@@ -216,21 +216,10 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
             }
         }
     };
-    let (lease, ctx) = acquired.map_err(|e| {
-        let mut f = Failure::from_lease_error(&e);
-        f.message = match e {
-            // The library's bounds were checked before connecting: this is the
-            // service's own minimum (its `serve --min-ttl`).
-            leases::LeaseError::TtlTooShort { ttl, min } if source.is_service() => format!(
-                "{key}: the lease service refused --ttl {}: its minimum TTL (serve \
-                 --min-ttl) is {}",
-                crate::duration::human(ttl),
-                crate::duration::human(min)
-            ),
-            _ => format!("{key}: {}", f.message),
-        };
-        f
-    })?;
+    let (lease, ctx) = match acquired {
+        Ok(acquired) => acquired,
+        Err(e) => return Err(crate::refusal::acquire_failure(source, &key, e).await),
+    };
     let token = lease.token();
 
     // On Linux the command is started by a guardian (guardian.rs): this binary again,
