@@ -45,15 +45,17 @@ macro_rules! scenarios {
 scenarios!(postgres, Cli::postgres(&crate::support::pg::shared_url());
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
-    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors);
+    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
+    inspect::prefixes_and_bare_keys);
 
 scenarios!(etcd, Cli::etcd();
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
-    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors);
+    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
+    inspect::prefixes_and_bare_keys);
 
 scenarios!(service, Cli::server();
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
     run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
-    run::longest_grace);
+    run::longest_grace, inspect::prefixes_and_bare_keys);

@@ -294,12 +294,15 @@ pub(crate) struct RunArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ListArgs {
     /// Only keys whose string form starts with this (a plain string prefix: end it with
-    /// `/` for one subtree).
+    /// `/` for one subtree). A prefix no key can start with (not under /system or
+    /// /module, or with a character keys never contain raw) is a usage error.
+    #[arg(value_parser = parse_prefix)]
     pub(crate) prefix: Option<String>,
     /// Print JSON (an array of leases) instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Show at most this many leases (in key order).
+    /// Show at most this many leases (in key order); 0: no limit (through a lease
+    /// service, at most its own cap of 10000 per call).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub(crate) limit: usize,
     #[command(flatten)]
@@ -326,6 +329,38 @@ pub(crate) fn parse_key(s: &str) -> Result<Key, String> {
              segment escaped as a URL path segment)"
         )
     })
+}
+
+/// A `list` prefix that some key could start with: a beginning of `/system/` or
+/// `/module/`, or a longer string under one of them whose every character can appear in
+/// a key's canonical form (URL path characters, `/`, and `%` escapes in upper-case hex).
+/// Anything else could never match, which is more likely a mistake than a question.
+pub(crate) fn parse_prefix(s: &str) -> Result<String, String> {
+    const ROOTS: [&str; 2] = ["/system/", "/module/"];
+    let Some(rest) = ROOTS.iter().find_map(|root| s.strip_prefix(root)) else {
+        if ROOTS.iter().any(|root| root.starts_with(s)) {
+            return Ok(s.to_string());
+        }
+        return Err(format!(
+            "no key can start with {s:?}: keys start with /system/ or /module/ (e.g. \
+             /system/jobs/; an empty prefix lists every lease)"
+        ));
+    };
+    let bytes = rest.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let fits = b.is_ascii_alphanumeric() || b"-_.~$&+:=@/%".contains(&b);
+        // Within an escape (`%XX`), only upper-case hex digits.
+        let in_escape = (i >= 1 && bytes[i - 1] == b'%') || (i >= 2 && bytes[i - 2] == b'%');
+        if !fits || (in_escape && !(b.is_ascii_digit() || (b'A'..=b'F').contains(&b))) {
+            let c = rest[i..].chars().next().unwrap_or('?');
+            return Err(format!(
+                "no key can start with {s:?}: keys never contain {c:?} as it is written \
+                 here (segments are escaped as URL path segments, with upper-case hex: \
+                 e.g. %20 for a space)"
+            ));
+        }
+    }
+    Ok(s.to_string())
 }
 
 impl Command {

@@ -38,6 +38,10 @@ use args::{Cli, Command, SourceArgs};
 use exit::{Failure, NOT_HELD, USAGE};
 use source::Source;
 
+/// The most leases a lease service lists in one call, whatever was asked for (its
+/// `LIST_LIMIT`).
+const SERVICE_LIST_CAP: usize = 10_000;
+
 fn print_json(value: &serde_json::Value) {
     println!(
         "{}",
@@ -65,16 +69,33 @@ async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
         Command::Serve(_) => unreachable!("serve runs without a source"),
         Command::List(args) => {
             let prefix = args.prefix.unwrap_or_default();
-            let leases = source.list(&prefix, args.limit).await.map_err(fail)?;
+            // `--limit 0` is no limit (as etcdctl's and kubectl's): every lease, up to a
+            // lease service's own cap per call.
+            let asked = if args.limit == 0 {
+                usize::MAX
+            } else {
+                args.limit
+            };
+            let most = if source.is_service() {
+                asked.min(SERVICE_LIST_CAP)
+            } else {
+                asked
+            };
+            let leases = source.list(&prefix, asked).await.map_err(fail)?;
             if args.json {
                 print_json(&leases.iter().map(output::lease_json).collect());
             } else {
                 print!("{}", output::table(&leases));
             }
-            if leases.len() == args.limit && args.limit > 0 {
+            if leases.len() == most && most == args.limit {
                 eprintln!(
                     "leases: stopped at --limit {}; there may be more leases",
                     args.limit
+                );
+            } else if leases.len() == most && most == SERVICE_LIST_CAP {
+                eprintln!(
+                    "leases: stopped at the lease service's most per call, \
+                     {SERVICE_LIST_CAP}; there may be more leases (list narrower prefixes)"
                 );
             }
             Ok(0)
