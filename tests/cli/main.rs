@@ -12,7 +12,8 @@
 //! - `inspect`: `leases list` and `leases info`;
 //! - `errors`: usage errors, unreachable sources, the help;
 //! - `logs_and_flags`: logs on stderr, `serve`'s flags apart from the clients', token files;
-//! - `messages`: a refused token (77), why a service is unreachable, TTL bounds.
+//! - `messages`: a refused token (77), why a service is unreachable, TTL bounds;
+//! - `readonly`: `list` and `info` on PostgreSQL with a SELECT-only role, and no table.
 #![cfg(feature = "server")]
 
 #[path = "../support/mod.rs"]
@@ -23,6 +24,7 @@ mod harness;
 mod inspect;
 mod logs_and_flags;
 mod messages;
+mod readonly;
 mod run;
 mod signals;
 

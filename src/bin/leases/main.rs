@@ -183,7 +183,9 @@ fn main() -> ExitCode {
     };
     let outcome = check_before_connecting(&cli.command).and_then(|()| {
         runtime.block_on(async {
-            let opened = Source::open(&source).await?;
+            // `list` and `info` only look: they never create or change anything.
+            let read_only = matches!(cli.command, Command::List(_) | Command::Info(_));
+            let opened = Source::open(&source, read_only).await?;
             let outcome = execute(&opened, cli.command).await;
             opened.shutdown().await;
             match (outcome, &source.server) {
