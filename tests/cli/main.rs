@@ -13,6 +13,7 @@
 //! - `errors`: usage errors, unreachable sources, the help;
 //! - `logs_and_flags`: logs on stderr, `serve`'s flags apart from the clients', token files;
 //! - `messages`: a refused token (77), why a service is unreachable, TTL bounds;
+//! - `retry`: `--wait forever`, and `--retry` while a service cannot be reached;
 //! - `readonly`: `list` and `info` on PostgreSQL with a SELECT-only role, and no table.
 #![cfg(feature = "server")]
 
@@ -25,6 +26,7 @@ mod inspect;
 mod logs_and_flags;
 mod messages;
 mod readonly;
+mod retry;
 mod run;
 mod signals;
 
@@ -48,16 +50,16 @@ scenarios!(postgres, Cli::postgres(&crate::support::pg::shared_url());
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
     run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
-    inspect::prefixes_and_bare_keys);
+    inspect::prefixes_and_bare_keys, retry::wait_forever);
 
 scenarios!(etcd, Cli::etcd();
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
     run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
-    inspect::prefixes_and_bare_keys);
+    inspect::prefixes_and_bare_keys, retry::wait_forever);
 
 scenarios!(service, Cli::server();
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
     run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
-    run::longest_grace, inspect::prefixes_and_bare_keys);
+    run::longest_grace, inspect::prefixes_and_bare_keys, retry::wait_forever);

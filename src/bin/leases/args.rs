@@ -32,6 +32,8 @@ Examples:
   leases run /system/jobs/nightly --ttl 30s -- ./nightly.sh --full
   # Wait up to 5 minutes for the lease, and say who holds it:
   leases run /system/jobs/nightly --ttl 1m --wait 5m --metadata \"$HOSTNAME\" -- ./nightly.sh
+  # Wait as long as it takes, also while the store cannot be reached:
+  leases run /system/jobs/nightly --ttl 1m --wait forever --retry -- ./nightly.sh
   # The command sees its key and fencing token:
   leases run /module/billing/invoices --ttl 30s -- sh -c 'echo \"$LEASES_KEY $LEASES_TOKEN\"'";
 
@@ -272,9 +274,15 @@ pub(crate) struct RunArgs {
     /// command or a process it started runs); at least 5s. E.g. 30s, 5m, 1h30m.
     #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
     pub(crate) ttl: Duration,
-    /// Wait up to this long for a held key to become free (default: do not wait).
-    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+    /// Wait up to this long for a held key to become free, or `forever` (default: do
+    /// not wait: exit 75 at once).
+    #[arg(long, value_parser = parse_wait, value_name = "DURATION|forever")]
     pub(crate) wait: Option<Duration>,
+    /// With --wait: while the store or lease service cannot be reached, try again
+    /// (after 1s, doubling up to 30s) until the wait is over, instead of exiting 69 at
+    /// once. A refused token (77) or a usage error (2) is never tried again.
+    #[arg(long, requires = "wait")]
+    pub(crate) retry: bool,
     /// Text attached to the lease, shown by `list` and `info` (default: "HOST pid PID").
     #[arg(long, value_name = "TEXT")]
     pub(crate) metadata: Option<String>,
@@ -322,6 +330,14 @@ pub(crate) struct KeyArgs {
     pub(crate) source: SourceArgs,
 }
 
+/// A `--wait`: a duration, or `forever` (`Duration::MAX`).
+pub(crate) fn parse_wait(s: &str) -> Result<Duration, String> {
+    if s.trim() == "forever" {
+        return Ok(Duration::MAX);
+    }
+    duration::parse(s).map_err(|e| format!("{e} (or `forever`)"))
+}
+
 pub(crate) fn parse_key(s: &str) -> Result<Key, String> {
     Key::parse(s).map_err(|e| {
         format!(
@@ -364,6 +380,14 @@ pub(crate) fn parse_prefix(s: &str) -> Result<String, String> {
 }
 
 impl Command {
+    /// The wait within which `--retry` tries again, if it was given.
+    pub(crate) fn retry(&self) -> Option<Duration> {
+        match self {
+            Command::Run(a) if a.retry => a.wait,
+            _ => None,
+        }
+    }
+
     /// The source flags of a client command; `None` for `serve`.
     pub(crate) fn source_mut(&mut self) -> Option<&mut SourceArgs> {
         match self {

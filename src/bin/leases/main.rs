@@ -13,6 +13,7 @@
 //! - token.rs: token files; exit.rs: the exit codes, and errors for people;
 //! - duration.rs: `30s`, `5m`, `1h30m`.
 
+mod acquire;
 mod args;
 mod duration;
 mod exit;
@@ -22,8 +23,10 @@ mod kill_timing;
 mod logging;
 mod output;
 mod refusal;
+mod retry;
 mod run;
 mod serve;
+mod signals;
 mod source;
 mod spinner;
 mod token;
@@ -49,7 +52,11 @@ fn print_json(value: &serde_json::Value) {
     );
 }
 
-async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
+async fn execute(
+    source: &Source,
+    command: Command,
+    retry: Option<retry::Retry>,
+) -> Result<u8, Failure> {
     let fail = |e: leases::LeaseError| Failure::from_lease_error(&e);
     match command {
         Command::Run(args) => {
@@ -59,6 +66,7 @@ async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
                     key: args.key,
                     ttl: args.ttl,
                     wait: args.wait,
+                    retry,
                     metadata: args.metadata,
                     grace: args.grace,
                     command: args.command,
@@ -185,8 +193,9 @@ fn main() -> ExitCode {
         runtime.block_on(async {
             // `list` and `info` only look: they never create or change anything.
             let read_only = matches!(cli.command, Command::List(_) | Command::Info(_));
-            let opened = Source::open(&source, read_only).await?;
-            let outcome = execute(&opened, cli.command).await;
+            let mut retry = cli.command.retry().map(retry::Retry::within);
+            let opened = open(&source, read_only, retry.as_mut()).await?;
+            let outcome = execute(&opened, cli.command, retry).await;
             opened.shutdown().await;
             match (outcome, &source.server) {
                 (Err(f), Some(url)) if f.code == exit::BACKEND && opened_plain(url) => {
@@ -208,6 +217,25 @@ fn main() -> ExitCode {
         Err(failure) => {
             eprintln!("leases: {}", failure.message);
             ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Opens the source; with `--retry`, tries again while a lease service cannot be
+/// reached (a store used directly is reached lazily, by the first operation).
+async fn open(
+    args: &SourceArgs,
+    read_only: bool,
+    mut retry: Option<&mut retry::Retry>,
+) -> Result<Source, Failure> {
+    loop {
+        let failure = match Source::open(args, read_only).await {
+            Ok(source) => return Ok(source),
+            Err(f) => f,
+        };
+        match retry.as_mut().and_then(|r| r.after(&failure)) {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => return Err(failure),
         }
     }
 }
