@@ -37,6 +37,14 @@ Examples:
   # The command sees its key and fencing token:
   leases run /module/billing/invoices --ttl 30s -- sh -c 'echo \"$LEASES_KEY $LEASES_TOKEN\"'";
 
+const ELECT_EXAMPLES: &str = "\
+Examples:
+  # Run the scheduler on one host at a time; another takes over when it goes:
+  leases elect /system/scheduler/leader --identity \"$HOSTNAME\" -- ./scheduler
+  # Who leads, at every change:
+  leases elect --observe /system/scheduler/leader
+  leases elect --observe /system/scheduler/leader --json | jq -r .identity";
+
 const LIST_EXAMPLES: &str = "\
 Examples:
   leases list                      # every live lease
@@ -249,6 +257,22 @@ pub(crate) enum Command {
     /// killed. Otherwise leases exits with the command's own exit code.
     #[command(after_help = format!("{RUN_EXAMPLES}\n\n{}", exit::TABLE))]
     Run(RunArgs),
+    /// Run a command while this candidate leads (leader election, like `etcdctl elect`),
+    /// or watch who leads (--observe).
+    ///
+    /// Candidates campaign for KEY, each with an --identity (stored as the lease's
+    /// metadata). The leader runs the command, with LEASES_KEY, LEASES_TOKEN (the
+    /// term's fencing token) and LEASES_IDENTITY in its environment, as `run` does: the
+    /// command's whole tree holds the lease. When the term is lost or revoked, the tree
+    /// is stopped as `run` stops it (SIGTERM, SIGKILL before the key could be granted
+    /// elsewhere), the key is given back, and the candidate campaigns again (after 1s,
+    /// doubling up to the TTL), starting the command anew when elected again. When the
+    /// command exits on its own, leases exits with its code.
+    ///
+    /// With --observe, prints the leader (IDENTITY TOKEN, or - when nobody leads) at
+    /// every change, one line each (--json: one object per line), until interrupted.
+    #[command(after_help = ELECT_EXAMPLES)]
+    Elect(ElectArgs),
     /// List the live leases, all or those whose key starts with a prefix.
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
@@ -293,6 +317,46 @@ pub(crate) struct RunArgs {
     pub(crate) grace: Duration,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+}
+
+/// `leases elect`.
+#[derive(Args, Debug)]
+pub(crate) struct ElectArgs {
+    /// The key campaigned for (e.g. /system/scheduler/leader).
+    #[arg(value_parser = parse_key)]
+    pub(crate) key: Key,
+    /// This candidate's name, stored as the lease's metadata and shown to observers.
+    #[arg(long, value_name = "ID", required_unless_present = "observe")]
+    pub(crate) identity: Option<String>,
+    /// How long a term's lease lasts unless renewed (renewed every TTL/3); at least 5s.
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "15s")]
+    pub(crate) ttl: Duration,
+    /// After a lost term: the time between SIGTERM and SIGKILL, cut short as for `run`.
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "10s")]
+    pub(crate) grace: Duration,
+    /// While the store or lease service cannot be reached, try again (after 1s,
+    /// doubling up to 30s) instead of exiting 69.
+    #[arg(long, conflicts_with = "observe")]
+    pub(crate) retry: bool,
+    /// Do not campaign: print who leads at every change, until interrupted.
+    #[arg(long, conflicts_with_all = ["identity", "command"])]
+    pub(crate) observe: bool,
+    /// With --observe: one JSON object per line ({"key", "identity", "token"}; the
+    /// token a decimal string; null identity and token while nobody leads).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// With --observe: how often to look.
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "1s")]
+    pub(crate) interval: Duration,
+    /// The command and its arguments, after `--`.
+    #[arg(
+        last = true,
+        value_name = "COMMAND",
+        required_unless_present = "observe"
+    )]
     pub(crate) command: Vec<OsString>,
     #[command(flatten)]
     pub(crate) source: SourceArgs,
@@ -384,6 +448,7 @@ impl Command {
     pub(crate) fn retry(&self) -> Option<Duration> {
         match self {
             Command::Run(a) if a.retry => a.wait,
+            Command::Elect(a) if a.retry => Some(Duration::MAX),
             _ => None,
         }
     }
@@ -393,6 +458,7 @@ impl Command {
         match self {
             Command::Serve(_) => None,
             Command::Run(a) => Some(&mut a.source),
+            Command::Elect(a) => Some(&mut a.source),
             Command::List(a) => Some(&mut a.source),
             Command::Info(a) | Command::Revoke(a) => Some(&mut a.source),
         }

@@ -3,6 +3,8 @@
 //!
 //! - `serve`   (serve.rs): the lease service;
 //! - `run`     (run.rs): hold a lease while a command runs;
+//! - `elect`   (elect.rs): run a command while leading, or watch who leads;
+//! - acquire.rs, retry.rs, signals.rs: what `run` and `elect` share to get a lease;
 //! - `list`, `info`, `revoke`: look at leases and end them (output.rs prints them);
 //! - refusal.rs: why an acquire was refused (who holds the key);
 //! - tree.rs: the processes a command started, for `run`; kill_timing.rs: when it
@@ -16,6 +18,7 @@
 mod acquire;
 mod args;
 mod duration;
+mod elect;
 mod exit;
 #[cfg(target_os = "linux")]
 mod guardian;
@@ -69,6 +72,23 @@ async fn execute(
                     retry,
                     metadata: args.metadata,
                     grace: args.grace,
+                    command: args.command,
+                },
+            )
+            .await
+        }
+        Command::Elect(args) if args.observe => {
+            elect::observe(source, &args.key, args.interval, args.json).await
+        }
+        Command::Elect(args) => {
+            elect::elect(
+                source,
+                elect::ElectPlan {
+                    key: args.key,
+                    identity: args.identity.unwrap_or_default(),
+                    ttl: args.ttl,
+                    grace: args.grace,
+                    retry: args.retry,
                     command: args.command,
                 },
             )
@@ -192,7 +212,11 @@ fn main() -> ExitCode {
     let outcome = check_before_connecting(&cli.command).and_then(|()| {
         runtime.block_on(async {
             // `list` and `info` only look: they never create or change anything.
-            let read_only = matches!(cli.command, Command::List(_) | Command::Info(_));
+            let read_only = match &cli.command {
+                Command::List(_) | Command::Info(_) => true,
+                Command::Elect(a) => a.observe,
+                _ => false,
+            };
             let mut retry = cli.command.retry().map(retry::Retry::within);
             let opened = open(&source, read_only, retry.as_mut()).await?;
             let outcome = execute(&opened, cli.command, retry).await;
@@ -245,26 +269,41 @@ fn opened_plain(url: &str) -> bool {
     url.starts_with("http://")
 }
 
-/// What can be refused before anything is contacted: a TTL out of the library's bounds.
+/// What can be refused before anything is contacted: a TTL out of the library's bounds,
+/// flags that go together.
 fn check_before_connecting(command: &Command) -> Result<(), Failure> {
-    if let Command::Run(args) = command {
+    if let Command::Elect(args) = command {
+        if args.json && !args.observe {
+            return Err(Failure::new(
+                USAGE,
+                "elect --json is for --observe (a candidate prints nothing of its own on \
+                 stdout)",
+            ));
+        }
+    }
+    let ttl = match command {
+        Command::Run(args) => Some(args.ttl),
+        Command::Elect(args) if !args.observe => Some(args.ttl),
+        _ => None,
+    };
+    if let Some(ttl) = ttl {
         let human = duration::human;
-        if args.ttl < leases::MIN_TTL {
+        if ttl < leases::MIN_TTL {
             return Err(Failure::new(
                 USAGE,
                 format!(
                     "--ttl {} is shorter than the minimum {}",
-                    human(args.ttl),
+                    human(ttl),
                     human(leases::MIN_TTL)
                 ),
             ));
         }
-        if args.ttl > leases::MAX_TTL {
+        if ttl > leases::MAX_TTL {
             return Err(Failure::new(
                 USAGE,
                 format!(
                     "--ttl {} is longer than the maximum {}",
-                    human(args.ttl),
+                    human(ttl),
                     human(leases::MAX_TTL)
                 ),
             ));

@@ -98,6 +98,22 @@ impl Source {
         }
     }
 
+    /// Watches who leads `key` (the library's election observer), looking every
+    /// `interval`.
+    pub(crate) async fn observe(
+        &self,
+        key: &Key,
+        interval: std::time::Duration,
+    ) -> Result<leases::election::Observer, LeaseError> {
+        use leases::election::Observer;
+        match self {
+            Source::Postgres(m) | Source::Etcd(m) => {
+                Observer::start(m.clone(), key.clone(), interval).await
+            }
+            Source::Server(c) => Observer::start(c.clone(), key.clone(), interval).await,
+        }
+    }
+
     /// Revokes whoever holds `key`; `true` if someone did.
     pub(crate) async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
         match self {
