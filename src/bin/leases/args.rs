@@ -106,7 +106,7 @@ pub(crate) struct LogArgs {
     pub(crate) log_format: LogFormat,
 }
 
-/// Where leases live (the client commands: run, list, info, revoke).
+/// Where leases live (the client commands: run, elect, list, info, revoke).
 #[derive(Args, Debug, Default)]
 #[command(next_help_heading = "Where leases live")]
 pub(crate) struct SourceArgs {
