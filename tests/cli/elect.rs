@@ -64,8 +64,9 @@ pub fn candidates_take_turns(cli: &Cli) {
     let (who, t3) = elected(&mut a, &key);
     assert_eq!(who, "a");
     assert!(t3 > t2, "{t3} after {t2}");
-    eventually("the observer sees a again", || {
-        cli.call(&["info", &key, "--json"]).json()["token"] == t3.to_string()
+    let t3_text = t3.to_string();
+    eventually("the store shows a again", || {
+        cli.call(&["info", &key, "--json"]).json()["token"] == t3_text.as_str()
     });
     std::thread::sleep(Duration::from_millis(500));
     a.signal(libc::SIGTERM);
