@@ -24,6 +24,9 @@
 //! whole tree if `leases` itself dies (a `kill -9`): the tree must not run on without a
 //! lease, which then simply expires within its TTL. Elsewhere only the command's
 //! process group is known, and nothing kills it if `leases` dies.
+//!
+//! [`keep`] is that whole life of a command under an acquired lease; `elect` runs one
+//! per term. Getting the lease (waiting, signals meanwhile, `--retry`) is acquire.rs.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
