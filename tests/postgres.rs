@@ -365,3 +365,29 @@ async fn check_answers_up_front() {
     m.shutdown().await;
     assert!(matches!(m.check().await, Err(LeaseError::ManagerStopped)));
 }
+
+/// `create_schema(false)`: the backend never creates its table; without one, each
+/// operation fails saying so (and how to create it), and the table stays missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_create_the_schema_leaves_it_missing() {
+    let url = shared_url();
+    let t = table("pg", "no_schema");
+    let backend = PostgresBackend::new(options(&url).table(t.clone()).create_schema(false))
+        .expect("options are fine");
+    let key = Key::system(["no-schema", &run_id()]);
+    for result in [
+        backend.info(&key).await.map(drop),
+        backend.list("", 10).await.map(drop),
+    ] {
+        let e = result.expect_err("no table");
+        assert_eq!(e.kind(), leases::BackendErrorKind::Failed, "{e}");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+    let db = connect(&url).await;
+    let exists: bool = db
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&t])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!exists, "the backend created {t}");
+}

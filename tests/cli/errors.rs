@@ -116,7 +116,7 @@ fn sources_and_help() {
         help.stdout.contains("Exit codes") && help.stdout.contains("79"),
         "{help:?}"
     );
-    for command in ["serve", "run", "list", "info", "revoke"] {
+    for command in ["serve", "run", "elect", "list", "info", "revoke"] {
         let help = no_source.call(&[command, "--help"]);
         assert_eq!(help.code, 0, "{help:?}");
         assert!(help.stdout.contains("Examples:"), "{command}: {help:?}");

@@ -30,7 +30,9 @@ pub fn list_and_info(cli: &Cli) {
     ) {
         assert_eq!(lease["key"], key.as_str(), "{listed}");
         assert_eq!(lease["metadata"], meta);
-        assert_eq!(lease["token"].as_u64(), Some(*token));
+        // A decimal string (proto3's JSON mapping of 64-bit integers): exact for every
+        // consumer, even past 2^53, where the memory backend's tokens are.
+        assert_eq!(lease["token"], token.to_string(), "{lease}");
         assert_eq!(lease["ttl_ms"], 5000);
         let left = lease["expires_in_ms"].as_u64().expect("expires_in_ms");
         assert!(left > 0 && left <= 5000, "{lease}");
@@ -41,6 +43,11 @@ pub fn list_and_info(cli: &Cli) {
     }
     let one = cli.call(&["list", &prefix, "--json", "--limit", "1"]);
     assert_eq!(one.json().as_array().map(Vec::len), Some(1), "{one:?}");
+    assert!(one.stderr.contains("stopped at --limit 1"), "{one:?}");
+    // `--limit 0` is no limit, on every source.
+    let all = cli.call(&["list", &prefix, "--json", "--limit", "0"]);
+    assert_eq!(all.json().as_array().map(Vec::len), Some(2), "{all:?}");
+    assert!(!all.stderr.contains("stopped at"), "{all:?}");
     let narrow = cli.call(&["list", &format!("{prefix}b_"), "--json"]);
     assert_eq!(narrow.json()[0]["key"], b.as_str(), "{narrow:?}");
     let none = cli.call(&["list", &format!("{prefix}b%"), "--json"]);
@@ -89,6 +96,53 @@ pub fn list_and_info(cli: &Cli) {
     }
     let empty = cli.call(&["list", &prefix, "--json"]);
     assert_eq!(empty.json(), serde_json::json!([]), "{empty:?}");
+}
+
+/// A `list` prefix that no key could start with is a usage error (2), before anything
+/// is contacted; a key with nothing after its root (`/module/NAME`, `/system`) is a key
+/// like any other.
+pub fn prefixes_and_bare_keys(cli: &Cli) {
+    for prefix in [
+        "/jobs/",
+        "system/",
+        "/systemd",
+        "/module/a b",
+        "/system/%2f",
+        "/system/%G",
+    ] {
+        let done = cli.call(&["list", prefix]);
+        assert_eq!(done.code, code::USAGE, "{prefix}: {done:?}");
+        assert!(
+            done.stderr.contains("no key can start with"),
+            "{prefix}: {done:?}"
+        );
+    }
+    for prefix in [
+        "",
+        "/",
+        "/sys",
+        "/system",
+        "/module/",
+        "/system/a%2",
+        "/system/a%2F",
+    ] {
+        let done = cli.call(&["list", prefix, "--json"]);
+        assert_eq!(done.code, 0, "{prefix:?}: {done:?}");
+    }
+    // A module name alone is a whole key: held, listed and shown like any other.
+    let bare = format!(
+        "/module/cli-bare-{}-{}",
+        crate::support::pg::run_id(),
+        cli.label
+    );
+    let mut run = cli.start_sh(&bare, &[], "echo $LEASES_KEY; exec sleep 1000");
+    assert_eq!(run.line(), bare);
+    let listed = cli.call(&["list", &bare, "--json"]);
+    assert_eq!(listed.json()[0]["key"], bare.as_str(), "{listed:?}");
+    let info = cli.call(&["info", &bare, "--json"]);
+    assert_eq!(info.code, 0, "{info:?}");
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.finish().code, 128 + 15);
 }
 
 /// A JSON lease without its time left (which moves between two calls).

@@ -8,21 +8,27 @@
 //!
 //! - `harness`: the binary as the scenarios drive it, and the documented exit codes;
 //! - `run`: `leases run`, its command's exit code and environment, and what ends it;
+//! - `elect`: `leases elect`, its terms and its observer;
 //! - `signals`: SIGINT, Ctrl-Z and SIGCONT passed on to the command;
 //! - `inspect`: `leases list` and `leases info`;
 //! - `errors`: usage errors, unreachable sources, the help;
 //! - `logs_and_flags`: logs on stderr, `serve`'s flags apart from the clients', token files;
-//! - `messages`: a refused token (77), why a service is unreachable, TTL bounds.
+//! - `messages`: a refused token (77), why a service is unreachable, TTL bounds;
+//! - `retry`: `--wait forever`, and `--retry` while a service cannot be reached;
+//! - `readonly`: `list` and `info` on PostgreSQL with a SELECT-only role, and no table.
 #![cfg(feature = "server")]
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod elect;
 mod errors;
 mod harness;
 mod inspect;
 mod logs_and_flags;
 mod messages;
+mod readonly;
+mod retry;
 mod run;
 mod signals;
 
@@ -45,15 +51,20 @@ macro_rules! scenarios {
 scenarios!(postgres, Cli::postgres(&crate::support::pg::shared_url());
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
-    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors);
+    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
+    inspect::prefixes_and_bare_keys, retry::wait_forever,
+    elect::candidates_take_turns, elect::command_exit_ends_the_election);
 
 scenarios!(etcd, Cli::etcd();
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
-    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors);
+    run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
+    inspect::prefixes_and_bare_keys, retry::wait_forever,
+    elect::candidates_take_turns, elect::command_exit_ends_the_election);
 
 scenarios!(service, Cli::server();
     run::exit_code_is_the_commands, run::command_sees_key_and_token,
     run::held_by_someone_else, signals::sigint_is_passed_on, signals::stop_and_continue,
     run::revoke_stops_the_command, inspect::list_and_info, errors::usage_errors,
-    run::longest_grace);
+    run::longest_grace, inspect::prefixes_and_bare_keys, retry::wait_forever,
+    elect::candidates_take_turns, elect::command_exit_ends_the_election);

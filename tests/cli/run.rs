@@ -37,22 +37,27 @@ pub fn command_sees_key_and_token(cli: &Cli) {
 }
 
 /// A held key: `run` fails with 75 at once or after `--wait`; a waiter gets the key
-/// when the holder ends, which a SIGTERM to the holder's `leases` does (passed on).
+/// when the holder ends, which a SIGTERM to the holder's `leases` does (passed on). A
+/// refusal says who holds the key.
 pub fn held_by_someone_else(cli: &Cli) {
     let key = cli.key("held", "k");
     let mut holder = cli.start_sh(
         &key,
         &["--metadata", "the holder"],
-        "echo ready; exec sleep 1000",
+        "echo $LEASES_TOKEN; exec sleep 1000",
     );
-    assert_eq!(holder.line(), "ready");
+    let token = holder.line();
     let now = cli.call_sh(&key, &[], "echo ran");
     assert_eq!(now.code, code::HELD, "{now:?}");
-    assert!(now.stderr.contains("held"), "{now:?}");
+    // Who holds it, as `info` knows: metadata, token, time left.
+    let who = format!("held by \"the holder\" (token {token}, ");
+    assert!(now.stderr.contains(&who), "{now:?}");
+    assert!(now.stderr.trim_end().ends_with(" left)"), "{now:?}");
     assert_eq!(now.stdout, "", "the command must not run");
     let waited = cli.call(&run_args(&key, &["--wait", "1s"], &["true"]));
     assert_eq!(waited.code, code::HELD, "{waited:?}");
     assert!(waited.stderr.contains("after waiting"), "{waited:?}");
+    assert!(waited.stderr.contains(&who), "{waited:?}");
     // Piped stderr: no spinner drawn.
     assert!(!waited.stderr.contains('\r'), "{waited:?}");
 
@@ -76,7 +81,7 @@ pub fn revoke_stops_the_command(cli: &Cli) {
     let info = cli.call(&["info", &key, "--json"]);
     assert_eq!(info.code, 0, "{info:?}");
     let info = info.json();
-    assert_eq!(info["token"].as_u64(), Some(token));
+    assert_eq!(info["token"], token.to_string());
     assert_eq!(info["metadata"], "revoke me");
     assert_eq!(info["revoked"], false);
 
@@ -87,7 +92,7 @@ pub fn revoke_stops_the_command(cli: &Cli) {
     assert_eq!(revoked["revoked"], true);
     // Until its holder notices, the lease is there, marked revoked.
     if !revoked["lease"].is_null() {
-        assert_eq!(revoked["lease"]["token"].as_u64(), Some(token));
+        assert_eq!(revoked["lease"]["token"], token.to_string());
         assert_eq!(revoked["lease"]["revoked"], true);
     }
 

@@ -25,7 +25,8 @@ use crate::key::Key;
 /// Create it with [`PostgresBackend::connect`] or through
 /// [`LeaseManagerBuilder::postgres`](crate::LeaseManagerBuilder::postgres). It talks to
 /// the database lazily: creating it never fails because the database is down; the first
-/// operation creates the schema if needed.
+/// operation creates the schema if needed (unless [`PostgresOptions::create_schema`] is
+/// `false`).
 pub struct PostgresBackend {
     db: Arc<Db>,
     frees: broadcast::Sender<Freed>,

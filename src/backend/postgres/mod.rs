@@ -41,7 +41,9 @@
 //!   the key back.
 //!
 //! The table and sequence are created on first use, in a transaction under an advisory
-//! lock, so many processes can start at once.
+//! lock, so many processes can start at once; unless
+//! [`PostgresOptions::create_schema`] is `false` (read-only use: the backend then runs
+//! no DDL, and a missing table fails each operation with a message that says so).
 //!
 //! # Fencing tokens
 //! Tokens come from one sequence, which only grows (across server restarts too), and

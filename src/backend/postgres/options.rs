@@ -16,6 +16,7 @@ pub struct PostgresOptions {
     pub(super) ca_certificate_pem: Option<Vec<u8>>,
     pub(super) renew_batch_window: Duration,
     pub(super) renew_batch_size: usize,
+    pub(super) create_schema: bool,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -29,6 +30,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("ca_certificate", &self.ca_certificate_pem.is_some())
             .field("renew_batch_window", &self.renew_batch_window)
             .field("renew_batch_size", &self.renew_batch_size)
+            .field("create_schema", &self.create_schema)
             .finish_non_exhaustive()
     }
 }
@@ -52,6 +54,7 @@ impl PostgresOptions {
             ca_certificate_pem: None,
             renew_batch_window: Duration::from_millis(50),
             renew_batch_size: 1000,
+            create_schema: true,
         }
     }
 
@@ -106,6 +109,18 @@ impl PostgresOptions {
     /// the queue. `1` makes every renewal a statement of its own.
     pub fn renew_batch_size(mut self, size: usize) -> Self {
         self.renew_batch_size = size;
+        self
+    }
+
+    /// Whether the backend creates its table and sequence if they do not exist, on its
+    /// first operation (default `true`). With `false` it never runs DDL, nor anything
+    /// but its own statements: for read-only use (listing and looking up leases) by a
+    /// role with only `SELECT` on the table (and `USAGE` on its schema), or wherever the
+    /// schema is managed apart. A table that does not exist then fails each operation
+    /// with a [`BackendErrorKind::Failed`](crate::BackendErrorKind::Failed) error that
+    /// says so, and how to create it.
+    pub fn create_schema(mut self, create: bool) -> Self {
+        self.create_schema = create;
         self
     }
 }

@@ -48,15 +48,18 @@ impl Db {
         let work = async {
             // Await 1: a connection from the pool (or a new one).
             let mut conn = Checkout::new(self.pool.get().await.map_err(pool_error)?);
-            // Await 2: the schema, once per backend, in a transaction.
-            self.schema.ensure(conn.client_mut()).await?;
+            // Await 2: the schema, once per backend, in a transaction (unless this
+            // backend is not to create it: read-only use).
+            if self.options.create_schema {
+                self.schema.ensure(conn.client_mut()).await?;
+            }
             // Await 3: the operation's one statement.
             let result = op(conn.client(), &self.sql).await;
             if result.is_ok() {
                 // A complete answer: nothing is in flight and no transaction is open.
                 conn.finished();
             }
-            result.map_err(|e| pg_error(what, e))
+            result.map_err(|e| self.error(what, e))
         };
         match tokio::time::timeout(self.options.statement_timeout, work).await {
             Ok(result) => result,
@@ -68,6 +71,28 @@ impl Db {
                 ),
             )),
         }
+    }
+}
+
+impl Db {
+    /// An operation's error; a missing table, which a backend that does not create its
+    /// schema can meet, says so and how to create it.
+    fn error(&self, what: &str, e: tokio_postgres::Error) -> BackendError {
+        let missing = e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE);
+        if !missing || self.options.create_schema {
+            return pg_error(what, e);
+        }
+        let table = &self.options.table;
+        BackendError::with_source(
+            BackendErrorKind::Failed,
+            format!(
+                "{what}: the lease table {table:?} does not exist, and this backend does not \
+                 create it (PostgresOptions::create_schema(false), as for read-only use): \
+                 create it once with a role allowed to (any acquire does, e.g. `leases run` \
+                 or `leases serve --postgres`), or with the SQL in the backend's docs: {e}"
+            ),
+            e,
+        )
     }
 }
 

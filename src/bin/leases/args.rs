@@ -32,8 +32,18 @@ Examples:
   leases run /system/jobs/nightly --ttl 30s -- ./nightly.sh --full
   # Wait up to 5 minutes for the lease, and say who holds it:
   leases run /system/jobs/nightly --ttl 1m --wait 5m --metadata \"$HOSTNAME\" -- ./nightly.sh
+  # Wait as long as it takes, also while the store cannot be reached:
+  leases run /system/jobs/nightly --ttl 1m --wait forever --retry -- ./nightly.sh
   # The command sees its key and fencing token:
   leases run /module/billing/invoices --ttl 30s -- sh -c 'echo \"$LEASES_KEY $LEASES_TOKEN\"'";
+
+const ELECT_EXAMPLES: &str = "\
+Examples:
+  # Run the scheduler on one host at a time; another takes over when it goes:
+  leases elect /system/scheduler/leader --identity \"$HOSTNAME\" -- ./scheduler
+  # Who leads, at every change:
+  leases elect --observe /system/scheduler/leader
+  leases elect --observe /system/scheduler/leader --json | jq -r .identity";
 
 const LIST_EXAMPLES: &str = "\
 Examples:
@@ -96,7 +106,7 @@ pub(crate) struct LogArgs {
     pub(crate) log_format: LogFormat,
 }
 
-/// Where leases live (the client commands: run, list, info, revoke).
+/// Where leases live (the client commands: run, elect, list, info, revoke).
 #[derive(Args, Debug, Default)]
 #[command(next_help_heading = "Where leases live")]
 pub(crate) struct SourceArgs {
@@ -247,6 +257,22 @@ pub(crate) enum Command {
     /// killed. Otherwise leases exits with the command's own exit code.
     #[command(after_help = format!("{RUN_EXAMPLES}\n\n{}", exit::TABLE))]
     Run(RunArgs),
+    /// Run a command while this candidate leads (leader election, like `etcdctl elect`),
+    /// or watch who leads (--observe).
+    ///
+    /// Candidates campaign for KEY, each with an --identity (stored as the lease's
+    /// metadata). The leader runs the command, with LEASES_KEY, LEASES_TOKEN (the
+    /// term's fencing token) and LEASES_IDENTITY in its environment, as `run` does: the
+    /// command's whole tree holds the lease. When the term is lost or revoked, the tree
+    /// is stopped as `run` stops it (SIGTERM, SIGKILL before the key could be granted
+    /// elsewhere), the key is given back, and the candidate campaigns again (after 1s,
+    /// doubling up to the TTL), starting the command anew when elected again. When the
+    /// command exits on its own, leases exits with its code.
+    ///
+    /// With --observe, prints the leader (IDENTITY TOKEN, or - when nobody leads) at
+    /// every change, one line each (--json: one object per line), until interrupted.
+    #[command(after_help = ELECT_EXAMPLES)]
+    Elect(ElectArgs),
     /// List the live leases, all or those whose key starts with a prefix.
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
@@ -272,9 +298,15 @@ pub(crate) struct RunArgs {
     /// command or a process it started runs); at least 5s. E.g. 30s, 5m, 1h30m.
     #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
     pub(crate) ttl: Duration,
-    /// Wait up to this long for a held key to become free (default: do not wait).
-    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+    /// Wait up to this long for a held key to become free, or `forever` (default: do
+    /// not wait: exit 75 at once).
+    #[arg(long, value_parser = parse_wait, value_name = "DURATION|forever")]
     pub(crate) wait: Option<Duration>,
+    /// With --wait: while the store or lease service cannot be reached, try again
+    /// (after 1s, doubling up to 30s) until the wait is over, instead of exiting 69 at
+    /// once. A refused token (77) or a usage error (2) is never tried again.
+    #[arg(long, requires = "wait")]
+    pub(crate) retry: bool,
     /// Text attached to the lease, shown by `list` and `info` (default: "HOST pid PID").
     #[arg(long, value_name = "TEXT")]
     pub(crate) metadata: Option<String>,
@@ -290,16 +322,59 @@ pub(crate) struct RunArgs {
     pub(crate) source: SourceArgs,
 }
 
+/// `leases elect`.
+#[derive(Args, Debug)]
+pub(crate) struct ElectArgs {
+    /// The key campaigned for (e.g. /system/scheduler/leader).
+    #[arg(value_parser = parse_key)]
+    pub(crate) key: Key,
+    /// This candidate's name, stored as the lease's metadata and shown to observers.
+    #[arg(long, value_name = "ID", required_unless_present = "observe")]
+    pub(crate) identity: Option<String>,
+    /// How long a term's lease lasts unless renewed (renewed every TTL/3); at least 5s.
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "15s")]
+    pub(crate) ttl: Duration,
+    /// After a lost term: the time between SIGTERM and SIGKILL, cut short as for `run`.
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "10s")]
+    pub(crate) grace: Duration,
+    /// While the store or lease service cannot be reached, try again (after 1s,
+    /// doubling up to 30s) instead of exiting 69.
+    #[arg(long, conflicts_with = "observe")]
+    pub(crate) retry: bool,
+    /// Do not campaign: print who leads at every change, until interrupted.
+    #[arg(long, conflicts_with_all = ["identity", "command"])]
+    pub(crate) observe: bool,
+    /// With --observe: one JSON object per line ({"key", "identity", "token"}; the
+    /// token a decimal string; null identity and token while nobody leads).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// With --observe: how often to look.
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION", default_value = "1s")]
+    pub(crate) interval: Duration,
+    /// The command and its arguments, after `--`.
+    #[arg(
+        last = true,
+        value_name = "COMMAND",
+        required_unless_present = "observe"
+    )]
+    pub(crate) command: Vec<OsString>,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+}
+
 /// `leases list`.
 #[derive(Args, Debug)]
 pub(crate) struct ListArgs {
     /// Only keys whose string form starts with this (a plain string prefix: end it with
-    /// `/` for one subtree).
+    /// `/` for one subtree). A prefix no key can start with (not under /system or
+    /// /module, or with a character keys never contain raw) is a usage error.
+    #[arg(value_parser = parse_prefix)]
     pub(crate) prefix: Option<String>,
     /// Print JSON (an array of leases) instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Show at most this many leases (in key order).
+    /// Show at most this many leases (in key order); 0: no limit (through a lease
+    /// service, at most its own cap of 10000 per call).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub(crate) limit: usize,
     #[command(flatten)]
@@ -319,6 +394,14 @@ pub(crate) struct KeyArgs {
     pub(crate) source: SourceArgs,
 }
 
+/// A `--wait`: a duration, or `forever` (`Duration::MAX`).
+pub(crate) fn parse_wait(s: &str) -> Result<Duration, String> {
+    if s.trim() == "forever" {
+        return Ok(Duration::MAX);
+    }
+    duration::parse(s).map_err(|e| format!("{e} (or `forever`)"))
+}
+
 pub(crate) fn parse_key(s: &str) -> Result<Key, String> {
     Key::parse(s).map_err(|e| {
         format!(
@@ -328,12 +411,54 @@ pub(crate) fn parse_key(s: &str) -> Result<Key, String> {
     })
 }
 
+/// A `list` prefix that some key could start with: a beginning of `/system/` or
+/// `/module/`, or a longer string under one of them whose every character can appear in
+/// a key's canonical form (URL path characters, `/`, and `%` escapes in upper-case hex).
+/// Anything else could never match, which is more likely a mistake than a question.
+pub(crate) fn parse_prefix(s: &str) -> Result<String, String> {
+    const ROOTS: [&str; 2] = ["/system/", "/module/"];
+    let Some(rest) = ROOTS.iter().find_map(|root| s.strip_prefix(root)) else {
+        if ROOTS.iter().any(|root| root.starts_with(s)) {
+            return Ok(s.to_string());
+        }
+        return Err(format!(
+            "no key can start with {s:?}: keys start with /system/ or /module/ (e.g. \
+             /system/jobs/; an empty prefix lists every lease)"
+        ));
+    };
+    let bytes = rest.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let fits = b.is_ascii_alphanumeric() || b"-_.~$&+:=@/%".contains(&b);
+        // Within an escape (`%XX`), only upper-case hex digits.
+        let in_escape = (i >= 1 && bytes[i - 1] == b'%') || (i >= 2 && bytes[i - 2] == b'%');
+        if !fits || (in_escape && !(b.is_ascii_digit() || (b'A'..=b'F').contains(&b))) {
+            let c = rest[i..].chars().next().unwrap_or('?');
+            return Err(format!(
+                "no key can start with {s:?}: keys never contain {c:?} as it is written \
+                 here (segments are escaped as URL path segments, with upper-case hex: \
+                 e.g. %20 for a space)"
+            ));
+        }
+    }
+    Ok(s.to_string())
+}
+
 impl Command {
+    /// The wait within which `--retry` tries again, if it was given.
+    pub(crate) fn retry(&self) -> Option<Duration> {
+        match self {
+            Command::Run(a) if a.retry => a.wait,
+            Command::Elect(a) if a.retry => Some(Duration::MAX),
+            _ => None,
+        }
+    }
+
     /// The source flags of a client command; `None` for `serve`.
     pub(crate) fn source_mut(&mut self) -> Option<&mut SourceArgs> {
         match self {
             Command::Serve(_) => None,
             Command::Run(a) => Some(&mut a.source),
+            Command::Elect(a) => Some(&mut a.source),
             Command::List(a) => Some(&mut a.source),
             Command::Info(a) | Command::Revoke(a) => Some(&mut a.source),
         }

@@ -31,8 +31,9 @@ pub(crate) const NOT_FOUND: u8 = 127;
 /// The exit codes, for `--help` (the README has the same table).
 pub(crate) const TABLE: &str = "\
 Exit codes:
-  0-255  run: the command's own exit code (128+N if a signal N killed it, as
-         in shells; 130 if leases was interrupted while waiting)
+  0-255  run, elect: the command's own exit code (128+N if a signal N killed
+         it, as in shells; 130 if leases was interrupted while waiting);
+         elect --observe: 0 when interrupted
   1      info, revoke: the key is not held
   2      usage: bad arguments, key, duration, TTL, URL or token file
   69     the backend could not be reached, or failed
@@ -42,8 +43,8 @@ Exit codes:
   79     run: the lease was lost or revoked (or its renewal fell behind)
          while the command ran; all its processes were stopped (SIGTERM,
          then SIGKILL after --grace or before the key could be taken)
-  126    run: the command could not be executed
-  127    run: the command was not found";
+  126    run, elect: the command could not be executed
+  127    run, elect: the command was not found";
 
 /// A command's failure: what to tell the user, and the exit code.
 #[derive(Debug)]

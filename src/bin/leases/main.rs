@@ -3,7 +3,10 @@
 //!
 //! - `serve`   (serve.rs): the lease service;
 //! - `run`     (run.rs): hold a lease while a command runs;
+//! - `elect`   (elect.rs): run a command while leading, or watch who leads;
+//! - acquire.rs, retry.rs, signals.rs: what `run` and `elect` share to get a lease;
 //! - `list`, `info`, `revoke`: look at leases and end them (output.rs prints them);
+//! - refusal.rs: why an acquire was refused (who holds the key);
 //! - tree.rs: the processes a command started, for `run`; kill_timing.rs: when it
 //!   stops them; guardian.rs: the process
 //!   between `run` and its command that kills them all if `leases` is killed;
@@ -12,16 +15,21 @@
 //! - token.rs: token files; exit.rs: the exit codes, and errors for people;
 //! - duration.rs: `30s`, `5m`, `1h30m`.
 
+mod acquire;
 mod args;
 mod duration;
+mod elect;
 mod exit;
 #[cfg(target_os = "linux")]
 mod guardian;
 mod kill_timing;
 mod logging;
 mod output;
+mod refusal;
+mod retry;
 mod run;
 mod serve;
+mod signals;
 mod source;
 mod spinner;
 mod token;
@@ -36,6 +44,10 @@ use args::{Cli, Command, SourceArgs};
 use exit::{Failure, NOT_HELD, USAGE};
 use source::Source;
 
+/// The most leases a lease service lists in one call, whatever was asked for (its
+/// `LIST_LIMIT`).
+const SERVICE_LIST_CAP: usize = 10_000;
+
 fn print_json(value: &serde_json::Value) {
     println!(
         "{}",
@@ -43,7 +55,11 @@ fn print_json(value: &serde_json::Value) {
     );
 }
 
-async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
+async fn execute(
+    source: &Source,
+    command: Command,
+    retry: Option<retry::Retry>,
+) -> Result<u8, Failure> {
     let fail = |e: leases::LeaseError| Failure::from_lease_error(&e);
     match command {
         Command::Run(args) => {
@@ -53,8 +69,26 @@ async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
                     key: args.key,
                     ttl: args.ttl,
                     wait: args.wait,
+                    retry,
                     metadata: args.metadata,
                     grace: args.grace,
+                    command: args.command,
+                },
+            )
+            .await
+        }
+        Command::Elect(args) if args.observe => {
+            elect::observe(source, &args.key, args.interval, args.json).await
+        }
+        Command::Elect(args) => {
+            elect::elect(
+                source,
+                elect::ElectPlan {
+                    key: args.key,
+                    identity: args.identity.unwrap_or_default(),
+                    ttl: args.ttl,
+                    grace: args.grace,
+                    retry: args.retry,
                     command: args.command,
                 },
             )
@@ -63,16 +97,33 @@ async fn execute(source: &Source, command: Command) -> Result<u8, Failure> {
         Command::Serve(_) => unreachable!("serve runs without a source"),
         Command::List(args) => {
             let prefix = args.prefix.unwrap_or_default();
-            let leases = source.list(&prefix, args.limit).await.map_err(fail)?;
+            // `--limit 0` is no limit (as etcdctl's and kubectl's): every lease, up to a
+            // lease service's own cap per call.
+            let asked = if args.limit == 0 {
+                usize::MAX
+            } else {
+                args.limit
+            };
+            let most = if source.is_service() {
+                asked.min(SERVICE_LIST_CAP)
+            } else {
+                asked
+            };
+            let leases = source.list(&prefix, asked).await.map_err(fail)?;
             if args.json {
                 print_json(&leases.iter().map(output::lease_json).collect());
             } else {
                 print!("{}", output::table(&leases));
             }
-            if leases.len() == args.limit && args.limit > 0 {
+            if leases.len() == most && most == args.limit {
                 eprintln!(
                     "leases: stopped at --limit {}; there may be more leases",
                     args.limit
+                );
+            } else if leases.len() == most && most == SERVICE_LIST_CAP {
+                eprintln!(
+                    "leases: stopped at the lease service's most per call, \
+                     {SERVICE_LIST_CAP}; there may be more leases (list narrower prefixes)"
                 );
             }
             Ok(0)
@@ -167,8 +218,15 @@ fn main() -> ExitCode {
     };
     let outcome = check_before_connecting(&cli.command).and_then(|()| {
         runtime.block_on(async {
-            let opened = Source::open(&source).await?;
-            let outcome = execute(&opened, cli.command).await;
+            // `list` and `info` only look: they never create or change anything.
+            let read_only = match &cli.command {
+                Command::List(_) | Command::Info(_) => true,
+                Command::Elect(a) => a.observe,
+                _ => false,
+            };
+            let mut retry = cli.command.retry().map(retry::Retry::within);
+            let opened = open(&source, read_only, retry.as_mut()).await?;
+            let outcome = execute(&opened, cli.command, retry).await;
             opened.shutdown().await;
             match (outcome, &source.server) {
                 (Err(f), Some(url)) if f.code == exit::BACKEND && opened_plain(url) => {
@@ -194,31 +252,65 @@ fn main() -> ExitCode {
     }
 }
 
+/// Opens the source; with `--retry`, tries again while a lease service cannot be
+/// reached (a store used directly is reached lazily, by the first operation).
+async fn open(
+    args: &SourceArgs,
+    read_only: bool,
+    mut retry: Option<&mut retry::Retry>,
+) -> Result<Source, Failure> {
+    loop {
+        let failure = match Source::open(args, read_only).await {
+            Ok(source) => return Ok(source),
+            Err(f) => f,
+        };
+        match retry.as_mut().and_then(|r| r.after(&failure)) {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => return Err(failure),
+        }
+    }
+}
+
 /// Was a lease service reached over plain HTTP/2?
 fn opened_plain(url: &str) -> bool {
     url.starts_with("http://")
 }
 
-/// What can be refused before anything is contacted: a TTL out of the library's bounds.
+/// What can be refused before anything is contacted: a TTL out of the library's bounds,
+/// flags that go together.
 fn check_before_connecting(command: &Command) -> Result<(), Failure> {
-    if let Command::Run(args) = command {
+    if let Command::Elect(args) = command {
+        if args.json && !args.observe {
+            return Err(Failure::new(
+                USAGE,
+                "elect --json is for --observe (a candidate prints nothing of its own on \
+                 stdout)",
+            ));
+        }
+    }
+    let ttl = match command {
+        Command::Run(args) => Some(args.ttl),
+        Command::Elect(args) if !args.observe => Some(args.ttl),
+        _ => None,
+    };
+    if let Some(ttl) = ttl {
         let human = duration::human;
-        if args.ttl < leases::MIN_TTL {
+        if ttl < leases::MIN_TTL {
             return Err(Failure::new(
                 USAGE,
                 format!(
                     "--ttl {} is shorter than the minimum {}",
-                    human(args.ttl),
+                    human(ttl),
                     human(leases::MIN_TTL)
                 ),
             ));
         }
-        if args.ttl > leases::MAX_TTL {
+        if ttl > leases::MAX_TTL {
             return Err(Failure::new(
                 USAGE,
                 format!(
                     "--ttl {} is longer than the maximum {}",
-                    human(args.ttl),
+                    human(ttl),
                     human(leases::MAX_TTL)
                 ),
             ));

@@ -1,8 +1,14 @@
 //! What `list`, `info` and `revoke` print: a table for people, JSON for scripts.
 //!
 //! The JSON form of a lease (stable field names; new fields may be added):
-//! `{"key": "/system/jobs/nightly", "token": 42, "ttl_ms": 30000, "expires_in_ms": 29120,
+//! `{"key": "/system/jobs/nightly", "token": "42", "ttl_ms": 30000, "expires_in_ms": 29120,
 //!   "metadata": "web-1 pid 4242", "revoked": false, "acquired_at": "2026-11-27T20:58:01.123Z"}`
+//!
+//! The token is a decimal *string*, as proto3's JSON mapping writes 64-bit integers:
+//! tokens use all 64 bits (the memory backend's exceed 2^53 from the start), and a JSON
+//! number that large is silently rounded by every consumer that reads numbers as
+//! doubles (`jq` arithmetic, JavaScript, many JSON libraries). A string is copied
+//! exactly by all of them; compare tokens after parsing them as 64-bit integers.
 
 use leases::LeaseInfo;
 use serde_json::{json, Value};
@@ -16,7 +22,8 @@ const HOLDER_WIDTH: usize = 40;
 pub(crate) fn lease_json(info: &LeaseInfo) -> Value {
     json!({
         "key": info.key.to_string(),
-        "token": info.token,
+        // A string, not a number: see the module docs.
+        "token": info.token.to_string(),
         "ttl_ms": u64::try_from(info.ttl.as_millis()).unwrap_or(u64::MAX),
         "expires_in_ms": u64::try_from(info.expires_in.as_millis()).unwrap_or(u64::MAX),
         "metadata": String::from_utf8_lossy(&info.metadata),
@@ -27,7 +34,7 @@ pub(crate) fn lease_json(info: &LeaseInfo) -> Value {
 
 /// The metadata as one line of text for a table: invalid UTF-8 and control characters
 /// replaced, cut to [`HOLDER_WIDTH`] characters.
-fn holder(metadata: &[u8]) -> String {
+pub(crate) fn holder(metadata: &[u8]) -> String {
     let text: String = String::from_utf8_lossy(metadata)
         .chars()
         .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
@@ -105,7 +112,7 @@ mod tests {
         let v = lease_json(&info("/system/jobs/nightly", b"web-1"));
         assert_eq!(
             v,
-            json!({"key": "/system/jobs/nightly", "token": 42, "ttl_ms": 30000,
+            json!({"key": "/system/jobs/nightly", "token": "42", "ttl_ms": 30000,
                    "expires_in_ms": 29120, "metadata": "web-1", "revoked": false,
                    "acquired_at": "2026-11-27T20:58:01.123Z"})
         );

@@ -24,20 +24,23 @@
 //! whole tree if `leases` itself dies (a `kill -9`): the tree must not run on without a
 //! lease, which then simply expires within its TTL. Elsewhere only the command's
 //! process group is known, and nothing kills it if `leases` dies.
+//!
+//! [`keep`] is that whole life of a command under an acquired lease; `elect` runs one
+//! per term. Getting the lease (waiting, signals meanwhile, `--retry`) is acquire.rs.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use std::collections::HashSet;
-
-use leases::{AcquireOptions, CancelReason, Key};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use leases::{AcquireOptions, CancelReason, Key, Lease, LeaseContext};
 use tokio::time::Instant;
 
+use crate::acquire::{acquire, Acquired};
 use crate::exit::{Failure, CANNOT_EXECUTE, INTERNAL, LOST, NOT_FOUND};
 use crate::kill_timing::{before, kill_at, lease_is_safe, Timing};
+use crate::retry::Retry;
+use crate::signals::{status_code, stop_self, Watch};
 use crate::source::Source;
-use crate::spinner::Spinner;
 use crate::tree::{self, Tree};
 
 /// What `run` needs, parsed.
@@ -45,63 +48,15 @@ pub(crate) struct RunPlan {
     pub(crate) key: Key,
     pub(crate) ttl: Duration,
     pub(crate) wait: Option<Duration>,
+    /// `--retry`: the tries left within the wait.
+    pub(crate) retry: Option<Retry>,
     pub(crate) metadata: Option<String>,
     pub(crate) grace: Duration,
     pub(crate) command: Vec<OsString>,
 }
 
-/// The signals `leases run` passes on to the command's process group.
-struct Signals(Vec<(i32, Signal)>);
-
-impl Signals {
-    fn install() -> Result<Signals, Failure> {
-        let mut all = Vec::new();
-        for (n, kind) in [
-            (libc::SIGINT, SignalKind::interrupt()),
-            (libc::SIGTERM, SignalKind::terminate()),
-            (libc::SIGHUP, SignalKind::hangup()),
-            (libc::SIGQUIT, SignalKind::quit()),
-            (libc::SIGTSTP, SignalKind::from_raw(libc::SIGTSTP)),
-        ] {
-            let s = signal(kind)
-                .map_err(|e| Failure::new(INTERNAL, format!("cannot handle signal {n}: {e}")))?;
-            all.push((n, s));
-        }
-        Ok(Signals(all))
-    }
-
-    /// The next signal received.
-    async fn recv(&mut self) -> i32 {
-        let waits = self.0.iter_mut().map(|(n, s)| {
-            let n = *n;
-            Box::pin(async move {
-                s.recv().await;
-                n
-            })
-        });
-        futures_select_all(waits).await
-    }
-}
-
-/// The first of several futures to finish (a tiny `select_all`).
-async fn futures_select_all<F>(futures: impl IntoIterator<Item = std::pin::Pin<Box<F>>>) -> i32
-where
-    F: std::future::Future<Output = i32>,
-{
-    let mut futures: Vec<_> = futures.into_iter().collect();
-    std::future::poll_fn(|cx| {
-        for f in futures.iter_mut() {
-            if let std::task::Poll::Ready(n) = f.as_mut().poll(cx) {
-                return std::task::Poll::Ready(n);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 /// The metadata a lease gets when `--metadata` is not given: who holds it.
-fn default_metadata() -> String {
+pub(crate) fn default_metadata() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -112,36 +67,6 @@ fn default_metadata() -> String {
         "unknown-host".into()
     };
     format!("{host} pid {}", std::process::id())
-}
-
-/// Stops this process (as SIGTSTP would have) until a SIGCONT.
-fn stop_self() {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGSTOP);
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGTSTP => "SIGTSTP",
-        _ => "a signal",
-    }
-}
-
-/// The exit status as a shell reports it: the code, or 128 + the signal that killed it.
-fn status_code(status: std::process::ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(1),
-        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(255),
-        (None, None) => 1,
-    }
 }
 
 /// How often the tree is looked at while it is being stopped, and while processes the
@@ -177,60 +102,73 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
         key,
         ttl,
         wait,
+        mut retry,
         metadata,
         grace,
         command,
     } = plan;
-    // Installed first, so that a Ctrl-C while waiting for the lease is ours to handle.
-    let mut signals = Signals::install()?;
-    let mut children = signal(SignalKind::child())
-        .map_err(|e| Failure::new(INTERNAL, format!("cannot handle SIGCHLD: {e}")))?;
-    tree::become_subreaper()
-        .map_err(|e| Failure::new(INTERNAL, format!("cannot become a subreaper: {e}")))?;
+    let mut watch = Watch::install()?;
     // The key stays taken after the lease ends until we let go of the `Lease`, which we
     // do only once every process of the command is dead.
-    let mut options = AcquireOptions::new(ttl)
+    let options = AcquireOptions::new(ttl)
         .metadata(metadata.unwrap_or_else(default_metadata))
         .keep_until_released();
-    if let Some(wait) = wait {
-        options = options.wait(wait);
-    }
-
-    let acquired = {
-        let _spinner = Spinner::start(format!("waiting for the lease on {key}"));
-        let acquire = source.acquire(key.clone(), options);
-        tokio::pin!(acquire);
-        loop {
-            tokio::select! {
-                acquired = &mut acquire => break acquired,
-                sig = signals.recv() => {
-                    if sig == libc::SIGTSTP {
-                        stop_self();
-                        continue;
-                    }
-                    // Dropping the acquire here is safe: the manager gives back a grant
-                    // whose caller has gone.
-                    eprintln!("leases: interrupted ({}) while waiting for {key}", signal_name(sig));
-                    return Ok(u8::try_from(128 + sig).unwrap_or(255));
-                }
-            }
-        }
+    let acquired = acquire(
+        source,
+        &key,
+        options,
+        wait,
+        retry.as_mut(),
+        &mut watch.signals,
+    )
+    .await?;
+    let (lease, ctx) = match acquired {
+        Acquired::Held(lease, ctx) => (lease, ctx),
+        Acquired::Interrupted(code) => return Ok(code),
     };
-    let (lease, ctx) = acquired.map_err(|e| {
-        let mut f = Failure::from_lease_error(&e);
-        f.message = match e {
-            // The library's bounds were checked before connecting: this is the
-            // service's own minimum (its `serve --min-ttl`).
-            leases::LeaseError::TtlTooShort { ttl, min } if source.is_service() => format!(
-                "{key}: the lease service refused --ttl {}: its minimum TTL (serve \
-                 --min-ttl) is {}",
-                crate::duration::human(ttl),
-                crate::duration::human(min)
-            ),
-            _ => format!("{key}: {}", f.message),
-        };
-        f
-    })?;
+    let term = Term {
+        ttl,
+        grace,
+        command: &command,
+        env: &[],
+    };
+    let held = keep(source, &key, lease, ctx, term, &mut watch).await?;
+    match held.lost {
+        Some(message) => Err(Failure::new(LOST, message)),
+        None => Ok(held.code),
+    }
+}
+
+/// A command to run under a lease that was acquired (with `keep_until_released`).
+pub(crate) struct Term<'a> {
+    pub(crate) ttl: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) command: &'a [OsString],
+    /// Variables for the command besides `LEASES_KEY` and `LEASES_TOKEN`.
+    pub(crate) env: &'a [(String, String)],
+}
+
+/// How a command run under a lease ended: every one of its processes is dead, and the
+/// lease was given back.
+pub(crate) struct Held {
+    /// The command's exit code (128 + N for a signal).
+    pub(crate) code: u8,
+    /// Why the command was stopped, if the lease ended (or its renewal fell behind)
+    /// while it ran.
+    pub(crate) lost: Option<String>,
+}
+
+/// Runs the command while `lease` lives, and stops its whole tree when the lease is in
+/// danger; gives the lease back once every process of the tree is dead. `Err` only when
+/// the command could not be started (126, 127) or waited for.
+pub(crate) async fn keep(
+    source: &Source,
+    key: &Key,
+    lease: Lease,
+    ctx: LeaseContext,
+    term: Term<'_>,
+    watch: &mut Watch,
+) -> Result<Held, Failure> {
     let token = lease.token();
 
     // On Linux the command is started by a guardian (guardian.rs): this binary again,
@@ -241,17 +179,18 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
         let mut cmd = tokio::process::Command::new("/proc/self/exe");
         cmd.arg(crate::guardian::ARG)
             .arg(std::process::id().to_string())
-            .args(&command);
+            .args(term.command);
         cmd
     };
     #[cfg(not(target_os = "linux"))]
     let mut cmd = {
-        let mut cmd = tokio::process::Command::new(&command[0]);
-        cmd.args(&command[1..]);
+        let mut cmd = tokio::process::Command::new(&term.command[0]);
+        cmd.args(&term.command[1..]);
         cmd
     };
     cmd.env("LEASES_KEY", key.to_string())
         .env("LEASES_TOKEN", token.to_string())
+        .envs(term.env.iter().map(|(k, v)| (k, v)))
         .process_group(0);
     #[cfg(target_os = "linux")]
     {
@@ -276,6 +215,7 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
         Ok(child) => child,
         Err(e) => {
             let _ = lease.release().await;
+            let command = term.command;
             let program = command[0].to_string_lossy();
             let code = match e.kind() {
                 std::io::ErrorKind::NotFound => NOT_FOUND,
@@ -292,7 +232,8 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
     // can be, never released). On a loss, or when the deadline draws near without a
     // confirmed renewal, the whole tree gets SIGTERM at once, then SIGKILL after the
     // grace period but at the latest the kill margin before the deadline.
-    let timing = Timing::for_ttl(ttl);
+    let timing = Timing::for_ttl(term.ttl);
+    let grace = term.grace;
     let mut tree = Tree::new(pgid);
     let mut status: Option<std::io::Result<std::process::ExitStatus>> = None;
     let mut stopping: Option<Stopping> = None;
@@ -397,10 +338,10 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
                 status = Some(waited);
                 tree.leader_reaped();
             }
-            _ = children.recv() => look = true,
+            _ = watch.children.recv() => look = true,
             _ = ctx.cancelled(), if stopping.is_none() => {}
             _ = tokio::time::sleep_until(next) => {}
-            sig = signals.recv() => {
+            sig = watch.signals.recv() => {
                 let alive = tree.scan();
                 if sig == libc::SIGTSTP {
                     // The command first, then us; continued in the other order, and the
@@ -439,18 +380,19 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
     if let Some(reason) = ended {
         let _ = lease.release().await;
         if reason == CancelReason::Revoked {
-            source.give_back_revoked(&key, token).await;
+            source.give_back_revoked(key, token).await;
         }
-        return Err(Failure::new(
-            LOST,
-            format!(
+        return Ok(Held {
+            code,
+            lost: Some(format!(
                 "the lease on {key} (token {token}) ended while the command ran ({reason}); \
                  the command exited with status {code}"
-            ),
-        ));
+            )),
+        });
     }
     // Bounded by the TTL: after renewal fell behind, the store may be out of reach, and
     // the lease then expires by itself within that time anyway.
+    let ttl = term.ttl;
     match tokio::time::timeout(ttl, lease.release()).await {
         // Ended right after the command exited: it ran under the lease all along.
         Ok(Ok(()) | Err(leases::LeaseError::NotHeld)) => {}
@@ -464,15 +406,12 @@ pub(crate) async fn run(source: &Source, plan: RunPlan) -> Result<u8, Failure> {
             crate::duration::human(ttl)
         ),
     }
-    if fell_behind {
-        return Err(Failure::new(
-            LOST,
-            format!(
-                "the lease on {key} (token {token}) was about to run out without a confirmed \
-                 renewal while the command ran; the command was stopped and exited with \
-                 status {code}"
-            ),
-        ));
-    }
-    Ok(code)
+    let lost = fell_behind.then(|| {
+        format!(
+            "the lease on {key} (token {token}) was about to run out without a confirmed \
+             renewal while the command ran; the command was stopped and exited with \
+             status {code}"
+        )
+    });
+    Ok(Held { code, lost })
 }

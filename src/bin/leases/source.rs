@@ -31,12 +31,15 @@ pub(crate) fn etcd_options(etcd: &[String], prefix: &str) -> Option<EtcdOptions>
 impl Source {
     /// Picks the source from the arguments: a flag beats the other source's environment
     /// variable; two sources given the same way are a usage error. Connects lazily (the
-    /// first operation shows an unreachable store).
-    pub(crate) async fn open(args: &SourceArgs) -> Result<Source, Failure> {
+    /// first operation shows an unreachable store). `read_only` (for `list` and `info`):
+    /// only look, never create the PostgreSQL table, so that a role with only `SELECT`
+    /// on it will do.
+    pub(crate) async fn open(args: &SourceArgs, read_only: bool) -> Result<Source, Failure> {
         match args.resolve()? {
             Chosen::Postgres(url) => {
                 let options = PostgresOptions::new(url)
                     .table(args.table.clone())
+                    .create_schema(!read_only)
                     // One lease, or one question, at a time.
                     .pool_size(2);
                 let backend =
@@ -92,6 +95,22 @@ impl Source {
         match self {
             Source::Postgres(m) | Source::Etcd(m) => m.acquire_lease_with(key, options).await,
             Source::Server(c) => c.acquire_lease_with(key, options).await,
+        }
+    }
+
+    /// Watches who leads `key` (the library's election observer), looking every
+    /// `interval`.
+    pub(crate) async fn observe(
+        &self,
+        key: &Key,
+        interval: std::time::Duration,
+    ) -> Result<leases::election::Observer, LeaseError> {
+        use leases::election::Observer;
+        match self {
+            Source::Postgres(m) | Source::Etcd(m) => {
+                Observer::start(m.clone(), key.clone(), interval).await
+            }
+            Source::Server(c) => Observer::start(c.clone(), key.clone(), interval).await,
         }
     }
 
