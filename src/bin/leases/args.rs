@@ -13,7 +13,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use leases::Key;
 
-use crate::{duration, exit, serve};
+use crate::{duration, exit};
 
 const ABOUT: &str = "Distributed leases with fencing tokens: serve them over gRPC, run a \
 command while holding a lease, and look at or revoke leases.";
@@ -237,7 +237,7 @@ pub(crate) enum Command {
     /// unless --postgres (LEASES_POSTGRES_URL) or --etcd (LEASES_ETCD_ENDPOINTS) is
     /// given; several servers may share one table or cluster. Stops gracefully on
     /// SIGINT/SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(crate::serve_args::ServeArgs),
     /// Acquire a lease and run a command while holding it.
     ///
     /// The command runs in a process group of its own and sees LEASES_KEY and

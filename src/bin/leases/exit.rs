@@ -2,6 +2,7 @@
 
 use leases::{BackendErrorKind, LeaseError};
 
+use crate::causes::{explain, with_causes};
 use crate::duration::human;
 
 /// The usage error code (clap's own): bad arguments, a bad key or duration, a TTL out of
@@ -96,7 +97,7 @@ impl Failure {
                  the one the service reads (serve --token-file)",
                 with_causes(e)
             ),
-            LeaseError::Backend(_) => match crate::transport::explain(e) {
+            LeaseError::Backend(_) => match explain(e) {
                 Some(why) => format!("{why}\n  ({})", with_causes(e)),
                 None => with_causes(e),
             },
@@ -104,19 +105,4 @@ impl Failure {
         };
         Failure::new(code, message)
     }
-}
-
-/// An error's message followed by those of its causes that add something
-/// (`could not connect to the database: error connecting to server: Connection refused`).
-pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        cause = c.source();
-    }
-    message
 }

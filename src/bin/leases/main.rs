@@ -17,6 +17,7 @@
 
 mod acquire;
 mod args;
+mod causes;
 mod duration;
 mod elect;
 mod exit;
@@ -29,6 +30,7 @@ mod refusal;
 mod retry;
 mod run;
 mod serve;
+mod serve_args;
 mod signals;
 mod source;
 mod spinner;

@@ -2,8 +2,6 @@
 //! that does not resolve, TLS spoken to a plain server or plain HTTP/2 to a TLS one; and
 //! a `--server` URL without its scheme, refused before anything is contacted.
 
-use std::error::Error;
-
 use leases::{ClientLeaser, ClientOptions};
 
 use crate::exit::{Failure, USAGE};
@@ -23,38 +21,6 @@ pub(crate) fn check_scheme(url: &str) -> Result<(), Failure> {
     ))
 }
 
-/// What went wrong on the way to the service, if the error's causes say so.
-pub(crate) fn explain(e: &(dyn Error + 'static)) -> Option<&'static str> {
-    let mut texts = Vec::new();
-    let mut cause: Option<&(dyn Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return Some(
-                    "connection refused: nothing listens at that address and port (is the \
-                     server running, and is the port right?)",
-                );
-            }
-        }
-        texts.push(c.to_string());
-        cause = c.source();
-    }
-    let all = texts.join(": ");
-    let says = |what: &str| all.contains(what);
-    if says("dns error") || says("failed to lookup address") {
-        Some("the host name does not resolve (DNS failure): check the host in the URL")
-    } else if says("InvalidContentType") {
-        Some("TLS to a server that does not speak TLS: for a plain server, use http://")
-    } else if says("invalid peer certificate") || says("UnknownIssuer") {
-        Some(
-            "the server's TLS certificate is not trusted: give the CA that signed it with \
-             --ca-file (LEASES_CA_FILE)",
-        )
-    } else {
-        None
-    }
-}
-
 /// Does the server at this `http://` URL answer a TLS handshake? Asked only after a call
 /// over plain HTTP/2 failed, to say why: a TLS server's answer to plain HTTP/2 is not
 /// always the same error.
@@ -67,7 +33,7 @@ pub(crate) async fn speaks_tls(url: &str) -> bool {
     match ClientLeaser::connect_with(options).await {
         Ok(_) => true,
         // The handshake got as far as the server's certificate: it speaks TLS.
-        Err(e) => crate::exit::with_causes(&e).contains("certificate"),
+        Err(e) => crate::causes::with_causes(&e).contains("certificate"),
     }
 }
 
