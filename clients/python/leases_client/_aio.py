@@ -239,34 +239,32 @@ class _AsyncHolder:
         await self._close()
 
     def drop(self) -> None:
-        """The `AsyncLease` was garbage collected: release it on its event loop."""
+        """The `AsyncLease` was garbage collected: release it, on its event loop (the
+        collection may run in another thread)."""
         try:
-            self.expire_if_due()
-            if self.state.end(Reason.RELEASED, "released: the lease was dropped"):
-                self._changed.set()
-                loop = self._loop
-                if loop is None or loop.is_closed():
-                    self._cancel_now()
-                    return
-
-                def start():
-                    _spawn(self._send_release()).add_done_callback(
-                        lambda _: self._released.set()
-                    )
-
-                try:
-                    running = asyncio.get_running_loop()
-                except RuntimeError:
-                    running = None
-                if running is loop:
-                    start()
-                else:
-                    loop.call_soon_threadsafe(start)
-        except Exception:  # a finalizer must not raise
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                self._cancel_now()
+                return
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                self._release_dropped()
+            else:
+                loop.call_soon_threadsafe(self._release_dropped)
+        except Exception:  # a finalizer must not raise (a loop closed meanwhile)
             try:
                 self._cancel_now()
             except Exception:
                 pass
+
+    def _release_dropped(self) -> None:
+        self.expire_if_due()
+        if self.state.end(Reason.RELEASED, "released: the lease was dropped"):
+            self._changed.set()
+            _spawn(self._send_release()).add_done_callback(lambda _: self._released.set())
 
     def abandon(self, message: str) -> None:
         """`hold()` failed or was cancelled: end the lease (nobody was handed it, so
