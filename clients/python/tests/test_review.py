@@ -147,10 +147,19 @@ class AsyncCancelTest(unittest.IsolatedAsyncioTestCase):
         async def caller():
             return await holding
 
-        task = asyncio.create_task(caller())
-        while lease.token is None and not task.done():
-            await asyncio.sleep(0)
-        self.proxy.blackhole()  # the heartbeat's answer is late
+        # The confirming heartbeat's answer is late: the proxy goes silent the moment the
+        # grant is read, before the heartbeat is written (blackholing once the test's
+        # task saw the token raced with that heartbeat's round trip on localhost).
+        granted = _core.State.granted
+
+        def granted_then_blackhole(state, *args, **kwargs):
+            granted(state, *args, **kwargs)
+            self.proxy.blackhole()
+
+        with mock.patch.object(_core.State, "granted", granted_then_blackhole):
+            task = asyncio.create_task(caller())
+            while lease.token is None and not task.done():
+                await asyncio.sleep(0)
         await asyncio.sleep(0.3)  # the heartbeat is written; hold() awaits its answer
         task.cancel()  # e.g. asyncio.wait_for(client.hold(...), 2), a TaskGroup, shutdown
         try:
