@@ -169,15 +169,20 @@ class State:
         with self.changed:
             self._acquire_sent = at
 
-    def granted(self, token: int, time_left: float) -> None:
+    def granted(self, token: int, time_left: float, waited: bool = False) -> None:
+        """Takes the grant. After an acquire that waited, the grant may have come long
+        after the acquire was sent, so the deadline counted from it says nothing: the
+        lease then has no deadline until the answer to a heartbeat sent at once
+        confirms it (protocol.md, `Hold` step 2), and the holder must not act before."""
         now = clock()
         with self.changed:
             self.token = token
             self.acquired_at = now
             self.answers += 1
-            self.deadline = self._acquire_sent + min(time_left, self.ttl)
-            if now >= self.deadline:
-                self._end(Reason.DEADLINE, "granted, but its deadline had already passed", now)
+            if not waited:
+                self.deadline = self._acquire_sent + min(time_left, self.ttl)
+                if now >= self.deadline:
+                    self._end(Reason.DEADLINE, "granted, but its deadline had already passed", now)
             self.changed.notify_all()
 
     def heartbeat_sent(self, at: float) -> bool:
@@ -198,9 +203,15 @@ class State:
                 return self._end(Reason.BROKEN, "the server answered a heartbeat never sent", now)
             sent = self._unanswered.popleft()
             self.answers += 1
-            if now >= self.deadline:
+            if self.deadline is not None and now >= self.deadline:
                 return self._end(Reason.DEADLINE, self._deadline_message(), now)
-            self.deadline = sent + min(time_left, self.ttl)
+            deadline = sent + min(time_left, self.ttl)
+            if now >= deadline:
+                # An answer already past its own deadline (a slow answer to an old
+                # heartbeat, or no time left) confirms nothing.
+                self.deadline = deadline
+                return self._end(Reason.DEADLINE, self._deadline_message(), now)
+            self.deadline = deadline
             self.changed.notify_all()
             return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import queue
 import threading
+import weakref
 from typing import Callable
 
 import grpc
@@ -76,10 +77,12 @@ class Client:
         the lease at the end of the block, or call `release()` yourself. `wait`: wait up
         to this long for a held key instead of raising `Conflict`. `on_lost(lease)` is
         called once, from a background thread, when the lease ends other than by
-        `release()`, right after `lease.lost` is set. Raises `Conflict`, `WaitTimedOut`, `InvalidArgument`,
+        `release()`, right after `lease.lost` is set (never for a lease `hold` did not
+        return). A `Lease` dropped without `release()` is released when it is garbage
+        collected. Raises `Conflict`, `WaitTimedOut`, `InvalidArgument`,
         `Unauthenticated` or `Unavailable`.
         """
-        lease = Lease(
+        holder = _Holder(
             self,
             _core.check_key(key),
             _core.check_ttl(_core.seconds(ttl, "ttl")),
@@ -87,7 +90,13 @@ class Client:
             _core.seconds(wait, "wait"),
             on_lost,
         )
-        lease._acquire()
+        lease = Lease(holder)
+        try:
+            holder.acquire()
+        except BaseException:
+            lease._finalizer.detach()
+            holder.abandon("hold() did not hand the lease over")
+            raise
         return lease
 
     def revoke(self, key: str) -> bool:
@@ -123,95 +132,153 @@ class Lease:
     silent). `check()` raises `LeaseLost` once the lease is over; `time_left()` is how
     long the holder may still act.
 
+    A lease nobody references any more is released (as the Rust `Lease` is on drop):
+    the background threads hold only the machinery, never the `Lease` itself.
+
     A lease is tied to the server it was acquired through (no re-attachment elsewhere
     yet).
     """
+
+    def __init__(self, holder: "_Holder"):
+        self._holder = holder
+        self.key = holder.key
+        self.ttl = holder.ttl
+        self.metadata = holder.metadata
+        self.lost = holder.lost
+        holder.owner = weakref.ref(self)
+        self._finalizer = weakref.finalize(self, holder.drop)
+
+    # --- what the holder sees
+
+    @property
+    def token(self) -> int:
+        return self._holder.state.token
+
+    @property
+    def reason(self) -> Reason | None:
+        """Why the lease ended, or None while it is held."""
+        return self._holder.state.reason
+
+    @property
+    def message(self) -> str | None:
+        """The account of the end (the server's message, or the client's)."""
+        return self._holder.state.message
+
+    @property
+    def deadline(self) -> float | None:
+        """The current deadline, on `time.monotonic()`'s clock."""
+        return self._holder.state.deadline
+
+    @property
+    def acquired_at(self) -> float | None:
+        """When the grant was read, on `time.monotonic()`'s clock."""
+        return self._holder.state.acquired_at
+
+    @property
+    def ended_at(self) -> float | None:
+        """When the lease ended for this client, on `time.monotonic()`'s clock."""
+        return self._holder.state.ended_at
+
+    def time_left(self) -> float:
+        """Seconds until the deadline; 0 once the lease is over."""
+        self._holder.expire_if_due()
+        return self._holder.state.time_left()
+
+    def check(self) -> None:
+        """Raises `LeaseLost` (with the reason) if the lease is over."""
+        self._holder.expire_if_due()
+        self._holder.state.check()
+
+    def release(self) -> None:
+        """Releases the lease, and returns once the server has freed the key (or the
+        client's `timeout` has passed); from several threads at once, each returns then.
+
+        If the deadline has passed, the lease is lost, not released: `reason` says why,
+        `lost` is set and `on_lost` runs, and no `release` message is sent. After a loss
+        it only closes the stream: no `release` message is ever sent for a lease that
+        is over. It never raises `LeaseLost`: look at `reason` or `lost` afterwards.
+
+        (The protocol allows a `release` after `ended { REVOKED }` or `SHUTDOWN`, to
+        free the key early; but the server ends the call right after `ended`, and
+        grpcio sends nothing on a finished call, so the key then goes back when the
+        time the server promised has run out.)"""
+        self._holder.release(wait=True)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Releases the lease (see `release`). A loss inside the block does not raise
+        here: it is reported by `reason`, `lost` and `on_lost` (and by `check()`)."""
+        self.release()
+
+    def __repr__(self) -> str:
+        state = self.reason.value if self.reason else "held"
+        return f"<Lease {self.key} token={self.token} {state}>"
+
+
+class _Holder:
+    """The machinery of one `Lease`: the stream, its reader and keeper threads and the
+    state. It holds the `Lease` only weakly (for `on_lost`), so that a dropped `Lease`
+    is garbage collected, and released by its finalizer."""
 
     def __init__(self, client, key, ttl, metadata, wait, on_lost):
         self.key = key
         self.ttl = ttl
         self.metadata = metadata
         self.lost = threading.Event()
+        self.owner: weakref.ref | None = None
         self._client = client
         self._wait = wait
         self._on_lost = on_lost
-        self._state = State(ttl)
+        self.state = State(ttl)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._call = None
         self._first_answer = threading.Event()
         self._acquire_error: BaseException | None = None
         self._release_sent = False
+        self._released = threading.Event()
+        self._handed_over = False
         self._reader: threading.Thread | None = None
         self._keeper: threading.Thread | None = None
 
-    # --- what the holder sees
-
-    @property
-    def token(self) -> int:
-        return self._state.token
-
-    @property
-    def reason(self) -> Reason | None:
-        """Why the lease ended, or None while it is held."""
-        return self._state.reason
-
-    @property
-    def message(self) -> str | None:
-        """The account of the end (the server's message, or the client's)."""
-        return self._state.message
-
-    @property
-    def deadline(self) -> float | None:
-        """The current deadline, on `time.monotonic()`'s clock."""
-        return self._state.deadline
-
-    @property
-    def acquired_at(self) -> float | None:
-        """When the grant was read, on `time.monotonic()`'s clock."""
-        return self._state.acquired_at
-
-    @property
-    def ended_at(self) -> float | None:
-        """When the lease ended for this client, on `time.monotonic()`'s clock."""
-        return self._state.ended_at
-
-    def time_left(self) -> float:
-        """Seconds until the deadline; 0 once the lease is over."""
-        self._expire_if_due()
-        return self._state.time_left()
-
-    def check(self) -> None:
-        """Raises `LeaseLost` (with the reason) if the lease is over."""
-        if self._state.expire_if_due():
-            self._after_loss()
-        self._state.check()
-
-    def release(self) -> None:
-        """Releases the lease, and returns once the server has freed the key (or the
-        client's `timeout` has passed). After a loss it only closes the stream: no
-        `release` message is ever sent for a lease that is over.
-
-        (The protocol allows a `release` after `ended { REVOKED }` or `SHUTDOWN`, to
-        free the key early; but the server ends the call right after `ended`, and
-        grpcio sends nothing on a finished call, so the key then goes back when the
-        time the server promised has run out.)"""
-        if self._state.end(Reason.RELEASED, "released by the holder") and not self._release_sent:
+    def release(self, wait: bool) -> None:
+        """Ends the lease as released and sends `release`, unless it is over already
+        (its deadline passed: then it is lost). Only the caller whose end succeeded
+        sends and closes; with `wait`, the others wait for it to finish."""
+        self.expire_if_due()
+        if self.state.end(Reason.RELEASED, "released by the holder"):
             self._release_sent = True
             self._requests.put(_core.RELEASE)
             self._requests.put(_END_OF_REQUESTS)
-            if self._reader is not None:
-                self._reader.join(self._client.timeout)
+            if not wait:
+                # Dropped: the reader closes the call when the server ends it.
+                self._released.set()
+                return
+            try:
+                if self._reader is not None and self._reader is not threading.current_thread():
+                    self._reader.join(self._client.timeout)
+            finally:
+                self._close()
+                self._released.set()
+        elif self.state.reason is Reason.RELEASED:
+            if wait:
+                self._released.wait(self._client.timeout)
+        else:
+            self._close()
+
+    def drop(self) -> None:
+        """The `Lease` was garbage collected: release it, without waiting."""
+        try:
+            self.release(wait=False)
+        except Exception:  # a finalizer must not raise
+            pass
+
+    def abandon(self, message: str) -> None:
+        """`hold()` failed or was interrupted after the stream opened: end the lease
+        (nobody was handed it, so `on_lost` does not run) and reset the stream."""
+        self.state.end(Reason.BROKEN, message)
         self._close()
-
-    def __enter__(self) -> "Lease":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        state = self.reason.value if self.reason else "held"
-        return f"<Lease {self.key} token={self.token} {state}>"
 
     # --- the machinery
 
@@ -222,11 +289,12 @@ class Lease:
                 return
             yield item
 
-    def _acquire(self) -> None:
+    def acquire(self) -> None:
         client = self._client
+        waited = self._wait is not None
         # No gRPC deadline on the stream: it lives as long as the lease.
         self._call = client._stub.Hold(self._request_iterator(), metadata=client._metadata)
-        self._state.acquire_sent(clock())
+        self.state.acquire_sent(clock())
         self._requests.put(
             _core.acquire_request(self.key, self.ttl, self.metadata, self._wait)
         )
@@ -236,75 +304,81 @@ class Lease:
         self._reader.start()
         bound = (self._wait or 0.0) + client.timeout
         if not self._first_answer.wait(bound):
-            self._call.cancel()
             raise Unavailable(f"no answer to acquire {self.key} within {bound:g}s")
         if self._acquire_error is not None:
-            self._call.cancel()
             raise self._acquire_error
+        state = self.state
+        if waited and state.reason is None:
+            # The grant may have come long after the acquire was sent, so it has no
+            # deadline yet: count from a heartbeat's answer before handing it over, and
+            # start the keeper only then.
+            self._heartbeat()
+            with state.changed:
+                state.changed.wait_for(
+                    lambda: state.answers >= 2 or state.reason is not None,
+                    client.timeout,
+                )
+            if state.reason is None and state.answers < 2:
+                raise Unavailable(f"no answer to the heartbeat confirming {self.key} in time")
+        state.expire_if_due()
+        with state.changed:
+            if state.reason is None:
+                self._handed_over = True
+        if not self._handed_over:
+            raise state.lost_error()
         self._keeper = threading.Thread(
             target=self._keep, name=f"leases-keep {self.key}", daemon=True
         )
         self._keeper.start()
-        if self._wait is not None:
-            # The grant may have come long after the acquire was sent, so its deadline
-            # may be close: count from a heartbeat's answer before handing it over.
-            self._heartbeat()
-            with self._state.changed:
-                self._state.changed.wait_for(
-                    lambda: self._state.answers >= 2 or self._state.reason is not None,
-                    client.timeout,
-                )
-            if self._state.reason is None and self._state.answers < 2:
-                self._state.end(Reason.BROKEN, "no answer to the first heartbeat in time")
-                self._after_loss()
-        if self._state.reason is not None:
-            self._close()
-            raise self._state.lost_error()
 
     def _read(self) -> None:
         try:
             for answer in self._call:
                 kind = answer.WhichOneof("kind")
                 if kind == "granted" and not self._first_answer.is_set():
-                    self._state.granted(
-                        answer.granted.token, _core.from_duration(answer.granted.time_left)
+                    self.state.granted(
+                        answer.granted.token,
+                        _core.from_duration(answer.granted.time_left),
+                        waited=self._wait is not None,
                     )
                     self._first_answer.set()
                 elif kind == "renewed":
-                    if self._state.renewed(_core.from_duration(answer.renewed.time_left)):
+                    if self.state.renewed(_core.from_duration(answer.renewed.time_left)):
                         self._after_loss()
                 elif kind == "ended":
                     reason, message = _core.ended_reason(answer.ended, self._release_sent)
-                    if self._state.end(reason, message):
+                    if self.state.end(reason, message):
                         self._after_loss()
                 else:
-                    if self._state.end(Reason.BROKEN, f"an unexpected answer: {kind}"):
+                    if self.state.end(Reason.BROKEN, f"an unexpected answer: {kind}"):
                         self._after_loss()
-            if self._state.end(Reason.BROKEN, "the stream ended without an `ended` answer"):
+            if self.state.end(Reason.BROKEN, "the stream ended without an `ended` answer"):
                 self._after_loss()
         except grpc.RpcError as error:
             if not self._first_answer.is_set():
                 self._acquire_error = from_rpc_error(error, waited=self._wait is not None)
-            elif self._state.end(Reason.BROKEN, _core.describe_rpc_error(error)):
+            elif self.state.end(Reason.BROKEN, _core.describe_rpc_error(error)):
                 self._after_loss()
         except Exception as error:  # a bug of ours must still end the lease
-            if self._state.end(Reason.BROKEN, _core.describe_rpc_error(error)):
+            if self.state.end(Reason.BROKEN, _core.describe_rpc_error(error)):
                 self._after_loss()
         finally:
             if not self._first_answer.is_set() and self._acquire_error is None:
                 self._acquire_error = Unavailable("the stream ended before an answer")
             self._first_answer.set()
+            if self._release_sent:
+                self._close()
 
     def _heartbeat(self) -> None:
         # The instant is taken before the request is handed to gRPC: never later than
         # the moment it is sent, so the deadline counted from it is never too late.
-        if self._state.heartbeat_sent(clock()):
+        if self.state.heartbeat_sent(clock()):
             self._requests.put(_core.HEARTBEAT)
 
     def _keep(self) -> None:
         """Heartbeats every TTL/4; ends the lease at its deadline."""
         interval = self.ttl / 4
-        state = self._state
+        state = self.state
         next_beat = clock() + interval
         while True:
             with state.changed:
@@ -318,29 +392,32 @@ class Lease:
                     continue
             self._heartbeat()
             next_beat = max(next_beat + interval, clock())
-        if state.expire_if_due():
-            self._after_loss()
+        self.expire_if_due()
 
-    def _expire_if_due(self) -> None:
-        if self._state.expire_if_due():
+    def expire_if_due(self) -> None:
+        if self.state.expire_if_due():
             self._after_loss()
 
     def _after_loss(self) -> None:
         """Runs once, after the lease ended other than by release."""
-        reason = self._state.reason
+        reason = self.state.reason
         if reason is Reason.RELEASED:
             return
         self.lost.set()
         # No release after a loss: the stream is reset, and the server keeps the key
         # until the time it promised has run out.
         self._close()
-        if self._on_lost is not None:
-            try:
-                self._on_lost(self)
-            except Exception:  # the callback's own failure must not stop the machinery
-                import traceback
+        if self._on_lost is None or not self._handed_over:
+            return
+        lease = self.owner() if self.owner is not None else None
+        if lease is None:
+            return
+        try:
+            self._on_lost(lease)
+        except Exception:  # the callback's own failure must not stop the machinery
+            import traceback
 
-                traceback.print_exc()
+            traceback.print_exc()
 
     def _close(self) -> None:
         if self._call is not None:
