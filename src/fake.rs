@@ -224,6 +224,12 @@ impl Leaser for FakeLeaser {
     ) -> Result<(Lease, LeaseContext), LeaseError> {
         let min_ttl = self.lock().min_ttl.unwrap_or(MIN_TTL);
         options.validate(&key, min_ttl)?;
+        if options.resumes().is_some() {
+            // Its leases live in this value only: nothing to re-attach elsewhere.
+            return Err(LeaseError::Unsupported {
+                operation: "resume",
+            });
+        }
         let wait = async {
             loop {
                 let freed = self.inner.freed.notified();

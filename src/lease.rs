@@ -15,6 +15,11 @@ pub(crate) trait LeaseOwner: Send + Sync {
     async fn release(&self, key: &Key, token: u64) -> Result<(), LeaseError>;
     /// Releases the lease in the background (from `Drop`).
     fn release_on_drop(&self, key: Key, token: u64);
+    /// Lets go of the lease without giving the key back (see [`Lease::leave`]). Owners
+    /// whose leases cannot be re-attached elsewhere release instead.
+    fn leave(&self, key: Key, token: u64) {
+        self.release_on_drop(key, token);
+    }
 }
 
 /// A held lease. Release it with [`Lease::release`]; dropping it releases it too.
@@ -90,6 +95,21 @@ impl Lease {
         match self.owner.take() {
             Some(owner) => owner.release(&self.key, self.token).await,
             None => Ok(()),
+        }
+    }
+}
+
+impl Lease {
+    /// Lets go of the lease here without giving the key back: renewal stops, the
+    /// holder's context ends with [`CancelReason::HandedOver`](crate::CancelReason::HandedOver)
+    /// if it had not ended, and the key stays taken in the store until the lease
+    /// expires or another manager re-attaches it
+    /// ([`AcquireOptions::resume`](crate::AcquireOptions::resume)). For the lease server,
+    /// whose clients may re-attach through another server: releasing would free a key
+    /// a re-attached client still holds.
+    pub(crate) fn leave(mut self) {
+        if let Some(owner) = self.owner.take() {
+            owner.leave(self.key.clone(), self.token);
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct AcquireOptions {
     /// The key is given back only by the holder's own release (see
     /// [`keep_until_released`](AcquireOptions::keep_until_released)).
     pub(crate) keep: bool,
+    /// Re-attach the lease with this token instead of acquiring anew (see
+    /// [`resume`](AcquireOptions::resume)).
+    pub(crate) resume: Option<u64>,
 }
 
 impl AcquireOptions {
@@ -41,6 +44,7 @@ impl AcquireOptions {
             metadata: Vec::new(),
             wait: None,
             keep: false,
+            resume: None,
         }
     }
 
@@ -77,6 +81,34 @@ impl AcquireOptions {
     pub fn keep_until_released(mut self) -> AcquireOptions {
         self.keep = true;
         self
+    }
+
+    /// Re-attaches the live lease `(key, token)` instead of acquiring the key anew: the
+    /// lease keeps its token, and this manager renews it from now on.
+    ///
+    /// This is how a holder moves between processes that share a store (PostgreSQL,
+    /// etcd): a lease server that goes away leaves its clients' leases in the store, and
+    /// the client re-attaches each one through another server before its deadline. The
+    /// backend renews `(key, token)` by compare-and-set, so a lease that has expired,
+    /// been released or taken over is never revived: the acquire then fails with
+    /// [`LeaseError::NotHeld`], as it does for a revoked lease. A resume never waits
+    /// ([`wait`](Self::wait) is ignored) and takes no new token. Whoever held the
+    /// lease before must have let go of it without releasing it (a lease server does,
+    /// for leases whose stream broke or that it hands over); only the holder itself may
+    /// resume a lease, since a resumed lease has the same token as the one it continues.
+    ///
+    /// On the memory backend a lease can be resumed only by another manager of the same
+    /// [`MemoryBackend`](crate::backend::MemoryBackend): its leases die with its
+    /// process, and a backend started later hands out larger tokens than any before it,
+    /// so an old `(key, token)` never matches a lease it granted.
+    pub fn resume(mut self, token: u64) -> AcquireOptions {
+        self.resume = Some(token);
+        self
+    }
+
+    /// The token of the lease to re-attach, if [`resume`](Self::resume) was asked for.
+    pub fn resumes(&self) -> Option<u64> {
+        self.resume
     }
 
     /// Whether [`keep_until_released`](Self::keep_until_released) was asked for.

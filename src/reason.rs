@@ -19,6 +19,11 @@ pub enum CancelReason {
     Lost(LossCause),
     /// The lease manager shut down (or all its handles were dropped).
     Shutdown,
+    /// The holder let go of the lease here without giving the key back: it lives on in
+    /// the store until it expires, or until another manager re-attaches it
+    /// ([`AcquireOptions::resume`](crate::AcquireOptions::resume)). A lease server does
+    /// this with the leases of clients that may re-attach elsewhere.
+    HandedOver,
 }
 
 /// Why a lease was lost.
@@ -51,6 +56,9 @@ impl fmt::Display for CancelReason {
             CancelReason::Released => f.write_str("released"),
             CancelReason::Revoked => f.write_str("revoked"),
             CancelReason::Shutdown => f.write_str("lease manager shut down"),
+            CancelReason::HandedOver => {
+                f.write_str("handed over (left to expire or be re-attached)")
+            }
             CancelReason::Lost(cause) => write!(f, "lost: {cause}"),
         }
     }

@@ -390,6 +390,7 @@ async fn an_http1_hold_stream_keeps_the_key_until_its_promise() {
                 ttl: Some((TTL * 3).try_into().unwrap()),
                 metadata: Vec::new(),
                 wait: None,
+                resume: None,
             })),
         })
         .await;

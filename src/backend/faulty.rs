@@ -226,6 +226,10 @@ impl Backend for FaultyBackend {
         self.inner.subscribe_freed()
     }
 
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+
     fn inline(&self) -> Option<&dyn InlineBackend> {
         // Inline only where the wrapped backend is; a call with a fault to inject goes
         // the async way (see below), so that the fault hits the task that runs it.

@@ -200,6 +200,17 @@ pub trait Backend: Send + Sync + 'static {
     /// *before* the acquire attempt that may have to wait, so no release is missed.
     fn subscribe_freed(&self) -> FreedKeys;
 
+    /// Whether the leases live outside this process, where another process (another
+    /// lease server, after a restart or on another machine) can reach them and re-attach
+    /// one by key and token ([`AcquireOptions::resume`](crate::AcquireOptions::resume)).
+    /// PostgreSQL and etcd answer `true`. The default, `false`, is the safe answer for a
+    /// store that dies with its process (the memory backend): a lease server then
+    /// waits out what it promised its clients before it stops, instead of handing
+    /// their leases over to another server that could not see them.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// This backend's inline capability, if it has one: answers without I/O, on the
     /// manager's mailbox. `None` (the default) for every backend that does I/O.
     fn inline(&self) -> Option<&dyn InlineBackend> {

@@ -34,6 +34,7 @@ impl Leaser for ClientLeaser {
                 ttl: Some(crate::proto::duration(ttl)),
                 metadata: options.metadata.clone(),
                 wait: wait.map(crate::proto::duration),
+                resume: options.resume,
             })),
         });
         let mut request = self.request(outgoing);

@@ -43,7 +43,9 @@ impl SupervisorState {
         }
         let now = Instant::now();
         // A wait too long for the clock is a wait without end, in practice.
-        let until = options.wait.map(|w| {
+        // A resume never waits: the lease it continues is live or it is not.
+        let wait = options.wait.filter(|_| options.resume.is_none());
+        let until = wait.map(|w| {
             now.checked_add(w)
                 .unwrap_or(now + Duration::from_secs(1 << 32))
         });
@@ -53,6 +55,14 @@ impl SupervisorState {
             reply,
             until,
         };
+        if let Some(token) = waiter.options.resume {
+            // A resume of a lease another holder here has replaced: that lease is gone.
+            if self.table.holder(&key).is_some_and(|h| h.token != token) {
+                crate::metrics::acquire_failed(&LeaseError::NotHeld);
+                let _ = waiter.reply.send(Err(LeaseError::NotHeld));
+                return;
+            }
+        }
         if self.table.slot(&key).is_claimed() {
             // Taken (by us, or being taken, or promised to earlier waiters).
             match until {
@@ -76,7 +86,7 @@ impl SupervisorState {
         }
         // A backend that can answer without I/O is asked inline (never for waiters,
         // whose attempts may wait).
-        if waiter.until.is_none() {
+        if waiter.until.is_none() && waiter.options.resume.is_none() {
             if let Some(outcome) =
                 attempt::acquire_inline(&self.backend, &self.config.inflight, &key, &waiter.options)
             {
@@ -125,6 +135,10 @@ impl SupervisorState {
             Attempt::Conflict => {
                 crate::metrics::acquire_failed(&LeaseError::Conflict);
                 let _ = waiter.reply.send(Err(LeaseError::Conflict));
+            }
+            Attempt::NotHeld => {
+                crate::metrics::acquire_failed(&LeaseError::NotHeld);
+                let _ = waiter.reply.send(Err(LeaseError::NotHeld));
             }
             Attempt::TimedOut => {
                 let waited = waiter.options.wait.unwrap_or_default();

@@ -11,9 +11,10 @@ use std::time::Duration;
 use ractor::{ActorRef, ActorStatus};
 use tokio::time::Instant;
 
+use super::grant::Grant;
 use super::messages::{Attempt, ManagerMessage, Msg, Waiter};
 use super::tasks::{catch_panic, InFlight};
-use crate::backend::{AcquireOutcome, Backend};
+use crate::backend::{AcquireOutcome, Backend, RenewOutcome};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::key::Key;
 use crate::leaser::AcquireOptions;
@@ -105,6 +106,9 @@ async fn attempt(
         Some(_) => backend.subscribe_freed(),
         None => crate::backend::FreedKeys::none(),
     };
+    if let Some(token) = options.resume {
+        return resume(backend, inflight, key, options.ttl, token).await;
+    }
     loop {
         let (started, since) = (Instant::now(), crate::clock::suspended());
         let answer = backend.acquire(key, options.ttl, &options.metadata).await;
@@ -135,6 +139,28 @@ async fn attempt(
         if Instant::now() >= until {
             return Attempt::TimedOut;
         }
+    }
+}
+
+/// Re-attaches the live lease `(key, token)` (see
+/// [`AcquireOptions::resume`](crate::AcquireOptions::resume)): one renewal by
+/// compare-and-set, which never revives a lease that has ended.
+async fn resume(
+    backend: Arc<dyn Backend>,
+    inflight: &InFlight,
+    key: &Key,
+    ttl: Duration,
+    token: u64,
+) -> Attempt {
+    let (started, since) = (Instant::now(), crate::clock::suspended());
+    match backend.renew(key, token, ttl).await {
+        Ok(RenewOutcome::Renewed) => Attempt::Granted {
+            grant: Grant::resumed(backend.clone(), inflight.clone(), key.clone(), token),
+            started,
+            since,
+        },
+        Ok(RenewOutcome::Revoked | RenewOutcome::Lost) => Attempt::NotHeld,
+        Err(e) => Attempt::Failed(e),
     }
 }
 

@@ -132,6 +132,20 @@ impl SupervisorState {
         self.serve_next(myself, &key);
     }
 
+    /// The holder of `(key, token)` lets go of it without giving the key back (see
+    /// [`Lease::leave`](crate::Lease)): the holder leaves the table and its renewer
+    /// stops, and the key stays taken in the store until the lease expires or another
+    /// manager re-attaches it. Nothing goes to the backend, whatever ended the lease.
+    pub(super) fn on_leave(&mut self, myself: &ActorRef<ManagerMessage>, key: Key, token: u64) {
+        if self
+            .end_holder(&key, Some(token), CancelReason::HandedOver, true)
+            .is_some()
+        {
+            tracing::debug!(target: "leases::manager::supervisor", %key, token, "lease handed over: left to expire or be re-attached");
+        }
+        self.serve_next(myself, &key);
+    }
+
     /// After a lease ended: a revoked one is given back at once (the holder has been told
     /// and the revoker wants the key free; compare-and-set on the token, so a newer
     /// holder is never touched). A lost one is left to expire on the backend, so that the

@@ -21,6 +21,10 @@ pub(crate) struct Grant {
     inflight: InFlight,
     key: Key,
     token: Option<u64>,
+    /// A re-attached lease ([`AcquireOptions::resume`](crate::AcquireOptions::resume)):
+    /// its previous holder may still act on it, so nobody here may give it back; if
+    /// nobody takes it, it is left to expire.
+    resumed: bool,
 }
 
 impl Grant {
@@ -35,7 +39,20 @@ impl Grant {
             inflight,
             key,
             token: Some(token),
+            resumed: false,
         }
+    }
+
+    /// A re-attached lease, which dropping leaves to expire instead of giving back.
+    pub(crate) fn resumed(
+        backend: Arc<dyn Backend>,
+        inflight: InFlight,
+        key: Key,
+        token: u64,
+    ) -> Grant {
+        let mut grant = Grant::new(backend, inflight, key, token);
+        grant.resumed = true;
+        grant
     }
 
     pub(crate) fn token(&self) -> u64 {
@@ -53,6 +70,10 @@ impl Drop for Grant {
         let Some(token) = self.token.take() else {
             return;
         };
+        if self.resumed {
+            tracing::debug!(target: "leases::manager::io", key = %self.key, token, "leaving a re-attached lease that nobody took to expire");
+            return;
+        }
         tracing::debug!(target: "leases::manager::io", key = %self.key, token, "giving back a grant that nobody took");
         if let Some(Ok(_)) = catch_panic(|| {
             self.backend

@@ -37,6 +37,7 @@ impl std::fmt::Debug for ManagerMessage {
             Msg::RevokeDone { .. } => "RevokeDone",
             Msg::WaitExpired { .. } => "WaitExpired",
             Msg::Attach { .. } => "Attach",
+            Msg::Leave { .. } => "Leave",
             Msg::Shutdown { .. } => "Shutdown",
         };
         write!(f, "ManagerMessage::{name}")
@@ -103,6 +104,12 @@ pub(crate) enum Msg {
         token: u64,
         renewer: RenewerRef,
     },
+    /// The holder of `(key, token)` lets go of it without giving the key back: it stays
+    /// taken in the store until it expires or is re-attached elsewhere.
+    Leave {
+        key: Key,
+        token: u64,
+    },
     /// A queued waiter's wait ran out.
     WaitExpired {
         key: Key,
@@ -123,6 +130,8 @@ pub(crate) enum Attempt {
         since: Duration,
     },
     Conflict,
+    /// A resume found the lease gone, or revoked.
+    NotHeld,
     /// The attempt waited as long as its caller allowed.
     TimedOut,
     Failed(BackendError),

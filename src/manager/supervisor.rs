@@ -64,6 +64,13 @@ impl LeaseOwner for ManagerOwner {
         }
     }
 
+    fn leave(&self, key: Key, token: u64) {
+        // After shutdown the manager has let go of every lease already.
+        let _ = self
+            .actor
+            .send_message(ManagerMessage(Msg::Leave { key, token }));
+    }
+
     fn release_on_drop(&self, key: Key, token: u64) {
         // After shutdown every lease was already released; nothing is left to do.
         let _ = self.actor.send_message(ManagerMessage(Msg::Release {
@@ -141,6 +148,7 @@ impl Actor for Supervisor {
             Msg::Revoke { key, reply } => state.on_revoke(&myself, key, reply),
             Msg::RevokeDone { key } => state.on_revoke_done(&myself, key),
             Msg::WaitExpired { key, waiter } => state.on_wait_expired(key, waiter),
+            Msg::Leave { key, token } => state.on_leave(&myself, key, token),
             Msg::Attach {
                 key,
                 token,

@@ -82,6 +82,7 @@ pub(crate) fn ended(reason: &CancelReason) {
         CancelReason::Released => count!(ENDED, "reason" => "released"),
         CancelReason::Revoked => count!(ENDED, "reason" => "revoked"),
         CancelReason::Shutdown => count!(ENDED, "reason" => "shutdown"),
+        CancelReason::HandedOver => count!(ENDED, "reason" => "handed_over"),
         CancelReason::Lost(cause) => {
             match cause {
                 LossCause::RenewalRefused => count!(LOSSES, "cause" => "renewal_refused"),

@@ -23,20 +23,58 @@ use std::future::Future;
 
 use tokio::time::Instant;
 
+use super::handover::{hand, Hold, LetGo, Listed};
 use crate::Lease;
 
-/// Releases `lease` once `clean_end` completes (the client said it has stopped) or
-/// `promised` has passed, whichever comes first. Dropping this future mid-way drops the
-/// lease, which releases it too: only a server that is going away does that (its
-/// manager's shutdown then leaves kept keys to expire instead).
+/// Gives `lease` back once `clean_end` completes (the client said it has stopped: the
+/// key is released) or `promised` has passed (the server lets go of it as `how` says:
+/// released, or left in a shared store), whichever comes first; on a shared store, at
+/// once when the server stops. Dropping this future mid-way drops the lease, which
+/// releases it: only a server that is going away does that (its manager's shutdown
+/// then leaves kept keys to expire instead).
 pub(crate) async fn give_back(
     lease: Lease,
     promised: Instant,
     clean_end: impl Future<Output = ()>,
+    how: &LetGo,
 ) {
-    tokio::select! {
-        _ = tokio::time::sleep_until(promised) => {}
-        _ = clean_end => {}
+    let clean = tokio::select! {
+        _ = tokio::time::sleep_until(promised) => false,
+        _ = how.early() => false,
+        _ = clean_end => true,
+    };
+    if clean {
+        let _ = lease.release().await;
+    } else {
+        how.let_go(lease).await;
     }
-    let _ = lease.release().await;
+}
+
+/// [`give_back`] for a native stream's lease, which stays listed (see
+/// [`Holds`](super::handover::Holds)) until it is given back: a client that re-attaches
+/// it meanwhile on another stream of this server takes it over, promise and all.
+pub(crate) async fn give_back_listed(
+    mut hold: Hold,
+    mut listed: Listed,
+    clean_end: impl Future<Output = ()>,
+    how: &LetGo,
+) {
+    let mut clean_end = std::pin::pin!(clean_end);
+    let clean = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(hold.promised) => break false,
+            _ = how.early() => break false,
+            _ = &mut clean_end => break true,
+            Some(claim) = listed.claims.recv() => match hand(claim, hold) {
+                Ok(()) => return,
+                Err(back) => hold = back,
+            },
+        }
+    };
+    drop(listed);
+    if clean {
+        let _ = hold.lease.release().await;
+    } else {
+        how.let_go(hold.lease).await;
+    }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use super::handover::{Holds, LetGo};
 use super::options::{ServeError, ServeOptions, TlsFiles};
 use super::routes::routes;
 use super::shared::Shared;
@@ -65,7 +66,13 @@ impl LeaseServer {
         })?;
         let stopping = CancellationToken::new();
         let streams = Arc::new(tokio::sync::watch::Sender::new(0));
+        let let_go = LetGo {
+            shared_store: manager.backend().shared(),
+            stopping: stopping.clone(),
+        };
         let shared = Shared {
+            holds: Holds::default(),
+            let_go,
             manager,
             options: Arc::new(options),
             stopping: stopping.clone(),

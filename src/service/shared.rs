@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::handover::{Holds, LetGo};
 use super::options::ServeOptions;
 use crate::LeaseManager;
 
@@ -22,6 +23,10 @@ pub(crate) struct Shared {
     pub(crate) active: Arc<tokio::sync::watch::Sender<usize>>,
     /// Open lease streams per client connection (by its remote address).
     pub(crate) streams: Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>>,
+    /// The leases native streams hold, for a client that re-attaches one.
+    pub(crate) holds: Holds,
+    /// How a lease whose client did not release it is let go of.
+    pub(crate) let_go: LetGo,
 }
 
 /// One open lease stream, counted against its connection's limit until dropped.

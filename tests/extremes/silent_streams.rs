@@ -46,6 +46,7 @@ impl Protocol for Native {
                 ttl: Some(two_seconds()),
                 metadata: Vec::new(),
                 wait: None,
+                resume: None,
             })),
         }
     }

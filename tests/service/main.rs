@@ -15,6 +15,7 @@ mod client_side;
 mod conformance;
 mod ftl;
 mod ops;
+mod reattach;
 
 use std::time::Duration;
 

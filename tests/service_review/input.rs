@@ -84,6 +84,7 @@ fn acquire(
             ttl,
             metadata: Vec::new(),
             wait,
+            resume: None,
         })),
     }
 }

@@ -9,4 +9,5 @@ pub mod proxy;
 #[cfg(feature = "server")]
 pub mod remote;
 pub mod rng;
+pub mod shared_store;
 pub mod slowed;

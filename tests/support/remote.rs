@@ -230,6 +230,15 @@ impl RawStream {
         }
     }
 
+    /// The status in the stream's trailers, once its messages are read.
+    pub async fn status(&mut self) -> tonic::Status {
+        match self.body.trailers().await {
+            Ok(Some(trailers)) => tonic::Status::from_header_map(&trailers)
+                .unwrap_or_else(|| tonic::Status::unknown("no grpc-status")),
+            other => tonic::Status::unknown(format!("no trailers: {other:?}")),
+        }
+    }
+
     pub fn reset(&mut self, reason: h2::Reason) {
         self.send.send_reset(reason);
     }
@@ -246,6 +255,7 @@ pub async fn raw_hold(addr: SocketAddr, key: &Key, ttl: Duration) -> (RawStream,
             ttl: Some(ttl.try_into().unwrap()),
             metadata: Vec::new(),
             wait: None,
+            resume: None,
         })),
     });
     let answer: HoldResponse = s.next().await.expect("an answer");
@@ -255,6 +265,38 @@ pub async fn raw_hold(addr: SocketAddr, key: &Key, ttl: Duration) -> (RawStream,
     };
     assert!(left > Duration::ZERO);
     (s, sent + left)
+}
+
+/// Re-attaches the lease `(key, token)` on a new raw native `Hold` stream: the stream,
+/// the token and the instant before which the server cannot have promised its time
+/// left, or the status the server ended the stream with.
+pub async fn raw_resume(
+    addr: SocketAddr,
+    key: &Key,
+    ttl: Duration,
+    token: u64,
+) -> Result<(RawStream, u64, Instant), tonic::Status> {
+    let mut s = RawStream::open(addr, "/leases.v1.Leases/Hold").await;
+    let sent = Instant::now();
+    s.send(&HoldRequest {
+        kind: Some(In::Acquire(Acquire {
+            key: key.to_string(),
+            ttl: Some(ttl.try_into().unwrap()),
+            metadata: Vec::new(),
+            wait: None,
+            resume: Some(token),
+        })),
+    });
+    match s.next::<HoldResponse>().await {
+        Some(HoldResponse {
+            kind: Some(Out::Granted(g)),
+        }) => {
+            let left = Duration::try_from(g.time_left.unwrap()).unwrap();
+            Ok((s, g.token, sent + left))
+        }
+        Some(other) => panic!("not an answer to a resume: {other:?}"),
+        None => Err(s.status().await),
+    }
 }
 
 pub fn ftl_request(key: &Key, ttl: Duration) -> AcquireLeaseRequest {

@@ -262,6 +262,10 @@ impl Backend for EtcdBackend {
         self.inner.check_read().await
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn subscribe_freed(&self) -> FreedKeys {
         self.watch.subscribe(&self.inner)
     }

@@ -302,6 +302,10 @@ impl Backend for PostgresBackend {
         .await
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn subscribe_freed(&self) -> FreedKeys {
         FreedKeys::new(self.frees.subscribe())
     }

@@ -56,6 +56,7 @@ use owed::Owed;
 
 use super::first::NoFirst;
 use super::give_back::give_back;
+use super::handover::LetGo;
 use super::shared::{Shared, StreamSlot};
 use super::status::{duration_of, status_of};
 use crate::proto::xyz::block::ftl::lease::v1::lease_service_server::LeaseService;
@@ -315,22 +316,24 @@ async fn run_stream(
         End::Broken(status) => {
             tx.send_modify(|p| p.end = Some(status));
             drop(tx);
-            give_back_all(held).await;
+            give_back_all(held, &shared.let_go).await;
         }
         End::Gone => {
             drop(tx);
-            give_back_all(held).await;
+            give_back_all(held, &shared.let_go).await;
         }
     }
 }
 
 /// Gives back every lease of a stream that did not end by the client's release, each
 /// when its promise has run out (see [`give_back`]).
-async fn give_back_all(held: HashMap<Key, Held>) {
+async fn give_back_all(held: HashMap<Key, Held>, how: &LetGo) {
     let mut releases = tokio::task::JoinSet::new();
     for (_, h) in held {
         let promised = h.promised();
-        releases.spawn(give_back(h.lease, promised, std::future::pending()));
+        let how = how.clone();
+        releases
+            .spawn(async move { give_back(h.lease, promised, std::future::pending(), &how).await });
     }
     while releases.join_next().await.is_some() {}
 }

@@ -1,0 +1,132 @@
+//! Re-attaching a lease to a new stream, and handing leases over when a server goes
+//! away: what lets a lease outlive the stream (and the server) that held it.
+//!
+//! Every native `Hold` stream of a server lists its lease here by key and token, for as
+//! long as it holds it: while the stream lives, and after it broke while the server
+//! waits out what it promised the client. A client that re-attaches its lease
+//! (`acquire` with `resume`, see `proto/leases/v1/leases.proto`) on a new stream of the
+//! same server takes the lease over from the stream that lists it ([`Holds::take`]):
+//! that stream ends, and the new one carries the same lease (same token, same renewal,
+//! the promise made so far). Only when no stream of this server lists it does the new
+//! stream ask the manager to resume it from the store
+//! ([`AcquireOptions::resume`](crate::AcquireOptions::resume)), which is how a lease
+//! moves between servers.
+//!
+//! A server whose store outlives it ([`Backend::shared`](crate::backend::Backend::shared))
+//! therefore never frees a key its client did not release: once the promise has run
+//! out, or at once when the server stops, it lets go of the lease without releasing it
+//! ([`LetGo`]), so that a client that re-attached it elsewhere keeps it, and the key is
+//! otherwise free when it expires. On the memory backend, whose leases die with the
+//! server, nothing can re-attach elsewhere: the server keeps its promises before it
+//! stops and then releases, as before.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Key, Lease, LeaseContext};
+
+/// A lease held for a client, as it passes from one stream to another.
+pub(crate) struct Hold {
+    pub(crate) lease: Lease,
+    pub(crate) ctx: LeaseContext,
+    /// The latest instant the client was told it may act until.
+    pub(crate) promised: Instant,
+}
+
+/// A request to hand a hold over: the hold goes into the channel.
+pub(crate) type Claim = oneshot::Sender<Hold>;
+
+type Entries = HashMap<(Key, u64), (u64, mpsc::UnboundedSender<Claim>)>;
+
+/// The leases the native streams of one server hold, by key and token.
+#[derive(Clone, Default)]
+pub(crate) struct Holds {
+    entries: Arc<Mutex<Entries>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A stream's entry in [`Holds`]: claims for its lease arrive in `claims`. Dropping it
+/// takes the entry out.
+pub(crate) struct Listed {
+    entries: Arc<Mutex<Entries>>,
+    key: (Key, u64),
+    id: u64,
+    pub(crate) claims: mpsc::UnboundedReceiver<Claim>,
+}
+
+impl Holds {
+    /// Lists the lease `(key, token)` as held by the caller's stream.
+    pub(crate) fn list(&self, key: &Key, token: u64) -> Listed {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, claims) = mpsc::unbounded_channel();
+        crate::sync::lock(&self.entries).insert((key.clone(), token), (id, tx));
+        Listed {
+            entries: self.entries.clone(),
+            key: (key.clone(), token),
+            id,
+            claims,
+        }
+    }
+
+    /// Takes the lease `(key, token)` over from the stream of this server that lists
+    /// it, if one does and hands it over; `None` otherwise (no stream here holds it, or
+    /// the one that did ended meanwhile).
+    pub(crate) async fn take(&self, key: &Key, token: u64) -> Option<Hold> {
+        let holder = crate::sync::lock(&self.entries)
+            .get(&(key.clone(), token))
+            .map(|(_, tx)| tx.clone())?;
+        let (claim, handed) = oneshot::channel();
+        holder.send(claim).ok()?;
+        handed.await.ok()
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        let mut entries = crate::sync::lock(&self.entries);
+        if entries.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            entries.remove(&self.key);
+        }
+    }
+}
+
+/// Hands `hold` to the stream that claimed it; gives it back if that stream has gone.
+pub(crate) fn hand(claim: Claim, hold: Hold) -> Result<(), Hold> {
+    claim.send(hold)
+}
+
+/// How a server lets go of a lease whose client did not say it has stopped.
+#[derive(Clone)]
+pub(crate) struct LetGo {
+    /// The store outlives this server: leases are left there, never released.
+    pub(crate) shared_store: bool,
+    /// Cancelled when the server stops.
+    pub(crate) stopping: CancellationToken,
+}
+
+impl LetGo {
+    /// Completes when the server may let go of a lease early, without waiting out its
+    /// promise: when it stops, if the lease lives on in a shared store. Never, otherwise.
+    pub(crate) async fn early(&self) {
+        if self.shared_store {
+            self.stopping.cancelled().await
+        } else {
+            std::future::pending().await
+        }
+    }
+
+    /// Lets go of `lease` once nothing more is owed to its client: on a shared store it
+    /// is left there (to expire, or to be re-attached through another server); on a
+    /// store that dies with this server it is released.
+    pub(crate) async fn let_go(&self, lease: Lease) {
+        if self.shared_store {
+            lease.leave();
+        } else {
+            let _ = lease.release().await;
+        }
+    }
+}

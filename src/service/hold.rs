@@ -1,0 +1,304 @@
+//! One native `Hold` stream: the acquire (or re-attach), the heartbeats, and how the
+//! stream's lease is let go of when the stream ends (see `give_back.rs` and
+//! `handover.rs`).
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Status, Streaming};
+
+use super::first::NoFirst;
+use super::give_back::give_back_listed;
+use super::handover::{hand, Claim, Hold};
+use super::native::options_of;
+use super::shared::{Shared, StreamSlot};
+use super::status::{proto_duration, status_of, time_left};
+use crate::proto::leases::v1::ended::Reason;
+use crate::proto::leases::v1::hold_request::Kind as In;
+use crate::proto::leases::v1::hold_response::Kind as Out;
+use crate::proto::leases::v1::{Ended, Granted, HoldRequest, HoldResponse, Renewed};
+use crate::{AcquireOptions, CancelReason, Key, LeaseError};
+
+/// Unread answers after which a client is treated as gone.
+pub(crate) const UNREAD_LIMIT: usize = 64;
+
+type Answers = mpsc::Sender<Result<HoldResponse, Status>>;
+
+fn answer(kind: Out) -> Result<HoldResponse, Status> {
+    Ok(HoldResponse { kind: Some(kind) })
+}
+
+fn ended(reason: Reason, message: impl Into<String>) -> Result<HoldResponse, Status> {
+    answer(Out::Ended(Ended {
+        reason: reason as i32,
+        message: message.into(),
+    }))
+}
+
+fn ended_by(reason: &CancelReason) -> Result<HoldResponse, Status> {
+    let r = match reason {
+        CancelReason::Released => Reason::Released,
+        CancelReason::Revoked => Reason::Revoked,
+        CancelReason::Shutdown => Reason::Shutdown,
+        _ => Reason::Lost,
+    };
+    ended(r, reason.to_string())
+}
+
+/// Serves one `Hold` stream.
+pub(crate) async fn run_hold(
+    shared: Shared,
+    mut incoming: Streaming<HoldRequest>,
+    tx: Answers,
+    slot: StreamSlot,
+) {
+    // The first request: acquire.
+    let first = match super::first::first_request(&shared, &mut incoming, tx.closed()).await {
+        Ok(first) => first,
+        Err(NoFirst::End(status)) => {
+            let _ = tx.try_send(Err(status));
+            return;
+        }
+        Err(NoFirst::Gone | NoFirst::Stopping) => return,
+    };
+    let acquire = match first {
+        HoldRequest {
+            kind: Some(In::Acquire(a)),
+        } => a,
+        _ => {
+            let _ = tx.try_send(Err(Status::invalid_argument(
+                "the first request of a Hold stream must be `acquire`",
+            )));
+            return;
+        }
+    };
+    let resume = acquire.resume;
+    let (key, options) = match options_of(acquire) {
+        Ok(x) => x,
+        Err(status) => {
+            let _ = tx.try_send(Err(status));
+            return;
+        }
+    };
+    let ttl = options.ttl();
+    let stopping = shared.stopping.clone();
+    let got = tokio::select! {
+        _ = stopping.cancelled() => Err(Status::unavailable("the lease service is shutting down")),
+        // The client is gone: dropping the acquire gives up (the manager cleans up, and
+        // a hold being taken over from another stream stays with it).
+        _ = tx.closed() => return,
+        got = obtain(&shared, key.clone(), options, resume) => got,
+    };
+    let mut hold = match got {
+        Ok(hold) => hold,
+        Err(status) => {
+            let _ = tx.try_send(Err(status));
+            return;
+        }
+    };
+    let token = hold.lease.token();
+    let mut listed = shared.holds.list(&key, token);
+    if let Some(reason) = hold.ctx.reason() {
+        // A re-attached lease that had already ended: say so, and let it go as the
+        // stream that held it would have.
+        let _ = tx.try_send(Err(Status::failed_precondition(format!(
+            "lease {key} is no longer held: {reason}"
+        ))));
+        drop((tx, slot));
+        return give_back_listed(hold, listed, release_of(&mut incoming), &shared.let_go).await;
+    }
+    // How long the client may act on what it was told: the server's deadline when it
+    // last answered (the client counts from the earlier instant it sent the request).
+    // Until then nobody else may have the key, unless the client says it has stopped.
+    let left = time_left(&hold.ctx, ttl);
+    hold.promised = hold.promised.max(Instant::now() + left);
+    let granted = answer(Out::Granted(Granted {
+        token,
+        time_left: Some(proto_duration(left)),
+    }));
+    if tx.try_send(granted).is_err() {
+        // The client went away before it heard of the lease (a resumed one may still
+        // have been promised time on another stream).
+        drop(tx);
+        return give_back_listed(hold, listed, std::future::pending(), &shared.let_go).await;
+    }
+    let mut last = Instant::now();
+    let end = loop {
+        let event = tokio::select! {
+            biased;
+            _ = stopping.cancelled() => Event::Stopping,
+            reason = hold.ctx.cancelled() => Event::Ended(reason),
+            // The client dropped its answers (a reset, or its connection is gone).
+            _ = tx.closed() => Event::Gone,
+            Some(claim) = listed.claims.recv() => Event::Claimed(claim),
+            _ = tokio::time::sleep_until(last + ttl) => Event::Silent,
+            m = incoming.message() => Event::Request(m),
+        };
+        match event {
+            Event::Stopping if shared.let_go.shared_store => {
+                break ended(
+                    Reason::HandedOver,
+                    "the lease service is shutting down: re-attach the lease through another server",
+                );
+            }
+            Event::Stopping => break ended(Reason::Shutdown, "the lease service is shutting down"),
+            Event::Ended(reason) => break ended_by(&reason),
+            Event::Gone => {
+                if released_already(&mut incoming) {
+                    let _ = hold.lease.release().await;
+                    return;
+                }
+                break Err(Status::cancelled("the client went away"));
+            }
+            Event::Claimed(claim) => match hand(claim, hold) {
+                Ok(()) => {
+                    let _ = tx.try_send(Err(Status::cancelled(
+                        "the lease was re-attached on another stream",
+                    )));
+                    return;
+                }
+                Err(back) => hold = back,
+            },
+            Event::Silent => {
+                break ended(
+                    Reason::Lost,
+                    "no request within the TTL: the client is gone",
+                );
+            }
+            Event::Request(Ok(Some(HoldRequest {
+                kind: Some(In::Heartbeat(_)),
+            }))) => {
+                last = Instant::now();
+                // Never confirm an ended lease.
+                if let Some(reason) = hold.ctx.reason() {
+                    break ended_by(&reason);
+                }
+                let left = time_left(&hold.ctx, ttl);
+                hold.promised = hold.promised.max(Instant::now() + left);
+                let renewed = answer(Out::Renewed(Renewed {
+                    time_left: Some(proto_duration(left)),
+                }));
+                // Keep the last slot for the end (its status must reach the client).
+                if tx.capacity() <= 1 || tx.try_send(renewed).is_err() {
+                    break Err(Status::resource_exhausted(
+                        "the client does not read its answers",
+                    ));
+                }
+            }
+            Event::Request(Ok(Some(HoldRequest {
+                kind: Some(In::Release(_)),
+            }))) => {
+                drop(listed);
+                let _ = hold.lease.release().await;
+                let _ = tx.try_send(ended(Reason::Released, "released"));
+                return;
+            }
+            Event::Request(Ok(Some(_))) => {
+                break Err(Status::invalid_argument(
+                    "only heartbeat and release may follow acquire",
+                ));
+            }
+            // Not a release: a client that has stopped says `release` first.
+            Event::Request(Ok(None)) => {
+                break Err(Status::cancelled(
+                    "the client closed the stream without releasing",
+                ))
+            }
+            Event::Request(Err(status)) => break Err(status),
+        }
+    };
+    // Tell the client first; then the remote-holder rule decides when the key goes back:
+    // at the client's `release`, or when the time it was last promised has passed (or,
+    // on a shared store, at once when this server stops: the client re-attaches
+    // elsewhere). Until then a re-attach on another stream of this server takes it over.
+    let _ = tx.try_send(end);
+    drop(tx);
+    // The stream is over: it no longer counts against its connection's limit.
+    drop(slot);
+    give_back_listed(hold, listed, release_of(&mut incoming), &shared.let_go).await;
+}
+
+/// What woke a holding stream.
+enum Event {
+    Stopping,
+    Ended(CancelReason),
+    Gone,
+    Claimed(Claim),
+    Silent,
+    Request(Result<Option<HoldRequest>, Status>),
+}
+
+/// The stream's lease: acquired, or re-attached (taken over from another stream of this
+/// server, or resumed from the store).
+async fn obtain(
+    shared: &Shared,
+    key: Key,
+    options: AcquireOptions,
+    resume: Option<u64>,
+) -> Result<Hold, Status> {
+    let manager = &shared.manager;
+    let options = options.keep_until_released();
+    let Some(token) = resume else {
+        let (lease, ctx) = manager
+            .acquire_lease_with(key, options)
+            .await
+            .map_err(|e| status_of(&e))?;
+        return Ok(fresh(lease, ctx));
+    };
+    if let Some(hold) = shared.holds.take(&key, token).await {
+        return Ok(hold);
+    }
+    match manager
+        .acquire_lease_with(key.clone(), options.resume(token))
+        .await
+    {
+        Ok((lease, ctx)) => Ok(fresh(lease, ctx)),
+        Err(LeaseError::NotHeld) => Err(Status::failed_precondition(format!(
+            "lease {key} with token {token} is no longer held: it expired, was released, \
+             revoked or taken over"
+        ))),
+        // Held here by a stream that has not handed it over (yet): try again.
+        Err(LeaseError::Conflict) => Err(Status::unavailable(format!(
+            "lease {key} is held by another stream of this server that is letting go of \
+             it: try again"
+        ))),
+        Err(e) => Err(status_of(&e)),
+    }
+}
+
+fn fresh(lease: crate::Lease, ctx: crate::LeaseContext) -> Hold {
+    Hold {
+        lease,
+        ctx,
+        promised: Instant::now(),
+    }
+}
+
+/// Whether a `release` is already waiting among the requests read so far (a client
+/// that released and dropped its answers at once), without waiting for more.
+fn released_already(incoming: &mut Streaming<HoldRequest>) -> bool {
+    use futures_util::FutureExt;
+    loop {
+        match incoming.message().now_or_never() {
+            Some(Ok(Some(HoldRequest {
+                kind: Some(In::Release(_)),
+            }))) => return true,
+            Some(Ok(Some(_))) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Returns when the client sends `release` (after its lease ended, it says so once it
+/// has stopped); never if the stream ends or breaks first, since neither tells whether
+/// the client has stopped.
+async fn release_of(incoming: &mut Streaming<HoldRequest>) {
+    loop {
+        match incoming.message().await {
+            Ok(Some(HoldRequest {
+                kind: Some(In::Release(_)),
+            })) => return,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => std::future::pending().await,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! A memory store that says it outlives its servers ([`Backend::shared`]), as PostgreSQL
+//! and etcd do: several lease servers in one test process on one store, where a lease
+//! can be re-attached through another server, on the memory backend's speed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
+use leases::{BackendError, Key};
+
+/// A [`MemoryBackend`] shared by every clone, with `shared()` true.
+#[derive(Clone, Default)]
+pub struct SharedStore {
+    inner: Arc<MemoryBackend>,
+}
+
+#[async_trait]
+impl Backend for SharedStore {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<AcquireOutcome, BackendError> {
+        self.inner.acquire(key, ttl, metadata).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<RenewOutcome, BackendError> {
+        self.inner.renew(key, token, ttl).await
+    }
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
+        self.inner.release(key, token).await
+    }
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
+        self.inner.revoke(key).await
+    }
+    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
+        self.inner.info(key).await
+    }
+    fn subscribe_freed(&self) -> FreedKeys {
+        self.inner.subscribe_freed()
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+}
