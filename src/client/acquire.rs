@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::connection::ClientLeaser;
 use super::keep::{drive, time_left_of, Owner, Sent};
+use super::reattach::{open, Resume};
 use super::status::{error_of, unavailable};
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;
@@ -25,35 +26,50 @@ impl Leaser for ClientLeaser {
         options.validate(&key, self.options().min_ttl)?;
         let ttl = options.ttl();
         let wait = options.wait;
-        let (requests, mut rx) = mpsc::unbounded_channel::<HoldRequest>();
-        let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let sent = Sent::now();
-        let _ = requests.send(HoldRequest {
-            kind: Some(In::Acquire(Acquire {
-                key: key.to_string(),
-                ttl: Some(crate::proto::duration(ttl)),
-                metadata: options.metadata.clone(),
-                wait: wait.map(crate::proto::duration),
-                resume: options.resume,
-            })),
-        });
-        let mut request = self.request(outgoing);
-        // The stream lives as long as the lease: no gRPC deadline on it (a server or
-        // proxy that honours one would end the lease when it passed). The client bounds
-        // its own waits; the answer may take as long as the wait, plus the usual.
-        request.metadata_mut().remove("grpc-timeout");
+        let acquire = Acquire {
+            key: key.to_string(),
+            ttl: Some(crate::proto::duration(ttl)),
+            metadata: options.metadata.clone(),
+            wait: wait.map(crate::proto::duration),
+            resume: options.resume,
+        };
+        // The client bounds its own waits; the answer may take as long as the wait,
+        // plus the usual.
         let limit = self
             .options()
             .request_timeout
             .saturating_add(wait.unwrap_or_default());
-        let mut answers = tokio::time::timeout(limit, self.client().hold(request))
-            .await
-            .map_err(|_| unavailable("the lease service did not answer in time"))?
-            .map_err(|s| error_of(&s, wait))?
-            .into_inner();
-        let first = tokio::time::timeout(limit, answers.message())
-            .await
-            .map_err(|_| unavailable("the lease service did not answer in time"))?;
+        // The first server that answers (a server that cannot be reached, or that is
+        // shutting down, passes the acquire on to the next).
+        let mut tries = self.servers();
+        let (server, mut stream, sent, first) = loop {
+            let server = self.current();
+            let got = tokio::time::timeout(limit, async {
+                let (mut stream, sent) = open(self, server, acquire.clone()).await?;
+                let first = stream.answers.message().await;
+                Ok::<_, tonic::Status>((stream, sent, first))
+            })
+            .await;
+            let unreachable = match &got {
+                Err(_) => Some(unavailable("the lease service did not answer in time")),
+                Ok(Err(s)) | Ok(Ok((_, _, Err(s)))) if s.code() == tonic::Code::Unavailable => {
+                    Some(error_of(s, wait))
+                }
+                _ => None,
+            };
+            tries -= 1;
+            if let Some(error) = unreachable {
+                if tries == 0 {
+                    return Err(error);
+                }
+                self.move_on_from(server);
+                continue;
+            }
+            let (stream, sent, first) = got
+                .map_err(|_| unavailable("the lease service did not answer in time"))?
+                .map_err(|s| error_of(&s, wait))?;
+            break (server, stream, sent, first);
+        };
         let (token, mut time_left) = match first {
             Ok(Some(HoldResponse {
                 kind: Some(Out::Granted(g)),
@@ -69,12 +85,15 @@ impl Leaser for ClientLeaser {
             // The grant may have come long after the request: confirm the time left
             // with a heartbeat's round trip.
             let hb = Sent::now();
-            let _ = requests.send(HoldRequest {
+            let _ = stream.requests.send(HoldRequest {
                 kind: Some(In::Heartbeat(Heartbeat {})),
             });
-            let next = tokio::time::timeout(self.options().request_timeout, answers.message())
-                .await
-                .map_err(|_| unavailable("the lease service did not confirm the grant in time"))?;
+            let next =
+                tokio::time::timeout(self.options().request_timeout, stream.answers.message())
+                    .await
+                    .map_err(|_| {
+                        unavailable("the lease service did not confirm the grant in time")
+                    })?;
             match next {
                 Ok(Some(HoldResponse {
                     kind: Some(Out::Renewed(r)),
@@ -97,11 +116,18 @@ impl Leaser for ClientLeaser {
         let (sender, ctx) =
             LeaseContext::new_since(token, Some(confirmed.at + time_left), confirmed.since);
         let (commands, command_rx) = mpsc::unbounded_channel();
-        tokio::spawn(drive(
+        let resume = Resume {
+            leaser: self.clone(),
+            key: key.clone(),
             ttl,
+            metadata: options.metadata,
+            token,
+            server,
+        };
+        tokio::spawn(drive(
             options.keep,
-            requests,
-            answers,
+            stream,
+            resume,
             sender,
             ctx.clone(),
             command_rx,

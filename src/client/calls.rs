@@ -1,10 +1,15 @@
 //! The service's one-shot calls, beside the leases a [`ClientLeaser`] holds: revoke,
 //! info, list and the readiness check.
 
+use std::future::Future;
 use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use super::connection::ClientLeaser;
 use super::status::{error_of, unavailable};
+use crate::proto::leases::v1::leases_client::LeasesClient;
 use crate::proto::leases::v1::{KeyRequest, ListRequest};
 use crate::{Key, LeaseError, LeaseInfo};
 
@@ -14,10 +19,12 @@ impl ClientLeaser {
     /// nobody held it.
     pub async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
         let answer = self
-            .client()
-            .revoke(self.request(KeyRequest {
-                key: key.to_string(),
-            }))
+            .on_any(|mut c| {
+                let request = self.request(KeyRequest {
+                    key: key.to_string(),
+                });
+                async move { c.revoke(request).await }
+            })
             .await
             .map_err(|s| error_of(&s, None))?;
         Ok(answer.into_inner().revoked)
@@ -26,10 +33,12 @@ impl ClientLeaser {
     /// The current lease on `key`, if any.
     pub async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
         let answer = self
-            .client()
-            .info(self.request(KeyRequest {
-                key: key.to_string(),
-            }))
+            .on_any(|mut c| {
+                let request = self.request(KeyRequest {
+                    key: key.to_string(),
+                });
+                async move { c.info(request).await }
+            })
             .await
             .map_err(|s| error_of(&s, None))?;
         answer.into_inner().lease.map(from_proto).transpose()
@@ -48,12 +57,13 @@ impl ClientLeaser {
             .saturating_mul(crate::proto::MAX_LISTED_LEASE_BYTES)
             .saturating_add(64 * 1024);
         let answer = self
-            .client()
-            .max_decoding_message_size(most)
-            .list(self.request(ListRequest {
-                prefix: prefix.to_string(),
-                limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            }))
+            .on_any(|c| {
+                let request = self.request(ListRequest {
+                    prefix: prefix.to_string(),
+                    limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                });
+                async move { c.max_decoding_message_size(most).list(request).await }
+            })
             .await
             .map_err(|s| error_of(&s, None))?;
         answer
@@ -76,6 +86,29 @@ impl ClientLeaser {
             Some(why) => Err(unavailable(format!(
                 "the lease service is not ready: {why}"
             ))),
+        }
+    }
+}
+
+impl ClientLeaser {
+    /// Makes a call on the current server, and on each next one while the server cannot
+    /// be reached or is not serving (`UNAVAILABLE`): the first other answer, or the
+    /// last server's.
+    async fn on_any<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(LeasesClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut tries = self.servers();
+        loop {
+            let server = self.current();
+            match call(self.client_at(server)).await {
+                Err(s) if s.code() == Code::Unavailable && tries > 1 => {
+                    tries -= 1;
+                    self.move_on_from(server);
+                }
+                other => return other,
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`ClientLeaser`] and its one connection: reaching the service (TLS, bearer token,
 //! timeouts), and the requests every call sends on it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +62,11 @@ pub struct ClientLeaser {
 }
 
 struct Inner {
-    channel: Channel,
+    /// One connection per server, in the order of [`ClientOptions::urls`].
+    channels: Vec<Channel>,
+    /// The server new calls go to: the first that answered, then the next one each
+    /// time the current one cannot be reached.
+    current: AtomicUsize,
     auth: Option<MetadataValue<tonic::metadata::Ascii>>,
     options: ClientOptions,
 }
@@ -69,7 +74,7 @@ struct Inner {
 impl std::fmt::Debug for ClientLeaser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientLeaser")
-            .field("url", &self.inner.options.url)
+            .field("urls", &self.inner.options.urls)
             .finish()
     }
 }
@@ -80,47 +85,56 @@ impl ClientLeaser {
         ClientLeaser::connect_with(ClientOptions::new(url)).await
     }
 
-    /// Connects with `options`. Fails with [`LeaseError::Backend`] when the service
-    /// cannot be reached, and [`LeaseError::InvalidConfig`] for a bad URL or TLS file
-    /// or a zero timeout.
+    /// Connects with `options`: to the first of its servers that answers (the others are
+    /// connected to when needed). Fails with [`LeaseError::Backend`] when no server can
+    /// be reached (the error is the first server's), and [`LeaseError::InvalidConfig`]
+    /// for a bad URL or TLS file or a zero timeout.
     pub async fn connect_with(options: ClientOptions) -> Result<ClientLeaser, LeaseError> {
         if options.connect_timeout.is_zero() || options.request_timeout.is_zero() {
             return Err(LeaseError::InvalidConfig(
                 "the connect and request timeouts must be positive".into(),
             ));
         }
-        let mut endpoint = Endpoint::from_shared(options.url.clone())
-            .map_err(|e| {
-                LeaseError::InvalidConfig(format!("bad lease service URL {:?}: {e}", options.url))
-            })?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        if options.url.starts_with("https://") || options.ca_certificate_pem.is_some() {
-            let mut tls = ClientTlsConfig::new();
-            if let Some(ca) = &options.ca_certificate_pem {
-                tls = tls.ca_certificate(Certificate::from_pem(ca));
-            }
-            if let Some((cert, key)) = &options.identity_pem {
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            if let Some(domain) = &options.domain {
-                tls = tls.domain_name(domain.clone());
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| LeaseError::InvalidConfig(format!("TLS: {e}")))?;
+        if options.urls.is_empty() {
+            return Err(LeaseError::InvalidConfig(
+                "no lease service URL was given".into(),
+            ));
         }
-        // The transport error is kept as the cause: it says why (refused, DNS, TLS).
-        let channel = endpoint.connect().await.map_err(|e| {
-            LeaseError::Backend(BackendError::with_source(
-                BackendErrorKind::Unavailable,
-                format!("cannot reach the lease service at {}: {e}", options.url),
-                e,
-            ))
-        })?;
+        let endpoints = options
+            .urls
+            .iter()
+            .map(|url| endpoint(&options, url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut channels = Vec::with_capacity(endpoints.len());
+        let mut first_error = None;
+        let mut current = None;
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
+            if current.is_some() {
+                channels.push(endpoint.connect_lazy());
+                continue;
+            }
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    current = Some(i);
+                    channels.push(channel);
+                }
+                Err(e) => {
+                    // The transport error is kept as the cause: it says why (refused,
+                    // DNS, TLS).
+                    first_error.get_or_insert_with(|| {
+                        LeaseError::Backend(BackendError::with_source(
+                            BackendErrorKind::Unavailable,
+                            format!("cannot reach the lease service at {}: {e}", options.urls[i]),
+                            e,
+                        ))
+                    });
+                    channels.push(endpoint.connect_lazy());
+                }
+            }
+        }
+        let Some(current) = current else {
+            return Err(first_error.unwrap_or(LeaseError::ManagerStopped));
+        };
         let auth =
             match &options.bearer_token {
                 Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
@@ -130,16 +144,17 @@ impl ClientLeaser {
             };
         Ok(ClientLeaser {
             inner: Arc::new(Inner {
-                channel,
+                channels,
+                current: AtomicUsize::new(current),
                 auth,
                 options,
             }),
         })
     }
 
-    /// A client of the native service on this leaser's connection.
-    pub(super) fn client(&self) -> LeasesClient<Channel> {
-        LeasesClient::new(self.channel().clone())
+    /// A client of the native service on server `i`'s connection.
+    pub(super) fn client_at(&self, i: usize) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel_at(i).clone())
     }
 
     /// A request carrying the bearer token (if any) and the request timeout.
@@ -164,8 +179,67 @@ impl ClientLeaser {
         &self.inner.options
     }
 
-    /// The leaser's one connection to the service.
+    /// The connection to the current server.
     pub(super) fn channel(&self) -> &Channel {
-        &self.inner.channel
+        self.channel_at(self.current())
     }
+
+    /// The index of the server new calls go to.
+    pub(super) fn current(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed)
+    }
+
+    /// How many servers this leaser knows.
+    pub(super) fn servers(&self) -> usize {
+        self.inner.channels.len()
+    }
+
+    /// The connection to server `i` (modulo their number).
+    pub(super) fn channel_at(&self, i: usize) -> &Channel {
+        &self.inner.channels[i % self.inner.channels.len()]
+    }
+
+    /// The URL of server `i` (modulo their number).
+    pub(super) fn url_at(&self, i: usize) -> &str {
+        &self.inner.options.urls[i % self.inner.options.urls.len()]
+    }
+
+    /// Server `failed` could not be reached: new calls go to the next one (unless
+    /// another call moved on already).
+    pub(super) fn move_on_from(&self, failed: usize) {
+        let next = (failed + 1) % self.inner.channels.len();
+        let _ = self.inner.current.compare_exchange(
+            failed % self.inner.channels.len(),
+            next,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The endpoint of the server at `url`, with the options' TLS and timeouts.
+fn endpoint(options: &ClientOptions, url: &str) -> Result<Endpoint, LeaseError> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| LeaseError::InvalidConfig(format!("bad lease service URL {url:?}: {e}")))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") || options.ca_certificate_pem.is_some() {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &options.ca_certificate_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &options.identity_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &options.domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| LeaseError::InvalidConfig(format!("TLS: {e}")))?;
+    }
+    Ok(endpoint)
 }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::reattach::{is_break, reattach, Resume, Stream};
 use super::status::unavailable;
 use crate::context::ContextSender;
 use crate::lease::LeaseOwner;
@@ -70,26 +71,30 @@ pub(super) fn time_left_of(d: Option<prost_types::Duration>, ttl: Duration) -> D
         .min(ttl)
 }
 
-/// Keeps one lease: heartbeats every TTL/4, extends the context by each answer, ends
-/// it when the stream tells or breaks, and carries out the holder's release.
+/// Keeps one lease: heartbeats every TTL/4, extends the context by each answer,
+/// re-attaches the lease when its stream breaks, ends the context when the server says
+/// so (or no server takes the lease back before its deadline), and carries out the
+/// holder's release.
 pub(super) async fn drive(
-    ttl: Duration,
     keep_key: bool,
-    requests: mpsc::UnboundedSender<HoldRequest>,
-    mut answers: tonic::Streaming<HoldResponse>,
+    mut stream: Stream,
+    mut resume: Resume,
     sender: ContextSender,
     watch: LeaseContext,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let stop = keep(
-        ttl,
-        &requests,
-        &mut answers,
+        &mut stream,
+        &mut resume,
         sender,
         watch.clone(),
         &mut commands,
     )
     .await;
+    let Stream {
+        requests,
+        mut answers,
+    } = stream;
     if stop != Stop::Released {
         // The lease ended without the holder's release. The server keeps the key until
         // we say we have stopped (`release`) or the time it promised us has passed. A
@@ -156,18 +161,22 @@ enum Stop {
 
 /// The body of [`drive`]: returns once the context has ended, and how.
 async fn keep(
-    ttl: Duration,
-    requests: &mpsc::UnboundedSender<HoldRequest>,
-    answers: &mut tonic::Streaming<HoldResponse>,
+    stream: &mut Stream,
+    resume: &mut Resume,
     sender: ContextSender,
     watch: LeaseContext,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Stop {
+    let ttl = resume.ttl;
     let every = ttl / 4;
+    // A heartbeat unanswered for this long means the stream (or its server) is stuck:
+    // re-attach, as for a broken stream.
+    let overdue = (ttl / 3).max(Duration::from_millis(500));
     let mut pending: VecDeque<Sent> = VecDeque::new();
     let mut next = Instant::now() + every;
     loop {
-        tokio::select! {
+        let stuck = pending.front().map(|s| s.at + overdue);
+        let broke = tokio::select! {
             biased;
             command = commands.recv() => {
                 let reply = match command {
@@ -183,10 +192,10 @@ async fn keep(
                     return Stop::Released;
                 }
                 sender.cancel(CancelReason::Released);
-                let _ = requests.send(HoldRequest { kind: Some(In::Release(Release {})) });
+                let _ = stream.requests.send(HoldRequest { kind: Some(In::Release(Release {})) });
                 let confirmed = tokio::time::timeout(Duration::from_secs(10), async {
                     loop {
-                        match answers.message().await {
+                        match stream.answers.message().await {
                             Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {
                                 return e.reason == Reason::Released as i32;
                             }
@@ -210,39 +219,66 @@ async fn keep(
             _ = tokio::time::sleep_until(next) => {
                 next += every;
                 pending.push_back(Sent::now());
-                if requests.send(HoldRequest { kind: Some(In::Heartbeat(Heartbeat {})) }).is_err() {
-                    sender.cancel(CancelReason::Lost(LossCause::Disconnected("the request stream closed".into())));
-                    return Stop::Other;
+                if stream.requests.send(HoldRequest { kind: Some(In::Heartbeat(Heartbeat {})) }).is_err() {
+                    "the request stream closed".to_string()
+                } else {
+                    continue;
                 }
             }
-            answer = answers.message() => match answer {
+            _ = sleep_until_opt(stuck) => "a heartbeat went unanswered".to_string(),
+            answer = stream.answers.message() => match answer {
                 Ok(Some(HoldResponse { kind: Some(Out::Renewed(r)) })) => {
                     if let Some(sent) = pending.pop_front() {
                         sender.extend(sent.at + time_left_of(r.time_left, ttl), sent.since);
                     }
+                    continue;
                 }
                 Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {
                     let told = Reason::try_from(e.reason).unwrap_or(Reason::Lost);
-                    let heard = matches!(told, Reason::Revoked | Reason::Shutdown);
-                    let reason = match told {
-                        Reason::Revoked => CancelReason::Revoked,
-                        Reason::Released => CancelReason::Released,
-                        Reason::Shutdown => CancelReason::Lost(LossCause::Remote(e.message)),
-                        _ => CancelReason::Lost(LossCause::Remote(e.message)),
-                    };
-                    sender.cancel(reason);
-                    return if heard { Stop::Heard } else { Stop::Other };
+                    if told == Reason::HandedOver {
+                        e.message
+                    } else {
+                        let heard = matches!(told, Reason::Revoked | Reason::Shutdown);
+                        let reason = match told {
+                            Reason::Revoked => CancelReason::Revoked,
+                            Reason::Released => CancelReason::Released,
+                            _ => CancelReason::Lost(LossCause::Remote(e.message)),
+                        };
+                        sender.cancel(reason);
+                        return if heard { Stop::Heard } else { Stop::Other };
+                    }
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    sender.cancel(CancelReason::Lost(LossCause::Disconnected("the lease service ended the stream".into())));
-                    return Stop::Other;
-                }
+                Ok(Some(_)) => continue,
+                Ok(None) => "the lease service ended the stream".to_string(),
+                Err(status) if is_break(&status) => status.message().to_string(),
                 Err(status) => {
                     sender.cancel(CancelReason::Lost(LossCause::Disconnected(status.message().to_string())));
                     return Stop::Other;
                 }
             },
+        };
+        // The stream broke (or its server is going away): carry the lease over to a
+        // new one, before the deadline, or end the context.
+        match reattach(resume, &sender, &watch, &broke).await {
+            Some(new) => {
+                *stream = new;
+                pending.clear();
+                next = Instant::now() + every;
+            }
+            None => {
+                if sender.reason().is_none() {
+                    sender.cancel(CancelReason::Lost(LossCause::Disconnected(broke)));
+                }
+                return Stop::Other;
+            }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

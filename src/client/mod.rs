@@ -18,6 +18,7 @@ mod calls;
 mod connection;
 mod keep;
 mod options;
+mod reattach;
 mod status;
 
 pub use connection::ClientLeaser;

@@ -8,7 +8,8 @@ use crate::leaser::MIN_TTL;
 /// How to reach a lease service. Start from [`ClientOptions::new`].
 #[derive(Clone)]
 pub struct ClientOptions {
-    pub(super) url: String,
+    /// The servers to use, in order of preference: every one serves the same store.
+    pub(super) urls: Vec<String>,
     pub(super) bearer_token: Option<String>,
     pub(super) ca_certificate_pem: Option<Vec<u8>>,
     pub(super) identity_pem: Option<(Vec<u8>, Vec<u8>)>,
@@ -21,7 +22,7 @@ pub struct ClientOptions {
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientOptions")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<set>"))
             .field("tls", &self.ca_certificate_pem.is_some())
             .finish()
@@ -32,7 +33,7 @@ impl ClientOptions {
     /// Options for the service at `url` (`http://host:port`, or `https://` for TLS).
     pub fn new(url: impl Into<String>) -> ClientOptions {
         ClientOptions {
-            url: url.into(),
+            urls: vec![url.into()],
             bearer_token: None,
             ca_certificate_pem: None,
             identity_pem: None,
@@ -41,6 +42,36 @@ impl ClientOptions {
             request_timeout: Duration::from_secs(10),
             min_ttl: MIN_TTL,
         }
+    }
+
+    /// Adds another server of the same service: one that serves the same store
+    /// (PostgreSQL or etcd). The leaser connects to the first server that answers, moves
+    /// on to the next when one cannot be reached, and re-attaches a held lease through
+    /// another server (or the same one, restarted) when its stream breaks or its server
+    /// shuts down, before the lease's deadline: the holder does not notice. Every server
+    /// must share the store; servers on the memory backend share nothing, and a lease
+    /// held through one cannot move to another (its re-attach is refused, and the
+    /// holder is told the lease is lost).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.urls.push(url.into());
+        self
+    }
+
+    /// Options for several servers of one service (see [`endpoint`](Self::endpoint)), in
+    /// order of preference; `None` when `urls` is empty.
+    pub fn endpoints<I, S>(urls: I) -> Option<ClientOptions>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut urls = urls.into_iter();
+        let first = ClientOptions::new(urls.next()?);
+        Some(urls.fold(first, |o, u| o.endpoint(u)))
+    }
+
+    /// The servers, in order of preference.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
     }
 
     /// Sends `authorization: Bearer <token>` with every call.

@@ -16,6 +16,7 @@ mod conformance;
 mod ftl;
 mod ops;
 mod reattach;
+mod reattach_client;
 
 use std::time::Duration;
 

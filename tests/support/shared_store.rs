@@ -42,6 +42,9 @@ impl Backend for SharedStore {
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
         self.inner.info(key).await
     }
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, BackendError> {
+        self.inner.list(prefix, limit).await
+    }
     fn subscribe_freed(&self) -> FreedKeys {
         self.inner.subscribe_freed()
     }

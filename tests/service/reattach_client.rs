@@ -1,0 +1,152 @@
+//! `ClientLeaser` across servers: a held lease re-attaches when its stream breaks or its
+//! server drains, and its holder does not notice; when no server takes it back, the
+//! holder is told (at once if a server says it is gone, else at its deadline).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leases::backend::{Backend, MemoryBackend};
+use leases::service::LeaseServer;
+use leases::{CancelReason, ClientLeaser, ClientOptions, Key, Leaser, LossCause};
+
+use crate::support::proxy::{Fault, FaultProxy};
+use crate::support::remote::{local, manager_on, TTL};
+use crate::support::shared_store::SharedStore;
+
+/// The TTL the leases here are held with.
+const HOLD: Duration = Duration::from_secs(3);
+
+async fn server_on(store: &Arc<dyn Backend>) -> LeaseServer {
+    let manager = manager_on(store.clone()).await;
+    LeaseServer::start(manager, local()).await.unwrap()
+}
+
+async fn client(urls: &[String]) -> ClientLeaser {
+    let options = ClientOptions::endpoints(urls.iter().cloned())
+        .unwrap()
+        .min_ttl(TTL)
+        .request_timeout(Duration::from_secs(2));
+    ClientLeaser::connect_with(options).await.unwrap()
+}
+
+fn url(addr: std::net::SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// The token of the live lease on `key` in `store`, if any.
+async fn holder(store: &Arc<dyn Backend>, key: &Key) -> Option<u64> {
+    store.info(key).await.unwrap().map(|i| i.token)
+}
+
+/// A rolling restart: the server holding the lease drains; the lease moves to the other
+/// server and lives on, same token, holder never told, for several TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_survives_its_servers_drain() {
+    let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+    let (a, b) = (server_on(&store).await, server_on(&store).await);
+    let c = client(&[url(a.local_addr()), url(b.local_addr())]).await;
+    let key = Key::system(["client", "drain"]);
+    let (lease, ctx) = c.acquire_lease(key.clone(), HOLD).await.unwrap();
+    a.shutdown().await.unwrap();
+    tokio::time::sleep(HOLD * 3).await;
+    assert_eq!(ctx.reason(), None, "the holder was told of a drain");
+    assert_eq!(holder(&store, &key).await, Some(lease.token()));
+    assert!(ctx.deadline().unwrap() > std::time::Instant::now());
+    lease.release().await.unwrap();
+    assert_eq!(holder(&store, &key).await, None);
+    b.shutdown().await.unwrap();
+}
+
+/// The connection breaks (every connection reset) while the one server lives: the lease
+/// re-attaches on a new connection to the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_survives_a_reset_connection() {
+    let store: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let server = server_on(&store).await;
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let key = Key::system(["client", "reset"]);
+    let (lease, ctx) = c.acquire_lease(key.clone(), HOLD).await.unwrap();
+    for _ in 0..3 {
+        proxy.reset_all();
+        tokio::time::sleep(HOLD).await;
+    }
+    assert_eq!(ctx.reason(), None, "the holder was told of a reset");
+    assert_eq!(holder(&store, &key).await, Some(lease.token()));
+    lease.release().await.unwrap();
+    assert_eq!(holder(&store, &key).await, None);
+    server.shutdown().await.unwrap();
+}
+
+/// A server that says the lease is gone (here it expired in the store while its
+/// server drained) ends the holder's context at once, not at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reattach_is_a_loss_at_once() {
+    let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+    let (a, b) = (server_on(&store).await, server_on(&store).await);
+    let c = client(&[url(a.local_addr()), url(b.local_addr())]).await;
+    let key = Key::system(["client", "refused"]);
+    let (lease, ctx) = c
+        .acquire_lease(key.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    // As if the lease had expired: gone from the store.
+    assert!(store.release(&key, lease.token()).await.unwrap());
+    let drained = tokio::time::Instant::now();
+    a.shutdown().await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(10), ctx.cancelled())
+        .await
+        .expect("told well before the 30 s deadline");
+    assert!(
+        matches!(reason, CancelReason::Lost(LossCause::Remote(_))),
+        "{reason:?}"
+    );
+    assert!(drained.elapsed() < Duration::from_secs(10));
+    b.shutdown().await.unwrap();
+}
+
+/// No server takes the lease back (both silent): the holder is told by its deadline,
+/// and the store still holds the lease then (nothing freed it under the holder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_server_to_take_it_the_lease_ends_at_its_deadline() {
+    let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+    let (a, b) = (server_on(&store).await, server_on(&store).await);
+    let (pa, pb) = (
+        FaultProxy::start(a.local_addr()).await,
+        FaultProxy::start(b.local_addr()).await,
+    );
+    let c = client(&[url(pa.addr()), url(pb.addr())]).await;
+    let key = Key::system(["client", "silent"]);
+    let (lease, ctx) = c.acquire_lease(key.clone(), HOLD).await.unwrap();
+    let token = lease.token();
+    pa.set(Fault::Blackhole);
+    pb.set(Fault::Blackhole);
+    let reason = tokio::time::timeout(HOLD * 2, ctx.cancelled())
+        .await
+        .expect("told by the deadline");
+    assert!(matches!(reason, CancelReason::Lost(_)), "{reason:?}");
+    assert_eq!(
+        holder(&store, &key).await,
+        Some(token),
+        "the lease left the store before its holder was told"
+    );
+    drop(lease);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Acquires and one-shot calls go to the next server when one cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_move_on_to_a_server_that_answers() {
+    let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+    let (a, b) = (server_on(&store).await, server_on(&store).await);
+    let c = client(&[url(a.local_addr()), url(b.local_addr())]).await;
+    a.shutdown().await.unwrap();
+    let key = Key::system(["client", "next"]);
+    let (lease, _ctx) = c.acquire_lease(key.clone(), HOLD).await.unwrap();
+    let info = c.lease_info(&key).await.unwrap().expect("held");
+    assert_eq!(info.token, lease.token());
+    assert_eq!(c.list("/system/client/", 0).await.unwrap().len(), 1);
+    lease.release().await.unwrap();
+    b.shutdown().await.unwrap();
+}
