@@ -58,6 +58,12 @@ impl Serve {
         }
     }
 
+    /// SIGKILL: the server dies without a word to its clients.
+    pub fn kill(self) {
+        self.run.signal(libc::SIGKILL);
+        drop(self.run);
+    }
+
     /// SIGTERM, and what it printed until it stopped.
     pub fn stop(self) -> Done {
         self.run.signal(libc::SIGTERM);

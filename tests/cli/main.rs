@@ -14,6 +14,7 @@
 //! - `errors`: usage errors, unreachable sources, the help;
 //! - `logs_and_flags`: logs on stderr, `serve`'s flags apart from the clients', token files;
 //! - `messages`: a refused token (77), why a service is unreachable, TTL bounds;
+//! - `failover`: `--server URL,URL` across a rolling restart and a killed server;
 //! - `retry`: `--wait forever`, and `--retry` while a service cannot be reached;
 //! - `readonly`: `list` and `info` on PostgreSQL with a SELECT-only role, and no table.
 #![cfg(feature = "server")]
@@ -23,6 +24,7 @@ mod support;
 
 mod elect;
 mod errors;
+mod failover;
 mod harness;
 mod inspect;
 mod logs_and_flags;

@@ -145,8 +145,10 @@ pub(crate) struct SourceArgs {
     )]
     pub(crate) etcd_prefix: String,
     /// Use the lease service (`leases serve`) at this address
-    /// (e.g. http://127.0.0.1:8895, or https://... for TLS).
-    #[arg(long, env = "LEASES_SERVER", value_name = "URL")]
+    /// (e.g. http://127.0.0.1:8895, or https://... for TLS). Several servers of one
+    /// store, comma-separated (URL,URL): a held lease moves to another when its server
+    /// stops or cannot be reached.
+    #[arg(long, env = "LEASES_SERVER", value_name = "URL[,URL...]")]
     pub(crate) server: Option<String>,
     /// With --server: send the bearer token read from this file.
     #[arg(long, env = "LEASES_TOKEN_FILE", value_name = "PATH")]

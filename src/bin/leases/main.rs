@@ -230,7 +230,9 @@ fn main() -> ExitCode {
             let opened = open(&source, read_only, retry.as_mut()).await?;
             let outcome = execute(&opened, cli.command, retry).await;
             opened.shutdown().await;
-            match (outcome, &source.server) {
+            // With several servers, the first tells whether TLS was meant.
+            let first = source.server.as_deref().and_then(|u| u.split(',').next());
+            match (outcome, first.map(str::trim)) {
                 (Err(f), Some(url)) if f.code == exit::BACKEND && opened_plain(url) => {
                     if transport::speaks_tls(url).await {
                         Err(Failure::new(

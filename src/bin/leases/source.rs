@@ -61,9 +61,19 @@ impl Source {
                     .map_err(|e| Failure::from_lease_error(&e))?;
                 Ok(Source::Etcd(manager))
             }
-            Chosen::Server(url) => {
-                crate::transport::check_scheme(&url)?;
-                let mut options = ClientOptions::new(url);
+            Chosen::Server(urls) => {
+                // Several servers of one store: `URL,URL,...`.
+                let urls: Vec<&str> = urls
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                for url in &urls {
+                    crate::transport::check_scheme(url)?;
+                }
+                let Some(mut options) = ClientOptions::endpoints(urls) else {
+                    return Err(Failure::new(USAGE, "--server (LEASES_SERVER) names no URL"));
+                };
                 if let Some(path) = &args.token_file {
                     options = options.bearer_token(crate::token::read(path, "--token-file")?);
                 }
