@@ -1,4 +1,4 @@
-//! [`ClientLeaser`] and its one connection: reaching the service (TLS, bearer token,
+//! [`ClientLeaser`] and its connections, one per server: reaching the service (TLS, bearer token,
 //! timeouts), and the requests every call sends on it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,17 +28,24 @@ use crate::LeaseError;
 /// - the context ends by itself at the local deadline computed from the last confirmed
 ///   answer (a partitioned client stops in time, with
 ///   [`LossCause::DeadlineExceeded`](crate::LossCause::DeadlineExceeded));
-/// - a lost connection or server, or a stream that ends, is
-///   [`CancelReason::Lost`](crate::CancelReason::Lost) at once
-///   ([`LossCause::Disconnected`](crate::LossCause::Disconnected)); a loss the server
-///   reports is [`LossCause::Remote`](crate::LossCause::Remote), a revoke
-///   [`CancelReason::Revoked`](crate::CancelReason::Revoked);
+/// - a lease lives in the store, not in its stream: when the stream breaks (a lost
+///   connection, a server killed or cut off, a heartbeat unanswered for a third of the
+///   TTL) or its server drains (`HANDED_OVER`), the client re-attaches the lease by key
+///   and token through another server of the same store, or the same one, before its
+///   deadline ([`ClientOptions::endpoint`]); the holder notices nothing, and the
+///   deadline moves only with the re-attach's answer, counted from when it was sent. If
+///   no server takes it back by then, the context ends at the deadline; if a server says
+///   it is gone, it ends at once
+///   ([`LossCause::Remote`](crate::LossCause::Remote)). On the memory backend a server's
+///   leases end with it: a server that stops says so, and the context ends at once;
+/// - a loss the server reports is [`LossCause::Remote`](crate::LossCause::Remote), a
+///   revoke [`CancelReason::Revoked`](crate::CancelReason::Revoked);
 /// - the token is the server's fencing token;
 /// - [`Lease::release`](crate::Lease::release) ends the context, asks the server to
 ///   release and waits for its confirmation; dropping the lease asks the same without
 ///   waiting. Only that `release` message frees the key at once: a stream that ends
-///   otherwise (closed, reset, broken) keeps the key taken on the server until the time
-///   it last promised has passed;
+///   otherwise (closed, reset, broken) keeps the key taken until the time the server
+///   last promised has passed (on a shared store, until the lease expires there);
 /// - after a revoke, or its server shutting down, the client sends `release` as soon as
 ///   the context has ended (the holder was told), or, with
 ///   [`AcquireOptions::keep_until_released`](crate::AcquireOptions::keep_until_released),
@@ -52,7 +59,7 @@ use crate::LeaseError;
 /// Like the manager, a `ClientLeaser` is cheap to clone and can be used from any task
 /// or actor; the renewal of each lease runs in a task of its own.
 ///
-/// Each held lease is one stream on the leaser's one HTTP/2 connection, and the service
+/// Each held lease is one stream on the leaser's HTTP/2 connection to its server, and the service
 /// allows a bounded number of lease streams per connection (`--max-streams-per-connection`,
 /// 1024 by default): past it, acquires fail with a `Backend` error saying so. A process
 /// that holds more leases at once uses several `ClientLeaser`s.
