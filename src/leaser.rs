@@ -97,10 +97,13 @@ impl AcquireOptions {
     /// for leases whose stream broke or that it hands over); only the holder itself may
     /// resume a lease, since a resumed lease has the same token as the one it continues.
     ///
-    /// On the memory backend a lease can be resumed only by another manager of the same
-    /// [`MemoryBackend`](crate::backend::MemoryBackend): its leases die with its
-    /// process, and a backend started later hands out larger tokens than any before it,
-    /// so an old `(key, token)` never matches a lease it granted.
+    /// Only on a store that outlives its processes
+    /// ([`Backend::shared`](crate::backend::Backend::shared): PostgreSQL, etcd). On any
+    /// other (the memory backend) a resume is refused with [`LeaseError::NotHeld`] unless
+    /// this manager itself still holds `(key, token)` (then it is
+    /// [`LeaseError::Conflict`], as for any key held here): the store's leases die with
+    /// its process, and a manager that held the lease before could not tell that
+    /// another resumed it.
     pub fn resume(mut self, token: u64) -> AcquireOptions {
         self.resume = Some(token);
         self

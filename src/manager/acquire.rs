@@ -57,7 +57,12 @@ impl SupervisorState {
         };
         if let Some(token) = waiter.options.resume {
             // A resume of a lease another holder here has replaced: that lease is gone.
-            if self.table.holder(&key).is_some_and(|h| h.token != token) {
+            // On a store that is not shared (memory), a lease can only be resumed while
+            // this manager holds it: the store's leases die with their process, and a
+            // lease some other manager of it resumed could be released under its new
+            // holder by the old one, which cannot tell.
+            let here = self.table.holder(&key).map(|h| h.token);
+            if here.is_some_and(|t| t != token) || (here.is_none() && !self.backend.shared()) {
                 crate::metrics::acquire_failed(&LeaseError::NotHeld);
                 let _ = waiter.reply.send(Err(LeaseError::NotHeld));
                 return;

@@ -73,8 +73,8 @@ pub(crate) async fn give_back_listed(
     };
     drop(listed);
     if clean {
-        let _ = hold.lease.release().await;
+        hold.release().await;
     } else {
-        how.let_go(hold.lease).await;
+        hold.let_go().await;
     }
 }

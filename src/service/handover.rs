@@ -30,11 +30,71 @@ use tokio_util::sync::CancellationToken;
 use crate::{Key, Lease, LeaseContext};
 
 /// A lease held for a client, as it passes from one stream to another.
+///
+/// However a hold is dropped (its stream's task ends without letting go of it, or it is
+/// dropped on its way to a stream that gave up taking it over), it is let go of by the
+/// rule, never released early: on a shared store it is left there at once (a client may
+/// have re-attached it elsewhere); otherwise it is released once its promise has run
+/// out.
 pub(crate) struct Hold {
-    pub(crate) lease: Lease,
+    lease: Option<Lease>,
     pub(crate) ctx: LeaseContext,
     /// The latest instant the client was told it may act until.
     pub(crate) promised: Instant,
+    let_go: LetGo,
+}
+
+impl Hold {
+    pub(crate) fn new(lease: Lease, ctx: LeaseContext, let_go: &LetGo) -> Hold {
+        Hold {
+            lease: Some(lease),
+            ctx,
+            promised: Instant::now(),
+            let_go: let_go.clone(),
+        }
+    }
+
+    /// The lease's fencing token.
+    pub(crate) fn token(&self) -> u64 {
+        self.lease.as_ref().map(Lease::token).unwrap_or_default()
+    }
+
+    /// Releases the lease: its client said it has stopped.
+    pub(crate) async fn release(mut self) {
+        if let Some(lease) = self.lease.take() {
+            let _ = lease.release().await;
+        }
+    }
+
+    /// Lets go of the lease now that nothing more is owed to its client (see
+    /// [`LetGo::let_go`]).
+    pub(crate) async fn let_go(mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.let_go.let_go(lease).await;
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if self.let_go.shared_store {
+            return lease.leave();
+        }
+        let promised = self.promised;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep_until(promised).await;
+                    let _ = lease.release().await;
+                });
+            }
+            // No runtime to wait in: the lease is left to expire.
+            Err(_) => lease.leave(),
+        }
+    }
 }
 
 /// A request to hand a hold over: the hold goes into the channel.

@@ -95,7 +95,7 @@ pub(crate) async fn run_hold(
             return;
         }
     };
-    let token = hold.lease.token();
+    let token = hold.token();
     let mut listed = shared.holds.list(&key, token);
     if let Some(reason) = hold.ctx.reason() {
         // A re-attached lease that had already ended: say so, and let it go as the
@@ -144,7 +144,8 @@ pub(crate) async fn run_hold(
             Event::Ended(reason) => break ended_by(&reason),
             Event::Gone => {
                 if released_already(&mut incoming) {
-                    let _ = hold.lease.release().await;
+                    drop(listed);
+                    hold.release().await;
                     return;
                 }
                 break Err(Status::cancelled("the client went away"));
@@ -188,7 +189,7 @@ pub(crate) async fn run_hold(
                 kind: Some(In::Release(_)),
             }))) => {
                 drop(listed);
-                let _ = hold.lease.release().await;
+                hold.release().await;
                 let _ = tx.try_send(ended(Reason::Released, "released"));
                 return;
             }
@@ -242,7 +243,7 @@ async fn obtain(
             .acquire_lease_with(key, options)
             .await
             .map_err(|e| status_of(&e))?;
-        return Ok(fresh(lease, ctx));
+        return Ok(Hold::new(lease, ctx, &shared.let_go));
     };
     if let Some(hold) = shared.holds.take(&key, token).await {
         return Ok(hold);
@@ -251,7 +252,7 @@ async fn obtain(
         .acquire_lease_with(key.clone(), options.resume(token))
         .await
     {
-        Ok((lease, ctx)) => Ok(fresh(lease, ctx)),
+        Ok((lease, ctx)) => Ok(Hold::new(lease, ctx, &shared.let_go)),
         Err(LeaseError::NotHeld) => Err(Status::failed_precondition(format!(
             "lease {key} with token {token} is no longer held: it expired, was released, \
              revoked or taken over"
@@ -262,14 +263,6 @@ async fn obtain(
              it: try again"
         ))),
         Err(e) => Err(status_of(&e)),
-    }
-}
-
-fn fresh(lease: crate::Lease, ctx: crate::LeaseContext) -> Hold {
-    Hold {
-        lease,
-        ctx,
-        promised: Instant::now(),
     }
 }
 
