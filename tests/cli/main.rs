@@ -9,6 +9,7 @@
 //! - `harness`: the binary as the scenarios drive it, and the documented exit codes;
 //! - `run`: `leases run`, its command's exit code and environment, and what ends it;
 //! - `elect`: `leases elect`, its terms and its observer;
+//! - `elect_review`: regressions from a review of `elect`'s terms (signals, leftovers, Ctrl-Z);
 //! - `signals`: SIGINT, Ctrl-Z and SIGCONT passed on to the command;
 //! - `inspect`: `leases list` and `leases info`;
 //! - `errors`: usage errors, unreachable sources, the help;
@@ -22,6 +23,7 @@
 mod support;
 
 mod elect;
+mod elect_review;
 mod errors;
 mod harness;
 mod inspect;
