@@ -69,8 +69,15 @@ fn a_stop_signal_while_a_lost_term_is_stopped_ends_the_candidacy() {
         let done = elect.finish();
         assert_eq!(done.code, 128 + sig, "{name}: {done:?}");
         assert!(process_gone(command), "{name}: the command outlived elect");
-        assert!(!done.stderr.contains("campaigning again"), "{name}: {done:?}");
-        let terms = done.stdout.lines().filter(|l| l.parse::<i32>().is_ok()).count();
+        assert!(
+            !done.stderr.contains("campaigning again in"),
+            "{name}: {done:?}"
+        );
+        let terms = done
+            .stdout
+            .lines()
+            .filter(|l| l.parse::<i32>().is_ok())
+            .count();
         assert_eq!(terms, 1, "{name}: a second term: {done:?}");
     }
 }
@@ -113,7 +120,9 @@ fn a_process_left_behind_ends_with_its_term() {
     args.extend_from_slice(&["--grace", "1s", "--", "sh", "-c", LEFTOVER]);
     let mut elect = cli.start_env(&args, &[("DIR", &dir_text)]);
     assert_eq!(elect.line(), "first");
-    eventually("the worker ticks", || read(&dir.join("log")).contains("tick"));
+    eventually("the worker ticks", || {
+        read(&dir.join("log")).contains("tick")
+    });
     let worker: i32 = read(&dir.join("pids")).trim().parse().expect("a pid");
     assert!(!process_gone(worker));
     // The command has exited; its worker runs on, and the term with it.
@@ -124,7 +133,10 @@ fn a_process_left_behind_ends_with_its_term() {
     assert_eq!(cli.call(&["revoke", &key]).code, 0);
     assert_eq!(elect.line(), "second");
     let log = read(&dir.join("log"));
-    assert!(!log.contains("alive"), "the worker outlived its term:\n{log}");
+    assert!(
+        !log.contains("alive"),
+        "the worker outlived its term:\n{log}"
+    );
     let start: f64 = log
         .lines()
         .find_map(|l| l.strip_prefix("start "))
@@ -164,9 +176,17 @@ fn ctrl_z_between_terms_stops_and_continues() {
     eventually("elect stops or exits", || {
         matches!(process_state(elect.pid()), 'T' | 'Z' | '?')
     });
-    assert_eq!(process_state(elect.pid()), 'T', "elect exited instead of stopping");
+    assert_eq!(
+        process_state(elect.pid()),
+        'T',
+        "elect exited instead of stopping"
+    );
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(process_state(elect.pid()), 'T', "elect did not stay stopped");
+    assert_eq!(
+        process_state(elect.pid()),
+        'T',
+        "elect did not stay stopped"
+    );
     elect.signal(libc::SIGCONT);
     let third: u64 = elect.line().parse().expect("a token: elect leads again");
     assert!(third > second);

@@ -156,6 +156,9 @@ pub(crate) struct Held {
     /// Why the command was stopped, if the lease ended (or its renewal fell behind)
     /// while it ran.
     pub(crate) lost: Option<String>,
+    /// The first stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) sent to `leases` while
+    /// the command ran, which was passed on to it: `elect` ends its candidacy with it.
+    pub(crate) interrupted: Option<i32>,
 }
 
 /// Runs the command while `lease` lives, and stops its whole tree when the lease is in
@@ -239,6 +242,7 @@ pub(crate) async fn keep(
     let mut stopping: Option<Stopping> = None;
     let mut look = false;
     let mut said_left_behind = false;
+    let mut interrupted: Option<i32> = None;
     loop {
         let now = Instant::now();
         if stopping.is_none() && !lease_is_safe(&ctx, timing) {
@@ -354,6 +358,7 @@ pub(crate) async fn keep(
                         tree.signal(libc::SIGCONT, &alive);
                     }
                 } else {
+                    interrupted = interrupted.or(Some(sig));
                     tree.signal(sig, &alive);
                     tree.signal(libc::SIGCONT, &alive);
                 }
@@ -384,6 +389,7 @@ pub(crate) async fn keep(
         }
         return Ok(Held {
             code,
+            interrupted,
             lost: Some(format!(
                 "the lease on {key} (token {token}) ended while the command ran ({reason}); \
                  the command exited with status {code}"
@@ -413,5 +419,9 @@ pub(crate) async fn keep(
              status {code}"
         )
     });
-    Ok(Held { code, lost })
+    Ok(Held {
+        code,
+        lost,
+        interrupted,
+    })
 }
