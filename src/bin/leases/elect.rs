@@ -15,7 +15,8 @@
 //! SIGHUP, SIGQUIT) ends the candidacy: passed on to the command while a term runs, it
 //! ends `leases` with the command's code, or with 128 + N once the tree is dead if the
 //! term was lost meanwhile (even while being stopped): it is never forgotten for a new
-//! campaign.
+//! campaign. Ctrl-Z between terms stops `leases` like any job; it campaigns on when
+//! continued.
 //!
 //! The observer is the library's `leases::election::Observer`, which looks every `--interval`.
 
@@ -31,7 +32,7 @@ use crate::acquire::{acquire, Acquired};
 use crate::exit::{Failure, BACKEND, INTERNAL};
 use crate::retry::Retry;
 use crate::run::{keep, Term};
-use crate::signals::{signal_name, Watch};
+use crate::signals::{signal_name, stop_self, Watch};
 use crate::source::Source;
 
 /// What `elect` needs, parsed.
@@ -112,11 +113,19 @@ pub(crate) async fn elect(source: &Source, plan: ElectPlan) -> Result<u8, Failur
         );
         let sleep = tokio::time::sleep(pause);
         tokio::pin!(sleep);
-        tokio::select! {
-            _ = &mut sleep => {}
-            sig = watch.signals.recv() => {
-                eprintln!("leases: interrupted ({}) between terms", signal_name(sig));
-                return Ok(interrupted_code(sig));
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                sig = watch.signals.recv() => {
+                    // Ctrl-Z: stopped like any job (no command runs now), and the
+                    // pause goes on once continued.
+                    if sig == libc::SIGTSTP {
+                        stop_self();
+                        continue;
+                    }
+                    eprintln!("leases: interrupted ({}) between terms", signal_name(sig));
+                    return Ok(interrupted_code(sig));
+                }
             }
         }
         pause = (pause * 2).min(ttl);
