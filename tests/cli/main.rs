@@ -11,6 +11,7 @@
 //! - `elect`: `leases elect`, its terms and its observer;
 //! - `elect_review`: regressions from a review of `elect`'s terms (signals, leftovers, Ctrl-Z);
 //! - `signals`: SIGINT, Ctrl-Z and SIGCONT passed on to the command;
+//! - `tree_review`: stopping a command's whole tree (Ctrl-Z, SIGKILL) for `run` and `elect`;
 //! - `inspect`: `leases list` and `leases info`;
 //! - `errors`: usage errors, unreachable sources, the help;
 //! - `logs_and_flags`: logs on stderr, `serve`'s flags apart from the clients', token files;
@@ -33,6 +34,7 @@ mod readonly;
 mod retry;
 mod run;
 mod signals;
+mod tree_review;
 
 /// One test per scenario on one source: `scenarios!(NAME, CLI; module::scenario, ...)`
 /// makes `NAME::scenario`, which runs `module::scenario(&CLI)`.
