@@ -355,22 +355,43 @@ pub(crate) async fn keep(
             _ = ctx.cancelled(), if stopping.is_none() => {}
             _ = tokio::time::sleep_until(next) => {}
             sig = watch.signals.recv() => {
+                look = true;
+                let past_kill = |s: &Stopping| {
+                    s.killed || Instant::now() >= kill_at(&ctx, timing, s.since, grace)
+                };
                 if sig == libc::SIGTSTP {
                     // The command first (frozen whole: nothing it forks meanwhile runs
                     // on), then us; continued in the other order, and the command only
-                    // while the lease is safe (or to let it handle the SIGTERM of a
-                    // stop): otherwise it is stopped for good above.
-                    tree.freeze();
+                    // while the lease is safe, or to let it handle the SIGTERM of a stop
+                    // before its kill time: otherwise it is killed as it is, stopped,
+                    // here or above. A tree being killed is dying: left alone.
+                    if !stopping.as_ref().is_some_and(|s| s.killed) {
+                        tree.freeze();
+                    }
                     stop_self();
-                    if stopping.is_some() || lease_is_safe(&ctx, timing) {
-                        let alive = tree.scan();
-                        tree.signal(libc::SIGCONT, &alive);
+                    match &mut stopping {
+                        Some(s) if past_kill(s) => {
+                            if !s.killed {
+                                eprintln!("leases: continued past the kill time; SIGKILL");
+                                s.killed = true;
+                                tree.kill();
+                            }
+                        }
+                        None if !lease_is_safe(&ctx, timing) => {}
+                        Some(_) | None => {
+                            let alive = tree.scan();
+                            tree.signal(libc::SIGCONT, &alive);
+                        }
                     }
                 } else {
                     interrupted = interrupted.or(Some(sig));
-                    let alive = tree.scan();
-                    tree.signal(sig, &alive);
-                    tree.signal(libc::SIGCONT, &alive);
+                    // Passed on, unless the tree is being killed (or should be by now):
+                    // the look above does that, without continuing it.
+                    if !stopping.as_ref().is_some_and(past_kill) {
+                        let alive = tree.scan();
+                        tree.signal(sig, &alive);
+                        tree.signal(libc::SIGCONT, &alive);
+                    }
                 }
             }
         }
