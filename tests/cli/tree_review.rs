@@ -124,7 +124,10 @@ fn stopped(leases: &Running) {
 }
 
 /// Four processes that, on SIGTERM, write to `$D/spin` as fast as they can for ever.
-const SPINNERS: &str = r#"spin() { trap 'while :; do echo x; done >> "$D/spin"' TERM; while :; do sleep 0.1; done; }
+const SPINNERS: &str = r#"spin() {
+    trap 'while :; do echo x; done >> "$D/spin"' TERM
+    while :; do sleep 0.1; done
+}
 spin & spin & spin &
 echo ready
 spin
@@ -182,7 +185,7 @@ fn elect_continued_past_the_kill_time_kills_the_stopped_tree() {
 /// own, each logging to `$D/log` at its start and 0.2 s later. Until `$D/go` is removed.
 const SPAWNER: &str = r#"echo ready
 while [ -e "$D/go" ]; do
-    setsid sh -c 'read t _ < /proc/uptime; echo "$t" >> "$D/log"; sleep 0.2; read t _ < /proc/uptime; echo "$t" >> "$D/log"' &
+    setsid sh -c 'echo start >> "$D/log"; sleep 0.2; echo end >> "$D/log"' &
 done
 "#;
 

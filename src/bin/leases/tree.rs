@@ -125,10 +125,13 @@ fn kill_pending(pid: i32) -> bool {
     };
     let bit = 1u64 << (libc::SIGKILL - 1);
     status.lines().any(|line| {
-        let pending = line
+        let Some(mask) = line
             .strip_prefix("SigPnd:")
-            .or_else(|| line.strip_prefix("ShdPnd:"));
-        pending.is_some_and(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & bit != 0))
+            .or_else(|| line.strip_prefix("ShdPnd:"))
+        else {
+            return false;
+        };
+        u64::from_str_radix(mask.trim(), 16).is_ok_and(|mask| mask & bit != 0)
     })
 }
 
