@@ -9,7 +9,9 @@
 //! - `harness`: the binary as the scenarios drive it, and the documented exit codes;
 //! - `run`: `leases run`, its command's exit code and environment, and what ends it;
 //! - `elect`: `leases elect`, its terms and its observer;
+//! - `elect_review`: regressions from a review of `elect`'s terms (signals, leftovers, Ctrl-Z);
 //! - `signals`: SIGINT, Ctrl-Z and SIGCONT passed on to the command;
+//! - `tree_review`: stopping a command's whole tree (Ctrl-Z, SIGKILL) for `run` and `elect`;
 //! - `inspect`: `leases list` and `leases info`;
 //! - `errors`: usage errors, unreachable sources, the help;
 //! - `logs_and_flags`: logs on stderr, `serve`'s flags apart from the clients', token files;
@@ -23,6 +25,7 @@
 mod support;
 
 mod elect;
+mod elect_review;
 mod errors;
 mod failover;
 mod harness;
@@ -33,6 +36,7 @@ mod readonly;
 mod retry;
 mod run;
 mod signals;
+mod tree_review;
 
 /// One test per scenario on one source: `scenarios!(NAME, CLI; module::scenario, ...)`
 /// makes `NAME::scenario`, which runs `module::scenario(&CLI)`.

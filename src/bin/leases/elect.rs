@@ -11,7 +11,12 @@
 //! term ends (SIGTERM, then SIGKILL before the key could be granted elsewhere: run.rs),
 //! and only then the key given back. After a lost term the candidate pauses (1 s,
 //! doubling up to the TTL for terms lost in a row) and campaigns again; when the command
-//! exits on its own, `leases` exits with its code.
+//! exits on its own, `leases` exits with its code. A stop signal (SIGINT, SIGTERM,
+//! SIGHUP, SIGQUIT) ends the candidacy: passed on to the command while a term runs, it
+//! ends `leases` with the command's code, or with 128 + N once the tree is dead if the
+//! term was lost meanwhile (even while being stopped): it is never forgotten for a new
+//! campaign. Ctrl-Z between terms stops `leases` like any job; it campaigns on when
+//! continued.
 //!
 //! The observer is the library's `leases::election::Observer`, which looks every `--interval`.
 
@@ -27,7 +32,7 @@ use crate::acquire::{acquire, Acquired};
 use crate::exit::{Failure, BACKEND, INTERNAL};
 use crate::retry::Retry;
 use crate::run::{keep, Term};
-use crate::signals::{signal_name, Watch};
+use crate::signals::{signal_name, stop_self, Watch};
 use crate::source::Source;
 
 /// What `elect` needs, parsed.
@@ -89,6 +94,15 @@ pub(crate) async fn elect(source: &Source, plan: ElectPlan) -> Result<u8, Failur
         let Some(lost) = held.lost else {
             return Ok(held.code);
         };
+        // Told to stop while the term ran (or while it was being stopped): the
+        // candidacy ends with this term, as it would have between terms.
+        if let Some(sig) = held.interrupted {
+            eprintln!(
+                "leases: {lost}; interrupted ({}): not campaigning again",
+                signal_name(sig)
+            );
+            return Ok(interrupted_code(sig));
+        }
         // A term that lasted was not part of a run of failures.
         if started.elapsed() > ttl {
             pause = FIRST_PAUSE;
@@ -99,15 +113,28 @@ pub(crate) async fn elect(source: &Source, plan: ElectPlan) -> Result<u8, Failur
         );
         let sleep = tokio::time::sleep(pause);
         tokio::pin!(sleep);
-        tokio::select! {
-            _ = &mut sleep => {}
-            sig = watch.signals.recv() => {
-                eprintln!("leases: interrupted ({}) between terms", signal_name(sig));
-                return Ok(u8::try_from(128 + sig).unwrap_or(255));
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                sig = watch.signals.recv() => {
+                    // Ctrl-Z: stopped like any job (no command runs now), and the
+                    // pause goes on once continued.
+                    if sig == libc::SIGTSTP {
+                        stop_self();
+                        continue;
+                    }
+                    eprintln!("leases: interrupted ({}) between terms", signal_name(sig));
+                    return Ok(interrupted_code(sig));
+                }
             }
         }
         pause = (pause * 2).min(ttl);
     }
+}
+
+/// The exit code for a stop signal, as shells report a command killed by it.
+fn interrupted_code(sig: i32) -> u8 {
+    u8::try_from(128 + sig).unwrap_or(255)
 }
 
 /// Prints the leader of `key` (identity and token, or nobody) at every change, every

@@ -34,7 +34,8 @@ pub(crate) const TABLE: &str = "\
 Exit codes:
   0-255  run, elect: the command's own exit code (128+N if a signal N killed
          it, as in shells; 130 if leases was interrupted while waiting);
-         elect --observe: 0 when interrupted
+         elect: 128+N also for signal N between terms, or during a term
+         that was then lost; elect --observe: 0 when interrupted
   1      info, revoke: the key is not held
   2      usage: bad arguments, key, duration, TTL, URL or token file
   69     the backend could not be reached, or failed

@@ -143,11 +143,11 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
         }
         // SAFETY: getppid has no preconditions.
         if orphaned || unsafe { libc::getppid() } != parent {
-            // `leases run` is gone, and with it the lease: kill the whole tree, and
-            // again whatever it forked meanwhile, until no child is left.
+            // `leases run` is gone, and with it the lease: kill the whole tree (frozen
+            // first, so that nothing forks past the kill), and again whatever joined it
+            // meanwhile, until no child is left.
             orphaned = true;
-            let alive = tree.scan();
-            tree.signal(libc::SIGKILL, &alive);
+            tree.kill();
         }
         let wait = if orphaned {
             Duration::from_millis(20)

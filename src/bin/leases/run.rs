@@ -7,7 +7,8 @@
 //! `keep_until_released`, so that however it ends its key stays taken until we let go of
 //! the `Lease`; we renew it while we can and release it only when the whole tree is dead.
 //!
-//! On a loss the whole tree gets SIGTERM at once, then SIGKILL after the grace period,
+//! On a loss the whole tree gets SIGTERM at once (frozen first, tree.rs: nothing forked
+//! meanwhile escapes the signal), then SIGKILL, frozen first too, after the grace period,
 //! but never later than the kill margin before the context's deadline (see kill_timing.rs):
 //! dead before the key could be granted elsewhere, whatever `--grace` says. The context
 //! ends *at* its deadline, too late to start killing, so a live lease whose renewal has
@@ -15,10 +16,11 @@
 //! in the same way. Signals sent to `leases` (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are
 //! passed on to the tree, followed by SIGCONT so that a stopped command gets them too.
 //!
-//! A stop (SIGTSTP, Ctrl-Z) stops the command's tree first and then `leases` itself,
-//! never the other way round: a command must not run on while the process renewing its
-//! lease is frozen. When `leases` is continued, the tree is continued too if the lease
-//! is still safe; if not, the command is stopped for good as on any loss.
+//! A stop (SIGTSTP, Ctrl-Z) freezes the command's whole tree first and then stops
+//! `leases` itself, never the other way round: a command must not run on while the
+//! process renewing its lease is frozen. When `leases` is continued, the tree is
+//! continued too if the lease is still safe; if not, the command is stopped for good as
+//! on any loss.
 //!
 //! On Linux the command is started through a guardian (guardian.rs), which kills the
 //! whole tree if `leases` itself dies (a `kill -9`): the tree must not run on without a
@@ -156,6 +158,9 @@ pub(crate) struct Held {
     /// Why the command was stopped, if the lease ended (or its renewal fell behind)
     /// while it ran.
     pub(crate) lost: Option<String>,
+    /// The first stop signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) sent to `leases` while
+    /// the command ran, which was passed on to it: `elect` ends its candidacy with it.
+    pub(crate) interrupted: Option<i32>,
 }
 
 /// Runs the command while `lease` lives, and stops its whole tree when the lease is in
@@ -239,6 +244,7 @@ pub(crate) async fn keep(
     let mut stopping: Option<Stopping> = None;
     let mut look = false;
     let mut said_left_behind = false;
+    let mut interrupted: Option<i32> = None;
     loop {
         let now = Instant::now();
         if stopping.is_none() && !lease_is_safe(&ctx, timing) {
@@ -246,7 +252,6 @@ pub(crate) async fn keep(
                 Some(reason) => Why::Ended(reason),
                 None => Why::FellBehind,
             };
-            let alive = tree.scan();
             let kill = kill_at(&ctx, timing, now, grace);
             let what = match &why {
                 Why::Ended(reason) => format!("the lease on {key} ended ({reason})"),
@@ -255,21 +260,25 @@ pub(crate) async fn keep(
                     crate::duration::human_approx(timing.stop_ahead)
                 ),
             };
+            // Frozen first (tree.rs), so that the whole tree gets the signal at once and
+            // nothing forked meanwhile escapes it.
             let killed = now >= kill;
-            if killed {
+            let alive = if killed {
                 eprintln!(
                     "leases: {what}; no time is left before the key could be granted \
                      elsewhere: SIGKILL to the command"
                 );
-                tree.signal(libc::SIGKILL, &alive);
+                tree.kill()
             } else {
                 eprintln!(
                     "leases: {what}; stopping the command (SIGTERM, then SIGKILL after {})",
                     crate::duration::human_approx(kill - now)
                 );
+                let alive = tree.freeze();
                 tree.signal(libc::SIGTERM, &alive);
                 tree.signal(libc::SIGCONT, &alive);
-            }
+                alive
+            };
             stopping = Some(Stopping {
                 why,
                 since: now,
@@ -280,26 +289,30 @@ pub(crate) async fn keep(
         }
         if look || status.is_some() || stopping.is_some() {
             look = false;
-            let alive = tree.scan();
-            if let Some(s) = &mut stopping {
-                if !s.killed && now >= kill_at(&ctx, timing, s.since, grace) {
-                    eprintln!("leases: the command is still running; SIGKILL");
-                    s.killed = true;
+            let alive = match &mut stopping {
+                Some(s) => {
+                    if !s.killed && now >= kill_at(&ctx, timing, s.since, grace) {
+                        eprintln!("leases: the command is still running; SIGKILL");
+                        s.killed = true;
+                    }
+                    if s.killed {
+                        // Again at every look: whatever joined the tree meanwhile.
+                        tree.kill()
+                    } else {
+                        // Started after the SIGTERM: it gets one too.
+                        let alive = tree.scan();
+                        let new: Vec<i32> = alive
+                            .iter()
+                            .copied()
+                            .filter(|pid| s.termed.insert(*pid))
+                            .collect();
+                        tree::signal_each(libc::SIGTERM, &new);
+                        tree::signal_each(libc::SIGCONT, &new);
+                        alive
+                    }
                 }
-                if s.killed {
-                    // Again at every look: whatever was forked meanwhile.
-                    tree.signal(libc::SIGKILL, &alive);
-                } else {
-                    // Started after the SIGTERM: it gets one too.
-                    let new: Vec<i32> = alive
-                        .iter()
-                        .copied()
-                        .filter(|pid| s.termed.insert(*pid))
-                        .collect();
-                    tree::signal_each(libc::SIGTERM, &new);
-                    tree::signal_each(libc::SIGCONT, &new);
-                }
-            }
+                None => tree.scan(),
+            };
             if status.is_some() {
                 if alive.is_empty() {
                     break;
@@ -342,20 +355,43 @@ pub(crate) async fn keep(
             _ = ctx.cancelled(), if stopping.is_none() => {}
             _ = tokio::time::sleep_until(next) => {}
             sig = watch.signals.recv() => {
-                let alive = tree.scan();
+                look = true;
+                let past_kill = |s: &Stopping| {
+                    s.killed || Instant::now() >= kill_at(&ctx, timing, s.since, grace)
+                };
                 if sig == libc::SIGTSTP {
-                    // The command first, then us; continued in the other order, and the
-                    // command only while the lease is safe (or to let it handle the
-                    // SIGTERM of a stop): otherwise it is stopped for good above.
-                    tree.signal(libc::SIGSTOP, &alive);
+                    // The command first (frozen whole: nothing it forks meanwhile runs
+                    // on), then us; continued in the other order, and the command only
+                    // while the lease is safe, or to let it handle the SIGTERM of a stop
+                    // before its kill time: otherwise it is killed as it is, stopped,
+                    // here or above. A tree being killed is dying: left alone.
+                    if !stopping.as_ref().is_some_and(|s| s.killed) {
+                        tree.freeze();
+                    }
                     stop_self();
-                    if stopping.is_some() || lease_is_safe(&ctx, timing) {
-                        let alive = tree.scan();
-                        tree.signal(libc::SIGCONT, &alive);
+                    match &mut stopping {
+                        Some(s) if past_kill(s) => {
+                            if !s.killed {
+                                eprintln!("leases: continued past the kill time; SIGKILL");
+                                s.killed = true;
+                                tree.kill();
+                            }
+                        }
+                        None if !lease_is_safe(&ctx, timing) => {}
+                        Some(_) | None => {
+                            let alive = tree.scan();
+                            tree.signal(libc::SIGCONT, &alive);
+                        }
                     }
                 } else {
-                    tree.signal(sig, &alive);
-                    tree.signal(libc::SIGCONT, &alive);
+                    interrupted = interrupted.or(Some(sig));
+                    // Passed on, unless the tree is being killed (or should be by now):
+                    // the look above does that, without continuing it.
+                    if !stopping.as_ref().is_some_and(past_kill) {
+                        let alive = tree.scan();
+                        tree.signal(sig, &alive);
+                        tree.signal(libc::SIGCONT, &alive);
+                    }
                 }
             }
         }
@@ -384,6 +420,7 @@ pub(crate) async fn keep(
         }
         return Ok(Held {
             code,
+            interrupted,
             lost: Some(format!(
                 "the lease on {key} (token {token}) ended while the command ran ({reason}); \
                  the command exited with status {code}"
@@ -413,5 +450,9 @@ pub(crate) async fn keep(
              status {code}"
         )
     });
-    Ok(Held { code, lost })
+    Ok(Held {
+        code,
+        lost,
+        interrupted,
+    })
 }
