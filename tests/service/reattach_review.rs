@@ -62,3 +62,113 @@ async fn a_reattach_with_a_longer_ttl_is_never_cut_short_by_the_old_server() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A [`SharedStore`] whose renewals answer `delay` after they took effect (a slow
+/// database: the renewal commits, the answer takes a while).
+struct SlowRenewals {
+    inner: SharedStore,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Backend for SlowRenewals {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<AcquireOutcome, leases::BackendError> {
+        self.inner.acquire(key, ttl, metadata).await
+    }
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<leases::backend::RenewOutcome, leases::BackendError> {
+        let outcome = self.inner.renew(key, token, ttl).await;
+        tokio::time::sleep(self.delay).await;
+        outcome
+    }
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
+        self.inner.release(key, token).await
+    }
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, leases::BackendError> {
+        self.inner.revoke(key).await
+    }
+    async fn info(
+        &self,
+        key: &Key,
+    ) -> Result<Option<leases::backend::LeaseInfo>, leases::BackendError> {
+        self.inner.info(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<leases::backend::LeaseInfo>, leases::BackendError> {
+        self.inner.list(prefix, limit).await
+    }
+    fn subscribe_freed(&self) -> leases::backend::FreedKeys {
+        self.inner.subscribe_freed()
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// FTL's protocol cannot re-attach: a draining server on a shared store must not let go
+/// of an FTL client's key before the time it promised that client (the heartbeat window
+/// from its last request, `Held::promised` in src/service/ftl/mod.rs), as it did before
+/// re-attaching existed. Leaving it in the store at once relies on the store holding it
+/// that long, which it does not when renewals are slow: the store's expiry is at least
+/// a window after the last renewal's *start* plus half a window, less the renewal's
+/// round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_keeps_its_promise_to_an_ftl_client() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    let store = SharedStore::default();
+    let slow: Arc<dyn Backend> = Arc::new(SlowRenewals {
+        inner: store.clone(),
+        delay: Duration::from_secs(1),
+    });
+    let a = LeaseServer::start(manager_on(slow).await, local()).await.unwrap();
+    let key = Key::system(["review", "ftl-drain"]);
+    let channel = crate::support::remote::channel_at(a.local_addr()).await;
+    let request = crate::support::remote::ftl_request(&key, WINDOW);
+    let mut s = crate::support::remote::ftl_open(&channel, request.clone())
+        .await
+        .expect("acquired");
+    assert!(crate::next(&mut s).await.unwrap(), "acquired");
+    // The store holds the key for 1.5 windows, renewed a half window after each renewal
+    // answers (here 1 s after it took effect). Heartbeat until the store's lease is
+    // nearest to its expiry, then drain.
+    let at = loop {
+        s.tx.send(request.clone()).unwrap();
+        let sent = Instant::now();
+        let left = store.info(&key).await.unwrap().expect("held").expires_in;
+        if left < WINDOW - Duration::from_millis(600) {
+            break sent;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Let the server read that heartbeat, then drain (well before the next renewal,
+    // which takes effect 2 s after the last: the store then had at most 1.4 s left).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.shutdown().await.unwrap();
+    // The client may act until `at + WINDOW` (at least: the server read that request
+    // after it was sent). Nobody may be granted the key before.
+    loop {
+        let now = Instant::now();
+        if now >= at + WINDOW {
+            break;
+        }
+        let taken = store.acquire(&key, Duration::from_secs(3), b"").await.unwrap();
+        assert!(
+            matches!(taken, AcquireOutcome::Held { .. }),
+            "the key was granted again ({taken:?}) {:?} before the FTL client's promise ran out",
+            at + WINDOW - now
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
