@@ -172,3 +172,79 @@ async fn a_draining_server_keeps_its_promise_to_an_ftl_client() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Heartbeats on each of `streams` every 500 ms for `for_`; the first answer that is not
+/// `renewed`, if any.
+async fn heartbeat(
+    streams: &mut [&mut crate::support::remote::RawStream],
+    for_: Duration,
+) -> Result<(), String> {
+    use leases::proto::leases::v1::hold_request::Kind as In;
+    use leases::proto::leases::v1::hold_response::Kind as Out;
+    use leases::proto::leases::v1::{Heartbeat, HoldRequest, HoldResponse};
+    let until = Instant::now() + for_;
+    while Instant::now() < until {
+        for s in streams.iter_mut() {
+            s.send(&HoldRequest {
+                kind: Some(In::Heartbeat(Heartbeat {})),
+            });
+            match s.next::<HoldResponse>().await {
+                Some(HoldResponse {
+                    kind: Some(Out::Renewed(_)),
+                }) => {}
+                other => return Err(format!("{other:?}")),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// On etcd, each backend instance remembers until when the holders of the keys it
+/// acquired can be live, and deletes a key whose holder can no longer be (before a
+/// keep-alive of its group: "Keys nobody holds" in src/backend/etcd/mod.rs). A server
+/// whose client re-attached its lease through another server only leaves the lease
+/// (`Lease::leave`, nothing goes to the backend), so its backend still remembers the key
+/// with the time of its own last renewal, and deletes it from etcd (same nonce) while
+/// the client holds it through the other server: anyone may then be granted it.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_the_old_server_never_deletes_a_lease_reattached_elsewhere() {
+    use crate::support::etcd::EtcdCluster;
+    use leases::backend::EtcdBackend;
+    const HOLD: Duration = Duration::from_secs(3);
+    let cluster = EtcdCluster::start(1);
+    let options = cluster.options("/review-reattach");
+    let etcd = || async {
+        Arc::new(EtcdBackend::connect(options.clone()).await.unwrap()) as Arc<dyn Backend>
+    };
+    let (store_a, store_b, probe) = (etcd().await, etcd().await, etcd().await);
+    let a = LeaseServer::start(manager_on(store_a).await, local()).await.unwrap();
+    let b = LeaseServer::start(manager_on(store_b).await, local()).await.unwrap();
+    let key = Key::system(["review", "etcd-moved"]);
+    let other = Key::system(["review", "etcd-stays"]);
+    // Server A holds the key and another one of the same TTL (so its group of that TTL
+    // lives on, kept alive for the other key).
+    let (mut moved, _) = raw_hold(a.local_addr(), &key, HOLD).await;
+    let (mut stays, _) = raw_hold(a.local_addr(), &other, HOLD).await;
+    let token = holder(&probe, &key).await.expect("held");
+    // The key's stream on A breaks; its client re-attaches through B.
+    moved.reset(h2::Reason::CANCEL);
+    let (mut s, again, _) = raw_resume(b.local_addr(), &key, HOLD, token)
+        .await
+        .expect("re-attached through the other server");
+    assert_eq!(again, token);
+    // A lets go of its orphan once its promise has run out (under HOLD); its group lives
+    // on for the other key. The client heartbeats through B all along.
+    let heard = heartbeat(&mut [&mut s, &mut stays], HOLD * 4).await;
+    let now = holder(&probe, &key).await;
+    assert_eq!(
+        now,
+        Some(token),
+        "the key was freed (deleted by the old server) under its re-attached holder, \
+         who heard {heard:?}"
+    );
+    assert_eq!(heard, Ok(()));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
