@@ -179,6 +179,20 @@ impl LetGo {
         }
     }
 
+    /// This rule for the leases of clients that cannot re-attach (FTL's protocol has no
+    /// resume): never let go early, not even when the server stops. Leaving such a
+    /// lease in the store at once would rely on the store keeping it until the client's
+    /// promise has run out, which it does not: an FTL key is held in the store 1.5
+    /// windows from the *start of its last renewal* (a renewal every half window, after
+    /// the previous one answered), so less than a window may be left when a request
+    /// just came in; a slow renewal leaves less still.
+    pub(crate) fn keeping_promises(&self) -> LetGo {
+        LetGo {
+            shared_store: self.shared_store,
+            stopping: CancellationToken::new(),
+        }
+    }
+
     /// Lets go of `lease` once nothing more is owed to its client: on a shared store it
     /// is left there (to expire, or to be re-attached through another server); on a
     /// store that dies with this server it is released.

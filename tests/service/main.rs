@@ -17,6 +17,7 @@ mod ftl;
 mod ops;
 mod reattach;
 mod reattach_client;
+mod reattach_review;
 mod resume;
 
 use std::time::Duration;

@@ -326,8 +326,11 @@ async fn run_stream(
 }
 
 /// Gives back every lease of a stream that did not end by the client's release, each
-/// when its promise has run out (see [`give_back`]).
+/// when its promise has run out (see [`give_back`]), even when the server stops on a
+/// shared store: an FTL client cannot re-attach, and the store alone may not keep the
+/// key that long (see [`LetGo::keeping_promises`]).
 async fn give_back_all(held: HashMap<Key, Held>, how: &LetGo) {
+    let how = &how.keeping_promises();
     let mut releases = tokio::task::JoinSet::new();
     for (_, h) in held {
         let promised = h.promised();
