@@ -73,6 +73,16 @@ pub enum LeaseError {
         /// The operation asked for.
         operation: &'static str,
     },
+    /// A re-attach ([`AcquireOptions::resume`](crate::AcquireOptions::resume)) asked for
+    /// another TTL than the lease has: a lease keeps its TTL (renewing it with two TTLs
+    /// at once would let the shorter one cut the longer one's promise short).
+    #[error("a re-attached lease keeps its TTL: asked for {asked:?}, the lease has {held:?}")]
+    ResumeTtl {
+        /// The TTL asked for.
+        asked: Duration,
+        /// The lease's TTL.
+        held: Duration,
+    },
 }
 
 /// What kind of failure a [`BackendError`] is.

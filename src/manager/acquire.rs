@@ -141,9 +141,9 @@ impl SupervisorState {
                 crate::metrics::acquire_failed(&LeaseError::Conflict);
                 let _ = waiter.reply.send(Err(LeaseError::Conflict));
             }
-            Attempt::NotHeld => {
-                crate::metrics::acquire_failed(&LeaseError::NotHeld);
-                let _ = waiter.reply.send(Err(LeaseError::NotHeld));
+            Attempt::Refused(error) => {
+                crate::metrics::acquire_failed(&error);
+                let _ = waiter.reply.send(Err(error));
             }
             Attempt::TimedOut => {
                 let waited = waiter.options.wait.unwrap_or_default();

@@ -15,7 +15,7 @@ use super::grant::Grant;
 use super::messages::{Attempt, ManagerMessage, Msg, Waiter};
 use super::tasks::{catch_panic, InFlight};
 use crate::backend::{AcquireOutcome, Backend, RenewOutcome};
-use crate::error::{BackendError, BackendErrorKind};
+use crate::error::{BackendError, BackendErrorKind, LeaseError};
 use crate::key::Key;
 use crate::leaser::AcquireOptions;
 
@@ -152,6 +152,22 @@ async fn resume(
     ttl: Duration,
     token: u64,
 ) -> Attempt {
+    // The lease keeps its TTL: renewed with two TTLs at once (here and by the manager
+    // that held it, until it lets go), the shorter would cut the longer one's promise
+    // short. Its TTL never changes, so a look before the renewal is enough.
+    match backend.info(key).await {
+        Ok(Some(info)) if info.token == token && !info.revoked => {
+            // Stores keep TTLs to their precision (PostgreSQL: whole milliseconds).
+            if info.ttl.abs_diff(ttl) >= Duration::from_millis(1) {
+                return Attempt::Refused(LeaseError::ResumeTtl {
+                    asked: ttl,
+                    held: info.ttl,
+                });
+            }
+        }
+        Ok(_) => return Attempt::Refused(LeaseError::NotHeld),
+        Err(e) => return Attempt::Failed(e),
+    }
     let (started, since) = (Instant::now(), crate::clock::suspended());
     match backend.renew(key, token, ttl).await {
         Ok(RenewOutcome::Renewed) => Attempt::Granted {
@@ -159,7 +175,7 @@ async fn resume(
             started,
             since,
         },
-        Ok(RenewOutcome::Revoked | RenewOutcome::Lost) => Attempt::NotHeld,
+        Ok(RenewOutcome::Revoked | RenewOutcome::Lost) => Attempt::Refused(LeaseError::NotHeld),
         Err(e) => Attempt::Failed(e),
     }
 }

@@ -130,8 +130,9 @@ pub(crate) enum Attempt {
         since: Duration,
     },
     Conflict,
-    /// A resume found the lease gone, or revoked.
-    NotHeld,
+    /// A resume was refused: the lease is gone or revoked
+    /// ([`LeaseError::NotHeld`]), or was asked for with another TTL.
+    Refused(LeaseError),
     /// The attempt waited as long as its caller allowed.
     TimedOut,
     Failed(BackendError),

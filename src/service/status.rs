@@ -16,7 +16,8 @@ pub(crate) fn status_of(e: &LeaseError) -> Status {
         LeaseError::TtlTooShort { .. }
         | LeaseError::TtlTooLong { .. }
         | LeaseError::InvalidKey(_)
-        | LeaseError::MetadataTooLarge { .. } => Code::InvalidArgument,
+        | LeaseError::MetadataTooLarge { .. }
+        | LeaseError::ResumeTtl { .. } => Code::InvalidArgument,
         LeaseError::NotHeld => Code::FailedPrecondition,
         LeaseError::ManagerStopped | LeaseError::Backend(_) => Code::Unavailable,
         _ => Code::Internal,

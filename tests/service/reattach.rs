@@ -181,7 +181,11 @@ async fn a_draining_server_hands_its_leases_over() {
         started.elapsed()
     );
     assert_eq!(holder(&store, &key).await, Some(token), "left in the store");
-    let (mut s, again, _) = raw_resume(b.local_addr(), &key, HOLD, token)
+    // A lease keeps its TTL: a re-attach with another is refused, and changes nothing.
+    let refused = raw_resume(b.local_addr(), &key, HOLD, token).await;
+    let status = refused.err().expect("another TTL is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let (mut s, again, _) = raw_resume(b.local_addr(), &key, Duration::from_secs(30), token)
         .await
         .expect("re-attached through the other server");
     assert_eq!(again, token);

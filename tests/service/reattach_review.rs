@@ -51,8 +51,14 @@ async fn a_reattach_with_a_longer_ttl_is_never_cut_short_by_the_old_server() {
     // Server A renews its orphan (TTL 3 s, every 1 s) until its promise (under 3 s) runs
     // out, then leaves it; server B renews first 10 s after the re-attach. Look between.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    assert!(Instant::now() < promised, "the client still holds by its promise");
-    let taken = store.acquire(&key, Duration::from_secs(3), b"").await.unwrap();
+    assert!(
+        Instant::now() < promised,
+        "the client still holds by its promise"
+    );
+    let taken = store
+        .acquire(&key, Duration::from_secs(3), b"")
+        .await
+        .unwrap();
     assert!(
         matches!(taken, AcquireOutcome::Held { .. }),
         "the key was granted again ({taken:?}) while the re-attached client may act for \
@@ -132,7 +138,9 @@ async fn a_draining_server_keeps_its_promise_to_an_ftl_client() {
         inner: store.clone(),
         delay: Duration::from_secs(1),
     });
-    let a = LeaseServer::start(manager_on(slow).await, local()).await.unwrap();
+    let a = LeaseServer::start(manager_on(slow).await, local())
+        .await
+        .unwrap();
     let key = Key::system(["review", "ftl-drain"]);
     let channel = crate::support::remote::channel_at(a.local_addr()).await;
     let request = crate::support::remote::ftl_request(&key, WINDOW);
@@ -163,7 +171,10 @@ async fn a_draining_server_keeps_its_promise_to_an_ftl_client() {
         if now >= at + WINDOW {
             break;
         }
-        let taken = store.acquire(&key, Duration::from_secs(3), b"").await.unwrap();
+        let taken = store
+            .acquire(&key, Duration::from_secs(3), b"")
+            .await
+            .unwrap();
         assert!(
             matches!(taken, AcquireOutcome::Held { .. }),
             "the key was granted again ({taken:?}) {:?} before the FTL client's promise ran out",
@@ -219,8 +230,12 @@ async fn on_etcd_the_old_server_never_deletes_a_lease_reattached_elsewhere() {
         Arc::new(EtcdBackend::connect(options.clone()).await.unwrap()) as Arc<dyn Backend>
     };
     let (store_a, store_b, probe) = (etcd().await, etcd().await, etcd().await);
-    let a = LeaseServer::start(manager_on(store_a).await, local()).await.unwrap();
-    let b = LeaseServer::start(manager_on(store_b).await, local()).await.unwrap();
+    let a = LeaseServer::start(manager_on(store_a).await, local())
+        .await
+        .unwrap();
+    let b = LeaseServer::start(manager_on(store_b).await, local())
+        .await
+        .unwrap();
     let key = Key::system(["review", "etcd-moved"]);
     let other = Key::system(["review", "etcd-stays"]);
     // Server A holds the key and another one of the same TTL (so its group of that TTL

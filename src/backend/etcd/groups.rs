@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::encoding::decode;
+use super::encoding::{decode, encode};
 use super::state::{until, Group, GroupSlot, Held, Inner};
-use super::wire::{compare_create, delete_op, pb, token_of};
+use super::wire::{compare_create, compare_mod, delete_op, op, pb, token_of};
 use crate::backend::RenewOutcome;
 use crate::error::{BackendError, BackendErrorKind};
 use crate::key::Key;
@@ -230,6 +230,13 @@ impl Inner {
         if decode(&kv.value).is_some_and(|v| v.revoked) {
             return Ok(RenewOutcome::Revoked);
         }
+        let nonce = decode(&kv.value).map(|v| v.nonce).unwrap_or_default();
+        if self.moved(&ek, token, &nonce) {
+            // Re-attached through another backend instance since (see `adopt`): this
+            // one no longer holds it, and must not renew or clean it up.
+            self.forget(&ek, |h| h.token == Some(token));
+            return Ok(RenewOutcome::Lost);
+        }
         if !self.confirm_alive(kv.lease, ttl, start).await? {
             self.forget(&ek, |h| h.token == Some(token));
             return Ok(RenewOutcome::Lost);
@@ -238,35 +245,73 @@ impl Inner {
         // out before this renewal): then it is lost, whatever the read said.
         let mut known = false;
         let mut stale = false;
-        self.update_held(
-            &ek,
-            &decode(&kv.value).map(|v| v.nonce).unwrap_or_default(),
-            |h| {
-                known = true;
-                stale = h.live_until <= start;
-                if !stale {
-                    h.live_until = start + ttl;
-                }
-            },
-        );
+        self.update_held(&ek, &nonce, |h| {
+            known = true;
+            stale = h.live_until <= start;
+            if !stale {
+                h.live_until = start + ttl;
+            }
+        });
         if stale {
             return Ok(RenewOutcome::Lost);
         }
         if !known {
-            // Acquired through another backend instance sharing the cluster: remember
-            // it so that a later failure is cleaned up here too.
-            if let Some(v) = decode(&kv.value) {
-                self.remember(
-                    &ek,
-                    Held {
-                        nonce: v.nonce,
-                        token: Some(token),
-                        lease: kv.lease,
-                        live_until: start + ttl,
-                    },
-                );
-            }
+            return self.adopt(&ek, token, &kv, start + ttl).await;
         }
+        Ok(RenewOutcome::Renewed)
+    }
+
+    /// Whether the lease `(key, token)` was held here under another nonce than the one
+    /// its value now carries: another instance has re-attached it since.
+    fn moved(&self, key: &[u8], token: u64, nonce: &[u8; 16]) -> bool {
+        crate::sync::lock(&self.held).get(key).is_some_and(|list| {
+            list.iter()
+                .any(|h| h.token == Some(token) && &h.nonce != nonce)
+        })
+    }
+
+    /// Makes a lease acquired through another backend instance sharing the cluster
+    /// (a lease re-attached here: `AcquireOptions::resume`) this instance's own: its
+    /// value gets a nonce of ours, by compare-and-set on the revision just read (the
+    /// token, its create revision, does not change), and it is remembered, so that a
+    /// later failure is cleaned up here. The instance that held it before no longer
+    /// matches it: its cleanup (a delete by nonce) cannot delete the key under its new
+    /// holder, and its renewals find it moved. A value changed since the read (a revoke,
+    /// another re-attach) is not adopted: the lease counts as lost here.
+    async fn adopt(
+        &self,
+        ek: &[u8],
+        token: u64,
+        kv: &pb::KeyValue,
+        live_until: Instant,
+    ) -> Result<RenewOutcome, BackendError> {
+        let Some(v) = decode(&kv.value) else {
+            return Ok(RenewOutcome::Lost);
+        };
+        let nonce = self.nonce();
+        let value = encode(v.revoked, v.ttl, v.acquired_at, &nonce, &v.metadata);
+        let req = pb::TxnRequest {
+            compare: vec![compare_mod(ek, kv.mod_revision)],
+            success: vec![op(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: ek.to_vec(),
+                value,
+                lease: 0,
+                ignore_lease: true,
+            }))],
+            failure: vec![],
+        };
+        if !self.txn("renew adopt", req).await?.succeeded {
+            return Ok(RenewOutcome::Lost);
+        }
+        self.remember(
+            ek,
+            Held {
+                nonce,
+                token: Some(token),
+                lease: kv.lease,
+                live_until,
+            },
+        );
         Ok(RenewOutcome::Renewed)
     }
 }
