@@ -108,6 +108,13 @@
 //! not get through — and skips the keep-alive if it cannot. Such a key therefore lives at
 //! most about two TTLs.
 //!
+//! A lease re-attached through another backend instance
+//! ([`AcquireOptions::resume`](crate::AcquireOptions::resume): a lease server's client
+//! moving to another server) is adopted by the first renewal there: its value gets a
+//! nonce of the new instance (compare-and-set on the revision just read; the token, the
+//! key's create revision, stays), so the old instance's cleanup no longer matches it,
+//! and the old instance's own renewals find it moved and count it lost there.
+//!
 //! # Timeouts, cancellation and what they leave behind
 //! Every operation is bounded by the request timeout as a whole; each try on one
 //! member by a quarter of it, after which the next endpoint is tried (a member that is
