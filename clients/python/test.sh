@@ -72,6 +72,9 @@ trap cleanup EXIT
 start_server() {
   local log="$1"
   shift
+  # The log exists before the server starts: the redirect of a background command is
+  # made in the child, which may come after the first `sed` below.
+  : >"$log"
   target/debug/leases serve --bind 127.0.0.1:0 --min-ttl 1s "$@" >"$log" 2>&1 &
   servers+=("$!")
   addr=""
