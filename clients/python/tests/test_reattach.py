@@ -101,13 +101,22 @@ class SameServerTest(unittest.TestCase):
         # Released, not left to expire: free at once.
         self.assertIsNone(self.direct.info(key))
 
-    def test_a_reattach_that_keeps_failing_is_lost_at_the_deadline(self):
+    def test_a_reattach_that_keeps_failing_is_lost_at_the_deadline_even_if_released(self):
         key = support.unique_key(self)
         lost_at = []
         lease = self.client.hold(key, ttl=TTL, on_lost=lambda _: lost_at.append(time.monotonic()))
         time.sleep(TTL / 4)
         cut_at = self.proxy.cut(refuse=True)
+        self.assertTrue(support.wait_for(lambda: lease.reattaching, TTL / 2), lease.reason)
+        # A release asked for meanwhile waits for the outcome: here, the loss.
+        released_at = []
+        releasing = threading.Thread(
+            target=lambda: (lease.release(), released_at.append(time.monotonic()))
+        )
+        releasing.start()
         self.assertTrue(lease.lost.wait(TTL + 5), "never lost")
+        releasing.join(10)
+        self.assertGreaterEqual(released_at[0], lease.ended_at, "release() returned first")
         self.assertIs(lease.reason, Reason.DEADLINE, lease.message)
         print(
             f"\n  cut at 0; deadline {lease.deadline - cut_at:.3f}s, "
