@@ -176,12 +176,32 @@ def attempt_bound(ttl: float, timeout: float, remaining: float) -> float:
     return max(0.0, min(ttl / 2, timeout, remaining))
 
 
+#: The statuses that end a held lease's `Hold` stream as an answer about the lease or
+#: the requests; any other (UNAVAILABLE, and what grpcio makes of transport errors and
+#: resets: INTERNAL, UNKNOWN, CANCELLED...) is a broken stream. The same split as the
+#: Rust ClientLeaser's (src/client/reattach.rs, `is_break`).
+NOT_A_BREAK = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
 def breaks_stream(error: BaseException) -> bool:
     """Whether an error that ended a `Hold` stream after its grant is a broken stream
-    that re-attaching may mend (UNAVAILABLE: a transport error, a lost connection, a
-    server going away) rather than the server's verdict on the lease."""
-    return isinstance(error, grpc.RpcError) and hasattr(error, "code") and (
-        error.code() == grpc.StatusCode.UNAVAILABLE
+    that re-attaching may mend (a transport error, a lost connection, a server going
+    away: UNAVAILABLE and the like) rather than the server's verdict on the lease or
+    the requests (see NOT_A_BREAK)."""
+    return (
+        isinstance(error, grpc.RpcError)
+        and hasattr(error, "code")
+        and error.code() not in NOT_A_BREAK
     )
 
 

@@ -153,6 +153,28 @@ class StateTest(unittest.TestCase):
         self.assertIs(self.state.reason, Reason.REVOKED)
 
 
+class BreaksTest(unittest.TestCase):
+    """Which statuses ending a held lease's stream are a break (re-attach the lease),
+    as the Rust ClientLeaser splits them."""
+
+    def test_transport_errors_break_answers_about_the_lease_do_not(self):
+        import grpc
+
+        class Error(grpc.RpcError):
+            def __init__(self, code):
+                self._code = code
+
+            def code(self):
+                return self._code
+
+        for code in ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "CANCELLED", "ABORTED"):
+            self.assertTrue(_core.breaks_stream(Error(getattr(grpc.StatusCode, code))), code)
+        for code in ("FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT",
+                     "UNAUTHENTICATED", "PERMISSION_DENIED", "OUT_OF_RANGE", "UNIMPLEMENTED"):
+            self.assertFalse(_core.breaks_stream(Error(getattr(grpc.StatusCode, code))), code)
+        self.assertFalse(_core.breaks_stream(ValueError("not a status")))
+
+
 class UrlsTest(unittest.TestCase):
     def test_a_list_or_a_comma_separated_string(self):
         a, b = "http://127.0.0.1:1", "https://example.com:8895"
