@@ -12,9 +12,10 @@ TTL/4; its deadline is the instant the last answered request was sent plus the
 lease is lost (`lease.lost` set, `on_lost` called) even if the stream stays silent.
 `AsyncClient` is the same over grpc.aio, with `async with` and an `asyncio.Event`.
 
-A lease is tied to the server it was acquired through for now: re-attaching it through
-another server of the same store (issue #21) is not implemented, so a lost server means
-a lost lease.
+A client may be given several servers of one store (a list of URLs, or a comma-separated
+string); a lease whose stream breaks is re-attached, same token, through another of them
+or the same one, before its deadline, without its holder noticing (`reattach=False`
+turns that off).
 """
 
 from ._aio import AsyncClient, AsyncLease

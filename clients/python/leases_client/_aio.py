@@ -13,8 +13,8 @@ import grpc.aio
 from . import _core
 from ._core import LeaseInfo, State, clock
 from ._errors import Reason, Unavailable, from_rpc_error
-from ._proto import leases_pb2, leases_pb2_grpc
-from ._sync import Seconds
+from ._proto import leases_pb2
+from ._sync import _FAIL_OVER, Seconds, _Endpoint, _endpoints
 
 #: Background tasks (the release of a dropped lease, coroutine `on_lost` callbacks):
 #: asyncio holds tasks only weakly, so they are kept here until they are done.
@@ -29,37 +29,37 @@ def _spawn(coroutine) -> asyncio.Task:
 
 
 class AsyncClient:
-    """The async twin of `Client`: the same arguments, and the same calls to await.
-    Create and use it inside one running event loop.
-
-    A lease is tied to the server it was acquired through: re-attaching it through
-    another server of the same store is not implemented yet.
+    """The async twin of `Client`: the same arguments (several servers, `reattach`),
+    and the same calls to await. Create and use it inside one running event loop.
     """
 
     def __init__(
         self,
-        url: str,
+        urls: str | list[str] | tuple[str, ...],
         token: str | None = None,
         timeout: float = 10.0,
         ca: bytes | None = None,
+        reattach: bool = True,
     ):
-        target = _core.parse_url(url)
-        self.url = url
+        self.urls = tuple(_core.parse_urls(urls))
         self.timeout = float(timeout)
+        self.reattach = bool(reattach)
         self._metadata = _core.auth_metadata(token)
-        if target.tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=ca)
-            self._channel = grpc.aio.secure_channel(
-                target.address, credentials, options=_core.CHANNEL_OPTIONS
-            )
-        else:
-            self._channel = grpc.aio.insecure_channel(
-                target.address, options=_core.CHANNEL_OPTIONS
-            )
-        self._stub = leases_pb2_grpc.LeasesStub(self._channel)
+        self._endpoints = _endpoints(list(self.urls), ca, aio=True)
+        self._preferred = 0
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        """The URL of the server the client tries first: the last one that answered."""
+        return self.urls[self._preferred]
 
     async def close(self) -> None:
-        await self._channel.close()
+        """Closes the connections; leases still held through them break (and are not
+        re-attached: they end as `BROKEN`)."""
+        self._closed = True
+        for endpoint in self._endpoints:
+            await endpoint.channel.close()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -92,27 +92,36 @@ class AsyncClient:
 
     async def revoke(self, key: str) -> bool:
         answer = await self._unary(
-            self._stub.Revoke, leases_pb2.KeyRequest(key=_core.check_key(key))
+            "Revoke", leases_pb2.KeyRequest(key=_core.check_key(key))
         )
         return answer.revoked
 
     async def info(self, key: str) -> LeaseInfo | None:
         answer = await self._unary(
-            self._stub.Info, leases_pb2.KeyRequest(key=_core.check_key(key))
+            "Info", leases_pb2.KeyRequest(key=_core.check_key(key))
         )
         return LeaseInfo.of(answer.lease) if answer.HasField("lease") else None
 
     async def list(self, prefix: str = "", limit: int = 0) -> list[LeaseInfo]:
         answer = await self._unary(
-            self._stub.List, leases_pb2.ListRequest(prefix=prefix, limit=limit)
+            "List", leases_pb2.ListRequest(prefix=prefix, limit=limit)
         )
         return [LeaseInfo.of(lease) for lease in answer.leases]
 
-    async def _unary(self, method, request):
-        try:
-            return await method(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+    async def _unary(self, method: str, request):
+        last = None
+        for index in _core.endpoint_order(len(self._endpoints), self._preferred):
+            call = getattr(self._endpoints[index].stub, method)
+            try:
+                answer = await call(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                if error.code() in _FAIL_OVER:
+                    last = error
+                    continue
+                raise from_rpc_error(error) from None
+            self._preferred = index
+            return answer
+        raise from_rpc_error(last) from None
 
 
 class _Holding:
@@ -146,8 +155,9 @@ class _Holding:
 
 class AsyncLease:
     """The async twin of `Lease`: `lost` is an `asyncio.Event`; `release()` is awaited.
-    A lease is tied to the server it was acquired through. A dropped `AsyncLease` is
-    released: the background tasks hold only its machinery."""
+    A broken stream is re-attached as `Lease` says (`reattaching`, `reattachments`,
+    `url`). A dropped `AsyncLease` is released: the background tasks hold only its
+    machinery."""
 
     def __init__(self, holder: "_AsyncHolder"):
         self._holder = holder
@@ -164,6 +174,9 @@ class AsyncLease:
     deadline = property(lambda self: self._holder.state.deadline, doc="On time.monotonic().")
     acquired_at = property(lambda self: self._holder.state.acquired_at)
     ended_at = property(lambda self: self._holder.state.ended_at)
+    url = property(lambda self: self._holder.url, doc="The server holding the lease.")
+    reattaching = property(lambda self: self._holder.state.reattaching)
+    reattachments = property(lambda self: self._holder.state.reattachments)
     _reader = property(lambda self: self._holder.reader)
     _keeper = property(lambda self: self._holder.keeper)
 
@@ -179,7 +192,9 @@ class AsyncLease:
     async def release(self) -> None:
         """As `Lease.release`: if the deadline has passed (a blocked event loop), the
         lease is lost, not released (`lost` is set, `on_lost` runs); after a loss it
-        only closes the stream. Never raises `LeaseLost`, nor does `async with`'s exit."""
+        only closes the stream. While the lease is being re-attached, it waits for
+        that: released once re-attached, lost if the re-attach fails. Never raises
+        `LeaseLost`, nor does `async with`'s exit."""
         await self._holder.release()
 
     def __repr__(self) -> str:
@@ -187,8 +202,20 @@ class AsyncLease:
         return f"<AsyncLease {self.key} token={self.token} {state}>"
 
 
+class _AsyncStream:
+    """One `Hold` stream of a lease: its call and the task that reads its answers."""
+
+    def __init__(self, endpoint: _Endpoint, call):
+        self.endpoint = endpoint
+        self.call = call
+        #: When its `acquire` was taken to be sent (the deadline rule's instant).
+        self.sent_at: float | None = None
+        self.reader: asyncio.Task | None = None
+
+
 class _AsyncHolder:
-    """The machinery of one `AsyncLease`; holds the lease only weakly."""
+    """The machinery of one `AsyncLease`: its current stream, the keeper task
+    (heartbeats and the deadline), the re-attaching task; holds the lease only weakly."""
 
     def __init__(self, client, key, ttl, metadata, wait, on_lost):
         self.key = key
@@ -201,16 +228,28 @@ class _AsyncHolder:
         self._on_lost = on_lost
         self.state = State(ttl)
         self._changed = asyncio.Event()
-        self._call = None
+        self._stream: _AsyncStream | None = None
+        self._attempt: _AsyncStream | None = None
+        self.url = client.url
         self._loop: asyncio.AbstractEventLoop | None = None
         self._release_sent = False
+        self._release_wanted = False
         self._released = asyncio.Event()
         self._handed_over = False
         self.reader: asyncio.Task | None = None
         self.keeper: asyncio.Task | None = None
+        self.reattacher: asyncio.Task | None = None
 
     async def release(self) -> None:
         self.expire_if_due()
+        state = self.state
+        if state.reason is None and state.reattaching:
+            # Carried out once re-attached (see `_adopt`), or a loss if it is not; the
+            # keeper ends the lease at its deadline at the latest.
+            self._release_wanted = True
+            while state.reason is None and state.reattaching:
+                self._changed.clear()
+                await self._changed.wait()
         send = self.state.end(Reason.RELEASED, "released by the holder")
         self._changed.set()
         if send:
@@ -227,13 +266,14 @@ class _AsyncHolder:
             await self._close()
 
     async def _send_release(self) -> None:
-        if not self._release_sent and self._call is not None:
+        stream = self._stream
+        if not self._release_sent and stream is not None:
             self._release_sent = True
             try:
-                await self._call.write(_core.RELEASE)
-                await self._call.done_writing()
-                if self.reader is not None:
-                    await asyncio.wait_for(asyncio.shield(self.reader), self._client.timeout)
+                await stream.call.write(_core.RELEASE)
+                await stream.call.done_writing()
+                if stream.reader is not None:
+                    await asyncio.wait_for(asyncio.shield(stream.reader), self._client.timeout)
             except (grpc.RpcError, asyncio.InvalidStateError, asyncio.TimeoutError):
                 pass
         await self._close()
@@ -262,7 +302,13 @@ class _AsyncHolder:
 
     def _release_dropped(self) -> None:
         self.expire_if_due()
-        if self.state.end(Reason.RELEASED, "released: the lease was dropped"):
+        if self.state.reason is None and self.state.reattaching:
+            self._release_wanted = True  # released once re-attached (see `_adopt`)
+            return
+        self._release_in_background("released: the lease was dropped")
+
+    def _release_in_background(self, message: str) -> None:
+        if self.state.end(Reason.RELEASED, message):
             self._changed.set()
             _spawn(self._send_release()).add_done_callback(lambda _: self._released.set())
 
@@ -273,47 +319,90 @@ class _AsyncHolder:
         self._changed.set()
         self._cancel_now()
 
+    def _calls(self) -> list:
+        return [s.call for s in (self._stream, self._attempt) if s is not None]
+
+    def _tasks(self) -> list[asyncio.Task]:
+        return [t for t in (self.keeper, self.reader, self.reattacher) if t is not None]
+
     def _cancel_now(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        for task in (self.keeper, self.reader):
-            if task is not None and task is not asyncio.current_task():
+        for call in self._calls():
+            call.cancel()
+        for task in self._tasks():
+            if task is not asyncio.current_task():
                 task.cancel()
                 _tasks.add(task)
                 task.add_done_callback(_tasks.discard)
 
     # --- the machinery
 
+    async def _open(self, endpoint: _Endpoint, request, bound: float, resume: bool):
+        """Opens a `Hold` stream through `endpoint` and sends `request`; returns the
+        stream and its first answer, a grant. Raises the call's grpc.RpcError, or
+        `Unavailable` if no grant came within `bound`; the call is reset then."""
+        # No gRPC deadline on the stream: it lives as long as the lease.
+        call = endpoint.stub.Hold(metadata=self._client._metadata)
+        stream = self._attempt = _AsyncStream(endpoint, call)
+        try:
+            try:
+                async with asyncio.timeout(bound):
+                    # The instant is taken before the request is handed to gRPC.
+                    stream.sent_at = clock()
+                    if not resume:
+                        self.state.acquire_sent(stream.sent_at)
+                    try:
+                        await call.write(request)
+                    except (grpc.RpcError, asyncio.InvalidStateError):
+                        # The server may end the call before it reads anything (a
+                        # refused token): the write then fails with a status of its own
+                        # ("Internal error from Core"), and the call's own status is the
+                        # one that tells why.
+                        raise await self._call_status(call) from None
+                    first = await call.read()
+            except TimeoutError:
+                raise Unavailable(f"no answer to acquire {self.key} within {bound:g}s") from None
+            if first is grpc.aio.EOF or first.WhichOneof("kind") != "granted":
+                raise Unavailable(f"the stream ended before a grant: {first}")
+        except BaseException:
+            call.cancel()
+            if self._attempt is stream:
+                self._attempt = None
+            raise
+        return stream, first
+
     async def acquire(self) -> None:
+        """Acquires the key through the first server that answers; hands the lease
+        over (and starts the keeper) once its deadline is known."""
         client = self._client
         self._loop = asyncio.get_running_loop()
-        # No gRPC deadline on the stream: it lives as long as the lease.
-        self._call = client._stub.Hold(metadata=client._metadata)
         waited = self._wait is not None
         bound = (self._wait or 0.0) + client.timeout
-        try:
-            self.state.acquire_sent(clock())
+        request = _core.acquire_request(self.key, self.ttl, self.metadata, self._wait)
+        error: BaseException | None = None
+        for index in _core.endpoint_order(len(client._endpoints), client._preferred):
             try:
-                await self._call.write(
-                    _core.acquire_request(self.key, self.ttl, self.metadata, self._wait)
+                stream, first = await self._open(
+                    client._endpoints[index], request, bound, resume=False
                 )
-            except (grpc.RpcError, asyncio.InvalidStateError):
-                # The server may end the call before it reads anything (a refused
-                # token): the write then fails with a status of its own ("Internal error
-                # from Core"), and the call's own status is the one that tells why.
-                raise await self._call_status() from None
-            first = await asyncio.wait_for(self._call.read(), bound)
-        except asyncio.TimeoutError:
-            raise Unavailable(f"no answer to acquire {self.key} within {bound:g}s") from None
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, waited=waited) from None
-        if first is grpc.aio.EOF or first.WhichOneof("kind") != "granted":
-            raise Unavailable(f"the stream ended before a grant: {first}")
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error, waited=waited)
+            except Unavailable as unavailable:
+                error = unavailable
+            else:
+                error = None
+                client._preferred = index
+                break
+            if not isinstance(error, Unavailable):
+                break
+        if error is not None:
+            raise error
+        self._stream, self._attempt = stream, None
+        self.url = stream.endpoint.url
         state = self.state
         state.granted(
             first.granted.token, _core.from_duration(first.granted.time_left), waited=waited
         )
-        self.reader = asyncio.create_task(self._read())
+        stream.reader = self.reader = asyncio.create_task(self._read(stream))
         if waited and state.reason is None:
             # The grant may have come long after the acquire was sent, so it has no
             # deadline yet: count from a heartbeat's answer before handing the lease
@@ -336,9 +425,8 @@ class _AsyncHolder:
             raise state.lost_error()
         self.keeper = asyncio.create_task(self._keep())
 
-    async def _call_status(self) -> grpc.aio.AioRpcError:
+    async def _call_status(self, call) -> grpc.aio.AioRpcError:
         """The call's final status, as an error (waits for it, within the timeout)."""
-        call = self._call
         try:
             async with asyncio.timeout(self._client.timeout):
                 return grpc.aio.AioRpcError(
@@ -356,44 +444,130 @@ class _AsyncHolder:
                 "a request could not be sent and the call did not end",
             )
 
-    async def _read(self) -> None:
+    async def _read(self, stream: _AsyncStream) -> None:
+        """Reads the answers of the lease's stream, after its grant."""
         try:
             while True:
-                answer = await self._call.read()
+                answer = await stream.call.read()
                 if answer is grpc.aio.EOF:
-                    self._end(Reason.BROKEN, "the stream ended without an `ended` answer")
+                    self._broke(stream, "the stream ended without an `ended` answer")
                     return
                 kind = answer.WhichOneof("kind")
+                if self._stream is not stream:
+                    return
                 if kind == "renewed":
                     if self.state.renewed(_core.from_duration(answer.renewed.time_left)):
                         self._after_loss()
                     self._changed.set()
+                elif kind == "ended" and _core.handed_over(answer.ended):
+                    self._broke(stream, answer.ended.message or "handed over", answer.ended)
+                    return
                 elif kind == "ended":
                     reason, message = _core.ended_reason(answer.ended, self._release_sent)
-                    self._end(reason, message)
+                    self._end(stream, reason, message)
                 else:
-                    self._end(Reason.BROKEN, f"an unexpected answer: {kind}")
+                    self._end(stream, Reason.BROKEN, f"an unexpected answer: {kind}")
         except asyncio.CancelledError:
             raise
         except grpc.RpcError as error:
-            self._end(Reason.BROKEN, _core.describe_rpc_error(error))
+            if _core.breaks_stream(error):
+                self._broke(stream, _core.describe_rpc_error(error))
+            else:
+                self._end(stream, Reason.BROKEN, _core.describe_rpc_error(error))
         except Exception as error:  # a bug of ours must still end the lease
-            self._end(Reason.BROKEN, _core.describe_rpc_error(error))
+            self._end(stream, Reason.BROKEN, _core.describe_rpc_error(error))
+
+    def _broke(self, stream: _AsyncStream, message: str, ended=None) -> None:
+        """The lease's stream broke (a transport error, UNAVAILABLE, its end without
+        `ended`, `ended { HANDED_OVER }`): re-attach the lease, if that is on, the
+        lease was handed to its holder and it is not being released."""
+        client = self._client
+        if self._stream is not stream or self.state.reason is not None:
+            return
+        if not client.reattach or client._closed or not self._handed_over or self._release_sent:
+            reason = _core.ended_reason(ended, self._release_sent)[0] if ended else Reason.BROKEN
+            self._end(stream, reason, message)
+            return
+        self._stream = None
+        self.state.broke()
+        stream.call.cancel()
+        self.reattacher = asyncio.create_task(self._reattach(stream.endpoint.index))
+        self._changed.set()
+
+    async def _reattach(self, broken: int) -> None:
+        """Re-attaches the lease (`acquire` with `resume`), through the next server
+        first, then each in turn (the broken one too), with a short backoff, until a
+        grant, a refusal (lost at once) or the deadline (the keeper ends the lease
+        then, and cancels this task)."""
+        client, state = self._client, self.state
+        endpoints = client._endpoints
+        request = _core.resume_request(self.key, self.ttl, self.metadata, state.token)
+        backoff = _core.BACKOFF_FIRST
+        attempt = 0
+        while state.reason is None and state.reattaching:
+            remaining = state.deadline - clock()
+            if remaining <= 0:
+                break
+            endpoint = endpoints[(broken + 1 + attempt) % len(endpoints)]
+            attempt += 1
+            bound = _core.attempt_bound(self.ttl, client.timeout, remaining)
+            try:
+                stream, first = await self._open(endpoint, request, bound, resume=True)
+            except grpc.RpcError as error:
+                if error.code() == _core.REFUSED:
+                    self._end(
+                        None, Reason.LOST, f"the lease could not be re-attached: {error.details()}"
+                    )
+                    return
+            except Unavailable:
+                pass
+            except Exception as error:  # a closed channel
+                self._end(None, Reason.BROKEN, f"cannot re-attach: {error!r}")
+                return
+            else:
+                self._adopt(stream, first.granted)
+                return
+            await asyncio.sleep(max(0.0, min(backoff, state.deadline - clock())))
+            backoff = min(backoff * 2, _core.BACKOFF_MAX)
+        self.expire_if_due()
+
+    def _adopt(self, stream: _AsyncStream, granted) -> None:
+        """A re-attach attempt was granted: it becomes the lease's stream, unless its
+        answer ends the lease (another token, or past its deadline). A release asked for
+        meanwhile is carried out on it now."""
+        self._attempt = None
+        time_left = _core.from_duration(granted.time_left)
+        ended = self.state.resumed(granted.token, stream.sent_at, time_left)
+        if self.state.reason is not None:
+            stream.call.cancel()
+            if ended:
+                self._after_loss()
+            self._changed.set()
+            return
+        self._stream = stream
+        self.url = stream.endpoint.url
+        self._client._preferred = stream.endpoint.index
+        stream.reader = self.reader = asyncio.create_task(self._read(stream))
+        self._changed.set()
+        if self._release_wanted:
+            self._release_in_background("released by the holder")
 
     async def _heartbeat(self) -> None:
         # The instant is taken before the request is handed to gRPC: never later than
-        # the moment it is sent.
-        if self.state.heartbeat_sent(clock()):
+        # the moment it is sent. None while re-attaching.
+        stream = self._stream
+        if stream is not None and self.state.heartbeat_sent(clock()):
             try:
-                await self._call.write(_core.HEARTBEAT)
+                await stream.call.write(_core.HEARTBEAT)
             except (grpc.RpcError, asyncio.InvalidStateError):
-                # The call has ended: the reader ends the lease with the call's own
-                # status, which says why (the write's error does not). The deadline
-                # still holds meanwhile.
+                # The call has ended: the reader ends the lease (or re-attaches it)
+                # with the call's own status, which says why (the write's error does
+                # not). The deadline still holds meanwhile.
                 pass
 
     async def _keep(self) -> None:
-        """Heartbeats every TTL/4; ends the lease at its deadline."""
+        """Heartbeats every TTL/4 (none while re-attaching); ends the lease at its
+        deadline."""
         interval = self.ttl / 4
         state = self.state
         next_beat = clock() + interval
@@ -401,12 +575,11 @@ class _AsyncHolder:
             now = clock()
             if now >= state.deadline:
                 break
-            if now < next_beat:
+            if state.reattaching or now < next_beat:
+                wake = state.deadline if state.reattaching else min(next_beat, state.deadline)
                 self._changed.clear()
                 try:
-                    await asyncio.wait_for(
-                        self._changed.wait(), min(next_beat, state.deadline) - now
-                    )
+                    await asyncio.wait_for(self._changed.wait(), wake - now)
                 except asyncio.TimeoutError:
                     pass
                 continue
@@ -418,7 +591,10 @@ class _AsyncHolder:
         if self.state.expire_if_due():
             self._after_loss()
 
-    def _end(self, reason: Reason, message: str) -> None:
+    def _end(self, stream: _AsyncStream | None, reason: Reason, message: str) -> None:
+        """Ends the lease, if `stream` (None: whichever) is still its stream."""
+        if stream is not None and self._stream is not stream:
+            return
         if self.state.end(reason, message):
             self._after_loss()
         self._changed.set()
@@ -429,10 +605,13 @@ class _AsyncHolder:
             return
         self.lost.set()
         self._changed.set()
-        if self._call is not None:
-            # No release after a loss: the stream is reset, and the server keeps the
-            # key until the time it promised has run out.
-            self._call.cancel()
+        # No release after a loss: the stream is reset, and the server keeps the key
+        # until the time it promised has run out. A re-attach under way stops.
+        for call in self._calls():
+            call.cancel()
+        reattacher = self.reattacher
+        if reattacher is not None and reattacher is not asyncio.current_task():
+            reattacher.cancel()
         if self._on_lost is None or not self._handed_over:
             return
         lease = self.owner() if self.owner is not None else None
@@ -448,10 +627,10 @@ class _AsyncHolder:
             traceback.print_exc()
 
     async def _close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        for task in (self.keeper, self.reader):
-            if task is not None and task is not asyncio.current_task():
+        for call in self._calls():
+            call.cancel()
+        for task in self._tasks():
+            if task is not asyncio.current_task():
                 task.cancel()
                 try:
                     await task

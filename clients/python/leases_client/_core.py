@@ -77,6 +77,27 @@ def parse_url(url: str) -> Target:
     return Target(f"{host}:{port}", tls)
 
 
+def parse_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The server URLs of a client: a list of URLs, or one string of comma-separated
+    URLs (`"http://a:8895,http://b:8895"`), each checked by `parse_url`. Several URLs
+    are servers of one store; the client uses the first that answers."""
+    if isinstance(urls, str):
+        parts = [part.strip() for part in urls.split(",")]
+    else:
+        parts = [part.strip() for part in urls]
+    parts = [part for part in parts if part]
+    if not parts:
+        raise ValueError(f"{urls!r}: give at least one server URL")
+    for part in parts:
+        parse_url(part)
+    return parts
+
+
+def endpoint_order(count: int, first: int) -> list[int]:
+    """Every endpoint's index once, starting at `first` and wrapping around."""
+    return [(first + i) % count for i in range(count)]
+
+
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     if token is None:
         return ()
@@ -122,6 +143,12 @@ def acquire_request(key: str, ttl: float, metadata: bytes, wait: float | None):
     return leases_pb2.HoldRequest(acquire=acquire)
 
 
+def resume_request(key: str, ttl: float, metadata: bytes, token: int):
+    """The `acquire` that re-attaches the lease `token` (leases.proto, RE-ATTACHING)."""
+    acquire = leases_pb2.Acquire(key=key, ttl=duration(ttl), metadata=metadata, resume=token)
+    return leases_pb2.HoldRequest(acquire=acquire)
+
+
 HEARTBEAT = leases_pb2.HoldRequest(heartbeat=leases_pb2.Heartbeat())
 RELEASE = leases_pb2.HoldRequest(release=leases_pb2.Release())
 
@@ -131,6 +158,51 @@ ENDED_REASONS = {
     leases_pb2.Ended.LOST: Reason.LOST,
     leases_pb2.Ended.SHUTDOWN: Reason.SHUTDOWN,
 }
+
+
+#: A re-attach refused: the lease is gone (expired, released, revoked or taken over).
+REFUSED = grpc.StatusCode.FAILED_PRECONDITION
+
+#: Re-attaching: the first retry waits this long, each next one twice as long, up to
+#: BACKOFF_MAX (never past the deadline).
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 1.0
+
+
+def attempt_bound(ttl: float, timeout: float, remaining: float) -> float:
+    """How long one re-attach attempt waits for its answer: half a TTL (so that a
+    silent server leaves time to try another), at most the client's timeout, never past
+    the deadline."""
+    return max(0.0, min(ttl / 2, timeout, remaining))
+
+
+#: The statuses that end a held lease's `Hold` stream as an answer about the lease or
+#: the requests; any other (UNAVAILABLE, and what grpcio makes of transport errors and
+#: resets: INTERNAL, UNKNOWN, CANCELLED...) is a broken stream. The same split as the
+#: Rust ClientLeaser's (src/client/reattach.rs, `is_break`).
+NOT_A_BREAK = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+def breaks_stream(error: BaseException) -> bool:
+    """Whether an error that ended a `Hold` stream after its grant is a broken stream
+    that re-attaching may mend (a transport error, a lost connection, a server going
+    away: UNAVAILABLE and the like) rather than the server's verdict on the lease or
+    the requests (see NOT_A_BREAK)."""
+    return (
+        isinstance(error, grpc.RpcError)
+        and hasattr(error, "code")
+        and error.code() not in NOT_A_BREAK
+    )
 
 
 def describe_rpc_error(error: BaseException) -> str:
@@ -160,6 +232,11 @@ class State:
         self.message: str | None = None
         self.ended_at: float | None = None
         self.answers = 0
+        #: The stream broke and the client is re-attaching the lease (leases.proto,
+        #: RE-ATTACHING): no heartbeats meanwhile; the deadline still holds.
+        self.reattaching = False
+        #: How many times the lease was re-attached on a new stream.
+        self.reattachments = 0
         self._unanswered: collections.deque[float] = collections.deque()
         self._acquire_sent: float | None = None
 
@@ -215,6 +292,45 @@ class State:
             self.changed.notify_all()
             return False
 
+    def broke(self) -> bool:
+        """The lease's stream broke: re-attach it. Heartbeats in flight on the broken
+        stream will never be answered: they are forgotten. False if the lease is over."""
+        with self.changed:
+            if self.reason is not None:
+                return False
+            self._unanswered.clear()
+            self.reattaching = True
+            self.changed.notify_all()
+            return True
+
+    def resumed(self, token: int, sent: float, time_left: float) -> bool:
+        """Takes the `granted` answer to a re-attaching `acquire` sent at `sent`: the
+        deadline is counted from that instant, as for any answer (earlier too). True if
+        it ended the lease: a grant of another token, or one past its deadline (the
+        current one, or its own), never revives the lease."""
+        now = clock()
+        with self.changed:
+            if self.reason is not None:
+                return False
+            if token != self.token:
+                return self._end(
+                    Reason.BROKEN,
+                    f"re-attaching lease {self.token} was answered with token {token}",
+                    now,
+                )
+            if self.deadline is not None and now >= self.deadline:
+                return self._end(Reason.DEADLINE, self._deadline_message(), now)
+            deadline = sent + min(time_left, self.ttl)
+            self.deadline = deadline
+            if now >= deadline:
+                return self._end(Reason.DEADLINE, self._deadline_message(), now)
+            self._unanswered.clear()
+            self.answers += 1
+            self.reattaching = False
+            self.reattachments += 1
+            self.changed.notify_all()
+            return False
+
     def expire_if_due(self) -> bool:
         """Ends the lease if its deadline has passed; True if this call ended it."""
         now = clock()
@@ -232,6 +348,7 @@ class State:
         if self.reason is not None:
             return False
         self.reason, self.message, self.ended_at = reason, message, now
+        self.reattaching = False
         self.changed.notify_all()
         return True
 
@@ -258,9 +375,17 @@ class State:
             return LeaseLost(self.reason or Reason.BROKEN, self.message or "")
 
 
+def handed_over(ended: leases_pb2.Ended) -> bool:
+    """Whether an `ended` answer hands the lease over (a draining server): it lives on
+    in the store, to be re-attached through another server."""
+    return ended.reason == leases_pb2.Ended.HANDED_OVER
+
+
 def ended_reason(ended: leases_pb2.Ended, released_by_us: bool) -> tuple[Reason, str]:
     """The reason an `ended` answer gives. `ended { RELEASED }` that answers no release
-    of ours is a broken stream."""
+    of ours is a broken stream (so is `HANDED_OVER`, when it is not re-attached)."""
+    if handed_over(ended):
+        return Reason.BROKEN, f"the server handed the lease over: {ended.message}"
     reason = ENDED_REASONS.get(ended.reason, Reason.LOST)
     if reason is Reason.RELEASED and not released_by_us:
         return Reason.BROKEN, f"the server ended the lease as released: {ended.message}"

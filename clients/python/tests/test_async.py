@@ -85,6 +85,21 @@ class AsyncTest(unittest.IsolatedAsyncioTestCase):
             async with c.hold(key, ttl=5) as lease:
                 self.assertEqual((await c.info(key)).token, lease.token)
 
+    async def test_several_urls_the_first_that_answers(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+        key = support.unique_key(self)
+        async with leases_client.AsyncClient([dead, support.URL], timeout=5) as client:
+            self.assertIsNone(await client.info(key))
+            self.assertEqual(client.url, support.URL)
+        async with leases_client.AsyncClient(f"{dead},{support.URL}", timeout=5) as client:
+            async with client.hold(key, ttl=5) as lease:
+                self.assertEqual(lease.url, support.URL)
+                self.assertEqual((await client.info(key)).token, lease.token)
+
 
 if __name__ == "__main__":
     unittest.main()

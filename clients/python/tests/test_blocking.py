@@ -143,6 +143,26 @@ class BlockingTest(unittest.TestCase):
             client.hold(self.key(), ttl=5)
         client.close()
 
+    def test_several_urls_the_first_that_answers(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+        key = self.key()
+        with leases_client.Client(f"{dead},{support.URL}", timeout=5) as client:
+            self.assertEqual(client.urls, (dead, support.URL))
+            self.assertIsNone(client.info(key))
+            self.assertEqual(client.url, support.URL, "the one that answered comes first now")
+        with leases_client.Client([dead, support.URL], timeout=5) as client:
+            with client.hold(key, ttl=5) as lease:
+                self.assertEqual(lease.url, support.URL)
+                self.assertEqual(client.info(key).token, lease.token)
+                self.assertTrue(client.revoke(self.key("none")) is False)
+        with leases_client.Client([dead], timeout=2) as client:
+            with self.assertRaises(leases_client.Unavailable):
+                client.hold(key, ttl=5)
+
 
 class AuthTest(unittest.TestCase):
     def setUp(self):

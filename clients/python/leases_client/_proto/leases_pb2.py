@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leases/v1/leases.proto\x12\tleases.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x0bHoldRequest\x12%\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32\x12.leases.v1.AcquireH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.leases.v1.HeartbeatH\x00\x12%\n\x07release\x18\x03 \x01(\x0b\x32\x12.leases.v1.ReleaseH\x00\x42\x06\n\x04kind\"y\n\x07\x41\x63quire\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\'\n\x04wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x0b\n\tHeartbeat\"\t\n\x07Release\"\x87\x01\n\x0cHoldResponse\x12%\n\x07granted\x18\x01 \x01(\x0b\x32\x12.leases.v1.GrantedH\x00\x12%\n\x07renewed\x18\x02 \x01(\x0b\x32\x12.leases.v1.RenewedH\x00\x12!\n\x05\x65nded\x18\x03 \x01(\x0b\x32\x10.leases.v1.EndedH\x00\x42\x06\n\x04kind\"F\n\x07Granted\x12\r\n\x05token\x18\x01 \x01(\x04\x12,\n\ttime_left\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"7\n\x07Renewed\x12,\n\ttime_left\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x96\x01\n\x05\x45nded\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.leases.v1.Ended.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"S\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0c\n\x08RELEASED\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x08\n\x04LOST\x10\x03\x12\x0c\n\x08SHUTDOWN\x10\x04\"\x19\n\nKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"!\n\x0eRevokeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"\xd2\x01\n\tLeaseInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x04\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nexpires_in\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08metadata\x18\x05 \x01(\x0c\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12/\n\x0b\x61\x63quired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0cInfoResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.leases.v1.LeaseInfo\",\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"4\n\x0cListResponse\x12$\n\x06leases\x18\x01 \x03(\x0b\x32\x14.leases.v1.LeaseInfo2\xf2\x01\n\x06Leases\x12;\n\x04Hold\x12\x16.leases.v1.HoldRequest\x1a\x17.leases.v1.HoldResponse(\x01\x30\x01\x12:\n\x06Revoke\x12\x15.leases.v1.KeyRequest\x1a\x19.leases.v1.RevokeResponse\x12\x36\n\x04Info\x12\x15.leases.v1.KeyRequest\x1a\x17.leases.v1.InfoResponse\x12\x37\n\x04List\x12\x16.leases.v1.ListRequest\x1a\x17.leases.v1.ListResponseBg\n\tleases.v1B\x0bLeasesProtoP\x01Z leases/gen/go/leases/v1;leasesv1\xa2\x02\x03LSX\xaa\x02\tLeases.V1\xca\x02\tLeases\\V1\xea\x02\nLeases::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leases/v1/leases.proto\x12\tleases.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x0bHoldRequest\x12%\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32\x12.leases.v1.AcquireH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.leases.v1.HeartbeatH\x00\x12%\n\x07release\x18\x03 \x01(\x0b\x32\x12.leases.v1.ReleaseH\x00\x42\x06\n\x04kind\"\x99\x01\n\x07\x41\x63quire\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\'\n\x04wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06resume\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\t\n\x07_resume\"\x0b\n\tHeartbeat\"\t\n\x07Release\"\x87\x01\n\x0cHoldResponse\x12%\n\x07granted\x18\x01 \x01(\x0b\x32\x12.leases.v1.GrantedH\x00\x12%\n\x07renewed\x18\x02 \x01(\x0b\x32\x12.leases.v1.RenewedH\x00\x12!\n\x05\x65nded\x18\x03 \x01(\x0b\x32\x10.leases.v1.EndedH\x00\x42\x06\n\x04kind\"F\n\x07Granted\x12\r\n\x05token\x18\x01 \x01(\x04\x12,\n\ttime_left\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"7\n\x07Renewed\x12,\n\ttime_left\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x01\n\x05\x45nded\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.leases.v1.Ended.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"d\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0c\n\x08RELEASED\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x08\n\x04LOST\x10\x03\x12\x0c\n\x08SHUTDOWN\x10\x04\x12\x0f\n\x0bHANDED_OVER\x10\x05\"\x19\n\nKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"!\n\x0eRevokeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"\xd2\x01\n\tLeaseInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x04\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nexpires_in\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08metadata\x18\x05 \x01(\x0c\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12/\n\x0b\x61\x63quired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0cInfoResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.leases.v1.LeaseInfo\",\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"4\n\x0cListResponse\x12$\n\x06leases\x18\x01 \x03(\x0b\x32\x14.leases.v1.LeaseInfo2\xf2\x01\n\x06Leases\x12;\n\x04Hold\x12\x16.leases.v1.HoldRequest\x1a\x17.leases.v1.HoldResponse(\x01\x30\x01\x12:\n\x06Revoke\x12\x15.leases.v1.KeyRequest\x1a\x19.leases.v1.RevokeResponse\x12\x36\n\x04Info\x12\x15.leases.v1.KeyRequest\x1a\x17.leases.v1.InfoResponse\x12\x37\n\x04List\x12\x16.leases.v1.ListRequest\x1a\x17.leases.v1.ListResponseBg\n\tleases.v1B\x0bLeasesProtoP\x01Z leases/gen/go/leases/v1;leasesv1\xa2\x02\x03LSX\xaa\x02\tLeases.V1\xca\x02\tLeases\\V1\xea\x02\nLeases::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\tleases.v1B\013LeasesProtoP\001Z leases/gen/go/leases/v1;leasesv1\242\002\003LSX\252\002\tLeases.V1\312\002\tLeases\\V1\352\002\nLeases::V1'
   _globals['_HOLDREQUEST']._serialized_start=103
   _globals['_HOLDREQUEST']._serialized_end=245
-  _globals['_ACQUIRE']._serialized_start=247
-  _globals['_ACQUIRE']._serialized_end=368
-  _globals['_HEARTBEAT']._serialized_start=370
-  _globals['_HEARTBEAT']._serialized_end=381
-  _globals['_RELEASE']._serialized_start=383
-  _globals['_RELEASE']._serialized_end=392
-  _globals['_HOLDRESPONSE']._serialized_start=395
-  _globals['_HOLDRESPONSE']._serialized_end=530
-  _globals['_GRANTED']._serialized_start=532
-  _globals['_GRANTED']._serialized_end=602
-  _globals['_RENEWED']._serialized_start=604
-  _globals['_RENEWED']._serialized_end=659
-  _globals['_ENDED']._serialized_start=662
-  _globals['_ENDED']._serialized_end=812
-  _globals['_ENDED_REASON']._serialized_start=729
-  _globals['_ENDED_REASON']._serialized_end=812
-  _globals['_KEYREQUEST']._serialized_start=814
-  _globals['_KEYREQUEST']._serialized_end=839
-  _globals['_REVOKERESPONSE']._serialized_start=841
-  _globals['_REVOKERESPONSE']._serialized_end=874
-  _globals['_LEASEINFO']._serialized_start=877
-  _globals['_LEASEINFO']._serialized_end=1087
-  _globals['_INFORESPONSE']._serialized_start=1089
-  _globals['_INFORESPONSE']._serialized_end=1140
-  _globals['_LISTREQUEST']._serialized_start=1142
-  _globals['_LISTREQUEST']._serialized_end=1186
-  _globals['_LISTRESPONSE']._serialized_start=1188
-  _globals['_LISTRESPONSE']._serialized_end=1240
-  _globals['_LEASES']._serialized_start=1243
-  _globals['_LEASES']._serialized_end=1485
+  _globals['_ACQUIRE']._serialized_start=248
+  _globals['_ACQUIRE']._serialized_end=401
+  _globals['_HEARTBEAT']._serialized_start=403
+  _globals['_HEARTBEAT']._serialized_end=414
+  _globals['_RELEASE']._serialized_start=416
+  _globals['_RELEASE']._serialized_end=425
+  _globals['_HOLDRESPONSE']._serialized_start=428
+  _globals['_HOLDRESPONSE']._serialized_end=563
+  _globals['_GRANTED']._serialized_start=565
+  _globals['_GRANTED']._serialized_end=635
+  _globals['_RENEWED']._serialized_start=637
+  _globals['_RENEWED']._serialized_end=692
+  _globals['_ENDED']._serialized_start=695
+  _globals['_ENDED']._serialized_end=862
+  _globals['_ENDED_REASON']._serialized_start=762
+  _globals['_ENDED_REASON']._serialized_end=862
+  _globals['_KEYREQUEST']._serialized_start=864
+  _globals['_KEYREQUEST']._serialized_end=889
+  _globals['_REVOKERESPONSE']._serialized_start=891
+  _globals['_REVOKERESPONSE']._serialized_end=924
+  _globals['_LEASEINFO']._serialized_start=927
+  _globals['_LEASEINFO']._serialized_end=1137
+  _globals['_INFORESPONSE']._serialized_start=1139
+  _globals['_INFORESPONSE']._serialized_end=1190
+  _globals['_LISTREQUEST']._serialized_start=1192
+  _globals['_LISTREQUEST']._serialized_end=1236
+  _globals['_LISTRESPONSE']._serialized_start=1238
+  _globals['_LISTRESPONSE']._serialized_end=1290
+  _globals['_LEASES']._serialized_start=1293
+  _globals['_LEASES']._serialized_end=1535
 # @@protoc_insertion_point(module_scope)

@@ -22,16 +22,18 @@ class HoldRequest(_message.Message):
     def __init__(self, acquire: _Optional[_Union[Acquire, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ...) -> None: ...
 
 class Acquire(_message.Message):
-    __slots__ = ("key", "ttl", "metadata", "wait")
+    __slots__ = ("key", "ttl", "metadata", "wait", "resume")
     KEY_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     key: str
     ttl: _duration_pb2.Duration
     metadata: bytes
     wait: _duration_pb2.Duration
-    def __init__(self, key: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., metadata: _Optional[bytes] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    resume: int
+    def __init__(self, key: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., metadata: _Optional[bytes] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()
@@ -74,11 +76,13 @@ class Ended(_message.Message):
         REVOKED: _ClassVar[Ended.Reason]
         LOST: _ClassVar[Ended.Reason]
         SHUTDOWN: _ClassVar[Ended.Reason]
+        HANDED_OVER: _ClassVar[Ended.Reason]
     REASON_UNSPECIFIED: Ended.Reason
     RELEASED: Ended.Reason
     REVOKED: Ended.Reason
     LOST: Ended.Reason
     SHUTDOWN: Ended.Reason
+    HANDED_OVER: Ended.Reason
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     reason: Ended.Reason
