@@ -175,7 +175,19 @@ async fn keep(
     let mut pending: VecDeque<Sent> = VecDeque::new();
     let mut next = Instant::now() + every;
     loop {
-        let stuck = pending.front().map(|s| s.at + overdue);
+        // An unanswered heartbeat is a stall once it has waited a third of the TTL, or,
+        // sooner, when the deadline is near (the last answer's time left may be under
+        // half the TTL): re-attaching then may still save the lease.
+        let near = watch
+            .deadline()
+            .and_then(|d| Instant::from_std(d).checked_sub(ttl / 10));
+        let stuck = pending.front().map(|s| {
+            let late = s.at + overdue;
+            match near {
+                Some(near) => late.min(near.max(s.at + ttl / 8)),
+                None => late,
+            }
+        });
         let broke = tokio::select! {
             biased;
             command = commands.recv() => {

@@ -150,3 +150,24 @@ async fn calls_move_on_to_a_server_that_answers() {
     lease.release().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A server that goes silent (its link blackholed: no error, no answer) is left for
+/// another before the lease's deadline: the holder notices nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_is_left_for_another_in_time() {
+    let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+    let (a, b) = (server_on(&store).await, server_on(&store).await);
+    let pa = FaultProxy::start(a.local_addr()).await;
+    let c = client(&[url(pa.addr()), url(b.local_addr())]).await;
+    let key = Key::system(["client", "stall"]);
+    let (lease, ctx) = c.acquire_lease(key.clone(), HOLD).await.unwrap();
+    pa.set(Fault::Blackhole);
+    tokio::time::sleep(HOLD * 3).await;
+    assert_eq!(ctx.reason(), None, "the holder was told of a silent server");
+    assert_eq!(holder(&store, &key).await, Some(lease.token()));
+    lease.release().await.unwrap();
+    assert_eq!(holder(&store, &key).await, None);
+    // Its silent link would hold a graceful stop up: just drop it.
+    drop(a);
+    b.shutdown().await.unwrap();
+}
