@@ -114,12 +114,17 @@ impl LeaseServer {
     }
 
     /// Stops the service gracefully: every stream ends (FTL streams with
-    /// `UNAVAILABLE`, native ones with an `ended` answer) and releases its leases, then
-    /// the server closes its connections. Returns once every stream has released its
-    /// leases: a native stream whose client has not hung up (its connection broke, say)
-    /// keeps its lease until the time left it last promised has run out, at most its
-    /// TTL, so that shutting the manager down next frees no key a client may still act
-    /// on. The manager is not shut down (it is the caller's).
+    /// `UNAVAILABLE`, native ones with an `ended` answer), then the server closes its
+    /// connections. Returns once every stream has let go of its leases. On a store
+    /// servers share (PostgreSQL, etcd) native streams end with `HANDED_OVER` and their
+    /// leases are left in the store at once, for their clients to re-attach through
+    /// another server; on the memory backend (whose leases end with the server) they end
+    /// with `SHUTDOWN`, and a stream whose client has not hung up (its connection broke,
+    /// say) keeps its lease until the time left it last promised has run out, at most
+    /// its TTL. FTL keys are kept until the heartbeat window of their last request has
+    /// run out, on any store (FTL clients cannot re-attach). So shutting the manager down
+    /// next frees no key a client may still act on. The manager is not shut down (it is
+    /// the caller's).
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         self.stopping.cancel();
         let result = match self.task.take() {
