@@ -13,7 +13,7 @@
 //!
 //! The API shares the port of the gRPC services (HTTP/1.1, or HTTP/2 with TLS), their
 //! bearer token (`Authorization: Bearer TOKEN`; the readiness route and the OpenAPI
-//! document stay open, as probes need them), their size limit (a larger body is 413)
+//! document stay open, as probes need them), their size limit (twice theirs, room for base64: a larger body is 413)
 //! and their error meanings, as HTTP statuses with one JSON error shape
 //! (`errors.rs`). It can also be served on a port of its own
 //! ([`ServeOptions::http_bind`](super::ServeOptions::http_bind)).
@@ -79,9 +79,15 @@ impl Api {
             .route("/v1", any(handlers::not_found))
             .route("/v1/", any(handlers::not_found))
             .route("/v1/{*rest}", any(handlers::not_found))
-            .layer(DefaultBodyLimit::max(self.shared.options.max_message_bytes))
+            .layer(DefaultBodyLimit::max(body_limit(&self.shared)))
             .with_state(self.clone())
     }
+}
+
+/// The largest body accepted: twice the gRPC message limit (136 KiB by default), room
+/// for the largest metadata in base64 or with JSON escapes.
+pub(crate) fn body_limit(shared: &Shared) -> usize {
+    shared.options.max_message_bytes.saturating_mul(2)
 }
 
 /// `route` answering any other method with a JSON 405.
