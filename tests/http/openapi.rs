@@ -6,6 +6,9 @@ use serde_json::{json, Value};
 
 use crate::client::{call, Http};
 
+/// Method, path, body, bearer token, expected status.
+type Case<'a> = (&'a str, String, Option<Vec<u8>>, Option<&'a str>, u16);
+
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +89,7 @@ async fn each_documented_code_is_returned() {
     let b = |v: Value| v.to_string().into_bytes();
     // (method, path, body, bearer, expected status); 503 is not triggered here (a
     // store that is down: see tests/service for the gRPC side).
-    let cases: Vec<(&str, String, Option<Vec<u8>>, Option<&str>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/acquire".into(),

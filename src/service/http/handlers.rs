@@ -41,7 +41,7 @@ fn ok(body: Value) -> Answer {
 pub(crate) fn info_json(info: &LeaseInfo) -> Value {
     let acquired = info
         .acquired_at
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| ms(d)));
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok().map(ms));
     json!({
         "key": info.key.to_string(),
         "token": info.token.to_string(),
