@@ -124,6 +124,16 @@ impl AcquireOptions {
         self.ttl
     }
 
+    /// How long to wait for a held key, if [`wait`](Self::wait) was asked for.
+    pub fn waits(&self) -> Option<Duration> {
+        self.wait
+    }
+
+    /// The metadata to attach (see [`metadata`](Self::metadata)).
+    pub fn attached_metadata(&self) -> &[u8] {
+        &self.metadata
+    }
+
     /// Checks TTL and metadata against `min_ttl`, [`MAX_TTL`] and [`MAX_METADATA_LEN`],
     /// and the key against [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
     pub(crate) fn validate(&self, key: &Key, min_ttl: Duration) -> Result<(), LeaseError> {

@@ -30,6 +30,6 @@ impl tonic::service::Interceptor for Auth {
 }
 
 /// Compares in time that depends only on the lengths.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

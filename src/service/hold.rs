@@ -236,13 +236,59 @@ async fn obtain(
     options: AcquireOptions,
     resume: Option<u64>,
 ) -> Result<Hold, Status> {
+    obtain_hold(shared, key.clone(), options, resume)
+        .await
+        .map_err(|e| match e {
+            NotObtained::Refused(e) => status_of(&e),
+            NotObtained::Gone => Status::failed_precondition(gone(&key, resume)),
+            NotObtained::Busy => Status::unavailable(busy(&key)),
+        })
+}
+
+/// Why a lease could not be obtained for a client.
+pub(crate) enum NotObtained {
+    /// The manager refused it.
+    Refused(LeaseError),
+    /// A re-attach: the lease is no longer held.
+    Gone,
+    /// A re-attach: another stream of this server holds the lease and is letting go of
+    /// it: try again.
+    Busy,
+}
+
+/// The message of [`NotObtained::Gone`].
+pub(crate) fn gone(key: &Key, token: Option<u64>) -> String {
+    format!(
+        "lease {key} with token {} is no longer held: it expired, was released, \
+         revoked or taken over",
+        token.unwrap_or_default()
+    )
+}
+
+/// The message of [`NotObtained::Busy`].
+pub(crate) fn busy(key: &Key) -> String {
+    format!(
+        "lease {key} is held by another stream of this server that is letting go of \
+         it: try again"
+    )
+}
+
+/// A client's lease (held until released: see `give_back.rs`): acquired, or, with
+/// `resume`, re-attached (taken over from the stream or HTTP keeper of this server
+/// that lists it, or resumed from the store).
+pub(crate) async fn obtain_hold(
+    shared: &Shared,
+    key: Key,
+    options: AcquireOptions,
+    resume: Option<u64>,
+) -> Result<Hold, NotObtained> {
     let manager = &shared.manager;
     let options = options.keep_until_released();
     let Some(token) = resume else {
         let (lease, ctx) = manager
             .acquire_lease_with(key, options)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(NotObtained::Refused)?;
         return Ok(Hold::new(lease, ctx, &shared.let_go));
     };
     if let Some(hold) = shared.holds.take(&key, token).await {
@@ -253,16 +299,10 @@ async fn obtain(
         .await
     {
         Ok((lease, ctx)) => Ok(Hold::new(lease, ctx, &shared.let_go)),
-        Err(LeaseError::NotHeld) => Err(Status::failed_precondition(format!(
-            "lease {key} with token {token} is no longer held: it expired, was released, \
-             revoked or taken over"
-        ))),
+        Err(LeaseError::NotHeld) => Err(NotObtained::Gone),
         // Held here by a stream that has not handed it over (yet): try again.
-        Err(LeaseError::Conflict) => Err(Status::unavailable(format!(
-            "lease {key} is held by another stream of this server that is letting go of \
-             it: try again"
-        ))),
-        Err(e) => Err(status_of(&e)),
+        Err(LeaseError::Conflict) => Err(NotObtained::Busy),
+        Err(e) => Err(NotObtained::Refused(e)),
     }
 }
 

@@ -10,8 +10,10 @@
 //! - the standard gRPC health service (`grpc.health.v1.Health`, status `SERVING` while
 //!   the backend answers) and server reflection (`grpc.reflection.v1`);
 //!
-//! and, over plain HTTP/1.1 on the same port, `GET /_liveness` (always 200) and
-//! `GET /_readiness` (200, or 503 while the backend does not answer).
+//! and, over plain HTTP/1.1 on the same port, `GET /_liveness` (always 200),
+//! `GET /_readiness` (200, or 503 while the backend does not answer), and the HTTP/JSON
+//! API under `/v1` (`http/`: acquire, heartbeat, release, revoke, info, list; also on a
+//! port of its own with [`ServeOptions::http_bind`]).
 //!
 //! Every lease the service grants is held by one
 //! [`LeaseManager`](crate::LeaseManager) on behalf of the gRPC stream that asked for
@@ -51,8 +53,10 @@
 //! Each part in a file of its own, none using another's names in a circle:
 //! - `options.rs`: [`ServeOptions`], [`TlsFiles`], their check, [`ServeError`];
 //! - `server.rs`: [`LeaseServer`], binding, serving and shutting down;
-//! - `routes.rs`: every service and probe of the one port, as one router (another API
-//!   on the same port joins there, in a file of its own);
+//! - `routes.rs`: every service and probe of the one port, as one router (the HTTP
+//!   API joins there);
+//! - `http/`: the HTTP/JSON API, whose leases a task per lease keeps for clients that
+//!   have no stream, by the same rules as a `Hold` stream's;
 //! - `shared.rs`: the state the services of one server share (streams, limits);
 //! - `auth.rs`: the bearer-token check; `probes.rs` the HTTP probes and readiness;
 //!   `health.rs` the gRPC health service;
@@ -68,6 +72,7 @@ mod give_back;
 mod handover;
 mod health;
 mod hold;
+mod http;
 pub mod native;
 mod options;
 mod probes;

@@ -53,6 +53,11 @@ pub struct ServeOptions {
     /// positive). A stream that sends nothing by then ends with `DEADLINE_EXCEEDED` and
     /// frees its slot of [`max_streams_per_connection`](Self::max_streams_per_connection).
     pub first_request_timeout: Duration,
+    /// Also serve the HTTP/JSON API (`/v1/...`, see `docs/http.md`) on this address,
+    /// over plain HTTP/1.1 (never TLS; keep it on loopback or behind a proxy that
+    /// terminates TLS). The API is always served on [`bind`](Self::bind) too. `None`
+    /// by default.
+    pub http_bind: Option<SocketAddr>,
 }
 
 /// How long a new lease stream may wait before its first request, by default.
@@ -70,6 +75,7 @@ impl Default for ServeOptions {
             max_streams_per_connection: 1024,
             health_interval: Duration::from_secs(2),
             first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
+            http_bind: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Every route of one port as one router: FTL's and the native lease services behind
-//! the bearer-token check, the health service, reflection and the HTTP probes, all
+//! the bearer-token check, the health service, reflection, the HTTP probes and the
+//! HTTP/JSON API (`http/`), all
 //! wrapped by the layer that tells a reset request stream from a clean end.
 
 use std::sync::Arc;
@@ -9,13 +10,14 @@ use tonic::service::Routes;
 
 use super::auth::Auth;
 use super::health::report_health;
+use super::http::Api;
 use super::probes::with_probes;
 use super::shared::Shared;
 use super::{ftl, native, resets};
 use crate::proto;
 
 /// Every service and the HTTP probes, as one router.
-pub(super) fn routes(shared: &Shared, stopping: CancellationToken) -> Routes {
+pub(super) fn routes(shared: &Shared, api: &Api, stopping: CancellationToken) -> Routes {
     let limit = shared.options.max_message_bytes;
     let auth = Auth(shared.options.auth_token.clone().map(Arc::from));
     let ftl = proto::xyz::block::ftl::lease::v1::lease_service_server::LeaseServiceServer::new(
@@ -41,7 +43,7 @@ pub(super) fn routes(shared: &Shared, stopping: CancellationToken) -> Routes {
     ))
     .add_service(health)
     .add_service(reflection);
-    let router = with_probes(grpc.into_axum_router(), shared.manager.clone());
+    let router = with_probes(grpc.into_axum_router(), shared.manager.clone()).merge(api.router());
     // Last, so that it wraps every route: a reset request stream reads as broken.
     Routes::from(router.layer(axum::middleware::map_request(resets::mark_resets)))
 }

@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::handover::{Holds, LetGo};
+use super::http::Api;
 use super::options::{ServeError, ServeOptions, TlsFiles};
 use super::routes::routes;
 use super::shared::Shared;
@@ -22,6 +23,7 @@ use crate::LeaseManager;
 /// it stops it too (without waiting).
 pub struct LeaseServer {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     stopping: CancellationToken,
     streams: Arc<tokio::sync::watch::Sender<usize>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
@@ -79,7 +81,23 @@ impl LeaseServer {
             streams: Arc::default(),
             active: streams.clone(),
         };
-        let routes = routes(&shared, stopping.clone());
+        let api = Api::new(&shared);
+        let http_listener = match shared.options.http_bind {
+            Some(bind) => Some(
+                TcpListener::bind(bind)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: bind, source })?,
+            ),
+            None => None,
+        };
+        let http_addr = match &http_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| ServeError::Bind {
+                addr: l.local_addr().unwrap_or(addr),
+                source,
+            })?),
+            None => None,
+        };
+        let routes = routes(&shared, &api, stopping.clone());
         let mut builder = tonic::transport::Server::builder()
             .accept_http1(true)
             // Our own count refuses a stream beyond the limit with a clear status; HTTP/2's
@@ -99,9 +117,22 @@ impl LeaseServer {
                 .await
                 .map_err(ServeError::from)
         });
-        tracing::info!(%addr, "lease service listening");
+        if let Some(listener) = http_listener {
+            let stop = stopping.clone();
+            let router = api.router();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the HTTP API's listener failed");
+                }
+            });
+        }
+        tracing::info!(%addr, ?http_addr, "lease service listening");
         Ok(LeaseServer {
             addr,
+            http_addr,
             stopping,
             streams,
             task: Some(task),
@@ -111,6 +142,12 @@ impl LeaseServer {
     /// The address the service listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the HTTP API's own listener, when
+    /// [`ServeOptions::http_bind`] asked for one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Stops the service gracefully: every stream ends (FTL streams with

@@ -35,6 +35,7 @@ use crate::{Key, LeaseManager};
 
 pub mod conformance;
 pub mod leaser;
+pub mod parts;
 
 /// An [`Env`](conformance::Env) over one backend: managers on it accept TTLs down to
 /// `ttl`, and keys are unique to this environment (so runs sharing a store, such as a

@@ -145,6 +145,7 @@ async fn serve(args: ServeArgs, auth_token: Option<String>) -> Result<(), String
         default_ttl: args.default_ttl,
         max_keys_per_stream: args.max_keys_per_stream,
         max_streams_per_connection: args.max_streams_per_connection,
+        http_bind: args.http_bind,
         ..ServeOptions::default()
     };
     // The handlers first, so that a signal that comes right after the address is
@@ -158,6 +159,9 @@ async fn serve(args: ServeArgs, auth_token: Option<String>) -> Result<(), String
         .map_err(|e| e.to_string())?;
     // Scripts and tests read the address from this line.
     println!("leases serve: listening on {}", server.local_addr());
+    if let Some(http) = server.http_addr() {
+        println!("leases serve: HTTP API on {http}");
+    }
     let stop = async move {
         tokio::select! {
             _ = int.recv() => {}

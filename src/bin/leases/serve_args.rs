@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use leases::service::DEFAULT_BIND;
 
-/// Serve leases over gRPC (FTL's LeaseService and the native service).
+/// Serve leases over gRPC (FTL's LeaseService and the native service) and HTTP/JSON.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   leases serve                                   # memory backend, 127.0.0.1:8895
@@ -101,6 +101,10 @@ pub(crate) struct ServeArgs {
     /// Serve the metrics in Prometheus text format at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR", help_heading = "Service")]
     pub(crate) metrics_bind: Option<SocketAddr>,
+    /// Also serve the HTTP/JSON API (docs/http.md) on this address, over plain
+    /// HTTP/1.1; it is always served on --bind too.
+    #[arg(long, value_name = "ADDR", help_heading = "Service")]
+    pub(crate) http_bind: Option<SocketAddr>,
     /// The most keys one FTL stream may hold.
     #[arg(
         long,

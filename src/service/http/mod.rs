@@ -1,0 +1,123 @@
+//! The HTTP/JSON API (`/v1/...`): leases for any program that can send an HTTP
+//! request, a shell script with `curl` included (see `docs/http.md`).
+//!
+//! A client with no stream cannot prove it is alive by keeping one open, so the
+//! server keeps each HTTP lease for its client in a task of its own (a keeper,
+//! `session.rs`), fed by the client's `heartbeat` and `release` requests: the same
+//! lease as a native `Hold` stream's ([`Hold`](super::handover::Hold), held with
+//! `keep_until_released`, listed in [`Holds`](super::handover::Holds) so that it can be
+//! re-attached by key and token), ended by the same events, and given back by the same
+//! remote-holder rule (`give_back.rs`). Every answer that keeps a lease alive carries
+//! `time_left_ms`, and the protocol's deadline rule applies: the client's deadline is
+//! the instant it *sent* the request plus that time.
+//!
+//! The API shares the port of the gRPC services (HTTP/1.1, or HTTP/2 with TLS), their
+//! bearer token (`Authorization: Bearer TOKEN`; the readiness route and the OpenAPI
+//! document stay open, as probes need them), their size limit (twice theirs, room for base64: a larger body is 413)
+//! and their error meanings, as HTTP statuses with one JSON error shape
+//! (`errors.rs`). It can also be served on a port of its own
+//! ([`ServeOptions::http_bind`](super::ServeOptions::http_bind)).
+//!
+//! Files: `handlers.rs` the routes; `input.rs` reading bodies and queries field by
+//! field; `errors.rs` the error answers; `session.rs` the keepers; `openapi.rs` the
+//! OpenAPI document served at `/v1/openapi.json`; `base64.rs` metadata that is not
+//! text.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, MethodRouter};
+use axum::Router;
+
+use super::shared::Shared;
+
+mod base64;
+mod errors;
+mod handlers;
+mod input;
+mod openapi;
+mod session;
+
+/// The API's state: the server's shared state and the keepers of its HTTP leases.
+#[derive(Clone)]
+pub(crate) struct Api {
+    shared: Shared,
+    keepers: session::Keepers,
+    token: Option<Arc<str>>,
+}
+
+impl Api {
+    /// The API of the server whose state is `shared` (one per server: every router
+    /// built from it shares the keepers).
+    pub(crate) fn new(shared: &Shared) -> Api {
+        Api {
+            shared: shared.clone(),
+            keepers: session::Keepers::default(),
+            token: shared.options.auth_token.clone().map(Arc::from),
+        }
+    }
+
+    /// Every route of the API, under `/v1`.
+    pub(crate) fn router(&self) -> Router {
+        let open = Router::new()
+            .route("/v1/ready", only(get(handlers::ready)))
+            .route("/v1/openapi.json", only(get(handlers::openapi)));
+        let leases = Router::new()
+            .route("/v1/acquire", only(post(handlers::acquire)))
+            .route("/v1/heartbeat", only(post(handlers::heartbeat)))
+            .route("/v1/release", only(post(handlers::release)))
+            .route("/v1/revoke", only(post(handlers::revoke)))
+            .route("/v1/info", only(get(handlers::info)))
+            .route("/v1/list", only(get(handlers::list)))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                authorized,
+            ));
+        open.merge(leases)
+            .route("/v1", any(handlers::not_found))
+            .route("/v1/", any(handlers::not_found))
+            .route("/v1/{*rest}", any(handlers::not_found))
+            .layer(DefaultBodyLimit::max(body_limit(&self.shared)))
+            .with_state(self.clone())
+    }
+}
+
+/// The largest body accepted: twice the gRPC message limit (136 KiB by default), room
+/// for the largest metadata in base64 or with JSON escapes.
+pub(crate) fn body_limit(shared: &Shared) -> usize {
+    shared.options.max_message_bytes.saturating_mul(2)
+}
+
+/// `route` answering any other method with a JSON 405.
+fn only(route: MethodRouter<Api>) -> MethodRouter<Api> {
+    route.fallback(handlers::wrong_method)
+}
+
+/// The bearer-token check, before the body is read: 401 with a JSON error.
+async fn authorized(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let Some(expected) = &api.token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let why = match given {
+        Some(token) if super::auth::same(token.as_bytes(), expected.as_bytes()) => {
+            return next.run(request).await
+        }
+        Some(_) => "wrong bearer token",
+        None => "this lease service requires `Authorization: Bearer <token>`",
+    };
+    let mut response =
+        errors::ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "unauthenticated", why)
+            .into_response();
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
