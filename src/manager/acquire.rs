@@ -68,6 +68,18 @@ impl SupervisorState {
                 return;
             }
         }
+        if waiter.options.resume.is_some() && self.table.holder(&key).is_none() {
+            // A resume renews a live lease by its token: it neither queues behind the
+            // waiters of the key (none of them can have it while that lease lives) nor
+            // waits for an attempt in flight, and it leaves their slot's `busy` alone.
+            return attempt::start_attempt(
+                myself,
+                self.backend.clone(),
+                &self.config.inflight,
+                key,
+                waiter,
+            );
+        }
         if self.table.slot(&key).is_claimed() {
             // Taken (by us, or being taken, or promised to earlier waiters).
             match until {
@@ -130,7 +142,10 @@ impl SupervisorState {
         waiter: Waiter,
         outcome: Attempt,
     ) {
-        self.table.slot(&key).busy = false;
+        // A resume ran beside the key's own attempts (see `on_acquire`).
+        if waiter.options.resume.is_none() {
+            self.table.slot(&key).busy = false;
+        }
         match outcome {
             Attempt::Granted {
                 grant,
@@ -186,6 +201,9 @@ impl SupervisorState {
                 "the acquire was confirmed too late to hold the lease safely",
             )))
         } else if waiter.reply.is_closed() {
+            Some(LeaseError::Conflict)
+        } else if waiter.options.resume.is_some() && self.table.holder(key).is_some() {
+            // Another resume of the lease here got there first.
             Some(LeaseError::Conflict)
         } else {
             None

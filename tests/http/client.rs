@@ -203,10 +203,13 @@ impl Held {
     /// Heartbeats every `every` until the lease ends; tells the server it has stopped
     /// once an end it heard of has been acted on.
     async fn keep(self: Arc<Self>, every: Duration) {
+        // On a fixed schedule (a slow answer does not push the next heartbeat back).
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.ctx.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = ticks.tick() => {}
             }
             let sent = Sent::now();
             let Ok(reply) = self.http.try_post("/v1/heartbeat", self.id()).await else {
