@@ -66,6 +66,8 @@
 //!   errors as statuses, durations, a holder's time left).
 
 mod auth;
+mod console;
+mod events;
 mod first;
 pub mod ftl;
 mod give_back;
