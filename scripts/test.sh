@@ -52,6 +52,9 @@ bash tests/foreign/run.sh
 step "the Python client (clients/python): its tests against leases serve"
 bash clients/python/test.sh
 
+step "the live console in a real browser (chromium, Playwright): tests/console/run.sh"
+bash tests/console/run.sh
+
 step "the conformance kit from another crate (tests/external_backend)"
 cargo fmt --manifest-path tests/external_backend/Cargo.toml -- --check
 cargo test --manifest-path tests/external_backend/Cargo.toml --target-dir target

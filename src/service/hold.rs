@@ -236,7 +236,7 @@ async fn obtain(
     options: AcquireOptions,
     resume: Option<u64>,
 ) -> Result<Hold, Status> {
-    obtain_hold(shared, key.clone(), options, resume)
+    obtain_hold(shared, key.clone(), options, resume, "native")
         .await
         .map_err(|e| match e {
             NotObtained::Refused(e) => status_of(&e),
@@ -281,6 +281,7 @@ pub(crate) async fn obtain_hold(
     key: Key,
     options: AcquireOptions,
     resume: Option<u64>,
+    via: &'static str,
 ) -> Result<Hold, NotObtained> {
     let manager = &shared.manager;
     let options = options.keep_until_released();
@@ -289,6 +290,7 @@ pub(crate) async fn obtain_hold(
             .acquire_lease_with(key, options)
             .await
             .map_err(NotObtained::Refused)?;
+        shared.events.watch(lease.key(), &ctx, via, false);
         return Ok(Hold::new(lease, ctx, &shared.let_go));
     };
     if let Some(hold) = shared.holds.take(&key, token).await {
@@ -298,7 +300,10 @@ pub(crate) async fn obtain_hold(
         .acquire_lease_with(key.clone(), options.resume(token))
         .await
     {
-        Ok((lease, ctx)) => Ok(Hold::new(lease, ctx, &shared.let_go)),
+        Ok((lease, ctx)) => {
+            shared.events.watch(&key, &ctx, via, true);
+            Ok(Hold::new(lease, ctx, &shared.let_go))
+        }
         Err(LeaseError::NotHeld) => Err(NotObtained::Gone),
         // Held here by a stream that has not handed it over (yet): try again.
         Err(LeaseError::Conflict) => Err(NotObtained::Busy),

@@ -13,7 +13,8 @@
 //! and, over plain HTTP/1.1 on the same port, `GET /_liveness` (always 200),
 //! `GET /_readiness` (200, or 503 while the backend does not answer), and the HTTP/JSON
 //! API under `/v1` (`http/`: acquire, heartbeat, release, revoke, info, list; also on a
-//! port of its own with [`ServeOptions::http_bind`]).
+//! port of its own with [`ServeOptions::http_bind`]); with [`ServeOptions::console`],
+//! the live console at `GET /console` (`console/`), a page over that API.
 //!
 //! Every lease the service grants is held by one
 //! [`LeaseManager`](crate::LeaseManager) on behalf of the gRPC stream that asked for
@@ -57,7 +58,9 @@
 //!   API joins there);
 //! - `http/`: the HTTP/JSON API, whose leases a task per lease keeps for clients that
 //!   have no stream, by the same rules as a `Hold` stream's;
-//! - `shared.rs`: the state the services of one server share (streams, limits);
+//! - `console/`: the live console's page, compiled in;
+//! - `shared.rs`: the state the services of one server share (streams, limits), and
+//!   `events.rs` the bounded log of recent grants and ends the console's timeline reads;
 //! - `auth.rs`: the bearer-token check; `probes.rs` the HTTP probes and readiness;
 //!   `health.rs` the gRPC health service;
 //! - [`ftl`] and [`native`]: the two lease protocols, over `first.rs` (a stream's
@@ -66,6 +69,8 @@
 //!   errors as statuses, durations, a holder's time left).
 
 mod auth;
+mod console;
+mod events;
 mod first;
 pub mod ftl;
 mod give_back;

@@ -58,6 +58,13 @@ pub struct ServeOptions {
     /// terminates TLS). The API is always served on [`bind`](Self::bind) too. `None`
     /// by default.
     pub http_bind: Option<SocketAddr>,
+    /// Serve the live console at `GET /console` (see `docs/console.md`), and, when
+    /// [`auth_token`](Self::auth_token) is set, let requests that carry no token *read*
+    /// (`GET /v1/list`, `/v1/info`, `/v1/events`), so that the console shows the leases
+    /// to anyone who reaches the port. Changing anything (acquire, heartbeat, release,
+    /// revoke) still needs the token, and a request that carries a wrong one is still
+    /// refused. `false` by default: no console, and every lease route needs the token.
+    pub console: bool,
 }
 
 /// How long a new lease stream may wait before its first request, by default.
@@ -76,6 +83,7 @@ impl Default for ServeOptions {
             health_interval: Duration::from_secs(2),
             first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
             http_bind: None,
+            console: false,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Every route of one port as one router: FTL's and the native lease services behind
 //! the bearer-token check, the health service, reflection, the HTTP probes and the
-//! HTTP/JSON API (`http/`), all
+//! HTTP/JSON API (`http/`), the console (`console/`, when on), all
 //! wrapped by the layer that tells a reset request stream from a clean end.
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use super::auth::Auth;
+use super::console::with_console;
 use super::health::report_health;
 use super::http::Api;
 use super::probes::with_probes;
@@ -44,6 +45,7 @@ pub(super) fn routes(shared: &Shared, api: &Api, stopping: CancellationToken) ->
     .add_service(health)
     .add_service(reflection);
     let router = with_probes(grpc.into_axum_router(), shared.manager.clone()).merge(api.router());
+    let router = with_console(router, shared.options.console);
     // Last, so that it wraps every route: a reset request stream reads as broken.
     Routes::from(router.layer(axum::middleware::map_request(resets::mark_resets)))
 }

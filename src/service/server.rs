@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use super::console::with_console;
+use super::events::Events;
 use super::handover::{Holds, LetGo};
 use super::http::Api;
 use super::options::{ServeError, ServeOptions, TlsFiles};
@@ -74,6 +76,7 @@ impl LeaseServer {
         };
         let shared = Shared {
             holds: Holds::default(),
+            events: Events::default(),
             let_go,
             manager,
             options: Arc::new(options),
@@ -119,7 +122,7 @@ impl LeaseServer {
         });
         if let Some(listener) = http_listener {
             let stop = stopping.clone();
-            let router = api.router();
+            let router = with_console(api.router(), shared.options.console);
             tokio::spawn(async move {
                 let served = axum::serve(listener, router)
                     .with_graceful_shutdown(stop.cancelled_owned())

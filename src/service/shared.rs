@@ -1,6 +1,7 @@
 //! What the services of one server share: its manager and options, the stop signal,
 //! the count of streams still holding leases (which shutdown waits for), and the open
-//! lease streams of each client connection (which the per-connection limit counts).
+//! lease streams of each client connection (which the per-connection limit counts),
+//! and the log of recent lease events (`events.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::events::Events;
 use super::handover::{Holds, LetGo};
 use super::options::ServeOptions;
 use crate::LeaseManager;
@@ -27,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) holds: Holds,
     /// How a lease whose client did not release it is let go of.
     pub(crate) let_go: LetGo,
+    /// What happened lately to the leases this server holds (the console's timeline).
+    pub(crate) events: Events,
 }
 
 /// One open lease stream, counted against its connection's limit until dropped.

@@ -5,7 +5,8 @@
 //!
 //! One binary, a module per theme: `client` (raw HTTP/1.1 and `HttpLeaser`),
 //! `conformance`, `errors` (statuses, auth, limits, malformed input), `rules` (a client
-//! that stops heartbeating, a release), `openapi`.
+//! that stops heartbeating, a release), `openapi`, `console` (the console switch and
+//! the event log).
 #![cfg(feature = "server")]
 
 #[path = "../support/mod.rs"]
@@ -13,6 +14,7 @@ mod support;
 
 mod client;
 mod conformance;
+mod console;
 mod errors;
 mod openapi;
 mod rules;

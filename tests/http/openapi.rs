@@ -25,6 +25,7 @@ async fn the_document_matches_the_routes() {
         "/v1/revoke",
         "/v1/info",
         "/v1/list",
+        "/v1/events",
         "/v1/ready",
         "/v1/openapi.json",
     ];
@@ -260,6 +261,9 @@ async fn each_documented_code_is_returned() {
         ),
         ("GET", "/v1/list?limit=x".into(), None, Some("t"), 400),
         ("GET", "/v1/list".into(), None, None, 401),
+        ("GET", "/v1/events?after=0".into(), None, Some("t"), 200),
+        ("GET", "/v1/events?after=-1".into(), None, Some("t"), 400),
+        ("GET", "/v1/events".into(), None, None, 401),
         ("GET", "/v1/ready".into(), None, None, 200),
         ("GET", "/v1/openapi.json".into(), None, None, 200),
     ];

@@ -146,6 +146,7 @@ async fn serve(args: ServeArgs, auth_token: Option<String>) -> Result<(), String
         max_keys_per_stream: args.max_keys_per_stream,
         max_streams_per_connection: args.max_streams_per_connection,
         http_bind: args.http_bind,
+        console: args.console,
         ..ServeOptions::default()
     };
     // The handlers first, so that a signal that comes right after the address is
@@ -161,6 +162,15 @@ async fn serve(args: ServeArgs, auth_token: Option<String>) -> Result<(), String
     println!("leases serve: listening on {}", server.local_addr());
     if let Some(http) = server.http_addr() {
         println!("leases serve: HTTP API on {http}");
+    }
+    if args.console {
+        let at = server.http_addr().unwrap_or(server.local_addr());
+        let scheme = if args.tls_cert.is_some() && server.http_addr().is_none() {
+            "https"
+        } else {
+            "http"
+        };
+        println!("leases serve: console at {scheme}://{at}/console");
     }
     let stop = async move {
         tokio::select! {

@@ -105,6 +105,10 @@ pub(crate) struct ServeArgs {
     /// HTTP/1.1; it is always served on --bind too.
     #[arg(long, value_name = "ADDR", help_heading = "Service")]
     pub(crate) http_bind: Option<SocketAddr>,
+    /// Serve the live console at /console (docs/console.md); with --token-file, let
+    /// requests without a token read leases and events (changes still need it).
+    #[arg(long, help_heading = "Service")]
+    pub(crate) console: bool,
     /// The most keys one FTL stream may hold.
     #[arg(
         long,

@@ -443,11 +443,13 @@ fn request_of(
 /// `window`, as a holder that keeps its key until the stream gives it back.
 fn acquire(shared: &Shared, key: Key, window: Duration) -> Acquiring {
     let manager = shared.manager.clone();
+    let events = shared.events.clone();
     Box::pin(async move {
         let options = AcquireOptions::new(store_ttl(window)).keep_until_released();
         let result = manager
             .acquire_lease_with(key.clone(), options)
             .await
+            .inspect(|(_, ctx)| events.watch(&key, ctx, "ftl", false))
             .map_err(|e| match e {
                 LeaseError::Conflict | LeaseError::WaitTimedOut { .. } => {
                     Status::resource_exhausted("lease already held")

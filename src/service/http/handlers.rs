@@ -82,7 +82,7 @@ pub(super) async fn acquire(State(api): State<Api>, body: Result<Bytes, BytesRej
         _ = shared.stopping.cancelled() => {
             return Err(ApiError::unavailable("the lease service is shutting down"));
         }
-        got = obtain_hold(shared, key.clone(), options, resume) => got,
+        got = obtain_hold(shared, key.clone(), options, resume, "http") => got,
     };
     let mut hold = match got {
         Ok(hold) => hold,
@@ -234,6 +234,35 @@ pub(super) async fn list(State(api): State<Api>, uri: Uri) -> Answer {
         .map_err(|e| ApiError::of(&e))?;
     ok(json!({ "leases": leases.iter().map(info_json).collect::<Vec<_>>() }))
 }
+
+/// `GET /v1/events?after=N&limit=M`: what this server saw lately (`events.rs`).
+pub(super) async fn events(State(api): State<Api>, uri: Uri) -> Answer {
+    let fields = Fields::query(uri.query(), &["after", "limit"])?;
+    let after = fields.count("after")?.unwrap_or(0);
+    let limit = match fields.count("limit")? {
+        None | Some(0) => EVENTS_LIMIT,
+        Some(n) => usize::try_from(n).map_or(EVENTS_LIMIT, |n| n.min(EVENTS_LIMIT)),
+    };
+    let (events, last) = api.shared.events.after(after, limit);
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "at_unix_ms": e.at_unix_ms,
+                "kind": e.kind,
+                "key": e.key,
+                "token": e.token.to_string(),
+                "via": e.via,
+                "detail": e.detail,
+            })
+        })
+        .collect();
+    ok(json!({ "events": events, "last": last }))
+}
+
+/// The most events one `GET /v1/events` answers with.
+const EVENTS_LIMIT: usize = 1000;
 
 /// `GET /v1/ready`.
 pub(super) async fn ready(State(api): State<Api>) -> Answer {

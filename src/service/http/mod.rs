@@ -13,7 +13,9 @@
 //!
 //! The API shares the port of the gRPC services (HTTP/1.1, or HTTP/2 with TLS), their
 //! bearer token (`Authorization: Bearer TOKEN`; the readiness route and the OpenAPI
-//! document stay open, as probes need them), their size limit (twice theirs, room for base64: a larger body is 413)
+//! document stay open, as probes need them; with
+//! [`ServeOptions::console`](super::ServeOptions::console), so do the reads `info`,
+//! `list` and `events` for a request that carries no token), their size limit (twice theirs, room for base64: a larger body is 413)
 //! and their error meanings, as HTTP statuses with one JSON error shape
 //! (`errors.rs`). It can also be served on a port of its own
 //! ([`ServeOptions::http_bind`](super::ServeOptions::http_bind)).
@@ -21,7 +23,7 @@
 //! Files: `handlers.rs` the routes; `input.rs` reading bodies and queries field by
 //! field; `errors.rs` the error answers; `session.rs` the keepers; `openapi.rs` the
 //! OpenAPI document served at `/v1/openapi.json`; `base64.rs` metadata that is not
-//! text.
+//! text. The live console (`../console.rs`) is a page over these routes.
 
 use std::sync::Arc;
 
@@ -69,13 +71,20 @@ impl Api {
             .route("/v1/heartbeat", only(post(handlers::heartbeat)))
             .route("/v1/release", only(post(handlers::release)))
             .route("/v1/revoke", only(post(handlers::revoke)))
-            .route("/v1/info", only(get(handlers::info)))
-            .route("/v1/list", only(get(handlers::list)))
             .route_layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 authorized,
             ));
+        let reads = Router::new()
+            .route("/v1/info", only(get(handlers::info)))
+            .route("/v1/list", only(get(handlers::list)))
+            .route("/v1/events", only(get(handlers::events)))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                authorized_to_read,
+            ));
         open.merge(leases)
+            .merge(reads)
             .route("/v1", any(handlers::not_found))
             .route("/v1/", any(handlers::not_found))
             .route("/v1/{*rest}", any(handlers::not_found))
@@ -97,6 +106,18 @@ fn only(route: MethodRouter<Api>) -> MethodRouter<Api> {
 
 /// The bearer-token check, before the body is read: 401 with a JSON error.
 async fn authorized(State(api): State<Api>, request: Request, next: Next) -> Response {
+    check_token(&api, false, request, next).await
+}
+
+/// The check of the read-only routes: as [`authorized`], except that with
+/// [`ServeOptions::console`](super::ServeOptions::console) a request that carries no
+/// token may read (one that carries a wrong token is still refused).
+async fn authorized_to_read(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let open = api.shared.options.console;
+    check_token(&api, open, request, next).await
+}
+
+async fn check_token(api: &Api, open_without: bool, request: Request, next: Next) -> Response {
     let Some(expected) = &api.token else {
         return next.run(request).await;
     };
@@ -106,6 +127,7 @@ async fn authorized(State(api): State<Api>, request: Request, next: Next) -> Res
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let why = match given {
+        None if open_without => return next.run(request).await,
         Some(token) if super::auth::same(token.as_bytes(), expected.as_bytes()) => {
             return next.run(request).await
         }

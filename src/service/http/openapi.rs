@@ -13,6 +13,7 @@ pub(crate) const CODES: &[(&str, &[u16])] = &[
     ("/v1/revoke", &[400, 401, 413, 503]),
     ("/v1/info", &[400, 401, 503]),
     ("/v1/list", &[400, 401, 503]),
+    ("/v1/events", &[400, 401]),
     ("/v1/ready", &[503]),
     ("/v1/openapi.json", &[]),
 ];
@@ -85,6 +86,21 @@ fn info_schema() -> Value {
             "metadata_base64": string(),
             "revoked": { "type": "boolean" },
             "acquired_at_unix_ms": { "type": ["integer", "null"], "format": "int64" },
+        }),
+    )
+}
+
+fn event_schema() -> Value {
+    object(
+        &["seq", "at_unix_ms", "kind", "key", "token", "via", "detail"],
+        json!({
+            "seq": { "type": "integer", "minimum": 1, "description": "1 for the server's first event, one more for each" },
+            "at_unix_ms": { "type": "integer", "format": "int64" },
+            "kind": { "enum": ["granted", "reattached", "released", "revoked", "lost", "shutdown", "handed_over"] },
+            "key": key_schema(),
+            "token": token("The lease's fencing token"),
+            "via": { "enum": ["ftl", "native", "http"], "description": "The protocol its client asked through" },
+            "detail": { "type": "string", "description": "A loss's cause; empty otherwise" },
         }),
     )
 }
@@ -213,6 +229,13 @@ pub(crate) fn document() -> Value {
             "/v1/list": { "get": operation("/v1/list", "Live leases by key prefix, in key order",
                 json!([query("prefix", false, string()), query("limit", false, json!({ "type": "integer", "minimum": 0, "maximum": 10000 }))]),
                 object(&["leases"], json!({ "leases": { "type": "array", "items": info_schema() } })), true) },
+            "/v1/events": { "get": operation("/v1/events", "Recent grants and ends of the leases this server holds, oldest first (a bounded log, empty after a restart)",
+                json!([query("after", false, json!({ "type": "integer", "minimum": 0, "description": "Only events whose seq is larger (0: from the oldest kept)" })),
+                       query("limit", false, json!({ "type": "integer", "minimum": 0, "maximum": 1000 }))]),
+                object(&["events", "last"], json!({
+                    "events": { "type": "array", "items": event_schema() },
+                    "last": { "type": "integer", "minimum": 0, "description": "The seq of the newest event this server has recorded (smaller than a seq you saw: the server restarted)" },
+                })), true) },
             "/v1/ready": { "get": operation("/v1/ready", "Readiness: the store answers", Value::Null,
                 object(&["ready"], json!({ "ready": { "type": "boolean" } })), false) },
             "/v1/openapi.json": { "get": operation("/v1/openapi.json", "This document", Value::Null, json!({ "type": "object" }), false) },
