@@ -41,6 +41,21 @@ pub struct Store {
     pub ftl_urls: Vec<String>,
     /// The PostgreSQL URL, for `leases run --postgres`.
     pub postgres: Option<String>,
+    /// Its servers share the store (PostgreSQL): a lease held through one can move to
+    /// another, so the clients that can re-attach get every URL.
+    pub shared: bool,
+}
+
+impl Store {
+    /// The URLs a client that starts at `url` is given: `url` first, then, on a shared
+    /// store, the others in order (where a lease re-attaches when its server goes).
+    pub fn urls_from(&self, url: &str) -> Vec<String> {
+        let mut v = vec![url.to_string()];
+        if self.shared {
+            v.extend(self.urls.iter().filter(|u| *u != url).cloned());
+        }
+        v
+    }
 }
 
 /// What every worker shares.
@@ -82,7 +97,8 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let leaser = match leasers.get(&url) {
             Some(l) => l.clone(),
             None => {
-                let options = ClientOptions::new(url.clone())
+                let options = ClientOptions::endpoints(store.urls_from(&url))
+                    .unwrap()
                     .connect_timeout(Duration::from_secs(2))
                     .request_timeout(Duration::from_secs(3));
                 match ClientLeaser::connect_with(options).await {
@@ -313,10 +329,13 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let store = Env::pick(&mut rng, &env.stores);
         let key = Env::pick(&mut rng, &store.keys).clone();
         let via_pg = store.postgres.is_some() && rng.below(3) == 0;
-        let (flag, url) = if via_pg {
-            ("--postgres", store.postgres.clone().unwrap())
+        // `--server URL,URL,...`: the picked server first, then the store's others.
+        let (flag, url, target) = if via_pg {
+            let pg = store.postgres.clone().unwrap();
+            ("--postgres", pg.clone(), pg)
         } else {
-            ("--server", Env::pick(&mut rng, &store.urls).clone())
+            let url = Env::pick(&mut rng, &store.urls).clone();
+            ("--server", url.clone(), store.urls_from(&url).join(","))
         };
         let (name, script, ignore_term, forks) = *Env::pick(&mut rng, COMMANDS);
         let wait = rng.millis(Duration::from_secs(1), Duration::from_secs(6));
@@ -328,7 +347,7 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let mut cmd = tokio::process::Command::new(&env.leases_bin);
         cmd.arg("run")
             .arg(flag)
-            .arg(&url)
+            .arg(&target)
             .arg(&key)
             .arg("--ttl")
             .arg(format!("{}s", TTL.as_secs()))
@@ -358,7 +377,7 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let pid = child.id().unwrap_or(0);
         env.runs.lock().unwrap().insert(pid, forks);
         env.history.event(format!(
-            "{who} pid {pid}: leases run {flag} {url} {key} --grace {}ms -- {name} ({}ms)",
+            "{who} pid {pid}: leases run {flag} {target} {key} --grace {}ms -- {name} ({}ms)",
             grace.as_millis(),
             act_ms.as_millis()
         ));

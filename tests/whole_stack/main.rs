@@ -1,4 +1,4 @@
-//! The whole-stack checker (issue #19): real `leases serve` processes (two on one
+//! The whole-stack checker (issue #19): real `leases serve` processes (three on one
 //! throwaway PostgreSQL, one on the memory backend), clients of every kind (see
 //! support/clients.rs) through fault proxies (a byte-level TCP proxy in front of a
 //! frame-aware HTTP/2 proxy, per server), random operations (revokes through any server
@@ -88,6 +88,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
     let servers: Vec<Arc<Server>> = vec![
         Arc::new(Server::new("pg-a", "pg", pg_args("leases"), &dir)),
         Arc::new(Server::new("pg-b", "pg", pg_args("leases"), &dir)),
+        Arc::new(Server::new("pg-c", "pg", pg_args("leases"), &dir)),
         Arc::new(Server::new(
             "mem",
             "mem",
@@ -153,6 +154,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
             urls: urls("pg", false),
             ftl_urls: urls("pg", true),
             postgres: Some(url.clone()),
+            shared: true,
         },
         Store {
             name: "mem",
@@ -160,6 +162,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
             urls: urls("mem", false),
             ftl_urls: urls("mem", true),
             postgres: None,
+            shared: false,
         },
     ];
     let act_file = dir.join("acts.log");
