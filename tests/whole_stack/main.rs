@@ -4,8 +4,10 @@
 //! frame-aware HTTP/2 proxy, per server), random operations (revokes through any server
 //! or the CLI, sometimes twice) and random faults (delay, blackhole, TCP reset,
 //! half-open, RST_STREAM with each code, GOAWAY, SIGSTOP/SIGKILL/SIGTERM of servers and
-//! of `leases run`, PostgreSQL stopped and restarted). Every holder records when it
-//! acts, on one clock; the checker (support/history.rs) knows only the guarantees.
+//! of `leases run`, PostgreSQL stopped and restarted), and beside them rolling restarts
+//! of the PostgreSQL servers, one at a time, for the whole run. Every holder records
+//! when it acts, on one clock; the checker (support/history.rs) knows only the
+//! guarantees.
 //!
 //!   LEASES_CHECKER_SECONDS=150  how long faults and clients run (the CI length)
 //!   LEASES_CHECKER_SEED=N       the seed (printed; default: from the clock)
@@ -14,6 +16,8 @@
 //!
 //! - `world`: the servers, the proxy chains in front of them, what the nemesis acts on;
 //! - `nemesis`: the random faults and operations;
+//! - `restarts`: servers frozen, killed and restarted: the nemesis's server faults and
+//!   the rolling restarts;
 //! - `verdict`: the checker's counts and violations, printed;
 //! - this file: starting it all, the clients, and the run's end.
 
@@ -31,6 +35,7 @@ mod history;
 mod support;
 
 mod nemesis;
+mod restarts;
 mod verdict;
 mod world;
 
@@ -185,6 +190,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
         chains,
         pg,
         pg_busy: AtomicBool::new(false),
+        taking: Mutex::new(()),
     });
 
     let mut workers = tokio::task::JoinSet::new();
@@ -210,7 +216,9 @@ async fn run(seed: u64, seconds: u64) -> bool {
         ));
     }
     let nemesis = tokio::spawn(nemesis::run(world.clone(), XorShift::new(rng.next())));
+    let rolling = tokio::spawn(restarts::rolling(world.clone(), XorShift::new(rng.next())));
     nemesis.await.unwrap();
+    rolling.await.unwrap();
     println!("whole_stack: faults over, waiting for the clients to finish");
     let drained = tokio::time::timeout(Duration::from_secs(120), async {
         while workers.join_next().await.is_some() {}
