@@ -21,7 +21,7 @@ use leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseRequest;
 use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key};
 use tokio::sync::mpsc;
 
-use crate::history::{now_ns, Grant, History};
+use crate::history::{now_ns, End, Grant, History};
 use crate::support::rng::XorShift;
 
 /// Every lease's TTL (the service's minimum).
@@ -166,6 +166,11 @@ pub async fn hold_once(
         if let Some(reason) = ctx.reason() {
             env.history
                 .event(format!("{holder} {key} context ended: {reason}"));
+            let end = match reason {
+                leases::CancelReason::Lost(_) => End::Lost,
+                _ => End::Other,
+            };
+            env.history.end(holder, end);
             return true;
         }
         env.history.act(&grant, t);
@@ -173,6 +178,9 @@ pub async fn hold_once(
             let r = tokio::time::timeout(Duration::from_secs(12), lease.release()).await;
             env.history
                 .event(format!("{holder} {key} released ({r:?})"));
+            let confirmed = matches!(r, Ok(Ok(())));
+            let end = if confirmed { End::Released } else { End::Other };
+            env.history.end(holder, end);
             return true;
         }
         tokio::time::sleep(ACT_EVERY).await;
@@ -205,7 +213,10 @@ pub fn stream_label(path: &str, first: &[u8]) -> String {
             kind: Some(Kind::Acquire(a)),
         }) = HoldRequest::decode(msg)
         {
-            return format!("Hold {} by {}", a.key, String::from_utf8_lossy(&a.metadata));
+            // A re-attach (`resume`) says so at the end: `... resume <token>`.
+            let resume = a.resume.map(|t| format!(" resume {t}")).unwrap_or_default();
+            let meta = String::from_utf8_lossy(&a.metadata);
+            return format!("Hold {} by {meta}{resume}", a.key);
         }
     }
     String::new()
@@ -387,6 +398,21 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
             Ok(Ok(out)) => {
                 let err = String::from_utf8_lossy(&out.stderr);
                 let last: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+                // Our commands exit 0 unless killed: 0, with no word of a failed
+                // release, is a clean run and release. A lost lease ends `leases run`
+                // with 79 and says so (see run.rs).
+                let released =
+                    !err.contains("could not release") && !err.contains("release of the lease on");
+                let end = if out.status.success() && released {
+                    End::Released
+                } else if err.contains("ended while the command ran (lost")
+                    || err.contains("about to run out")
+                {
+                    End::Lost
+                } else {
+                    End::Other
+                };
+                env.history.end(&format!("leases-run:{who}"), end);
                 env.history.event(format!(
                     "{who} pid {pid}: exited {} {}",
                     out.status,

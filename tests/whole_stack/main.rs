@@ -1,23 +1,31 @@
-//! The whole-stack checker (issue #19): real `leases serve` processes (three on one
-//! throwaway PostgreSQL, one on the memory backend), clients of every kind (see
-//! support/clients.rs) through fault proxies (a byte-level TCP proxy in front of a
-//! frame-aware HTTP/2 proxy, per server), random operations (revokes through any server
-//! or the CLI, sometimes twice) and random faults (delay, blackhole, TCP reset,
-//! half-open, RST_STREAM with each code, GOAWAY, SIGSTOP/SIGKILL/SIGTERM of servers and
-//! of `leases run`, PostgreSQL stopped and restarted), and beside them rolling restarts
-//! of the PostgreSQL servers, one at a time, for the whole run. Every holder records
-//! when it acts, on one clock; the checker (support/history.rs) knows only the
-//! guarantees.
+//! The whole-stack checker (issues #19 and #21): real `leases serve` processes (three on
+//! one throwaway PostgreSQL, pg-a, pg-b and pg-c, and one on the memory backend),
+//! clients of every kind (see support/clients.rs) through fault proxies (a byte-level
+//! TCP proxy in front of a frame-aware HTTP/2 proxy, per server), random operations
+//! (revokes through any server or the CLI, sometimes twice) and random faults (delay,
+//! blackhole, TCP reset, half-open, RST_STREAM with each code, GOAWAY,
+//! SIGSTOP/SIGKILL/SIGTERM of servers and of `leases run`, PostgreSQL stopped and
+//! restarted), and beside them rolling restarts of the PostgreSQL servers, one at a
+//! time, for the whole run. Every holder records when it acts, on one clock; the
+//! checker (support/history.rs) knows only the guarantees.
+//!
+//! The clients that can re-attach a lease (`ClientLeaser`s, and `leases run --server
+//! URL,URL,...`) get every PostgreSQL server's URL, the one they picked first, so that
+//! a lease moves to another server when its own goes. That it does is proven, not
+//! assumed: a run of 60 s or more fails unless some lease was kept across a restart of
+//! the server that held it (re-attached, and released by its holder in the end).
 //!
 //!   LEASES_CHECKER_SECONDS=150  how long faults and clients run (the CI length)
 //!   LEASES_CHECKER_SEED=N       the seed (printed; default: from the clock)
 //!
-//! A failure prints the violating intervals and the faults and operations around them.
+//! A failure prints the violating intervals and the faults, operations and lease
+//! streams around them.
 //!
 //! - `world`: the servers, the proxy chains in front of them, what the nemesis acts on;
 //! - `nemesis`: the random faults and operations;
 //! - `restarts`: servers frozen, killed and restarted: the nemesis's server faults and
 //!   the rolling restarts;
+//! - `kept`: the leases kept (and lost) across restarts, from the proxies' streams;
 //! - `verdict`: the checker's counts and violations, printed;
 //! - this file: starting it all, the clients, and the run's end.
 
@@ -34,6 +42,7 @@ mod history;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod kept;
 mod nemesis;
 mod restarts;
 mod verdict;
@@ -236,7 +245,18 @@ async fn run(seed: u64, seconds: u64) -> bool {
 
     let history = &env.history;
     history.load_act_file(&act_file);
-    let ok = verdict::judge(history, seed, seconds, origin);
+    let streams: Vec<kept::Stream> = (world.chains.iter())
+        .flat_map(|c| {
+            let server = world.servers[c.server].name.clone();
+            (c.h2.seen().into_iter()).map(move |seen| kept::Stream {
+                server: server.clone(),
+                seen,
+            })
+        })
+        .collect();
+    let kept = kept::count(history, &streams, origin);
+    kept::log_streams(history, &streams, origin);
+    let ok = verdict::judge(history, &kept, seed, seconds, origin);
     let _ = std::fs::remove_dir_all(&dir);
     if ok {
         println!("whole_stack: no violations (seed {seed})");

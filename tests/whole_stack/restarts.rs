@@ -4,7 +4,7 @@
 //! deploy does: the PostgreSQL servers one at a time, each stopped (SIGTERM, which hands
 //! its leases over; sometimes SIGKILL), started again on the same address, then a
 //! pause before the next. A lease held through a server that goes must re-attach
-//! through another, or the same one once back.
+//! through another, or the same one once back (see `kept.rs` for the count).
 //!
 //! Every fault takes its server busy through the [`World`], which keeps another server
 //! of the store up, so that the nemesis and the rolling restarts never take down the
@@ -67,12 +67,14 @@ pub async fn server_fault(world: &World, pick: u64, rng: &mut XorShift) {
 }
 
 /// Sends `sig` to `s` (taken busy by the caller), waits until it has exited, waits
-/// `down`, and starts it again on its address; logged and counted as `kind`.
+/// `down`, and starts it again on its address; logged and counted as `kind`, and
+/// recorded as a restart of `s` in the history.
 async fn restart(world: &World, s: &Arc<Server>, sig: i32, kind: &str, down: Duration) {
     let h = &world.env.history;
     if !s.signal(sig) {
         return;
     }
+    h.restart(&s.name);
     h.count(kind);
     h.event(format!("{kind}: {}, restart after {}", s.name, secs(down)));
     let s2 = s.clone();
