@@ -19,12 +19,14 @@
 //!   LEASES_CHECKER_SEED=N       the seed (printed; default: from the clock)
 //!
 //! A failure prints the violating intervals and the faults, operations and lease
-//! streams around them.
+//! streams around them; the whole history (with the store's view of each PostgreSQL key
+//! as it changed) is written to a file.
 //!
 //! - `world`: the servers, the proxy chains in front of them, what the nemesis acts on;
 //! - `nemesis`: the random faults and operations;
 //! - `restarts`: servers frozen, killed and restarted: the nemesis's server faults and
 //!   the rolling restarts;
+//! - `store_view`: who the database says holds each PostgreSQL key, logged as it changes;
 //! - `kept`: the leases kept (and lost) across restarts, from the proxies' streams;
 //! - `verdict`: the checker's counts and violations, printed;
 //! - this file: starting it all, the clients, and the run's end.
@@ -45,6 +47,7 @@ mod support;
 mod kept;
 mod nemesis;
 mod restarts;
+mod store_view;
 mod verdict;
 mod world;
 
@@ -226,8 +229,13 @@ async fn run(seed: u64, seconds: u64) -> bool {
     }
     let nemesis = tokio::spawn(nemesis::run(world.clone(), XorShift::new(rng.next())));
     let rolling = tokio::spawn(restarts::rolling(world.clone(), XorShift::new(rng.next())));
+    let view = {
+        let (env, url) = (env.clone(), url.clone());
+        tokio::spawn(async move { store_view::watch(&env, url).await })
+    };
     nemesis.await.unwrap();
     rolling.await.unwrap();
+    view.await.unwrap();
     println!("whole_stack: faults over, waiting for the clients to finish");
     let drained = tokio::time::timeout(Duration::from_secs(120), async {
         while workers.join_next().await.is_some() {}
