@@ -1,7 +1,9 @@
 //! The whole-stack checker's clients, one worker loop per kind, each recording its acts:
 //!
 //! - `ClientLeaser` (native `Hold` streams): acts from the grant while its context
-//!   lives, checked right after each act is stamped;
+//!   lives, checked right after each act is stamped; on PostgreSQL with every server's
+//!   URL, so that its lease re-attaches through another when its own goes; and
+//!   leaders, `ClientLeaser`s that hold keys of their own for long;
 //! - a raw FTL client behaving as FTL's Go runtime: heartbeats every TTL/2 without
 //!   waiting for answers, releases by half-closing then resetting; acts from the first
 //!   answer until it sees an error or it half-closes;
@@ -44,6 +46,9 @@ pub struct Store {
     /// Its servers share the store (PostgreSQL): a lease held through one can move to
     /// another, so the clients that can re-attach get every URL.
     pub shared: bool,
+    /// Keys only the leaders hold (see [`leader_worker`]); none on a store that is not
+    /// shared.
+    pub leader_keys: Vec<String>,
 }
 
 impl Store {
@@ -86,13 +91,21 @@ impl Env {
     }
 }
 
-/// Holds leases through `ClientLeaser`s until the run ends.
-pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
+/// Holds leases through `ClientLeaser`s until the run ends. A `leader` holds the shared
+/// store's leader keys as a leader does: long holds (8-20 s), waiting for the key while
+/// another leader has it. Such a lease outlives a restart of its server or two, which is
+/// what re-attaching is for (see whole_stack/kept.rs).
+pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift, leader: bool) {
     let mut leasers: HashMap<String, ClientLeaser> = HashMap::new();
     let mut attempts = 0;
     while env.running() {
-        let store = Env::pick(&mut rng, &env.stores);
-        let key = Env::pick(&mut rng, &store.keys).clone();
+        let (store, key) = if leader {
+            let store = env.stores.iter().find(|s| s.shared).unwrap();
+            (store, Env::pick(&mut rng, &store.leader_keys).clone())
+        } else {
+            let store = Env::pick(&mut rng, &env.stores);
+            (store, Env::pick(&mut rng, &store.keys).clone())
+        };
         let url = Env::pick(&mut rng, &store.urls).clone();
         let leaser = match leasers.get(&url) {
             Some(l) => l.clone(),
@@ -113,10 +126,20 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
                 }
             }
         };
-        let wait = rng.millis(Duration::ZERO, Duration::from_secs(6));
         attempts += 1;
-        let holder = format!("client{n}.{attempts}");
-        let hold = rng.millis(Duration::from_millis(100), Duration::from_secs(8));
+        let (holder, wait, hold) = if leader {
+            (
+                format!("leader{n}.{attempts}"),
+                rng.millis(Duration::ZERO, Duration::from_secs(8)),
+                rng.millis(Duration::from_secs(8), Duration::from_secs(20)),
+            )
+        } else {
+            (
+                format!("client{n}.{attempts}"),
+                rng.millis(Duration::ZERO, Duration::from_secs(6)),
+                rng.millis(Duration::from_millis(100), Duration::from_secs(8)),
+            )
+        };
         if !hold_once(&env, &leaser, &key, &url, &holder, wait, hold).await {
             tokio::time::sleep(rng.millis(Duration::from_millis(20), Duration::from_millis(300)))
                 .await;

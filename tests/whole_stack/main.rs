@@ -11,7 +11,8 @@
 //!
 //! The clients that can re-attach a lease (`ClientLeaser`s, and `leases run --server
 //! URL,URL,...`) get every PostgreSQL server's URL, the one they picked first, so that
-//! a lease moves to another server when its own goes. That it does is proven, not
+//! a lease moves to another server when its own goes; two of the `ClientLeaser`s are
+//! leaders, which hold keys of their own for long. That leases move is proven, not
 //! assumed: a run of 60 s or more fails unless some lease was kept across a restart of
 //! the server that held it (re-attached, and released by its holder in the end).
 //!
@@ -172,6 +173,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
             ftl_urls: urls("pg", true),
             postgres: Some(url.clone()),
             shared: true,
+            leader_keys: keys("pg-lead", 2),
         },
         Store {
             name: "mem",
@@ -180,6 +182,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
             ftl_urls: urls("mem", true),
             postgres: None,
             shared: false,
+            leader_keys: Vec::new(),
         },
     ];
     let act_file = dir.join("acts.log");
@@ -207,11 +210,13 @@ async fn run(seed: u64, seconds: u64) -> bool {
 
     let mut workers = tokio::task::JoinSet::new();
     for n in 0..5 {
-        workers.spawn(clients::leaser_worker(
-            env.clone(),
-            n,
-            XorShift::new(rng.next()),
-        ));
+        let rng = XorShift::new(rng.next());
+        workers.spawn(clients::leaser_worker(env.clone(), n, rng, false));
+    }
+    // Leaders: long holds of keys of their own (see clients::leaser_worker).
+    for n in 0..2 {
+        let rng = XorShift::new(rng.next());
+        workers.spawn(clients::leaser_worker(env.clone(), n, rng, true));
     }
     for n in 0..3 {
         workers.spawn(clients::ftl_worker(

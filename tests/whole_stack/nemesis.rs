@@ -327,7 +327,9 @@ fn label_key(label: &str) -> Option<String> {
 /// A client that waits a few seconds for `key` through a random server of its store,
 /// and holds it for a moment if it gets it.
 async fn contend(world: &Arc<World>, key: String, rng: &mut XorShift) {
-    let Some(store) = world.env.stores.iter().find(|s| s.keys.contains(&key)) else {
+    let Some(store) =
+        (world.env.stores.iter()).find(|s| s.keys.contains(&key) || s.leader_keys.contains(&key))
+    else {
         return;
     };
     let url = store.urls[rng.below(store.urls.len() as u64) as usize].clone();

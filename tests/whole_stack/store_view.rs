@@ -30,7 +30,7 @@ pub async fn watch(env: &Env, url: String) {
     };
     let mut last: HashMap<&str, String> = HashMap::new();
     while Instant::now() < env.stop_at {
-        for key in &store.keys {
+        for key in store.keys.iter().chain(&store.leader_keys) {
             let Ok(parsed) = Key::parse(key) else {
                 continue;
             };
