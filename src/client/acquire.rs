@@ -1,5 +1,6 @@
 //! The [`Leaser`] impl of [`ClientLeaser`]: an acquire opens a `Hold` stream, waits for
-//! its grant (confirming a waited grant's time left with one more round trip), and
+//! its grant (confirming a waited grant's time left with one more round trip, or
+//! re-attaching the grant if its stream breaks or its server drains meanwhile), and
 //! hands the stream to its keeper task.
 
 use std::sync::Arc;
@@ -9,8 +10,9 @@ use tokio::sync::mpsc;
 
 use super::connection::ClientLeaser;
 use super::keep::{drive, time_left_of, Owner, Sent};
-use super::reattach::{open, Resume};
+use super::reattach::{is_break, open, reattach_grant, Resume};
 use super::status::{error_of, unavailable};
+use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;
 use crate::proto::leases::v1::{Acquire, Heartbeat, HoldRequest, HoldResponse};
@@ -80,6 +82,14 @@ impl Leaser for ClientLeaser {
             Ok(None) => return Err(unavailable("the lease service closed the stream")),
             Err(s) => return Err(error_of(&s, wait)),
         };
+        let mut resume = Resume {
+            leaser: self.clone(),
+            key: key.clone(),
+            ttl,
+            metadata: options.metadata,
+            token,
+            server,
+        };
         let mut confirmed = sent;
         if wait.is_some() {
             // The grant may have come long after the request: confirm the time left
@@ -88,42 +98,49 @@ impl Leaser for ClientLeaser {
             let _ = stream.requests.send(HoldRequest {
                 kind: Some(In::Heartbeat(Heartbeat {})),
             });
-            let next =
-                tokio::time::timeout(self.options().request_timeout, stream.answers.message())
-                    .await
-                    .map_err(|_| {
-                        unavailable("the lease service did not confirm the grant in time")
-                    })?;
-            match next {
-                Ok(Some(HoldResponse {
+            let limit = self.options().request_timeout;
+            let next = tokio::time::timeout(limit, stream.answers.message()).await;
+            // A stream that broke (or a server that drains) before confirming the grant
+            // does not end the lease, which lives on in the store: re-attach it, as a
+            // holder would, before handing it to the caller.
+            let broke = match next {
+                Ok(Ok(Some(HoldResponse {
                     kind: Some(Out::Renewed(r)),
-                })) => {
+                }))) => {
                     time_left = time_left_of(r.time_left, ttl);
                     confirmed = hb;
+                    None
                 }
-                Ok(Some(HoldResponse {
+                Ok(Ok(Some(HoldResponse {
                     kind: Some(Out::Ended(e)),
-                })) => {
+                }))) if e.reason == Reason::HandedOver as i32 => Some(e.message),
+                Ok(Ok(Some(HoldResponse {
+                    kind: Some(Out::Ended(e)),
+                }))) => {
                     return Err(unavailable(format!(
                         "the lease ended at once: {}",
                         e.message
                     )));
                 }
-                Ok(_) => return Err(unavailable("the lease service closed the stream")),
-                Err(s) => return Err(error_of(&s, None)),
+                Ok(Ok(None)) => Some("the lease service closed the stream".to_string()),
+                Ok(Ok(Some(other))) => {
+                    return Err(unavailable(format!("unexpected answer {other:?}")));
+                }
+                Ok(Err(s)) if is_break(&s) => Some(s.message().to_string()),
+                Ok(Err(s)) => return Err(error_of(&s, None)),
+                Err(_) => Some("the lease service did not confirm the grant in time".into()),
+            };
+            if let Some(why) = broke {
+                let until = tokio::time::Instant::now() + limit;
+                let (new, sent, left) = reattach_grant(&mut resume, until, &why).await?;
+                stream = new;
+                confirmed = sent;
+                time_left = left;
             }
         }
         let (sender, ctx) =
             LeaseContext::new_since(token, Some(confirmed.at + time_left), confirmed.since);
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let resume = Resume {
-            leaser: self.clone(),
-            key: key.clone(),
-            ttl,
-            metadata: options.metadata,
-            token,
-            server,
-        };
         tokio::spawn(drive(
             options.keep,
             stream,

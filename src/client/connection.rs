@@ -54,7 +54,9 @@ use crate::LeaseError;
 ///
 /// An acquire that waited ([`AcquireOptions::wait`](crate::AcquireOptions::wait)) takes
 /// one more round trip before it returns: the grant's answer may have been sent long
-/// after the request, so its time left is confirmed by a heartbeat first.
+/// after the request, so its time left is confirmed by a heartbeat first. If its server
+/// drains (or the stream breaks) before it confirms, the grant is re-attached through a
+/// server of the same store, as a held lease would be, instead of being dropped.
 ///
 /// Like the manager, a `ClientLeaser` is cheap to clone and can be used from any task
 /// or actor; the renewal of each lease runs in a task of its own.

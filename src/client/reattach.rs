@@ -139,6 +139,45 @@ pub(super) async fn reattach(
     }
 }
 
+/// Re-attaches a granted lease that its holder has not been handed yet: its grant's
+/// confirmation met a drain (`HANDED_OVER`) or a broken stream. As [`reattach`] does,
+/// the servers in turn (starting with the one after the lease's), until one takes it,
+/// one says it is gone, or `until` has passed. The new stream, the instant its
+/// `acquire` was sent, and the time left it answered: what the holder's context starts
+/// from, as from any confirmed answer.
+pub(super) async fn reattach_grant(
+    r: &mut Resume,
+    until: Instant,
+    why: &str,
+) -> Result<(Stream, super::keep::Sent, Duration), crate::LeaseError> {
+    use super::status::unavailable;
+    tracing::info!(key = %r.key, token = r.token, why, "a grant's stream broke before it was confirmed: re-attaching");
+    let mut pause = Duration::from_millis(50);
+    let mut server = r.server + 1;
+    loop {
+        let Ok(outcome) = tokio::time::timeout_at(until, attempt(r, server)).await else {
+            return Err(unavailable(format!(
+                "no lease server took the grant back in time ({why})"
+            )));
+        };
+        match outcome {
+            Try::Attached(stream, sent, left) => {
+                r.server = server % r.leaser.servers();
+                return Ok((*stream, sent, left));
+            }
+            Try::Refused(gone) => {
+                return Err(unavailable(format!("the lease ended at once: {gone}")));
+            }
+            Try::Again(_) => {
+                r.leaser.move_on_from(server);
+                server += 1;
+                tokio::time::sleep_until((Instant::now() + pause).min(until)).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+}
+
 /// One try to re-attach on server `server`, bounded by the request timeout.
 async fn attempt(r: &Resume, server: usize) -> Try {
     let acquire = Acquire {

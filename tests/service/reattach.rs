@@ -232,3 +232,43 @@ async fn resuming_a_lease_that_is_not_held_is_refused() {
     assert!(HOLD > TTL);
     server.shutdown().await.unwrap();
 }
+
+/// A resume through a server where someone else waits for the key: the lease is live in
+/// the store, so that server takes it back at once, and the waiter waits on. (Found by
+/// the whole-stack checker, issue #21: a holder whose server restarted could not
+/// re-attach through a server where a contender waited, and lost its live lease, as a
+/// leader would on every rolling restart while its standbys wait through the others.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_the_other_server_does_not_block_a_resume() {
+    let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+    let (a, b) = (server_on(&store).await, server_on(&store).await);
+    let key = Key::system(["reattach", "waiter"]);
+    let (mut old, _) = raw_hold(a.local_addr(), &key, HOLD).await;
+    let token = holder(&store, &key).await.unwrap();
+    let waiter = {
+        let (addr, key) = (b.local_addr(), key.clone());
+        tokio::spawn(async move {
+            let c = crate::support::remote::client_at(addr).await;
+            let options = leases::AcquireOptions::new(HOLD).wait(Duration::from_secs(30));
+            leases::Leaser::acquire_lease_with(&c, key, options).await
+        })
+    };
+    // The waiter is waiting through B.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    old.reset(h2::Reason::CANCEL);
+    let (mut s, again, _) = raw_resume(b.local_addr(), &key, HOLD, token)
+        .await
+        .expect("re-attached through the server the waiter waits on");
+    assert_eq!(again, token);
+    keep(&mut s, HOLD * 2).await;
+    assert_eq!(holder(&store, &key).await, Some(token));
+    assert!(!waiter.is_finished(), "the waiter got a key that was held");
+    release(&mut s).await;
+    // Now the waiter gets it.
+    let (lease, _ctx) = waiter.await.unwrap().expect("the waiter got the key");
+    assert!(lease.token() > token);
+    lease.release().await.unwrap();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

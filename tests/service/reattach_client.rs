@@ -169,5 +169,48 @@ async fn a_silent_server_is_left_for_another_in_time() {
     assert_eq!(holder(&store, &key).await, None);
     // Its silent link would hold a graceful stop up: just drop it.
     drop(a);
+
+/// A grant whose server drains between granting it and answering the heartbeat that
+/// confirms it (an acquire with `wait` confirms its grant with one round trip) is
+/// re-attached through another server, not dropped: the acquire succeeds with that
+/// grant's token, and the key is not left taken with nobody to hold it until it
+/// expires. (Found by the whole-stack checker, issue #21: such a drop during a rolling
+/// restart left a key free of holders but taken for a whole TTL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_handed_over_before_its_confirmation_is_reattached() {
+    let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+    let (a, b) = (server_on(&store).await, server_on(&store).await);
+    // A is far: every chunk takes 1 s each way.
+    let far = FaultProxy::start(a.local_addr()).await;
+    let options = ClientOptions::endpoints([url(far.addr()), url(b.local_addr())])
+        .unwrap()
+        .min_ttl(TTL)
+        .request_timeout(Duration::from_secs(10));
+    let c = ClientLeaser::connect_with(options).await.unwrap();
+    // A first call, so that the connection to A is up before the delay.
+    let key = Key::system(["client", "confirm"]);
+    assert!(c.lease_info(&key).await.unwrap().is_none());
+    far.set(Fault::Delay(Duration::from_secs(1)));
+    let acquire = {
+        let (c, key) = (c.clone(), key.clone());
+        let options = leases::AcquireOptions::new(HOLD).wait(Duration::from_secs(5));
+        tokio::spawn(async move { c.acquire_lease_with(key, options).await })
+    };
+    // A grants at about 1 s; the client hears it at 2 s and its heartbeat would reach
+    // A at 3 s: A drains in between.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let token = holder(&store, &key).await.expect("granted by A");
+    let drained = tokio::spawn(a.shutdown());
+    let (lease, ctx) = acquire
+        .await
+        .unwrap()
+        .expect("the grant re-attached through B");
+    assert_eq!(lease.token(), token, "the grant A made, not a new one");
+    drained.await.unwrap().unwrap();
+    tokio::time::sleep(HOLD * 2).await;
+    assert_eq!(ctx.reason(), None);
+    assert_eq!(holder(&store, &key).await, Some(token));
+    lease.release().await.unwrap();
+    assert_eq!(holder(&store, &key).await, None);
     b.shutdown().await.unwrap();
 }

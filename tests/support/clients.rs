@@ -1,7 +1,9 @@
 //! The whole-stack checker's clients, one worker loop per kind, each recording its acts:
 //!
 //! - `ClientLeaser` (native `Hold` streams): acts from the grant while its context
-//!   lives, checked right after each act is stamped;
+//!   lives, checked right after each act is stamped; on PostgreSQL with every server's
+//!   URL, so that its lease re-attaches through another when its own goes; and
+//!   leaders, `ClientLeaser`s that hold keys of their own for long;
 //! - a raw FTL client behaving as FTL's Go runtime: heartbeats every TTL/2 without
 //!   waiting for answers, releases by half-closing then resetting; acts from the first
 //!   answer until it sees an error or it half-closes;
@@ -21,7 +23,7 @@ use leases::proto::xyz::block::ftl::lease::v1::AcquireLeaseRequest;
 use leases::{AcquireOptions, ClientLeaser, ClientOptions, Key};
 use tokio::sync::mpsc;
 
-use crate::history::{now_ns, Grant, History};
+use crate::history::{now_ns, End, Grant, History};
 use crate::support::rng::XorShift;
 
 /// Every lease's TTL (the service's minimum).
@@ -41,6 +43,24 @@ pub struct Store {
     pub ftl_urls: Vec<String>,
     /// The PostgreSQL URL, for `leases run --postgres`.
     pub postgres: Option<String>,
+    /// Its servers share the store (PostgreSQL): a lease held through one can move to
+    /// another, so the clients that can re-attach get every URL.
+    pub shared: bool,
+    /// Keys only the leaders hold (see [`leader_worker`]); none on a store that is not
+    /// shared.
+    pub leader_keys: Vec<String>,
+}
+
+impl Store {
+    /// The URLs a client that starts at `url` is given: `url` first, then, on a shared
+    /// store, the others in order (where a lease re-attaches when its server goes).
+    pub fn urls_from(&self, url: &str) -> Vec<String> {
+        let mut v = vec![url.to_string()];
+        if self.shared {
+            v.extend(self.urls.iter().filter(|u| *u != url).cloned());
+        }
+        v
+    }
 }
 
 /// What every worker shares.
@@ -71,18 +91,27 @@ impl Env {
     }
 }
 
-/// Holds leases through `ClientLeaser`s until the run ends.
-pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
+/// Holds leases through `ClientLeaser`s until the run ends. A `leader` holds the shared
+/// store's leader keys as a leader does: long holds (8-20 s), waiting for the key while
+/// another leader has it. Such a lease outlives a restart of its server or two, which is
+/// what re-attaching is for (see whole_stack/kept.rs).
+pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift, leader: bool) {
     let mut leasers: HashMap<String, ClientLeaser> = HashMap::new();
     let mut attempts = 0;
     while env.running() {
-        let store = Env::pick(&mut rng, &env.stores);
-        let key = Env::pick(&mut rng, &store.keys).clone();
+        let (store, key) = if leader {
+            let store = env.stores.iter().find(|s| s.shared).unwrap();
+            (store, Env::pick(&mut rng, &store.leader_keys).clone())
+        } else {
+            let store = Env::pick(&mut rng, &env.stores);
+            (store, Env::pick(&mut rng, &store.keys).clone())
+        };
         let url = Env::pick(&mut rng, &store.urls).clone();
         let leaser = match leasers.get(&url) {
             Some(l) => l.clone(),
             None => {
-                let options = ClientOptions::new(url.clone())
+                let options = ClientOptions::endpoints(store.urls_from(&url))
+                    .unwrap()
                     .connect_timeout(Duration::from_secs(2))
                     .request_timeout(Duration::from_secs(3));
                 match ClientLeaser::connect_with(options).await {
@@ -97,10 +126,20 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
                 }
             }
         };
-        let wait = rng.millis(Duration::ZERO, Duration::from_secs(6));
         attempts += 1;
-        let holder = format!("client{n}.{attempts}");
-        let hold = rng.millis(Duration::from_millis(100), Duration::from_secs(8));
+        let (holder, wait, hold) = if leader {
+            (
+                format!("leader{n}.{attempts}"),
+                rng.millis(Duration::ZERO, Duration::from_secs(8)),
+                rng.millis(Duration::from_secs(8), Duration::from_secs(20)),
+            )
+        } else {
+            (
+                format!("client{n}.{attempts}"),
+                rng.millis(Duration::ZERO, Duration::from_secs(6)),
+                rng.millis(Duration::from_millis(100), Duration::from_secs(8)),
+            )
+        };
         if !hold_once(&env, &leaser, &key, &url, &holder, wait, hold).await {
             tokio::time::sleep(rng.millis(Duration::from_millis(20), Duration::from_millis(300)))
                 .await;
@@ -150,6 +189,11 @@ pub async fn hold_once(
         if let Some(reason) = ctx.reason() {
             env.history
                 .event(format!("{holder} {key} context ended: {reason}"));
+            let end = match reason {
+                leases::CancelReason::Lost(_) => End::Lost,
+                _ => End::Other,
+            };
+            env.history.end(holder, end);
             return true;
         }
         env.history.act(&grant, t);
@@ -157,6 +201,9 @@ pub async fn hold_once(
             let r = tokio::time::timeout(Duration::from_secs(12), lease.release()).await;
             env.history
                 .event(format!("{holder} {key} released ({r:?})"));
+            let confirmed = matches!(r, Ok(Ok(())));
+            let end = if confirmed { End::Released } else { End::Other };
+            env.history.end(holder, end);
             return true;
         }
         tokio::time::sleep(ACT_EVERY).await;
@@ -189,7 +236,10 @@ pub fn stream_label(path: &str, first: &[u8]) -> String {
             kind: Some(Kind::Acquire(a)),
         }) = HoldRequest::decode(msg)
         {
-            return format!("Hold {} by {}", a.key, String::from_utf8_lossy(&a.metadata));
+            // A re-attach (`resume`) says so at the end: `... resume <token>`.
+            let resume = a.resume.map(|t| format!(" resume {t}")).unwrap_or_default();
+            let meta = String::from_utf8_lossy(&a.metadata);
+            return format!("Hold {} by {meta}{resume}", a.key);
         }
     }
     String::new()
@@ -313,10 +363,13 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let store = Env::pick(&mut rng, &env.stores);
         let key = Env::pick(&mut rng, &store.keys).clone();
         let via_pg = store.postgres.is_some() && rng.below(3) == 0;
-        let (flag, url) = if via_pg {
-            ("--postgres", store.postgres.clone().unwrap())
+        // `--server URL,URL,...`: the picked server first, then the store's others.
+        let (flag, url, target) = if via_pg {
+            let pg = store.postgres.clone().unwrap();
+            ("--postgres", pg.clone(), pg)
         } else {
-            ("--server", Env::pick(&mut rng, &store.urls).clone())
+            let url = Env::pick(&mut rng, &store.urls).clone();
+            ("--server", url.clone(), store.urls_from(&url).join(","))
         };
         let (name, script, ignore_term, forks) = *Env::pick(&mut rng, COMMANDS);
         let wait = rng.millis(Duration::from_secs(1), Duration::from_secs(6));
@@ -328,7 +381,7 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let mut cmd = tokio::process::Command::new(&env.leases_bin);
         cmd.arg("run")
             .arg(flag)
-            .arg(&url)
+            .arg(&target)
             .arg(&key)
             .arg("--ttl")
             .arg(format!("{}s", TTL.as_secs()))
@@ -358,7 +411,7 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
         let pid = child.id().unwrap_or(0);
         env.runs.lock().unwrap().insert(pid, forks);
         env.history.event(format!(
-            "{who} pid {pid}: leases run {flag} {url} {key} --grace {}ms -- {name} ({}ms)",
+            "{who} pid {pid}: leases run {flag} {target} {key} --grace {}ms -- {name} ({}ms)",
             grace.as_millis(),
             act_ms.as_millis()
         ));
@@ -368,6 +421,21 @@ pub async fn run_worker(env: Arc<Env>, n: u64, mut rng: XorShift) {
             Ok(Ok(out)) => {
                 let err = String::from_utf8_lossy(&out.stderr);
                 let last: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+                // Our commands exit 0 unless killed: 0, with no word of a failed
+                // release, is a clean run and release. A lost lease ends `leases run`
+                // with 79 and says so (see run.rs).
+                let released =
+                    !err.contains("could not release") && !err.contains("release of the lease on");
+                let end = if out.status.success() && released {
+                    End::Released
+                } else if err.contains("ended while the command ran (lost")
+                    || err.contains("about to run out")
+                {
+                    End::Lost
+                } else {
+                    End::Other
+                };
+                env.history.end(&format!("leases-run:{who}"), end);
                 env.history.event(format!(
                     "{who} pid {pid}: exited {} {}",
                     out.status,

@@ -48,6 +48,18 @@ struct StreamEntry {
     fault: mpsc::UnboundedSender<StreamReset>,
 }
 
+/// A labelled stream, as the proxy saw it: when it began (its first request message)
+/// and ended, on the history's clock.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// What the labeller made of its first request message.
+    pub label: String,
+    /// When that message came (nanoseconds, CLOCK_BOOTTIME).
+    pub opened: u64,
+    /// When the stream ended, if it has.
+    pub closed: Option<u64>,
+}
+
 /// Names a stream from its path and the first bytes the client sent (for the log).
 pub type Labeller = fn(&str, &[u8]) -> String;
 
@@ -56,6 +68,8 @@ struct Ctl {
     labeller: Labeller,
     next: AtomicU64,
     streams: Mutex<HashMap<u64, StreamEntry>>,
+    /// Every stream that got a (non-empty) label, by id.
+    seen: Mutex<HashMap<u64, Seen>>,
     conns: Mutex<HashMap<u64, mpsc::UnboundedSender<ConnFault>>>,
 }
 
@@ -78,6 +92,7 @@ impl H2Proxy {
             labeller,
             next: AtomicU64::new(1),
             streams: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(accept_loop(listener, ctl.clone()));
@@ -95,6 +110,14 @@ impl H2Proxy {
             .map(|(id, e)| (*id, e.path.clone(), e.label.clone()))
             .collect();
         v.sort();
+        v
+    }
+
+    /// Every stream that got a label so far, the live ones too, by when it began: the
+    /// checker tells from them which server held a lease when.
+    pub fn seen(&self) -> Vec<Seen> {
+        let mut v: Vec<Seen> = self.ctl.seen.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|s| s.opened);
         v
     }
 
@@ -155,6 +178,9 @@ impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         if self.stream {
             self.ctl.streams.lock().unwrap().remove(&self.id);
+            if let Some(s) = self.ctl.seen.lock().unwrap().get_mut(&self.id) {
+                s.closed = Some(crate::history::now_ns());
+            }
         } else {
             self.ctl.conns.lock().unwrap().remove(&self.id);
         }
@@ -328,6 +354,14 @@ async fn pump_request(
         if std::mem::take(&mut first) {
             if let Some(e) = ctl.streams.lock().unwrap().get_mut(&id) {
                 e.label = (ctl.labeller)(&e.path, &chunk);
+                if !e.label.is_empty() {
+                    let seen = Seen {
+                        label: e.label.clone(),
+                        opened: crate::history::now_ns(),
+                        closed: None,
+                    };
+                    ctl.seen.lock().unwrap().insert(id, seen);
+                }
             }
         }
         let n = chunk.len();

@@ -76,6 +76,22 @@ struct Inner {
     /// (key, when someone started waiting for it).
     wants: Vec<(String, u64)>,
     counts: BTreeMap<String, u64>,
+    /// (server, when it was signalled to stop) for every restart of a server.
+    restarts: Vec<(String, u64)>,
+    /// How each holder's grant ended, by holder.
+    ends: HashMap<String, End>,
+}
+
+/// How a grant ended, as its holder saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The holder let go of it, and a server confirmed the release (for `leases run`:
+    /// its command exited 0 and it released the lease).
+    Released,
+    /// It was lost: the holder was told to stop.
+    Lost,
+    /// Any other way: revoked, the holder killed, a release not confirmed.
+    Other,
 }
 
 /// The shared history of one run.
@@ -102,7 +118,11 @@ impl History {
 
     /// Logs an operation or fault.
     pub fn event(&self, what: impl Into<String>) {
-        let t = now_ns();
+        self.event_at(now_ns(), what);
+    }
+
+    /// Logs something that happened at `t`.
+    pub fn event_at(&self, t: u64, what: impl Into<String>) {
         let what = what.into().replace('\n', " | ");
         self.0.lock().unwrap().events.push((t, what));
     }
@@ -111,6 +131,32 @@ impl History {
     pub fn want(&self, key: &str) {
         let t = now_ns();
         self.0.lock().unwrap().wants.push((key.to_string(), t));
+    }
+
+    /// Server `name` is being stopped (to be started again): now.
+    pub fn restart(&self, name: &str) {
+        let t = now_ns();
+        self.0.lock().unwrap().restarts.push((name.to_string(), t));
+    }
+
+    /// Every restart: the server, and when it was signalled to stop.
+    pub fn restarts(&self) -> Vec<(String, u64)> {
+        self.0.lock().unwrap().restarts.clone()
+    }
+
+    /// The grant of `holder` (as in its [`Grant`]) ended thus.
+    pub fn end(&self, holder: &str, end: End) {
+        self.0.lock().unwrap().ends.insert(holder.to_string(), end);
+    }
+
+    /// How each holder's grant ended, by holder.
+    pub fn ends(&self) -> HashMap<String, End> {
+        self.0.lock().unwrap().ends.clone()
+    }
+
+    /// Every grant's interval of acts.
+    pub fn intervals(&self) -> Vec<Interval> {
+        self.0.lock().unwrap().intervals.values().cloned().collect()
     }
 
     /// Adds one to the counter `name` (grants per client kind, faults per kind...).

@@ -1,19 +1,34 @@
-//! The whole-stack checker (issue #19): real `leases serve` processes (two on one
-//! throwaway PostgreSQL, one on the memory backend), clients of every kind (see
-//! support/clients.rs) through fault proxies (a byte-level TCP proxy in front of a
-//! frame-aware HTTP/2 proxy, per server), random operations (revokes through any server
-//! or the CLI, sometimes twice) and random faults (delay, blackhole, TCP reset,
-//! half-open, RST_STREAM with each code, GOAWAY, SIGSTOP/SIGKILL/SIGTERM of servers and
-//! of `leases run`, PostgreSQL stopped and restarted). Every holder records when it
-//! acts, on one clock; the checker (support/history.rs) knows only the guarantees.
+//! The whole-stack checker (issues #19 and #21): real `leases serve` processes (three on
+//! one throwaway PostgreSQL, pg-a, pg-b and pg-c, and one on the memory backend),
+//! clients of every kind (see support/clients.rs) through fault proxies (a byte-level
+//! TCP proxy in front of a frame-aware HTTP/2 proxy, per server), random operations
+//! (revokes through any server or the CLI, sometimes twice) and random faults (delay,
+//! blackhole, TCP reset, half-open, RST_STREAM with each code, GOAWAY,
+//! SIGSTOP/SIGKILL/SIGTERM of servers and of `leases run`, PostgreSQL stopped and
+//! restarted), and beside them rolling restarts of the PostgreSQL servers, one at a
+//! time, for the whole run. Every holder records when it acts, on one clock; the
+//! checker (support/history.rs) knows only the guarantees.
+//!
+//! The clients that can re-attach a lease (`ClientLeaser`s, and `leases run --server
+//! URL,URL,...`) get every PostgreSQL server's URL, the one they picked first, so that
+//! a lease moves to another server when its own goes; two of the `ClientLeaser`s are
+//! leaders, which hold keys of their own for long. That leases move is proven, not
+//! assumed: a run of 60 s or more fails unless some lease was kept across a restart of
+//! the server that held it (re-attached, and released by its holder in the end).
 //!
 //!   LEASES_CHECKER_SECONDS=150  how long faults and clients run (the CI length)
 //!   LEASES_CHECKER_SEED=N       the seed (printed; default: from the clock)
 //!
-//! A failure prints the violating intervals and the faults and operations around them.
+//! A failure prints the violating intervals and the faults, operations and lease
+//! streams around them; the whole history (with the store's view of each PostgreSQL key
+//! as it changed) is written to a file.
 //!
 //! - `world`: the servers, the proxy chains in front of them, what the nemesis acts on;
 //! - `nemesis`: the random faults and operations;
+//! - `restarts`: servers frozen, killed and restarted: the nemesis's server faults and
+//!   the rolling restarts;
+//! - `store_view`: who the database says holds each PostgreSQL key, logged as it changes;
+//! - `kept`: the leases kept (and lost) across restarts, from the proxies' streams;
 //! - `verdict`: the checker's counts and violations, printed;
 //! - this file: starting it all, the clients, and the run's end.
 
@@ -30,7 +45,10 @@ mod history;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod kept;
 mod nemesis;
+mod restarts;
+mod store_view;
 mod verdict;
 mod world;
 
@@ -88,6 +106,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
     let servers: Vec<Arc<Server>> = vec![
         Arc::new(Server::new("pg-a", "pg", pg_args("leases"), &dir)),
         Arc::new(Server::new("pg-b", "pg", pg_args("leases"), &dir)),
+        Arc::new(Server::new("pg-c", "pg", pg_args("leases"), &dir)),
         Arc::new(Server::new(
             "mem",
             "mem",
@@ -153,6 +172,8 @@ async fn run(seed: u64, seconds: u64) -> bool {
             urls: urls("pg", false),
             ftl_urls: urls("pg", true),
             postgres: Some(url.clone()),
+            shared: true,
+            leader_keys: keys("pg-lead", 2),
         },
         Store {
             name: "mem",
@@ -160,6 +181,8 @@ async fn run(seed: u64, seconds: u64) -> bool {
             urls: urls("mem", false),
             ftl_urls: urls("mem", true),
             postgres: None,
+            shared: false,
+            leader_keys: Vec::new(),
         },
     ];
     let act_file = dir.join("acts.log");
@@ -182,15 +205,18 @@ async fn run(seed: u64, seconds: u64) -> bool {
         chains,
         pg,
         pg_busy: AtomicBool::new(false),
+        taking: Mutex::new(()),
     });
 
     let mut workers = tokio::task::JoinSet::new();
     for n in 0..5 {
-        workers.spawn(clients::leaser_worker(
-            env.clone(),
-            n,
-            XorShift::new(rng.next()),
-        ));
+        let rng = XorShift::new(rng.next());
+        workers.spawn(clients::leaser_worker(env.clone(), n, rng, false));
+    }
+    // Leaders: long holds of keys of their own (see clients::leaser_worker).
+    for n in 0..2 {
+        let rng = XorShift::new(rng.next());
+        workers.spawn(clients::leaser_worker(env.clone(), n, rng, true));
     }
     for n in 0..3 {
         workers.spawn(clients::ftl_worker(
@@ -207,7 +233,14 @@ async fn run(seed: u64, seconds: u64) -> bool {
         ));
     }
     let nemesis = tokio::spawn(nemesis::run(world.clone(), XorShift::new(rng.next())));
+    let rolling = tokio::spawn(restarts::rolling(world.clone(), XorShift::new(rng.next())));
+    let view = {
+        let (env, url) = (env.clone(), url.clone());
+        tokio::spawn(async move { store_view::watch(&env, url).await })
+    };
     nemesis.await.unwrap();
+    rolling.await.unwrap();
+    view.await.unwrap();
     println!("whole_stack: faults over, waiting for the clients to finish");
     let drained = tokio::time::timeout(Duration::from_secs(120), async {
         while workers.join_next().await.is_some() {}
@@ -225,7 +258,18 @@ async fn run(seed: u64, seconds: u64) -> bool {
 
     let history = &env.history;
     history.load_act_file(&act_file);
-    let ok = verdict::judge(history, seed, seconds, origin);
+    let streams: Vec<kept::Stream> = (world.chains.iter())
+        .flat_map(|c| {
+            let server = world.servers[c.server].name.clone();
+            (c.h2.seen().into_iter()).map(move |seen| kept::Stream {
+                server: server.clone(),
+                seen,
+            })
+        })
+        .collect();
+    let kept = kept::count(history, &streams, origin);
+    kept::log_streams(history, &streams, origin);
+    let ok = verdict::judge(history, &kept, seed, seconds, origin);
     let _ = std::fs::remove_dir_all(&dir);
     if ok {
         println!("whole_stack: no violations (seed {seed})");

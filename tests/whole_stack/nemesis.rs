@@ -43,6 +43,9 @@ pub fn minimums(seconds: u64) -> Vec<(&'static str, u64)> {
         ("fault: server SIGSTOP", k),
         ("fault: server SIGKILL", k),
         ("fault: server SIGTERM", k),
+        // The rolling restarts (restarts.rs): one every 3.5-7 s, SIGKILL one in four.
+        ("roll: SIGTERM", 3 * k),
+        ("roll: SIGKILL", k),
         ("fault: postgres restart", k),
         ("fault: leases run SIGTERM", k),
         ("op: revoke", 3 * k),
@@ -199,59 +202,7 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
             }
         }
         // Servers: SIGSTOP/SIGCONT any; SIGKILL or SIGTERM and restart a PostgreSQL one.
-        10..=12 => {
-            // SIGKILL and SIGTERM only for PostgreSQL servers (a memory server's
-            // leases die with it).
-            let servers: Vec<_> = (world.servers.iter())
-                .filter(|s| pick == 10 || s.store == "pg")
-                .collect();
-            let s = servers[rng.below(servers.len() as u64) as usize].clone();
-            // Keep one PostgreSQL server up.
-            let others_busy = world
-                .servers
-                .iter()
-                .any(|o| o.store == "pg" && o.name != s.name && o.busy.load(Ordering::SeqCst));
-            if (pick != 10 && others_busy) || s.busy.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            match pick {
-                10 => {
-                    // At most 2 s: a lease renewed every TTL/3 cannot lapse meanwhile, so
-                    // FTL clients (no deadline rule in FTL's protocol) hear of any loss
-                    // before the key can go to someone else.
-                    let hold = rng.millis(Duration::from_millis(200), Duration::from_secs(2));
-                    if s.signal(libc::SIGSTOP) {
-                        log(
-                            "fault: server SIGSTOP",
-                            format!("{} for {}", s.name, secs(hold)),
-                        );
-                        tokio::time::sleep(hold).await;
-                        s.signal(libc::SIGCONT);
-                        h.event(format!("heal: {} SIGCONT", s.name));
-                    }
-                }
-                _ => {
-                    let (sig, kind) = if pick == 11 {
-                        (libc::SIGKILL, "fault: server SIGKILL")
-                    } else {
-                        (libc::SIGTERM, "fault: server SIGTERM")
-                    };
-                    if s.signal(sig) {
-                        let down = rng.millis(Duration::from_millis(300), Duration::from_secs(2));
-                        log(kind, format!("{}, restart after {}", s.name, secs(down)));
-                        let s2 = s.clone();
-                        let _ = tokio::task::spawn_blocking(move || {
-                            s2.reap(Duration::from_secs(15));
-                            std::thread::sleep(down);
-                            s2.start(Duration::from_secs(60))
-                        })
-                        .await;
-                        h.event(format!("heal: {} restarted", s.name));
-                    }
-                }
-            }
-            s.busy.store(false, Ordering::SeqCst);
-        }
+        10..=12 => crate::restarts::server_fault(&world, pick, &mut rng).await,
         // `leases run` processes: SIGTERM any; SIGKILL one whose command does not fork
         // (a killed `leases run` cannot stop forked jobs: the documented limit).
         13 => {
@@ -376,7 +327,9 @@ fn label_key(label: &str) -> Option<String> {
 /// A client that waits a few seconds for `key` through a random server of its store,
 /// and holds it for a moment if it gets it.
 async fn contend(world: &Arc<World>, key: String, rng: &mut XorShift) {
-    let Some(store) = world.env.stores.iter().find(|s| s.keys.contains(&key)) else {
+    let Some(store) =
+        (world.env.stores.iter()).find(|s| s.keys.contains(&key) || s.leader_keys.contains(&key))
+    else {
         return;
     };
     let url = store.urls[rng.below(store.urls.len() as u64) as usize].clone();

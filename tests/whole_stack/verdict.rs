@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use crate::clients::TTL;
 use crate::history::{self, History};
+use crate::kept::Kept;
 use crate::nemesis;
 
 /// Checks the history of a run of `seconds` with `seed`, writes it whole to a file, and
 /// prints the counts and the violations, times from `origin`; whether the run passed (no
-/// violation, and enough of everything).
-pub fn judge(history: &History, seed: u64, seconds: u64, origin: u64) -> bool {
+/// violation, and enough of everything, leases kept across restarts among them).
+pub fn judge(history: &History, kept: &Kept, seed: u64, seconds: u64, origin: u64) -> bool {
     let ttl_ns = TTL.as_nanos() as u64;
     let bound = 2 * ttl_ns + 20_000_000_000;
     let report = history.check(origin, ttl_ns, bound);
@@ -34,7 +35,27 @@ pub fn judge(history: &History, seed: u64, seconds: u64, origin: u64) -> bool {
         report.longest_free_at,
         bound as f64 / 1e9
     );
+    println!(
+        "  leases kept across restarts: {} (by kind of holder: {:?}), of {} held through a \
+         server when it restarted ({} restarts); lost across one: {}; ended otherwise: {}; \
+         re-attached (any cause) and kept: {}",
+        kept.kept, kept.kept_by, kept.held, kept.restarts, kept.lost, kept.other, kept.reattached
+    );
+    println!(
+        "  re-attaches refused at once where another holder waited for the key: {} (a known \
+         defect, see tests/service/reattach.rs)",
+        kept.blocked
+    );
+    for line in &kept.lines {
+        println!("    {line}");
+    }
     let mut ok = true;
+    // A re-attachment that silently never works must not pass: a run long enough to
+    // restart every server a few times keeps some lease across a restart.
+    if seconds >= 60 && kept.kept == 0 {
+        println!("whole_stack: no lease was kept across a restart (re-attachment never worked)");
+        ok = false;
+    }
     let minimums = nemesis::minimums(seconds);
     for (name, min) in &minimums {
         let n = counts.get(*name).copied().unwrap_or(0);

@@ -4,7 +4,7 @@
 use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,4 +168,26 @@ pub struct World {
     pub pg: Arc<PgServer>,
     /// The database is being restarted.
     pub pg_busy: AtomicBool,
+    /// Held while a server is taken busy, so that two faults (the nemesis and the
+    /// rolling restarts) never both see a server of a store as the last one up.
+    pub taking: Mutex<()>,
+}
+
+impl World {
+    /// Takes server `s` busy, for a fault that does not stop it for long (SIGSTOP);
+    /// false if a fault is already applied to it.
+    pub fn take(&self, s: &Server) -> bool {
+        let _taking = self.taking.lock().unwrap();
+        !s.busy.swap(true, Ordering::SeqCst)
+    }
+
+    /// Takes server `s` busy to take it down (kill or restart it), if another server
+    /// of its store stays up meanwhile (no fault applied to it); false otherwise.
+    pub fn take_down(&self, s: &Server) -> bool {
+        let _taking = self.taking.lock().unwrap();
+        let others_up = (self.servers.iter())
+            .filter(|o| o.store == s.store && o.name != s.name)
+            .any(|o| !o.busy.load(Ordering::SeqCst));
+        others_up && !s.busy.swap(true, Ordering::SeqCst)
+    }
 }
