@@ -169,6 +169,8 @@ async fn a_silent_server_is_left_for_another_in_time() {
     assert_eq!(holder(&store, &key).await, None);
     // Its silent link would hold a graceful stop up: just drop it.
     drop(a);
+    b.shutdown().await.unwrap();
+}
 
 /// A grant whose server drains between granting it and answering the heartbeat that
 /// confirms it (an acquire with `wait` confirms its grant with one round trip) is
