@@ -270,9 +270,13 @@ async fn run(seed: u64, seconds: u64) -> bool {
     let kept = kept::count(history, &streams, origin);
     kept::log_streams(history, &streams, origin);
     let ok = verdict::judge(history, &kept, seed, seconds, origin);
-    let _ = std::fs::remove_dir_all(&dir);
     if ok {
+        let _ = std::fs::remove_dir_all(&dir);
         println!("whole_stack: no violations (seed {seed})");
+    } else {
+        // The servers' own logs (warnings: failed acquires and renewals, database
+        // errors) tell what the history cannot; keep them.
+        println!("whole_stack: the servers' logs are in {}", dir.display());
     }
     ok
 }
