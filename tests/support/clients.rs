@@ -91,17 +91,19 @@ impl Env {
     }
 }
 
-/// Holds leases through `ClientLeaser`s until the run ends. A `leader` holds the shared
-/// store's leader keys as a leader does: long holds (8-20 s), waiting for the key while
-/// another leader has it. Such a lease outlives a restart of its server or two, which is
-/// what re-attaching is for (see whole_stack/kept.rs).
+/// Holds leases through `ClientLeaser`s until the run ends. A `leader` holds a key of
+/// its own (the shared store's leader key `n`) as a leader does: long holds (4-12 s),
+/// and it asks again as soon as it has let go (so that its key is always wanted, and
+/// one left taken shows in the liveness count). Such a lease outlives a restart of its
+/// server or two, which is what re-attaching is for (see whole_stack/kept.rs).
 pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift, leader: bool) {
     let mut leasers: HashMap<String, ClientLeaser> = HashMap::new();
     let mut attempts = 0;
     while env.running() {
         let (store, key) = if leader {
             let store = env.stores.iter().find(|s| s.shared).unwrap();
-            (store, Env::pick(&mut rng, &store.leader_keys).clone())
+            let keys = &store.leader_keys;
+            (store, keys[n as usize % keys.len()].clone())
         } else {
             let store = Env::pick(&mut rng, &env.stores);
             (store, Env::pick(&mut rng, &store.keys).clone())
@@ -130,8 +132,8 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift, leader: boo
         let (holder, wait, hold) = if leader {
             (
                 format!("leader{n}.{attempts}"),
-                rng.millis(Duration::ZERO, Duration::from_secs(8)),
-                rng.millis(Duration::from_secs(8), Duration::from_secs(20)),
+                rng.millis(Duration::ZERO, Duration::from_secs(4)),
+                rng.millis(Duration::from_secs(4), Duration::from_secs(12)),
             )
         } else {
             (
