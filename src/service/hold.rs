@@ -110,15 +110,22 @@ pub(crate) async fn run_hold(
     // last answered (the client counts from the earlier instant it sent the request).
     // Until then nobody else may have the key, unless the client says it has stopped.
     let left = time_left(&hold.ctx, ttl);
+    let promised_before = hold.promised;
     hold.promised = hold.promised.max(Instant::now() + left);
     let granted = answer(Out::Granted(Granted {
         token,
         time_left: Some(proto_duration(left)),
     }));
     if tx.try_send(granted).is_err() {
-        // The client went away before it heard of the lease (a resumed one may still
-        // have been promised time on another stream).
+        // The client went away before it heard of the lease: a new lease goes back at
+        // once (nobody can act on it); a re-attached one keeps what was promised to
+        // the client on its earlier stream.
         drop(tx);
+        if resume.is_none() {
+            drop(listed);
+            return hold.release().await;
+        }
+        hold.promised = promised_before;
         return give_back_listed(hold, listed, std::future::pending(), &shared.let_go).await;
     }
     let mut last = Instant::now();
