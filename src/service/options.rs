@@ -45,6 +45,12 @@ pub struct ServeOptions {
     /// The most open lease streams (FTL `AcquireLease` and native `Hold`) on one client
     /// connection (1024 by default).
     pub max_streams_per_connection: u32,
+    /// The most HTTP leases (`POST /v1/acquire`, see `docs/http.md`) kept at once for
+    /// one client, counted by its IP address (1024 by default): an HTTP client opens a
+    /// connection per request, so its address is what identifies it. Clients behind
+    /// one proxy or NAT share a count; raise the limit for them. An acquire beyond it
+    /// is refused with 429 and the code `too_many_leases`.
+    pub max_http_leases_per_client: usize,
     /// How often the health service re-checks the backend (2 s by default; must be
     /// positive: zero would re-check without pause).
     pub health_interval: Duration,
@@ -80,6 +86,7 @@ impl Default for ServeOptions {
             max_message_bytes: 64 * 1024 + 4 * 1024,
             max_keys_per_stream: 1024,
             max_streams_per_connection: 1024,
+            max_http_leases_per_client: 1024,
             health_interval: Duration::from_secs(2),
             first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
             http_bind: None,
@@ -116,8 +123,13 @@ impl ServeOptions {
     /// used as given, durations saturating where they would overflow.
     pub(super) fn check(&self, min_ttl: Duration) -> Result<(), ServeError> {
         let invalid = |why: String| Err(ServeError::InvalidOptions(why));
-        if self.max_keys_per_stream == 0 || self.max_streams_per_connection == 0 {
-            return invalid("the per-stream and per-connection limits must be at least 1".into());
+        if self.max_keys_per_stream == 0
+            || self.max_streams_per_connection == 0
+            || self.max_http_leases_per_client == 0
+        {
+            return invalid(
+                "the per-stream, per-connection and per-client limits must be at least 1".into(),
+            );
         }
         if self.max_message_bytes == 0 {
             return invalid("max_message_bytes must be at least 1".into());

@@ -18,7 +18,7 @@ use super::handover::{Holds, LetGo};
 use super::http::Api;
 use super::options::{ServeError, ServeOptions, TlsFiles};
 use super::routes::routes;
-use super::shared::Shared;
+use super::shared::{PerClient, Shared};
 use crate::LeaseManager;
 
 /// A running lease service. Stop it with [`shutdown`](LeaseServer::shutdown); dropping
@@ -81,7 +81,8 @@ impl LeaseServer {
             manager,
             options: Arc::new(options),
             stopping: stopping.clone(),
-            streams: Arc::default(),
+            streams: PerClient::default(),
+            http_leases: PerClient::default(),
             active: streams.clone(),
         };
         let api = Api::new(&shared);
@@ -124,6 +125,7 @@ impl LeaseServer {
             let stop = stopping.clone();
             let router = with_console(api.router(), shared.options.console);
             tokio::spawn(async move {
+                let router = router.into_make_service_with_connect_info::<SocketAddr>();
                 let served = axum::serve(listener, router)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;

@@ -290,3 +290,69 @@ fn empty_token_files_are_refused() {
         assert!(client.stderr.contains("is empty"), "{client:?}");
     }
 }
+
+/// One HTTP/1.1 request (`Connection: close`) to `addr`: the status and the body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the HTTP port answers");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (status, body.unwrap_or_default())
+}
+
+/// `--http-bind` serves the HTTP API (and, with `--console`, the console) on a port of
+/// its own, printed on the second line, beside the one on `--bind`: both reach the same
+/// leases. `--max-http-leases-per-client` reaches the server.
+#[test]
+fn serve_http_bind_serves_the_api_on_its_own_port() {
+    let args = [
+        "--http-bind",
+        "127.0.0.1:0",
+        "--console",
+        "--max-http-leases-per-client",
+        "1",
+    ];
+    let mut serve = Serve::start(&[], &args, &[]);
+    let line = serve.run.line();
+    let own = line
+        .strip_prefix("leases serve: HTTP API on ")
+        .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+        .to_string();
+    let shared = serve.url.trim_start_matches("http://").to_string();
+    assert_ne!(own, shared);
+    let key = format!("/system/cli/{}/http-bind/a", run_id());
+    let acquire = format!(r#"{{"key": "{key}", "ttl_ms": 5000}}"#);
+    let (status, body) = http(&own, "POST", "/v1/acquire", &acquire);
+    assert_eq!(status, 200, "{body}");
+    let granted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = granted["token"].as_str().unwrap().to_string();
+    // The same lease seen through the other port.
+    let (status, body) = http(&shared, "GET", &format!("/v1/info?key={key}"), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&token), "{body}");
+    // The limit of one lease per client holds across both ports.
+    let other = format!(r#"{{"key": "{key}-b", "ttl_ms": 5000}}"#);
+    let (status, body) = http(&shared, "POST", "/v1/acquire", &other);
+    assert_eq!(status, 429, "{body}");
+    let release = format!(r#"{{"key": "{key}", "token": "{token}"}}"#);
+    let (status, body) = http(&own, "POST", "/v1/release", &release);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(&shared, "POST", "/v1/acquire", &other);
+    assert_eq!(status, 200, "{body}");
+    let (status, page) = http(&own, "GET", "/console", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+    serve.stop();
+}

@@ -1,7 +1,7 @@
 //! A thin client of the HTTP API: raw HTTP/1.1 requests over TCP (one connection per
 //! request), and `HttpLeaser`, a `Leaser` that keeps its leases by the deadline rule.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +43,27 @@ pub async fn call(
     bearer: Option<&str>,
     body: Option<&[u8]>,
 ) -> std::io::Result<Reply> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    call_from(None, addr, method, path, bearer, body).await
+}
+
+/// As [`call`], from the address `from` when given (any `127.x.y.z` on loopback: a
+/// client of another address).
+pub async fn call_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&[u8]>,
+) -> std::io::Result<Reply> {
+    let mut stream = match from {
+        None => tokio::net::TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = bearer {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));

@@ -4,7 +4,8 @@
 //! against what the server answers.
 //!
 //! One binary, a module per theme: `client` (raw HTTP/1.1 and `HttpLeaser`),
-//! `conformance`, `errors` (statuses, auth, limits, malformed input), `rules` (a client
+//! `conformance`, `errors` (statuses, auth, the body limit, malformed input), `limits`
+//! (leases per client, an acquire when the server stops), `rules` (a client
 //! that stops heartbeating, a release), `openapi`, `console` (the console switch and
 //! the event log).
 #![cfg(feature = "server")]
@@ -16,6 +17,7 @@ mod client;
 mod conformance;
 mod console;
 mod errors;
+mod limits;
 mod openapi;
 mod rules;
 

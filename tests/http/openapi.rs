@@ -1,10 +1,18 @@
 //! The OpenAPI document: it parses, describes exactly the routes the server answers
 //! (each documented method answers, every other method is 405, an unknown path 404),
-//! and every status the other tests of this binary saw is documented for its route.
+//! and every status it documents for a route is one that route returns (each is
+//! triggered: 429 by a client at its limit, 503 by a store that is down).
 
 use serde_json::{json, Value};
 
-use crate::client::{call, Http};
+use std::sync::Arc;
+
+use leases::backend::{Backend, FaultyBackend, MemoryBackend};
+
+use crate::client::{call, call_from, Http};
+
+/// The most HTTP leases one client may hold, in [`each_documented_code_is_returned`].
+const LIMIT: usize = 3;
 
 /// Method, path, body, bearer token, expected status.
 type Case<'a> = (&'a str, String, Option<Vec<u8>>, Option<&'a str>, u16);
@@ -72,11 +80,17 @@ async fn the_document_matches_the_routes() {
 /// Each documented code of each route, triggered: it is one the route returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_documented_code_is_returned() {
-    let server = crate::server_with(leases::service::ServeOptions {
+    let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let faults = Arc::new(FaultyBackend::new(memory));
+    let manager = crate::support::remote::manager_on(faults.clone()).await;
+    let options = leases::service::ServeOptions {
         auth_token: Some("t".into()),
+        max_http_leases_per_client: LIMIT,
         ..crate::support::remote::local()
-    })
-    .await;
+    };
+    let server = leases::service::LeaseServer::start(manager, options)
+        .await
+        .unwrap();
     let addr = server.local_addr();
     let mut http = Http::new(addr);
     let doc = http.get("/v1/openapi.json").await.body;
@@ -88,8 +102,7 @@ async fn each_documented_code_is_returned() {
         .await;
     let token = held.body["token"].clone();
     let b = |v: Value| v.to_string().into_bytes();
-    // (method, path, body, bearer, expected status); 503 is not triggered here (a
-    // store that is down: see tests/service for the gRPC side).
+    // (method, path, body, bearer, expected status); 429 and 503 come after these.
     let cases: Vec<Case> = vec![
         (
             "POST",
@@ -281,16 +294,55 @@ async fn each_documented_code_is_returned() {
         );
         seen.insert((route, want.to_string()));
     }
-    // And the other way: every documented code was seen, but for 503.
+    // 429: a client of another address at its limit of HTTP leases.
+    let other = Some("127.0.0.9".parse().unwrap());
+    let mut at_limit = Vec::new();
+    for i in 0..=LIMIT {
+        let body = b(json!({ "key": format!("/system/http-openapi/limit-{i}"), "ttl_ms": 5000 }));
+        at_limit.push(
+            call_from(other, addr, "POST", "/v1/acquire", Some("t"), Some(&body))
+                .await
+                .unwrap(),
+        );
+    }
+    let over = at_limit.pop().unwrap();
+    assert!(at_limit.iter().all(|r| r.status == 200), "{at_limit:?}");
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert_eq!(over.body["error"]["limit"], json!(LIMIT));
+    seen.insert(("/v1/acquire".to_string(), "429".to_string()));
+    // 503: the store is down.
+    faults.set_down(true);
+    let down: Vec<(&str, String, Option<Vec<u8>>)> = vec![
+        (
+            "POST",
+            "/v1/acquire".into(),
+            Some(b(
+                json!({ "key": "/system/http-openapi/c", "ttl_ms": 5000 }),
+            )),
+        ),
+        ("POST", "/v1/revoke".into(), Some(b(json!({ "key": key })))),
+        ("GET", "/v1/info?key=/system/x".into(), None),
+        ("GET", "/v1/list".into(), None),
+        ("GET", "/v1/ready".into(), None),
+    ];
+    for (method, path, body) in down {
+        let reply = call(addr, method, &path, Some("t"), body.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 503, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.code(), "unavailable", "{method} {path}");
+        let route = path.split('?').next().unwrap().to_string();
+        seen.insert((route, "503".to_string()));
+    }
+    faults.set_down(false);
+    // And the other way: every documented code was seen.
     for (route, ops) in doc["paths"].as_object().unwrap() {
         for op in ops.as_object().unwrap().values() {
             for code in op["responses"].as_object().unwrap().keys() {
-                if code != "503" {
-                    assert!(
-                        seen.contains(&(route.clone(), code.clone())),
-                        "{route} documents {code}, never returned here"
-                    );
-                }
+                assert!(
+                    seen.contains(&(route.clone(), code.clone())),
+                    "{route} documents {code}, never returned here"
+                );
             }
         }
     }

@@ -125,4 +125,12 @@ pub(crate) struct ServeArgs {
         help_heading = "Service"
     )]
     pub(crate) max_streams_per_connection: u32,
+    /// The most HTTP leases one client (by IP address) may hold at once.
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        help_heading = "Service"
+    )]
+    pub(crate) max_http_leases_per_client: usize,
 }

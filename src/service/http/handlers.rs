@@ -1,10 +1,12 @@
 //! The HTTP API's handlers: each reads its input (naming a bad field), calls the
 //! server's manager or a lease's keeper, and answers JSON.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Extensions, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -55,7 +57,11 @@ pub(crate) fn info_json(info: &LeaseInfo) -> Value {
 }
 
 /// `POST /v1/acquire`.
-pub(super) async fn acquire(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Answer {
+pub(super) async fn acquire(
+    State(api): State<Api>,
+    extensions: Extensions,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
     let body = body_of(body)?;
     let fields = Fields::json(
         &body,
@@ -78,6 +84,12 @@ pub(super) async fn acquire(State(api): State<Api>, body: Result<Bytes, BytesRej
     }
     let resume = fields.token("resume")?;
     let shared = &api.shared;
+    // Counted before the lease is asked for, so that acquires in flight count too.
+    let limit = shared.options.max_http_leases_per_client;
+    let client = peer_ip(&extensions);
+    let Some(counted) = shared.http_leases.take(client, limit) else {
+        return Err(too_many(client, limit));
+    };
     let got = tokio::select! {
         _ = shared.stopping.cancelled() => {
             return Err(ApiError::unavailable("the lease service is shutting down"));
@@ -104,7 +116,7 @@ pub(super) async fn acquire(State(api): State<Api>, body: Result<Bytes, BytesRej
     if ended.is_none() {
         hold.promised = hold.promised.max(tokio::time::Instant::now() + left);
     }
-    api.keepers.keep(shared, hold, key.clone(), ttl);
+    api.keepers.keep(shared, hold, key.clone(), ttl, counted);
     if let Some(ended) = ended {
         // A re-attached lease that had already ended: its keeper gives it back by the
         // rule (a `release` frees it at once).
@@ -117,6 +129,35 @@ pub(super) async fn acquire(State(api): State<Api>, body: Result<Bytes, BytesRej
         "ttl_ms": ms(ttl),
         "heartbeat_every_ms": ms(ttl / 4),
     }))
+}
+
+/// The client's IP address: from the gRPC port's connection (cleartext or TLS) or the
+/// HTTP port's. Unknown (never so on a TCP listener), it is counted as `0.0.0.0`.
+fn peer_ip(extensions: &Extensions) -> IpAddr {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let addr = if let Some(ConnectInfo(addr)) = extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(*addr)
+    } else if let Some(info) = extensions.get::<TcpConnectInfo>() {
+        info.remote_addr()
+    } else {
+        extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.get_ref().remote_addr())
+    };
+    addr.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
+
+/// The 429 for a client at its limit of HTTP leases.
+fn too_many(client: IpAddr, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_leases",
+        format!(
+            "the client {client} already holds {limit} HTTP leases through this server, its \
+             limit: release one first (the limit is `--max-http-leases-per-client`)"
+        ),
+    )
+    .with("limit", json!(limit))
 }
 
 /// The 409 for a held key, with what is known of its holder.

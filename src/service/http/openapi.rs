@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 /// Which response codes each route documents, beside `200`.
 pub(crate) const CODES: &[(&str, &[u16])] = &[
-    ("/v1/acquire", &[400, 401, 409, 410, 413, 503, 504]),
+    ("/v1/acquire", &[400, 401, 409, 410, 413, 429, 503, 504]),
     ("/v1/heartbeat", &[400, 401, 410, 413]),
     ("/v1/release", &[400, 401, 410, 413]),
     ("/v1/revoke", &[400, 401, 413, 503]),
@@ -25,6 +25,7 @@ fn reason(code: u16) -> &'static str {
         409 => "The key is held by someone else (`error.holder` says who)",
         410 => "The lease is not held through this server (code `not_held`), or it ended (`revoked`, `lost`, `shutdown`, `handed_over`): stop acting at once",
         413 => "The body is larger than the server's message limit",
+        429 => "This client (by IP address) holds the server's limit of HTTP leases (`error.limit`): release one first",
         503 => "The store cannot be reached, or the server is shutting down: retry with backoff",
         504 => "`wait_ms` ran out and the key is still held",
         _ => "Error",

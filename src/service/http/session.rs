@@ -12,6 +12,7 @@
 //! with why the lease ended.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::service::give_back::give_back_listed;
 use crate::service::handover::{hand, Hold};
-use crate::service::shared::{Shared, StreamGuard};
+use crate::service::shared::{Shared, Slot, StreamGuard};
 use crate::service::status::time_left;
 use crate::{CancelReason, Key};
 
@@ -74,6 +75,8 @@ struct Entry {
     entries: Arc<Mutex<Entries>>,
     key: (Key, u64),
     id: u64,
+    /// The lease's place in its client's count, freed with the entry.
+    _counted: Slot<IpAddr>,
 }
 
 impl Drop for Entry {
@@ -96,7 +99,14 @@ impl Keepers {
     /// Starts the keeper of `hold`, whose client was last heard now. No `.await` may
     /// come between obtaining the hold and this call: a request dropped there would
     /// drop the hold.
-    pub(crate) fn keep(&self, shared: &Shared, hold: Hold, key: Key, ttl: Duration) {
+    pub(crate) fn keep(
+        &self,
+        shared: &Shared,
+        hold: Hold,
+        key: Key,
+        ttl: Duration,
+        counted: Slot<IpAddr>,
+    ) {
         let token = hold.token();
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Few asks wait at once (each HTTP request waits for its answer); more are
@@ -107,6 +117,7 @@ impl Keepers {
             entries: self.entries.clone(),
             key: (key, token),
             id,
+            _counted: counted,
         };
         let counted = shared.stream();
         tokio::spawn(run(shared.clone(), hold, ttl, asks, entry, counted));
