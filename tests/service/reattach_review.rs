@@ -69,60 +69,6 @@ async fn a_reattach_with_a_longer_ttl_is_never_cut_short_by_the_old_server() {
     b.shutdown().await.unwrap();
 }
 
-/// A [`SharedStore`] whose renewals answer `delay` after they took effect (a slow
-/// database: the renewal commits, the answer takes a while).
-struct SlowRenewals {
-    inner: SharedStore,
-    delay: Duration,
-}
-
-#[async_trait::async_trait]
-impl Backend for SlowRenewals {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, leases::BackendError> {
-        self.inner.acquire(key, ttl, metadata).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<leases::backend::RenewOutcome, leases::BackendError> {
-        let outcome = self.inner.renew(key, token, ttl).await;
-        tokio::time::sleep(self.delay).await;
-        outcome
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
-        self.inner.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, leases::BackendError> {
-        self.inner.revoke(key).await
-    }
-    async fn info(
-        &self,
-        key: &Key,
-    ) -> Result<Option<leases::backend::LeaseInfo>, leases::BackendError> {
-        self.inner.info(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<leases::backend::LeaseInfo>, leases::BackendError> {
-        self.inner.list(prefix, limit).await
-    }
-    fn subscribe_freed(&self) -> leases::backend::FreedKeys {
-        self.inner.subscribe_freed()
-    }
-    fn shared(&self) -> bool {
-        true
-    }
-}
-
 /// FTL's protocol cannot re-attach: a draining server on a shared store must not let go
 /// of an FTL client's key before the time it promised that client (the heartbeat window
 /// from its last request, `Held::promised` in src/service/ftl/mod.rs), as it did before
@@ -134,10 +80,7 @@ impl Backend for SlowRenewals {
 async fn a_draining_server_keeps_its_promise_to_an_ftl_client() {
     const WINDOW: Duration = Duration::from_secs(2);
     let store = SharedStore::default();
-    let slow: Arc<dyn Backend> = Arc::new(SlowRenewals {
-        inner: store.clone(),
-        delay: Duration::from_secs(1),
-    });
+    let slow: Arc<dyn Backend> = Arc::new(store.answering_renewals_after(Duration::from_secs(1)));
     let a = LeaseServer::start(manager_on(slow).await, local())
         .await
         .unwrap();

@@ -13,6 +13,20 @@ use leases::{BackendError, Key};
 #[derive(Clone, Default)]
 pub struct SharedStore {
     inner: Arc<MemoryBackend>,
+    /// How long a renewal's answer takes after the renewal took effect.
+    renew_answer_delay: Duration,
+}
+
+impl SharedStore {
+    /// The same store, reached through a slow link: each renewal answers `delay`
+    /// after it took effect (a database that commits, then answers late).
+    #[allow(dead_code)]
+    pub fn answering_renewals_after(&self, delay: Duration) -> SharedStore {
+        SharedStore {
+            inner: self.inner.clone(),
+            renew_answer_delay: delay,
+        }
+    }
 }
 
 #[async_trait]
@@ -31,7 +45,11 @@ impl Backend for SharedStore {
         token: u64,
         ttl: Duration,
     ) -> Result<RenewOutcome, BackendError> {
-        self.inner.renew(key, token, ttl).await
+        let outcome = self.inner.renew(key, token, ttl).await;
+        if !self.renew_answer_delay.is_zero() {
+            tokio::time::sleep(self.renew_answer_delay).await;
+        }
+        outcome
     }
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
         self.inner.release(key, token).await
