@@ -12,7 +12,7 @@ use leases::backend::{Backend, MemoryBackend};
 use leases::proto::leases::v1::ended::Reason;
 use leases::proto::leases::v1::hold_request::Kind as In;
 use leases::proto::leases::v1::hold_response::Kind as Out;
-use leases::proto::leases::v1::{Heartbeat, HoldRequest, HoldResponse, Release};
+use leases::proto::leases::v1::{HoldRequest, HoldResponse, Release};
 use leases::service::LeaseServer;
 use leases::Key;
 use tonic::Code;
@@ -30,19 +30,8 @@ async fn holder(store: &Arc<dyn Backend>, key: &Key) -> Option<u64> {
 
 /// Heartbeats on `s` every HOLD/4 for `for_`, each answered `renewed`.
 async fn keep(s: &mut RawStream, for_: Duration) {
-    let until = tokio::time::Instant::now() + for_;
-    while tokio::time::Instant::now() < until {
-        s.send(&HoldRequest {
-            kind: Some(In::Heartbeat(Heartbeat {})),
-        });
-        match s.next::<HoldResponse>().await {
-            Some(HoldResponse {
-                kind: Some(Out::Renewed(_)),
-            }) => {}
-            other => panic!("a heartbeat answered {other:?}"),
-        }
-        tokio::time::sleep(HOLD / 4).await;
-    }
+    let heard = crate::support::remote::raw_heartbeats(&mut [s], for_, HOLD / 4).await;
+    heard.unwrap_or_else(|other| panic!("a heartbeat answered {other}"));
 }
 
 /// Releases on `s`, confirmed.

@@ -127,33 +127,6 @@ async fn a_draining_server_keeps_its_promise_to_an_ftl_client() {
     }
 }
 
-/// Heartbeats on each of `streams` every 500 ms for `for_`; the first answer that is not
-/// `renewed`, if any.
-async fn heartbeat(
-    streams: &mut [&mut crate::support::remote::RawStream],
-    for_: Duration,
-) -> Result<(), String> {
-    use leases::proto::leases::v1::hold_request::Kind as In;
-    use leases::proto::leases::v1::hold_response::Kind as Out;
-    use leases::proto::leases::v1::{Heartbeat, HoldRequest, HoldResponse};
-    let until = Instant::now() + for_;
-    while Instant::now() < until {
-        for s in streams.iter_mut() {
-            s.send(&HoldRequest {
-                kind: Some(In::Heartbeat(Heartbeat {})),
-            });
-            match s.next::<HoldResponse>().await {
-                Some(HoldResponse {
-                    kind: Some(Out::Renewed(_)),
-                }) => {}
-                other => return Err(format!("{other:?}")),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Ok(())
-}
-
 /// On etcd, each backend instance remembers until when the holders of the keys it
 /// acquired can be live, and deletes a key whose holder can no longer be (before a
 /// keep-alive of its group: "Keys nobody holds" in src/backend/etcd/mod.rs). A server
@@ -194,7 +167,12 @@ async fn on_etcd_the_old_server_never_deletes_a_lease_reattached_elsewhere() {
     assert_eq!(again, token);
     // A lets go of its orphan once its promise has run out (under HOLD); its group lives
     // on for the other key. The client heartbeats through B all along.
-    let heard = heartbeat(&mut [&mut s, &mut stays], HOLD * 4).await;
+    let heard = crate::support::remote::raw_heartbeats(
+        &mut [&mut s, &mut stays],
+        HOLD * 4,
+        Duration::from_millis(500),
+    )
+    .await;
     let now = holder(&probe, &key).await;
     assert_eq!(
         now,

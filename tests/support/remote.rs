@@ -247,24 +247,10 @@ impl RawStream {
 /// Holds `key` over a raw native `Hold` stream; the stream, and the instant before
 /// which the server cannot have promised the time left it answered with.
 pub async fn raw_hold(addr: SocketAddr, key: &Key, ttl: Duration) -> (RawStream, Instant) {
-    let mut s = RawStream::open(addr, "/leases.v1.Leases/Hold").await;
-    let sent = Instant::now();
-    s.send(&HoldRequest {
-        kind: Some(In::Acquire(Acquire {
-            key: key.to_string(),
-            ttl: Some(ttl.try_into().unwrap()),
-            metadata: Vec::new(),
-            wait: None,
-            resume: None,
-        })),
-    });
-    let answer: HoldResponse = s.next().await.expect("an answer");
-    let left = match answer.kind {
-        Some(Out::Granted(g)) => Duration::try_from(g.time_left.unwrap()).unwrap(),
-        other => panic!("not granted: {other:?}"),
-    };
-    assert!(left > Duration::ZERO);
-    (s, sent + left)
+    match raw_acquire(addr, key, ttl, None).await {
+        Ok((s, _, promised)) => (s, promised),
+        Err(status) => panic!("not granted: {status:?}"),
+    }
 }
 
 /// Re-attaches the lease `(key, token)` on a new raw native `Hold` stream: the stream,
@@ -276,6 +262,17 @@ pub async fn raw_resume(
     ttl: Duration,
     token: u64,
 ) -> Result<(RawStream, u64, Instant), tonic::Status> {
+    raw_acquire(addr, key, ttl, Some(token)).await
+}
+
+/// Acquires `key` (or re-attaches `resume`) on a new raw native `Hold` stream: as
+/// [`raw_resume`].
+async fn raw_acquire(
+    addr: SocketAddr,
+    key: &Key,
+    ttl: Duration,
+    resume: Option<u64>,
+) -> Result<(RawStream, u64, Instant), tonic::Status> {
     let mut s = RawStream::open(addr, "/leases.v1.Leases/Hold").await;
     let sent = Instant::now();
     s.send(&HoldRequest {
@@ -284,7 +281,7 @@ pub async fn raw_resume(
             ttl: Some(ttl.try_into().unwrap()),
             metadata: Vec::new(),
             wait: None,
-            resume: Some(token),
+            resume,
         })),
     });
     match s.next::<HoldResponse>().await {
@@ -292,11 +289,37 @@ pub async fn raw_resume(
             kind: Some(Out::Granted(g)),
         }) => {
             let left = Duration::try_from(g.time_left.unwrap()).unwrap();
+            assert!(left > Duration::ZERO);
             Ok((s, g.token, sent + left))
         }
-        Some(other) => panic!("not an answer to a resume: {other:?}"),
+        Some(other) => panic!("not an answer to an acquire: {other:?}"),
         None => Err(s.status().await),
     }
+}
+
+/// Heartbeats on each of `streams` every `every` for `for_`; the first answer that is
+/// not `renewed`, if any.
+pub async fn raw_heartbeats(
+    streams: &mut [&mut RawStream],
+    for_: Duration,
+    every: Duration,
+) -> Result<(), String> {
+    let until = Instant::now() + for_;
+    while Instant::now() < until {
+        for s in streams.iter_mut() {
+            s.send(&HoldRequest {
+                kind: Some(In::Heartbeat(leases::proto::leases::v1::Heartbeat {})),
+            });
+            match s.next::<HoldResponse>().await {
+                Some(HoldResponse {
+                    kind: Some(Out::Renewed(_)),
+                }) => {}
+                other => return Err(format!("{other:?}")),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+    Ok(())
 }
 
 pub fn ftl_request(key: &Key, ttl: Duration) -> AcquireLeaseRequest {
