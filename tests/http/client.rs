@@ -1,7 +1,7 @@
-//! A thin client of the HTTP API: raw HTTP/1.1 requests over TCP (one connection per
-//! request), and `HttpLeaser`, a `Leaser` that keeps its leases by the deadline rule.
+//! A thin client of the HTTP API: `HttpLeaser`, a `Leaser` that keeps its leases by
+//! the deadline rule, over the raw HTTP/1.1 requests of `support/http_wire.rs`
+//! (re-exported here: `call`, `Http`, `Reply`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,139 +12,8 @@ use leases::{
     LossCause,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An answer: status, headers (names lower-case), body as JSON (`Null` if it is not).
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Value,
-}
-
-impl Reply {
-    /// The error code of an error answer.
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends one request (`Connection: close`) and reads the whole answer.
-pub async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<&[u8]>,
-) -> std::io::Result<Reply> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(token) = bearer {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    if let Some(body) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body.unwrap_or_default());
-    // A server that refuses a body early may close before reading it all: its answer
-    // is still there to read.
-    let _ = stream.write_all(&out).await;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::other("no answer within 30 s"))??;
-    parse(&raw).ok_or_else(|| {
-        std::io::Error::other(format!("not HTTP: {:?}", String::from_utf8_lossy(&raw)))
-    })
-}
-
-fn parse(raw: &[u8]) -> Option<Reply> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
-    {
-        body = dechunk(&body)?;
-    }
-    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line = data.windows(2).position(|w| w == b"\r\n")?;
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&data[..line]).ok()?.trim(), 16).ok()?;
-        data = &data[line + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
-}
-
-/// A client of one server's HTTP API.
-#[derive(Clone, Debug)]
-pub struct Http {
-    pub addr: SocketAddr,
-    pub bearer: Option<String>,
-}
-
-impl Http {
-    pub fn new(addr: SocketAddr) -> Http {
-        Http { addr, bearer: None }
-    }
-    pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.try_post(path, body).await.expect("the server answers")
-    }
-    pub async fn try_post(&self, path: &str, body: Value) -> std::io::Result<Reply> {
-        let body = body.to_string();
-        call(
-            self.addr,
-            "POST",
-            path,
-            self.bearer.as_deref(),
-            Some(body.as_bytes()),
-        )
-        .await
-    }
-    pub async fn get(&self, path_and_query: &str) -> Reply {
-        call(
-            self.addr,
-            "GET",
-            path_and_query,
-            self.bearer.as_deref(),
-            None,
-        )
-        .await
-        .expect("the server answers")
-    }
-}
+pub use crate::http_wire::{call, Http, Reply};
 
 /// The query-string form of a key.
 pub fn q(key: &Key) -> String {
