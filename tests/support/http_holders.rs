@@ -11,7 +11,14 @@
 //! at a `410`, telling the server so with a `release`. On PostgreSQL, where a lease
 //! outlives its server, a `410 handed_over` or a server it cannot reach sends it to the
 //! store's other servers in turn with `resume: <token>` until one takes the lease back
-//! or its deadline passes. At the end of its hold it stops acting, then releases.
+//! or its deadline passes. So does a `410 not_held` from the server that holds its
+//! lease, starting with that server: after a restart quicker than a heartbeat's period
+//! a server has forgotten its HTTP leases and says `not_held` (its `handed_over` was
+//! said to nobody), while the store still holds the lease. That goes beyond what
+//! docs/http.md tells a client (stop at any 410), and is safe all the same: the holder
+//! acts only before its deadline meanwhile, and a resume succeeds only for a lease the
+//! store still holds with its token. At the end of its hold it stops acting, then
+//! releases.
 //!
 //! Some holds misbehave in ways the protocol allows: a holder that stops heartbeating
 //! mid-hold, acts until its deadline and vanishes without a release (the server must
@@ -32,6 +39,10 @@ use crate::support::rng::XorShift;
 /// How long a heartbeat, a re-attach or a release may take before the holder counts
 /// its server as unreachable.
 const REQUEST_LIMIT: Duration = Duration::from_millis(2500);
+
+/// The codes of a heartbeat's 410 after which a holder on a shared store re-attaches
+/// (the others end its lease).
+const RESUMED: &[&str] = &["handed_over", "not_held"];
 
 /// How a hold behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -353,7 +364,7 @@ async fn beat(env: &Env, store: &Store, held: &Held) {
     let sent = Instant::now();
     match http(store, way).try_post("/v1/heartbeat", held.id()).await {
         Ok(r) if r.status == 200 => held.extend(sent, &r),
-        Ok(r) if r.status == 410 && r.code() == "handed_over" && store.shared => {
+        Ok(r) if r.status == 410 && store.shared && RESUMED.contains(&r.code()) => {
             env.history.event(format!(
                 "{} {} heartbeat via {}: {}: re-attaching",
                 held.holder,
@@ -361,7 +372,13 @@ async fn beat(env: &Env, store: &Store, held: &Held) {
                 store.http[way].0,
                 code(&r)
             ));
-            reattach(env, store, held, way).await;
+            // `handed_over`: its server is going; the others first. `not_held`: its
+            // server most likely restarted and forgot the lease: it first.
+            let first = match r.code() {
+                "not_held" => way,
+                _ => (way + 1) % store.http.len(),
+            };
+            reattach(env, store, held, first).await;
         }
         Ok(r) if r.status == 410 => stop(env, store, held, way, code(&r)).await,
         // Anything else (a 503: the store is away): the next heartbeat may do better;
@@ -372,7 +389,7 @@ async fn beat(env: &Env, store: &Store, held: &Held) {
                 "{} {} heartbeat via {}: {e}: re-attaching",
                 held.holder, held.key, store.http[way].0
             ));
-            reattach(env, store, held, way).await;
+            reattach(env, store, held, (way + 1) % store.http.len()).await;
         }
         Err(_) => {}
     }
@@ -392,17 +409,15 @@ async fn stop(env: &Env, store: &Store, held: &Held, way: usize, why: String) {
     ));
 }
 
-/// Re-attaches the lease through the store's other servers in turn (`from`, whose
-/// server failed, last), until one takes it back, one says it is over, or the
-/// deadline passes.
-async fn reattach(env: &Env, store: &Store, held: &Held, from: usize) {
+/// Re-attaches the lease through the store's servers in turn from `first`, until one
+/// takes it back, one says it is over, or the deadline passes.
+async fn reattach(env: &Env, store: &Store, held: &Held, first: usize) {
     let n = store.http.len();
-    let mut way = from;
     for tried in 1.. {
         if Instant::now() >= held.state().deadline {
             return;
         }
-        way = (way + 1) % n;
+        let way = (first + tried - 1) % n;
         let body = json!({
             "key": held.key,
             "ttl_ms": TTL.as_millis() as u64,
@@ -422,8 +437,13 @@ async fn reattach(env: &Env, store: &Store, held: &Held, from: usize) {
                 ));
                 return;
             }
+            // A 200 here granted another lease than this one (no resume does that).
             Ok(r) if r.status == 410 || r.status == 200 => {
-                let why = format!("re-attach refused: {} {}", code(&r), r.body);
+                env.history.event(format!(
+                    "{} {} re-attach via {url}: {} {}",
+                    held.holder, held.key, r.status, r.body
+                ));
+                let why = format!("re-attach refused: {}", code(&r));
                 return stop(env, store, held, way, why).await;
             }
             Ok(r) => env.history.event(format!(
