@@ -385,13 +385,20 @@ async fn beat(env: &Env, store: &Store, held: &Held) {
         // the deadline decides.
         Ok(_) => {}
         Err(e) if store.shared => {
+            env.history.count("http: heartbeat unanswered");
             env.history.event(format!(
                 "{} {} heartbeat via {}: {e}: re-attaching",
                 held.holder, held.key, store.http[way].0
             ));
             reattach(env, store, held, (way + 1) % store.http.len()).await;
         }
-        Err(_) => {}
+        Err(e) => {
+            env.history.count("http: heartbeat unanswered");
+            env.history.event(format!(
+                "{} {} heartbeat via {}: {e}: the deadline decides",
+                held.holder, held.key, store.http[way].0
+            ));
+        }
     }
 }
 

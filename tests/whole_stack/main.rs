@@ -279,7 +279,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
             XorShift::new(rng.next()),
         ));
     }
-    for n in 0..4 {
+    for n in 0..5 {
         let rng = XorShift::new(rng.next());
         workers.spawn(http_holders::http_worker(env.clone(), n, rng));
     }
