@@ -152,9 +152,9 @@ pub struct Chain {
     /// The frame-aware proxy behind it.
     pub h2: H2Proxy,
     /// On a general chain, the byte-level proxy the HTTP holders connect to, straight
-    /// to the server: the frame-aware proxy speaks only HTTP/2 (its `h2` handshake
-    /// refuses an HTTP/1.1 request, so the connection just closes), and the HTTP
-    /// holders speak HTTP/1.1. It shares the chain's link faults ([`Chain::set_link`]):
+    /// to the server: the frame-aware proxy speaks only HTTP/2 (its `h2` server
+    /// handshake fails on an HTTP/1.1 request and the client's connection is reset, as
+    /// every run prints at its start), and the HTTP holders speak HTTP/1.1. It shares the chain's link faults ([`Chain::set_link`]):
     /// one network link to the server, whatever the protocol.
     pub http: Option<FaultProxy>,
     /// A link fault is in force.
