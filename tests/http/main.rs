@@ -3,13 +3,15 @@
 //! auth and limits, the lapse and give-back rules, and the OpenAPI document checked
 //! against what the server answers.
 //!
-//! One binary, a module per theme: `client` (raw HTTP/1.1 and `HttpLeaser`),
+//! One binary, a module per theme: `client` (`HttpLeaser`, over support/http_wire.rs),
 //! `conformance`, `errors` (statuses, auth, the body limit, malformed input), `limits`
 //! (leases per client, an acquire when the server stops), `rules` (a client
 //! that stops heartbeating, a release), `openapi`, `console` (the console switch and
 //! the event log).
 #![cfg(feature = "server")]
 
+#[path = "../support/http_wire.rs"]
+mod http_wire;
 #[path = "../support/mod.rs"]
 mod support;
 

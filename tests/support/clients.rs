@@ -9,7 +9,10 @@
 //!   answer until it sees an error or it half-closes;
 //! - `leases run` with commands that work, ignore SIGTERM, fork background jobs or exit
 //!   early; their processes (this test binary in actor mode, see [`actor_main`]) append
-//!   `<ns> <key> <token> <pid> <run>` to the act file every 20 ms while they live.
+//!   `<ns> <key> <token> <pid> <run>` to the act file every 20 ms while they live;
+//! - HTTP holders, clients of the HTTP/JSON API that keep the deadline rule by hand,
+//!   re-attach with `resume`, and sometimes vanish or release twice: in
+//!   http_holders.rs, which shares [`Env`], [`Store`] and the act pace with this file.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -29,7 +32,7 @@ use crate::support::rng::XorShift;
 /// Every lease's TTL (the service's minimum).
 pub const TTL: Duration = Duration::from_secs(5);
 /// How often a holder acts.
-const ACT_EVERY: Duration = Duration::from_millis(25);
+pub const ACT_EVERY: Duration = Duration::from_millis(25);
 
 /// One store: its keys and the ways to reach it.
 pub struct Store {
@@ -49,6 +52,8 @@ pub struct Store {
     /// Keys only the leaders hold (see [`leader_worker`]); none on a store that is not
     /// shared.
     pub leader_keys: Vec<String>,
+    /// The HTTP holders' ways in (see http_holders.rs): (URL, the server behind it).
+    pub http: Vec<(String, String)>,
 }
 
 impl Store {
@@ -79,14 +84,19 @@ pub struct Env {
     pub act_file: String,
     /// Running `leases run` processes: pid → whether its command forks.
     pub runs: Mutex<HashMap<u32, bool>>,
+    /// The servers the HTTP holders held their leases through, and when (their
+    /// `Hold` streams' counterpart, for whole_stack/kept.rs): (server, way).
+    pub http_ways: Mutex<Vec<(String, crate::h2proxy::Seen)>>,
 }
 
 impl Env {
-    fn running(&self) -> bool {
+    /// Whether workers may still start something new.
+    pub fn running(&self) -> bool {
         Instant::now() < self.stop_at
     }
 
-    fn pick<'a, T>(rng: &mut XorShift, v: &'a [T]) -> &'a T {
+    /// A random element of `v`.
+    pub fn pick<'a, T>(rng: &mut XorShift, v: &'a [T]) -> &'a T {
         &v[rng.below(v.len() as u64) as usize]
     }
 }

@@ -6,7 +6,9 @@
 //! Which server held a lease when comes from the HTTP/2 proxies: every `Hold` stream
 //! is labelled with its key, its holder (the first word of the metadata) and, for a
 //! re-attach, `resume <token>` (see `clients::stream_label`), with when it began and
-//! ended. A grant was *held through server S at a restart* of S at T when one of its
+//! ended. An HTTP lease has no stream (and HTTP/1.1 bypasses those proxies): its holder
+//! says through which server it held it from when to when, labelled alike (`HTTP
+//! <key> by ...`, see http_holders.rs). A grant was *held through server S at a restart* of S at T when one of its
 //! streams on a chain of S was open at T and it acted before and after T (until its
 //! loss, if it lost it). It was *kept across* that restart when, after T, it
 //! re-attached (a `resume` stream with its token), acted after that, and ended by its
@@ -37,7 +39,7 @@ pub struct Kept {
     pub held: u64,
     /// ... kept across it (re-attached, acted on, released by their holder).
     pub kept: u64,
-    /// ... by kind of holder (`client`, `leader`, `leases-run`, `taker`).
+    /// ... by kind of holder (`client`, `leader`, `leases-run`, `taker`, `http`).
     pub kept_by: BTreeMap<String, u64>,
     /// ... lost across it (lost within a TTL of the restart).
     pub lost: u64,
@@ -65,9 +67,10 @@ struct Way<'a> {
     resume: Option<u64>,
 }
 
-/// A `Hold` stream's label, read back: (key, holder, resumed token).
+/// A `Hold` stream's label, or an HTTP holder's way (`HTTP <key> by ...`, see
+/// http_holders.rs), read back: (key, holder, resumed token).
 fn parse(label: &str) -> Option<(&str, &str, Option<u64>)> {
-    let rest = label.strip_prefix("Hold ")?;
+    let rest = (label.strip_prefix("Hold ")).or_else(|| label.strip_prefix("HTTP "))?;
     let (key, rest) = rest.split_once(" by ")?;
     let holder = rest.split(' ').next()?;
     let resume = rest

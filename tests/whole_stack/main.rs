@@ -1,7 +1,10 @@
-//! The whole-stack checker (issues #19 and #21): real `leases serve` processes (three on
-//! one throwaway PostgreSQL, pg-a, pg-b and pg-c, and one on the memory backend),
-//! clients of every kind (see support/clients.rs) through fault proxies (a byte-level
-//! TCP proxy in front of a frame-aware HTTP/2 proxy, per server), random operations
+//! The whole-stack checker (issues #19, #21 and #23): real `leases serve` processes
+//! (three on one throwaway PostgreSQL, pg-a, pg-b and pg-c, and one on the memory
+//! backend), clients of every kind (see support/clients.rs, and support/http_holders.rs
+//! for the HTTP/JSON API's) through fault proxies (a byte-level TCP proxy in front of a
+//! frame-aware HTTP/2 proxy, per server; the HTTP holders' HTTP/1.1 does not pass the
+//! HTTP/2 proxy, so theirs is a byte-level proxy straight to the server, beside the
+//! other and sharing its link faults), random operations
 //! (revokes through any server or the CLI, sometimes twice) and random faults (delay,
 //! blackhole, TCP reset, half-open, RST_STREAM with each code, GOAWAY,
 //! SIGSTOP/SIGKILL/SIGTERM of servers and of `leases run`, PostgreSQL stopped and
@@ -9,9 +12,10 @@
 //! time, for the whole run. Every holder records when it acts, on one clock; the
 //! checker (support/history.rs) knows only the guarantees.
 //!
-//! The clients that can re-attach a lease (`ClientLeaser`s, and `leases run --server
-//! URL,URL,...`) get every PostgreSQL server's URL, the one they picked first, so that
-//! a lease moves to another server when its own goes; four of the `ClientLeaser`s are
+//! The clients that can re-attach a lease (`ClientLeaser`s, `leases run --server
+//! URL,URL,...`, and the HTTP holders, which `resume` by hand) get every PostgreSQL
+//! server's URL, the one they picked first, so that a lease moves to another server
+//! when its own goes; four of the `ClientLeaser`s are
 //! leaders, which hold a key of their own each for long. That leases move is proven, not
 //! assumed: a run of 60 s or more fails unless some lease was kept across a restart of
 //! the server that held it (re-attached, and released by its holder in the end).
@@ -29,7 +33,8 @@
 //!   the rolling restarts;
 //! - `store_view`: who the database says holds each PostgreSQL key, logged as it changes;
 //! - `kept`: the leases kept (and lost) across restarts, from the proxies' streams;
-//! - `verdict`: the checker's counts and violations, printed;
+//! - `verdict`: the checker's counts (acts by kind of holder among them) and
+//!   violations, printed;
 //! - this file: starting it all, the clients, and the run's end.
 
 use std::sync::atomic::AtomicBool;
@@ -42,6 +47,10 @@ mod clients;
 mod h2proxy;
 #[path = "../support/history.rs"]
 mod history;
+#[path = "../support/http_holders.rs"]
+mod http_holders;
+#[path = "../support/http_wire.rs"]
+mod http_wire;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -141,22 +150,57 @@ async fn run(seed: u64, seconds: u64) -> bool {
             tcp.set(base);
             let name = format!("{}{}", s.name, if ftl { "/ftl" } else { "" });
             println!("whole_stack: {name} is http://{}", tcp.addr());
+            // HTTP/1.1 does not pass the frame-aware proxy (see `Chain::http`): the
+            // HTTP holders' way bypasses it, beside the general chain.
+            let http = match ftl {
+                true => None,
+                false => {
+                    let http = FaultProxy::start(s.addr()).await;
+                    http.set(base);
+                    println!("whole_stack: {name} (HTTP/1.1) is http://{}", http.addr());
+                    Some(http)
+                }
+            };
             chains.push(Chain {
                 name,
                 server: i,
                 ftl,
                 tcp,
                 h2,
+                http,
                 busy: AtomicBool::new(false),
                 base,
             });
         }
+    }
+    // Checked, not assumed: HTTP/1.1 does not pass the frame-aware proxy, and does
+    // pass the HTTP holders' way.
+    for (what, addr) in [
+        ("the HTTP/2 proxy", chains[0].tcp.addr()),
+        (
+            "the HTTP holders' way",
+            chains[0].http.as_ref().unwrap().addr(),
+        ),
+    ] {
+        let ready = Duration::from_secs(3);
+        let r = http_wire::call_within(addr, "GET", "/v1/ready", None, None, ready).await;
+        let r = r.map_or_else(|e| format!("{e}"), |r| format!("HTTP {}", r.status));
+        println!("whole_stack: GET /v1/ready over HTTP/1.1 through {what}: {r}");
     }
     let urls = |store: &str, ftl: bool| -> Vec<String> {
         chains
             .iter()
             .filter(|c| servers[c.server].store == store && c.ftl == ftl)
             .map(|c| format!("http://{}", c.tcp.addr()))
+            .collect()
+    };
+    let http_ways = |store: &str| -> Vec<(String, String)> {
+        (chains.iter())
+            .filter(|c| servers[c.server].store == store)
+            .filter_map(|c| {
+                let url = format!("http://{}", c.http.as_ref()?.addr());
+                Some((url, servers[c.server].name.clone()))
+            })
             .collect()
     };
     let run_id = format!("r{}", now_ns() % 1_000_000_000);
@@ -174,6 +218,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
             postgres: Some(url.clone()),
             shared: true,
             leader_keys: keys("pg-lead", 4),
+            http: http_ways("pg"),
         },
         Store {
             name: "mem",
@@ -183,6 +228,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
             postgres: None,
             shared: false,
             leader_keys: Vec::new(),
+            http: http_ways("mem"),
         },
     ];
     let act_file = dir.join("acts.log");
@@ -198,6 +244,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
             .into_owned(),
         act_file: act_file.to_string_lossy().into_owned(),
         runs: Mutex::new(Default::default()),
+        http_ways: Mutex::new(Vec::new()),
     });
     let world = Arc::new(World {
         env: env.clone(),
@@ -232,6 +279,10 @@ async fn run(seed: u64, seconds: u64) -> bool {
             XorShift::new(rng.next()),
         ));
     }
+    for n in 0..5 {
+        let rng = XorShift::new(rng.next());
+        workers.spawn(http_holders::http_worker(env.clone(), n, rng));
+    }
     let nemesis = tokio::spawn(nemesis::run(world.clone(), XorShift::new(rng.next())));
     let rolling = tokio::spawn(restarts::rolling(world.clone(), XorShift::new(rng.next())));
     let view = {
@@ -258,7 +309,7 @@ async fn run(seed: u64, seconds: u64) -> bool {
 
     let history = &env.history;
     history.load_act_file(&act_file);
-    let streams: Vec<kept::Stream> = (world.chains.iter())
+    let mut streams: Vec<kept::Stream> = (world.chains.iter())
         .flat_map(|c| {
             let server = world.servers[c.server].name.clone();
             (c.h2.seen().into_iter()).map(move |seen| kept::Stream {
@@ -267,6 +318,9 @@ async fn run(seed: u64, seconds: u64) -> bool {
             })
         })
         .collect();
+    // The HTTP holders' ways, as they saw them (no proxy sees an HTTP lease whole).
+    let http_ways = std::mem::take(&mut *env.http_ways.lock().unwrap());
+    streams.extend((http_ways.into_iter()).map(|(server, seen)| kept::Stream { server, seen }));
     let kept = kept::count(history, &streams, origin);
     kept::log_streams(history, &streams, origin);
     let ok = verdict::judge(history, &kept, seed, seconds, origin);

@@ -34,6 +34,7 @@ pub fn minimums(seconds: u64) -> Vec<(&'static str, u64)> {
         ("grants: ClientLeaser", 10 * k),
         ("grants: FTL", 5 * k),
         ("grants: leases run", 5 * k),
+        ("grants: HTTP", 5 * k),
         ("fault: delay", k),
         ("fault: blackhole", k),
         ("fault: tcp reset", k),
@@ -82,7 +83,7 @@ pub async fn run(world: Arc<World>, mut rng: XorShift) {
     }
     while tasks.join_next().await.is_some() {}
     for c in &world.chains {
-        c.tcp.set(c.base);
+        c.set_link(c.base);
     }
     for s in &world.servers {
         s.signal(libc::SIGCONT);
@@ -309,9 +310,9 @@ async fn act(world: Arc<World>, pick: u64, mut rng: XorShift) {
 /// Puts `fault` on the link of chain `c` (taken busy by the caller) for `hold`, then
 /// heals it and frees the chain.
 async fn link_fault(h: &History, c: &Chain, fault: Fault, hold: Duration) {
-    c.tcp.set(fault);
+    c.set_link(fault);
     tokio::time::sleep(hold).await;
-    c.tcp.set(c.base);
+    c.set_link(c.base);
     h.event(format!("heal: {} {}", c.name, c.base));
     c.busy.store(false, Ordering::SeqCst);
 }
@@ -360,7 +361,12 @@ async fn held_via_far(
 ) -> Option<String> {
     let far: Vec<String> = (world.chains.iter())
         .filter(|c| world.servers[c.server].name == "pg-a")
-        .map(|c| format!("via http://{}", c.tcp.addr()))
+        .flat_map(|c| {
+            // The HTTP holders' way in to pg-a too.
+            let http = c.http.as_ref().map(|p| p.addr());
+            [Some(c.tcp.addr()), http].into_iter().flatten()
+        })
+        .map(|addr| format!("via http://{addr}"))
         .collect();
     let near = world.servers.iter().find(|s| s.name == "pg-b")?;
     let c = tokio::time::timeout(

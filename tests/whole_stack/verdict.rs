@@ -29,6 +29,16 @@ pub fn judge(history: &History, kept: &Kept, seed: u64, seconds: u64, origin: u6
         report.acts,
         report.violations.len()
     );
+    // By kind of holder, so that every kind is seen to have acted.
+    let mut by_kind: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for i in history.intervals() {
+        let e = by_kind.entry(kind_of(&i.grant.holder)).or_default();
+        e.0 += 1;
+        e.1 += i.acts;
+    }
+    for (kind, (grants, acts)) in &by_kind {
+        println!("  {kind}: {grants} grants that acted, {acts} acts");
+    }
     println!(
         "  liveness: longest a key stayed free while wanted: {:.1}s ({}; fails beyond {:.0}s)",
         report.longest_free_ns as f64 / 1e9,
@@ -79,15 +89,7 @@ pub fn judge(history: &History, kept: &Kept, seed: u64, seconds: u64, origin: u6
             history::secs(violations[0].at(), origin)
         );
         // The first violation of each kind of earlier holder, then the next ones.
-        let kind = |v: &history::Violation| {
-            v.a.grant
-                .holder
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
-                .to_string()
-        };
+        let kind = |v: &history::Violation| kind_of(&v.a.grant.holder);
         let mut by_kind = std::collections::BTreeMap::new();
         for v in &violations {
             *by_kind.entry(kind(v)).or_insert(0) += 1;
@@ -126,4 +128,11 @@ pub fn judge(history: &History, kept: &Kept, seed: u64, seconds: u64, origin: u6
         }
     }
     ok
+}
+
+/// The kind of a holder: `client`, `leader`, `taker`, `ftl`, `http`, `leases-run`.
+fn kind_of(holder: &str) -> String {
+    (holder.split(':').next().unwrap_or_default())
+        .trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
+        .to_string()
 }

@@ -138,7 +138,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A way to one server: TCP fault proxy → HTTP/2 proxy → server.
+/// A way to one server: TCP fault proxy → HTTP/2 proxy → server; and, beside a general
+/// chain, the way of the HTTP holders: a TCP fault proxy straight to the server.
 pub struct Chain {
     /// E.g. `pg-a/ftl`.
     pub name: String,
@@ -150,10 +151,27 @@ pub struct Chain {
     pub tcp: FaultProxy,
     /// The frame-aware proxy behind it.
     pub h2: H2Proxy,
+    /// On a general chain, the byte-level proxy the HTTP holders connect to, straight
+    /// to the server: the frame-aware proxy speaks only HTTP/2 (its `h2` server
+    /// handshake fails on an HTTP/1.1 request and the client's connection is reset, as
+    /// every run prints at its start), and the HTTP holders speak HTTP/1.1. It shares the chain's link faults ([`Chain::set_link`]):
+    /// one network link to the server, whatever the protocol.
+    pub http: Option<FaultProxy>,
     /// A link fault is in force.
     pub busy: AtomicBool,
     /// The link when no fault is in force: a far server's delay, or Pass.
     pub base: Fault,
+}
+
+impl Chain {
+    /// Puts `fault` on the chain's link: its TCP proxy and, beside it, the HTTP
+    /// holders' one.
+    pub fn set_link(&self, fault: Fault) {
+        self.tcp.set(fault);
+        if let Some(http) = &self.http {
+            http.set(fault);
+        }
+    }
 }
 
 /// Everything the nemesis acts on.
