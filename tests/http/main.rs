@@ -6,7 +6,7 @@
 //! One binary, a module per theme: `client` (raw HTTP/1.1 and `HttpLeaser`),
 //! `conformance`, `errors` (statuses, auth, limits, malformed input), `rules` (a client
 //! that stops heartbeating, a release), `openapi`, `console` (the console switch and
-//! the event log).
+//! the event log), `review` (an adversarial review's regressions).
 #![cfg(feature = "server")]
 
 #[path = "../support/mod.rs"]
@@ -17,6 +17,7 @@ mod conformance;
 mod console;
 mod errors;
 mod openapi;
+mod review;
 mod rules;
 
 use leases::service::{LeaseServer, ServeOptions};

@@ -122,7 +122,7 @@ async fn run(
     entry: Entry,
     counted: StreamGuard,
 ) {
-    let mut listed = shared.holds.list(&entry.key.0, entry.key.1);
+    let mut listed = shared.holds.list(&entry.key.0, entry.key.1, ttl);
     let stopping = shared.stopping.clone();
     let mut last = Instant::now();
     let ended = loop {

@@ -1,0 +1,93 @@
+//! Regressions from an adversarial review of the HTTP API, its keepers and re-attaching
+//! (handover between HTTP keepers and native streams).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::client::Http;
+
+/// Finding 1: a re-attach (`resume`) through the server that holds the lease took the
+/// lease over from its keeper (or stream) without looking at the TTL asked for: another
+/// `ttl_ms` was accepted (docs/protocol.md: "another `ttl` is refused"), the new keeper
+/// then waited a whole *asked* TTL for a request (a lease kept alive without heartbeats
+/// for as long as a client cared to ask), and a huge one overflowed `last + ttl` and
+/// panicked the keeper's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_resume_with_another_ttl_is_refused_by_the_server_that_holds_it() {
+    let server = crate::server().await;
+    let http = Http::new(server.local_addr());
+    let key = "/system/http-review/resume-ttl";
+    let a = http
+        .post("/v1/acquire", json!({ "key": key, "ttl_ms": 5000 }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let token = a.body["token"].clone();
+    for ttl in [
+        json!(18_446_744_073_709_551_615_u64),
+        json!(3_600_000),
+        json!(1),
+    ] {
+        let r = http
+            .post(
+                "/v1/acquire",
+                json!({ "key": key, "ttl_ms": ttl, "resume": token }),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "resume_ttl"),
+            "{ttl}: {}",
+            r.body
+        );
+    }
+    // The lease is still kept by its first keeper.
+    let h = http
+        .post("/v1/heartbeat", json!({ "key": key, "token": token }))
+        .await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    // The same TTL re-attaches it.
+    let r = http
+        .post(
+            "/v1/acquire",
+            json!({ "key": key, "ttl_ms": 5000, "resume": token }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["token"], token);
+    let done = http
+        .post("/v1/release", json!({ "key": key, "token": token }))
+        .await;
+    assert_eq!(done.body["released"], json!(true), "{}", done.body);
+}
+
+/// Finding 1, through a native stream: a resume on a new stream of the server that
+/// holds the lease, with another TTL, is refused (`INVALID_ARGUMENT`), and the stream
+/// that holds the lease keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_resume_with_another_ttl_is_refused_by_the_server_that_holds_it() {
+    use crate::support::remote::{raw_hold, raw_resume};
+    let server = crate::server().await;
+    let key = leases::Key::system(["http-review", "native-resume-ttl"]);
+    let ttl = Duration::from_secs(5);
+    let (held, _) = raw_hold(server.local_addr(), &key, ttl).await;
+    let info = crate::support::remote::client_of(&server)
+        .await
+        .lease_info(&key)
+        .await
+        .unwrap()
+        .expect("held");
+    for asked in [
+        Duration::from_secs(3600),
+        Duration::from_millis(u64::MAX / 2),
+    ] {
+        let refused = raw_resume(server.local_addr(), &key, asked, info.token).await;
+        let status = refused.err().expect("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    let (again, token, _) = raw_resume(server.local_addr(), &key, ttl, info.token)
+        .await
+        .expect("the same TTL re-attaches it");
+    assert_eq!(token, info.token);
+    drop((held, again));
+}
