@@ -241,7 +241,12 @@ impl SupervisorState {
             deadline,
             alarms: self.alarms.clone(),
         };
-        let lease = Lease::new(key.clone(), token, self.owner.clone());
+        // A re-attached lease that never reaches its caller is left, not released.
+        let owner = match waiter.options.resume {
+            Some(_) => super::grant::Resumed::owning(self.owner.clone()),
+            None => self.owner.clone(),
+        };
+        let lease = Lease::new(key.clone(), token, owner);
         // Starting an actor is the costliest step of an acquire, so it runs in a task of
         // its own rather than on this mailbox: the supervisor is not the bound on how
         // fast leases can be handed out. The renewer is still this actor's linked child.

@@ -91,3 +91,47 @@ async fn a_native_resume_with_another_ttl_is_refused_by_the_server_that_holds_it
     assert_eq!(token, info.token);
     drop((held, again));
 }
+
+/// A client that goes away while its acquire waits (`wait_ms`) is never granted the
+/// key: when the key comes free, the next client gets it at once, not after a keeper
+/// has waited out a TTL for a client that never heard of its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_acquire_whose_client_went_away_gets_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let server = crate::server().await;
+    let addr = server.local_addr();
+    let http = Http::new(addr);
+    let key = "/system/http-review/gone-waiter";
+    let a = http
+        .post("/v1/acquire", json!({ "key": key, "ttl_ms": 30_000 }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // B waits for the key, then hangs up.
+    let body = json!({ "key": key, "ttl_ms": 30_000, "wait_ms": 60_000 }).to_string();
+    let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1/acquire HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    b.write_all(request.as_bytes()).await.unwrap();
+    // (On a machine too slow to have read B's request by now, B never waited: the test
+    // then passes without proving anything, never fails.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = http
+        .post(
+            "/v1/release",
+            json!({ "key": key, "token": a.body["token"] }),
+        )
+        .await;
+    assert_eq!(r.body["released"], json!(true), "{}", r.body);
+    let c = http
+        .post(
+            "/v1/acquire",
+            json!({ "key": key, "ttl_ms": 30_000, "wait_ms": 10_000 }),
+        )
+        .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+}
