@@ -135,3 +135,62 @@ async fn a_waiting_acquire_whose_client_went_away_gets_nothing() {
         .await;
     assert_eq!(c.status, 200, "{}", c.body);
 }
+
+/// A field given twice in a JSON body is refused (400 `invalid_json`), as a query
+/// parameter given twice is: it used to be read as its last value, so that
+/// `{"key": "/system/a", ..., "key": "/system/b"}` acted on `/system/b` while anything
+/// that read the first (a proxy's check, a log) saw `/system/a`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_given_twice_is_refused() {
+    use crate::client::call;
+    let server = crate::server().await;
+    let addr = server.local_addr();
+    let cases: &[(&str, &str)] = &[
+        (
+            "/v1/acquire",
+            r#"{"key": "/system/http-review/a", "ttl_ms": 5000, "key": "/system/http-review/b"}"#,
+        ),
+        (
+            "/v1/acquire",
+            r#"{"key": "/system/http-review/a", "ttl_ms": 5000, "ttl_ms": 60000}"#,
+        ),
+        (
+            "/v1/revoke",
+            r#"{"key": "/system/http-review/a", "key": "/system/http-review/b"}"#,
+        ),
+        (
+            "/v1/heartbeat",
+            r#"{"key": "/system/http-review/a", "token": "1", "token": "2"}"#,
+        ),
+    ];
+    for (path, body) in cases {
+        let reply = call(addr, "POST", path, None, Some(body.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "invalid_json"),
+            "{path} {body}: {}",
+            reply.body
+        );
+        let message = reply.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("more than once"), "{message}");
+    }
+    // Nothing was acquired.
+    let info = Http::new(addr)
+        .get("/v1/info?key=%2Fsystem%2Fhttp-review%2Fb")
+        .await;
+    assert_eq!(info.body["lease"], serde_json::Value::Null);
+    // The same key in a nested value is no duplicate (there is none in the API, but
+    // only the body's own fields count).
+    let ok = call(
+        addr,
+        "POST",
+        "/v1/acquire",
+        None,
+        Some(br#"{"key": "/system/http-review/c", "ttl_ms": 5000, "metadata": "{\"key\": 1, \"key\": 2}"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
