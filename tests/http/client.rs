@@ -43,16 +43,34 @@ pub async fn call(
     bearer: Option<&str>,
     body: Option<&[u8]>,
 ) -> std::io::Result<Reply> {
+    call_with(addr, method, path, &[], bearer, body).await
+}
+
+/// [`call`] with more headers (a `Content-Type` among them replaces the JSON one).
+pub async fn call_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    bearer: Option<&str>,
+    body: Option<&[u8]>,
+) -> std::io::Result<Reply> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = bearer {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();

@@ -281,6 +281,23 @@ async fn each_documented_code_is_returned() {
         );
         seen.insert((route, want.to_string()));
     }
+    // A browser's request for a page of another origin, on each route that changes
+    // leases.
+    for route in ["/v1/acquire", "/v1/heartbeat", "/v1/release", "/v1/revoke"] {
+        let reply = crate::client::call_with(
+            addr,
+            "POST",
+            route,
+            &[("Origin", "http://elsewhere.example")],
+            Some("t"),
+            Some(b"{}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 403, "{route}: {}", reply.body);
+        assert!(doc["paths"][route]["post"]["responses"].get("403").is_some());
+        seen.insert((route.to_string(), "403".to_string()));
+    }
     // And the other way: every documented code was seen, but for 503.
     for (route, ops) in doc["paths"].as_object().unwrap() {
         for op in ops.as_object().unwrap().values() {

@@ -194,3 +194,105 @@ async fn a_field_given_twice_is_refused() {
     .unwrap();
     assert_eq!(ok.status, 200, "{}", ok.body);
 }
+
+/// A web page of another origin must not change leases through the visitor's browser:
+/// a `fetch` with `mode: "no-cors"` and a `text/plain` body (or a form posted with
+/// `enctype="text/plain"`) needs no preflight, and the API read any body as JSON
+/// whatever its type, so on a server without a token (the default, bound to loopback)
+/// any site an operator visited could acquire, release or revoke leases on it. Such a
+/// request says where it comes from (`Origin`, `Sec-Fetch-Site`): 403 `cross_origin`.
+/// Requests without them (curl, programs) and the console's own (same origin) pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_origin_request_from_a_browser_changes_no_lease() {
+    use crate::client::call_with;
+    let server = crate::server_with(leases::service::ServeOptions {
+        console: true,
+        ..crate::support::remote::local()
+    })
+    .await;
+    let addr = server.local_addr();
+    let http = Http::new(addr);
+    let key = "/system/http-review/csrf";
+    let held = http
+        .post("/v1/acquire", json!({ "key": key, "ttl_ms": 5000 }))
+        .await;
+    assert_eq!(held.status, 200, "{}", held.body);
+    let id = json!({ "key": key, "token": held.body["token"] }).to_string();
+    let other = json!({ "key": "/system/http-review/csrf-b", "ttl_ms": 5000 }).to_string();
+    let revoke = json!({ "key": key }).to_string();
+    let evil: &[&[(&str, &str)]] = &[
+        &[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "text/plain"),
+        ],
+        &[("Origin", "null"), ("Content-Type", "text/plain")],
+        &[
+            ("Origin", "http://evil.example"),
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &[
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Content-Type", "text/plain"),
+        ],
+    ];
+    for headers in evil {
+        for (path, body) in [
+            ("/v1/revoke", &revoke),
+            ("/v1/release", &id),
+            ("/v1/heartbeat", &id),
+            ("/v1/acquire", &other),
+        ] {
+            let reply = call_with(addr, "POST", path, headers, None, Some(body.as_bytes()))
+                .await
+                .unwrap();
+            assert_eq!(
+                (reply.status, reply.code()),
+                (403, "cross_origin"),
+                "{path} {headers:?}: {}",
+                reply.body
+            );
+        }
+    }
+    let info = http
+        .get("/v1/info?key=%2Fsystem%2Fhttp-review%2Fcsrf")
+        .await;
+    assert_eq!(info.body["lease"]["revoked"], json!(false), "{}", info.body);
+    assert_eq!(
+        http.get("/v1/info?key=%2Fsystem%2Fhttp-review%2Fcsrf-b")
+            .await
+            .body["lease"],
+        serde_json::Value::Null
+    );
+    // The console's own requests (same origin) and a user's typed ones pass.
+    let origin = format!("http://{addr}");
+    let own: &[&[(&str, &str)]] = &[
+        &[("Origin", &origin), ("Sec-Fetch-Site", "same-origin")],
+        &[("Origin", &origin)],
+        &[("Sec-Fetch-Site", "none")],
+    ];
+    for headers in own {
+        let reply = call_with(
+            addr,
+            "POST",
+            "/v1/heartbeat",
+            headers,
+            None,
+            Some(id.as_bytes()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200, "{headers:?}: {}", reply.body);
+    }
+    let reply = call_with(
+        addr,
+        "POST",
+        "/v1/revoke",
+        own[0],
+        None,
+        Some(revoke.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.body["revoked"], json!(true), "{}", reply.body);
+}
