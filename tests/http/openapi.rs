@@ -295,7 +295,9 @@ async fn each_documented_code_is_returned() {
         .await
         .unwrap();
         assert_eq!(reply.status, 403, "{route}: {}", reply.body);
-        assert!(doc["paths"][route]["post"]["responses"].get("403").is_some());
+        assert!(doc["paths"][route]["post"]["responses"]
+            .get("403")
+            .is_some());
         seen.insert((route.to_string(), "403".to_string()));
     }
     // And the other way: every documented code was seen, but for 503.

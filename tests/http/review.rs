@@ -296,3 +296,116 @@ async fn a_cross_origin_request_from_a_browser_changes_no_lease() {
     .unwrap();
     assert_eq!(reply.body["revoked"], json!(true), "{}", reply.body);
 }
+
+/// A revoked HTTP lease: the holder hears it at its next heartbeat (410 `revoked`), and
+/// nobody else gets the key before the time the server last promised it has passed
+/// (unless the holder releases first). (This held.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_http_lease_keeps_its_key_until_the_promise() {
+    use std::time::Instant;
+    let server = crate::server().await;
+    let http = Http::new(server.local_addr());
+    let key = "/system/http-review/revoked";
+    let a = http
+        .post("/v1/acquire", json!({ "key": key, "ttl_ms": 3000 }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let id = json!({ "key": key, "token": a.body["token"] });
+    let sent = Instant::now();
+    let h = http.post("/v1/heartbeat", id.clone()).await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    let promised = sent + Duration::from_millis(h.body["time_left_ms"].as_u64().unwrap());
+    let r = http.post("/v1/revoke", json!({ "key": key })).await;
+    assert_eq!(r.body["revoked"], json!(true), "{}", r.body);
+    let late = http.post("/v1/heartbeat", id.clone()).await;
+    assert_eq!(
+        (late.status, late.code()),
+        (410, "revoked"),
+        "{}",
+        late.body
+    );
+    let mut freed = None;
+    while sent.elapsed() < Duration::from_secs(20) {
+        let b = http
+            .post("/v1/acquire", json!({ "key": key, "ttl_ms": 3000 }))
+            .await;
+        if b.status == 200 {
+            freed = Some(Instant::now());
+            break;
+        }
+        assert_eq!(b.status, 409, "{}", b.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let freed = freed.expect("free once the promise has passed");
+    assert!(freed >= promised, "freed {:?} early", promised - freed);
+}
+
+/// An HTTP lease moves to another server of a shared store when its server drains (410
+/// `handed_over`, then `acquire` with `resume` through the other), even while a contender
+/// waits for the key on that other server; the contender gets the key only after the
+/// holder's release. (This held.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_lease_moves_past_a_waiter_when_its_server_drains() {
+    use crate::support::remote::{local, manager_on};
+    use crate::support::shared_store::SharedStore;
+    use leases::service::LeaseServer;
+    let store: std::sync::Arc<dyn leases::backend::Backend> =
+        std::sync::Arc::new(SharedStore::default());
+    let s1 = LeaseServer::start(manager_on(store.clone()).await, local())
+        .await
+        .unwrap();
+    let s2 = LeaseServer::start(manager_on(store.clone()).await, local())
+        .await
+        .unwrap();
+    let (h1, h2) = (Http::new(s1.local_addr()), Http::new(s2.local_addr()));
+    let key = "/system/http-review/moves";
+    let a = h1
+        .post("/v1/acquire", json!({ "key": key, "ttl_ms": 3000 }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let token = a.body["token"].clone();
+    let id = json!({ "key": key, "token": token });
+    let contender = {
+        let h2 = h2.clone();
+        tokio::spawn(async move {
+            h2.post(
+                "/v1/acquire",
+                json!({ "key": key, "ttl_ms": 3000, "wait_ms": 30_000 }),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(s1.shutdown());
+    // The holder hears of the drain, or finds the server gone.
+    loop {
+        match h1.try_post("/v1/heartbeat", id.clone()).await {
+            Ok(r) if r.status == 200 => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(r) => {
+                assert_eq!((r.status, r.code()), (410, "handed_over"), "{}", r.body);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let moved = h2
+        .post(
+            "/v1/acquire",
+            json!({ "key": key, "ttl_ms": 3000, "resume": token }),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(moved.body["token"], token);
+    stopping.await.unwrap().unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let beat = h2.post("/v1/heartbeat", id.clone()).await;
+        assert_eq!(beat.status, 200, "{}", beat.body);
+        assert!(!contender.is_finished(), "the contender got the key");
+    }
+    let released = h2.post("/v1/release", id).await;
+    assert_eq!(released.body["released"], json!(true), "{}", released.body);
+    let got = contender.await.unwrap();
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_ne!(got.body["token"], token);
+}
