@@ -409,3 +409,78 @@ async fn an_http_lease_moves_past_a_waiter_when_its_server_drains() {
     assert_eq!(got.status, 200, "{}", got.body);
     assert_ne!(got.body["token"], token);
 }
+
+/// A client that hangs up while its acquire waits (`curl --max-time 5` with a long
+/// `wait_ms`, in a loop) must not leave anything behind on the server while the key
+/// stays held: each left a queued waiter and a task asleep until its wait would have
+/// run out (`wait_ms` up to u64::MAX: for ever), so a key held for long (a leader's)
+/// collected them without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_that_hung_up_are_not_kept() {
+    use tokio::io::AsyncWriteExt;
+    let server = crate::server().await;
+    let addr = server.local_addr();
+    let http = Http::new(addr);
+    let key = "/system/http-review/hung-up-waiters";
+    let a = http
+        .post("/v1/acquire", json!({ "key": key, "ttl_ms": 30_000 }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = alive();
+    let body = json!({ "key": key, "ttl_ms": 30_000, "wait_ms": u64::MAX }).to_string();
+    let request = format!(
+        "POST /v1/acquire HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut waiters = Vec::new();
+    for _ in 0..40 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(request.as_bytes()).await.unwrap();
+        waiters.push(c);
+    }
+    // (A machine too slow to have read them by now passes without proving anything.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(waiters);
+    // The server looks at a waiter's caller every 2 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = alive();
+    assert!(
+        after < before + 20,
+        "{} more tasks alive than before 40 waiters came and hung up",
+        after.saturating_sub(before)
+    );
+    // The holder is untouched, and the next waiter gets the key after its release.
+    let h = http
+        .post(
+            "/v1/heartbeat",
+            json!({ "key": key, "token": a.body["token"] }),
+        )
+        .await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    let next = {
+        let http = http.clone();
+        tokio::spawn(async move {
+            http.post(
+                "/v1/acquire",
+                json!({ "key": key, "ttl_ms": 30_000, "wait_ms": 30_000 }),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = http
+        .post(
+            "/v1/release",
+            json!({ "key": key, "token": a.body["token"] }),
+        )
+        .await;
+    assert_eq!(r.body["released"], json!(true), "{}", r.body);
+    assert_eq!(next.await.unwrap().status, 200);
+}
