@@ -484,3 +484,38 @@ async fn waiters_that_hung_up_are_not_kept() {
     assert_eq!(r.body["released"], json!(true), "{}", r.body);
     assert_eq!(next.await.unwrap().status, 200);
 }
+
+/// Many heartbeats of one lease at once (a client that retries on a timeout, several
+/// threads of one holder): while the lease lives none is answered `410` (which tells
+/// the holder to stop at once and give the key back); a keeper too busy to queue one
+/// more says `503` (try again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_heartbeats_is_never_told_the_lease_is_over() {
+    let server = crate::server().await;
+    let http = Http::new(server.local_addr());
+    let key = "/system/http-review/burst";
+    let a = http
+        .post("/v1/acquire", json!({ "key": key, "ttl_ms": 30_000 }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let id = json!({ "key": key, "token": a.body["token"] });
+    for _ in 0..3 {
+        let beats: Vec<_> = (0..100)
+            .map(|_| {
+                let (http, id) = (http.clone(), id.clone());
+                tokio::spawn(async move { http.post("/v1/heartbeat", id).await })
+            })
+            .collect();
+        for beat in beats {
+            let r = beat.await.unwrap();
+            assert!(
+                matches!(r.status, 200 | 503),
+                "{} {}: the lease lives",
+                r.status,
+                r.body
+            );
+        }
+    }
+    let r = http.post("/v1/release", id).await;
+    assert_eq!(r.body["released"], json!(true), "{}", r.body);
+}

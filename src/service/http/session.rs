@@ -99,8 +99,8 @@ impl Keepers {
     pub(crate) fn keep(&self, shared: &Shared, hold: Hold, key: Key, ttl: Duration) {
         let token = hold.token();
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Few asks wait at once (each HTTP request waits for its answer); more are
-        // refused as not held rather than queued without bound.
+        // Few asks wait at once (each HTTP request waits for its answer); more wait
+        // for room in their requests (as many as there are requests).
         let (tx, asks) = mpsc::channel(16);
         crate::sync::lock(&self.entries).insert((key.clone(), token), (id, tx));
         let entry = Entry {
