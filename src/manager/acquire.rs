@@ -315,7 +315,7 @@ impl SupervisorState {
 /// How often a queued waiter's caller is looked at: one that went away (a client that
 /// hung up during its `wait`) is forgotten within this, rather than kept, with a task
 /// asleep for it, until its wait would have run out (which may be never).
-const WAITER_CHECK: Duration = Duration::from_secs(2);
+const WAITER_CHECK: Duration = Duration::from_secs(5);
 
 /// Has the supervisor check the queued waiter `id` of `key` at `until` (its wait runs
 /// out), or sooner, every [`WAITER_CHECK`], to see whether its caller went away.
