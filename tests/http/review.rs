@@ -9,10 +9,11 @@ use crate::client::Http;
 
 /// Finding 1: a re-attach (`resume`) through the server that holds the lease took the
 /// lease over from its keeper (or stream) without looking at the TTL asked for: another
-/// `ttl_ms` was accepted (docs/protocol.md: "another `ttl` is refused"), the new keeper
-/// then waited a whole *asked* TTL for a request (a lease kept alive without heartbeats
-/// for as long as a client cared to ask), and a huge one overflowed `last + ttl` and
-/// panicked the keeper's task.
+/// `ttl_ms` was accepted (docs/protocol.md: "another `ttl` is refused"), and the new
+/// keeper then waited a whole *asked* TTL for a request: a lease kept alive without
+/// heartbeats for as long as a client cared to ask (`ttl_ms` up to u64::MAX, past the
+/// 24 h `MAX_TTL` a fresh acquire is held to, answered with a `heartbeat_every_ms` of
+/// 4.6e18).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_resume_with_another_ttl_is_refused_by_the_server_that_holds_it() {
     let server = crate::server().await;
