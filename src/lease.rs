@@ -20,6 +20,8 @@ pub(crate) trait LeaseOwner: Send + Sync {
     fn leave(&self, key: Key, token: u64) {
         self.release_on_drop(key, token);
     }
+    /// The lease's handle has reached whoever asked for it (see [`Lease::delivered`]).
+    fn delivered(&self) {}
 }
 
 /// A held lease. Release it with [`Lease::release`]; dropping it releases it too.
@@ -110,6 +112,15 @@ impl Lease {
     pub(crate) fn leave(mut self) {
         if let Some(owner) = self.owner.take() {
             owner.leave(self.key.clone(), self.token);
+        }
+    }
+
+    /// Tells the lease's owner that this handle has reached whoever asked for it: from
+    /// here on dropping it releases the lease. (A re-attached lease dropped on its way
+    /// is left to expire instead: its previous holder may still act on it.)
+    pub(crate) fn delivered(&self) {
+        if let Some(owner) = &self.owner {
+            owner.delivered();
         }
     }
 }

@@ -96,6 +96,11 @@ impl AcquireOptions {
     /// lease before must have let go of it without releasing it (a lease server does,
     /// for leases whose stream broke or that it hands over); only the holder itself may
     /// resume a lease, since a resumed lease has the same token as the one it continues.
+    /// A resumed lease whose caller went away before it was answered (its acquire
+    /// future dropped) is left to expire, never released: its previous holder may still
+    /// act on it. (Through a raw [`ManagerMessage::acquire`](crate::ManagerMessage::acquire)
+    /// the handle is never known to have arrived: dropping it leaves the lease too;
+    /// [`Lease::release`](crate::Lease::release) releases it.)
     ///
     /// Only on a store that outlives its processes
     /// ([`Backend::shared`](crate::backend::Backend::shared): PostgreSQL, etcd). On any

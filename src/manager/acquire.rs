@@ -86,12 +86,7 @@ impl SupervisorState {
                 Some(until) => {
                     let id = waiter.id;
                     self.table.push_waiter(&key, waiter);
-                    let me = myself.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep_until(until).await;
-                        let _ =
-                            me.send_message(ManagerMessage(Msg::WaitExpired { key, waiter: id }));
-                    });
+                    watch_wait(myself, key, id, until);
                 }
                 None => {
                     crate::metrics::acquire_failed(&LeaseError::Conflict);
@@ -241,7 +236,12 @@ impl SupervisorState {
             deadline,
             alarms: self.alarms.clone(),
         };
-        let lease = Lease::new(key.clone(), token, self.owner.clone());
+        // A re-attached lease that never reaches its caller is left, not released.
+        let owner = match waiter.options.resume {
+            Some(_) => super::grant::Resumed::owning(self.owner.clone()),
+            None => self.owner.clone(),
+        };
+        let lease = Lease::new(key.clone(), token, owner);
         // Starting an actor is the costliest step of an acquire, so it runs in a task of
         // its own rather than on this mailbox: the supervisor is not the bound on how
         // fast leases can be handed out. The renewer is still this actor's linked child.
@@ -278,13 +278,52 @@ impl SupervisorState {
         });
     }
 
-    pub(super) fn on_wait_expired(&mut self, key: Key, waiter: u64) {
+    /// A queued waiter's check (see [`watch_wait`]): a waiter whose caller went away is
+    /// forgotten, one whose wait ran out is answered so, and any other is checked again
+    /// later.
+    pub(super) fn on_wait_expired(
+        &mut self,
+        myself: &ActorRef<ManagerMessage>,
+        key: Key,
+        waiter: u64,
+    ) {
+        let now = Instant::now();
+        let Some((gone, until)) = self
+            .table
+            .waiter(&key, waiter)
+            .map(|w| (w.reply.is_closed(), w.until))
+        else {
+            return self.table.tidy(&key);
+        };
+        if !gone {
+            if let Some(until) = until.filter(|u| now < *u) {
+                return watch_wait(myself, key, waiter, until);
+            }
+        }
         if let Some(w) = self.table.remove_waiter(&key, waiter) {
-            let waited = w.options.wait.unwrap_or_default();
-            let error = LeaseError::WaitTimedOut { waited };
-            crate::metrics::acquire_failed(&error);
-            let _ = w.reply.send(Err(error));
+            if !gone {
+                let waited = w.options.wait.unwrap_or_default();
+                let error = LeaseError::WaitTimedOut { waited };
+                crate::metrics::acquire_failed(&error);
+                let _ = w.reply.send(Err(error));
+            }
         }
         self.table.tidy(&key);
     }
+}
+
+/// How often a queued waiter's caller is looked at: one that went away (a client that
+/// hung up during its `wait`) is forgotten within this, rather than kept, with a task
+/// asleep for it, until its wait would have run out (which may be never).
+const WAITER_CHECK: Duration = Duration::from_secs(5);
+
+/// Has the supervisor check the queued waiter `id` of `key` at `until` (its wait runs
+/// out), or sooner, every [`WAITER_CHECK`], to see whether its caller went away.
+fn watch_wait(myself: &ActorRef<ManagerMessage>, key: Key, id: u64, until: Instant) {
+    let me = myself.clone();
+    let at = until.min(Instant::now() + WAITER_CHECK);
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at).await;
+        let _ = me.send_message(ManagerMessage(Msg::WaitExpired { key, waiter: id }));
+    });
 }

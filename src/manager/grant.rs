@@ -3,11 +3,16 @@
 //! Its log events keep the target `leases::manager::io` they had before the manager was split
 //! into files, so that users' log filters still match them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use super::tasks::{catch_panic, InFlight};
 use crate::backend::Backend;
+use crate::error::LeaseError;
 use crate::key::Key;
+use crate::lease::LeaseOwner;
 
 /// A lease the backend granted that nobody holds yet.
 ///
@@ -87,5 +92,51 @@ impl Drop for Grant {
         self.inflight.spawn(async move {
             let _ = backend.release(&key, token).await;
         });
+    }
+}
+
+/// The owner of a re-attached lease's handle
+/// ([`AcquireOptions::resume`](crate::AcquireOptions::resume)) until it reaches its
+/// caller. A handle dropped on its way (the caller went away while it was answered: a
+/// lease server's client that hung up during its re-attach) is left to expire, never
+/// released, as [`Grant::resumed`] is: the lease's previous holder may still act on it
+/// until its deadline. Once delivered
+/// ([`LeaseManager::acquire_lease_with`](crate::LeaseManager::acquire_lease_with) says so),
+/// the handle is like any other: dropping it releases the lease.
+pub(crate) struct Resumed {
+    owner: Arc<dyn LeaseOwner>,
+    delivered: AtomicBool,
+}
+
+impl Resumed {
+    pub(crate) fn owning(owner: Arc<dyn LeaseOwner>) -> Arc<dyn LeaseOwner> {
+        Arc::new(Resumed {
+            owner,
+            delivered: AtomicBool::new(false),
+        })
+    }
+}
+
+#[async_trait]
+impl LeaseOwner for Resumed {
+    async fn release(&self, key: &Key, token: u64) -> Result<(), LeaseError> {
+        self.owner.release(key, token).await
+    }
+
+    fn release_on_drop(&self, key: Key, token: u64) {
+        if self.delivered.load(Ordering::Acquire) {
+            self.owner.release_on_drop(key, token);
+        } else {
+            tracing::debug!(target: "leases::manager::io", %key, token, "leaving a re-attached lease whose caller went away to expire");
+            self.owner.leave(key, token);
+        }
+    }
+
+    fn leave(&self, key: Key, token: u64) {
+        self.owner.leave(key, token);
+    }
+
+    fn delivered(&self) {
+        self.delivered.store(true, Ordering::Release);
     }
 }

@@ -233,6 +233,8 @@ impl LeaseManager {
         .instrument(span.clone())
         .await;
         if let Ok((lease, _)) = &acquired {
+            // It has reached its caller: no `.await` from here on.
+            lease.delivered();
             span.record("token", lease.token());
         }
         acquired

@@ -110,7 +110,8 @@ pub(crate) enum Msg {
         key: Key,
         token: u64,
     },
-    /// A queued waiter's wait ran out.
+    /// A queued waiter's wait ran out, or it is time to see whether its caller went
+    /// away.
     WaitExpired {
         key: Key,
         waiter: u64,

@@ -147,7 +147,7 @@ impl Actor for Supervisor {
             Msg::Release { key, token, reply } => state.on_release(&myself, key, token, reply),
             Msg::Revoke { key, reply } => state.on_revoke(&myself, key, reply),
             Msg::RevokeDone { key } => state.on_revoke_done(&myself, key),
-            Msg::WaitExpired { key, waiter } => state.on_wait_expired(key, waiter),
+            Msg::WaitExpired { key, waiter } => state.on_wait_expired(&myself, key, waiter),
             Msg::Leave { key, token } => state.on_leave(&myself, key, token),
             Msg::Attach {
                 key,

@@ -182,6 +182,11 @@ impl LeaseTable {
         self.slot(key).waiters.push_back(waiter);
     }
 
+    /// The waiter `id` of `key`, if it is still queued.
+    pub(crate) fn waiter(&self, key: &Key, id: u64) -> Option<&Waiter> {
+        self.slots.get(key)?.waiters.iter().find(|w| w.id == id)
+    }
+
     /// Removes the waiter `id` of `key`, if it is still queued.
     pub(crate) fn remove_waiter(&mut self, key: &Key, id: u64) -> Option<Waiter> {
         let slot = self.slots.get_mut(key)?;

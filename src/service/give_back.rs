@@ -39,9 +39,11 @@ pub(crate) async fn give_back(
     how: &LetGo,
 ) {
     let clean = tokio::select! {
+        // The client's release first (see `give_back_listed`).
+        biased;
+        _ = clean_end => true,
         _ = tokio::time::sleep_until(promised) => false,
         _ = how.early() => false,
-        _ = clean_end => true,
     };
     if clean {
         let _ = lease.release().await;
@@ -62,9 +64,12 @@ pub(crate) async fn give_back_listed(
     let mut clean_end = std::pin::pin!(clean_end);
     let clean = loop {
         tokio::select! {
+            // The client's release first: one that is already there frees the key at
+            // once, however late or early it is otherwise.
+            biased;
+            _ = &mut clean_end => break true,
             _ = tokio::time::sleep_until(hold.promised) => break false,
             _ = how.early() => break false,
-            _ = &mut clean_end => break true,
             Some(claim) = listed.claims.recv() => match hand(claim, hold) {
                 Ok(()) => return,
                 Err(back) => hold = back,
@@ -76,5 +81,51 @@ pub(crate) async fn give_back_listed(
         hold.release().await;
     } else {
         hold.let_go().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::service::handover::Holds;
+    use crate::{AcquireOptions, Key, LeaseManager};
+
+    /// A client's release that is already there when a draining server on a shared store
+    /// gives its lease back frees the key at once (it used to be a coin toss between the
+    /// release and leaving the lease in the store until it expired, while the client was
+    /// told the key was given back).
+    #[tokio::test(start_paused = true)]
+    async fn a_release_already_there_wins_over_a_drain() {
+        let manager = LeaseManager::builder().start().await.unwrap();
+        let stopping = CancellationToken::new();
+        stopping.cancel();
+        let how = LetGo {
+            shared_store: true,
+            stopping,
+        };
+        let holds = Holds::default();
+        for i in 0..20 {
+            let key = Key::system(["give-back", &i.to_string()]);
+            let ttl = Duration::from_secs(10);
+            let options = AcquireOptions::new(ttl).keep_until_released();
+            let (lease, ctx) = manager
+                .acquire_lease_with(key.clone(), options)
+                .await
+                .unwrap();
+            let mut hold = Hold::new(lease, ctx, &how);
+            hold.promised = Instant::now() + ttl;
+            let listed = holds.list(&key, hold.token(), ttl);
+            give_back_listed(hold, listed, std::future::ready(()), &how).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert_eq!(
+                manager.lease_info(&key).await.unwrap().map(|i| i.token),
+                None,
+                "try {i}: the key was left in the store, not released"
+            );
+        }
     }
 }

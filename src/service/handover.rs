@@ -22,12 +22,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Key, Lease, LeaseContext};
+use crate::{Key, Lease, LeaseContext, LeaseError};
 
 /// A lease held for a client, as it passes from one stream to another.
 ///
@@ -100,7 +101,8 @@ impl Drop for Hold {
 /// A request to hand a hold over: the hold goes into the channel.
 pub(crate) type Claim = oneshot::Sender<Hold>;
 
-type Entries = HashMap<(Key, u64), (u64, mpsc::UnboundedSender<Claim>)>;
+/// A listed lease: the id of its listing, its TTL, and where claims for it go.
+type Entries = HashMap<(Key, u64), (u64, Duration, mpsc::UnboundedSender<Claim>)>;
 
 /// The leases the native streams of one server hold, by key and token.
 #[derive(Clone, Default)]
@@ -119,11 +121,11 @@ pub(crate) struct Listed {
 }
 
 impl Holds {
-    /// Lists the lease `(key, token)` as held by the caller's stream.
-    pub(crate) fn list(&self, key: &Key, token: u64) -> Listed {
+    /// Lists the lease `(key, token)`, held with `ttl`, as held by the caller's stream.
+    pub(crate) fn list(&self, key: &Key, token: u64, ttl: Duration) -> Listed {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, claims) = mpsc::unbounded_channel();
-        crate::sync::lock(&self.entries).insert((key.clone(), token), (id, tx));
+        crate::sync::lock(&self.entries).insert((key.clone(), token), (id, ttl, tx));
         Listed {
             entries: self.entries.clone(),
             key: (key.clone(), token),
@@ -133,22 +135,40 @@ impl Holds {
     }
 
     /// Takes the lease `(key, token)` over from the stream of this server that lists
-    /// it, if one does and hands it over; `None` otherwise (no stream here holds it, or
-    /// the one that did ended meanwhile).
-    pub(crate) async fn take(&self, key: &Key, token: u64) -> Option<Hold> {
-        let holder = crate::sync::lock(&self.entries)
+    /// it, if one does and hands it over; `Ok(None)` otherwise (no stream here holds it,
+    /// or the one that did ended meanwhile). A lease keeps its TTL, as a resume from the
+    /// store does: asked with another `ttl`, it is refused and stays where it is.
+    pub(crate) async fn take(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<Option<Hold>, LeaseError> {
+        let listed = crate::sync::lock(&self.entries)
             .get(&(key.clone(), token))
-            .map(|(_, tx)| tx.clone())?;
+            .map(|(_, held, tx)| (*held, tx.clone()));
+        let Some((held, holder)) = listed else {
+            return Ok(None);
+        };
+        // To the precision stores keep TTLs to, as `manager/attempt.rs` compares them.
+        if held.abs_diff(ttl) >= Duration::from_millis(1) {
+            return Err(LeaseError::ResumeTtl { asked: ttl, held });
+        }
         let (claim, handed) = oneshot::channel();
-        holder.send(claim).ok()?;
-        handed.await.ok()
+        if holder.send(claim).is_err() {
+            return Ok(None);
+        }
+        Ok(handed.await.ok())
     }
 }
 
 impl Drop for Listed {
     fn drop(&mut self) {
         let mut entries = crate::sync::lock(&self.entries);
-        if entries.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+        if entries
+            .get(&self.key)
+            .is_some_and(|(id, ..)| *id == self.id)
+        {
             entries.remove(&self.key);
         }
     }

@@ -96,7 +96,7 @@ pub(crate) async fn run_hold(
         }
     };
     let token = hold.token();
-    let mut listed = shared.holds.list(&key, token);
+    let mut listed = shared.holds.list(&key, token, ttl);
     if let Some(reason) = hold.ctx.reason() {
         // A re-attached lease that had already ended: say so, and let it go as the
         // stream that held it would have.
@@ -300,8 +300,10 @@ pub(crate) async fn obtain_hold(
         shared.events.watch(lease.key(), &ctx, via, false);
         return Ok(Hold::new(lease, ctx, &shared.let_go));
     };
-    if let Some(hold) = shared.holds.take(&key, token).await {
-        return Ok(hold);
+    match shared.holds.take(&key, token, options.ttl()).await {
+        Ok(Some(hold)) => return Ok(hold),
+        Ok(None) => {}
+        Err(e) => return Err(NotObtained::Refused(e)),
     }
     match manager
         .acquire_lease_with(key.clone(), options.resume(token))

@@ -13,7 +13,7 @@ use leases::{
 };
 use serde_json::{json, Value};
 
-pub use crate::http_wire::{call, call_from, Http, Reply};
+pub use crate::http_wire::{call, call_from, call_with, Http, Reply};
 
 /// The query-string form of a key.
 pub fn q(key: &Key) -> String {

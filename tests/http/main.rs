@@ -7,7 +7,7 @@
 //! `conformance`, `errors` (statuses, auth, the body limit, malformed input), `limits`
 //! (leases per client, an acquire when the server stops), `rules` (a client
 //! that stops heartbeating, a release), `openapi`, `console` (the console switch and
-//! the event log).
+//! the event log), `review` (an adversarial review's regressions).
 #![cfg(feature = "server")]
 
 #[path = "../support/http_wire.rs"]
@@ -21,6 +21,7 @@ mod console;
 mod errors;
 mod limits;
 mod openapi;
+mod review;
 mod rules;
 
 use leases::service::{LeaseServer, ServeOptions};

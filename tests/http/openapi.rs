@@ -294,6 +294,25 @@ async fn each_documented_code_is_returned() {
         );
         seen.insert((route, want.to_string()));
     }
+    // A browser's request for a page of another origin, on each route that changes
+    // leases.
+    for route in ["/v1/acquire", "/v1/heartbeat", "/v1/release", "/v1/revoke"] {
+        let reply = crate::client::call_with(
+            addr,
+            "POST",
+            route,
+            &[("Origin", "http://elsewhere.example")],
+            Some("t"),
+            Some(b"{}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 403, "{route}: {}", reply.body);
+        assert!(doc["paths"][route]["post"]["responses"]
+            .get("403")
+            .is_some());
+        seen.insert((route.to_string(), "403".to_string()));
+    }
     // 429: a client of another address at its limit of HTTP leases.
     let other = Some("127.0.0.9".parse().unwrap());
     let mut at_limit = Vec::new();

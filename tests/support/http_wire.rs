@@ -54,7 +54,20 @@ pub async fn call_within(
     body: Option<&[u8]>,
     within: Duration,
 ) -> std::io::Result<Reply> {
-    exchange(None, addr, method, path, bearer, body, within).await
+    exchange(None, &[], addr, method, path, bearer, body, within).await
+}
+
+/// [`call`] with more headers (a `Content-Type` among them replaces the JSON one).
+pub async fn call_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    bearer: Option<&str>,
+    body: Option<&[u8]>,
+) -> std::io::Result<Reply> {
+    let within = Duration::from_secs(30);
+    exchange(None, headers, addr, method, path, bearer, body, within).await
 }
 
 /// As [`call`], from the address `from` (any `127.x.y.z` on loopback: a client of
@@ -68,11 +81,13 @@ pub async fn call_from(
     body: Option<&[u8]>,
 ) -> std::io::Result<Reply> {
     let within = Duration::from_secs(30);
-    exchange(from, addr, method, path, bearer, body, within).await
+    exchange(from, &[], addr, method, path, bearer, body, within).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     from: Option<IpAddr>,
+    headers: &[(&str, &str)],
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -93,11 +108,17 @@ async fn exchange(
         if let Some(token) = bearer {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(body) = body {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            if !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            {
+                head.push_str("Content-Type: application/json\r\n");
+            }
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
         let mut out = head.into_bytes();

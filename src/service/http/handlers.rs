@@ -200,7 +200,9 @@ pub(super) async fn heartbeat(
     let body = body_of(body)?;
     let (key, token, keeper) = keeper_of(&api, &body)?;
     let (tx, rx) = oneshot::channel();
-    if keeper.try_send(Ask::Heartbeat(tx)).is_err() {
+    // Waits for room when many requests of this lease come at once: a full queue is no
+    // end of the lease (`410` would tell the holder to stop).
+    if keeper.send(Ask::Heartbeat(tx)).await.is_err() {
         return Err(ApiError::not_held(&key, token));
     }
     match rx.await {

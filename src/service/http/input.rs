@@ -24,13 +24,21 @@ impl Fields {
                 format!("the body is not JSON: {e}"),
             )
         })?;
-        let Value::Object(map) = value else {
+        let Value::Object(_) = value else {
             return Err(ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 "invalid_json",
                 "the body must be a JSON object",
             ));
         };
+        // Read again, refusing a field given twice (a `Value` keeps the last silently).
+        let Unique(map) = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid: {e}"),
+            )
+        })?;
         Fields::checked(map, allowed)
     }
 
@@ -147,6 +155,34 @@ impl Fields {
     }
 }
 
+/// A JSON object whose members all have different names.
+struct Unique(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Unique;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+                let mut map = Map::new();
+                while let Some((name, value)) = a.next_entry::<String, Value>()? {
+                    if map.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "the field `{name}` is given more than once"
+                        )));
+                    }
+                    map.insert(name, value);
+                }
+                Ok(Unique(map))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
 /// A percent-decoded query string part (`+` is a space), which must be UTF-8.
 fn decode(part: &str, what: &str) -> Result<String, ApiError> {
     let spaced = part.replace('+', " ");
@@ -204,6 +240,7 @@ mod tests {
         assert_eq!(f.token("b").unwrap(), Some(u64::MAX));
         assert!(f.millis("key").is_err());
         assert!(f.key().is_err());
+        assert!(Fields::json(br#"{"a": 1, "a": 1}"#, &["a"]).is_err());
         let f = Fields::json(br#"{"a": 1e30, "b": "1e3"}"#, &["a", "b"]).unwrap();
         assert!(f.millis("a").is_err());
         assert!(f.token("b").is_err());

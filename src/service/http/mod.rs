@@ -104,9 +104,55 @@ fn only(route: MethodRouter<Api>) -> MethodRouter<Api> {
     route.fallback(handlers::wrong_method)
 }
 
-/// The bearer-token check, before the body is read: 401 with a JSON error.
+/// The checks of the routes that change leases, before the body is read: a request a
+/// browser sends on behalf of a page of another origin is refused (403, see
+/// [`cross_origin`]), then the bearer token (401).
 async fn authorized(State(api): State<Api>, request: Request, next: Next) -> Response {
+    if let Some(why) = cross_origin(&request) {
+        return errors::ApiError::new(axum::http::StatusCode::FORBIDDEN, "cross_origin", why)
+            .into_response();
+    }
     check_token(&api, false, request, next).await
+}
+
+/// Why `request` is one a browser sent for a page of another origin, if it is. Such a
+/// request needs no preflight when its body is `text/plain` (a `fetch` in `no-cors`
+/// mode, a form), and the body is read as JSON whatever its type: without this check
+/// any site an operator visits could change leases on a server without a token (bound
+/// to loopback by default). Browsers say where a request comes from: `Sec-Fetch-Site`,
+/// else `Origin`, whose host must be the request's own. Requests without either (curl,
+/// programs) pass, and so do the console's (same origin).
+fn cross_origin(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return match site.as_bytes() {
+            b"same-origin" | b"none" => None,
+            other => Some(format!(
+                "a browser's request for a page of another site (Sec-Fetch-Site: {}) may \
+                 not change leases",
+                String::from_utf8_lossy(other)
+            )),
+        };
+    }
+    let origin = headers.get(axum::http::header::ORIGIN)?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let same = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .zip(host)
+        .is_some_and(|((_, origin_host), host)| origin_host.eq_ignore_ascii_case(host));
+    if same {
+        return None;
+    }
+    Some(format!(
+        "a browser's request for a page of another origin (Origin: {}) may not change \
+         leases",
+        String::from_utf8_lossy(origin.as_bytes())
+    ))
 }
 
 /// The check of the read-only routes: as [`authorized`], except that with

@@ -7,10 +7,13 @@ use serde_json::{json, Value};
 
 /// Which response codes each route documents, beside `200`.
 pub(crate) const CODES: &[(&str, &[u16])] = &[
-    ("/v1/acquire", &[400, 401, 409, 410, 413, 429, 503, 504]),
-    ("/v1/heartbeat", &[400, 401, 410, 413]),
-    ("/v1/release", &[400, 401, 410, 413]),
-    ("/v1/revoke", &[400, 401, 413, 503]),
+    (
+        "/v1/acquire",
+        &[400, 401, 403, 409, 410, 413, 429, 503, 504],
+    ),
+    ("/v1/heartbeat", &[400, 401, 403, 410, 413]),
+    ("/v1/release", &[400, 401, 403, 410, 413]),
+    ("/v1/revoke", &[400, 401, 403, 413, 503]),
     ("/v1/info", &[400, 401, 503]),
     ("/v1/list", &[400, 401, 503]),
     ("/v1/events", &[400, 401]),
@@ -22,6 +25,7 @@ fn reason(code: u16) -> &'static str {
     match code {
         400 => "Bad input: malformed JSON, an unknown or missing field, a bad key, TTL, wait or metadata (`error.field` names it)",
         401 => "A missing or wrong bearer token",
+        403 => "A browser's request for a page of another origin (`Origin` or `Sec-Fetch-Site` says so, code `cross_origin`): leases change only from programs and the console's own page",
         409 => "The key is held by someone else (`error.holder` says who)",
         410 => "The lease is not held through this server (code `not_held`), or it ended (`revoked`, `lost`, `shutdown`, `handed_over`): stop acting at once",
         413 => "The body is larger than the server's message limit",

@@ -109,8 +109,8 @@ impl Keepers {
     ) {
         let token = hold.token();
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Few asks wait at once (each HTTP request waits for its answer); more are
-        // refused as not held rather than queued without bound.
+        // Few asks wait at once (each HTTP request waits for its answer); more wait
+        // for room in their requests (as many as there are requests).
         let (tx, asks) = mpsc::channel(16);
         crate::sync::lock(&self.entries).insert((key.clone(), token), (id, tx));
         let entry = Entry {
@@ -133,7 +133,7 @@ async fn run(
     entry: Entry,
     counted: StreamGuard,
 ) {
-    let mut listed = shared.holds.list(&entry.key.0, entry.key.1);
+    let mut listed = shared.holds.list(&entry.key.0, entry.key.1, ttl);
     let stopping = shared.stopping.clone();
     let mut last = Instant::now();
     let ended = loop {
