@@ -313,6 +313,18 @@ async fn each_documented_code_is_returned() {
             .is_some());
         seen.insert((route.to_string(), "403".to_string()));
     }
+    // A request for another name (DNS rebinding) on a server without a token that
+    // listens on loopback, on each route that reads leases.
+    let open = crate::server().await;
+    for route in ["/v1/info?key=/system/x", "/v1/list", "/v1/events"] {
+        let host = [("Host", "rebound.example")];
+        let reply = crate::client::call_with(open.local_addr(), "GET", route, &host, None, None)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 403, "{route}: {}", reply.body);
+        let route = route.split('?').next().unwrap().to_string();
+        seen.insert((route, "403".to_string()));
+    }
     // 429: a client of another address at its limit of HTTP leases.
     let other = Some("127.0.0.9".parse().unwrap());
     let mut at_limit = Vec::new();

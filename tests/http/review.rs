@@ -520,3 +520,84 @@ async fn a_burst_of_heartbeats_is_never_told_the_lease_is_over() {
     let r = http.post("/v1/release", id).await;
     assert_eq!(r.body["released"], json!(true), "{}", r.body);
 }
+
+/// DNS rebinding: a hostile page whose name was made to resolve to 127.0.0.1 is the
+/// same origin as a server on loopback, so the cross-origin check passes it; its
+/// requests still name its host. A server on loopback without a token answers only
+/// requests for `localhost` or an IP address; with a token, the token decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebound_name_changes_and_reads_no_lease_on_an_open_loopback_server() {
+    use crate::client::call_with;
+    let server = crate::server_with(leases::service::ServeOptions {
+        console: true,
+        ..crate::support::remote::local()
+    })
+    .await;
+    let addr = server.local_addr();
+    let port = addr.port();
+    let acquire = json!({ "key": "/system/http-review/rebound", "ttl_ms": 5000 }).to_string();
+    let rebound = format!("evil.example:{port}");
+    for (method, path, body) in [
+        ("POST", "/v1/acquire", Some(acquire.as_bytes())),
+        ("POST", "/v1/revoke", Some(&br#"{"key": "/system/x"}"#[..])),
+        ("GET", "/v1/list", None),
+        ("GET", "/v1/info?key=/system/x", None),
+        ("GET", "/v1/events", None),
+    ] {
+        // Same origin, as the browser sees it.
+        let origin = format!("http://{rebound}");
+        let headers = [("Host", rebound.as_str()), ("Origin", origin.as_str())];
+        let reply = call_with(addr, method, path, &headers, None, body)
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.code()),
+            (403, "cross_origin"),
+            "{method} {path}: {}",
+            reply.body
+        );
+    }
+    // The names a local user types pass.
+    let by_name = format!("localhost:{port}");
+    let by_ip6 = format!("[::1]:{port}");
+    let by_ip = addr.to_string();
+    for host in [
+        by_name.as_str(),
+        by_ip6.as_str(),
+        by_ip.as_str(),
+        "localhost",
+    ] {
+        let reply = call_with(addr, "GET", "/v1/list", &[("Host", host)], None, None)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{host}: {}", reply.body);
+    }
+    let granted = call_with(
+        addr,
+        "POST",
+        "/v1/acquire",
+        &[("Host", by_name.as_str())],
+        None,
+        Some(acquire.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(granted.status, 200, "{}", granted.body);
+    // With a token, a request for any name that carries it is answered.
+    let guarded = crate::server_with(leases::service::ServeOptions {
+        auth_token: Some("t".into()),
+        ..crate::support::remote::local()
+    })
+    .await;
+    let reply = call_with(
+        guarded.local_addr(),
+        "GET",
+        "/v1/list",
+        &[("Host", "leases.internal:8895")],
+        Some("t"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}

@@ -57,7 +57,8 @@ pub async fn call_within(
     exchange(None, &[], addr, method, path, bearer, body, within).await
 }
 
-/// [`call`] with more headers (a `Content-Type` among them replaces the JSON one).
+/// [`call`] with more headers (a `Content-Type` or `Host` among them replaces the
+/// default one).
 pub async fn call_with(
     addr: SocketAddr,
     method: &str,
@@ -104,7 +105,10 @@ async fn exchange(
                 socket.connect(addr).await?
             }
         };
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("Host: {addr}\r\n"));
+        }
         if let Some(token) = bearer {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }

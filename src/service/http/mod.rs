@@ -25,6 +25,7 @@
 //! OpenAPI document served at `/v1/openapi.json`; `base64.rs` metadata that is not
 //! text. The live console (`../console.rs`) is a page over these routes.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -48,6 +49,8 @@ pub(crate) struct Api {
     shared: Shared,
     keepers: session::Keepers,
     token: Option<Arc<str>>,
+    /// Whether every listener of the server is on loopback (see [`rebound`]).
+    loopback_only: bool,
 }
 
 impl Api {
@@ -58,6 +61,11 @@ impl Api {
             shared: shared.clone(),
             keepers: session::Keepers::default(),
             token: shared.options.auth_token.clone().map(Arc::from),
+            loopback_only: shared.options.bind.ip().is_loopback()
+                && shared
+                    .options
+                    .http_bind
+                    .is_none_or(|addr| addr.ip().is_loopback()),
         }
     }
 
@@ -108,11 +116,40 @@ fn only(route: MethodRouter<Api>) -> MethodRouter<Api> {
 /// browser sends on behalf of a page of another origin is refused (403, see
 /// [`cross_origin`]), then the bearer token (401).
 async fn authorized(State(api): State<Api>, request: Request, next: Next) -> Response {
-    if let Some(why) = cross_origin(&request) {
+    if let Some(why) = cross_origin(&request).or_else(|| rebound(&api, &request)) {
         return errors::ApiError::new(axum::http::StatusCode::FORBIDDEN, "cross_origin", why)
             .into_response();
     }
     check_token(&api, false, request, next).await
+}
+
+/// Why `request` may come through DNS rebinding, if it may: a server with no token that
+/// listens on loopback only answers only requests whose `Host` is `localhost` or an IP
+/// address. A hostile page whose own name was made to resolve to 127.0.0.1 counts as
+/// the same origin as the server, so [`cross_origin`] cannot tell; its requests still
+/// carry that name as their `Host`.
+fn rebound(api: &Api, request: &Request) -> Option<String> {
+    if api.token.is_some() || !api.loopback_only {
+        return None;
+    }
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)?
+        .to_str()
+        .unwrap_or("");
+    // The name without its port: `[::1]:8895`, `127.0.0.1:8895`, `localhost`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let allowed = name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok();
+    (!allowed).then(|| {
+        format!(
+            "this server listens on loopback without a token and answers only requests \
+             for `localhost` or an IP address, not for `{host}` (a page of another site \
+             may have made that name resolve here)"
+        )
+    })
 }
 
 /// Why `request` is one a browser sent for a page of another origin, if it is. Such a
@@ -159,6 +196,10 @@ fn cross_origin(request: &Request) -> Option<String> {
 /// [`ServeOptions::console`](super::ServeOptions::console) a request that carries no
 /// token may read (one that carries a wrong token is still refused).
 async fn authorized_to_read(State(api): State<Api>, request: Request, next: Next) -> Response {
+    if let Some(why) = rebound(&api, &request) {
+        return errors::ApiError::new(axum::http::StatusCode::FORBIDDEN, "cross_origin", why)
+            .into_response();
+    }
     let open = api.shared.options.console;
     check_token(&api, open, request, next).await
 }

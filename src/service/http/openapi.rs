@@ -14,9 +14,9 @@ pub(crate) const CODES: &[(&str, &[u16])] = &[
     ("/v1/heartbeat", &[400, 401, 403, 410, 413]),
     ("/v1/release", &[400, 401, 403, 410, 413]),
     ("/v1/revoke", &[400, 401, 403, 413, 503]),
-    ("/v1/info", &[400, 401, 503]),
-    ("/v1/list", &[400, 401, 503]),
-    ("/v1/events", &[400, 401]),
+    ("/v1/info", &[400, 401, 403, 503]),
+    ("/v1/list", &[400, 401, 403, 503]),
+    ("/v1/events", &[400, 401, 403]),
     ("/v1/ready", &[503]),
     ("/v1/openapi.json", &[]),
 ];
@@ -25,7 +25,7 @@ fn reason(code: u16) -> &'static str {
     match code {
         400 => "Bad input: malformed JSON, an unknown or missing field, a bad key, TTL, wait or metadata (`error.field` names it)",
         401 => "A missing or wrong bearer token",
-        403 => "A browser's request for a page of another origin (`Origin` or `Sec-Fetch-Site` says so, code `cross_origin`): leases change only from programs and the console's own page",
+        403 => "A browser's request for a page of another origin (`Origin` or `Sec-Fetch-Site` says so, code `cross_origin`): leases change only from programs and the console's own page; or, on a server without a token that listens on loopback only, a request whose `Host` is neither `localhost` nor an IP address (DNS rebinding)",
         409 => "The key is held by someone else (`error.holder` says who)",
         410 => "The lease is not held through this server (code `not_held`), or it ended (`revoked`, `lost`, `shutdown`, `handed_over`): stop acting at once",
         413 => "The body is larger than the server's message limit",
