@@ -232,14 +232,11 @@ impl SupervisorState {
         );
         tracing::info!(target: "leases::manager::supervisor", %key, token, ?ttl, "lease acquired");
         let args = RenewerArgs {
-            backend: self.backend.clone(),
             key: key.clone(),
             token,
-            ttl,
-            margin,
             ctx: ctx_tx.clone(),
             deadline,
-            alarms: self.alarms.clone(),
+            group: self.groups.get(&self.backend, ttl, margin),
         };
         let lease = Lease::new(key.clone(), token, self.owner.clone());
         // Starting an actor is the costliest step of an acquire, so it runs in a task of
