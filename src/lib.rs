@@ -55,8 +55,9 @@
 //!   in the crate. Its deadline is judged on a suspend-aware clock (`clock.rs`).
 //! - [`LeaseManager`] (`manager/`): the handle and its builder; the supervisor actor that
 //!   owns the lease table, how a holder ends and when its key goes back; the backend
-//!   calls it runs in tasks; the renewal actor, one per held lease, that renews every
-//!   TTL/3 and ends the lease's context when it cannot; the one alarm clock they tick by.
+//!   calls it runs in tasks; the renewal groups (a manager's leases of one TTL, renewed
+//!   together by one backend call every TTL/3); the renewal actor, one per held lease,
+//!   that ends the lease's context when its group says its renewal is over.
 //! - [`backend`] (`backend/`): the [`Backend`](backend::Backend) trait and its contract
 //!   (`mod.rs`), the in-process [`MemoryBackend`](backend::MemoryBackend) (the default),
 //!   `PostgresBackend` (`postgres/`, feature `postgres`: leases shared by processes and
