@@ -116,8 +116,8 @@
 //! The manager records leases held, acquires by outcome, renewal latency, losses by
 //! cause and backend errors through the `metrics` facade; [`metrics`] lists the names
 //! and labels in a table, and with feature `prometheus` serves them in the Prometheus
-//! text format. Tracing spans `lease.acquire`, `lease.renew` and `lease.release` carry
-//! the key and the token.
+//! text format. Tracing spans `lease.acquire` and `lease.release` carry the key and the
+//! token; `lease.renew` (one per group call) the TTL and the number of leases.
 //!
 //! ## What a lease does not protect against
 //!

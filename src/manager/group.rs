@@ -103,6 +103,8 @@ impl Groups {
             return Group { tx };
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        // Forget the groups that have stopped, so that many TTLs used once cost nothing.
+        self.by_ttl.retain(|_, w| w.strong_count() > 0);
         self.by_ttl.insert(ttl, tx.downgrade());
         let round = Rounds {
             backend: backend.clone(),
@@ -263,7 +265,7 @@ impl Rounds {
             } = self;
             let call = AssertUnwindSafe(backend.renew_many(leases, *ttl)).catch_unwind();
             let call = crate::metrics::timed_renewal(call, start)
-                .instrument(tracing::debug_span!("lease.renew_group", ttl = ?*ttl, leases = n));
+                .instrument(tracing::debug_span!("lease.renew", ttl = ?*ttl, leases = n));
             tokio::pin!(call);
             loop {
                 // Leases that join while the call runs wait for the next round; if the
