@@ -17,16 +17,20 @@
 //!   deadline its acquire earned until a later call confirms it. Rounds come every TTL/3
 //!   (measured from the start of the previous call), so a lease is renewed within TTL/3
 //!   of joining, unless its own deadline comes first (then it ends at it).
-//! - A call is bounded by the earliest deadline of its members: at that instant the call
-//!   is given up, that member ends, and the others are retried (a failed call, or a
-//!   failed lease in it, is retried after TTL/10) until their own deadlines.
+//! - A call that has not answered TTL/10 after it started (or by the earliest deadline of
+//!   its members, if that comes first) is given up, and its leases are renewed one by
+//!   one, all at once, each answer applied as it comes and each lease bounded by its own
+//!   deadline (then it ends), for at most TTL/3: one lease whose renewal hangs cannot
+//!   take the others' renewals with it. A failed call, or a failed lease in it, is
+//!   retried after TTL/10 until the deadlines.
 //! - Before each call, members whose context has ended (released, revoked, lost, shut
 //!   down) or whose renewer has stopped leave the group: a lease whose holder has been
 //!   told it is over is never renewed again. Outcomes apply to the member they were
 //!   asked for (by position in the call, so by `(key, token)` and its own context), never
 //!   to a newer lease of the same key.
-//! - A backend that panics in a group call is asked again lease by lease, so that only
-//!   the leases whose renewal panics are lost (their renewers fail with the panic).
+//! - A backend that panics in a group call is asked again lease by lease in the same
+//!   way, so that only the leases whose renewal panics are lost (their renewers fail
+//!   with the panic).
 //!
 //! The group's task ends when every handle on it is gone (the supervisor keeps a weak one;
 //! each renewer a strong one) and its last member has left.
@@ -35,8 +39,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use ractor::{ActorRef, ActorStatus};
+use ractor::ActorRef;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -45,6 +50,7 @@ use crate::backend::{Backend, RenewOutcome};
 use crate::context::ContextSender;
 use crate::error::BackendError;
 use crate::key::Key;
+use crate::reason::{CancelReason, LossCause};
 
 /// What a group tells one lease's renewer: the lease's renewal is over, and why.
 #[derive(Debug)]
@@ -57,6 +63,18 @@ pub(crate) enum Fate {
     Expired,
     /// The backend panicked renewing it.
     Panicked(String),
+}
+
+impl Fate {
+    /// The reason a context ends with for this fate.
+    fn reason(&self) -> CancelReason {
+        match self {
+            Fate::Revoked => CancelReason::Revoked,
+            Fate::Refused => CancelReason::Lost(LossCause::RenewalRefused),
+            Fate::Expired => CancelReason::Lost(LossCause::DeadlineExceeded),
+            Fate::Panicked(why) => CancelReason::Lost(LossCause::RenewerFailed(why.clone())),
+        }
+    }
 }
 
 /// A lease in its group: what the group needs to renew it and to tell its renewer.
@@ -115,6 +133,7 @@ impl Groups {
             joins: rx,
             closed: false,
             next: Instant::now() + ttl / 3,
+            earliest: None,
         };
         tokio::spawn(round.run());
         Group { tx }
@@ -129,18 +148,10 @@ struct Kept {
     renewer: ActorRef<Fate>,
 }
 
-/// What one group call came to.
-enum Called {
-    /// One answer per member of the call.
-    Answered(Vec<Answer>),
-    /// No answer before the earliest member deadline.
-    TimedOut,
-}
-
 /// The answer for one member of a call.
 enum Answer {
     Done(Result<RenewOutcome, BackendError>),
-    /// Renewing this lease panicked (see [`Rounds::lease_by_lease`]).
+    /// Renewing this lease panicked (see [`Rounds::one_by_one`]).
     Panicked(String),
 }
 
@@ -156,6 +167,9 @@ struct Rounds {
     closed: bool,
     /// When the next round starts.
     next: Instant,
+    /// No member's deadline is earlier (`None`: no members): when to look for members
+    /// that are over before the next round.
+    earliest: Option<Instant>,
 }
 
 impl Rounds {
@@ -172,6 +186,7 @@ impl Rounds {
             // The group was idle: its first round is TTL/3 after this lease joined.
             self.next = Instant::now() + self.interval();
         }
+        self.earliest = Some(self.earliest.map_or(m.deadline, |e| e.min(m.deadline)));
         self.leases.push((m.key, m.token));
         self.members.push(Kept {
             ctx: m.ctx,
@@ -180,40 +195,33 @@ impl Rounds {
         });
     }
 
-    /// Takes member `i` out of the group, telling its renewer `fate` (if any).
-    fn remove(&mut self, i: usize, fate: Option<Fate>) {
+    /// Takes member `i` out of the group, telling its renewer `fate`.
+    fn remove(&mut self, i: usize, fate: Fate) {
         let kept = self.members.swap_remove(i);
         self.leases.swap_remove(i);
-        if let Some(fate) = fate {
-            // A renewer already gone has nothing left to end.
-            let _ = kept.renewer.send_message(fate);
-        }
+        tell(&kept, fate);
     }
 
-    /// Removes the members that are over (context ended, deadline passed, renewer
-    /// stopped), telling their renewers; returns the earliest deadline of those left.
+    /// The earliest deadline of the members, recomputed.
+    fn recompute_earliest(&mut self) {
+        self.earliest = self.members.iter().map(|m| m.deadline).min();
+    }
+
+    /// Removes the members that are over (context ended, deadline passed), telling
+    /// their renewers; returns the earliest deadline of those left.
     fn prune(&mut self, now: Instant, since: Duration) -> Option<Instant> {
-        let mut earliest: Option<Instant> = None;
         let mut i = 0;
         while i < self.members.len() {
             let m = &self.members[i];
-            if matches!(
-                m.renewer.get_status(),
-                ActorStatus::Stopping | ActorStatus::Stopped
-            ) {
-                self.remove(i, None);
-                continue;
-            }
             // Reading the reason also ends the context if its own deadline has passed.
-            let ended = m.ctx.reason_at(now, since).is_some();
-            if ended || now >= m.deadline {
-                self.remove(i, Some(Fate::Expired));
+            if now >= m.deadline || m.ctx.reason_at(now, since).is_some() {
+                self.remove(i, Fate::Expired);
                 continue;
             }
-            earliest = Some(earliest.map_or(m.deadline, |e| e.min(m.deadline)));
             i += 1;
         }
-        earliest
+        self.recompute_earliest();
+        self.earliest
     }
 
     async fn run(mut self) {
@@ -221,8 +229,8 @@ impl Rounds {
             while let Ok(m) = self.joins.try_recv() {
                 self.add(m);
             }
-            let earliest = self.prune(Instant::now(), crate::clock::suspended());
-            let Some(earliest) = earliest else {
+            let Some(earliest) = self.earliest else {
+                // No members.
                 if self.closed {
                     return;
                 }
@@ -233,10 +241,11 @@ impl Rounds {
                 continue;
             };
             let now = Instant::now();
-            if now < self.next {
-                let wake = self.next.min(earliest);
+            if now < self.next && now < earliest {
+                // Joins do not make the group look at its members: that is done once
+                // per round, and when a deadline falls due.
                 tokio::select! {
-                    () = tokio::time::sleep_until(wake) => {}
+                    () = tokio::time::sleep_until(self.next.min(earliest)) => {}
                     m = self.joins.recv(), if !self.closed => match m {
                         Some(m) => self.add(m),
                         None => self.closed = true,
@@ -244,14 +253,23 @@ impl Rounds {
                 }
                 continue;
             }
-            self.round(earliest).await;
+            let Some(earliest) = self.prune(now, crate::clock::suspended()) else {
+                continue;
+            };
+            if now >= self.next {
+                self.round(earliest).await;
+            }
         }
     }
 
-    /// One round: renews every member in one call, bounded by `bound` (the earliest
-    /// member deadline), and applies the answers.
+    /// One round: renews every member in one call and applies the answers. A call that
+    /// has not answered by TTL/10 after it started (or by `bound`, the earliest member
+    /// deadline, if that comes first), or that panicked, is given up, and the members
+    /// are renewed one by one instead (see [`one_by_one`](Self::one_by_one)), so that
+    /// one lease whose renewal hangs cannot take the others' renewals with it.
     async fn round(&mut self, bound: Instant) {
         let (start, since) = (Instant::now(), crate::clock::suspended());
+        let hedge = (start + self.retry()).min(bound);
         let n = self.leases.len();
         let mut joined = Vec::new();
         let called = {
@@ -270,22 +288,14 @@ impl Rounds {
             loop {
                 // Leases that join while the call runs wait for the next round; if the
                 // deadline one of them brought comes first, it ends at it.
-                let first_joined = joined.iter().map(|m: &Member| m.deadline).min();
-                let wake = first_joined.map_or(bound, |d| d.min(bound));
+                let wake = earliest_of(&joined).map_or(hedge, |d| d.min(hedge));
                 tokio::select! {
                     answer = &mut call => break Some(answer),
                     () = tokio::time::sleep_until(wake) => {
-                        if Instant::now() >= bound {
+                        if Instant::now() >= hedge {
                             break None;
                         }
-                        let now = Instant::now();
-                        joined.retain(|m| {
-                            let over = now >= m.deadline;
-                            if over {
-                                let _ = m.renewer.send_message(Fate::Expired);
-                            }
-                            !over
-                        });
+                        expire_joined(&mut joined, Instant::now());
                     }
                     m = joins.recv(), if !*closed => match m {
                         Some(m) => joined.push(m),
@@ -294,10 +304,10 @@ impl Rounds {
                 }
             }
         };
-        let called = match called {
-            None => Called::TimedOut,
+        match called {
             Some(Ok(answers)) if answers.len() == n => {
-                Called::Answered(answers.into_iter().map(Answer::Done).collect())
+                let answers = answers.into_iter().map(Answer::Done).collect();
+                self.settle(start, since, answers);
             }
             Some(Ok(answers)) => {
                 let error = BackendError::new(
@@ -307,42 +317,119 @@ impl Rounds {
                         answers.len()
                     ),
                 );
-                Called::Answered((0..n).map(|_| Answer::Done(Err(error.clone()))).collect())
+                let answers = (0..n).map(|_| Answer::Done(Err(error.clone()))).collect();
+                self.settle(start, since, answers);
             }
-            Some(Err(_panic)) => self.lease_by_lease(bound).await,
-        };
-        self.settle(start, since, called);
+            // Hung, or panicked.
+            None | Some(Err(_)) => self.one_by_one(&mut joined).await,
+        }
         for m in joined {
             self.add(m);
         }
     }
 
-    /// After a group call panicked: each lease on its own, so that only those whose
-    /// renewal panics are lost.
-    async fn lease_by_lease(&self, bound: Instant) -> Called {
-        let each = self
+    /// Renews the members one lease at a time, all at once, applying each answer as it
+    /// comes, each member bounded by its own deadline (then it ends), for at most one
+    /// interval (then the members still unanswered are retried).
+    async fn one_by_one(&mut self, joined: &mut Vec<Member>) {
+        let (start, since) = (Instant::now(), crate::clock::suspended());
+        let until = start + self.interval();
+        let deadline = start + self.ttl - self.margin;
+        let n = self.leases.len();
+        let mut pending: FuturesUnordered<_> = self
             .leases
             .iter()
-            .map(|(key, token)| renew_one(&*self.backend, key, *token, self.ttl));
-        let all = futures_util::future::join_all(each);
-        match tokio::time::timeout_at(bound, all).await {
-            Ok(answers) => Called::Answered(answers),
-            Err(_elapsed) => Called::TimedOut,
+            .cloned()
+            .enumerate()
+            .map(|(i, (key, token))| {
+                let (backend, ttl) = (self.backend.clone(), self.ttl);
+                async move { (i, renew_one(&*backend, &key, token, ttl).await) }
+            })
+            .collect();
+        // Answered (or ended) members; those to take out of the group.
+        let mut settled = vec![false; n];
+        let mut out = Vec::new();
+        let mut failed = 0usize;
+        let mut check = start;
+        loop {
+            let now = Instant::now();
+            if now >= check {
+                // Unanswered members whose deadline has passed end now.
+                let mut next = until;
+                for (i, (done, m)) in settled.iter_mut().zip(&self.members).enumerate() {
+                    if *done {
+                        continue;
+                    }
+                    if now >= m.deadline {
+                        *done = true;
+                        tell(m, Fate::Expired);
+                        out.push(i);
+                    } else {
+                        next = next.min(m.deadline);
+                    }
+                }
+                check = next;
+                expire_joined(joined, now);
+            }
+            if now >= until || pending.is_empty() {
+                break;
+            }
+            let wake = earliest_of(joined).map_or(check, |d| d.min(check));
+            tokio::select! {
+                Some((i, answer)) = pending.next() => {
+                    if settled[i] {
+                        continue;
+                    }
+                    settled[i] = true;
+                    let fate = match answer {
+                        Answer::Done(Ok(RenewOutcome::Renewed)) => {
+                            let m = &mut self.members[i];
+                            if m.ctx.extend(deadline, since) {
+                                m.deadline = deadline;
+                                continue;
+                            }
+                            Fate::Expired
+                        }
+                        Answer::Done(Ok(RenewOutcome::Revoked)) => Fate::Revoked,
+                        Answer::Done(Ok(RenewOutcome::Lost)) => Fate::Refused,
+                        Answer::Panicked(why) => Fate::Panicked(why),
+                        Answer::Done(Err(error)) => {
+                            crate::metrics::backend_error(crate::metrics::Op::Renew);
+                            tracing::warn!(key = %self.leases[i].0, token = self.leases[i].1,
+                                %error, "lease renewal failed; retrying until the local deadline");
+                            failed += 1;
+                            continue;
+                        }
+                    };
+                    tell(&self.members[i], fate);
+                    out.push(i);
+                }
+                () = tokio::time::sleep_until(wake) => {}
+                m = self.joins.recv(), if !self.closed => match m {
+                    Some(m) => joined.push(m),
+                    None => self.closed = true,
+                },
+            }
         }
+        let unanswered = settled.iter().filter(|s| !**s).count();
+        drop(pending);
+        // Highest index first, so that `swap_remove` only moves members kept.
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        for i in out {
+            self.members.swap_remove(i);
+            self.leases.swap_remove(i);
+        }
+        self.recompute_earliest();
+        self.next = if failed + unanswered > 0 {
+            Instant::now() + self.retry()
+        } else {
+            start + self.interval()
+        };
     }
 
     /// Applies a call's answers: confirmed members get their new deadline, the others
     /// leave the group (and their renewers are told) or are retried.
-    fn settle(&mut self, start: Instant, since: Duration, called: Called) {
-        let answers = match called {
-            Called::Answered(answers) => answers,
-            Called::TimedOut => {
-                // The member whose deadline bounded the call leaves at the next prune;
-                // the others are tried again.
-                self.next = Instant::now() + self.retry();
-                return;
-            }
-        };
+    fn settle(&mut self, start: Instant, since: Duration, answers: Vec<Answer>) {
         let deadline = start + self.ttl - self.margin;
         let mut failed = 0usize;
         let mut first_error = None;
@@ -368,8 +455,9 @@ impl Rounds {
                     continue;
                 }
             };
-            self.remove(i, Some(fate));
+            self.remove(i, fate);
         }
+        self.recompute_earliest();
         if let Some(error) = first_error {
             tracing::warn!(ttl = ?self.ttl, failed, %error,
                 "lease renewal failed; retrying until the local deadlines");
@@ -378,6 +466,32 @@ impl Rounds {
             self.next = start + self.interval();
         }
     }
+}
+
+/// Tells a member's renewer its lease's `fate`. The renewer goes only once the context
+/// has ended, but should it be gone with the context live, the holder is told directly
+/// (the first reason stays).
+fn tell(m: &Kept, fate: Fate) {
+    let reason = fate.reason();
+    if m.renewer.send_message(fate).is_err() {
+        m.ctx.cancel(reason);
+    }
+}
+
+/// The earliest deadline of leases that joined during a call.
+fn earliest_of(joined: &[Member]) -> Option<Instant> {
+    joined.iter().map(|m| m.deadline).min()
+}
+
+/// Ends the leases that joined during a call and whose deadline has passed by `now`.
+fn expire_joined(joined: &mut Vec<Member>, now: Instant) {
+    joined.retain(|m| {
+        let over = now >= m.deadline;
+        if over && m.renewer.send_message(Fate::Expired).is_err() {
+            m.ctx.cancel(Fate::Expired.reason());
+        }
+        !over
+    });
 }
 
 /// One lease's renewal, with a panic caught.
