@@ -14,23 +14,26 @@
 //! The rules that keep the guarantees:
 //! - A lease's deadline is the start of the last call *that confirmed it* + TTL −
 //!   margin; a lease that joined after a call started is not in that call, and keeps the
-//!   deadline its acquire earned until a later call confirms it. Rounds come every TTL/3
-//!   (measured from the start of the previous call), so a lease is renewed within TTL/3
-//!   of joining, unless its own deadline comes first (then it ends at it).
-//! - A call that has not answered TTL/10 after it started (or by the earliest deadline of
-//!   its members, if that comes first) is given up, and its leases are renewed one by
-//!   one, all at once, each answer applied as it comes and each lease bounded by its own
-//!   deadline (then it ends), for at most TTL/3: one lease whose renewal hangs cannot
-//!   take the others' renewals with it. A failed call, or a failed lease in it, is
-//!   retried after TTL/10 until the deadlines.
+//!   deadline its acquire earned until a later call confirms it. Rounds come TTL/3 after
+//!   the previous call answered (as each renewer's did), so a lease is renewed within
+//!   TTL/3 of joining plus the length of a call running when it joined, unless its own
+//!   deadline comes first (then it ends at it).
+//! - A call is bounded by the earliest deadline of its members: at that instant the call
+//!   is given up, that member ends (and any other whose deadline has passed), and the
+//!   others are tried again after TTL/10. A failed call, or a failed lease in an answered
+//!   call, is retried after TTL/10 until the deadlines. So a lease whose renewal alone
+//!   hangs, inside a call that waits for every lease, holds up the call for the others
+//!   until its deadline: a backend whose renewals can hang one by one should answer a
+//!   group call lease by lease (`FaultyBackend` answers a stalled key's renewal in a
+//!   group call with an error, so that its other leases are answered).
 //! - Before each call, members whose context has ended (released, revoked, lost, shut
-//!   down) or whose renewer has stopped leave the group: a lease whose holder has been
-//!   told it is over is never renewed again. Outcomes apply to the member they were
+//!   down) leave the group: a lease whose holder has been told it is over is never
+//!   renewed again. Outcomes apply to the member they were
 //!   asked for (by position in the call, so by `(key, token)` and its own context), never
 //!   to a newer lease of the same key.
-//! - A backend that panics in a group call is asked again lease by lease in the same
-//!   way, so that only the leases whose renewal panics are lost (their renewers fail
-//!   with the panic).
+//! - A backend that panics in a group call is asked again lease by lease (each answer
+//!   applied as it comes, each lease bounded by its own deadline), so that only the
+//!   leases whose renewal panics are lost (their renewers fail with the panic).
 //!
 //! The group's task ends when every handle on it is gone (the supervisor keeps a weak one;
 //! each renewer a strong one) and its last member has left.
@@ -262,14 +265,11 @@ impl Rounds {
         }
     }
 
-    /// One round: renews every member in one call and applies the answers. A call that
-    /// has not answered by TTL/10 after it started (or by `bound`, the earliest member
-    /// deadline, if that comes first), or that panicked, is given up, and the members
-    /// are renewed one by one instead (see [`one_by_one`](Self::one_by_one)), so that
-    /// one lease whose renewal hangs cannot take the others' renewals with it.
+    /// One round: renews every member in one call, bounded by `bound` (the earliest
+    /// member deadline), and applies the answers. A call that panicked is replaced by
+    /// renewals one lease at a time (see [`one_by_one`](Self::one_by_one)).
     async fn round(&mut self, bound: Instant) {
         let (start, since) = (Instant::now(), crate::clock::suspended());
-        let hedge = (start + self.retry()).min(bound);
         let n = self.leases.len();
         let mut joined = Vec::new();
         let called = {
@@ -288,11 +288,11 @@ impl Rounds {
             loop {
                 // Leases that join while the call runs wait for the next round; if the
                 // deadline one of them brought comes first, it ends at it.
-                let wake = earliest_of(&joined).map_or(hedge, |d| d.min(hedge));
+                let wake = earliest_of(&joined).map_or(bound, |d| d.min(bound));
                 tokio::select! {
                     answer = &mut call => break Some(answer),
                     () = tokio::time::sleep_until(wake) => {
-                        if Instant::now() >= hedge {
+                        if Instant::now() >= bound {
                             break None;
                         }
                         expire_joined(&mut joined, Instant::now());
@@ -320,8 +320,12 @@ impl Rounds {
                 let answers = (0..n).map(|_| Answer::Done(Err(error.clone()))).collect();
                 self.settle(start, since, answers);
             }
-            // Hung, or panicked.
-            None | Some(Err(_)) => self.one_by_one(&mut joined).await,
+            None => {
+                // No answer by the earliest deadline: that member ends at the next look
+                // (now), and the others are tried again.
+                self.next = Instant::now() + self.retry();
+            }
+            Some(Err(_panic)) => self.one_by_one(&mut joined).await,
         }
         for m in joined {
             self.add(m);
@@ -329,11 +333,10 @@ impl Rounds {
     }
 
     /// Renews the members one lease at a time, all at once, applying each answer as it
-    /// comes, each member bounded by its own deadline (then it ends), for at most one
-    /// interval (then the members still unanswered are retried).
+    /// comes, each member bounded by its own deadline (then it ends), as each renewer
+    /// did by itself before groups.
     async fn one_by_one(&mut self, joined: &mut Vec<Member>) {
         let (start, since) = (Instant::now(), crate::clock::suspended());
-        let until = start + self.interval();
         let deadline = start + self.ttl - self.margin;
         let n = self.leases.len();
         let mut pending: FuturesUnordered<_> = self
@@ -355,7 +358,7 @@ impl Rounds {
             let now = Instant::now();
             if now >= check {
                 // Unanswered members whose deadline has passed end now.
-                let mut next = until;
+                let mut next: Option<Instant> = None;
                 for (i, (done, m)) in settled.iter_mut().zip(&self.members).enumerate() {
                     if *done {
                         continue;
@@ -365,13 +368,16 @@ impl Rounds {
                         tell(m, Fate::Expired);
                         out.push(i);
                     } else {
-                        next = next.min(m.deadline);
+                        next = Some(next.map_or(m.deadline, |d| d.min(m.deadline)));
                     }
                 }
+                let Some(next) = next else {
+                    break; // every member answered or ended
+                };
                 check = next;
                 expire_joined(joined, now);
             }
-            if now >= until || pending.is_empty() {
+            if pending.is_empty() {
                 break;
             }
             let wake = earliest_of(joined).map_or(check, |d| d.min(check));
@@ -420,11 +426,14 @@ impl Rounds {
             self.leases.swap_remove(i);
         }
         self.recompute_earliest();
-        self.next = if failed + unanswered > 0 {
-            Instant::now() + self.retry()
+        // No later than TTL/3 after these renewals started, even if a hung lease kept
+        // us here until its deadline: the leases confirmed here are due again then.
+        let pause = if failed + unanswered > 0 {
+            self.retry()
         } else {
-            start + self.interval()
+            self.interval()
         };
+        self.next = (Instant::now() + pause).min(start + self.interval());
     }
 
     /// Applies a call's answers: confirmed members get their new deadline, the others
@@ -463,7 +472,7 @@ impl Rounds {
                 "lease renewal failed; retrying until the local deadlines");
             self.next = Instant::now() + self.retry();
         } else {
-            self.next = start + self.interval();
+            self.next = Instant::now() + self.interval();
         }
     }
 }
