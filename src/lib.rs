@@ -55,8 +55,9 @@
 //!   in the crate. Its deadline is judged on a suspend-aware clock (`clock.rs`).
 //! - [`LeaseManager`] (`manager/`): the handle and its builder; the supervisor actor that
 //!   owns the lease table, how a holder ends and when its key goes back; the backend
-//!   calls it runs in tasks; the renewal actor, one per held lease, that renews every
-//!   TTL/3 and ends the lease's context when it cannot; the one alarm clock they tick by.
+//!   calls it runs in tasks; the renewal groups (a manager's leases of one TTL, renewed
+//!   together by one backend call every TTL/3); the renewal actor, one per held lease,
+//!   that ends the lease's context when its group says its renewal is over.
 //! - [`backend`] (`backend/`): the [`Backend`](backend::Backend) trait and its contract
 //!   (`mod.rs`), the in-process [`MemoryBackend`](backend::MemoryBackend) (the default),
 //!   `PostgresBackend` (`postgres/`, feature `postgres`: leases shared by processes and
@@ -115,8 +116,8 @@
 //! The manager records leases held, acquires by outcome, renewal latency, losses by
 //! cause and backend errors through the `metrics` facade; [`metrics`] lists the names
 //! and labels in a table, and with feature `prometheus` serves them in the Prometheus
-//! text format. Tracing spans `lease.acquire`, `lease.renew` and `lease.release` carry
-//! the key and the token.
+//! text format. Tracing spans `lease.acquire` and `lease.release` carry the key and the
+//! token; `lease.renew` (one per group call) the TTL and the number of leases.
 //!
 //! ## What a lease does not protect against
 //!

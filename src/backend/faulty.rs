@@ -20,6 +20,8 @@ use crate::key::Key;
 pub enum RenewFault {
     /// Renewals never answer (a hung connection): the holder loses the lease at its
     /// local deadline with [`LossCause::DeadlineExceeded`](crate::LossCause::DeadlineExceeded).
+    /// In a group call ([`Backend::renew_many`]) the key's renewal answers a timeout
+    /// error instead, so that the other leases of the call are answered.
     Stall,
     /// Renewals fail with an `Unavailable` error: the renewer retries until its deadline.
     Fail,
@@ -181,6 +183,54 @@ impl Backend for FaultyBackend {
             Some(RenewFault::Refuse) => Ok(RenewOutcome::Lost),
             Some(RenewFault::Panic) => panic!("injected renewal panic for {key}"),
         }
+    }
+
+    /// A group call: the healthy leases go to the wrapped backend in one call; each
+    /// faulted key answers as its fault says, except that a stalled key's renewal
+    /// answers a timeout error at once instead of hanging the whole call, so that one
+    /// key's fault stays that key's (its holder still loses the lease at its deadline).
+    /// A panicking key panics the call (the manager then renews lease by lease).
+    async fn renew_many(
+        &self,
+        leases: &[(Key, u64)],
+        ttl: Duration,
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        if let Err(e) = self.check_up() {
+            return leases.iter().map(|_| Err(e.clone())).collect();
+        }
+        let faults: Vec<Option<RenewFault>> = {
+            let map = self.faults();
+            leases.iter().map(|(k, _)| map.get(k).copied()).collect()
+        };
+        let healthy: Vec<(Key, u64)> = leases
+            .iter()
+            .zip(&faults)
+            .filter(|(_, f)| f.is_none())
+            .map(|(l, _)| l.clone())
+            .collect();
+        let mut answers = self.inner.renew_many(&healthy, ttl).await.into_iter();
+        leases
+            .iter()
+            .zip(faults)
+            .map(|((key, _), fault)| match fault {
+                None => answers.next().unwrap_or_else(|| {
+                    Err(BackendError::new(
+                        BackendErrorKind::Failed,
+                        "the wrapped backend answered too few renewals",
+                    ))
+                }),
+                Some(RenewFault::Stall) => Err(BackendError::new(
+                    BackendErrorKind::Timeout,
+                    "injected: the renewal stalled",
+                )),
+                Some(RenewFault::Fail) => Err(BackendError::new(
+                    BackendErrorKind::Unavailable,
+                    "injected renewal failure",
+                )),
+                Some(RenewFault::Refuse) => Ok(RenewOutcome::Lost),
+                Some(RenewFault::Panic) => panic!("injected renewal panic for {key}"),
+            })
+            .collect()
     }
 
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {

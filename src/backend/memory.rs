@@ -108,6 +108,29 @@ fn deadline(now: Instant, ttl: Duration) -> Result<Instant, BackendError> {
     })
 }
 
+/// Renews `(key, token)` at `now` to `expires_at`, if it is still that lease and live.
+fn renew_entry(
+    state: &mut State,
+    key: &Key,
+    token: u64,
+    ttl: Duration,
+    now: Instant,
+    expires_at: Instant,
+) -> RenewOutcome {
+    match state.held.get_mut(key) {
+        Some(h) if h.token == token && h.expires_at > now => {
+            if h.revoked {
+                RenewOutcome::Revoked
+            } else {
+                h.expires_at = expires_at;
+                h.ttl = ttl;
+                RenewOutcome::Renewed
+            }
+        }
+        _ => RenewOutcome::Lost,
+    }
+}
+
 impl MemoryBackend {
     fn acquire_sync(
         &self,
@@ -181,19 +204,32 @@ impl Backend for MemoryBackend {
     ) -> Result<RenewOutcome, BackendError> {
         let now = Instant::now();
         let expires_at = deadline(now, ttl)?;
+        Ok(renew_entry(
+            &mut self.lock(),
+            key,
+            token,
+            ttl,
+            now,
+            expires_at,
+        ))
+    }
+
+    /// The whole group in one pass under the lock, on one reading of the clock.
+    async fn renew_many(
+        &self,
+        leases: &[(Key, u64)],
+        ttl: Duration,
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        let now = Instant::now();
+        let expires_at = match deadline(now, ttl) {
+            Ok(at) => at,
+            Err(e) => return leases.iter().map(|_| Err(e.clone())).collect(),
+        };
         let mut state = self.lock();
-        match state.held.get_mut(key) {
-            Some(h) if h.token == token && h.expires_at > now => {
-                if h.revoked {
-                    Ok(RenewOutcome::Revoked)
-                } else {
-                    h.expires_at = expires_at;
-                    h.ttl = ttl;
-                    Ok(RenewOutcome::Renewed)
-                }
-            }
-            _ => Ok(RenewOutcome::Lost),
-        }
+        leases
+            .iter()
+            .map(|(key, token)| Ok(renew_entry(&mut state, key, *token, ttl, now, expires_at)))
+            .collect()
     }
 
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {

@@ -148,6 +148,29 @@ pub trait Backend: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<RenewOutcome, BackendError>;
 
+    /// [`renew`](Backend::renew) for many leases of one TTL at once (a *group*: the
+    /// manager renews all its leases of one TTL together, once per TTL/3): one answer per
+    /// lease, in the order of `leases`. Each answer must be what `renew` would have
+    /// answered for that lease, and the contract's rules hold for each (expiry at least
+    /// `ttl` after the call *started*; compare-and-set on `(key, token)`).
+    ///
+    /// The default renews each lease with [`renew`](Backend::renew), all at once, so
+    /// that every backend works unchanged (a backend that batches renewals itself, as
+    /// PostgreSQL's does, batches these too). A backend that can do better overrides it:
+    /// the memory backend renews the whole group in one pass under its lock.
+    async fn renew_many(
+        &self,
+        leases: &[(Key, u64)],
+        ttl: Duration,
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        futures_util::future::join_all(
+            leases
+                .iter()
+                .map(|(key, token)| self.renew(key, *token, ttl)),
+        )
+        .await
+    }
+
     /// Ends the lease `(key, token)` if it is still that lease and has not expired, and
     /// frees the key for others; `Ok(false)` if it had already ended (released,
     /// expired, or taken over). Must not lower the key's fencing token: the next grant

@@ -227,14 +227,11 @@ impl SupervisorState {
         );
         tracing::info!(target: "leases::manager::supervisor", %key, token, ?ttl, "lease acquired");
         let args = RenewerArgs {
-            backend: self.backend.clone(),
             key: key.clone(),
             token,
-            ttl,
-            margin,
             ctx: ctx_tx.clone(),
             deadline,
-            alarms: self.alarms.clone(),
+            group: self.groups.get(&self.backend, ttl, margin),
         };
         // A re-attached lease that never reaches its caller is left, not released.
         let owner = match waiter.options.resume {

@@ -10,8 +10,9 @@
 //!                                      │   revokes), grant.rs (a grant nobody took)
 //!                                      │ spawn_linked, one per held lease
 //!                                      ▼
-//!                                    Renewer actor (renewer.rs), ticked by the
-//!                                    manager's alarm clock (alarms.rs)
+//!                                    Renewer actor (renewer.rs), one per lease;
+//!                                    renewal itself goes once per group (group.rs:
+//!                                    a task per TTL renews its leases in one call)
 //! ```
 //!
 //! - **One owner.** The supervisor is the only owner of the lease table: every change
@@ -21,10 +22,11 @@
 //!   shutdown: backend calls run in tasks that report back by message, and each task
 //!   reports however it ends (a panic included), so a key's slot is never left busy and
 //!   a grant nobody took is given back at once.
-//! - **Early loss.** Each held lease has a renewal actor that keeps its local deadline
-//!   (start of the last confirmed renewal + TTL − safety margin) and ends the holder's
-//!   context itself when a renewal is refused or unconfirmed by then; the context also
-//!   reads the clock on its own (see `crate::context`).
+//! - **Early loss.** Each held lease has a local deadline (start of the last renewal
+//!   confirmed for it + TTL − safety margin), which its group moves on each confirmed
+//!   renewal; its renewal actor ends the holder's context itself when its group tells it
+//!   the renewal was refused, revoked or unconfirmed by then; the context also reads the
+//!   clock on its own (see `crate::context`).
 //! - **No silent loss.** Release, revocation, a renewer's failure and shutdown each end
 //!   the context with a reason (`ending.rs`); a lost lease is left to expire on the
 //!   backend rather than given back, so that its holder keeps the safety margin.
@@ -32,12 +34,12 @@
 //! Settings and their defaults are in `config.rs`, the builder in `builder.rs`.
 
 mod acquire;
-mod alarms;
 mod attempt;
 mod builder;
 mod config;
 mod ending;
 mod grant;
+mod group;
 mod handle;
 mod io;
 mod messages;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use ractor::RpcReplyPort;
 
-use super::alarms::{Alarms, Tick};
 use super::config::Config;
+use super::group::Groups;
 use super::table::LeaseTable;
 use crate::backend::Backend;
 use crate::error::LeaseError;
@@ -23,8 +23,8 @@ pub(crate) struct SupervisorState {
     pub(super) cell: ractor::ActorCell,
     pub(super) table: LeaseTable,
     pub(super) stopping: bool,
-    /// The alarm clock every renewer of this manager ticks by.
-    pub(super) alarms: Alarms<Tick>,
+    /// The renewal groups of this manager, one per TTL.
+    pub(super) groups: Groups,
 }
 
 /// Answers a request the stopping (or stopped) manager will not serve.

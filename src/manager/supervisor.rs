@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent};
 use tracing::Instrument;
 
-use super::alarms::Alarms;
 use super::config::Config;
 use super::messages::{call, ManagerMessage, Msg};
 use super::renewer::RenewerRef;
@@ -123,7 +122,7 @@ impl Actor for Supervisor {
             owner: Arc::new(ManagerOwner { actor: myself }),
             table: LeaseTable::default(),
             stopping: false,
-            alarms: Alarms::start(),
+            groups: Default::default(),
         })
     }
 

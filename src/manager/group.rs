@@ -1,0 +1,525 @@
+//! Groups: the unit of renewal. A group is the leases of one manager with one TTL; it is
+//! renewed once per TTL/3 by one backend call ([`Backend::renew_many`]), in a task of its
+//! own, instead of each lease renewing itself on a timer of its own.
+//!
+//! Each held lease still has its renewal actor (see `renewer.rs`), which joins its
+//! group when it starts. The group does the lease's I/O and keeps its local deadline:
+//! - a **confirmed renewal** moves the lease's deadline to the start of the group call +
+//!   TTL − margin, straight on the lease's context (no message per lease);
+//! - a **revoked** or **refused** lease, and one whose deadline **passed** without a
+//!   confirmed renewal (or whose context ended), leaves the group, and its renewer is
+//!   told by one message ([`Fate`]); the renewer ends the context and fails as it did
+//!   when it renewed by itself.
+//!
+//! The rules that keep the guarantees:
+//! - A lease's deadline is the start of the last call *that confirmed it* + TTL −
+//!   margin; a lease that joined after a call started is not in that call, and keeps the
+//!   deadline its acquire earned until a later call confirms it. Rounds come TTL/3 after
+//!   the previous call answered (as each renewer's did), so a lease is renewed within
+//!   TTL/3 of joining plus the length of a call running when it joined, unless its own
+//!   deadline comes first (then it ends at it).
+//! - A call is bounded by the earliest deadline of its members: at that instant the call
+//!   is given up, that member ends (and any other whose deadline has passed), and the
+//!   others are tried again after TTL/10. A failed call, or a failed lease in an answered
+//!   call, is retried after TTL/10 until the deadlines. So a lease whose renewal alone
+//!   hangs, inside a call that waits for every lease, holds up the call for the others
+//!   until its deadline: a backend whose renewals can hang one by one should answer a
+//!   group call lease by lease (`FaultyBackend` answers a stalled key's renewal in a
+//!   group call with an error, so that its other leases are answered).
+//! - Before each call, members whose context has ended (released, revoked, lost, shut
+//!   down) leave the group: a lease whose holder has been told it is over is never
+//!   renewed again. Outcomes apply to the member they were
+//!   asked for (by position in the call, so by `(key, token)` and its own context), never
+//!   to a newer lease of the same key.
+//! - A backend that panics in a group call is asked again lease by lease (each answer
+//!   applied as it comes, each lease bounded by its own deadline), so that only the
+//!   leases whose renewal panics are lost (their renewers fail with the panic).
+//!
+//! The group's task ends when every handle on it is gone (the supervisor keeps a weak one;
+//! each renewer a strong one) and its last member has left.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::backend::{Backend, RenewOutcome};
+use crate::context::ContextSender;
+use crate::error::BackendError;
+use crate::key::Key;
+use crate::reason::{CancelReason, LossCause};
+
+/// What a group tells one lease's renewer: the lease's renewal is over, and why.
+#[derive(Debug)]
+pub(crate) enum Fate {
+    /// The lease was revoked.
+    Revoked,
+    /// The backend refused to renew: the lease expired there or is no longer ours.
+    Refused,
+    /// Its local deadline passed without a confirmed renewal, or its context ended.
+    Expired,
+    /// The backend panicked renewing it.
+    Panicked(String),
+}
+
+impl Fate {
+    /// The reason a context ends with for this fate.
+    fn reason(&self) -> CancelReason {
+        match self {
+            Fate::Revoked => CancelReason::Revoked,
+            Fate::Refused => CancelReason::Lost(LossCause::RenewalRefused),
+            Fate::Expired => CancelReason::Lost(LossCause::DeadlineExceeded),
+            Fate::Panicked(why) => CancelReason::Lost(LossCause::RenewerFailed(why.clone())),
+        }
+    }
+}
+
+/// A lease in its group: what the group needs to renew it and to tell its renewer.
+pub(crate) struct Member {
+    pub(crate) key: Key,
+    pub(crate) token: u64,
+    pub(crate) ctx: ContextSender,
+    /// The local deadline the lease has earned so far.
+    pub(crate) deadline: Instant,
+    pub(crate) renewer: ActorRef<Fate>,
+}
+
+/// A strong handle on a group: joins leases to it, and keeps its task alive.
+#[derive(Clone)]
+pub(crate) struct Group {
+    tx: mpsc::UnboundedSender<Member>,
+}
+
+impl Group {
+    /// Adds `member` to the group (from its next round on); `false` if the group's task
+    /// is gone.
+    pub(crate) fn join(&self, member: Member) -> bool {
+        self.tx.send(member).is_ok()
+    }
+}
+
+/// A manager's groups, one per TTL, started when a lease of that TTL is first held.
+/// Weak handles: a group whose leases have all gone stops, and the next lease of its TTL
+/// starts a new one.
+#[derive(Default)]
+pub(crate) struct Groups {
+    by_ttl: foldhash::HashMap<Duration, mpsc::WeakUnboundedSender<Member>>,
+}
+
+impl Groups {
+    /// The group of leases of `ttl` (with safety margin `margin`), started if needed.
+    pub(crate) fn get(
+        &mut self,
+        backend: &Arc<dyn Backend>,
+        ttl: Duration,
+        margin: Duration,
+    ) -> Group {
+        if let Some(tx) = self.by_ttl.get(&ttl).and_then(|w| w.upgrade()) {
+            return Group { tx };
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Forget the groups that have stopped, so that many TTLs used once cost nothing.
+        self.by_ttl.retain(|_, w| w.strong_count() > 0);
+        self.by_ttl.insert(ttl, tx.downgrade());
+        let round = Rounds {
+            backend: backend.clone(),
+            ttl,
+            margin,
+            leases: Vec::new(),
+            members: Vec::new(),
+            joins: rx,
+            closed: false,
+            next: Instant::now() + ttl / 3,
+            earliest: None,
+        };
+        tokio::spawn(round.run());
+        Group { tx }
+    }
+}
+
+/// A member as the group's task keeps it; its `(key, token)` is at the same index in
+/// [`Rounds::leases`], so that the whole group can be handed to the backend as it is.
+struct Kept {
+    ctx: ContextSender,
+    deadline: Instant,
+    renewer: ActorRef<Fate>,
+}
+
+/// The answer for one member of a call.
+enum Answer {
+    Done(Result<RenewOutcome, BackendError>),
+    /// Renewing this lease panicked (see [`Rounds::one_by_one`]).
+    Panicked(String),
+}
+
+/// The group's task.
+struct Rounds {
+    backend: Arc<dyn Backend>,
+    ttl: Duration,
+    margin: Duration,
+    leases: Vec<(Key, u64)>,
+    members: Vec<Kept>,
+    joins: mpsc::UnboundedReceiver<Member>,
+    /// Every handle is gone: no more joins.
+    closed: bool,
+    /// When the next round starts.
+    next: Instant,
+    /// No member's deadline is earlier (`None`: no members): when to look for members
+    /// that are over before the next round.
+    earliest: Option<Instant>,
+}
+
+impl Rounds {
+    fn interval(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    fn retry(&self) -> Duration {
+        (self.ttl / 10).max(Duration::from_millis(10))
+    }
+
+    fn add(&mut self, m: Member) {
+        if self.members.is_empty() {
+            // The group was idle: its first round is TTL/3 after this lease joined.
+            self.next = Instant::now() + self.interval();
+        }
+        self.earliest = Some(self.earliest.map_or(m.deadline, |e| e.min(m.deadline)));
+        self.leases.push((m.key, m.token));
+        self.members.push(Kept {
+            ctx: m.ctx,
+            deadline: m.deadline,
+            renewer: m.renewer,
+        });
+    }
+
+    /// Takes member `i` out of the group, telling its renewer `fate`.
+    fn remove(&mut self, i: usize, fate: Fate) {
+        let kept = self.members.swap_remove(i);
+        self.leases.swap_remove(i);
+        tell(&kept, fate);
+    }
+
+    /// The earliest deadline of the members, recomputed.
+    fn recompute_earliest(&mut self) {
+        self.earliest = self.members.iter().map(|m| m.deadline).min();
+    }
+
+    /// Removes the members that are over (context ended, deadline passed), telling
+    /// their renewers; returns the earliest deadline of those left.
+    fn prune(&mut self, now: Instant, since: Duration) -> Option<Instant> {
+        let mut i = 0;
+        while i < self.members.len() {
+            let m = &self.members[i];
+            // Reading the reason also ends the context if its own deadline has passed.
+            if now >= m.deadline || m.ctx.reason_at(now, since).is_some() {
+                self.remove(i, Fate::Expired);
+                continue;
+            }
+            i += 1;
+        }
+        self.recompute_earliest();
+        self.earliest
+    }
+
+    async fn run(mut self) {
+        loop {
+            while let Ok(m) = self.joins.try_recv() {
+                self.add(m);
+            }
+            let Some(earliest) = self.earliest else {
+                // No members.
+                if self.closed {
+                    return;
+                }
+                match self.joins.recv().await {
+                    Some(m) => self.add(m),
+                    None => self.closed = true,
+                }
+                continue;
+            };
+            let now = Instant::now();
+            if now < self.next && now < earliest {
+                // Joins do not make the group look at its members: that is done once
+                // per round, and when a deadline falls due.
+                tokio::select! {
+                    () = tokio::time::sleep_until(self.next.min(earliest)) => {}
+                    m = self.joins.recv(), if !self.closed => match m {
+                        Some(m) => self.add(m),
+                        None => self.closed = true,
+                    },
+                }
+                continue;
+            }
+            let Some(earliest) = self.prune(now, crate::clock::suspended()) else {
+                continue;
+            };
+            if now >= self.next {
+                self.round(earliest).await;
+            }
+        }
+    }
+
+    /// One round: renews every member in one call, bounded by `bound` (the earliest
+    /// member deadline), and applies the answers. A call that panicked is replaced by
+    /// renewals one lease at a time (see [`one_by_one`](Self::one_by_one)).
+    async fn round(&mut self, bound: Instant) {
+        let (start, since) = (Instant::now(), crate::clock::suspended());
+        let n = self.leases.len();
+        let mut joined = Vec::new();
+        let called = {
+            let Rounds {
+                backend,
+                ttl,
+                leases,
+                joins,
+                closed,
+                ..
+            } = self;
+            let call = AssertUnwindSafe(backend.renew_many(leases, *ttl)).catch_unwind();
+            let call = crate::metrics::timed_renewal(call, start)
+                .instrument(tracing::debug_span!("lease.renew", ttl = ?*ttl, leases = n));
+            tokio::pin!(call);
+            loop {
+                // Leases that join while the call runs wait for the next round; if the
+                // deadline one of them brought comes first, it ends at it.
+                let wake = earliest_of(&joined).map_or(bound, |d| d.min(bound));
+                tokio::select! {
+                    answer = &mut call => break Some(answer),
+                    () = tokio::time::sleep_until(wake) => {
+                        if Instant::now() >= bound {
+                            break None;
+                        }
+                        expire_joined(&mut joined, Instant::now());
+                    }
+                    m = joins.recv(), if !*closed => match m {
+                        Some(m) => joined.push(m),
+                        None => *closed = true,
+                    },
+                }
+            }
+        };
+        match called {
+            Some(Ok(answers)) if answers.len() == n => {
+                let answers = answers.into_iter().map(Answer::Done).collect();
+                self.settle(start, since, answers);
+            }
+            Some(Ok(answers)) => {
+                let error = BackendError::new(
+                    crate::error::BackendErrorKind::Failed,
+                    format!(
+                        "the backend answered {} renewals for {n} leases",
+                        answers.len()
+                    ),
+                );
+                let answers = (0..n).map(|_| Answer::Done(Err(error.clone()))).collect();
+                self.settle(start, since, answers);
+            }
+            None => {
+                // No answer by the earliest deadline: that member ends at the next look
+                // (now), and the others are tried again.
+                self.next = Instant::now() + self.retry();
+            }
+            Some(Err(_panic)) => self.one_by_one(&mut joined).await,
+        }
+        for m in joined {
+            self.add(m);
+        }
+    }
+
+    /// Renews the members one lease at a time, all at once, applying each answer as it
+    /// comes, each member bounded by its own deadline (then it ends), as each renewer
+    /// did by itself before groups.
+    async fn one_by_one(&mut self, joined: &mut Vec<Member>) {
+        let (start, since) = (Instant::now(), crate::clock::suspended());
+        let deadline = start + self.ttl - self.margin;
+        let n = self.leases.len();
+        let mut pending: FuturesUnordered<_> = self
+            .leases
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, (key, token))| {
+                let (backend, ttl) = (self.backend.clone(), self.ttl);
+                async move { (i, renew_one(&*backend, &key, token, ttl).await) }
+            })
+            .collect();
+        // Answered (or ended) members; those to take out of the group.
+        let mut settled = vec![false; n];
+        let mut out = Vec::new();
+        let mut failed = 0usize;
+        let mut check = start;
+        loop {
+            let now = Instant::now();
+            if now >= check {
+                // Unanswered members whose deadline has passed end now.
+                let mut next: Option<Instant> = None;
+                for (i, (done, m)) in settled.iter_mut().zip(&self.members).enumerate() {
+                    if *done {
+                        continue;
+                    }
+                    if now >= m.deadline {
+                        *done = true;
+                        tell(m, Fate::Expired);
+                        out.push(i);
+                    } else {
+                        next = Some(next.map_or(m.deadline, |d| d.min(m.deadline)));
+                    }
+                }
+                let Some(next) = next else {
+                    break; // every member answered or ended
+                };
+                check = next;
+                expire_joined(joined, now);
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let wake = earliest_of(joined).map_or(check, |d| d.min(check));
+            tokio::select! {
+                Some((i, answer)) = pending.next() => {
+                    if settled[i] {
+                        continue;
+                    }
+                    settled[i] = true;
+                    let fate = match answer {
+                        Answer::Done(Ok(RenewOutcome::Renewed)) => {
+                            let m = &mut self.members[i];
+                            if m.ctx.extend(deadline, since) {
+                                m.deadline = deadline;
+                                continue;
+                            }
+                            Fate::Expired
+                        }
+                        Answer::Done(Ok(RenewOutcome::Revoked)) => Fate::Revoked,
+                        Answer::Done(Ok(RenewOutcome::Lost)) => Fate::Refused,
+                        Answer::Panicked(why) => Fate::Panicked(why),
+                        Answer::Done(Err(error)) => {
+                            crate::metrics::backend_error(crate::metrics::Op::Renew);
+                            tracing::warn!(key = %self.leases[i].0, token = self.leases[i].1,
+                                %error, "lease renewal failed; retrying until the local deadline");
+                            failed += 1;
+                            continue;
+                        }
+                    };
+                    tell(&self.members[i], fate);
+                    out.push(i);
+                }
+                () = tokio::time::sleep_until(wake) => {}
+                m = self.joins.recv(), if !self.closed => match m {
+                    Some(m) => joined.push(m),
+                    None => self.closed = true,
+                },
+            }
+        }
+        let unanswered = settled.iter().filter(|s| !**s).count();
+        drop(pending);
+        // Highest index first, so that `swap_remove` only moves members kept.
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        for i in out {
+            self.members.swap_remove(i);
+            self.leases.swap_remove(i);
+        }
+        self.recompute_earliest();
+        // No later than TTL/3 after these renewals started, even if a hung lease kept
+        // us here until its deadline: the leases confirmed here are due again then.
+        let pause = if failed + unanswered > 0 {
+            self.retry()
+        } else {
+            self.interval()
+        };
+        self.next = (Instant::now() + pause).min(start + self.interval());
+    }
+
+    /// Applies a call's answers: confirmed members get their new deadline, the others
+    /// leave the group (and their renewers are told) or are retried.
+    fn settle(&mut self, start: Instant, since: Duration, answers: Vec<Answer>) {
+        let deadline = start + self.ttl - self.margin;
+        let mut failed = 0usize;
+        let mut first_error = None;
+        // Backwards, so that `swap_remove` only moves members already seen.
+        for (i, answer) in answers.into_iter().enumerate().rev() {
+            let fate = match answer {
+                Answer::Done(Ok(RenewOutcome::Renewed)) => {
+                    let m = &mut self.members[i];
+                    if m.ctx.extend(deadline, since) {
+                        m.deadline = deadline;
+                        continue;
+                    }
+                    // Confirmed too late, or the context ended meanwhile.
+                    Fate::Expired
+                }
+                Answer::Done(Ok(RenewOutcome::Revoked)) => Fate::Revoked,
+                Answer::Done(Ok(RenewOutcome::Lost)) => Fate::Refused,
+                Answer::Panicked(why) => Fate::Panicked(why),
+                Answer::Done(Err(e)) => {
+                    crate::metrics::backend_error(crate::metrics::Op::Renew);
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            self.remove(i, fate);
+        }
+        self.recompute_earliest();
+        if let Some(error) = first_error {
+            tracing::warn!(ttl = ?self.ttl, failed, %error,
+                "lease renewal failed; retrying until the local deadlines");
+            self.next = Instant::now() + self.retry();
+        } else {
+            self.next = Instant::now() + self.interval();
+        }
+    }
+}
+
+/// Tells a member's renewer its lease's `fate`. The renewer goes only once the context
+/// has ended, but should it be gone with the context live, the holder is told directly
+/// (the first reason stays).
+fn tell(m: &Kept, fate: Fate) {
+    let reason = fate.reason();
+    if m.renewer.send_message(fate).is_err() {
+        m.ctx.cancel(reason);
+    }
+}
+
+/// The earliest deadline of leases that joined during a call.
+fn earliest_of(joined: &[Member]) -> Option<Instant> {
+    joined.iter().map(|m| m.deadline).min()
+}
+
+/// Ends the leases that joined during a call and whose deadline has passed by `now`.
+fn expire_joined(joined: &mut Vec<Member>, now: Instant) {
+    joined.retain(|m| {
+        let over = now >= m.deadline;
+        if over && m.renewer.send_message(Fate::Expired).is_err() {
+            m.ctx.cancel(Fate::Expired.reason());
+        }
+        !over
+    });
+}
+
+/// One lease's renewal, with a panic caught.
+async fn renew_one(backend: &dyn Backend, key: &Key, token: u64, ttl: Duration) -> Answer {
+    match AssertUnwindSafe(backend.renew(key, token, ttl))
+        .catch_unwind()
+        .await
+    {
+        Ok(answer) => Answer::Done(answer),
+        Err(panic) => Answer::Panicked(panic_message(&*panic)),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic".to_owned()
+    }
+}
