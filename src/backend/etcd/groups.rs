@@ -175,7 +175,7 @@ impl Inner {
 
     /// Makes sure the etcd lease `id` of a key renewed with `ttl` lives until `start +
     /// ttl`. `Ok(false)`: it is gone.
-    async fn confirm_alive(
+    pub(super) async fn confirm_alive(
         &self,
         id: i64,
         ttl: Duration,
@@ -250,6 +250,7 @@ impl Inner {
             stale = h.live_until <= start;
             if !stale {
                 h.live_until = start + ttl;
+                h.checked = kv.mod_revision;
             }
         });
         if stale {
@@ -300,9 +301,12 @@ impl Inner {
             }))],
             failure: vec![],
         };
-        if !self.txn("renew adopt", req).await?.succeeded {
+        let resp = self.txn("renew adopt", req).await?;
+        if !resp.succeeded {
             return Ok(RenewOutcome::Lost);
         }
+        // The put's revision is the value's new mod revision.
+        let checked = resp.header.map(|h| h.revision).unwrap_or(0);
         self.remember(
             ek,
             Held {
@@ -310,6 +314,7 @@ impl Inner {
                 token: Some(token),
                 lease: kv.lease,
                 live_until,
+                checked,
             },
         );
         Ok(RenewOutcome::Renewed)

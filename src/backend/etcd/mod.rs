@@ -173,6 +173,7 @@ mod calls;
 mod encoding;
 mod groups;
 mod options;
+mod rounds;
 mod state;
 mod watch;
 mod wire;
