@@ -269,7 +269,8 @@ fn messages(ports: &[u16]) -> HashMap<String, f64> {
 /// Requests per held lease per minute (all gRPC messages the members received, by
 /// method), per key (`renew` for each lease) against grouped (`renew_many`), same run:
 /// `LEASES_HELD` leases (default 10000) of TTL `LEASES_TTL_SECS` (default 30) held by
-/// one manager for `LEASES_WINDOW_SECS` (default 60) on a 3-member cluster.
+/// one manager for `LEASES_WINDOW_SECS` (default 60) on a 3-member cluster;
+/// `LEASES_MODES=grouped` or `per-key` for one of the two.
 ///
 /// `cargo test --release --all-features --test etcd_groups -- --ignored --nocapture requests`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +289,13 @@ async fn requests_per_held_lease_per_minute() {
     let ports = cluster.client_ports();
     println!("| renewal | leases held | TTL | window | requests per lease per minute | by method | lost |");
     println!("|---|---|---|---|---|---|---|");
-    for grouped in [false, true] {
+    let modes = std::env::var("LEASES_MODES").unwrap_or_default();
+    let modes: Vec<bool> = match modes.as_str() {
+        "grouped" => vec![true],
+        "per-key" => vec![false],
+        _ => vec![false, true],
+    };
+    for grouped in modes {
         let name = if grouped { "grouped" } else { "per key" };
         let prefix = format!("/measure-{name}").replace(' ', "-");
         let etcd = EtcdBackend::connect(

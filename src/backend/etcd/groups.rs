@@ -1,5 +1,6 @@
-//! Groups, keep-alives and renewals: one etcd lease per (backend, TTL) carries every
-//! key this backend acquires with that TTL. A renewal reads its key (gone or another
+//! Groups, keep-alives and single renewals: one etcd lease per (backend, TTL) carries
+//! every key this backend acquires with that TTL (group rounds, which renew many leases
+//! without a read per key, are in `rounds.rs`). A single renewal reads its key (gone or another
 //! token: lost; marked: revoked), then makes sure the group's etcd lease was kept alive
 //! by a keep-alive sent no earlier than the renewal's start plus TTL minus the etcd TTL
 //! (renewals queued behind a keep-alive in flight share the next one), and a keep-alive
