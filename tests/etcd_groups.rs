@@ -76,31 +76,71 @@ fn ok(answers: Vec<Result<RenewOutcome, leases::BackendError>>) -> Vec<RenewOutc
     answers.into_iter().map(|a| a.unwrap()).collect()
 }
 
+/// More leases than one transaction reads (128): a round with them scans the prefix
+/// instead of reading its keys.
+const PAD: usize = 130;
+
+/// `n` leases of `backend` to pad its rounds with (`tag` keeps their keys apart).
+async fn padding(backend: &EtcdBackend, tag: &str, n: usize) -> Vec<(Key, u64)> {
+    let mut out = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let acquires = chunk.iter().map(|i| async move {
+            let k = Key::system(["groups", "pad", tag, &i.to_string()]);
+            let t = granted(backend.acquire(&k, TTL, b"").await.unwrap());
+            (k, t)
+        });
+        out.extend(futures_util::future::join_all(acquires).await);
+    }
+    out
+}
+
+/// One round of `leases` and the padding `pad` (all renewed): the answers for `leases`.
+async fn round(b: &EtcdBackend, leases: &[(Key, u64)], pad: &[(Key, u64)]) -> Vec<RenewOutcome> {
+    let mut all = leases.to_vec();
+    all.extend_from_slice(pad);
+    let mut got = ok(b.renew_many(&all, TTL).await);
+    let rest = got.split_off(leases.len());
+    assert!(rest.iter().all(|o| *o == RenewOutcome::Renewed), "{rest:?}");
+    got
+}
+
 /// A revoke of one lease of a group being renewed is answered `Revoked` at the next
-/// round; the others go on.
+/// round; the others go on. A round of few leases reads their keys in one transaction;
+/// one of more scans the prefix: both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_of_one_lease_in_a_group_is_seen_in_the_next_round() {
+    revoke_in_a_round(0).await;
+    revoke_in_a_round(PAD).await;
+}
+
+async fn revoke_in_a_round(pad: usize) {
     let a = EtcdBackend::connect(options()).await.unwrap();
     let b = EtcdBackend::connect(options()).await.unwrap();
+    let tag = format!("revoke{pad}");
+    let pad = padding(&a, &tag, pad).await;
     let keys: Vec<Key> = (0..3)
-        .map(|i| Key::system(["groups", "revoke", &i.to_string()]))
+        .map(|i| Key::system(["groups", &tag, &i.to_string()]))
         .collect();
     let mut leases = Vec::new();
     for k in &keys {
         leases.push((k.clone(), granted(a.acquire(k, TTL, b"").await.unwrap())));
     }
     use RenewOutcome::*;
-    assert_eq!(ok(a.renew_many(&leases, TTL).await), [Renewed; 3]);
+    assert_eq!(round(&a, &leases, &pad).await, [Renewed; 3]);
     assert_eq!(b.revoke(&keys[1]).await.unwrap(), Some(leases[1].1));
-    assert_eq!(
-        ok(a.renew_many(&leases, TTL).await),
-        [Renewed, Revoked, Renewed]
-    );
-    for (k, t) in &leases {
+    assert_eq!(round(&a, &leases, &pad).await, [Renewed, Revoked, Renewed]);
+    assert_eq!(round(&a, &leases, &pad).await, [Renewed, Revoked, Renewed]);
+    for (k, t) in leases.iter().chain(&pad) {
         a.release(k, *t).await.unwrap();
     }
+}
 
-    // The same through managers: the revoked holder is told, the others are not.
+/// The same through managers: the revoked holder is told, the others are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_holder_among_others_is_told_within_a_round() {
+    let keys: Vec<Key> = (0..3)
+        .map(|i| Key::system(["groups", "revoke-m", &i.to_string()]))
+        .collect();
     let (ma, mb) = (manager(options(), TTL).await, manager(options(), TTL).await);
     let mut held = Vec::new();
     for k in &keys {
@@ -122,12 +162,24 @@ async fn a_revoke_of_one_lease_in_a_group_is_seen_in_the_next_round() {
 /// while its etcd lease lives, and waits out the holder's TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_deleted_by_hand_is_lost_to_its_holder_before_anyone_is_granted_it() {
+    deleted_by_hand(0).await;
+    deleted_by_hand(PAD).await;
+}
+
+/// With `pad` more leases held beside the key (so that the holder's rounds scan).
+async fn deleted_by_hand(pad: usize) {
     let (ma, mb) = (manager(options(), TTL).await, manager(options(), TTL).await);
-    for round in 0..2 {
-        let key = Key::system(["groups", "deleted", &round.to_string()]);
+    let padding = futures_util::future::join_all((0..pad).map(|i| {
+        let k = Key::system(["groups", "deleted-pad", &i.to_string()]);
+        ma.acquire_lease(k, TTL)
+    }))
+    .await;
+    let padding: Vec<_> = padding.into_iter().map(Result::unwrap).collect();
+    for i in 0..2 {
+        let key = Key::system(["groups", &format!("deleted{pad}"), &i.to_string()]);
         let (lease_a, ctx_a) = ma.acquire_lease(key.clone(), TTL).await.unwrap();
         // Mid-round for the second: the holder has renewed once.
-        tokio::time::sleep(TTL / 2 * round).await;
+        tokio::time::sleep(TTL / 2 * i).await;
         delete_by_hand(&key, false).await;
         let deleted_at = Instant::now();
         let opts = AcquireOptions::new(TTL).wait(TTL * 4);
@@ -135,17 +187,18 @@ async fn a_key_deleted_by_hand_is_lost_to_its_holder_before_anyone_is_granted_it
         let late = deleted_at.elapsed();
         assert!(
             ctx_a.is_cancelled(),
-            "round {round}: granted {late:?} after the delete while the holder is live"
+            "pad {pad}, try {i}: granted {late:?} after the delete while the holder is live"
         );
         assert_eq!(
             ctx_a.reason(),
             Some(CancelReason::Lost(LossCause::RenewalRefused))
         );
         assert!(lease_b.token() > lease_a.token());
-        eprintln!("round {round}: granted {late:?} after the delete");
+        eprintln!("pad {pad}, try {i}: granted {late:?} after the delete");
         lease_b.release().await.unwrap();
         drop(lease_a);
     }
+    assert!(padding.iter().all(|(_, ctx)| !ctx.is_cancelled()));
     ma.shutdown().await;
     mb.shutdown().await;
 }
@@ -154,21 +207,38 @@ async fn a_key_deleted_by_hand_is_lost_to_its_holder_before_anyone_is_granted_it
 /// instance's next round, and renewed by the new one's rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_re_attached_elsewhere_is_lost_at_the_old_instances_next_round() {
+    re_attached(0).await;
+    re_attached(PAD).await;
+}
+
+async fn re_attached(pad: usize) {
     let a = EtcdBackend::connect(options()).await.unwrap();
     let b = EtcdBackend::connect(options()).await.unwrap();
-    let key = Key::system(["groups", "moved"]);
-    let other = Key::system(["groups", "moved-not"]);
+    let tag = format!("moved{pad}");
+    let (pad_a, pad_b) = (
+        padding(&a, &format!("{tag}a"), pad).await,
+        padding(&b, &format!("{tag}b"), pad).await,
+    );
+    let key = Key::system(["groups", &tag, "moved"]);
+    let other = Key::system(["groups", &tag, "stays"]);
     let t = granted(a.acquire(&key, TTL, b"").await.unwrap());
     let u = granted(a.acquire(&other, TTL, b"").await.unwrap());
     let leases = [(key.clone(), t), (other.clone(), u)];
     use RenewOutcome::*;
-    assert_eq!(ok(a.renew_many(&leases, TTL).await), [Renewed, Renewed]);
+    assert_eq!(round(&a, &leases, &pad_a).await, [Renewed, Renewed]);
     // The re-attach: b renews a lease it never acquired (and adopts it).
-    assert_eq!(ok(b.renew_many(&leases[..1], TTL).await), [Renewed]);
-    assert_eq!(ok(a.renew_many(&leases, TTL).await), [Lost, Renewed]);
-    assert_eq!(ok(b.renew_many(&leases[..1], TTL).await), [Renewed]);
+    assert_eq!(round(&b, &leases[..1], &pad_b).await, [Renewed]);
+    assert_eq!(round(&a, &leases, &pad_a).await, [Lost, Renewed]);
+    assert_eq!(round(&b, &leases[..1], &pad_b).await, [Renewed]);
+    assert_eq!(round(&a, &leases[1..], &pad_a).await, [Renewed]);
     assert!(b.release(&key, t).await.unwrap());
     assert!(a.release(&other, u).await.unwrap());
+    for (k, t) in &pad_a {
+        a.release(k, *t).await.unwrap();
+    }
+    for (k, t) in &pad_b {
+        b.release(k, *t).await.unwrap();
+    }
 }
 
 /// A key deleted (with its grant record, as a delete of the whole prefix would) and
@@ -176,28 +246,39 @@ async fn a_lease_re_attached_elsewhere_is_lost_at_the_old_instances_next_round()
 /// renewed, in one round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_deleted_and_granted_again_to_the_same_instance_loses_the_old_token() {
+    granted_again(0).await;
+    granted_again(PAD).await;
+}
+
+async fn granted_again(pad: usize) {
     let a = EtcdBackend::connect(options()).await.unwrap();
-    let key = Key::system(["groups", "again"]);
+    let tag = format!("again{pad}");
+    let pad = padding(&a, &tag, pad).await;
+    let key = Key::system(["groups", &tag, "key"]);
     let t1 = granted(a.acquire(&key, TTL, b"").await.unwrap());
     use RenewOutcome::*;
-    assert_eq!(ok(a.renew_many(&[(key.clone(), t1)], TTL).await), [Renewed]);
+    assert_eq!(round(&a, &[(key.clone(), t1)], &pad).await, [Renewed]);
     delete_by_hand(&key, true).await;
     let t2 = granted(a.acquire(&key, TTL, b"").await.unwrap());
     assert!(t2 > t1);
     let both = [(key.clone(), t1), (key.clone(), t2)];
-    assert_eq!(ok(a.renew_many(&both, TTL).await), [Lost, Renewed]);
-    assert_eq!(ok(a.renew_many(&both, TTL).await), [Lost, Renewed]);
+    assert_eq!(round(&a, &both, &pad).await, [Lost, Renewed]);
+    assert_eq!(round(&a, &both, &pad).await, [Lost, Renewed]);
     // And a key deleted with nothing in its place: lost.
     delete_by_hand(&key, true).await;
-    assert_eq!(ok(a.renew_many(&both[1..], TTL).await), [Lost]);
+    assert_eq!(round(&a, &both[1..], &pad).await, [Lost]);
     // A key deleted by hand alone is not granted at once, even to the same instance.
     let t3 = granted(a.acquire(&key, TTL, b"").await.unwrap());
+    assert_eq!(round(&a, &[(key.clone(), t3)], &pad).await, [Renewed]);
     delete_by_hand(&key, false).await;
     assert!(matches!(
         a.acquire(&key, TTL, b"").await.unwrap(),
         AcquireOutcome::Held { .. }
     ));
-    assert_eq!(ok(a.renew_many(&[(key.clone(), t3)], TTL).await), [Lost]);
+    assert_eq!(round(&a, &[(key.clone(), t3)], &pad).await, [Lost]);
+    for (k, t) in &pad {
+        a.release(k, *t).await.unwrap();
+    }
 }
 
 /// An etcd backend whose `renew_many` is the trait's default (each lease's `renew`):

@@ -26,7 +26,8 @@
 //!   there, see "Keys nobody holds") is `Lost`. Then the keep-alive, as below. A round
 //!   costs the keep-alive, its term check and one request per 10,000 lease keys under
 //!   the prefix (held by anyone), plus one per 128 leases whose value changed: per held
-//!   lease, next to nothing. See `rounds.rs`.
+//!   lease, next to nothing. A round of at most 128 leases reads their keys in one
+//!   read-only transaction instead of scanning. See `rounds.rs`.
 //! - **Renew** of a single lease ([`renew`], for callers that renew one by one; leases
 //!   re-attached here go this way once, to be adopted) reads the key (linearizable):
 //!   gone or another token is `Lost`, marked revoked is `Revoked`;

@@ -23,6 +23,11 @@
 //! 4. The leases still remembered and not stale (the cleanup before a keep-alive may
 //!    have deleted a key whose holder's time ran out) are **renewed**.
 //!
+//! A round of at most 128 remembered leases skips the scan and reads their keys (with
+//! their values) in one read-only transaction, a linearizable read after `start`, then
+//! goes on at step 3: one request, whatever else the prefix holds (a scan would read
+//! every key under the prefix, held by anyone).
+//!
 //! So each lease's answer is what [`renew`](Inner::renew) would have answered with its
 //! key read at `R` (after `start`) and the same keep-alive: the same guarantees. A key
 //! deleted after the scan is found at the next round; until then nobody can be granted
@@ -79,42 +84,53 @@ impl Inner {
                 wanted.entry(&eks[i]).or_default().push(i);
             }
         }
-        // What the scan says of each remembered lease: its key's etcd lease and the mod
-        // revision it was last seen ours at.
+        // The remembered leases found ours and unchanged: index, the etcd lease their
+        // key rides on, and the mod revision their value was seen ours at.
         let mut ok: Vec<(usize, i64, i64)> = Vec::new();
-        if !wanted.is_empty() {
-            let (revision, found) = match self.scan(&wanted).await {
-                Ok(scan) => scan,
-                Err(e) => {
-                    for (i, h) in known.iter().enumerate() {
-                        if h.is_some() {
-                            answers[i] = Some(Err(e.clone()));
-                        }
-                    }
-                    (0, HashMap::new())
-                }
-            };
+        let remembered: usize = wanted.values().map(Vec::len).sum();
+        if remembered > 0 {
+            // The leases whose values must be read, and the revision to read them at (0:
+            // now, linearizable).
             let mut changed: Vec<usize> = Vec::new();
-            for (i, ek) in wanted.values().flatten().map(|&i| (i, &eks[i])) {
-                if answers[i].is_some() {
-                    continue;
-                }
-                let token = leases[i].1;
-                match found.get(ek) {
-                    Some(kv) if token_of(kv) == token => {
-                        if known[i]
-                            .as_ref()
-                            .is_some_and(|h| h.checked == kv.mod_revision)
-                        {
-                            ok.push((i, kv.lease, kv.mod_revision));
-                        } else {
-                            changed.push(i);
-                        }
+            let mut revision = 0;
+            if remembered <= MAX_TXN_OPS {
+                // Few leases: their keys read in one transaction cost less than a scan of
+                // a prefix that others may fill.
+                changed = wanted.values().flatten().copied().collect();
+            } else {
+                let found = match self.scan(&wanted).await {
+                    Ok((r, found)) => {
+                        revision = r;
+                        found
                     }
-                    // Gone, or another grant of the key: this lease is over.
-                    _ => {
-                        self.forget(ek, |h| h.token == Some(token));
-                        answers[i] = Some(Ok(RenewOutcome::Lost));
+                    Err(e) => {
+                        for i in wanted.values().flatten() {
+                            answers[*i] = Some(Err(e.clone()));
+                        }
+                        HashMap::new()
+                    }
+                };
+                for (i, ek) in wanted.values().flatten().map(|&i| (i, &eks[i])) {
+                    if answers[i].is_some() {
+                        continue;
+                    }
+                    let token = leases[i].1;
+                    match found.get(ek) {
+                        Some(kv) if token_of(kv) == token => {
+                            if known[i]
+                                .as_ref()
+                                .is_some_and(|h| h.checked == kv.mod_revision)
+                            {
+                                ok.push((i, kv.lease, kv.mod_revision));
+                            } else {
+                                changed.push(i);
+                            }
+                        }
+                        // Gone, or another grant of the key: this lease is over.
+                        _ => {
+                            self.forget(ek, |h| h.token == Some(token));
+                            answers[i] = Some(Ok(RenewOutcome::Lost));
+                        }
                     }
                 }
             }
