@@ -61,6 +61,7 @@ impl Inner {
                     token: None,
                     lease,
                     live_until: start + ttl,
+                    checked: 0,
                 },
             );
             let put = op(pb::request_op::Request::RequestPut(pb::PutRequest {
@@ -110,7 +111,11 @@ impl Inner {
                             "etcd acquire: no revision in the answer",
                         )
                     })?;
-                self.update_held(&ek, &nonce, |h| h.token = Some(token));
+                // The transaction created the key: its mod revision is the token.
+                self.update_held(&ek, &nonce, |h| {
+                    h.token = Some(token);
+                    h.checked = i64::try_from(token).unwrap_or(0);
+                });
                 return Ok(AcquireOutcome::Granted { token });
             }
             let term_now = self.saw(resp.header.as_ref());
@@ -122,7 +127,11 @@ impl Inner {
                     record_seen = 0;
                     continue;
                 };
-                match Inner::record_state(&f, ttl, term_now) {
+                let mut state = Inner::record_state(&f, ttl, term_now);
+                if let RecordState::Free = state {
+                    state = self.deleted_by_hand(&f).await?;
+                }
+                match state {
                     RecordState::Free => {
                         record_seen = f.mod_revision;
                         continue;
@@ -194,6 +203,32 @@ impl Inner {
             Some((_, held_ttl, _, _)) => RecordState::Stale(held_ttl),
             None => RecordState::Stale(ttl),
         }
+    }
+
+    /// For a key found gone while its grant record `f` is still there and says it may be
+    /// granted now: was it deleted *by hand* (an operator's `etcdctl del`, another
+    /// program) while the etcd lease it rode on still lives? Nobody who knows its holder
+    /// let go deletes a key without its grant record (a release, the cleanup of keys
+    /// nobody holds), and etcd deletes it with its etcd lease; so a key gone while that
+    /// etcd lease lives may have a live holder, who learns at its next renewal round:
+    /// then its holder's TTL is waited out as after an early revoke. One look at the
+    /// etcd lease's time left, only for a key gone with its grant record left behind.
+    async fn deleted_by_hand(&self, f: &pb::KeyValue) -> Result<RecordState, BackendError> {
+        let Some((1, held_ttl, _, lease)) = decode_record(&f.value) else {
+            return Ok(RecordState::Free);
+        };
+        if lease == 0 {
+            return Ok(RecordState::Free);
+        }
+        // -1: gone (the key went with it); 0 or more: it lives (0: under a second left).
+        if self.time_to_live(lease).await? < 0 {
+            return Ok(RecordState::Free);
+        }
+        tracing::debug!(
+            key = %String::from_utf8_lossy(&f.key),
+            "a lease key deleted while its etcd lease lives: waiting out its holder's TTL"
+        );
+        Ok(RecordState::Stale(held_ttl))
     }
 
     /// Starts the wait for a key found gone with its stale grant record `f` (see

@@ -111,6 +111,14 @@ impl Backend for EtcdBackend {
         self.inner.renew(key, token, ttl).await
     }
 
+    async fn renew_many(
+        &self,
+        leases: &[(Key, u64)],
+        ttl: Duration,
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        self.inner.renew_many(leases, ttl).await
+    }
+
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
         let inner = &self.inner;
         let ek = inner.etcd_key(key);

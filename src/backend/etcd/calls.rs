@@ -18,6 +18,10 @@ use super::wire::pb::lease_client::LeaseClient;
 use super::wire::range_req;
 use crate::error::{BackendError, BackendErrorKind};
 
+/// The largest answer this backend takes (tonic's default is 4 MiB): a group round's
+/// pages of keys (see `rounds.rs`) stay far below it.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// A backend error for a failed call: unavailable, timed out, or failed.
 pub(super) fn status_error(what: &str, status: tonic::Status) -> BackendError {
     let kind = match status.code() {
@@ -149,6 +153,7 @@ impl Inner {
                 let req = req.clone();
                 async move {
                     Ok(KvClient::new(ch)
+                        .max_decoding_message_size(MAX_ANSWER_BYTES)
                         .range(request(req, &token))
                         .await?
                         .into_inner())

@@ -1,5 +1,6 @@
-//! Groups, keep-alives and renewals: one etcd lease per (backend, TTL) carries every
-//! key this backend acquires with that TTL. A renewal reads its key (gone or another
+//! Groups, keep-alives and single renewals: one etcd lease per (backend, TTL) carries
+//! every key this backend acquires with that TTL (group rounds, which renew many leases
+//! without a read per key, are in `rounds.rs`). A single renewal reads its key (gone or another
 //! token: lost; marked: revoked), then makes sure the group's etcd lease was kept alive
 //! by a keep-alive sent no earlier than the renewal's start plus TTL minus the etcd TTL
 //! (renewals queued behind a keep-alive in flight share the next one), and a keep-alive
@@ -175,7 +176,7 @@ impl Inner {
 
     /// Makes sure the etcd lease `id` of a key renewed with `ttl` lives until `start +
     /// ttl`. `Ok(false)`: it is gone.
-    async fn confirm_alive(
+    pub(super) async fn confirm_alive(
         &self,
         id: i64,
         ttl: Duration,
@@ -250,6 +251,7 @@ impl Inner {
             stale = h.live_until <= start;
             if !stale {
                 h.live_until = start + ttl;
+                h.checked = kv.mod_revision;
             }
         });
         if stale {
@@ -300,9 +302,12 @@ impl Inner {
             }))],
             failure: vec![],
         };
-        if !self.txn("renew adopt", req).await?.succeeded {
+        let resp = self.txn("renew adopt", req).await?;
+        if !resp.succeeded {
             return Ok(RenewOutcome::Lost);
         }
+        // The put's revision is the value's new mod revision.
+        let checked = resp.header.map(|h| h.revision).unwrap_or(0);
         self.remember(
             ek,
             Held {
@@ -310,6 +315,7 @@ impl Inner {
                 token: Some(token),
                 lease: kv.lease,
                 live_until,
+                checked,
             },
         );
         Ok(RenewOutcome::Renewed)

@@ -14,15 +14,31 @@
 //!   — carries every key this backend acquires with that TTL, so keeping the group alive
 //!   is one keep-alive, not one per key. A dead process stops its keep-alives and etcd
 //!   deletes its keys when the etcd lease runs out: no reaper.
-//! - **Renew** reads the key (linearizable): gone or another token is
-//!   [`Lost`], marked revoked is [`Revoked`];
+//! - **Renewal goes by group rounds** ([`renew_many`]: the manager renews all its
+//!   leases of one TTL in one call every TTL/3), with no read per key: one keys-only
+//!   *scan* of every lease key under the prefix, the first page a linearizable read
+//!   made after the round started (its answer names the cluster's revision `R`), the
+//!   next pages read at `R` (so the scan is one snapshot); a lease's key gone or with
+//!   another create revision is [`Lost`]. A value is read (at `R` too) only when its mod
+//!   revision is not the one this backend last saw carry the lease's value, unchanged
+//!   (acquire, adopt, an earlier round): each write has its own mod revision. A changed
+//!   value marked revoked is [`Revoked`]; one with another instance's nonce (re-attached
+//!   there, see "Keys nobody holds") is `Lost`. Then the keep-alive, as below. A round
+//!   costs the keep-alive, its term check and one request per 10,000 lease keys under
+//!   the prefix (held by anyone), plus one per 128 leases whose value changed: per held
+//!   lease, next to nothing. A round of at most 128 leases reads their keys in one
+//!   read-only transaction instead of scanning. See `rounds.rs`.
+//! - **Renew** of a single lease ([`renew`], for callers that renew one by one; leases
+//!   re-attached here go this way once, to be adopted) reads the key (linearizable):
+//!   gone or another token is `Lost`, marked revoked is `Revoked`;
 //!   then it makes sure the group's etcd lease was kept alive by a keep-alive *sent
 //!   after this renewal started* (renewals queued behind a keep-alive in flight share the
 //!   next one), see "TTLs" below. A keep-alive answering TTL 0 means the etcd lease is
 //!   gone, and with it the key: `Lost`. A keep-alive counts only when a linearizable
 //!   read made after its answer sees the same Raft term: etcd 3.4 lets a leader that
 //!   was cut off or frozen, and has not yet noticed, answer keep-alives from a lease
-//!   table that no longer counts (see `keep_alive` in `groups.rs`).
+//!   table that no longer counts (see `keep_alive` in `groups.rs`). A group round
+//!   confirms its keep-alive the same way, after its scan.
 //! - **Release** is a transaction *if create revision = token, delete the key and its
 //!   grant record*; if the key is gone, its grant record is deleted all the same when
 //!   the same acquire wrote it (its mod revision is the token).
@@ -58,6 +74,13 @@
 //! lease by up to half a second. An acquire that finds the key taken by an etcd lease
 //! with less than a second left (etcd answers time left in whole seconds, rounded
 //! down) looks again every 100 ms for up to 1.6 s instead of answering "held" at once.
+//!
+//! A group round reads every key at one revision `R` after the round started and
+//! keeps its etcd lease alive after that: what a renewal started at `start` confirms
+//! (its key as it was at `R`, its etcd lease until `start + TTL`) is what a single
+//! renewal confirms. A key changed after `R` is found by the next round (within
+//! TTL/3): a revoke is told then, as before; a key deleted meanwhile cannot be granted
+//! to anyone before its holder's deadline (see "Keys deleted by hand").
 //!
 //! A leader change never shortens an etcd lease (the new leader extends every lease to
 //! its TTL plus the election timeout from its election), so losing the leader only makes
@@ -98,6 +121,19 @@
 //! key never waits. The grant record of a key whose last holder died stays in etcd (25
 //! bytes) until the key is next acquired and released.
 //!
+//! # Keys deleted by hand
+//! Nothing in this backend deletes a held key without its grant record: a release and
+//! the cleanup of keys nobody holds delete both, etcd deletes the key with its etcd
+//! lease. A key found gone *while the etcd lease its grant record names still lives*
+//! was deleted by something else (an operator's `etcdctl del`, another program): its
+//! holder may be live, and learns at its next round. Such a key is treated as after an
+//! early revoke: the acquire that finds it starts the wait of its holder's TTL (one
+//! look at that etcd lease's time left, only for a key gone with its record left
+//! behind). The holder's last confirmed round read the key before the delete, so its
+//! deadline comes before the wait ends. Deleting a key *and* its grant record (a
+//! delete of the whole prefix) frees it at once: its holder learns at its next round,
+//! within TTL/3, and until then two holders are possible. Don't.
+//!
 //! # Keys nobody holds
 //! A key must not ride on a group's etcd lease after its holder's context ended: the
 //! group is kept alive for the other keys. So the backend remembers, for every key it
@@ -134,8 +170,8 @@
 //!    remembered the acquire (with its nonce) before sending it, so the key (and its
 //!    grant record) is deleted before the group's next keep-alive after one TTL, or
 //!    vanishes with the etcd lease (the grant record then stays, see above).
-//! 5. *Reading the key* (renew, info, revoke, list, free keys) and *the etcd lease's
-//!    time left*: nothing.
+//! 5. *Reading the key* (renew, info, revoke, list, free keys), *a round's scan and
+//!    values* and *the etcd lease's time left*: nothing.
 //! 6. *The release transaction*: possibly released; if not, the key is deleted by the
 //!    next keep-alive of its group after its TTL, or vanishes with the etcd lease.
 //! 7. *The revoke transaction*: possibly revoked; the holder learns at its next renewal.
@@ -157,11 +193,15 @@
 //!   acquired, the highest Raft term seen);
 //! - `calls.rs`: calls with timeouts, retries on the next member, and authentication;
 //! - `groups.rs`: groups, their keep-alives (with the Raft term check), the cleanup of
-//!   keys nobody holds, and renewals;
+//!   keys nobody holds, and single renewals (with the adopt of re-attached leases);
+//! - `rounds.rs`: group rounds ([`renew_many`]): the scan, the values of changed keys,
+//!   the keep-alive;
 //! - `acquire.rs`: the acquire transaction and the wait of grant records;
 //! - `watch.rs`: the watch that tells waiters about freed keys;
 //! - `backend.rs`: [`EtcdBackend`] and the rest of its `Backend` operations.
 //!
+//! [`renew_many`]: crate::backend::Backend::renew_many
+//! [`renew`]: crate::backend::Backend::renew
 //! [`Lost`]: crate::backend::RenewOutcome::Lost
 //! [`Revoked`]: crate::backend::RenewOutcome::Revoked
 //! [`Freed::Key`]: crate::backend::Freed::Key
@@ -173,6 +213,7 @@ mod calls;
 mod encoding;
 mod groups;
 mod options;
+mod rounds;
 mod state;
 mod watch;
 mod wire;

@@ -65,6 +65,10 @@ pub(super) struct Held {
     pub(super) lease: i64,
     /// The holder's context has surely ended after this instant.
     pub(super) live_until: Instant,
+    /// The mod revision of the key's value as last seen ours (this token, this nonce,
+    /// not revoked); 0 when not known. A group round that finds the key with this mod
+    /// revision knows its value unchanged without reading it (see `rounds.rs`).
+    pub(super) checked: i64,
 }
 
 /// `start + ttl`, or an error for a TTL beyond the clock.
