@@ -135,13 +135,16 @@ impl SupervisorState {
     /// The holder of `(key, token)` lets go of it without giving the key back (see
     /// [`Lease::leave`](crate::Lease)): the holder leaves the table and its renewer
     /// stops, and the key stays taken in the store until the lease expires or another
-    /// manager re-attaches it. Nothing goes to the backend, whatever ended the lease.
+    /// manager re-attaches it. The backend is told ([`Backend::leave`](crate::backend::Backend::leave)):
+    /// a backend that renews leases together (PostgreSQL's sessions) must stop keeping
+    /// it alive, so that it lasts only as long as was promised.
     pub(super) fn on_leave(&mut self, myself: &ActorRef<ManagerMessage>, key: Key, token: u64) {
         if self
             .end_holder(&key, Some(token), CancelReason::HandedOver, true)
             .is_some()
         {
             tracing::debug!(target: "leases::manager::supervisor", %key, token, "lease handed over: left to expire or be re-attached");
+            io::leave(&self.backend, &self.config.inflight, key.clone(), token);
         }
         self.serve_next(myself, &key);
     }

@@ -136,6 +136,7 @@ mod options;
 mod pool;
 mod renewals;
 mod schema;
+mod sessions;
 mod sql;
 mod tls;
 mod values;
