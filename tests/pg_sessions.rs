@@ -536,3 +536,100 @@ fn target(url: &str) -> std::net::SocketAddr {
         .next()
         .unwrap()
 }
+
+/// Adversarial: a re-attach (a renewal through another backend, which moves the lease
+/// into its own session) racing a takeover of the same lease after its session expired.
+/// The takeover (the backend's own acquire statement, in a transaction left open)
+/// holds the lease row; the move waits for it, then finds a newer token and moves
+/// nothing: the re-attach is lost, the new holder keeps the key, in no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reattach_racing_a_takeover_moves_nothing() {
+    let url = shared_url();
+    let t = table("sess", "reattach_race");
+    let (a, b) = (backend(&url, &t).await, backend(&url, &t).await);
+    let db = connect(&url).await;
+    let key = Key::system(["sess", "race3"]);
+    let token = grant(&a, &key, TTL).await;
+    assert_eq!(renew(&a, &key, token).await, RenewOutcome::Renewed);
+    // b's session exists (through another lease), so the re-attach is one statement.
+    let other = Key::system(["sess", "race3", "b"]);
+    let tb = grant(&b, &other, TTL).await;
+    assert_eq!(renew(&b, &other, tb).await, RenewOutcome::Renewed);
+    let s = session_of(&db, &t, &key).await.unwrap();
+    // a's session expires (a stops renewing); b's is kept alive below.
+    tokio::time::sleep(TTL / 2).await;
+    assert_eq!(renew(&b, &other, tb).await, RenewOutcome::Renewed);
+    tokio::time::sleep(TTL / 2 + Duration::from_millis(300)).await;
+    assert!(!session_live(&db, &t, s).await);
+    let (acquire, _) = PostgresBackend::statements(&t);
+    let taker = connect(&url).await;
+    taker.batch_execute("BEGIN").await.unwrap();
+    let row = taker
+        .query_one(&acquire, &[&key.to_string(), &1500i64, &Vec::<u8>::new()])
+        .await
+        .unwrap();
+    let new_token = row.get::<_, Option<i64>>(0).expect("taken over") as u64;
+    let reattach = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.renew(&key, token, TTL).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !reattach.is_finished(),
+        "the move must wait for the takeover"
+    );
+    taker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(reattach.await.unwrap(), RenewOutcome::Lost);
+    assert_eq!(session_of(&db, &t, &key).await, None);
+    assert_eq!(a.info(&key).await.unwrap().unwrap().token, new_token);
+}
+
+/// Adversarial: the other order. A move into another session (as a re-attach's
+/// statement does it) holds the lease row when a takeover comes after the first
+/// session expired: the takeover waits, then judges the row's *new* session, which is
+/// live, and takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_racing_a_committing_move_takes_nothing() {
+    let url = shared_url();
+    let t = table("sess", "move_race");
+    let (a, b, c) = (
+        backend(&url, &t).await,
+        backend(&url, &t).await,
+        backend(&url, &t).await,
+    );
+    let db = connect(&url).await;
+    let key = Key::system(["sess", "race4"]);
+    let token = grant(&a, &key, TTL).await;
+    assert_eq!(renew(&a, &key, token).await, RenewOutcome::Renewed);
+    let other = Key::system(["sess", "race4", "b"]);
+    let tb = grant(&b, &other, TTL).await;
+    assert_eq!(renew(&b, &other, tb).await, RenewOutcome::Renewed);
+    let sb = session_of(&db, &t, &other).await.unwrap();
+    // The move, caught before its commit (a's session still live).
+    let mover = connect(&url).await;
+    mover.batch_execute("BEGIN").await.unwrap();
+    let n = mover
+        .execute(
+            &format!("UPDATE {t} SET session = $1 WHERE key = $2 AND token = $3"),
+            &[&sb, &key.to_string(), &(token as i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // a's session expires meanwhile; b's is kept alive.
+    tokio::time::sleep(TTL / 2).await;
+    assert_eq!(renew(&b, &other, tb).await, RenewOutcome::Renewed);
+    tokio::time::sleep(TTL / 2 + Duration::from_millis(300)).await;
+    let takeover = {
+        let (c, key) = (c.clone(), key.clone());
+        tokio::spawn(async move { c.acquire(&key, TTL, b"").await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!takeover.is_finished());
+    mover.batch_execute("COMMIT").await.unwrap();
+    assert!(matches!(
+        takeover.await.unwrap(),
+        AcquireOutcome::Held { .. }
+    ));
+    assert_eq!(session_of(&db, &t, &key).await, Some(sb));
+}
