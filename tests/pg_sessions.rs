@@ -633,3 +633,33 @@ async fn a_takeover_racing_a_committing_move_takes_nothing() {
     ));
     assert_eq!(session_of(&db, &t, &key).await, Some(sb));
 }
+
+/// A backend whose session of a TTL expired while it held nothing of that TTL (all
+/// released): the next lease's first renewal finds the session expired and joins a new
+/// one; it is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_lease_after_an_idle_session_expired_is_renewed() {
+    let url = shared_url();
+    let t = table("sess", "idle");
+    let a = backend(&url, &t).await;
+    let db = connect(&url).await;
+    let (k1, k2) = (
+        Key::system(["sess", "idle1"]),
+        Key::system(["sess", "idle2"]),
+    );
+    let t1 = grant(&a, &k1, TTL).await;
+    assert_eq!(renew(&a, &k1, t1).await, RenewOutcome::Renewed);
+    let s1 = session_of(&db, &t, &k1).await.unwrap();
+    assert!(a.release(&k1, t1).await.unwrap());
+    tokio::time::sleep(TTL + Duration::from_millis(300)).await;
+    assert!(!session_live(&db, &t, s1).await);
+    let t2 = grant(&a, &k2, TTL).await;
+    assert_eq!(renew(&a, &k2, t2).await, RenewOutcome::Renewed);
+    let s2 = session_of(&db, &t, &k2).await.unwrap();
+    assert_ne!(s1, s2);
+    assert!(
+        !session_live(&db, &t, s1).await,
+        "the old session is not revived"
+    );
+    assert_eq!(renew(&a, &k2, t2).await, RenewOutcome::Renewed);
+}

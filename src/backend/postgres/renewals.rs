@@ -377,21 +377,46 @@ impl Batcher {
 
 /// Renews one chunk of leases of one TTL with one statement that renews the TTL's
 /// session (creating it first if there is none), and tells every caller its lease's
-/// outcome. Statements of one session run one at a time.
+/// outcome.
 async fn renew_in_session(db: Arc<Db>, sessions: Arc<Sessions>, ttl: i64, leases: Vec<Lease>) {
-    let lock = sessions.lock(ttl);
-    let _one_at_a_time = lock.lock().await;
+    // A session found expired loses its members, but not the leases that were to join
+    // it (new or re-attached ones, alive on their own): they go again, into a new
+    // session. (A backend whose leases of a TTL were all released for longer than the
+    // TTL finds its session expired at the next one's first renewal.)
+    let retry = renew_once(&db, &sessions, ttl, leases, false).await;
+    if !retry.is_empty() {
+        renew_once(&db, &sessions, ttl, retry, true).await;
+    }
+}
+
+/// One statement of [`renew_in_session`]; returns the leases to attach again, in a new
+/// session, when the session had expired (unless `last_try`: they are lost then).
+async fn renew_once(
+    db: &Arc<Db>,
+    sessions: &Arc<Sessions>,
+    ttl: i64,
+    leases: Vec<Lease>,
+    last_try: bool,
+) -> Vec<Lease> {
     let session = match sessions.current(ttl) {
         Some(s) => Ok(s),
-        None => db
-            .with_client("create a session", |c, sql| {
-                Box::pin(async move {
-                    let stmt = c.prepare_cached(&sql.session_new).await?;
-                    Ok(c.query_one(&stmt, &[&ttl]).await?.get::<_, i64>(0))
-                })
-            })
-            .await
-            .inspect(|s| sessions.set_current(ttl, Some(*s))),
+        None => {
+            // One task creates it; the others wait and use it.
+            let lock = sessions.lock(ttl);
+            let _creating = lock.lock().await;
+            match sessions.current(ttl) {
+                Some(s) => Ok(s),
+                None => db
+                    .with_client("create a session", |c, sql| {
+                        Box::pin(async move {
+                            let stmt = c.prepare_cached(&sql.session_new).await?;
+                            Ok(c.query_one(&stmt, &[&ttl]).await?.get::<_, i64>(0))
+                        })
+                    })
+                    .await
+                    .inspect(|s| sessions.set_current(ttl, *s)),
+            }
+        }
     };
     let session = match session {
         Ok(s) => s,
@@ -399,7 +424,7 @@ async fn renew_in_session(db: Arc<Db>, sessions: Arc<Sessions>, ttl: i64, leases
             for reply in leases.into_iter().flat_map(|l| l.replies) {
                 let _ = reply.send(Err(error.clone()));
             }
-            return;
+            return Vec::new();
         }
     };
     // Members of a session whose renewals stopped leave it (see `Sessions::stale`).
@@ -494,17 +519,22 @@ async fn renew_in_session(db: Arc<Db>, sessions: Arc<Sessions>, ttl: i64, leases
             for reply in leases.into_iter().flat_map(|l| l.replies) {
                 let _ = reply.send(Err(error.clone()));
             }
-            return;
+            return Vec::new();
         }
     };
     if !renewed {
         // The session expired (never revived): every lease in it is lost, and the next
         // renewal starts a new session.
         tracing::debug!(session, "a session expired before its renewal");
-        sessions.set_current(ttl, None);
+        sessions.expired(ttl, session);
     }
+    let mut retry = Vec::new();
     for (l, place) in leases.into_iter().zip(places) {
         let position = |p: usize| i64::try_from(p).unwrap_or(i64::MAX);
+        if !renewed && !last_try && matches!(place, Place::Attach(_)) {
+            retry.push(l);
+            continue;
+        }
         let outcome = match place {
             _ if !renewed => RenewOutcome::Lost,
             Place::Lost => RenewOutcome::Lost,
@@ -524,4 +554,5 @@ async fn renew_in_session(db: Arc<Db>, sessions: Arc<Sessions>, ttl: i64, leases
             let _ = reply.send(Ok(outcome));
         }
     }
+    retry
 }

@@ -16,8 +16,9 @@
 //! What this backend remembers, per lease it renews: the session it put it in. A
 //! renewal of a lease remembered in the current session asks whether it is still there
 //! (a *member*); one remembered in a session that has since expired is lost at once.
-//! Only one renewal statement per session runs at a time (see `session_renew` in
-//! `sql.rs` for why), so statements of one session queue on [`Sessions::lock`].
+//! Renewal statements of one session may run at once (they queue on the session row's
+//! lock only for their last part); a new session is created by one of them at a time
+//! ([`Sessions::lock`]), so that a TTL never has two current sessions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,7 +69,7 @@ impl Sessions {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The lock that keeps renewal statements of the sessions of one TTL one at a time.
+    /// The lock under which the session of one TTL is created.
     pub(super) fn lock(&self, ttl_ms: i64) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(ttl_ms).or_default().clone()
@@ -79,13 +80,19 @@ impl Sessions {
         self.state().current.get(&ttl_ms).copied()
     }
 
-    /// `session` is now the current session of `ttl_ms` (`None`: it expired).
-    pub(super) fn set_current(&self, ttl_ms: i64, session: Option<i64>) {
+    /// `session` is now the current session of `ttl_ms`.
+    pub(super) fn set_current(&self, ttl_ms: i64, session: i64) {
+        self.state().current.insert(ttl_ms, session);
+    }
+
+    /// `session` expired: it is no longer the current session of `ttl_ms` (unless
+    /// another one already replaced it).
+    pub(super) fn expired(&self, ttl_ms: i64, session: i64) {
         let mut state = self.state();
-        match session {
-            Some(s) => state.current.insert(ttl_ms, s),
-            None => state.current.remove(&ttl_ms),
-        };
+        if state.current.get(&ttl_ms) == Some(&session) {
+            state.current.remove(&ttl_ms);
+        }
+        state.swept.remove(&session);
     }
 
     /// A lease granted here: its first renewal attaches it, from detached only.
@@ -122,15 +129,22 @@ impl Sessions {
     /// `(key, token)` is in `session` now.
     pub(super) fn attached(&self, key: &str, token: i64, session: i64) {
         let id = super::renewals::lease_id(key, token);
-        self.state().members.insert(
-            id,
-            Member {
-                key: key.to_owned(),
-                token,
-                session: Some(session),
-                asked: Instant::now(),
-            },
-        );
+        let mut state = self.state();
+        match state.members.get_mut(&id) {
+            // The usual case: renewed again in the same session.
+            Some(m) if m.key == key && m.token == token => m.session = Some(session),
+            _ => {
+                state.members.insert(
+                    id,
+                    Member {
+                        key: key.to_owned(),
+                        token,
+                        session: Some(session),
+                        asked: Instant::now(),
+                    },
+                );
+            }
+        }
     }
 
     /// Forgets `(key, token)` (lost, revoked, released), returning its session.

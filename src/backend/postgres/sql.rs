@@ -117,17 +117,18 @@ impl Sql {
             //   session that expired is never revived; if an acquire holds the
             //   session `FOR SHARE`, the UPDATE waits for its commit and re-checks the
             //   session's newest version with a fresh `clock_timestamp()`.
-            // - `detach` takes the revoked rows out of the session at the session's
-            //   expiry as this statement's snapshot sees it: every renewal of this
-            //   session that was answered committed before this statement started (the
-            //   backend runs one renewal statement per session at a time), so no
-            //   holder was promised more. A revoked lease is not extended any more.
+            // - `detach` takes the revoked rows out of the session with the session's
+            //   new expiry (read under its row lock, after any concurrent renewal of it
+            //   committed: at least what any answered renewal promised). A revoked
+            //   lease then lasts at most one more TTL, and is not extended again.
             // - `moved` attaches: a detached live row, or (flag set) a row of another
             //   session that is live. That session's expiry is read from our snapshot:
             //   an older version has an earlier expiry, so it can only make us refuse.
             //   Our lock on the lease row orders us with any takeover (which locks the
             //   row first): after us, the takeover sees the row in our session.
-            // - `members` are judged on the snapshot. While `sess` succeeds no member
+            // - `members` are judged on the snapshot, read first (the output lists
+            //   them before `sess`), so the session row is locked only for the short
+            //   rest of the statement. While `sess` succeeds no member
             //   can have been taken over (that needs the session expired, see
             //   acquire); one moved away or released after our snapshot is reported
             //   renewed, which only concerns a holder that let go (or the same lease,
@@ -144,16 +145,15 @@ impl Sql {
                       FROM {t} l JOIN cand c ON l.key = c.key AND l.token = c.token
                      ORDER BY l.key COLLATE \"C\"
                      FOR UPDATE OF l),
-                old AS (SELECT expires_at FROM {t}_sessions WHERE id = $1),
                 sess AS (
                     UPDATE {t}_sessions SET
                         expires_at = GREATEST(expires_at, now() + ($2::bigint * interval '1 millisecond'))
                     WHERE id = $1 AND expires_at > clock_timestamp()
                       AND (SELECT count(*) FROM locked) >= 0
-                    RETURNING id),
+                    RETURNING id, expires_at),
                 detach AS (
-                    UPDATE {t} l SET session = NULL, expires_at = old.expires_at
-                      FROM locked m, old, sess
+                    UPDATE {t} l SET session = NULL, expires_at = sess.expires_at
+                      FROM locked m, sess
                      WHERE l.key = m.key AND l.token = m.token
                        AND m.session = $1 AND m.expires_at = 'infinity' AND m.revoked
                     RETURNING l.key),
@@ -170,11 +170,11 @@ impl Sql {
                     SELECT w.i, l.session, l.expires_at, l.revoked
                       FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS w(key, token, i)
                       LEFT JOIN {t} l ON l.key = w.key AND l.token = w.token)
-                SELECT 0, (SELECT count(*) FROM sess)
-                UNION ALL
                 SELECT CASE WHEN m.revoked AND (m.session = $1 OR m.expires_at > now()) THEN 1 ELSE 2 END, m.i
                   FROM members m
                  WHERE NOT (m.session IS NOT DISTINCT FROM $1 AND m.expires_at = 'infinity' AND NOT m.revoked)
+                UNION ALL
+                SELECT 0, (SELECT count(*) FROM sess)
                 UNION ALL
                 SELECT 3, i FROM moved
                 UNION ALL
