@@ -98,7 +98,10 @@ async fn a_takeover_waits_for_a_committing_session_renewal() {
         takeover.await.unwrap(),
         AcquireOutcome::Held { .. }
     ));
-    assert_eq!(renew(&a, &key, token).await, RenewOutcome::Renewed);
+    // Still the same lease, in its session (its own renewals stopped here, so the
+    // backend would now take it out of the session at its last confirmed expiry).
+    assert_eq!(a.info(&key).await.unwrap().unwrap().token, token);
+    assert_eq!(session_of(&db, &t, &key).await, Some(s));
 }
 
 /// A takeover that locked an expired session first (here: the backend's own acquire

@@ -153,7 +153,14 @@ impl SupervisorState {
     /// and the revoker wants the key free; compare-and-set on the token, so a newer
     /// holder is never touched). A lost one is left to expire on the backend, so that the
     /// safety margin between the holder being told and a takeover is kept.
+    ///
+    /// A lost one is also left by the backend ([`Backend::leave`](crate::backend::Backend::leave)):
+    /// a backend that renews leases together (PostgreSQL's sessions) must stop keeping
+    /// it alive, so that it expires when it would have.
     fn give_back_if_revoked(&self, key: &Key, token: u64, reason: &CancelReason) {
+        if matches!(reason, CancelReason::Lost(_)) {
+            io::leave(&self.backend, &self.config.inflight, key.clone(), token);
+        }
         if *reason == CancelReason::Revoked {
             io::release(
                 &self.backend,

@@ -211,21 +211,21 @@ impl Backend for PostgresBackend {
     }
 
     /// Takes `(key, token)` out of this backend's session, if it is in one, with the
-    /// session's expiry as its own: it then lasts as long as it was promised, and no
-    /// longer, however long the session is renewed.
+    /// session's expiry as of its last confirmed renewal as its own: it then lasts as
+    /// long as it was promised, and no longer, however long the session is renewed.
     async fn leave(&self, key: &Key, token: u64) -> Result<(), BackendError> {
         let Some(token) = token_to_db(token) else {
             return Ok(());
         };
         let k = key.to_string();
-        let Some(session) = self.sessions.forget(&k, token) else {
+        let Some((session, until)) = self.sessions.forget(&k, token) else {
             // Never attached here: it expires on its own.
             return Ok(());
         };
         self.with_client("leave", |c, sql| {
             Box::pin(async move {
                 let stmt = c.prepare_cached(&sql.leave).await?;
-                c.execute(&stmt, &[&vec![k], &vec![token], &session])
+                c.execute(&stmt, &[&vec![k], &vec![token], &session, &vec![until]])
                     .await
                     .map(drop)
             })

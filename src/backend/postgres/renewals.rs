@@ -430,12 +430,19 @@ async fn renew_once(
     // Members of a session whose renewals stopped leave it (see `Sessions::stale`).
     let stale = sessions.stale(ttl, session);
     if !stale.is_empty() {
-        let (keys, tokens): (Vec<String>, Vec<i64>) = stale.into_iter().unzip();
+        let mut keys = Vec::with_capacity(stale.len());
+        let mut tokens = Vec::with_capacity(stale.len());
+        let mut untils = Vec::with_capacity(stale.len());
+        for (k, t, u) in stale {
+            keys.push(k);
+            tokens.push(t);
+            untils.push(u);
+        }
         let left = db
             .with_client("leave a session", |c, sql| {
                 Box::pin(async move {
                     let stmt = c.prepare_cached(&sql.leave).await?;
-                    c.execute(&stmt, &[&keys, &tokens, &session]).await
+                    c.execute(&stmt, &[&keys, &tokens, &session, &untils]).await
                 })
             })
             .await;
@@ -490,6 +497,7 @@ async fn renew_once(
                     )
                     .await?;
                 let mut renewed = false;
+                let mut until: Option<std::time::SystemTime> = None;
                 // By position (from 1): revoked or lost members, attaches that worked.
                 let (mut revoked, mut lost, mut moved, mut refused) = (
                     HashSet::<i64>::new(),
@@ -501,18 +509,21 @@ async fn renew_once(
                     let kind: i32 = row.try_get(0)?;
                     let i: i64 = row.try_get(1)?;
                     match kind {
-                        0 => renewed = i > 0,
+                        0 => {
+                            renewed = i > 0;
+                            until = row.try_get(2)?;
+                        }
                         1 => drop(revoked.insert(i)),
                         2 => drop(lost.insert(i)),
                         3 => drop(moved.insert(i)),
                         _ => drop(refused.insert(i)),
                     }
                 }
-                Ok((renewed, revoked, lost, moved, refused))
+                Ok((renewed, until, revoked, lost, moved, refused))
             })
         })
         .await;
-    let (renewed, revoked, lost, moved, refused) = match answer {
+    let (renewed, until, revoked, lost, moved, refused) = match answer {
         Ok(answer) => answer,
         Err(error) => {
             tracing::debug!(%error, leases = leases.len(), "a session renewal failed");
@@ -546,7 +557,7 @@ async fn renew_once(
             Place::Attach(_) => RenewOutcome::Lost,
         };
         if outcome == RenewOutcome::Renewed {
-            sessions.attached(&l.key, l.token, session);
+            sessions.attached(&l.key, l.token, session, until);
         } else {
             sessions.forget(&l.key, l.token);
         }

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -34,6 +34,8 @@ struct Member {
     session: Option<i64>,
     /// When its renewal was last asked for.
     asked: Instant,
+    /// The session's expiry as of its last confirmed renewal (on the database's clock).
+    confirmed: Option<SystemTime>,
 }
 
 /// How one lease is renewed in a session renewal statement.
@@ -105,6 +107,7 @@ impl Sessions {
                 token,
                 session: None,
                 asked: Instant::now(),
+                confirmed: None,
             },
         );
     }
@@ -126,13 +129,16 @@ impl Sessions {
         }
     }
 
-    /// `(key, token)` is in `session` now.
-    pub(super) fn attached(&self, key: &str, token: i64, session: i64) {
+    /// `(key, token)` is in `session` now, renewed until `until`.
+    pub(super) fn attached(&self, key: &str, token: i64, session: i64, until: Option<SystemTime>) {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
         match state.members.get_mut(&id) {
             // The usual case: renewed again in the same session.
-            Some(m) if m.key == key && m.token == token => m.session = Some(session),
+            Some(m) if m.key == key && m.token == token => {
+                m.session = Some(session);
+                m.confirmed = until;
+            }
             _ => {
                 state.members.insert(
                     id,
@@ -141,20 +147,23 @@ impl Sessions {
                         token,
                         session: Some(session),
                         asked: Instant::now(),
+                        confirmed: until,
                     },
                 );
             }
         }
     }
 
-    /// Forgets `(key, token)` (lost, revoked, released), returning its session.
-    pub(super) fn forget(&self, key: &str, token: i64) -> Option<i64> {
+    /// Forgets `(key, token)` (lost, revoked, released), returning its session and the
+    /// session's expiry as of its last confirmed renewal.
+    pub(super) fn forget(&self, key: &str, token: i64) -> Option<(i64, Option<SystemTime>)> {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
         match state.members.get(&id) {
-            Some(m) if m.key == key && m.token == token => {
-                state.members.remove(&id).and_then(|m| m.session)
-            }
+            Some(m) if m.key == key && m.token == token => state
+                .members
+                .remove(&id)
+                .and_then(|m| m.session.map(|s| (s, m.confirmed))),
             _ => None,
         }
     }
@@ -164,7 +173,11 @@ impl Sessions {
     /// release, a lost lease being left to expire): they are forgotten here and must
     /// leave the session, or the session would keep them alive. Looked for at most
     /// once per third of the TTL.
-    pub(super) fn stale(&self, ttl_ms: i64, session: i64) -> Vec<(String, i64)> {
+    pub(super) fn stale(
+        &self,
+        ttl_ms: i64,
+        session: i64,
+    ) -> Vec<(String, i64, Option<SystemTime>)> {
         let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
         let now = Instant::now();
         let mut state = self.state();
@@ -180,7 +193,7 @@ impl Sessions {
         state.members.retain(|_, m| {
             let old = now.duration_since(m.asked) > ttl;
             if old && m.session == Some(session) {
-                stale.push((std::mem::take(&mut m.key), m.token));
+                stale.push((std::mem::take(&mut m.key), m.token, m.confirmed));
                 return false;
             }
             // A new lease never renewed here (its grant never reached a holder) is

@@ -97,8 +97,8 @@ impl Sql {
             // leases to attach to it (new leases of this backend: only from detached;
             // re-attached ones: also moved from another live session).
             //
-            // It answers rows `(kind, position)`: kind 0 (one row): 1 if the session was
-            // renewed; kind 1: a member (position from 1 in `$3`) that is revoked; kind
+            // It answers rows `(kind, position, expiry)`: kind 0 (one row): 1 if the
+            // session was renewed, and its new expiry; kind 1: a member (position from 1 in `$3`) that is revoked; kind
             // 2: a member no longer in the session (lost); kind 3: an attach that
             // succeeded; kind 4: an attach of a revoked lease. Every other member was
             // renewed; every other attach is lost.
@@ -170,24 +170,28 @@ impl Sql {
                     SELECT w.i, l.session, l.expires_at, l.revoked
                       FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS w(key, token, i)
                       LEFT JOIN {t} l ON l.key = w.key AND l.token = w.token)
-                SELECT CASE WHEN m.revoked AND (m.session = $1 OR m.expires_at > now()) THEN 1 ELSE 2 END, m.i
+                SELECT CASE WHEN m.revoked AND (m.session = $1 OR m.expires_at > now()) THEN 1 ELSE 2 END,
+                       m.i, NULL::timestamptz
                   FROM members m
                  WHERE NOT (m.session IS NOT DISTINCT FROM $1 AND m.expires_at = 'infinity' AND NOT m.revoked)
                 UNION ALL
-                SELECT 0, (SELECT count(*) FROM sess)
+                SELECT 0, (SELECT count(*) FROM sess), (SELECT expires_at FROM sess)
                 UNION ALL
-                SELECT 3, i FROM moved
+                SELECT 3, i, NULL FROM moved
                 UNION ALL
-                SELECT 4, m.i FROM locked m WHERE m.i IS NOT NULL AND m.revoked AND m.expires_at > now()"
+                SELECT 4, m.i, NULL FROM locked m WHERE m.i IS NOT NULL AND m.revoked AND m.expires_at > now()"
             ),
             // A lease this backend stops holding without releasing it (`Backend::leave`,
-            // or a holder whose renewals stopped): taken out of session `$3` (`$1` keys, `$2` tokens, keys in order) with the
-            // session's newest expiry (`FOR SHARE`, after the row lock, as acquire
-            // locks), so that it lasts exactly as long as promised and no longer.
+            // or a holder whose renewals stopped): taken out of session `$3` (`$1` keys,
+            // `$2` tokens, keys in order) with the earlier of `$4` (the session's expiry
+            // as of the lease's last confirmed renewal, at least what its holder was
+            // promised; NULL: unknown) and the session's newest expiry (`FOR SHARE`,
+            // after the row lock, as acquire locks): it lasts as long as promised, and
+            // no longer than it would have without sessions.
             leave: format!(
-                "UPDATE {t} l SET session = NULL, expires_at = COALESCE(
-                    (SELECT s.expires_at FROM {t}_sessions s WHERE s.id = l.session FOR SHARE), now())
-                 FROM unnest($1::text[], $2::bigint[]) AS w(key, token)
+                "UPDATE {t} l SET session = NULL, expires_at = LEAST(COALESCE(w.until, 'infinity'),
+                    COALESCE((SELECT s.expires_at FROM {t}_sessions s WHERE s.id = l.session FOR SHARE), now()))
+                 FROM unnest($1::text[], $2::bigint[], $4::timestamptz[]) AS w(key, token, until)
                  WHERE l.key = w.key AND l.token = w.token AND l.session = $3 AND l.expires_at = 'infinity'"
             ),
             // Release ends the lease but keeps the row, and with it the key's last
