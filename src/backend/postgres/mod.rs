@@ -52,10 +52,11 @@
 //!   session by compare-and-set (one row), attaches new and re-attached leases, detaches
 //!   the session's revoked leases, and reads which asked leases are revoked or no
 //!   longer in the session; the per-lease rules above hold for each lease of it.
-//! - **Leave** ([`Backend::leave`](crate::backend::Backend::leave), a lease server
-//!   handing a lease over) detaches the lease with its session's current expiry, so that
-//!   the session no longer keeps it alive; so does a lease nobody asked to renew for a
-//!   whole TTL (a holder that lost it locally releases nothing).
+//! - **Leave** ([`Backend::leave`](crate::backend::Backend::leave): a lease server
+//!   handing a lease over, or the manager after a holder lost it locally, which releases
+//!   nothing) detaches the lease with the session's expiry as of the lease's own last
+//!   confirmed renewal (no later than the session's current one), so that the session no
+//!   longer keeps it alive; so does a lease nobody asked to renew for a whole TTL.
 //! - **Release** is compare-and-set on `(key, token)` too. It ends the lease by setting
 //!   `expires_at = now()` and keeps the row (see fencing below), then sends
 //!   `NOTIFY <table>_freed, '<key>'`; one listening connection per backend wakes
