@@ -87,6 +87,12 @@ async fn manager(url: &str, pool: usize) -> LeaseManager {
 pub async fn postgres_section(s: &Sizes) {
     let server = pg::PgServer::start(None);
     let url = server.url();
+    // `LEASES_BENCH_PG_HELD_ONLY=1`: the renewal-statements table alone (the held-leases
+    // rows), for comparing two builds quickly.
+    if std::env::var_os("LEASES_BENCH_PG_HELD_ONLY").is_some() {
+        crate::postgres_renewals::renewal_statements_table(&url, s).await;
+        return;
+    }
     println!(
         "\n## PostgreSQL backend (throwaway local server, {:.0} s per cell)\n",
         s.secs

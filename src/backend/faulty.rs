@@ -241,6 +241,11 @@ impl Backend for FaultyBackend {
         self.inner.release(key, token).await
     }
 
+    async fn leave(&self, key: &Key, token: u64) -> Result<(), BackendError> {
+        self.check_up()?;
+        self.inner.leave(key, token).await
+    }
+
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
         self.check_up()?;
         if self.fail_revokes.load(Ordering::SeqCst) {

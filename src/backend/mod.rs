@@ -177,6 +177,18 @@ pub trait Backend: Send + Sync + 'static {
     /// of the key still gets a larger one.
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError>;
 
+    /// The holder of `(key, token)` here stops holding it without releasing it (a lease
+    /// server hands it over: its client may have re-attached it elsewhere). The lease must
+    /// then last no longer than it was promised, as if it were no longer renewed here,
+    /// and may still be re-attached by `(key, token)`. The default does nothing: right
+    /// for a backend whose renewals are per lease (the lease expires when nobody renews
+    /// it). A backend that renews leases together (PostgreSQL's sessions) takes it out
+    /// of the group.
+    async fn leave(&self, key: &Key, token: u64) -> Result<(), BackendError> {
+        let _ = (key, token);
+        Ok(())
+    }
+
     /// Marks the current lease on `key` revoked and returns its token, or `None` if the key
     /// is not held. The key stays taken until the holder releases it or it expires.
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError>;

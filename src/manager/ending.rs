@@ -135,13 +135,16 @@ impl SupervisorState {
     /// The holder of `(key, token)` lets go of it without giving the key back (see
     /// [`Lease::leave`](crate::Lease)): the holder leaves the table and its renewer
     /// stops, and the key stays taken in the store until the lease expires or another
-    /// manager re-attaches it. Nothing goes to the backend, whatever ended the lease.
+    /// manager re-attaches it. The backend is told ([`Backend::leave`](crate::backend::Backend::leave)):
+    /// a backend that renews leases together (PostgreSQL's sessions) must stop keeping
+    /// it alive, so that it lasts only as long as was promised.
     pub(super) fn on_leave(&mut self, myself: &ActorRef<ManagerMessage>, key: Key, token: u64) {
         if self
             .end_holder(&key, Some(token), CancelReason::HandedOver, true)
             .is_some()
         {
             tracing::debug!(target: "leases::manager::supervisor", %key, token, "lease handed over: left to expire or be re-attached");
+            io::leave(&self.backend, &self.config.inflight, key.clone(), token);
         }
         self.serve_next(myself, &key);
     }
@@ -150,7 +153,14 @@ impl SupervisorState {
     /// and the revoker wants the key free; compare-and-set on the token, so a newer
     /// holder is never touched). A lost one is left to expire on the backend, so that the
     /// safety margin between the holder being told and a takeover is kept.
+    ///
+    /// A lost one is also left by the backend ([`Backend::leave`](crate::backend::Backend::leave)):
+    /// a backend that renews leases together (PostgreSQL's sessions) must stop keeping
+    /// it alive, so that it expires when it would have.
     fn give_back_if_revoked(&self, key: &Key, token: u64, reason: &CancelReason) {
+        if matches!(reason, CancelReason::Lost(_)) {
+            io::leave(&self.backend, &self.config.inflight, key.clone(), token);
+        }
         if *reason == CancelReason::Revoked {
             io::release(
                 &self.backend,

@@ -140,6 +140,23 @@ impl Drop for RevokeDone {
     }
 }
 
+/// Tells the backend that `(key, token)` is no longer held here although it was not
+/// released ([`Backend::leave`]), in a task; a failure is only logged (a backend that
+/// renews leases together also notices by itself that nobody renews it any more).
+pub(crate) fn leave(backend: &Arc<dyn Backend>, inflight: &InFlight, key: Key, token: u64) {
+    let backend = backend.clone();
+    let span = tracing::info_span!("lease.leave", %key, token);
+    inflight.spawn(
+        async move {
+            let k = key.clone();
+            if let Err(e) = unpanic(async move { backend.leave(&k, token).await }).await {
+                tracing::debug!(%key, token, error = %e, "lease leave failed");
+            }
+        }
+        .instrument(span),
+    );
+}
+
 /// Releases every `(key, token)` at once, waiting at most `timeout` (the backend may be
 /// down); returns `false` if some did not finish in time.
 pub(crate) async fn release_all(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, RenewOutcome};
 use leases::Key;
 
-use crate::setup::{renewal_statements, rows, tagged, until_blocked};
+use crate::setup::{renewal_statements, tagged, until_blocked};
 use crate::support::pg::{connect, grant, shared_url, table};
 
 /// When renewals pile up (here: their rows are locked), at most half the pool runs
@@ -199,6 +199,17 @@ async fn served_order(case: &str, ttl: Duration, hold: Duration) -> Vec<String> 
         leases.push((key, token));
     }
     let db = connect(&url).await;
+    // With sessions every lease's expiry is its session's: the order in which the
+    // renewals were served shows in the order their first renewals attached the rows.
+    db.batch_execute(&format!(
+        "CREATE TABLE {t}_served (n BIGSERIAL, key TEXT);
+         CREATE FUNCTION {t}_served() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO {t}_served (key) VALUES (NEW.key); RETURN NEW; END $$;
+         CREATE TRIGGER {t}_served AFTER UPDATE OF session ON {t}
+         FOR EACH ROW WHEN (NEW.session IS NOT NULL) EXECUTE FUNCTION {t}_served();"
+    ))
+    .await
+    .unwrap();
     let locker = connect(&url).await;
     locker
         .batch_execute(&format!(
@@ -232,11 +243,17 @@ async fn served_order(case: &str, ttl: Duration, hold: Duration) -> Vec<String> 
     for q in queued {
         assert_eq!(q.await.unwrap().unwrap(), RenewOutcome::Renewed);
     }
-    let mut after = rows(&db, &t).await;
-    after.sort_by_key(|r| r.2);
-    after
-        .into_iter()
-        .map(|r| r.0.rsplit('/').next().unwrap().to_string())
+    db.query(&format!("SELECT key FROM {t}_served ORDER BY n"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.get::<_, String>(0)
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 

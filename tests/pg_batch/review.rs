@@ -50,9 +50,9 @@ async fn row(db: &Client, t: &str, key: &Key) -> (i64, i64, bool) {
     let r = db
         .query_one(
             &format!(
-                "SELECT token, (EXTRACT(EPOCH FROM expires_at) * 1000000)::bigint,
-                        expires_at <= clock_timestamp()
-                 FROM {t} WHERE key = $1"
+                "SELECT l.token, (EXTRACT(EPOCH FROM CASE WHEN l.session IS NOT NULL AND l.expires_at = 'infinity' THEN s.expires_at ELSE l.expires_at END) * 1000000)::bigint,
+                        CASE WHEN l.session IS NOT NULL AND l.expires_at = 'infinity' THEN s.expires_at ELSE l.expires_at END <= clock_timestamp()
+                 FROM {t} l LEFT JOIN {t}_sessions s ON s.id = l.session WHERE l.key = $1"
             ),
             &[&key.to_string()],
         )

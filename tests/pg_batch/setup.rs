@@ -43,8 +43,8 @@ pub async fn renew_all(
 pub async fn rows(db: &Client, t: &str) -> Vec<(String, i64, i64, bool)> {
     db.query(
         &format!(
-            "SELECT key, token, (EXTRACT(EPOCH FROM expires_at) * 1000000)::bigint, revoked \
-             FROM {t} ORDER BY key"
+            "SELECT l.key, l.token, (EXTRACT(EPOCH FROM CASE WHEN l.session IS NOT NULL AND l.expires_at = 'infinity' THEN s.expires_at ELSE l.expires_at END) * 1000000)::bigint, l.revoked \
+             FROM {t} l LEFT JOIN {t}_sessions s ON s.id = l.session ORDER BY l.key"
         ),
         &[],
     )

@@ -14,6 +14,7 @@ use super::listener;
 use super::options::PostgresOptions;
 use super::pool::{Db, PgFuture};
 use super::renewals::Renewals;
+use super::sessions::Sessions;
 use super::sql::Sql;
 use super::values::{check_ttl, like_prefix, token_from_db, token_to_db, ttl_ms};
 use crate::backend::{AcquireOutcome, Backend, Freed, FreedKeys, LeaseInfo, RenewOutcome};
@@ -32,6 +33,7 @@ pub struct PostgresBackend {
     frees: broadcast::Sender<Freed>,
     listener: JoinHandle<()>,
     renewals: Renewals,
+    sessions: Arc<Sessions>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -88,12 +90,14 @@ impl PostgresBackend {
             options.statement_timeout,
         ));
         let db = Arc::new(Db::new(pool, sql, options));
-        let renewals = Renewals::start(&runtime, db.clone());
+        let sessions = Arc::new(Sessions::default());
+        let renewals = Renewals::start(&runtime, db.clone(), sessions.clone());
         Ok(PostgresBackend {
             db,
             frees,
             listener,
             renewals,
+            sessions,
         })
     }
 
@@ -155,9 +159,10 @@ impl Backend for PostgresBackend {
                 .await?;
             match (token, left) {
                 (Some(token), _) => {
+                    self.sessions.granted(key_text, token);
                     return Ok(AcquireOutcome::Granted {
                         token: token_from_db(token)?,
-                    })
+                    });
                 }
                 (None, Some(us)) => {
                     return Ok(AcquireOutcome::Held {
@@ -195,10 +200,34 @@ impl Backend for PostgresBackend {
             return Ok(false);
         };
         let k = key.to_string();
+        self.sessions.forget(&k, token);
         self.with_client("release", |c, sql| {
             Box::pin(async move {
                 let stmt = c.prepare_cached(&sql.release).await?;
                 Ok(!c.query(&stmt, &[&k, &token]).await?.is_empty())
+            })
+        })
+        .await
+    }
+
+    /// Takes `(key, token)` out of this backend's session, if it is in one, with the
+    /// session's expiry as of its last confirmed renewal as its own: it then lasts as
+    /// long as it was promised, and no longer, however long the session is renewed.
+    async fn leave(&self, key: &Key, token: u64) -> Result<(), BackendError> {
+        let Some(token) = token_to_db(token) else {
+            return Ok(());
+        };
+        let k = key.to_string();
+        let Some((session, until)) = self.sessions.forget(&k, token) else {
+            // Never attached here: it expires on its own.
+            return Ok(());
+        };
+        self.with_client("leave", |c, sql| {
+            Box::pin(async move {
+                let stmt = c.prepare_cached(&sql.leave).await?;
+                c.execute(&stmt, &[&vec![k], &vec![token], &session, &vec![until]])
+                    .await
+                    .map(drop)
             })
         })
         .await

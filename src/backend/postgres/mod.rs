@@ -11,12 +11,26 @@
 //!     expires_at  TIMESTAMPTZ NOT NULL,      -- a row past this is free to take
 //!     metadata    BYTEA NOT NULL,
 //!     revoked     BOOLEAN NOT NULL DEFAULT false,
-//!     acquired_at TIMESTAMPTZ NOT NULL
+//!     acquired_at TIMESTAMPTZ NOT NULL,
+//!     session     BIGINT                     -- its session, when attached to one
 //! );
+//! CREATE SEQUENCE IF NOT EXISTS leases_session_seq;
+//! CREATE TABLE IF NOT EXISTS leases_sessions (
+//!     id          BIGINT PRIMARY KEY,        -- one per (backend, TTL)
+//!     ttl_ms      BIGINT NOT NULL,
+//!     expires_at  TIMESTAMPTZ NOT NULL
+//! );
+//! CREATE INDEX IF NOT EXISTS leases_session_revoked ON leases (session) WHERE revoked;
 //! ```
 //!
-//! - **Acquire** is one `INSERT … ON CONFLICT (key) DO UPDATE … WHERE expires_at <= now()`
-//!   that takes a free or expired row.
+//! **Sessions.** A lease row with `session` set and `expires_at = 'infinity'` is
+//! *attached*: it expires when its session does. Every other row expires at its own
+//! `expires_at`. A backend has one session per TTL and renews it, not its leases (see
+//! `sessions.rs` and `session_renew` in `sql.rs`).
+//!
+//! - **Acquire** is one `INSERT … ON CONFLICT (key) DO UPDATE … WHERE` the row expired
+//!   (an attached row: its session, read `FOR SHARE`) that takes a free or expired row.
+//!   A new lease is detached (its own expiry); its first renewal attaches it.
 //! - **Renew** is batched: renewals that fall due close together (within
 //!   [`PostgresOptions::renew_batch_window`]) go to the database as one `UPDATE … FROM
 //!   unnest($keys, $tokens, $ttls) … RETURNING position, revoked`, in chunks of at most
@@ -33,6 +47,16 @@
 //!   fails every renewal in it (none counts as renewed) and their renewers retry. Each
 //!   holder's deadline counts from its renewer's start, taken before the batch was
 //!   sent. One renewal actor per lease remains: batching happens below it, here.
+//!
+//!   With sessions, a batch's leases of one TTL are one statement that renews their
+//!   session by compare-and-set (one row), attaches new and re-attached leases, detaches
+//!   the session's revoked leases, and reads which asked leases are revoked or no
+//!   longer in the session; the per-lease rules above hold for each lease of it.
+//! - **Leave** ([`Backend::leave`](crate::backend::Backend::leave): a lease server
+//!   handing a lease over, or the manager after a holder lost it locally, which releases
+//!   nothing) detaches the lease with the session's expiry as of the lease's own last
+//!   confirmed renewal (no later than the session's current one), so that the session no
+//!   longer keeps it alive; so does a lease nobody asked to renew for a whole TTL.
 //! - **Release** is compare-and-set on `(key, token)` too. It ends the lease by setting
 //!   `expires_at = now()` and keeps the row (see fencing below), then sends
 //!   `NOTIFY <table>_freed, '<key>'`; one listening connection per backend wakes
@@ -40,8 +64,9 @@
 //! - **Revoke** sets `revoked`; the holder is refused at its next renewal and then gives
 //!   the key back.
 //!
-//! The table and sequence are created on first use, in a transaction under an advisory
-//! lock, so many processes can start at once; unless
+//! The tables and sequences are created on first use, in a transaction under an advisory
+//! lock, so many processes can start at once (a table made by an earlier version gets
+//! its `session` column there, `ADD COLUMN IF NOT EXISTS`); unless
 //! [`PostgresOptions::create_schema`] is `false` (read-only use: the backend then runs
 //! no DDL, and a missing table fails each operation with a message that says so).
 //!
@@ -59,6 +84,14 @@
 //! now() - interval '1 day'`). Delete only rows that expired longer ago than the
 //! statement timeout: a row deleted while an acquire that drew its token before the
 //! row's last grant is still in flight would let that older token through.
+//!
+//! # Upgrading
+//! Versions without sessions do not know the `session` column. They read an attached
+//! row's `expires_at = 'infinity'` as held, so an old server still running against an
+//! upgraded table never takes over a lease a session keeps; the rows it writes (session
+//! NULL, or a finite `expires_at`) are read by new servers by their own `expires_at`.
+//! An old server cannot take over an attached lease whose session expired: a new one
+//! must. See docs/operating.md, "Upgrading to sessions".
 //!
 //! # Timeouts, cancellation and what they leave behind
 //! Every operation runs on a pooled connection under the statement timeout, and the
@@ -124,7 +157,8 @@
 //! - `pool.rs`: running one operation on a pooled connection, and discarding a
 //!   connection cut off mid-flight (the await points above);
 //! - `listener.rs`: the connection that listens for released keys;
-//! - `renewals.rs`: the renewal batcher;
+//! - `sessions.rs`: what the backend knows of its sessions and the leases in them;
+//! - `renewals.rs`: the renewal batcher, one session statement per TTL and chunk;
 //! - `backend.rs`: [`PostgresBackend`] and its [`Backend`](crate::backend::Backend)
 //!   operations.
 
@@ -136,6 +170,7 @@ mod options;
 mod pool;
 mod renewals;
 mod schema;
+mod sessions;
 mod sql;
 mod tls;
 mod values;

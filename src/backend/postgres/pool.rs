@@ -79,10 +79,30 @@ impl Db {
     /// schema can meet, says so and how to create it.
     fn error(&self, what: &str, e: tokio_postgres::Error) -> BackendError {
         let missing = e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE);
-        if !missing || self.options.create_schema {
+        let old = e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN);
+        if !(missing || old) || self.options.create_schema {
             return pg_error(what, e);
         }
         let table = &self.options.table;
+        let exists = e
+            .as_db_error()
+            .is_some_and(|d| d.message().contains(&format!("{table}_sessions")) || old);
+        if exists {
+            // A table made by a version without sessions: the column `session` or the
+            // table `<table>_sessions` is missing.
+            return BackendError::with_source(
+                BackendErrorKind::Failed,
+                format!(
+                    "{what}: the lease table {table:?} was made by an earlier version: it \
+                     lacks the column \"session\" or the table \"{table}_sessions\", and this \
+                     backend does not change the schema (PostgresOptions::create_schema(false)). \
+                     Upgrade it once with a role allowed to (any backend with create_schema(true) \
+                     does it on its first operation), or run: {sql} ({e})",
+                    sql = super::schema::Schema::upgrade_sql(table)
+                ),
+                e,
+            );
+        }
         BackendError::with_source(
             BackendErrorKind::Failed,
             format!(

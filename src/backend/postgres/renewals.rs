@@ -59,6 +59,7 @@ use tokio::time::Instant;
 
 use super::options::PostgresOptions;
 use super::pool::Db;
+use super::sessions::{Mode, Sessions};
 use super::values::ttl_ms;
 use crate::backend::RenewOutcome;
 use crate::error::{BackendError, BackendErrorKind};
@@ -96,9 +97,13 @@ pub(super) struct Renewals {
 
 impl Renewals {
     /// Starts the batcher on `runtime`.
-    pub(super) fn start(runtime: &tokio::runtime::Handle, db: Arc<Db>) -> Renewals {
+    pub(super) fn start(
+        runtime: &tokio::runtime::Handle,
+        db: Arc<Db>,
+        sessions: Arc<Sessions>,
+    ) -> Renewals {
         let (queue, requests) = mpsc::unbounded_channel();
-        let task = runtime.spawn(batcher(db, requests));
+        let task = runtime.spawn(batcher(db, sessions, requests));
         Renewals { queue, task }
     }
 
@@ -166,6 +171,7 @@ fn stopped() -> BackendError {
 /// The batcher's state: what is queued, what is running.
 struct Batcher {
     db: Arc<Db>,
+    sessions: Arc<Sessions>,
     /// The most leases in one statement.
     size: usize,
     /// The most statements running at once.
@@ -183,8 +189,13 @@ struct Batcher {
 }
 
 /// Gathers queued renewals into batches until the backend is dropped.
-async fn batcher(db: Arc<Db>, mut requests: mpsc::UnboundedReceiver<Request>) {
+async fn batcher(
+    db: Arc<Db>,
+    sessions: Arc<Sessions>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+) {
     let mut b = Batcher {
+        sessions,
         size: db.options.renew_batch_size.max(1),
         max_running: (db.options.pool_size / 2).max(1),
         db,
@@ -241,7 +252,7 @@ async fn batcher(db: Arc<Db>, mut requests: mpsc::UnboundedReceiver<Request>) {
 
 /// Identifies a lease `(key, token)` among those in flight. Two leases with the same
 /// identifier only make one of them wait for the other's statement.
-fn lease_id(key: &str, token: i64) -> u64 {
+pub(super) fn lease_id(key: &str, token: i64) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     let mut h = foldhash::fast::FixedState::with_seed(0x6c65_6173_6573).build_hasher();
     key.hash(&mut h);
@@ -340,76 +351,219 @@ impl Batcher {
                 }),
             }
         }
-        while !leases.is_empty() {
-            let rest = leases.split_off(leases.len().min(self.size));
-            let chunk = std::mem::replace(&mut leases, rest);
-            let ids: Vec<u64> = chunk.iter().map(|l| lease_id(&l.key, l.token)).collect();
-            self.in_flight.extend(ids.iter().copied());
-            let db = self.db.clone();
-            self.running.spawn(async move {
-                renew_chunk(db, chunk).await;
-                ids
-            });
+        // One session per TTL: the leases of one TTL go together (still in key order).
+        let mut by_ttl: Vec<(i64, Vec<Lease>)> = Vec::new();
+        for l in leases {
+            match by_ttl.iter_mut().find(|(ttl, _)| *ttl == l.ttl_ms) {
+                Some((_, group)) => group.push(l),
+                None => by_ttl.push((l.ttl_ms, vec![l])),
+            }
+        }
+        for (ttl, mut leases) in by_ttl {
+            while !leases.is_empty() {
+                let rest = leases.split_off(leases.len().min(self.size));
+                let chunk = std::mem::replace(&mut leases, rest);
+                let ids: Vec<u64> = chunk.iter().map(|l| lease_id(&l.key, l.token)).collect();
+                self.in_flight.extend(ids.iter().copied());
+                let (db, sessions) = (self.db.clone(), self.sessions.clone());
+                self.running.spawn(async move {
+                    renew_in_session(db, sessions, ttl, chunk).await;
+                    ids
+                });
+            }
         }
     }
 }
 
-/// Renews one chunk with one statement and tells every caller its lease's outcome.
-async fn renew_chunk(db: Arc<Db>, leases: Vec<Lease>) {
-    let mut keys = Vec::with_capacity(leases.len());
-    let mut tokens = Vec::with_capacity(leases.len());
-    let mut ttls = Vec::with_capacity(leases.len());
-    let mut waiting = Vec::with_capacity(leases.len());
-    for l in leases {
-        keys.push(l.key);
-        tokens.push(l.token);
-        ttls.push(l.ttl_ms);
-        waiting.push(l.replies);
+/// Renews one chunk of leases of one TTL with one statement that renews the TTL's
+/// session (creating it first if there is none), and tells every caller its lease's
+/// outcome.
+async fn renew_in_session(db: Arc<Db>, sessions: Arc<Sessions>, ttl: i64, leases: Vec<Lease>) {
+    // A session found expired loses its members, but not the leases that were to join
+    // it (new or re-attached ones, alive on their own): they go again, into a new
+    // session. (A backend whose leases of a TTL were all released for longer than the
+    // TTL finds its session expired at the next one's first renewal.)
+    let retry = renew_once(&db, &sessions, ttl, leases, false).await;
+    if !retry.is_empty() {
+        renew_once(&db, &sessions, ttl, retry, true).await;
     }
-    tracing::trace!(leases = keys.len(), "renewing a batch");
+}
+
+/// One statement of [`renew_in_session`]; returns the leases to attach again, in a new
+/// session, when the session had expired (unless `last_try`: they are lost then).
+async fn renew_once(
+    db: &Arc<Db>,
+    sessions: &Arc<Sessions>,
+    ttl: i64,
+    leases: Vec<Lease>,
+    last_try: bool,
+) -> Vec<Lease> {
+    let session = match sessions.current(ttl) {
+        Some(s) => Ok(s),
+        None => {
+            // One task creates it; the others wait and use it.
+            let lock = sessions.lock(ttl);
+            let _creating = lock.lock().await;
+            match sessions.current(ttl) {
+                Some(s) => Ok(s),
+                None => db
+                    .with_client("create a session", |c, sql| {
+                        Box::pin(async move {
+                            let stmt = c.prepare_cached(&sql.session_new).await?;
+                            Ok(c.query_one(&stmt, &[&ttl]).await?.get::<_, i64>(0))
+                        })
+                    })
+                    .await
+                    .inspect(|s| sessions.set_current(ttl, *s)),
+            }
+        }
+    };
+    let session = match session {
+        Ok(s) => s,
+        Err(error) => {
+            for reply in leases.into_iter().flat_map(|l| l.replies) {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return Vec::new();
+        }
+    };
+    // Members of a session whose renewals stopped leave it (see `Sessions::stale`).
+    let stale = sessions.stale(ttl, session);
+    if !stale.is_empty() {
+        let mut keys = Vec::with_capacity(stale.len());
+        let mut tokens = Vec::with_capacity(stale.len());
+        let mut untils = Vec::with_capacity(stale.len());
+        for (k, t, u) in stale {
+            keys.push(k);
+            tokens.push(t);
+            untils.push(u);
+        }
+        let left = db
+            .with_client("leave a session", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.leave).await?;
+                    c.execute(&stmt, &[&keys, &tokens, &session, &untils]).await
+                })
+            })
+            .await;
+        if let Err(error) = left {
+            tracing::debug!(%error, "stale session members could not leave their session");
+        }
+    }
+    // Each lease's place: in the statement's member or attach arrays, or lost already.
+    enum Place {
+        Member(usize),
+        Attach(usize),
+        Lost,
+    }
+    let mut places = Vec::with_capacity(leases.len());
+    let (mut member_keys, mut member_tokens) = (Vec::new(), Vec::new());
+    let (mut attach_keys, mut attach_tokens, mut attach_any) = (Vec::new(), Vec::new(), Vec::new());
+    for l in &leases {
+        places.push(match sessions.mode(&l.key, l.token, session) {
+            Mode::Member => {
+                member_keys.push(l.key.clone());
+                member_tokens.push(l.token);
+                Place::Member(member_keys.len())
+            }
+            Mode::Attach(any) => {
+                attach_keys.push(l.key.clone());
+                attach_tokens.push(l.token);
+                attach_any.push(any);
+                Place::Attach(attach_keys.len())
+            }
+            Mode::Lost => Place::Lost,
+        });
+    }
+    tracing::trace!(leases = leases.len(), session, "renewing a session");
     db.renew_statements
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let answer = db
         .with_client("renew", |c, sql| {
             Box::pin(async move {
-                let stmt = c.prepare_cached(&sql.renew).await?;
-                let rows = c.query(&stmt, &[&keys, &tokens, &ttls]).await?;
-                // By position in the arrays (from 1): `Some(revoked)` if matched.
-                let mut matched: Vec<Option<bool>> = vec![None; keys.len()];
+                let stmt = c.prepare_cached(&sql.session_renew).await?;
+                let rows = c
+                    .query(
+                        &stmt,
+                        &[
+                            &session,
+                            &ttl,
+                            &member_keys,
+                            &member_tokens,
+                            &attach_keys,
+                            &attach_tokens,
+                            &attach_any,
+                        ],
+                    )
+                    .await?;
+                let mut renewed = false;
+                let mut until: Option<std::time::SystemTime> = None;
+                // By position (from 1): revoked or lost members, attaches that worked.
+                let (mut revoked, mut lost, mut moved, mut refused) = (
+                    HashSet::<i64>::new(),
+                    HashSet::<i64>::new(),
+                    HashSet::<i64>::new(),
+                    HashSet::<i64>::new(),
+                );
                 for row in &rows {
-                    let position: i64 = row.try_get(0)?;
-                    let revoked: bool = row.try_get(1)?;
-                    if let Some(slot) = usize::try_from(position)
-                        .ok()
-                        .and_then(|p| p.checked_sub(1))
-                        .and_then(|i| matched.get_mut(i))
-                    {
-                        *slot = Some(revoked);
+                    let kind: i32 = row.try_get(0)?;
+                    let i: i64 = row.try_get(1)?;
+                    match kind {
+                        0 => {
+                            renewed = i > 0;
+                            until = row.try_get(2)?;
+                        }
+                        1 => drop(revoked.insert(i)),
+                        2 => drop(lost.insert(i)),
+                        3 => drop(moved.insert(i)),
+                        _ => drop(refused.insert(i)),
                     }
                 }
-                Ok(matched)
+                Ok((renewed, until, revoked, lost, moved, refused))
             })
         })
         .await;
-    match answer {
-        Ok(matched) => {
-            for (outcome, replies) in matched.into_iter().zip(waiting) {
-                let outcome = match outcome {
-                    Some(false) => RenewOutcome::Renewed,
-                    Some(true) => RenewOutcome::Revoked,
-                    // Not in the answer: expired, released or taken over.
-                    None => RenewOutcome::Lost,
-                };
-                for reply in replies {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-        }
+    let (renewed, until, revoked, lost, moved, refused) = match answer {
+        Ok(answer) => answer,
         Err(error) => {
-            tracing::debug!(%error, leases = waiting.len(), "a renewal batch failed");
-            for reply in waiting.into_iter().flatten() {
+            tracing::debug!(%error, leases = leases.len(), "a session renewal failed");
+            for reply in leases.into_iter().flat_map(|l| l.replies) {
                 let _ = reply.send(Err(error.clone()));
             }
+            return Vec::new();
+        }
+    };
+    if !renewed {
+        // The session expired (never revived): every lease in it is lost, and the next
+        // renewal starts a new session.
+        tracing::debug!(session, "a session expired before its renewal");
+        sessions.expired(ttl, session);
+    }
+    let mut retry = Vec::new();
+    for (l, place) in leases.into_iter().zip(places) {
+        let position = |p: usize| i64::try_from(p).unwrap_or(i64::MAX);
+        if !renewed && !last_try && matches!(place, Place::Attach(_)) {
+            retry.push(l);
+            continue;
+        }
+        let outcome = match place {
+            _ if !renewed => RenewOutcome::Lost,
+            Place::Lost => RenewOutcome::Lost,
+            Place::Member(p) if revoked.contains(&position(p)) => RenewOutcome::Revoked,
+            Place::Member(p) if lost.contains(&position(p)) => RenewOutcome::Lost,
+            Place::Member(_) => RenewOutcome::Renewed,
+            Place::Attach(p) if moved.contains(&position(p)) => RenewOutcome::Renewed,
+            Place::Attach(p) if refused.contains(&position(p)) => RenewOutcome::Revoked,
+            Place::Attach(_) => RenewOutcome::Lost,
+        };
+        if outcome == RenewOutcome::Renewed {
+            sessions.attached(&l.key, l.token, session, until);
+        } else {
+            sessions.forget(&l.key, l.token);
+        }
+        for reply in l.replies {
+            let _ = reply.send(Ok(outcome));
         }
     }
+    retry
 }

@@ -34,9 +34,35 @@ impl Schema {
                         revoked BOOLEAN NOT NULL DEFAULT false,
                         acquired_at TIMESTAMPTZ NOT NULL)"
                 ),
+                // Sessions (see `sessions.rs`), added by version 0.x with sessions: a
+                // table made by an earlier version gets the column here, under the same
+                // advisory lock. Old servers still running leave it NULL.
+                format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS session BIGINT"),
+                format!("CREATE SEQUENCE IF NOT EXISTS {t}_session_seq"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_sessions (
+                        id BIGINT PRIMARY KEY,
+                        ttl_ms BIGINT NOT NULL,
+                        expires_at TIMESTAMPTZ NOT NULL)"
+                ),
+                // A session renewal finds its revoked leases through this (small) index.
+                format!(
+                    "CREATE INDEX IF NOT EXISTS {t}_session_revoked ON {t} (session) WHERE revoked"
+                ),
             ],
             ready: OnceCell::new(),
         }
+    }
+
+    /// The statements that bring a table to this version's schema, for an operator
+    /// whose backends do not create it (`create_schema(false)`).
+    pub(super) fn upgrade_sql(t: &str) -> String {
+        Schema::new(t)
+            .create
+            .iter()
+            .map(|s| format!("{};", s.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Creates the schema on `client` unless this backend already did; a failure (or a

@@ -7,7 +7,9 @@
 /// The SQL text for one table.
 pub(super) struct Sql {
     pub(super) acquire: String,
-    pub(super) renew: String,
+    pub(super) session_new: String,
+    pub(super) session_renew: String,
+    pub(super) leave: String,
     pub(super) release: String,
     pub(super) revoke: String,
     pub(super) info: String,
@@ -20,9 +22,28 @@ impl Sql {
     pub(super) fn new(t: &str) -> Sql {
         // `t` is a checked identifier (see `PostgresOptions::check`), so formatting it
         // into SQL is safe.
-        let live = "expires_at > now()";
+        //
+        // A row is *attached* to a session when `session` is set and `expires_at` is
+        // 'infinity': its expiry is its session's. Any other row (session NULL, or a
+        // finite `expires_at` written by a version without sessions, which does not know
+        // the column) expires at its own `expires_at`. Old versions read 'infinity' as
+        // held: they never take over an attached row (see "Upgrading" in `mod.rs`).
+        let attached = "(l.session IS NOT NULL AND l.expires_at = 'infinity')";
+        // The expiry of row `l`, with its session `s` LEFT JOINed. A session row that is
+        // not there (not yet visible to this statement's snapshot) counts as held.
+        let eff = format!(
+            "(CASE WHEN {attached} THEN COALESCE(s.expires_at, 'infinity') ELSE l.expires_at END)"
+        );
+        // The same, for statements on `l` alone (no join): a sub-select of the session.
+        let eff_sub = format!(
+            "(CASE WHEN {attached} THEN COALESCE((SELECT s.expires_at FROM {t}_sessions s WHERE s.id = l.session), 'infinity') ELSE l.expires_at END)"
+        );
+        let live = format!("{eff} > now()");
+        let live_sub = format!("{eff_sub} > now()");
+        let join = format!("{t} l LEFT JOIN {t}_sessions s ON s.id = l.session");
         let ttl = "($2::bigint * interval '1 millisecond')";
-        let us_left = "GREATEST(0, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000000)::bigint)";
+        let us_left =
+            format!("GREATEST(0, (EXTRACT(EPOCH FROM ({eff} - now())) * 1000000)::bigint)");
         Sql {
             // The outer SELECT sees the table as it was before the INSERT: when the
             // insert took nothing, it reports how long the current holder has left.
@@ -34,92 +55,171 @@ impl Sql {
             // exists, and rows are never deleted by this crate (release keeps the row
             // and its token), so no later grant can have come between that draw and
             // the insert. See "Fencing tokens" in `mod.rs`.
+            //
+            // A new lease is detached (session NULL, its own expiry); its first renewal
+            // attaches it to the renewing backend's session (`session_renew`).
+            //
+            // Taking over an attached row: ON CONFLICT has locked the row's newest
+            // version, and the WHERE reads its session's expiry with `FOR SHARE`. That
+            // lock conflicts with a session renewal's UPDATE of the session row: if one
+            // is in progress we wait for its commit, and READ COMMITTED then hands the
+            // locked sub-select the session's *newest* version (a locking read follows
+            // the update chain), so we see the extension and take nothing. If we lock
+            // first, a renewal that comes later waits for our commit and then re-checks
+            // its `expires_at > clock_timestamp()` on the session's newest version: an
+            // expired session stays expired (renewals never revive one), so a renewal
+            // can never confirm a session whose lease we took. A session row our
+            // snapshot cannot see (created after it) gives NULL: nothing is taken.
             acquire: format!(
                 "WITH ins AS (
-                    INSERT INTO {t} AS l (key, token, ttl_ms, expires_at, metadata, revoked, acquired_at)
-                    VALUES ($1, nextval('{t}_token_seq'), $2, now() + {ttl}, $3, false, now())
+                    INSERT INTO {t} AS l (key, token, ttl_ms, expires_at, metadata, revoked, acquired_at, session)
+                    VALUES ($1, nextval('{t}_token_seq'), $2, now() + {ttl}, $3, false, now(), NULL)
                     ON CONFLICT (key) DO UPDATE SET
                         token = nextval('{t}_token_seq'), ttl_ms = EXCLUDED.ttl_ms,
                         expires_at = EXCLUDED.expires_at, metadata = EXCLUDED.metadata,
-                        revoked = false, acquired_at = EXCLUDED.acquired_at
-                    WHERE l.expires_at <= now()
+                        revoked = false, acquired_at = EXCLUDED.acquired_at, session = NULL
+                    WHERE CASE WHEN {attached}
+                        THEN (SELECT s.expires_at <= now() FROM {t}_sessions s WHERE s.id = l.session FOR SHARE)
+                        ELSE l.expires_at <= now() END
                     RETURNING token)
                 SELECT (SELECT token FROM ins),
-                       (SELECT {us_left} FROM {t} WHERE key = $1 AND {live})"
+                       (SELECT {us_left} FROM {join} WHERE l.key = $1 AND {live})"
             ),
-            // Renewals, many leases in one statement: `$1` keys, `$2` tokens, `$3` TTLs
-            // in ms, one element per lease (no lease twice); it returns the position
-            // (from 1) in the arrays and `revoked` of every lease it matched, and a lease
-            // it did not return is lost.
+            // A new session: `$1` its TTL in ms.
+            session_new: format!(
+                "INSERT INTO {t}_sessions (id, ttl_ms, expires_at)
+                 VALUES (nextval('{t}_session_seq'), $1, now() + ($1::bigint * interval '1 millisecond'))
+                 RETURNING id"
+            ),
+            // One session renewal, in one statement: `$1` the session, `$2` its TTL in
+            // ms; `$3`/`$4` keys and tokens of leases that should be in the session
+            // (members); `$5`/`$6`/`$7` keys, tokens and "from any session" flags of
+            // leases to attach to it (new leases of this backend: only from detached;
+            // re-attached ones: also moved from another live session).
             //
-            // `mine` locks the rows still held by the given `(key, token)`, in key
-            // order (the sort runs below the row locks), so that two statements that
-            // shared rows could never wait on each other in a cycle (the batcher never
-            // has one lease in two running statements anyway). A row that another
-            // transaction *changed* while we waited for its lock is re-checked on its
-            // newest version (READ COMMITTED's re-check), so a renewal that waited on a
-            // committing revoke returns `revoked` set (and extends nothing), one that
-            // waited on a takeover or a release does not match.
+            // It answers rows `(kind, position, expiry)`: kind 0 (one row): 1 if the
+            // session was renewed, and its new expiry; kind 1: a member (position from 1 in `$3`) that is revoked; kind
+            // 2: a member no longer in the session (lost); kind 3: an attach that
+            // succeeded; kind 4: an attach of a revoked lease. Every other member was
+            // renewed; every other attach is lost.
             //
-            // A row whose lock we waited for but that was *not* changed (a rival's
-            // acquire locks the row of a live lease, takes nothing, and holds the lock
-            // until its commit) is not re-checked: the lease may have expired during
-            // the wait. So expiry is judged again, on `clock_timestamp()`, in the
-            // filter on `mine`'s rows, which reads each row only after `mine` has
-            // locked it, whatever the plan; with the lock held the row cannot change
-            // any more. A lease that expired is then not matched (lost), never revived.
-            //
-            // Liveness is judged on `clock_timestamp()`, not `now()` (the statement's
-            // start): a renewal that waited on the row lock of a committing release
-            // re-checks the released row, whose `expires_at` is the release's `now()`,
-            // later than our `now()`; against `now()` it would revive a released lease.
-            // The new expiry still counts from `now()`, which is no earlier than the
-            // moment the batch was sent, hence than every renewer's start.
-            //
-            // A renewal never moves an expiry backwards (`GREATEST`): a statement we
-            // gave up on may still run on the server (for up to its statement timeout,
-            // which starts only when the statement reaches the server, while ours
-            // started before waiting for a connection), after a retry of the same lease
-            // was confirmed; its older `now()` must not shorten what the retry promised.
-            renew: format!(
-                "WITH mine AS MATERIALIZED (
-                    SELECT l.key, l.token, l.expires_at, w.ttl_ms, w.i FROM {t} l
-                    JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS w(key, token, ttl_ms, i)
-                      ON l.key = w.key AND l.token = w.token
-                    WHERE l.expires_at > clock_timestamp()
-                    ORDER BY l.key COLLATE \"C\"
-                    FOR UPDATE OF l)
-                UPDATE {t} l SET
-                    expires_at = CASE WHEN l.revoked THEN l.expires_at
-                        ELSE GREATEST(l.expires_at, now() + (m.ttl_ms * interval '1 millisecond')) END,
-                    ttl_ms = CASE WHEN l.revoked THEN l.ttl_ms ELSE m.ttl_ms END
-                FROM mine m
-                WHERE m.expires_at > clock_timestamp() AND l.key = m.key AND l.token = m.token
-                RETURNING m.i, l.revoked"
+            // Locks, always lease rows (in key order) before the session row, as
+            // acquire does (row, then session `FOR SHARE`), so that no two of them wait
+            // on each other in a cycle:
+            // - `locked` locks the rows to attach and this session's revoked rows. A row
+            //   changed while we waited is re-checked on its newest version (READ
+            //   COMMITTED's re-check of the join), and `locked` returns that version's
+            //   values; later steps judge those values, on `clock_timestamp()` (a row
+            //   not changed during our wait is not re-checked, but it can no longer
+            //   change: we hold its lock).
+            // - `sess` renews the session by compare-and-set; its WHERE depends on
+            //   `locked` (an init plan), so the lease locks are all taken first. A
+            //   session that expired is never revived; if an acquire holds the
+            //   session `FOR SHARE`, the UPDATE waits for its commit and re-checks the
+            //   session's newest version with a fresh `clock_timestamp()`.
+            // - `detach` takes the revoked rows out of the session with the session's
+            //   new expiry (read under its row lock, after any concurrent renewal of it
+            //   committed: at least what any answered renewal promised). A revoked
+            //   lease then lasts at most one more TTL, and is not extended again.
+            // - `moved` attaches: a detached live row, or (flag set) a row of another
+            //   session that is live. That session's expiry is read from our snapshot:
+            //   an older version has an earlier expiry, so it can only make us refuse.
+            //   Our lock on the lease row orders us with any takeover (which locks the
+            //   row first): after us, the takeover sees the row in our session.
+            // - `members` are judged on the snapshot, read first (the output lists
+            //   them before `sess`), so the session row is locked only for the short
+            //   rest of the statement. While `sess` succeeds no member
+            //   can have been taken over (that needs the session expired, see
+            //   acquire); one moved away or released after our snapshot is reported
+            //   renewed, which only concerns a holder that let go (or the same lease,
+            //   re-attached elsewhere).
+            session_renew: format!(
+                "WITH cand AS (
+                    SELECT a.key, a.token, a.i, a.any_session
+                      FROM unnest($5::text[], $6::bigint[], $7::bool[]) WITH ORDINALITY AS a(key, token, any_session, i)
+                    UNION ALL
+                    SELECT l.key, l.token, NULL, NULL FROM {t} l
+                     WHERE l.session = $1 AND l.revoked AND l.expires_at = 'infinity'),
+                locked AS MATERIALIZED (
+                    SELECT l.key, l.token, l.session, l.expires_at, l.revoked, c.i, c.any_session
+                      FROM {t} l JOIN cand c ON l.key = c.key AND l.token = c.token
+                     ORDER BY l.key COLLATE \"C\"
+                     FOR UPDATE OF l),
+                sess AS (
+                    UPDATE {t}_sessions SET
+                        expires_at = GREATEST(expires_at, now() + ($2::bigint * interval '1 millisecond'))
+                    WHERE id = $1 AND expires_at > clock_timestamp()
+                      AND (SELECT count(*) FROM locked) >= 0
+                    RETURNING id, expires_at),
+                detach AS (
+                    UPDATE {t} l SET session = NULL, expires_at = sess.expires_at
+                      FROM locked m, sess
+                     WHERE l.key = m.key AND l.token = m.token
+                       AND m.session = $1 AND m.expires_at = 'infinity' AND m.revoked
+                    RETURNING l.key),
+                moved AS (
+                    UPDATE {t} l SET session = $1, expires_at = 'infinity'
+                      FROM locked m, sess
+                     WHERE l.key = m.key AND l.token = m.token AND m.i IS NOT NULL AND NOT m.revoked
+                       AND CASE WHEN m.session IS NOT NULL AND m.expires_at = 'infinity'
+                           THEN m.session = $1 OR (m.any_session AND COALESCE(
+                               (SELECT o.expires_at > clock_timestamp() FROM {t}_sessions o WHERE o.id = m.session), false))
+                           ELSE m.expires_at > clock_timestamp() END
+                    RETURNING m.i),
+                members AS (
+                    SELECT w.i, l.session, l.expires_at, l.revoked
+                      FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS w(key, token, i)
+                      LEFT JOIN {t} l ON l.key = w.key AND l.token = w.token)
+                SELECT CASE WHEN m.revoked AND (m.session = $1 OR m.expires_at > now()) THEN 1 ELSE 2 END,
+                       m.i, NULL::timestamptz
+                  FROM members m
+                 WHERE NOT (m.session IS NOT DISTINCT FROM $1 AND m.expires_at = 'infinity' AND NOT m.revoked)
+                UNION ALL
+                SELECT 0, (SELECT count(*) FROM sess), (SELECT expires_at FROM sess)
+                UNION ALL
+                SELECT 3, i, NULL FROM moved
+                UNION ALL
+                SELECT 4, m.i, NULL FROM locked m WHERE m.i IS NOT NULL AND m.revoked AND m.expires_at > now()"
+            ),
+            // A lease this backend stops holding without releasing it (`Backend::leave`,
+            // or a holder whose renewals stopped): taken out of session `$3` (`$1` keys,
+            // `$2` tokens, keys in order) with the earlier of `$4` (the session's expiry
+            // as of the lease's last confirmed renewal, at least what its holder was
+            // promised; NULL: unknown) and the session's newest expiry (`FOR SHARE`,
+            // after the row lock, as acquire locks): it lasts as long as promised, and
+            // no longer than it would have without sessions.
+            leave: format!(
+                "UPDATE {t} l SET session = NULL, expires_at = LEAST(COALESCE(w.until, 'infinity'),
+                    COALESCE((SELECT s.expires_at FROM {t}_sessions s WHERE s.id = l.session FOR SHARE), now()))
+                 FROM unnest($1::text[], $2::bigint[], $4::timestamptz[]) AS w(key, token, until)
+                 WHERE l.key = w.key AND l.token = w.token AND l.session = $3 AND l.expires_at = 'infinity'"
             ),
             // Release ends the lease but keeps the row, and with it the key's last
             // token: see the acquire above for why rows are never deleted here.
             release: format!(
                 "WITH r AS (
-                    UPDATE {t} SET expires_at = now(), revoked = false
-                    WHERE key = $1 AND token = $2 AND {live}
+                    UPDATE {t} l SET expires_at = now(), revoked = false, session = NULL
+                    WHERE key = $1 AND token = $2 AND {live_sub}
                     RETURNING key)
                 SELECT pg_notify('{t}_freed', key) FROM r"
             ),
-            revoke: format!("UPDATE {t} SET revoked = true WHERE key = $1 AND {live} RETURNING token"),
-            info: format!(
-                "SELECT token, ttl_ms, {us_left}, metadata, revoked, acquired_at FROM {t} WHERE key = $1 AND {live}"
+            revoke: format!(
+                "UPDATE {t} l SET revoked = true WHERE key = $1 AND {live_sub} RETURNING token"
             ),
-            held_among: format!("SELECT key FROM {t} WHERE key = ANY($1) AND {live}"),
+            info: format!(
+                "SELECT l.token, l.ttl_ms, {us_left}, l.metadata, l.revoked, l.acquired_at FROM {join}
+                 WHERE l.key = $1 AND {live}"
+            ),
+            held_among: format!("SELECT l.key FROM {join} WHERE l.key = ANY($1) AND {live}"),
             channel: format!("{t}_freed"),
             // `$1` is a LIKE pattern made by `like_prefix` (its metacharacters escaped
             // with `!`). Ordered byte-wise, as the memory backend orders. Not indexed
             // (a LIKE prefix uses the primary key's index only under the C collation):
             // an operator's look, not a hot path.
             list: format!(
-                "SELECT key, token, ttl_ms, {us_left}, metadata, revoked, acquired_at FROM {t}
-                 WHERE key LIKE $1 ESCAPE '!' AND {live}
-                 ORDER BY key COLLATE \"C\" LIMIT $2"
+                "SELECT l.key, l.token, l.ttl_ms, {us_left}, l.metadata, l.revoked, l.acquired_at FROM {join}
+                 WHERE l.key LIKE $1 ESCAPE '!' AND {live}
+                 ORDER BY l.key COLLATE \"C\" LIMIT $2"
             ),
         }
     }

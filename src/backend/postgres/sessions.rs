@@ -1,0 +1,206 @@
+//! Sessions: one row in `<table>_sessions` per (backend, TTL), renewed for all the
+//! backend's leases of that TTL by one compare-and-set, so that holding a lease costs no
+//! row update per renewal.
+//!
+//! A lease row names its session (`session`, with `expires_at = 'infinity'`: see
+//! `sql.rs`); its expiry is its session's. A lease enters a session at its first
+//! renewal through this backend (a new lease: only from detached, so a lease another
+//! backend re-attached meanwhile stays there; a lease this backend does not know, that
+//! is a re-attach, [`AcquireOptions::resume`](crate::AcquireOptions::resume): also moved
+//! from another live session, by compare-and-set on `(key, token)`). It leaves its
+//! session when it is released, revoked (at the session's next renewal), taken over
+//! after its session expired, moved to another backend's session, or left
+//! ([`Backend::leave`](crate::backend::Backend::leave), or its renewals stopped: see
+//! [`Sessions::stale`]).
+//!
+//! What this backend remembers, per lease it renews: the session it put it in. A
+//! renewal of a lease remembered in the current session asks whether it is still there
+//! (a *member*); one remembered in a session that has since expired is lost at once.
+//! Renewal statements of one session may run at once (they queue on the session row's
+//! lock only for their last part); a new session is created by one of them at a time
+//! ([`Sessions::lock`]), so that a TTL never has two current sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+/// What the backend knows of one lease it renews.
+struct Member {
+    key: String,
+    token: i64,
+    /// The session it was put in; `None` for a new lease not yet attached.
+    session: Option<i64>,
+    /// When its renewal was last asked for.
+    asked: Instant,
+    /// The session's expiry as of its last confirmed renewal (on the database's clock).
+    confirmed: Option<SystemTime>,
+}
+
+/// How one lease is renewed in a session renewal statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Should be in the session: renewed with it.
+    Member,
+    /// To attach; `true`: also from another backend's live session (a re-attach).
+    Attach(bool),
+    /// Was in a session that has expired: lost, without asking.
+    Lost,
+}
+
+#[derive(Default)]
+struct State {
+    /// The current session for each TTL (in ms).
+    current: HashMap<i64, i64>,
+    /// Leases this backend renews, by `lease_id`.
+    members: HashMap<u64, Member>,
+    /// When each session's members were last looked at for stale ones.
+    swept: HashMap<i64, Instant>,
+}
+
+/// This backend's sessions and the leases in them.
+#[derive(Default)]
+pub(super) struct Sessions {
+    state: Mutex<State>,
+    locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Sessions {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock under which the session of one TTL is created.
+    pub(super) fn lock(&self, ttl_ms: i64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(ttl_ms).or_default().clone()
+    }
+
+    /// The current session of `ttl_ms`, if there is one.
+    pub(super) fn current(&self, ttl_ms: i64) -> Option<i64> {
+        self.state().current.get(&ttl_ms).copied()
+    }
+
+    /// `session` is now the current session of `ttl_ms`.
+    pub(super) fn set_current(&self, ttl_ms: i64, session: i64) {
+        self.state().current.insert(ttl_ms, session);
+    }
+
+    /// `session` expired: it is no longer the current session of `ttl_ms` (unless
+    /// another one already replaced it).
+    pub(super) fn expired(&self, ttl_ms: i64, session: i64) {
+        let mut state = self.state();
+        if state.current.get(&ttl_ms) == Some(&session) {
+            state.current.remove(&ttl_ms);
+        }
+        state.swept.remove(&session);
+    }
+
+    /// A lease granted here: its first renewal attaches it, from detached only.
+    pub(super) fn granted(&self, key: String, token: i64) {
+        let id = super::renewals::lease_id(&key, token);
+        self.state().members.insert(
+            id,
+            Member {
+                key,
+                token,
+                session: None,
+                asked: Instant::now(),
+                confirmed: None,
+            },
+        );
+    }
+
+    /// How to renew `(key, token)` in `session`.
+    pub(super) fn mode(&self, key: &str, token: i64, session: i64) -> Mode {
+        let id = super::renewals::lease_id(key, token);
+        let mut state = self.state();
+        match state.members.get_mut(&id) {
+            Some(m) if m.key == key && m.token == token => {
+                m.asked = Instant::now();
+                match m.session {
+                    None => Mode::Attach(false),
+                    Some(s) if s == session => Mode::Member,
+                    Some(_) => Mode::Lost,
+                }
+            }
+            _ => Mode::Attach(true),
+        }
+    }
+
+    /// `(key, token)` is in `session` now, renewed until `until`.
+    pub(super) fn attached(&self, key: &str, token: i64, session: i64, until: Option<SystemTime>) {
+        let id = super::renewals::lease_id(key, token);
+        let mut state = self.state();
+        match state.members.get_mut(&id) {
+            // The usual case: renewed again in the same session.
+            Some(m) if m.key == key && m.token == token => {
+                m.session = Some(session);
+                m.confirmed = until;
+            }
+            _ => {
+                state.members.insert(
+                    id,
+                    Member {
+                        key: key.to_owned(),
+                        token,
+                        session: Some(session),
+                        asked: Instant::now(),
+                        confirmed: until,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets `(key, token)` (lost, revoked, released), returning its session and the
+    /// session's expiry as of its last confirmed renewal.
+    pub(super) fn forget(&self, key: &str, token: i64) -> Option<(i64, Option<SystemTime>)> {
+        let id = super::renewals::lease_id(key, token);
+        let mut state = self.state();
+        match state.members.get(&id) {
+            Some(m) if m.key == key && m.token == token => state
+                .members
+                .remove(&id)
+                .and_then(|m| m.session.map(|s| (s, m.confirmed))),
+            _ => None,
+        }
+    }
+
+    /// The members of `session` whose renewal nobody asked for in a whole TTL (their
+    /// holders' deadlines have passed: the manager stopped renewing them without a
+    /// release, a lost lease being left to expire): they are forgotten here and must
+    /// leave the session, or the session would keep them alive. Looked for at most
+    /// once per third of the TTL.
+    pub(super) fn stale(
+        &self,
+        ttl_ms: i64,
+        session: i64,
+    ) -> Vec<(String, i64, Option<SystemTime>)> {
+        let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+        let now = Instant::now();
+        let mut state = self.state();
+        if state
+            .swept
+            .get(&session)
+            .is_some_and(|at| now.duration_since(*at) < ttl / 3)
+        {
+            return Vec::new();
+        }
+        state.swept.insert(session, now);
+        let mut stale = Vec::new();
+        state.members.retain(|_, m| {
+            let old = now.duration_since(m.asked) > ttl;
+            if old && m.session == Some(session) {
+                stale.push((std::mem::take(&mut m.key), m.token, m.confirmed));
+                return false;
+            }
+            // A new lease never renewed here (its grant never reached a holder) is
+            // only forgotten: it is not in any session.
+            !(old && m.session.is_none())
+        });
+        stale.sort();
+        stale
+    }
+}
