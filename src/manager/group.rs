@@ -20,12 +20,14 @@
 //!   deadline comes first (then it ends at it).
 //! - A call is bounded by the earliest deadline of its members: at that instant the call
 //!   is given up, that member ends (and any other whose deadline has passed), and the
-//!   others are tried again after TTL/10. A failed call, or a failed lease in an answered
-//!   call, is retried after TTL/10 until the deadlines. So a lease whose renewal alone
-//!   hangs, inside a call that waits for every lease, holds up the call for the others
-//!   until its deadline: a backend whose renewals can hang one by one should answer a
-//!   group call lease by lease (`FaultyBackend` answers a stalled key's renewal in a
-//!   group call with an error, so that its other leases are answered).
+//!   others are renewed at once one lease at a time, each bounded by its own deadline
+//!   (as after a panic, below), so that a slow call does not take the leases with later
+//!   deadlines with it. A failed call, or a failed lease in an answered call, is retried
+//!   after TTL/10 until the deadlines. So a lease whose renewal alone hangs, inside a
+//!   call that waits for every lease, holds up the call for the others until its
+//!   deadline: a backend whose renewals can hang one by one should answer a group call
+//!   lease by lease (`FaultyBackend` answers a stalled key's renewal in a group call
+//!   with an error, so that its other leases are answered).
 //! - Before each call, members whose context has ended (released, revoked, lost, shut
 //!   down) leave the group: a lease whose holder has been told it is over is never
 //!   renewed again. Outcomes apply to the member they were
@@ -321,9 +323,13 @@ impl Rounds {
                 self.settle(start, since, answers);
             }
             None => {
-                // No answer by the earliest deadline: that member ends at the next look
-                // (now), and the others are tried again.
-                self.next = Instant::now() + self.retry();
+                // No answer by the earliest deadline: the members whose deadline has
+                // passed end now, and the others are renewed one by one at once, each
+                // bounded by its own deadline. Retrying the group instead (bounded by
+                // the next earliest deadline) lost every lease, one deadline after
+                // another, on a link where a call takes longer than the gaps between
+                // the members' deadlines; one hung lease still takes no other with it.
+                self.one_by_one(&mut joined).await;
             }
             Some(Err(_panic)) => self.one_by_one(&mut joined).await,
         }

@@ -1,6 +1,6 @@
 //! `list` and `info` only look: on PostgreSQL they never create the table (nor change
-//! anything), so that a role with only `SELECT` on the table can use them, and a table
-//! that does not exist is a clear error. PostgreSQL only.
+//! anything), so that a role with only `SELECT` on the table (and its sessions table) can
+//! use them, and a table that does not exist is a clear error. PostgreSQL only.
 
 use crate::harness::{code, Cli};
 use crate::support::pg::{run_id, shared_url, table};
@@ -32,7 +32,7 @@ fn sql(statements: &str) {
     });
 }
 
-/// A role with only `SELECT` on the table (and `USAGE` on its schema) lists and looks
+/// A role with only `SELECT` on the tables (and `USAGE` on their schema) lists and looks
 /// up leases; it cannot take one.
 #[test]
 fn select_only_role_lists_and_looks() {
@@ -44,7 +44,7 @@ fn select_only_role_lists_and_looks() {
     let role = format!("reader_{}", run_id());
     sql(&format!(
         "CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA public TO {role}; \
-         GRANT SELECT ON {t} TO {role};"
+         GRANT SELECT ON {t}, {t}_sessions TO {role};"
     ));
     let reader = on_table(&t, Some((&role, "pw")));
 

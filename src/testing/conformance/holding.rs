@@ -111,7 +111,11 @@ pub async fn many_keys(env: &dyn Env) {
     tokens.dedup();
     assert_eq!(tokens.len(), 200);
     ttls(env, 2.0).await;
-    assert!(held.iter().all(|(_, ctx)| !ctx.is_cancelled()));
+    let ended: Vec<_> = held
+        .iter()
+        .filter_map(|(l, ctx)| ctx.reason().map(|r| (l.key().to_string(), l.token(), r)))
+        .collect();
+    assert!(ended.is_empty(), "leases ended while held: {ended:?}");
     for (lease, ctx) in held {
         lease.release().await.unwrap();
         assert_eq!(ctx.reason(), Some(CancelReason::Released));
