@@ -1,0 +1,231 @@
+//! An adversarial review of renewal groups (`src/manager/group.rs`): each test is a
+//! finding (failed before its fix) or a probe that held. Paused time, the memory backend
+//! behind a scripted wrapper.
+//!
+//! A test that could hang on a bug (a group task that spins on paused time never lets the
+//! clock move) runs its runtime on a thread of its own and is waited for on the real
+//! clock, so that it fails instead of hanging.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leases::backend::{
+    AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome,
+};
+use leases::{BackendError, CancelReason, Key, LeaseManager, LossCause};
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// How a scripted group call answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Many {
+    /// As the memory backend does.
+    Normal,
+    /// It panics.
+    Panic,
+    /// One answer too many (the first lease's answer given twice, at the front).
+    OneTooMany,
+    /// One answer too few (the last lease's dropped).
+    OneTooFew,
+    /// The right number of answers, in reverse order.
+    Reversed,
+}
+
+/// The memory backend, with: acquires of some keys that take `slow_acquire` (the
+/// backend's acquire itself runs after the pause), single renewals of some keys that
+/// never answer, and group calls scripted by [`Many`].
+struct Scripted {
+    inner: MemoryBackend,
+    slow: Mutex<HashSet<Key>>,
+    slow_acquire: Duration,
+    hang_renew: Mutex<HashSet<Key>>,
+    many: Mutex<Many>,
+    group_calls: AtomicUsize,
+    renews: AtomicUsize,
+}
+
+impl Scripted {
+    fn new(slow_acquire: Duration) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            inner: MemoryBackend::new(),
+            slow: Mutex::new(HashSet::new()),
+            slow_acquire,
+            hang_renew: Mutex::new(HashSet::new()),
+            many: Mutex::new(Many::Normal),
+            group_calls: AtomicUsize::new(0),
+            renews: AtomicUsize::new(0),
+        })
+    }
+
+    fn set_many(&self, many: Many) {
+        *self.many.lock().unwrap() = many;
+    }
+}
+
+#[async_trait]
+impl Backend for Scripted {
+    async fn acquire(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        metadata: &[u8],
+    ) -> Result<AcquireOutcome, BackendError> {
+        if self.slow.lock().unwrap().contains(key) {
+            tokio::time::sleep(self.slow_acquire).await;
+        }
+        self.inner.acquire(key, ttl, metadata).await
+    }
+
+    async fn renew(
+        &self,
+        key: &Key,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<RenewOutcome, BackendError> {
+        self.renews.fetch_add(1, Ordering::SeqCst);
+        if self.hang_renew.lock().unwrap().contains(key) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.renew(key, token, ttl).await
+    }
+
+    async fn renew_many(
+        &self,
+        leases: &[(Key, u64)],
+        ttl: Duration,
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        self.group_calls.fetch_add(1, Ordering::SeqCst);
+        let many = *self.many.lock().unwrap();
+        if many == Many::Panic {
+            panic!("scripted group call panic");
+        }
+        let mut answers = self.inner.renew_many(leases, ttl).await;
+        match many {
+            Many::Normal | Many::Panic => {}
+            Many::OneTooMany => {
+                let first = answers[0].clone();
+                answers.insert(0, first);
+            }
+            Many::OneTooFew => {
+                answers.pop();
+            }
+            Many::Reversed => answers.reverse(),
+        }
+        answers
+    }
+
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
+        self.inner.release(key, token).await
+    }
+
+    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
+        self.inner.revoke(key).await
+    }
+
+    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
+        self.inner.info(key).await
+    }
+
+    fn subscribe_freed(&self) -> FreedKeys {
+        self.inner.subscribe_freed()
+    }
+}
+
+async fn manager(backend: Arc<dyn Backend>) -> LeaseManager {
+    LeaseManager::builder()
+        .min_ttl(TTL)
+        .backend(backend)
+        .start()
+        .await
+        .unwrap()
+}
+
+fn k(name: &str) -> Key {
+    Key::system(["groups_review", name])
+}
+
+/// Runs `test` on a paused current-thread runtime of its own thread, failing if it has
+/// not finished after `real` seconds of the real clock (a group task spinning on paused
+/// time stops the clock: the test would hang).
+fn on_paused_time<F>(real: u64, test: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(test());
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(real)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the test failed"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the test did not finish within {real} s of real time: something spins")
+        }
+    }
+}
+
+/// Finding 1. After a group call panicked, the group renews its leases one by one
+/// (`one_by_one`). A lease that joins meanwhile with a deadline *before* every unanswered
+/// member's (its acquire started before their last confirmed renewal: a slow acquire)
+/// made the loop wake at that deadline, find nothing to do (it looked at joined leases
+/// only when an unanswered member's deadline had passed), and sleep until the same
+/// instant again, already past: a busy loop until the first unanswered deadline. On
+/// paused time the clock never moves again: everything hangs.
+#[test]
+fn a_lease_joining_one_by_one_renewals_with_an_earlier_deadline_does_not_spin() {
+    on_paused_time(30, || async {
+        let b = Scripted::new(Duration::from_millis(400));
+        let m = manager(b.clone()).await;
+        let margin = m.safety_margin(TTL);
+        let t0 = Instant::now();
+        // `c` at 0: the round at TTL/3 renews it (deadline TTL/3 + TTL - margin).
+        let (c, c_ctx) = m.acquire_lease(k("c"), TTL).await.unwrap();
+        // `b`'s acquire starts at 300 ms, before that round, and takes 400 ms: its
+        // deadline (300 ms + TTL - margin) is earlier than `c`'s after the round.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.slow.lock().unwrap().insert(k("b"));
+        let m2 = m.clone();
+        let acquiring = tokio::spawn(async move { m2.acquire_lease(k("b"), TTL).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(b.group_calls.load(Ordering::SeqCst), 1);
+        assert!(!c_ctx.is_cancelled());
+        // The next round (at 2 TTL/3) panics; `c`'s renewal alone then never answers.
+        b.set_many(Many::Panic);
+        b.hang_renew.lock().unwrap().insert(k("c"));
+        let (bl, b_ctx) = acquiring.await.unwrap().unwrap();
+        assert!(Instant::now() - t0 >= Duration::from_millis(700));
+        // `b` ends at its own deadline, `c` at its own.
+        assert_eq!(
+            b_ctx.cancelled().await,
+            CancelReason::Lost(LossCause::DeadlineExceeded)
+        );
+        let b_lost = Instant::now() - t0;
+        let b_deadline = Duration::from_millis(300) + TTL - margin;
+        assert!(
+            b_lost >= b_deadline && b_lost <= b_deadline + Duration::from_millis(5),
+            "{b_lost:?}"
+        );
+        assert_eq!(
+            c_ctx.cancelled().await,
+            CancelReason::Lost(LossCause::DeadlineExceeded)
+        );
+        let c_lost = Instant::now() - t0;
+        let c_deadline = TTL / 3 + TTL - margin;
+        assert!(
+            c_lost >= c_deadline && c_lost <= c_deadline + Duration::from_millis(5),
+            "{c_lost:?}"
+        );
+        drop((bl, c));
+        drop(m);
+    });
+}
