@@ -1,0 +1,87 @@
+//! An adversarial review of the etcd backend's group rounds (`src/backend/etcd/rounds.rs`)
+//! and single renewals: each test is a finding (failed before its fix) or a probe that
+//! held.
+//!
+//! Uses `LEASES_ETCD_ENDPOINTS` when set, else a throwaway cluster (see
+//! `support/etcd.rs`); a missing etcd is a failure, never a skip.
+#![cfg(feature = "etcd")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use leases::backend::{AcquireOutcome, Backend, EtcdBackend, EtcdOptions, RenewOutcome};
+use leases::Key;
+use support::etcd::{granted, run_id, shared_endpoints};
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn prefix() -> String {
+    format!("/leases-groups-review-{}", run_id())
+}
+
+fn options() -> EtcdOptions {
+    EtcdOptions::new(shared_endpoints())
+        .prefix(prefix())
+        .request_timeout(Duration::from_secs(3))
+}
+
+/// Finding 2. A group round and a single renewal of the same lease on one backend
+/// instance may overlap (a lease handed over and re-attached through the same manager
+/// while a round that still has it runs; a panicked round's renewals one by one). The
+/// one that started first could finish last, and each set the lease's `live_until` (how
+/// long this instance keeps its key from the cleanup of keys nobody holds) to *its own*
+/// start + TTL: moved back to the older start, the cleanup deleted the key (with its
+/// grant record: free to anyone at once) before the TTL promised by the newer renewal,
+/// whose holder acts until that start + TTL − margin. The round is started (its start
+/// read) and held at its first request while the single renewal runs, then let finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_that_started_before_a_confirmed_renewal_does_not_shorten_the_key() {
+    let a = EtcdBackend::connect(options()).await.unwrap();
+    let other_instance = EtcdBackend::connect(options()).await.unwrap();
+    let key = Key::system(["groups_review", "overlap", "key"]);
+    let other = Key::system(["groups_review", "overlap", "other"]);
+    let t = granted(a.acquire(&key, TTL, b"").await.unwrap());
+    let u = granted(a.acquire(&other, TTL, b"").await.unwrap());
+    // The round starts (reads its start, sends its read) and waits there.
+    let leases = [(key.clone(), t)];
+    let mut round = a.renew_many(&leases, TTL);
+    tokio::select! {
+        biased;
+        _ = &mut round => panic!("the round answered at once"),
+        () = std::future::ready(()) => {}
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // A renewal started a second later is confirmed first: the key is promised until
+    // at least `s2 + TTL`.
+    let s2 = Instant::now();
+    assert_eq!(a.renew(&key, t, TTL).await.unwrap(), RenewOutcome::Renewed);
+    // Then the older round finishes.
+    let answers = round.await;
+    assert!(matches!(answers[..], [Ok(RenewOutcome::Renewed)]), "{answers:?}");
+    // The group goes on (rounds of its other lease, each with its keep-alive and the
+    // cleanup before it); another instance tries to take the key meanwhile.
+    let promised = s2 + TTL;
+    loop {
+        let now = Instant::now();
+        if now + Duration::from_millis(100) >= promised {
+            break;
+        }
+        let r = a.renew_many(&[(other.clone(), u)], TTL).await;
+        assert!(matches!(r[..], [Ok(RenewOutcome::Renewed)]), "{r:?}");
+        let got = other_instance.acquire(&key, TTL, b"").await.unwrap();
+        let answered = Instant::now();
+        if let AcquireOutcome::Granted { token } = got {
+            other_instance.release(&key, token).await.unwrap();
+            assert!(
+                answered >= promised,
+                "granted to another instance {:?} before the promised expiry of a \
+                 confirmed renewal",
+                promised - answered
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.release(&key, t).await.unwrap();
+    a.release(&other, u).await.unwrap();
+}
