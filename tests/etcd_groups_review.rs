@@ -58,7 +58,10 @@ async fn a_round_that_started_before_a_confirmed_renewal_does_not_shorten_the_ke
     assert_eq!(a.renew(&key, t, TTL).await.unwrap(), RenewOutcome::Renewed);
     // Then the older round finishes.
     let answers = round.await;
-    assert!(matches!(answers[..], [Ok(RenewOutcome::Renewed)]), "{answers:?}");
+    assert!(
+        matches!(answers[..], [Ok(RenewOutcome::Renewed)]),
+        "{answers:?}"
+    );
     // The group goes on (rounds of its other lease, each with its keep-alive and the
     // cleanup before it); another instance tries to take the key meanwhile.
     let promised = s2 + TTL;
