@@ -20,7 +20,7 @@ const TTL: Duration = Duration::from_secs(1);
 
 /// How a scripted group call answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Many {
+enum GroupCall {
     /// As the memory backend does.
     Normal,
     /// It panics.
@@ -33,13 +33,13 @@ enum Many {
 
 /// The memory backend, with: acquires of some keys that take `slow_acquire` (the
 /// backend's acquire itself runs after the pause), single renewals of some keys that
-/// never answer, and group calls scripted by [`Many`].
+/// never answer, and group calls scripted by [`GroupCall`].
 struct Scripted {
     inner: MemoryBackend,
     slow: Mutex<HashSet<Key>>,
     slow_acquire: Duration,
     hang_renew: Mutex<HashSet<Key>>,
-    many: Mutex<Many>,
+    many: Mutex<GroupCall>,
     group_calls: AtomicUsize,
     renews: AtomicUsize,
 }
@@ -51,13 +51,13 @@ impl Scripted {
             slow: Mutex::new(HashSet::new()),
             slow_acquire,
             hang_renew: Mutex::new(HashSet::new()),
-            many: Mutex::new(Many::Normal),
+            many: Mutex::new(GroupCall::Normal),
             group_calls: AtomicUsize::new(0),
             renews: AtomicUsize::new(0),
         })
     }
 
-    fn set_many(&self, many: Many) {
+    fn set_many(&self, many: GroupCall) {
         *self.many.lock().unwrap() = many;
     }
 }
@@ -96,17 +96,17 @@ impl Backend for Scripted {
     ) -> Vec<Result<RenewOutcome, BackendError>> {
         self.group_calls.fetch_add(1, Ordering::SeqCst);
         let many = *self.many.lock().unwrap();
-        if many == Many::Panic {
+        if many == GroupCall::Panic {
             panic!("scripted group call panic");
         }
         let mut answers = self.inner.renew_many(leases, ttl).await;
         match many {
-            Many::Normal | Many::Panic => {}
-            Many::OneTooMany => {
+            GroupCall::Normal | GroupCall::Panic => {}
+            GroupCall::OneTooMany => {
                 let first = answers[0].clone();
                 answers.insert(0, first);
             }
-            Many::OneTooFew => {
+            GroupCall::OneTooFew => {
                 answers.pop();
             }
         }
@@ -195,7 +195,7 @@ fn a_lease_joining_one_by_one_renewals_with_an_earlier_deadline_does_not_spin() 
         assert_eq!(b.group_calls.load(Ordering::SeqCst), 1);
         assert!(!c_ctx.is_cancelled());
         // The next round (at 2 TTL/3) panics; `c`'s renewal alone then never answers.
-        b.set_many(Many::Panic);
+        b.set_many(GroupCall::Panic);
         b.hang_renew.lock().unwrap().insert(k("c"));
         let (bl, b_ctx) = acquiring.await.unwrap().unwrap();
         assert!(Instant::now() - t0 >= Duration::from_millis(700));
@@ -231,7 +231,7 @@ fn a_lease_joining_one_by_one_renewals_with_an_earlier_deadline_does_not_spin() 
 /// answers right, or end at their own deadlines if it never does.
 #[tokio::test(start_paused = true)]
 async fn a_group_call_with_too_many_or_too_few_answers_confirms_nothing() {
-    for wrong in [Many::OneTooMany, Many::OneTooFew] {
+    for wrong in [GroupCall::OneTooMany, GroupCall::OneTooFew] {
         let b = Scripted::new(Duration::ZERO);
         let m = manager(b.clone()).await;
         let margin = m.safety_margin(TTL);
@@ -255,7 +255,7 @@ async fn a_group_call_with_too_many_or_too_few_answers_confirms_nothing() {
         let (x, x_ctx) = m.acquire_lease(k("x2"), TTL).await.unwrap();
         let (y, y_ctx) = m.acquire_lease(k("y2"), TTL).await.unwrap();
         tokio::time::sleep(TTL / 3 + Duration::from_millis(1)).await;
-        b.set_many(Many::Normal);
+        b.set_many(GroupCall::Normal);
         tokio::time::sleep(TTL * 3).await;
         assert!(!x_ctx.is_cancelled(), "{:?}", x_ctx.reason());
         assert!(!y_ctx.is_cancelled(), "{:?}", y_ctx.reason());
@@ -276,7 +276,7 @@ async fn a_group_call_failing_for_one_lease_renews_the_others() {
     let (y, y_ctx) = m.acquire_lease(k("y"), TTL).await.unwrap();
     // Every group call now panics; single renewals of `x` never answer: `x` ends at
     // its deadline, `y` is renewed one by one.
-    b.set_many(Many::Panic);
+    b.set_many(GroupCall::Panic);
     b.hang_renew.lock().unwrap().insert(k("x"));
     assert_eq!(
         x_ctx.cancelled().await,
