@@ -28,40 +28,62 @@ fn options() -> EtcdOptions {
 
 /// Finding 2. A group round and a single renewal of the same lease on one backend
 /// instance may overlap (a lease handed over and re-attached through the same manager
-/// while a round that still has it runs; a panicked round's renewals one by one). The
-/// one that started first could finish last, and each set the lease's `live_until` (how
-/// long this instance keeps its key from the cleanup of keys nobody holds) to *its own*
-/// start + TTL: moved back to the older start, the cleanup deleted the key (with its
-/// grant record: free to anyone at once) before the TTL promised by the newer renewal,
-/// whose holder acts until that start + TTL − margin. The round is started (its start
-/// read) and held at its first request while the single renewal runs, then let finish.
+/// while a round that still has it runs). The one that started first could finish last,
+/// and each set the lease's `live_until` (how long this instance keeps its key from the
+/// cleanup of keys nobody holds) to *its own* start + TTL: moved back to the older
+/// start, the cleanup deleted the key (with its grant record: free to anyone at once)
+/// before the TTL promised by the newer renewal, whose holder acts until that start +
+/// TTL − margin. The older call is started (its start read) and held at its first
+/// request while the newer one runs, then let finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_that_started_before_a_confirmed_renewal_does_not_shorten_the_key() {
+    overlap("round", true).await;
+}
+
+/// Finding 2, the other way round: a single renewal that started before a confirmed
+/// group round and finishes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_started_before_a_confirmed_round_does_not_shorten_the_key() {
+    overlap("single", false).await;
+}
+
+/// The older call (a round of the lease when `round_first`, else its single renewal)
+/// starts, then the newer one (the other kind) starts a second later and is confirmed,
+/// then the older one finishes; another instance must not be granted the key before the
+/// newer one's start + TTL.
+async fn overlap(tag: &str, round_first: bool) {
     let a = EtcdBackend::connect(options()).await.unwrap();
     let other_instance = EtcdBackend::connect(options()).await.unwrap();
-    let key = Key::system(["groups_review", "overlap", "key"]);
-    let other = Key::system(["groups_review", "overlap", "other"]);
+    let key = Key::system(["groups_review", "overlap", tag, "key"]);
+    let other = Key::system(["groups_review", "overlap", tag, "other"]);
     let t = granted(a.acquire(&key, TTL, b"").await.unwrap());
     let u = granted(a.acquire(&other, TTL, b"").await.unwrap());
-    // The round starts (reads its start, sends its read) and waits there.
     let leases = [(key.clone(), t)];
-    let mut round = a.renew_many(&leases, TTL);
+    let round = || async { a.renew_many(&leases, TTL).await.pop().unwrap() };
+    let single = || async { a.renew(&key, t, TTL).await };
+    // The older call starts (reads its start, sends its first request) and waits there.
+    let mut older: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = if round_first {
+        Box::pin(round())
+    } else {
+        Box::pin(single())
+    };
     tokio::select! {
         biased;
-        _ = &mut round => panic!("the round answered at once"),
+        _ = &mut older => panic!("the older call answered at once"),
         () = std::future::ready(()) => {}
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    // A renewal started a second later is confirmed first: the key is promised until
-    // at least `s2 + TTL`.
+    // The newer call, started a second later, is confirmed first: the key is promised
+    // until at least `s2 + TTL`.
     let s2 = Instant::now();
-    assert_eq!(a.renew(&key, t, TTL).await.unwrap(), RenewOutcome::Renewed);
-    // Then the older round finishes.
-    let answers = round.await;
-    assert!(
-        matches!(answers[..], [Ok(RenewOutcome::Renewed)]),
-        "{answers:?}"
-    );
+    let newer = if round_first {
+        single().await
+    } else {
+        round().await
+    };
+    assert_eq!(newer.unwrap(), RenewOutcome::Renewed);
+    // Then the older one finishes.
+    assert_eq!(older.await.unwrap(), RenewOutcome::Renewed);
     // The group goes on (rounds of its other lease, each with its keep-alive and the
     // cleanup before it); another instance tries to take the key meanwhile.
     let promised = s2 + TTL;
