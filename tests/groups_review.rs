@@ -42,6 +42,8 @@ struct Scripted {
     many: Mutex<GroupCall>,
     group_calls: AtomicUsize,
     renews: AtomicUsize,
+    /// How long a group call waits before the memory backend answers it.
+    group_delay: Mutex<Duration>,
 }
 
 impl Scripted {
@@ -54,6 +56,7 @@ impl Scripted {
             many: Mutex::new(GroupCall::Normal),
             group_calls: AtomicUsize::new(0),
             renews: AtomicUsize::new(0),
+            group_delay: Mutex::new(Duration::ZERO),
         })
     }
 
@@ -99,6 +102,8 @@ impl Backend for Scripted {
         if many == GroupCall::Panic {
             panic!("scripted group call panic");
         }
+        let delay = *self.group_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         let mut answers = self.inner.renew_many(leases, ttl).await;
         match many {
             GroupCall::Normal | GroupCall::Panic => {}
@@ -289,4 +294,26 @@ async fn a_group_call_failing_for_one_lease_renews_the_others() {
     assert!(b.renews.load(Ordering::SeqCst) >= 2);
     drop(x);
     y.release().await.unwrap();
+}
+
+/// Held: the manager shut down while a group call is in flight. Its holders are told
+/// `Shutdown` and the keys given back at once; the call's late confirmation moves no
+/// deadline of an ended context and revives nothing (the key stays free).
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_mid_round_is_not_undone_by_the_rounds_answer() {
+    let b = Scripted::new(Duration::ZERO);
+    let m = manager(b.clone()).await;
+    let (x, x_ctx) = m.acquire_lease(k("x"), TTL).await.unwrap();
+    *b.group_delay.lock().unwrap() = Duration::from_millis(100);
+    tokio::time::sleep(TTL / 3 + Duration::from_millis(50)).await;
+    assert_eq!(b.group_calls.load(Ordering::SeqCst), 1);
+    m.shutdown().await;
+    assert_eq!(x_ctx.reason(), Some(CancelReason::Shutdown));
+    assert!(b.info(&k("x")).await.unwrap().is_none());
+    tokio::time::sleep(TTL * 2).await;
+    assert_eq!(x_ctx.reason(), Some(CancelReason::Shutdown));
+    assert!(b.info(&k("x")).await.unwrap().is_none());
+    // No later round: the group stopped with its last member.
+    assert_eq!(b.group_calls.load(Ordering::SeqCst), 1);
+    drop(x);
 }
