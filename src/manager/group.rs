@@ -381,8 +381,11 @@ impl Rounds {
                     break; // every member answered or ended
                 };
                 check = next;
-                expire_joined(joined, now);
             }
+            // Leases that joined meanwhile end at their own deadlines, which may come
+            // before any unanswered member's (an acquire that started before their last
+            // renewal): woken for one, it must go, or the wake-up is due again at once.
+            expire_joined(joined, now);
             if pending.is_empty() {
                 break;
             }

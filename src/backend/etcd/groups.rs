@@ -250,7 +250,10 @@ impl Inner {
             known = true;
             stale = h.live_until <= start;
             if !stale {
-                h.live_until = start + ttl;
+                // Never earlier than a renewal that started later and was confirmed
+                // first (a group round and this renewal may overlap): the cleanup
+                // must not delete the key before its holder's deadline.
+                h.live_until = h.live_until.max(start + ttl);
                 h.checked = kv.mod_revision;
             }
         });

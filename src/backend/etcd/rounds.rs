@@ -225,7 +225,11 @@ impl Inner {
         if let Some(list) = crate::sync::lock(&self.held).get_mut(ek) {
             if let Some(h) = list.iter_mut().find(|h| h.token == Some(token)) {
                 if h.live_until > start {
-                    h.live_until = start + ttl;
+                    // Never earlier than a renewal that started later and was
+                    // confirmed first (a re-attach here while this round ran): its
+                    // holder's deadline counts from that start, and the cleanup must
+                    // not delete the key before it.
+                    h.live_until = h.live_until.max(start + ttl);
                     h.checked = checked;
                     outcome = RenewOutcome::Renewed;
                 }
