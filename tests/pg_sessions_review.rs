@@ -155,7 +155,9 @@ async fn a_failed_leave_does_not_keep_the_lease_in_the_session_for_ever() {
     let outcomes = a
         .renew_many(&[(keeper.clone(), k_token), (left.clone(), l_token)], TTL)
         .await;
-    assert!(outcomes.iter().all(|o| *o.as_ref().unwrap() == RenewOutcome::Renewed));
+    assert!(outcomes
+        .iter()
+        .all(|o| *o.as_ref().unwrap() == RenewOutcome::Renewed));
     let db = connect(&url).await;
     assert!(session_of(&db, &t, &left).await.is_some());
     // The leave statement cannot get the row in time: it fails.

@@ -222,15 +222,23 @@ impl Backend for PostgresBackend {
             // Never attached here: it expires on its own.
             return Ok(());
         };
-        self.with_client("leave", |c, sql| {
-            Box::pin(async move {
-                let stmt = c.prepare_cached(&sql.leave).await?;
-                c.execute(&stmt, &[&vec![k], &vec![token], &session, &vec![until]])
-                    .await
-                    .map(drop)
+        let keys = vec![k.clone()];
+        let left = self
+            .with_client("leave", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.leave).await?;
+                    c.execute(&stmt, &[&keys, &vec![token], &session, &vec![until]])
+                        .await
+                        .map(drop)
+                })
             })
-        })
-        .await
+            .await;
+        if left.is_err() {
+            // Forgotten here but maybe still in the session, which would keep it alive
+            // for as long as this backend renews it: it leaves at the next sweep.
+            self.sessions.leave_later(k, token, session, until);
+        }
+        left
     }
 
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {

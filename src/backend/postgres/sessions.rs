@@ -57,6 +57,24 @@ struct State {
     members: HashMap<u64, Member>,
     /// When each session's members were last looked at for stale ones.
     swept: HashMap<i64, Instant>,
+    /// Leases sent to be attached to a session by a statement whose answer never came
+    /// (it may have committed): they may be in that session, by `lease_id`. Cleared by
+    /// the next answered renewal of the lease; left when the lease is forgotten, or
+    /// swept after a TTL without renewals.
+    unsure: HashMap<u64, Unsure>,
+    /// Leases that must still leave their session (a leave statement that failed):
+    /// key, token, session, expiry as of the last confirmed renewal. Left at the
+    /// session's next sweep.
+    leaving: Vec<(String, i64, i64, Option<SystemTime>)>,
+}
+
+/// A lease whose attach to `session` may have taken effect.
+struct Unsure {
+    key: String,
+    token: i64,
+    session: i64,
+    /// When the attach was sent.
+    since: Instant,
 }
 
 /// This backend's sessions and the leases in them.
@@ -133,6 +151,7 @@ impl Sessions {
     pub(super) fn attached(&self, key: &str, token: i64, session: i64, until: Option<SystemTime>) {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
+        state.unsure.remove(&id);
         match state.members.get_mut(&id) {
             // The usual case: renewed again in the same session.
             Some(m) if m.key == key && m.token == token => {
@@ -159,13 +178,52 @@ impl Sessions {
     pub(super) fn forget(&self, key: &str, token: i64) -> Option<(i64, Option<SystemTime>)> {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
-        match state.members.get(&id) {
+        let unsure = match state.unsure.remove(&id) {
+            Some(u) if u.key == key && u.token == token => Some((u.session, None)),
+            Some(u) => {
+                state.unsure.insert(id, u);
+                None
+            }
+            None => None,
+        };
+        let known = match state.members.get(&id) {
             Some(m) if m.key == key && m.token == token => state
                 .members
                 .remove(&id)
                 .and_then(|m| m.session.map(|s| (s, m.confirmed))),
             _ => None,
-        }
+        };
+        // A lease whose attach may have taken effect leaves that session too (with no
+        // confirmed expiry: at most the session's own).
+        known.or(unsure)
+    }
+
+    /// The statement that would have attached `(key, token)` to `session` got no
+    /// answer: it may be in the session now, and must leave it if nobody renews it.
+    pub(super) fn unsure(&self, key: &str, token: i64, session: i64) {
+        let id = super::renewals::lease_id(key, token);
+        self.state().unsure.insert(
+            id,
+            Unsure {
+                key: key.to_owned(),
+                token,
+                session,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// A leave of `(key, token)` from `session` failed: it leaves at the session's next
+    /// sweep ([`Sessions::stale`]), or the session would keep it alive while nobody
+    /// here remembers it.
+    pub(super) fn leave_later(
+        &self,
+        key: String,
+        token: i64,
+        session: i64,
+        until: Option<SystemTime>,
+    ) {
+        self.state().leaving.push((key, token, session, until));
     }
 
     /// The members of `session` whose renewal nobody asked for in a whole TTL (their
@@ -200,7 +258,26 @@ impl Sessions {
             // only forgotten: it is not in any session.
             !(old && m.session.is_none())
         });
+        // Attaches with no answer that nobody renewed since, for a TTL.
+        state.unsure.retain(|_, u| {
+            if u.session == session && now.duration_since(u.since) > ttl {
+                stale.push((std::mem::take(&mut u.key), u.token, None));
+                return false;
+            }
+            true
+        });
+        // Leaves that failed. Those of a session no longer current anywhere are
+        // dropped: that session has expired, and its leases with it.
+        let current: Vec<i64> = state.current.values().copied().collect();
+        state.leaving.retain_mut(|(key, token, s, until)| {
+            if *s == session {
+                stale.push((std::mem::take(key), *token, *until));
+                return false;
+            }
+            current.contains(s)
+        });
         stale.sort();
+        stale.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         stale
     }
 }
