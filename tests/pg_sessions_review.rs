@@ -227,6 +227,54 @@ async fn an_attach_whose_answer_was_lost_does_not_keep_the_lease_for_ever() {
     );
 }
 
+/// Finding 4: `release` forgets the lease before its statement runs; when the statement
+/// fails (a statement timeout here; a cut connection or a dropped future alike), the
+/// lease stays attached and forgotten, and the session keeps it alive for ever: the
+/// key is never free again while this backend runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_release_does_not_keep_the_lease_in_the_session_for_ever() {
+    let url = shared_url();
+    let t = table("sessrev", "failed_release");
+    let a = Arc::new(
+        PostgresBackend::connect(
+            PostgresOptions::new(&url)
+                .table(t.clone())
+                .statement_timeout(Duration::from_millis(400)),
+        )
+        .await
+        .unwrap(),
+    );
+    let keeper = Key::system(["rev", "keeper"]);
+    let gone = Key::system(["rev", "released"]);
+    let k_token = grant(&a, &keeper, TTL).await;
+    let g_token = grant(&a, &gone, TTL).await;
+    let outcomes = a
+        .renew_many(&[(keeper.clone(), k_token), (gone.clone(), g_token)], TTL)
+        .await;
+    assert!(outcomes
+        .iter()
+        .all(|o| *o.as_ref().unwrap() == RenewOutcome::Renewed));
+    let db = connect(&url).await;
+    assert!(session_of(&db, &t, &gone).await.is_some());
+    let blocker = connect(&url).await;
+    blocker.batch_execute("BEGIN").await.unwrap();
+    blocker
+        .query(
+            &format!("SELECT 1 FROM {t} WHERE key = $1 FOR UPDATE"),
+            &[&gone.to_string()],
+        )
+        .await
+        .unwrap();
+    assert!(a.release(&gone, g_token).await.is_err());
+    blocker.batch_execute("COMMIT").await.unwrap();
+    keep_session(&a, &keeper, k_token, TTL * 3).await;
+    assert!(
+        free(&db, &t, &gone).await,
+        "a lease whose release failed is kept alive by the session: {:?}",
+        session_of(&db, &t, &gone).await
+    );
+}
+
 fn via(url: &str, port: u16) -> String {
     let config: tokio_postgres::Config = url.parse().unwrap();
     let mut s = format!("host=127.0.0.1 port={port}");
