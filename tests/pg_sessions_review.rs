@@ -275,6 +275,56 @@ async fn a_failed_release_does_not_keep_the_lease_in_the_session_for_ever() {
     );
 }
 
+/// Finding 5: a lease left (handed over) while a renewal of it is in flight is
+/// remembered again as a member when that renewal's answer (judged on its snapshot,
+/// from before the leave) comes back: a re-attach of the lease through the same
+/// backend (its client came back to the same server) is then renewed as a member,
+/// found out of the session, and lost, although the lease is live and the client
+/// holds its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_during_its_renewal_can_be_re_attached_here() {
+    let url = shared_url();
+    let t = table("sessrev", "left_in_flight");
+    let a = backend(&url, &t).await;
+    let left = Key::system(["rev", "a_left"]);
+    let newcomer = Key::system(["rev", "b_new"]);
+    let l_token = grant(&a, &left, TTL).await;
+    assert_eq!(
+        a.renew(&left, l_token, TTL).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    let n_token = grant(&a, &newcomer, TTL).await;
+    // A renewal of both (the newcomer to attach) waits for the newcomer's row; its
+    // snapshot was taken before the leave below.
+    let blocker = connect(&url).await;
+    blocker.batch_execute("BEGIN").await.unwrap();
+    blocker
+        .query(
+            &format!("SELECT 1 FROM {t} WHERE key = $1 FOR UPDATE"),
+            &[&newcomer.to_string()],
+        )
+        .await
+        .unwrap();
+    let renewal = {
+        let (a, left, newcomer) = (a.clone(), left.clone(), newcomer.clone());
+        tokio::spawn(async move {
+            a.renew_many(&[(left, l_token), (newcomer, n_token)], TTL)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!renewal.is_finished());
+    a.leave(&left, l_token).await.unwrap();
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let _ = renewal.await.unwrap();
+    // The client comes back to this backend with its token, before its deadline.
+    assert_eq!(
+        a.renew(&left, l_token, TTL).await.unwrap(),
+        RenewOutcome::Renewed,
+        "a live lease, re-attached by its token, is lost"
+    );
+}
+
 fn via(url: &str, port: u16) -> String {
     let config: tokio_postgres::Config = url.parse().unwrap();
     let mut s = format!("host=127.0.0.1 port={port}");
