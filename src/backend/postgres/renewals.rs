@@ -570,7 +570,8 @@ async fn renew_once(
             Place::Attach(_) => RenewOutcome::Lost,
         };
         if outcome == RenewOutcome::Renewed {
-            sessions.attached(&l.key, l.token, session, until);
+            let attach = matches!(place, Place::Attach(_));
+            sessions.attached(&l.key, l.token, session, until, attach);
         } else {
             sessions.forget(&l.key, l.token);
         }

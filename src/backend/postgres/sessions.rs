@@ -147,8 +147,20 @@ impl Sessions {
         }
     }
 
-    /// `(key, token)` is in `session` now, renewed until `until`.
-    pub(super) fn attached(&self, key: &str, token: i64, session: i64, until: Option<SystemTime>) {
+    /// `(key, token)` is in `session` now, renewed until `until`. `attach`: the
+    /// statement attached it (it is remembered even if it was forgotten meanwhile: it is
+    /// in the session, and must leave it if nobody renews it); otherwise it was renewed
+    /// as a member, and one forgotten meanwhile (left, released: the answer was judged
+    /// on a snapshot from before) stays forgotten, so that a re-attach of it here
+    /// attaches it again instead of asking for a membership it no longer has.
+    pub(super) fn attached(
+        &self,
+        key: &str,
+        token: i64,
+        session: i64,
+        until: Option<SystemTime>,
+        attach: bool,
+    ) {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
         state.unsure.remove(&id);
@@ -158,6 +170,7 @@ impl Sessions {
                 m.session = Some(session);
                 m.confirmed = until;
             }
+            _ if !attach => {}
             _ => {
                 state.members.insert(
                     id,
