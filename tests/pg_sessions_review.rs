@@ -325,6 +325,53 @@ async fn a_lease_left_during_its_renewal_can_be_re_attached_here() {
     );
 }
 
+/// Finding 6: every backend's first operation runs the schema statements, and
+/// `ALTER TABLE … ADD COLUMN IF NOT EXISTS` takes an ACCESS EXCLUSIVE lock on the
+/// lease table even when the column is there. Behind a long reader (a backup, an
+/// operator's open transaction) that lock request waits, and every other server's
+/// renewals queue behind it: a server starting stops everyone's renewals until its
+/// statement times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_backend_does_not_block_the_others_renewals() {
+    let url = shared_url();
+    let t = table("sessrev", "start_lock");
+    let a = backend(&url, &t).await;
+    let key = Key::system(["rev", "held"]);
+    let token = grant(&a, &key, TTL).await;
+    assert_eq!(
+        a.renew(&key, token, TTL).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    // A long reader of the lease table.
+    let reader = connect(&url).await;
+    reader.batch_execute("BEGIN").await.unwrap();
+    reader
+        .query(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap();
+    // Another server starts (it makes sure of the schema as it connects).
+    let starting = {
+        let (url, t) = (url.clone(), t.clone());
+        tokio::spawn(async move {
+            PostgresBackend::connect(
+                PostgresOptions::new(&url)
+                    .table(t)
+                    .statement_timeout(Duration::from_secs(4)),
+            )
+            .await
+            .map(drop)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let renewed = tokio::time::timeout(Duration::from_secs(1), a.renew(&key, token, TTL)).await;
+    reader.batch_execute("COMMIT").await.unwrap();
+    let _ = starting.await.unwrap();
+    assert!(
+        matches!(renewed, Ok(Ok(RenewOutcome::Renewed))),
+        "a renewal waited behind a starting server's schema lock: {renewed:?}"
+    );
+}
+
 fn via(url: &str, port: u16) -> String {
     let config: tokio_postgres::Config = url.parse().unwrap();
     let mut s = format!("host=127.0.0.1 port={port}");
