@@ -372,6 +372,60 @@ async fn a_starting_backend_does_not_block_the_others_renewals() {
     );
 }
 
+/// Finding 7: during a rolling upgrade, old-version servers share the table. The
+/// previous version's acquire (its whole statement, as `git show
+/// 47c7f7d:src/backend/postgres/sql.rs` has it) on a key held through a session must
+/// answer "held", as the docs promise; its time-left sub-select computes
+/// `expires_at - now()` on 'infinity', which PostgreSQL before 17 refuses ("interval
+/// out of range"): the old server's acquire, info and list of such keys fail instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_versions_statements_read_a_session_lease_as_held() {
+    let url = shared_url();
+    let t = table("sessrev", "old_sql");
+    let a = backend(&url, &t).await;
+    let key = Key::system(["rev", "held"]);
+    let token = grant(&a, &key, TTL).await;
+    assert_eq!(
+        a.renew(&key, token, TTL).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    let db = connect(&url).await;
+    assert!(session_of(&db, &t, &key).await.is_some());
+    let ttl = "($2::bigint * interval '1 millisecond')";
+    let us_left = "GREATEST(0, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000000)::bigint)";
+    let live = "expires_at > now()";
+    let old_acquire = format!(
+        "WITH ins AS (
+            INSERT INTO {t} AS l (key, token, ttl_ms, expires_at, metadata, revoked, acquired_at)
+            VALUES ($1, nextval('{t}_token_seq'), $2, now() + {ttl}, $3, false, now())
+            ON CONFLICT (key) DO UPDATE SET
+                token = nextval('{t}_token_seq'), ttl_ms = EXCLUDED.ttl_ms,
+                expires_at = EXCLUDED.expires_at, metadata = EXCLUDED.metadata,
+                revoked = false, acquired_at = EXCLUDED.acquired_at
+            WHERE l.expires_at <= now()
+            RETURNING token)
+        SELECT (SELECT token FROM ins),
+               (SELECT {us_left} FROM {t} WHERE key = $1 AND {live})"
+    );
+    let row = db
+        .query_one(
+            &old_acquire,
+            &[&key.to_string(), &1500i64, &Vec::<u8>::new()],
+        )
+        .await;
+    let row = row.expect("the old acquire answers");
+    let taken: Option<i64> = row.get(0);
+    let left: Option<i64> = row.get(1);
+    assert_eq!(taken, None, "an old server took a session lease");
+    assert!(left.is_some_and(|us| us > 0), "held, with time left");
+    let old_info = format!(
+        "SELECT token, ttl_ms, {us_left}, metadata, revoked, acquired_at FROM {t} WHERE key = $1 AND {live}"
+    );
+    db.query_one(&old_info, &[&key.to_string()])
+        .await
+        .expect("the old info answers");
+}
+
 fn via(url: &str, port: u16) -> String {
     let config: tokio_postgres::Config = url.parse().unwrap();
     let mut s = format!("host=127.0.0.1 port={port}");
