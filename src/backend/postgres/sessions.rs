@@ -271,17 +271,18 @@ impl Sessions {
             // only forgotten: it is not in any session.
             !(old && m.session.is_none())
         });
-        // Attaches with no answer that nobody renewed since, for a TTL.
+        // Attaches with no answer that nobody renewed since, for a TTL. Those of a
+        // session no longer current anywhere are dropped: that session has expired,
+        // and its leases with it.
+        let current: Vec<i64> = state.current.values().copied().collect();
         state.unsure.retain(|_, u| {
             if u.session == session && now.duration_since(u.since) > ttl {
                 stale.push((std::mem::take(&mut u.key), u.token, None));
                 return false;
             }
-            true
+            u.session == session || current.contains(&u.session)
         });
-        // Leaves that failed. Those of a session no longer current anywhere are
-        // dropped: that session has expired, and its leases with it.
-        let current: Vec<i64> = state.current.values().copied().collect();
+        // Leaves that failed (dropped alike once their session is not current).
         state.leaving.retain_mut(|(key, token, s, until)| {
             if *s == session {
                 stale.push((std::mem::take(key), *token, *until));
