@@ -435,6 +435,53 @@ async fn the_previous_versions_statements_read_a_session_lease_as_held() {
         .expect("the old info answers");
 }
 
+/// Finding 4b (found in the fix of finding 4): a leave still owed from a failed release
+/// must not take the lease out of its session once it was re-attached here by its
+/// token: the sweep would detach a lease its holder keeps renewing, with an expiry from
+/// before (past), and another holder could take it while the first is still renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_re_attached_after_a_failed_release_stays_in_its_session() {
+    let url = shared_url();
+    let t = table("sessrev", "back_after_release");
+    let a = Arc::new(
+        PostgresBackend::connect(
+            PostgresOptions::new(&url)
+                .table(t.clone())
+                .statement_timeout(Duration::from_millis(400)),
+        )
+        .await
+        .unwrap(),
+    );
+    let key = Key::system(["rev", "back"]);
+    let token = grant(&a, &key, TTL).await;
+    assert_eq!(
+        a.renew(&key, token, TTL).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    let db = connect(&url).await;
+    let blocker = connect(&url).await;
+    blocker.batch_execute("BEGIN").await.unwrap();
+    blocker
+        .query(
+            &format!("SELECT 1 FROM {t} WHERE key = $1 FOR UPDATE"),
+            &[&key.to_string()],
+        )
+        .await
+        .unwrap();
+    assert!(a.release(&key, token).await.is_err());
+    blocker.batch_execute("COMMIT").await.unwrap();
+    // Its holder comes back with its token and keeps renewing it.
+    for _ in 0..8 {
+        assert_eq!(
+            a.renew(&key, token, TTL).await.unwrap(),
+            RenewOutcome::Renewed,
+            "a renewed lease was taken out of its session: {:?}",
+            session_of(&db, &t, &key).await
+        );
+        tokio::time::sleep(TTL / 4).await;
+    }
+}
+
 fn via(url: &str, port: u16) -> String {
     let config: tokio_postgres::Config = url.parse().unwrap();
     let mut s = format!("host=127.0.0.1 port={port}");
