@@ -134,6 +134,13 @@ impl Sessions {
     pub(super) fn mode(&self, key: &str, token: i64, session: i64) -> Mode {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
+        // Renewed here again (a re-attach after a failed release or leave): it must
+        // not be taken out of its session by a leave still owed from before.
+        if !state.leaving.is_empty() {
+            state
+                .leaving
+                .retain(|(k, t, ..)| !(k == key && *t == token));
+        }
         match state.members.get_mut(&id) {
             Some(m) if m.key == key && m.token == token => {
                 m.asked = Instant::now();
