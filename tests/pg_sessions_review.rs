@@ -36,7 +36,7 @@ async fn session_of(db: &Client, t: &str, key: &Key) -> Option<i64> {
     .and_then(|r| r.get(0))
 }
 
-/// Finding 1: a session renewal that judged its session live and then waited for a
+/// Held (no finding; kept as a regression test): a session renewal that waited for a
 /// lease row lock (a lease it attaches, held by another transaction) must not revive
 /// the session if it expired while it waited and a takeover took one of its members:
 /// the member must not be reported renewed while another holder has the key.
