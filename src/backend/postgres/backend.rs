@@ -200,14 +200,22 @@ impl Backend for PostgresBackend {
             return Ok(false);
         };
         let k = key.to_string();
-        self.sessions.forget(&k, token);
-        self.with_client("release", |c, sql| {
-            Box::pin(async move {
-                let stmt = c.prepare_cached(&sql.release).await?;
-                Ok(!c.query(&stmt, &[&k, &token]).await?.is_empty())
+        // Forgotten here at once; until the release is known to have ended the lease,
+        // it must still leave its session (a failed or abandoned release would leave
+        // it in the session, kept alive for ever): see `LeaveUnlessDone`.
+        let mut guard = LeaveUnlessDone::new(&self.sessions, &k, token);
+        let released = self
+            .with_client("release", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.release).await?;
+                    Ok(!c.query(&stmt, &[&k, &token]).await?.is_empty())
+                })
             })
-        })
-        .await
+            .await;
+        if matches!(released, Ok(true)) {
+            guard.done();
+        }
+        released
     }
 
     /// Takes `(key, token)` out of this backend's session, if it is in one, with the
@@ -218,19 +226,27 @@ impl Backend for PostgresBackend {
             return Ok(());
         };
         let k = key.to_string();
-        let Some((session, until)) = self.sessions.forget(&k, token) else {
+        // Forgotten here but maybe still in the session until the statement is known
+        // to have run: a failed or abandoned one leaves it at the next sweep.
+        let mut guard = LeaveUnlessDone::new(&self.sessions, &k, token);
+        let Some((session, until)) = guard.left else {
             // Never attached here: it expires on its own.
             return Ok(());
         };
-        self.with_client("leave", |c, sql| {
-            Box::pin(async move {
-                let stmt = c.prepare_cached(&sql.leave).await?;
-                c.execute(&stmt, &[&vec![k], &vec![token], &session, &vec![until]])
-                    .await
-                    .map(drop)
+        let left = self
+            .with_client("leave", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.leave).await?;
+                    c.execute(&stmt, &[&vec![k], &vec![token], &session, &vec![until]])
+                        .await
+                        .map(drop)
+                })
             })
-        })
-        .await
+            .await;
+        if left.is_ok() {
+            guard.done();
+        }
+        left
     }
 
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
@@ -337,6 +353,44 @@ impl Backend for PostgresBackend {
 
     fn subscribe_freed(&self) -> FreedKeys {
         FreedKeys::new(self.frees.subscribe())
+    }
+}
+
+/// A lease forgotten by this backend's sessions on its way out (release, leave): unless
+/// [`done`](LeaveUnlessDone::done) says its statement ended it, it leaves its session at
+/// the session's next sweep ([`Sessions::leave_later`]), including when the future is
+/// dropped mid-statement. Without this, a lease still attached but forgotten here would
+/// be kept alive by the session for as long as this backend renews it.
+struct LeaveUnlessDone<'a> {
+    sessions: &'a Sessions,
+    key: String,
+    token: i64,
+    /// The session it was in and its expiry as of its last confirmed renewal.
+    left: Option<(i64, Option<std::time::SystemTime>)>,
+}
+
+impl<'a> LeaveUnlessDone<'a> {
+    fn new(sessions: &'a Sessions, key: &str, token: i64) -> Self {
+        let left = sessions.forget(key, token);
+        LeaveUnlessDone {
+            sessions,
+            key: key.to_owned(),
+            token,
+            left,
+        }
+    }
+
+    fn done(&mut self) {
+        self.left = None;
+    }
+}
+
+impl Drop for LeaveUnlessDone<'_> {
+    fn drop(&mut self) {
+        if let Some((session, until)) = self.left.take() {
+            self.sessions
+                .leave_later(std::mem::take(&mut self.key), self.token, session, until);
+        }
     }
 }
 

@@ -66,7 +66,9 @@
 //!
 //! The tables and sequences are created on first use, in a transaction under an advisory
 //! lock, so many processes can start at once (a table made by an earlier version gets
-//! its `session` column there, `ADD COLUMN IF NOT EXISTS`); unless
+//! its `session` column there, `ADD COLUMN IF NOT EXISTS`, run only when the column is
+//! missing: the `ALTER` locks the whole table, and behind a long reader every other
+//! server's renewals would queue behind it); unless
 //! [`PostgresOptions::create_schema`] is `false` (read-only use: the backend then runs
 //! no DDL, and a missing table fails each operation with a message that says so).
 //!

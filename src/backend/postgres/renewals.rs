@@ -438,16 +438,22 @@ async fn renew_once(
             tokens.push(t);
             untils.push(u);
         }
+        let (k, t, u) = (keys.clone(), tokens.clone(), untils.clone());
         let left = db
             .with_client("leave a session", |c, sql| {
                 Box::pin(async move {
                     let stmt = c.prepare_cached(&sql.leave).await?;
-                    c.execute(&stmt, &[&keys, &tokens, &session, &untils]).await
+                    c.execute(&stmt, &[&k, &t, &session, &u]).await
                 })
             })
             .await;
         if let Err(error) = left {
+            // Forgotten as members, but still in the session: they leave at the next
+            // sweep, or the session would keep them alive for ever.
             tracing::debug!(%error, "stale session members could not leave their session");
+            for ((key, token), until) in keys.into_iter().zip(tokens).zip(untils) {
+                sessions.leave_later(key, token, session, until);
+            }
         }
     }
     // Each lease's place: in the statement's member or attach arrays, or lost already.
@@ -527,6 +533,13 @@ async fn renew_once(
         Ok(answer) => answer,
         Err(error) => {
             tracing::debug!(%error, leases = leases.len(), "a session renewal failed");
+            // The statement may have committed: the leases it was to attach may be in
+            // the session now (see `Sessions::unsure`).
+            for (l, place) in leases.iter().zip(&places) {
+                if matches!(place, Place::Attach(_)) {
+                    sessions.unsure(&l.key, l.token, session);
+                }
+            }
             for reply in leases.into_iter().flat_map(|l| l.replies) {
                 let _ = reply.send(Err(error.clone()));
             }
@@ -557,7 +570,8 @@ async fn renew_once(
             Place::Attach(_) => RenewOutcome::Lost,
         };
         if outcome == RenewOutcome::Renewed {
-            sessions.attached(&l.key, l.token, session, until);
+            let attach = matches!(place, Place::Attach(_));
+            sessions.attached(&l.key, l.token, session, until, attach);
         } else {
             sessions.forget(&l.key, l.token);
         }

@@ -37,7 +37,20 @@ impl Schema {
                 // Sessions (see `sessions.rs`), added by version 0.x with sessions: a
                 // table made by an earlier version gets the column here, under the same
                 // advisory lock. Old servers still running leave it NULL.
-                format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS session BIGINT"),
+                //
+                // Only when it is missing: `ALTER TABLE` takes an ACCESS EXCLUSIVE lock
+                // on the table even when the column exists, and behind any long reader
+                // (a backup, an open transaction) that request would queue every other
+                // server's renewals until our statement timed out. The index below is
+                // guarded alike (`CREATE INDEX` takes a SHARE lock first: no writes).
+                format!(
+                    "DO $$ BEGIN
+                        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('{t}')
+                                       AND attname = 'session' AND NOT attisdropped) THEN
+                            ALTER TABLE {t} ADD COLUMN IF NOT EXISTS session BIGINT;
+                        END IF;
+                    END $$"
+                ),
                 format!("CREATE SEQUENCE IF NOT EXISTS {t}_session_seq"),
                 format!(
                     "CREATE TABLE IF NOT EXISTS {t}_sessions (
@@ -47,7 +60,11 @@ impl Schema {
                 ),
                 // A session renewal finds its revoked leases through this (small) index.
                 format!(
-                    "CREATE INDEX IF NOT EXISTS {t}_session_revoked ON {t} (session) WHERE revoked"
+                    "DO $$ BEGIN
+                        IF to_regclass('{t}_session_revoked') IS NULL THEN
+                            CREATE INDEX IF NOT EXISTS {t}_session_revoked ON {t} (session) WHERE revoked;
+                        END IF;
+                    END $$"
                 ),
             ],
             ready: OnceCell::new(),

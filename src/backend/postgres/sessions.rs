@@ -57,6 +57,24 @@ struct State {
     members: HashMap<u64, Member>,
     /// When each session's members were last looked at for stale ones.
     swept: HashMap<i64, Instant>,
+    /// Leases sent to be attached to a session by a statement whose answer never came
+    /// (it may have committed): they may be in that session, by `lease_id`. Cleared by
+    /// the next answered renewal of the lease; left when the lease is forgotten, or
+    /// swept after a TTL without renewals.
+    unsure: HashMap<u64, Unsure>,
+    /// Leases that must still leave their session (a leave statement that failed):
+    /// key, token, session, expiry as of the last confirmed renewal. Left at the
+    /// session's next sweep.
+    leaving: Vec<(String, i64, i64, Option<SystemTime>)>,
+}
+
+/// A lease whose attach to `session` may have taken effect.
+struct Unsure {
+    key: String,
+    token: i64,
+    session: i64,
+    /// When the attach was sent.
+    since: Instant,
 }
 
 /// This backend's sessions and the leases in them.
@@ -116,6 +134,13 @@ impl Sessions {
     pub(super) fn mode(&self, key: &str, token: i64, session: i64) -> Mode {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
+        // Renewed here again (a re-attach after a failed release or leave): it must
+        // not be taken out of its session by a leave still owed from before.
+        if !state.leaving.is_empty() {
+            state
+                .leaving
+                .retain(|(k, t, ..)| !(k == key && *t == token));
+        }
         match state.members.get_mut(&id) {
             Some(m) if m.key == key && m.token == token => {
                 m.asked = Instant::now();
@@ -129,16 +154,30 @@ impl Sessions {
         }
     }
 
-    /// `(key, token)` is in `session` now, renewed until `until`.
-    pub(super) fn attached(&self, key: &str, token: i64, session: i64, until: Option<SystemTime>) {
+    /// `(key, token)` is in `session` now, renewed until `until`. `attach`: the
+    /// statement attached it (it is remembered even if it was forgotten meanwhile: it is
+    /// in the session, and must leave it if nobody renews it); otherwise it was renewed
+    /// as a member, and one forgotten meanwhile (left, released: the answer was judged
+    /// on a snapshot from before) stays forgotten, so that a re-attach of it here
+    /// attaches it again instead of asking for a membership it no longer has.
+    pub(super) fn attached(
+        &self,
+        key: &str,
+        token: i64,
+        session: i64,
+        until: Option<SystemTime>,
+        attach: bool,
+    ) {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
+        state.unsure.remove(&id);
         match state.members.get_mut(&id) {
             // The usual case: renewed again in the same session.
             Some(m) if m.key == key && m.token == token => {
                 m.session = Some(session);
                 m.confirmed = until;
             }
+            _ if !attach => {}
             _ => {
                 state.members.insert(
                     id,
@@ -159,13 +198,52 @@ impl Sessions {
     pub(super) fn forget(&self, key: &str, token: i64) -> Option<(i64, Option<SystemTime>)> {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
-        match state.members.get(&id) {
+        let unsure = match state.unsure.remove(&id) {
+            Some(u) if u.key == key && u.token == token => Some((u.session, None)),
+            Some(u) => {
+                state.unsure.insert(id, u);
+                None
+            }
+            None => None,
+        };
+        let known = match state.members.get(&id) {
             Some(m) if m.key == key && m.token == token => state
                 .members
                 .remove(&id)
                 .and_then(|m| m.session.map(|s| (s, m.confirmed))),
             _ => None,
-        }
+        };
+        // A lease whose attach may have taken effect leaves that session too (with no
+        // confirmed expiry: at most the session's own).
+        known.or(unsure)
+    }
+
+    /// The statement that would have attached `(key, token)` to `session` got no
+    /// answer: it may be in the session now, and must leave it if nobody renews it.
+    pub(super) fn unsure(&self, key: &str, token: i64, session: i64) {
+        let id = super::renewals::lease_id(key, token);
+        self.state().unsure.insert(
+            id,
+            Unsure {
+                key: key.to_owned(),
+                token,
+                session,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// A leave of `(key, token)` from `session` failed: it leaves at the session's next
+    /// sweep ([`Sessions::stale`]), or the session would keep it alive while nobody
+    /// here remembers it.
+    pub(super) fn leave_later(
+        &self,
+        key: String,
+        token: i64,
+        session: i64,
+        until: Option<SystemTime>,
+    ) {
+        self.state().leaving.push((key, token, session, until));
     }
 
     /// The members of `session` whose renewal nobody asked for in a whole TTL (their
@@ -200,7 +278,27 @@ impl Sessions {
             // only forgotten: it is not in any session.
             !(old && m.session.is_none())
         });
+        // Attaches with no answer that nobody renewed since, for a TTL. Those of a
+        // session no longer current anywhere are dropped: that session has expired,
+        // and its leases with it.
+        let current: Vec<i64> = state.current.values().copied().collect();
+        state.unsure.retain(|_, u| {
+            if u.session == session && now.duration_since(u.since) > ttl {
+                stale.push((std::mem::take(&mut u.key), u.token, None));
+                return false;
+            }
+            u.session == session || current.contains(&u.session)
+        });
+        // Leaves that failed (dropped alike once their session is not current).
+        state.leaving.retain_mut(|(key, token, s, until)| {
+            if *s == session {
+                stale.push((std::mem::take(key), *token, *until));
+                return false;
+            }
+            current.contains(s)
+        });
         stale.sort();
+        stale.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         stale
     }
 }
