@@ -75,10 +75,12 @@ cleanup() {
 trap cleanup EXIT
 
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
-step "leases serve --console --token-file F --min-ttl 1s"
+# The test holds 10k leases from one client (this machine): above the default limit of
+# HTTP leases per client (1024).
+step "leases serve --console --token-file F --min-ttl 1s --max-http-leases-per-client 20000"
 : >"$work/serve.log"
 target/debug/leases serve --bind 127.0.0.1:0 --min-ttl 1s --console \
-  --token-file "$work/token" >"$work/serve.log" 2>&1 &
+  --token-file "$work/token" --max-http-leases-per-client 20000 >"$work/serve.log" 2>&1 &
 server="$!"
 addr=""
 for _ in $(seq 300); do
