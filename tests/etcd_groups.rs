@@ -8,17 +8,15 @@
 //! `support/etcd.rs`); a missing etcd is a failure, never a skip.
 #![cfg(feature = "etcd")]
 
+#[macro_use]
 mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use leases::backend::etcd_wire as pb;
-use leases::backend::{
-    AcquireOutcome, Backend, EtcdBackend, EtcdOptions, FreedKeys, LeaseInfo, RenewOutcome,
-};
+use leases::backend::{AcquireOutcome, Backend, EtcdBackend, EtcdOptions, RenewOutcome};
 use leases::{AcquireOptions, CancelReason, Key, LeaseManager, LossCause};
 use support::etcd::{granted, manager, run_id, shared_endpoints, EtcdCluster};
 
@@ -285,36 +283,9 @@ async fn granted_again(pad: usize) {
 /// the per-key renewal, for the request counts.
 struct PerKey(EtcdBackend);
 
-#[async_trait]
-impl Backend for PerKey {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, leases::BackendError> {
-        self.0.acquire(key, ttl, metadata).await
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<RenewOutcome, leases::BackendError> {
-        self.0.renew(key, token, ttl).await
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
-        self.0.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, leases::BackendError> {
-        self.0.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, leases::BackendError> {
-        self.0.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.0.subscribe_freed()
-    }
+forward_backend! {
+    PerKey => 0;
+    forward: acquire, renew, release, revoke, info, subscribe_freed;
     fn shared(&self) -> bool {
         true
     }

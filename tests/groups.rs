@@ -3,15 +3,15 @@
 //! backend behind a wrapper that records each group call and can slow it down or fail
 //! it, or behind `FaultyBackend`.
 
+#[macro_use]
+#[path = "support/forward.rs"]
+mod forward;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{
-    AcquireOutcome, Backend, FaultyBackend, FreedKeys, LeaseInfo, MemoryBackend, RenewFault,
-    RenewOutcome,
-};
+use leases::backend::{Backend, FaultyBackend, MemoryBackend, RenewFault, RenewOutcome};
 use leases::{BackendError, BackendErrorKind, CancelReason, Key, LeaseManager, LossCause};
 use tokio::time::Instant;
 
@@ -56,17 +56,9 @@ impl Recording {
     }
 }
 
-#[async_trait]
-impl Backend for Recording {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, BackendError> {
-        self.inner.acquire(key, ttl, metadata).await
-    }
-
+forward_backend! {
+    Recording => inner;
+    forward: acquire, release, revoke, info, subscribe_freed;
     async fn renew(
         &self,
         key: &Key,
@@ -79,7 +71,6 @@ impl Backend for Recording {
         }
         self.inner.renew(key, token, ttl).await
     }
-
     async fn renew_many(
         &self,
         leases: &[(Key, u64)],
@@ -101,22 +92,6 @@ impl Backend for Recording {
             return leases.iter().map(|_| Err(e.clone())).collect();
         }
         self.inner.renew_many(leases, ttl).await
-    }
-
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
-        self.inner.release(key, token).await
-    }
-
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.inner.revoke(key).await
-    }
-
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.inner.info(key).await
-    }
-
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.inner.subscribe_freed()
     }
 }
 

@@ -6,13 +6,16 @@
 //! clock move) runs its runtime on a thread of its own and is waited for on the real
 //! clock, so that it fails instead of hanging.
 
+#[macro_use]
+#[path = "support/forward.rs"]
+mod forward;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
+use leases::backend::{AcquireOutcome, Backend, MemoryBackend, RenewOutcome};
 use leases::{BackendError, CancelReason, Key, LeaseManager, LossCause};
 use tokio::time::Instant;
 
@@ -65,8 +68,9 @@ impl Scripted {
     }
 }
 
-#[async_trait]
-impl Backend for Scripted {
+forward_backend! {
+    Scripted => inner;
+    forward: release, revoke, info, subscribe_freed;
     async fn acquire(
         &self,
         key: &Key,
@@ -78,7 +82,6 @@ impl Backend for Scripted {
         }
         self.inner.acquire(key, ttl, metadata).await
     }
-
     async fn renew(
         &self,
         key: &Key,
@@ -91,7 +94,6 @@ impl Backend for Scripted {
         }
         self.inner.renew(key, token, ttl).await
     }
-
     async fn renew_many(
         &self,
         leases: &[(Key, u64)],
@@ -116,22 +118,6 @@ impl Backend for Scripted {
             }
         }
         answers
-    }
-
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
-        self.inner.release(key, token).await
-    }
-
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.inner.revoke(key).await
-    }
-
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.inner.info(key).await
-    }
-
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.inner.subscribe_freed()
     }
 }
 

@@ -10,6 +10,7 @@
 //! does.
 #![cfg(feature = "server")]
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
@@ -90,16 +91,9 @@ impl Recorded {
     }
 }
 
-#[async_trait::async_trait]
-impl Backend for Recorded {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<leases::backend::AcquireOutcome, leases::BackendError> {
-        self.inner.acquire(key, ttl, metadata).await
-    }
+forward_backend! {
+    Recorded => inner;
+    forward: acquire, release, revoke, info, subscribe_freed;
     async fn renew(
         &self,
         key: &Key,
@@ -114,21 +108,6 @@ impl Backend for Recorded {
                 .push((key.clone(), Instant::now()));
         }
         outcome
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
-        self.inner.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, leases::BackendError> {
-        self.inner.revoke(key).await
-    }
-    async fn info(
-        &self,
-        key: &Key,
-    ) -> Result<Option<leases::backend::LeaseInfo>, leases::BackendError> {
-        self.inner.info(key).await
-    }
-    fn subscribe_freed(&self) -> leases::backend::FreedKeys {
-        self.inner.subscribe_freed()
     }
 }
 

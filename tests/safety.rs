@@ -2,15 +2,16 @@
 //! manager, on the memory backend and paused time. (The defects that any backend can
 //! show are conformance cases; the PostgreSQL ones are in `pg_safety.rs`.)
 
+#[macro_use]
+#[path = "support/forward.rs"]
+mod forward;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, MemoryBackend, RenewOutcome};
-use leases::{
-    AcquireOptions, BackendError, CancelReason, Key, LeaseError, LeaseInfo, LeaseManager, Leaser,
-};
+use leases::backend::{AcquireOutcome, Backend, MemoryBackend};
+use leases::{AcquireOptions, BackendError, CancelReason, Key, LeaseError, LeaseManager, Leaser};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -57,8 +58,9 @@ impl Counting {
     }
 }
 
-#[async_trait]
-impl Backend for Counting {
+forward_backend! {
+    Counting => inner;
+    forward: renew, revoke, info, subscribe_freed;
     async fn acquire(
         &self,
         key: &Key,
@@ -77,26 +79,9 @@ impl Backend for Counting {
         }
         self.inner.acquire(key, ttl, metadata).await
     }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<RenewOutcome, BackendError> {
-        self.inner.renew(key, token, ttl).await
-    }
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
         tokio::time::sleep(self.release_delay).await;
         self.inner.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.inner.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.inner.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.inner.subscribe_freed()
     }
 }
 

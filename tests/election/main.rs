@@ -8,6 +8,10 @@
 //! every grant), `candidates.rs` and `terms.rs` (what the test saw of each term);
 //! `campaigns.rs` holds the smaller cases.
 
+#[macro_use]
+#[path = "../support/forward.rs"]
+mod forward;
+
 mod campaigns;
 mod candidates;
 mod handover;

@@ -4,8 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
+use leases::backend::{AcquireOutcome, MemoryBackend};
 use leases::election::Leadership;
 use leases::{BackendError, Key};
 use tokio::time::Instant;
@@ -22,8 +21,9 @@ pub(crate) struct Recording {
     pub(crate) violations: Mutex<Vec<String>>,
 }
 
-#[async_trait]
-impl Backend for Recording {
+forward_backend! {
+    Recording => inner;
+    forward: renew, release, revoke, info, subscribe_freed;
     async fn acquire(
         &self,
         key: &Key,
@@ -44,25 +44,5 @@ impl Backend for Recording {
             }
         }
         Ok(outcome)
-    }
-    async fn renew(
-        &self,
-        key: &Key,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<RenewOutcome, BackendError> {
-        self.inner.renew(key, token, ttl).await
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
-        self.inner.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.inner.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.inner.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.inner.subscribe_freed()
     }
 }

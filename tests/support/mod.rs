@@ -1,6 +1,9 @@
 //! Test support shared by the tests.
 #![allow(dead_code)]
 
+#[macro_use]
+pub mod forward;
+
 #[cfg(feature = "server")]
 pub mod binary;
 pub mod etcd;

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
+use leases::backend::{MemoryBackend, RenewOutcome};
 use leases::{BackendError, Key};
 
 /// A [`MemoryBackend`] shared by every clone, with `shared()` true.
@@ -29,16 +28,9 @@ impl SharedStore {
     }
 }
 
-#[async_trait]
-impl Backend for SharedStore {
-    async fn acquire(
-        &self,
-        key: &Key,
-        ttl: Duration,
-        metadata: &[u8],
-    ) -> Result<AcquireOutcome, BackendError> {
-        self.inner.acquire(key, ttl, metadata).await
-    }
+forward_backend! {
+    SharedStore => inner;
+    forward: acquire, release, revoke, info, list, subscribe_freed;
     async fn renew(
         &self,
         key: &Key,
@@ -50,21 +42,6 @@ impl Backend for SharedStore {
             tokio::time::sleep(self.renew_answer_delay).await;
         }
         outcome
-    }
-    async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
-        self.inner.release(key, token).await
-    }
-    async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        self.inner.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.inner.info(key).await
-    }
-    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, BackendError> {
-        self.inner.list(prefix, limit).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.inner.subscribe_freed()
     }
     fn shared(&self) -> bool {
         true

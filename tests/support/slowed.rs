@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use leases::backend::{AcquireOutcome, Backend, FreedKeys, LeaseInfo, MemoryBackend, RenewOutcome};
+use leases::backend::{AcquireOutcome, MemoryBackend, RenewOutcome};
 use leases::{BackendError, Key};
 
 /// A store operation, as [`Slowed`]'s rule sees it.
@@ -44,8 +43,9 @@ impl Slowed {
     }
 }
 
-#[async_trait]
-impl Backend for Slowed {
+forward_backend! {
+    Slowed => inner;
+    forward: info, subscribe_freed;
     async fn acquire(
         &self,
         key: &Key,
@@ -71,11 +71,5 @@ impl Backend for Slowed {
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
         self.wait(Op::Revoke, key).await;
         self.inner.revoke(key).await
-    }
-    async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        self.inner.info(key).await
-    }
-    fn subscribe_freed(&self) -> FreedKeys {
-        self.inner.subscribe_freed()
     }
 }
