@@ -112,19 +112,15 @@ async fn overlap(tag: &str, round_first: bool) {
     a.release(&other, u).await.unwrap();
 }
 
-/// Finding 3 (not fixed). The etcd lease a group's keys ride on revoked by hand
-/// (`etcdctl lease revoke`): etcd deletes its keys, their grant records stay, and the
-/// next acquire of one of them finds the key gone and the etcd lease the record names
-/// gone too, which reads as "its holder's time ran out" (what a dead process leaves):
-/// granted at once, while the holder whose round was just confirmed acts until that
-/// round's start + TTL − margin, learning only at its next round (TTL/3). The same
-/// class as a key deleted by hand, which now waits out its holder's TTL; here the
-/// acquirer cannot tell a revoked etcd lease from one that ran out (after which the
-/// holder's deadline has passed) without waiting a TTL after every dead holder too,
-/// or without a record of the keep-alives: a design change, not made here. Not new
-/// with group rounds (keys rode on one etcd lease per TTL before): seen 1.59 s early.
+/// Finding 3. The etcd lease a group's keys ride on revoked by hand (`etcdctl lease
+/// revoke`): etcd deletes its keys, their grant records stay, and the next acquire of
+/// one of them found the key gone and the etcd lease the record names gone too, which
+/// read as "its holder's time ran out" (what a dead process leaves): granted at once
+/// (seen 1.59 s early), while the holder whose round was just confirmed acts until that
+/// round's start + TTL − margin, learning only at its next round (TTL/3). Fixed with
+/// each group's marker lease (see "Keys deleted by hand" in the etcd module docs): it
+/// outlives the group's etcd lease unless that expired, so the acquire waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding 3: a group's etcd lease revoked by hand frees its keys at once (see the comment)"]
 async fn a_group_etcd_lease_revoked_by_hand_does_not_free_its_keys_before_the_holders_deadline() {
     let a = EtcdBackend::connect(options()).await.unwrap();
     let other_instance = EtcdBackend::connect(options()).await.unwrap();
@@ -168,4 +164,51 @@ async fn a_group_etcd_lease_revoked_by_hand_does_not_free_its_keys_before_the_ho
             deadline - answered
         );
     }
+}
+
+/// What finding 3's fix must not cost: a key whose holder *died* (its instance gone, its
+/// keep-alives stopped) is granted once its etcd lease expires, without the TTL's wait
+/// of a revoked one. The marker is kept alive before the etcd lease, so it expires
+/// first; an acquire that found it alive would wait a whole TTL more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_key_is_granted_when_its_etcd_lease_expires() {
+    // Longer than the other tests' TTL, for room between the two outcomes.
+    let ttl = TTL * 2;
+    let key = Key::system(["groups_review", "dead_holder", "key"]);
+    let last_round = {
+        let a = EtcdBackend::connect(options()).await.unwrap();
+        let t = granted(a.acquire(&key, ttl, b"").await.unwrap());
+        let start = Instant::now();
+        let answers = a.renew_many(&[(key.clone(), t)], ttl).await;
+        assert!(
+            matches!(answers[..], [Ok(RenewOutcome::Renewed)]),
+            "{answers:?}"
+        );
+        start
+    }; // dropped: no more keep-alives, as if its process died
+    let other_instance = EtcdBackend::connect(options()).await.unwrap();
+    let granted_at = loop {
+        if let AcquireOutcome::Granted { token } =
+            other_instance.acquire(&key, ttl, b"").await.unwrap()
+        {
+            let at = Instant::now();
+            other_instance.release(&key, token).await.unwrap();
+            break at;
+        }
+        assert!(
+            last_round.elapsed() < ttl * 6,
+            "the dead holder's key was not granted within 6 TTLs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The etcd lease (of the TTL, in whole seconds) expires a TTL after the last
+    // keep-alive, which the last round sent (etcd looks for expired leases every
+    // 500 ms): the key is granted soon after. A wait, had one started, would end a
+    // whole TTL after the key was first seen gone, so never before two TTLs.
+    let since = granted_at - last_round;
+    assert!(
+        since < ttl * 2,
+        "the dead holder's key was granted {since:?} after its last renewal: a revoked \
+         etcd lease's wait was applied to an expired one"
+    );
 }

@@ -72,7 +72,7 @@ impl Inner {
             }));
             let put_record = op(pb::request_op::Request::RequestPut(pb::PutRequest {
                 key: record.clone(),
-                value: encode_record(1, ttl, group.term, lease),
+                value: encode_record(1, ttl, group.term, lease, group.marker),
                 lease: 0,
                 ignore_lease: false,
             }));
@@ -196,11 +196,9 @@ impl Inner {
     /// last saw the record change).
     fn record_state(f: &pb::KeyValue, ttl: Duration, term_now: u64) -> RecordState {
         match decode_record(&f.value) {
-            Some((2, _, _, wait)) => RecordState::Waiting(wait),
-            Some((_, _, granted_term, _)) if granted_term != 0 && granted_term >= term_now => {
-                RecordState::Free
-            }
-            Some((_, held_ttl, _, _)) => RecordState::Stale(held_ttl),
+            Some(r) if r.kind == 2 => RecordState::Waiting(r.lease),
+            Some(r) if r.term != 0 && r.term >= term_now => RecordState::Free,
+            Some(r) => RecordState::Stale(r.ttl),
             None => RecordState::Stale(ttl),
         }
     }
@@ -213,22 +211,36 @@ impl Inner {
     /// etcd lease lives may have a live holder, who learns at its next renewal round:
     /// then its holder's TTL is waited out as after an early revoke. One look at the
     /// etcd lease's time left, only for a key gone with its grant record left behind.
+    ///
+    /// The same holds for a key gone *with* its etcd lease while the group's marker
+    /// lives: etcd expires the marker no later than the etcd lease (it is kept alive
+    /// just before it), so a marker alive means the etcd lease did not expire: it was
+    /// revoked by hand (`etcdctl lease revoke`), and its holder may be live until its
+    /// group's next round. One more look, only when the etcd lease is gone.
     async fn deleted_by_hand(&self, f: &pb::KeyValue) -> Result<RecordState, BackendError> {
-        let Some((1, held_ttl, _, lease)) = decode_record(&f.value) else {
+        let Some(record) = decode_record(&f.value).filter(|r| r.kind == 1) else {
             return Ok(RecordState::Free);
         };
-        if lease == 0 {
+        if record.lease == 0 {
             return Ok(RecordState::Free);
         }
         // -1: gone (the key went with it); 0 or more: it lives (0: under a second left).
-        if self.time_to_live(lease).await? < 0 {
-            return Ok(RecordState::Free);
+        if self.time_to_live(record.lease).await? >= 0 {
+            tracing::debug!(
+                key = %String::from_utf8_lossy(&f.key),
+                "a lease key deleted while its etcd lease lives: waiting out its holder's TTL"
+            );
+            return Ok(RecordState::Stale(record.ttl));
         }
-        tracing::debug!(
-            key = %String::from_utf8_lossy(&f.key),
-            "a lease key deleted while its etcd lease lives: waiting out its holder's TTL"
-        );
-        Ok(RecordState::Stale(held_ttl))
+        if record.marker != 0 && self.time_to_live(record.marker).await? >= 0 {
+            tracing::debug!(
+                key = %String::from_utf8_lossy(&f.key),
+                "a lease key gone with an etcd lease revoked while its group lives: \
+                 waiting out its holder's TTL"
+            );
+            return Ok(RecordState::Stale(record.ttl));
+        }
+        Ok(RecordState::Free)
     }
 
     /// Starts the wait for a key found gone with its stale grant record `f` (see
@@ -252,7 +264,7 @@ impl Inner {
             compare: vec![compare_create(ek, 0), compare_mod(record, f.mod_revision)],
             success: vec![op(pb::request_op::Request::RequestPut(pb::PutRequest {
                 key: record.to_vec(),
-                value: encode_record(2, held_ttl, term_now, wait),
+                value: encode_record(2, held_ttl, term_now, wait, 0),
                 lease: wait,
                 ignore_lease: false,
             }))],

@@ -61,11 +61,37 @@ pub(super) fn decode(v: &[u8]) -> Option<Value> {
     })
 }
 
+/// A grant record, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Record {
+    /// 1: a grant; 2: a wait (see `start_wait` in `acquire.rs`).
+    pub(super) kind: u8,
+    /// The holder's TTL.
+    pub(super) ttl: Duration,
+    /// The Raft term its etcd lease was granted in (at least).
+    pub(super) term: u64,
+    /// That etcd lease's ID.
+    pub(super) lease: i64,
+    /// Its group's marker lease (see `Group::marker`); 0 in a record written before
+    /// markers, and in a wait.
+    pub(super) marker: i64,
+}
+
 /// The value of a grant record: `1` (a grant; `2`: a wait, see `start_wait` in `acquire.rs`),
 /// the holder's TTL in nanoseconds, the Raft term its etcd lease was granted in (at
-/// least), and that etcd lease's ID (all big-endian).
-pub(super) fn encode_record(kind: u8, ttl: Duration, term: u64, lease: i64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(25);
+/// least), that etcd lease's ID and, if not 0, its group's marker lease (all big-endian;
+/// 25 bytes, or 33 with a marker).
+///
+/// A version that knows no marker reads a 33-byte record as one it did not write, and
+/// waits a TTL before it grants the key (the safe side).
+pub(super) fn encode_record(
+    kind: u8,
+    ttl: Duration,
+    term: u64,
+    lease: i64,
+    marker: i64,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(33);
     v.push(kind);
     v.extend_from_slice(
         &u64::try_from(ttl.as_nanos())
@@ -74,18 +100,26 @@ pub(super) fn encode_record(kind: u8, ttl: Duration, term: u64, lease: i64) -> V
     );
     v.extend_from_slice(&term.to_be_bytes());
     v.extend_from_slice(&lease.to_be_bytes());
+    if marker != 0 {
+        v.extend_from_slice(&marker.to_be_bytes());
+    }
     v
 }
 
-/// A grant record's kind (1: grant, 2: wait), holder TTL, term and etcd lease ID; `None`
-/// for a value this version did not write.
-pub(super) fn decode_record(v: &[u8]) -> Option<(u8, Duration, u64, i64)> {
-    if v.len() != 25 || !matches!(v[0], 1 | 2) {
+/// A grant record; `None` for a value this version did not write.
+pub(super) fn decode_record(v: &[u8]) -> Option<Record> {
+    if !matches!(v.len(), 25 | 33) || !matches!(v[0], 1 | 2) {
         return None;
     }
     let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
-    let lease = i64::from_be_bytes(v[17..25].try_into().unwrap_or([0; 8]));
-    Some((v[0], Duration::from_nanos(u64_at(1)), u64_at(9), lease))
+    let i64_at = |i: usize| i64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
+    Some(Record {
+        kind: v[0],
+        ttl: Duration::from_nanos(u64_at(1)),
+        term: u64_at(9),
+        lease: i64_at(17),
+        marker: if v.len() == 33 { i64_at(25) } else { 0 },
+    })
 }
 
 #[cfg(test)]
@@ -114,15 +148,27 @@ mod tests {
     #[test]
     fn grant_records_round_trip_and_sort_before_the_lease_keys() {
         let ttl = Duration::from_millis(2500);
+        let record = |kind, lease, marker| Record {
+            kind,
+            ttl,
+            term: 7,
+            lease,
+            marker,
+        };
         assert_eq!(
-            decode_record(&encode_record(1, ttl, 7, 42)),
-            Some((1, ttl, 7, 42))
+            decode_record(&encode_record(1, ttl, 7, 42, 43)),
+            Some(record(1, 42, 43))
         );
+        // Without a marker: the 25 bytes an earlier version wrote, which it still reads.
+        let old = encode_record(1, ttl, 7, 42, 0);
+        assert_eq!(old.len(), 25);
+        assert_eq!(decode_record(&old), Some(record(1, 42, 0)));
         assert_eq!(
-            decode_record(&encode_record(2, ttl, 7, -3)),
-            Some((2, ttl, 7, -3))
+            decode_record(&encode_record(2, ttl, 7, -3, 0)),
+            Some(record(2, -3, 0))
         );
         assert_eq!(decode_record(b"not a record"), None);
+        assert_eq!(decode_record(&[1; 30]), None);
         // `<prefix>\0g…` is outside `<prefix>/…`, which list and the watch cover.
         let lease_keys = b"/leases/".to_vec();
         let record = b"/leases\0g/system/x".to_vec();

@@ -84,8 +84,11 @@ impl Inner {
         let term = self.max_term.load(Ordering::Relaxed);
         let sent = Instant::now();
         let (id, granted) = self.grant_lease("lease grant", ttl).await?;
+        // Granted after `id`, so it lives at least as long from `sent`.
+        let (marker, _) = self.grant_lease("marker lease grant", ttl).await?;
         Ok(Group {
             id,
+            marker,
             etcd_ttl: granted,
             confirmed: sent,
             term,
@@ -110,12 +113,19 @@ impl Inner {
             self.forget(&key, |h| h.nonce == nonce);
         }
         let sent = Instant::now();
+        // The marker first, so that etcd expires it no later than the etcd lease (see
+        // "Keys deleted by hand" in the module docs). A marker gone (revoked by hand)
+        // ends the group, as its etcd lease gone does.
+        let (marker_ttl, _) = self.keep_alive_once(group.marker).await?;
+        if marker_ttl <= 0 {
+            return Ok(false);
+        }
         let ttl = self.keep_alive(group.id).await?;
         if ttl <= 0 {
             return Ok(false);
         }
         group.confirmed = sent;
-        group.etcd_ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+        group.etcd_ttl = Duration::from_secs(u64::try_from(ttl.min(marker_ttl)).unwrap_or(0));
         Ok(true)
     }
 
@@ -334,6 +344,7 @@ mod tests {
         let now = Instant::now();
         let g = Group {
             id: 1,
+            marker: 2,
             etcd_ttl: Duration::from_secs(2),
             confirmed: now,
             term: 1,

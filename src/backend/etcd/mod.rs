@@ -134,6 +134,21 @@
 //! delete of the whole prefix) frees it at once: its holder learns at its next round,
 //! within TTL/3, and until then two holders are possible. Don't.
 //!
+//! An etcd lease *revoked* by hand (`etcdctl lease revoke`) takes its keys with it,
+//! and a key gone with its etcd lease looks like one whose holder died. So each group
+//! has a second etcd lease of its TTL, its *marker*, which carries no key and is kept
+//! alive just before the group's etcd lease in every keep-alive (a marker gone ends
+//! the group, as its etcd lease gone does). Grant records name it. etcd expires the
+//! marker no later than the etcd lease, so an acquire that finds the key and its etcd
+//! lease gone but the marker alive knows the etcd lease was revoked, not expired, and
+//! waits out the holder's TTL as above. A dead holder's key is not delayed: its marker
+//! expired first. Revoking the marker too (or every etcd lease) frees the keys at once,
+//! as deleting the grant records does; and a key renewed outside its current group
+//! (its group was replaced after a failed keep-alive) keeps only its etcd lease alive,
+//! so its marker may expire first. Records written before markers (25 bytes) are read
+//! as before; an older version reads a record with a marker as one it did not write,
+//! and waits a TTL before it grants the key.
+//!
 //! # Keys nobody holds
 //! A key must not ride on a group's etcd lease after its holder's context ended: the
 //! group is kept alive for the other keys. So the backend remembers, for every key it

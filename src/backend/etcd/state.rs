@@ -48,6 +48,12 @@ pub(super) struct GroupSlot {
 #[derive(Clone, Copy)]
 pub(super) struct Group {
     pub(super) id: i64,
+    /// The group's *marker*: a second etcd lease of the same TTL that carries no key,
+    /// kept alive just before `id` in every keep-alive. It outlives every holder's
+    /// deadline as `id` does, but an operator who revokes `id` by hand does not end it:
+    /// an acquire that finds a key gone with `id` looks at it (see "Keys deleted by
+    /// hand" in the module docs).
+    pub(super) marker: i64,
     pub(super) etcd_ttl: Duration,
     /// When the last confirmed grant or keep-alive of the etcd lease was *sent*.
     pub(super) confirmed: Instant,
