@@ -9,6 +9,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Request;
 
+use super::many::Streams;
 use super::options::ClientOptions;
 
 use crate::error::{BackendError, BackendErrorKind};
@@ -78,6 +79,8 @@ struct Inner {
     current: AtomicUsize,
     auth: Option<MetadataValue<tonic::metadata::Ascii>>,
     options: ClientOptions,
+    /// The `HoldMany` stream of each server (see `many.rs`).
+    streams: Streams,
 }
 
 impl std::fmt::Debug for ClientLeaser {
@@ -151,8 +154,10 @@ impl ClientLeaser {
                 })?),
                 None => None,
             };
+        let streams = Streams::new(channels.len());
         Ok(ClientLeaser {
             inner: Arc::new(Inner {
+                streams,
                 channels,
                 current: AtomicUsize::new(current),
                 auth,
@@ -181,6 +186,11 @@ impl ClientLeaser {
                 .min(crate::clock::FAR_FUTURE),
         );
         request
+    }
+
+    /// The `HoldMany` streams, one per server.
+    pub(super) fn streams(&self) -> &Streams {
+        &self.inner.streams
     }
 
     /// The options this leaser was connected with.

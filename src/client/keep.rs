@@ -174,7 +174,10 @@ async fn keep(
     let overdue = (ttl / 3).max(Duration::from_millis(500));
     let mut pending: VecDeque<Sent> = VecDeque::new();
     let mut next = Instant::now() + every;
+    let mut on_stream_since = Instant::now();
     loop {
+        // A lane sends no heartbeats: its group's keep it (see `lanes.rs`).
+        let grouped = stream.requests.grouped();
         // An unanswered heartbeat is a stall once it has waited a third of the TTL, or,
         // sooner, when the deadline is near (the last answer's time left may be under
         // half the TTL): re-attaching then may still save the lease.
@@ -188,6 +191,14 @@ async fn keep(
                 None => late,
             }
         });
+        // A lane's group heartbeats every TTL/4 and its stream's task treats one
+        // unanswered for a third of the TTL as a break; a lane whose deadline comes
+        // near without a renewal all the same is re-attached on its own.
+        let stuck = if grouped {
+            near.map(|near| near.max(on_stream_since + ttl / 8))
+        } else {
+            stuck
+        };
         let broke = tokio::select! {
             biased;
             command = commands.recv() => {
@@ -228,7 +239,7 @@ async fn keep(
                 return Stop::Released;
             }
             _ = watch.cancelled() => return Stop::Other,
-            _ = tokio::time::sleep_until(next) => {
+            _ = tokio::time::sleep_until(next), if !grouped => {
                 next += every;
                 pending.push_back(Sent::now());
                 if stream.requests.send(HoldRequest { kind: Some(In::Heartbeat(Heartbeat {})) }).is_err() {
@@ -238,14 +249,15 @@ async fn keep(
                 }
             }
             _ = sleep_until_opt(stuck) => "a heartbeat went unanswered".to_string(),
-            answer = stream.answers.message() => match answer {
-                Ok(Some(HoldResponse { kind: Some(Out::Renewed(r)) })) => {
-                    if let Some(sent) = pending.pop_front() {
+            answer = stream.answers.next() => match answer {
+                Ok(Some((HoldResponse { kind: Some(Out::Renewed(r)) }, group))) => {
+                    // A lane's renewal comes with its group heartbeat's send instant.
+                    if let Some(sent) = group.or_else(|| pending.pop_front()) {
                         sender.extend(sent.at + time_left_of(r.time_left, ttl), sent.since);
                     }
                     continue;
                 }
-                Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {
+                Ok(Some((HoldResponse { kind: Some(Out::Ended(e)) }, _))) => {
                     let told = Reason::try_from(e.reason).unwrap_or(Reason::Lost);
                     if told == Reason::HandedOver {
                         e.message
@@ -276,6 +288,7 @@ async fn keep(
                 *stream = new;
                 pending.clear();
                 next = Instant::now() + every;
+                on_stream_since = Instant::now();
             }
             None => {
                 if sender.reason().is_none() {

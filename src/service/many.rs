@@ -263,6 +263,12 @@ impl Many {
                 }
                 Ok(())
             }
+            Some(In::Close(c)) => {
+                if let Some(lane) = self.lanes.get(&c.id) {
+                    lane.inbox.end(Ok(()));
+                }
+                Ok(())
+            }
             None => Err(Stop::With(Err(Status::invalid_argument(
                 "an empty request",
             )))),

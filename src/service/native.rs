@@ -34,8 +34,8 @@ use super::shared::Shared;
 use super::status::{duration_of, proto_duration, status_of};
 use crate::proto::leases::v1::leases_server::Leases;
 use crate::proto::leases::v1::{
-    Acquire, HoldManyRequest, HoldManyResponse, HoldRequest, HoldResponse, InfoResponse, KeyRequest, ListRequest, ListResponse,
-    RevokeResponse,
+    Acquire, HoldManyRequest, HoldManyResponse, HoldRequest, HoldResponse, InfoResponse,
+    KeyRequest, ListRequest, ListResponse, RevokeResponse,
 };
 use crate::{AcquireOptions, Key, LeaseError, LeaseInfo};
 
@@ -107,7 +107,9 @@ impl Leases for NativeService {
         request: Request<Streaming<HoldManyRequest>>,
     ) -> Result<Response<HoldManyAnswers>, Status> {
         if !self.shared.options.hold_many {
-            return Err(Status::unimplemented("HoldMany is not served here: use Hold"));
+            return Err(Status::unimplemented(
+                "HoldMany is not served here: use Hold",
+            ));
         }
         let slot = self.shared.open_stream(request.remote_addr())?;
         let (tx, mut rx) = mpsc::unbounded_channel();
