@@ -77,6 +77,15 @@ pub async fn client_of(server: &LeaseServer) -> ClientLeaser {
     client_at(server.local_addr()).await
 }
 
+/// [`client_of`] holding each lease on a `Hold` stream of its own, as against a server
+/// from before `HoldMany`.
+pub async fn hold_client_of(server: &LeaseServer) -> ClientLeaser {
+    let url = format!("http://{}", server.local_addr());
+    ClientLeaser::connect_with(ClientOptions::new(url).min_ttl(TTL).hold_many(false))
+        .await
+        .unwrap()
+}
+
 /// A plain gRPC channel (no token, no timeouts) to the service at `addr`.
 pub async fn channel_at(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
