@@ -137,6 +137,11 @@ impl ClientLeaser {
 struct Lane {
     answers: mpsc::UnboundedSender<LaneAnswer>,
     ttl: Option<Duration>,
+    /// Whether its `acquire` re-attaches a lease (`resume`).
+    resume: bool,
+    /// Closed by its keeper before its acquire was answered: kept only to let the
+    /// grant, if one comes, go (see [`Mux::answer`]).
+    abandoned: bool,
     /// The heartbeat count when its `granted` came: the group heartbeats sent after
     /// it (with a larger count) renew it.
     granted: Option<u64>,
@@ -269,11 +274,20 @@ impl Mux {
         match answer.kind {
             Some(Back::Granted(g)) => {
                 let Some(lane) = self.lanes.get_mut(&g.id) else {
-                    // Its acquire was given up before the grant: nobody was told of the
-                    // lease, so it goes back at once.
-                    self.send(Wire::Release(LeaseRelease { id: g.id }));
                     return;
                 };
+                if lane.abandoned {
+                    // Its acquire was given up before the grant: nobody was told of a
+                    // new lease, so it goes back at once. A re-attached one is another
+                    // matter: its holder may be acting on it (through another try), so
+                    // it stays closed, and the key taken until its promise runs out,
+                    // as on a `Hold` stream given up.
+                    if !lane.resume {
+                        self.send(Wire::Release(LeaseRelease { id: g.id }));
+                    }
+                    self.lanes.remove(&g.id);
+                    return;
+                }
                 lane.granted = Some(self.beats);
                 if let Some(ttl) = lane.ttl {
                     let group = self.groups.entry(ttl).or_insert_with(|| Group {
@@ -354,6 +368,8 @@ impl Mux {
                     Lane {
                         answers,
                         ttl,
+                        resume: acquire.resume.is_some(),
+                        abandoned: false,
                         granted: None,
                     },
                 );
@@ -378,7 +394,13 @@ impl Mux {
             },
             Cmd::Close(id) => {
                 self.leave(id);
-                self.lanes.remove(&id);
+                match self.lanes.get_mut(&id) {
+                    // Not answered yet: wait for its answer (see `answer`).
+                    Some(lane) if lane.granted.is_none() => lane.abandoned = true,
+                    _ => {
+                        self.lanes.remove(&id);
+                    }
+                }
                 self.send(Wire::Close(LeaseClose { id }));
             }
         }

@@ -256,18 +256,23 @@ impl Many {
                 }
                 self.flush(ttl)
             }
+            // The client takes a lease out of its group when it releases or closes it, so
+            // its group's later `renewed` never apply to it: it leaves the group here at
+            // once too, and a slow release (the store's) holds up no group heartbeat.
             Some(In::Release(r)) => {
                 // A lane already done with has nothing left to release.
                 if let Some(lane) = self.lanes.get(&r.id) {
                     lane.inbox.release();
                 }
-                Ok(())
+                let group = self.leave(r.id);
+                self.flush_opt(group)
             }
             Some(In::Close(c)) => {
                 if let Some(lane) = self.lanes.get(&c.id) {
                     lane.inbox.end(Ok(()));
                 }
-                Ok(())
+                let group = self.leave(c.id);
+                self.flush_opt(group)
             }
             None => Err(Stop::With(Err(Status::invalid_argument(
                 "an empty request",
