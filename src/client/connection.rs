@@ -19,8 +19,8 @@ use crate::LeaseError;
 /// A [`Leaser`](crate::Leaser) whose leases come from a lease service over gRPC.
 ///
 /// # How a lease over the network keeps the guarantees
-/// Each lease is one `Hold` stream of the native protocol (`proto/leases/v1`). The
-/// server holds the lease in its own [`LeaseManager`](crate::LeaseManager), renews it
+/// Each lease is held as on a `Hold` stream of the native protocol (`proto/leases/v1`),
+/// one lane of the connection's `HoldMany` stream (see below). The server holds the lease in its own [`LeaseManager`](crate::LeaseManager), renews it
 /// with the backend, and answers each of the client's heartbeats (every TTL/4) with the
 /// holder's *time left*: the server's local deadline for the lease, measured when it
 /// answered. The client adds that time to the instant it **sent** the heartbeat. Since
@@ -62,10 +62,16 @@ use crate::LeaseError;
 /// Like the manager, a `ClientLeaser` is cheap to clone and can be used from any task
 /// or actor; the renewal of each lease runs in a task of its own.
 ///
-/// Each held lease is one stream on the leaser's HTTP/2 connection to its server, and the service
-/// allows a bounded number of lease streams per connection (`--max-streams-per-connection`,
-/// 1024 by default): past it, acquires fail with a `Backend` error saying so. A process
-/// that holds more leases at once uses several `ClientLeaser`s.
+/// The leases held through one server share one `HoldMany` stream on the leaser's
+/// HTTP/2 connection to it, and its heartbeats go once per group (the leaser's leases
+/// of one TTL) every TTL/4, however many leases there are; each lease still keeps its
+/// own deadline, counted from the send instant of the group heartbeat that renewed it.
+/// A stream holds up to the server's `--max-leases-per-stream` (1,000,000 by default):
+/// past it, acquires fail with a `Backend` error saying so. On a server without
+/// `HoldMany` (it answers `UNIMPLEMENTED`), or with
+/// [`ClientOptions::hold_many(false)`](ClientOptions::hold_many), each lease is one
+/// `Hold` stream of its own, and the service allows a bounded number of those per
+/// connection (`--max-streams-per-connection`, 1024 by default).
 #[derive(Clone)]
 pub struct ClientLeaser {
     inner: Arc<Inner>,

@@ -394,12 +394,16 @@ impl Mux {
             },
             Cmd::Close(id) => {
                 self.leave(id);
-                match self.lanes.get_mut(&id) {
+                // A lane whose end the server told needs no close: the server reads
+                // nothing from it but a release, which its keeper sent or never will.
+                let Some(lane) = self.lanes.get_mut(&id) else {
+                    return;
+                };
+                if lane.granted.is_none() {
                     // Not answered yet: wait for its answer (see `answer`).
-                    Some(lane) if lane.granted.is_none() => lane.abandoned = true,
-                    _ => {
-                        self.lanes.remove(&id);
-                    }
+                    lane.abandoned = true;
+                } else {
+                    self.lanes.remove(&id);
                 }
                 self.send(Wire::Close(LeaseClose { id }));
             }

@@ -321,3 +321,58 @@ async fn a_server_without_hold_many_gets_hold_streams() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// A client that sends group heartbeats and never reads their answers is cut off with
+/// `RESOURCE_EXHAUSTED` (after its unread answers fill the connection's windows and 64
+/// more), rather than growing the server's memory; its lease is let go of as on any
+/// broken stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_cut_off() {
+    use leases::proto::leases::v1::hold_many_request::Kind as In;
+    use leases::proto::leases::v1::hold_many_response::Kind as Out;
+    use leases::proto::leases::v1::leases_client::LeasesClient;
+    use leases::proto::leases::v1::{Acquire, GroupHeartbeat, HoldManyRequest, LeaseAcquire};
+
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let channel = crate::support::remote::channel_at(server.local_addr()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ttl = prost_types::Duration {
+        seconds: 30,
+        nanos: 0,
+    };
+    tx.send(HoldManyRequest {
+        kind: Some(In::Acquire(LeaseAcquire {
+            id: 1,
+            acquire: Some(Acquire {
+                key: "/system/many/unread".into(),
+                ttl: Some(ttl),
+                ..Acquire::default()
+            }),
+        })),
+    })
+    .unwrap();
+    let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut answers = LeasesClient::new(channel)
+        .hold_many(outgoing)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.message().await.unwrap().unwrap();
+    assert!(matches!(first.kind, Some(Out::Granted(_))), "{first:?}");
+    let sent = 300_000u64;
+    for _ in 0..sent {
+        let beat = In::Heartbeat(GroupHeartbeat { ttl: Some(ttl) });
+        if tx.send(HoldManyRequest { kind: Some(beat) }).is_err() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (renewed, end) = crate::support::remote::answers_to_end(&mut answers).await;
+    assert!(renewed < sent, "every heartbeat was answered: no limit");
+    let status = end.expect("the stream ends with its status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "the client does not read its answers");
+    server.shutdown().await.unwrap();
+}

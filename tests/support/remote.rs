@@ -86,6 +86,22 @@ pub async fn hold_client_of(server: &LeaseServer) -> ClientLeaser {
         .unwrap()
 }
 
+/// Reads `answers` to their end, each within 10 s: how many messages came, and the
+/// status the stream ended with (`None` for a clean end).
+pub async fn answers_to_end<M>(answers: &mut tonic::Streaming<M>) -> (u64, Option<tonic::Status>) {
+    let mut n = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("an answer or the end within 10 s")
+        {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => return (n, None),
+            Err(status) => return (n, Some(status)),
+        }
+    }
+}
+
 /// A plain gRPC channel (no token, no timeouts) to the service at `addr`.
 pub async fn channel_at(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
