@@ -122,6 +122,17 @@ async fn held(n: usize, window: Duration, hold_many: bool) -> Row {
     let (up1, down1) = relay.bytes();
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
     let lost = held.iter().filter(|(_, ctx)| ctx.is_cancelled()).count();
+    // Why the lost ones ended, for the record (the first words of each reason).
+    let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, ctx) in &held {
+        if let Some(reason) = ctx.reason() {
+            let r: String = format!("{reason}").chars().take(80).collect();
+            *why.entry(r).or_default() += 1;
+        }
+    }
+    for (r, n) in why {
+        eprintln!("held-many: {n} lost: {r}");
+    }
     let releases: Vec<_> = held
         .into_iter()
         .map(|(lease, _)| tokio::spawn(lease.release()))

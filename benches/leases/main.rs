@@ -94,7 +94,16 @@ async fn run(args: &Args) {
     }
     #[cfg(feature = "server")]
     if args.wants(Section::HeldMany) {
-        let (n, window, base_window) = sizes.held_many;
+        let (mut n, mut window, mut base_window) = sizes.held_many;
+        // `LEASES_HELD_MANY=N,WINDOW_S,BASE_WINDOW_S` runs another size.
+        if let Ok(v) = std::env::var("LEASES_HELD_MANY") {
+            let v: Vec<u64> = v.split(',').filter_map(|x| x.parse().ok()).collect();
+            if let [a, b, c] = v[..] {
+                n = a as usize;
+                window = std::time::Duration::from_secs(b);
+                base_window = std::time::Duration::from_secs(c);
+            }
+        }
         held_many::held_many_section(n, window, base_window).await;
     }
     #[cfg(feature = "etcd")]

@@ -174,7 +174,6 @@ async fn keep(
     let overdue = (ttl / 3).max(Duration::from_millis(500));
     let mut pending: VecDeque<Sent> = VecDeque::new();
     let mut next = Instant::now() + every;
-    let mut on_stream_since = Instant::now();
     loop {
         // A lane sends no heartbeats: its group's keep it (see `lanes.rs`).
         let grouped = stream.requests.grouped();
@@ -191,14 +190,13 @@ async fn keep(
                 None => late,
             }
         });
-        // A lane's group heartbeats every TTL/4 and its stream's task treats one
-        // unanswered for a third of the TTL as a break; a lane whose deadline comes
-        // near without a renewal all the same is re-attached on its own.
-        let stuck = if grouped {
-            near.map(|near| near.max(on_stream_since + ttl / 8))
-        } else {
-            stuck
-        };
+        // A lane's group heartbeats every TTL/4, and its stream's task treats one
+        // unanswered for a third of the TTL as a break of every lane. A lane does not
+        // re-attach on its own when its deadline comes near: its group's time left is
+        // the least of the group's, the same for every lane of it, so all of them
+        // would at once (100k re-attaches on a loaded server, and lost leases). Its
+        // context ends at its deadline, as any.
+        let stuck = if grouped { None } else { stuck };
         let broke = tokio::select! {
             biased;
             command = commands.recv() => {
@@ -288,7 +286,6 @@ async fn keep(
                 *stream = new;
                 pending.clear();
                 next = Instant::now() + every;
-                on_stream_since = Instant::now();
             }
             None => {
                 if sender.reason().is_none() {
