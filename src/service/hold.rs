@@ -351,7 +351,8 @@ fn released_already<R: Requests>(incoming: &mut R) -> bool {
 
 /// Returns when the client sends `release` (after its lease ended, it says so once it
 /// has stopped); never if the stream ends or breaks first, since neither tells whether
-/// the client has stopped.
+/// the client has stopped (except on a lane, where a release may still follow its
+/// close: see [`Requests::release_after_end`]).
 async fn release_of<R: Requests>(incoming: &mut R) {
     loop {
         match incoming.message().await {
@@ -359,7 +360,7 @@ async fn release_of<R: Requests>(incoming: &mut R) {
                 kind: Some(In::Release(_)),
             })) => return,
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => std::future::pending().await,
+            Ok(None) | Err(_) => return incoming.release_after_end().await,
         }
     }
 }

@@ -22,6 +22,13 @@ use crate::proto::leases::v1::{Heartbeat, HoldRequest, HoldResponse, Release};
 pub(crate) trait Requests: Send {
     /// The next request; `Ok(None)` when the client closed its side.
     fn message(&mut self) -> impl Future<Output = Result<Option<HoldRequest>, Status>> + Send;
+
+    /// Completes when a `release` comes after the requests ended; never on a stream of
+    /// its own (nothing comes after its end). On a lane it can: the client closes a
+    /// lane whose acquire it gave up, and releases the lease if a grant comes anyway.
+    fn release_after_end(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 /// Where a held lease writes its answers.
@@ -106,6 +113,16 @@ impl Inbox {
 pub(crate) struct LaneRequests(pub(crate) Arc<Inbox>);
 
 impl Requests for LaneRequests {
+    async fn release_after_end(&mut self) {
+        loop {
+            let ready = self.0.ready.notified();
+            if std::mem::take(&mut crate::sync::lock(&self.0.pending).release) {
+                return;
+            }
+            ready.await;
+        }
+    }
+
     async fn message(&mut self) -> Result<Option<HoldRequest>, Status> {
         loop {
             // Registered before looking, so that a request put in meanwhile wakes us.
