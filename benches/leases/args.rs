@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::contenders::Kind;
 
 const USAGE: &str =
-    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--pg-ttl SECONDS] [--only memory|scale|postgres|service|etcd|profile]
+    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--pg-ttl SECONDS] [--only memory|scale|postgres|service|held-many|etcd|profile]
        leases --only profile [--clients N] [--kind ours|a|b|d] [--secs SECONDS]
        leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS
        leases --service-floor";
@@ -27,6 +27,9 @@ pub enum Section {
     Service,
     /// The etcd backend on a 3-member cluster beside the bare client (feature `etcd`).
     Etcd,
+    /// Leases held by one `ClientLeaser` on one connection: `HoldMany` beside `Hold`
+    /// streams (feature `server`).
+    HeldMany,
 }
 
 impl FromStr for Section {
@@ -39,8 +42,9 @@ impl FromStr for Section {
             "postgres" => Ok(Section::Postgres),
             "service" => Ok(Section::Service),
             "etcd" => Ok(Section::Etcd),
+            "held-many" => Ok(Section::HeldMany),
             other => Err(format!(
-                "unknown section `{other}` (memory | scale | postgres | service | etcd | profile)"
+                "unknown section `{other}` (memory | scale | postgres | service | held-many | etcd | profile)"
             )),
         }
     }
@@ -98,6 +102,10 @@ pub struct Sizes {
     /// How long they heartbeat while the CPU is measured.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub service_window: Duration,
+    /// Leases one `ClientLeaser` holds on one `HoldMany` stream, and for how long (the
+    /// `Hold` baseline: at most 1000 leases, for `held_many_base_window`).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub held_many: (usize, Duration, Duration),
 }
 
 impl Args {
@@ -169,6 +177,7 @@ impl Args {
             pg_window: Duration::from_secs(30),
             service_held: 10_000,
             service_window: Duration::from_secs(12),
+            held_many: (100_000, Duration::from_secs(120), Duration::from_secs(30)),
         };
         match self.secs {
             Some(secs) => Sizes {
@@ -187,6 +196,7 @@ impl Args {
                 pg_window: Duration::from_millis(500),
                 service_held: 100,
                 service_window: Duration::from_millis(300),
+                held_many: (100, Duration::from_millis(300), Duration::from_millis(300)),
             },
             None => full,
         }

@@ -5,6 +5,7 @@
 //!     cargo bench --all-features --bench leases -- --smoke       # tiny sizes, a sanity check
 //!     cargo bench --all-features --bench leases -- --only memory # one section
 //!     cargo bench --all-features --bench leases -- --only service # the lease service
+//!     cargo bench --all-features --bench leases -- --only held-many # 100k leases, one connection
 //!
 //! Baselines:
 //! - (a) a bare `Mutex<HashMap>` lease table, no renewal: the floor;
@@ -22,7 +23,8 @@
 //! One module a section: `throughput` (memory backend: pairs/s, latency, conflicts),
 //! `scale` (leases held at once, each size in a child process), `postgres` (the
 //! PostgreSQL backend beside (c)), `service` (the lease service over gRPC beside (f),
-//! feature `server`), `etcd` (the etcd backend on a 3-member cluster beside (e));
+//! feature `server`), `held_many` (leases held by one `ClientLeaser` over one connection,
+//! `HoldMany` beside `Hold` streams), `etcd` (the etcd backend on a 3-member cluster beside (e));
 //! `contenders` holds ours and the in-memory baselines,
 //! `args` the command line, `report` the shared printing helpers.
 
@@ -30,6 +32,8 @@ mod args;
 mod contenders;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "server")]
+mod held_many;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
@@ -87,6 +91,20 @@ async fn run(args: &Args) {
     #[cfg(feature = "server")]
     if args.wants(Section::Service) {
         service::service_section(&sizes).await;
+    }
+    #[cfg(feature = "server")]
+    if args.wants(Section::HeldMany) {
+        let (mut n, mut window, mut base_window) = sizes.held_many;
+        // `LEASES_HELD_MANY=N,WINDOW_S,BASE_WINDOW_S` runs another size.
+        if let Ok(v) = std::env::var("LEASES_HELD_MANY") {
+            let v: Vec<u64> = v.split(',').filter_map(|x| x.parse().ok()).collect();
+            if let [a, b, c] = v[..] {
+                n = a as usize;
+                window = std::time::Duration::from_secs(b);
+                base_window = std::time::Duration::from_secs(c);
+            }
+        }
+        held_many::held_many_section(n, window, base_window).await;
     }
     #[cfg(feature = "etcd")]
     if args.wants(Section::Etcd) {

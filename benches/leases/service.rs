@@ -6,8 +6,8 @@
 //! multi-threaded, one worker per core) and are reached over 127.0.0.1 through one
 //! HTTP/2 connection; the clients run in this process. Measured:
 //! - acquire+release pairs per second with 1 and 64 concurrent streams, and p50/p99 of
-//!   one pair: ours through `ClientLeaser` (the native `Hold` stream: acquire, granted,
-//!   release, ended) and through the raw FTL protocol (open a stream, one request, read
+//!   one pair: ours through `ClientLeaser` (a lane of its native `HoldMany` stream, and
+//!   a `Hold` stream of its own: acquire, granted, release, ended) and through the raw FTL protocol (open a stream, one request, read
 //!   the answer, close, read the call's end), and the floor doing the same FTL cycle;
 //! - leases held at once through `ClientLeaser` (several connections, since one
 //!   connection carries at most `--max-streams-per-connection` streams): the resident
@@ -289,10 +289,17 @@ pub async fn service_section(s: &Sizes) {
     println!("|---|---|---|---|---|---|---|---|---|");
     let ours = Server::ours();
     let floor = Server::floor();
-    let subjects: [(&str, Arc<dyn Cycle>); 3] = [
+    let hold_streams = leases::ClientOptions::new(ours.url()).hold_many(false);
+    let subjects: [(&str, Arc<dyn Cycle>); 4] = [
         (
-            "leases serve, ClientLeaser (native Hold stream)",
+            "leases serve, ClientLeaser (native HoldMany stream)",
             Arc::new(Native(ClientLeaser::connect(ours.url()).await.unwrap())),
+        ),
+        (
+            "leases serve, ClientLeaser (native Hold stream per lease)",
+            Arc::new(Native(
+                ClientLeaser::connect_with(hold_streams).await.unwrap(),
+            )),
         ),
         (
             "leases serve, raw FTL AcquireLease stream",
@@ -326,7 +333,7 @@ pub async fn service_section(s: &Sizes) {
             )
         })
         .collect();
-    let floor64 = results[2].1.per_sec;
+    let floor64 = results[3].1.per_sec;
     let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
     for (((name, _), (one, many)), failed) in subjects.iter().zip(&results).zip(&failed) {
         println!(

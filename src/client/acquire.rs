@@ -99,31 +99,41 @@ impl Leaser for ClientLeaser {
                 kind: Some(In::Heartbeat(Heartbeat {})),
             });
             let limit = self.options().request_timeout;
-            let next = tokio::time::timeout(limit, stream.answers.message()).await;
+            let next = tokio::time::timeout(limit, stream.answers.next()).await;
             // A stream that broke (or a server that drains) before confirming the grant
             // does not end the lease, which lives on in the store: re-attach it, as a
             // holder would, before handing it to the caller.
+            let next = next.map(|n| n.map(|n| n.map(|(m, group)| (m, group.unwrap_or(hb)))));
             let broke = match next {
-                Ok(Ok(Some(HoldResponse {
-                    kind: Some(Out::Renewed(r)),
-                }))) => {
+                Ok(Ok(Some((
+                    HoldResponse {
+                        kind: Some(Out::Renewed(r)),
+                    },
+                    sent,
+                )))) => {
                     time_left = time_left_of(r.time_left, ttl);
-                    confirmed = hb;
+                    confirmed = sent;
                     None
                 }
-                Ok(Ok(Some(HoldResponse {
-                    kind: Some(Out::Ended(e)),
-                }))) if e.reason == Reason::HandedOver as i32 => Some(e.message),
-                Ok(Ok(Some(HoldResponse {
-                    kind: Some(Out::Ended(e)),
-                }))) => {
+                Ok(Ok(Some((
+                    HoldResponse {
+                        kind: Some(Out::Ended(e)),
+                    },
+                    _,
+                )))) if e.reason == Reason::HandedOver as i32 => Some(e.message),
+                Ok(Ok(Some((
+                    HoldResponse {
+                        kind: Some(Out::Ended(e)),
+                    },
+                    _,
+                )))) => {
                     return Err(unavailable(format!(
                         "the lease ended at once: {}",
                         e.message
                     )));
                 }
                 Ok(Ok(None)) => Some("the lease service closed the stream".to_string()),
-                Ok(Ok(Some(other))) => {
+                Ok(Ok(Some((other, _)))) => {
                     return Err(unavailable(format!("unexpected answer {other:?}")));
                 }
                 Ok(Err(s)) if is_break(&s) => Some(s.message().to_string()),

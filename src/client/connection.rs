@@ -9,6 +9,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Request;
 
+use super::many::Streams;
 use super::options::ClientOptions;
 
 use crate::error::{BackendError, BackendErrorKind};
@@ -18,8 +19,8 @@ use crate::LeaseError;
 /// A [`Leaser`](crate::Leaser) whose leases come from a lease service over gRPC.
 ///
 /// # How a lease over the network keeps the guarantees
-/// Each lease is one `Hold` stream of the native protocol (`proto/leases/v1`). The
-/// server holds the lease in its own [`LeaseManager`](crate::LeaseManager), renews it
+/// Each lease is held as on a `Hold` stream of the native protocol (`proto/leases/v1`),
+/// one lane of the connection's `HoldMany` stream (see below). The server holds the lease in its own [`LeaseManager`](crate::LeaseManager), renews it
 /// with the backend, and answers each of the client's heartbeats (every TTL/4) with the
 /// holder's *time left*: the server's local deadline for the lease, measured when it
 /// answered. The client adds that time to the instant it **sent** the heartbeat. Since
@@ -61,10 +62,16 @@ use crate::LeaseError;
 /// Like the manager, a `ClientLeaser` is cheap to clone and can be used from any task
 /// or actor; the renewal of each lease runs in a task of its own.
 ///
-/// Each held lease is one stream on the leaser's HTTP/2 connection to its server, and the service
-/// allows a bounded number of lease streams per connection (`--max-streams-per-connection`,
-/// 1024 by default): past it, acquires fail with a `Backend` error saying so. A process
-/// that holds more leases at once uses several `ClientLeaser`s.
+/// The leases held through one server share one `HoldMany` stream on the leaser's
+/// HTTP/2 connection to it, and its heartbeats go once per group (the leaser's leases
+/// of one TTL) every TTL/4, however many leases there are; each lease still keeps its
+/// own deadline, counted from the send instant of the group heartbeat that renewed it.
+/// A stream holds up to the server's `--max-leases-per-stream` (1,000,000 by default):
+/// past it, acquires fail with a `Backend` error saying so. On a server without
+/// `HoldMany` (it answers `UNIMPLEMENTED`), or with
+/// [`ClientOptions::hold_many(false)`](ClientOptions::hold_many), each lease is one
+/// `Hold` stream of its own, and the service allows a bounded number of those per
+/// connection (`--max-streams-per-connection`, 1024 by default).
 #[derive(Clone)]
 pub struct ClientLeaser {
     inner: Arc<Inner>,
@@ -78,6 +85,8 @@ struct Inner {
     current: AtomicUsize,
     auth: Option<MetadataValue<tonic::metadata::Ascii>>,
     options: ClientOptions,
+    /// The `HoldMany` stream of each server (see `many.rs`).
+    streams: Streams,
 }
 
 impl std::fmt::Debug for ClientLeaser {
@@ -151,8 +160,10 @@ impl ClientLeaser {
                 })?),
                 None => None,
             };
+        let streams = Streams::new(channels.len());
         Ok(ClientLeaser {
             inner: Arc::new(Inner {
+                streams,
                 channels,
                 current: AtomicUsize::new(current),
                 auth,
@@ -181,6 +192,11 @@ impl ClientLeaser {
                 .min(crate::clock::FAR_FUTURE),
         );
         request
+    }
+
+    /// The `HoldMany` streams, one per server.
+    pub(super) fn streams(&self) -> &Streams {
+        &self.inner.streams
     }
 
     /// The options this leaser was connected with.

@@ -175,6 +175,8 @@ async fn keep(
     let mut pending: VecDeque<Sent> = VecDeque::new();
     let mut next = Instant::now() + every;
     loop {
+        // A lane sends no heartbeats: its group's keep it (see `lanes.rs`).
+        let grouped = stream.requests.grouped();
         // An unanswered heartbeat is a stall once it has waited a third of the TTL, or,
         // sooner, when the deadline is near (the last answer's time left may be under
         // half the TTL): re-attaching then may still save the lease.
@@ -188,6 +190,13 @@ async fn keep(
                 None => late,
             }
         });
+        // A lane's group heartbeats every TTL/4, and its stream's task treats one
+        // unanswered for a third of the TTL as a break of every lane. A lane does not
+        // re-attach on its own when its deadline comes near: its group's time left is
+        // the least of the group's, the same for every lane of it, so all of them
+        // would at once (100k re-attaches on a loaded server, and lost leases). Its
+        // context ends at its deadline, as any.
+        let stuck = if grouped { None } else { stuck };
         let broke = tokio::select! {
             biased;
             command = commands.recv() => {
@@ -228,7 +237,7 @@ async fn keep(
                 return Stop::Released;
             }
             _ = watch.cancelled() => return Stop::Other,
-            _ = tokio::time::sleep_until(next) => {
+            _ = tokio::time::sleep_until(next), if !grouped => {
                 next += every;
                 pending.push_back(Sent::now());
                 if stream.requests.send(HoldRequest { kind: Some(In::Heartbeat(Heartbeat {})) }).is_err() {
@@ -238,14 +247,15 @@ async fn keep(
                 }
             }
             _ = sleep_until_opt(stuck) => "a heartbeat went unanswered".to_string(),
-            answer = stream.answers.message() => match answer {
-                Ok(Some(HoldResponse { kind: Some(Out::Renewed(r)) })) => {
-                    if let Some(sent) = pending.pop_front() {
+            answer = stream.answers.next() => match answer {
+                Ok(Some((HoldResponse { kind: Some(Out::Renewed(r)) }, group))) => {
+                    // A lane's renewal comes with its group heartbeat's send instant.
+                    if let Some(sent) = group.or_else(|| pending.pop_front()) {
                         sender.extend(sent.at + time_left_of(r.time_left, ttl), sent.since);
                     }
                     continue;
                 }
-                Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {
+                Ok(Some((HoldResponse { kind: Some(Out::Ended(e)) }, _))) => {
                     let told = Reason::try_from(e.reason).unwrap_or(Reason::Lost);
                     if told == Reason::HandedOver {
                         e.message

@@ -8,15 +8,20 @@
 //! - `status.rs`: the service's answers as [`LeaseError`](crate::LeaseError)s;
 //! - `connection.rs`: [`ClientLeaser`] and its one HTTP/2 connection;
 //! - `calls.rs`: the one-shot calls (revoke, info, list, check);
-//! - `acquire.rs`: the [`Leaser`](crate::Leaser) impl, which opens one `Hold` stream per
-//!   lease;
+//! - `acquire.rs`: the [`Leaser`](crate::Leaser) impl, which opens a lane (or a `Hold`
+//!   stream) per lease;
 //! - `keep.rs`: the task that keeps one granted lease on its stream (heartbeats, the
-//!   deadline, the end and the release).
+//!   deadline, the end and the release);
+//! - `lanes.rs`: a lease's stream, its own `Hold` stream or a lane of the `HoldMany`
+//!   stream; `many.rs` that stream, one per server: many leases, one heartbeat per
+//!   group of one TTL.
 
 mod acquire;
 mod calls;
 mod connection;
 mod keep;
+mod lanes;
+mod many;
 mod options;
 mod reattach;
 mod status;

@@ -17,6 +17,7 @@ pub struct ClientOptions {
     pub(super) connect_timeout: Duration,
     pub(super) request_timeout: Duration,
     pub(super) min_ttl: Duration,
+    pub(super) hold_many: bool,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -41,6 +42,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             min_ttl: MIN_TTL,
+            hold_many: true,
         }
     }
 
@@ -118,6 +120,17 @@ impl ClientOptions {
     /// enforces its own minimum too.
     pub fn min_ttl(mut self, min_ttl: Duration) -> Self {
         self.min_ttl = min_ttl;
+        self
+    }
+
+    /// Whether to hold leases on the connection's one `HoldMany` stream, with one
+    /// heartbeat per group of leases of one TTL (`true`, the default), or on one `Hold`
+    /// stream per lease (`false`: what servers from before `HoldMany` serve, and what
+    /// the leaser falls back to by itself on a server that answers `UNIMPLEMENTED`).
+    /// One `Hold` stream per lease limits a leaser to the server's streams per
+    /// connection (1024 by default) and costs a heartbeat per lease every TTL/4.
+    pub fn hold_many(mut self, on: bool) -> Self {
+        self.hold_many = on;
         self
     }
 }

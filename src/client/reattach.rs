@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 
 use super::connection::ClientLeaser;
 use super::keep::{time_left_of, Sent};
+use super::lanes::{Answers, Requests};
 use crate::context::ContextSender;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;
@@ -25,10 +26,11 @@ use crate::{CancelReason, Key, LeaseContext, LossCause};
 /// The longest pause between two tries of a re-attach.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
-/// One `Hold` stream: the requests we send and the answers.
+/// One lease's stream (its own `Hold` stream, or a lane of a `HoldMany` stream): the
+/// requests we send and the answers.
 pub(super) struct Stream {
-    pub(super) requests: mpsc::UnboundedSender<HoldRequest>,
-    pub(super) answers: tonic::Streaming<HoldResponse>,
+    pub(super) requests: Requests,
+    pub(super) answers: Answers,
 }
 
 /// What re-attaching a lease needs: where it is held, and what to ask.
@@ -57,12 +59,16 @@ pub(super) fn is_break(status: &Status) -> bool {
     )
 }
 
-/// Opens a `Hold` stream on server `server` and sends `acquire` on it.
+/// Opens a lane of server `server`'s `HoldMany` stream (or, on a server without it, a
+/// `Hold` stream) and sends `acquire` on it.
 pub(super) async fn open(
     leaser: &ClientLeaser,
     server: usize,
     acquire: Acquire,
 ) -> Result<(Stream, Sent), Status> {
+    if let Some(opened) = leaser.open_lane(server, &acquire).await {
+        return opened;
+    }
     let (requests, mut rx) = mpsc::unbounded_channel::<HoldRequest>();
     let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let sent = Sent::now();
@@ -74,7 +80,11 @@ pub(super) async fn open(
     // that honours one would end the lease when it passed).
     request.metadata_mut().remove("grpc-timeout");
     let answers = leaser.client_at(server).hold(request).await?.into_inner();
-    Ok((Stream { requests, answers }, sent))
+    let stream = Stream {
+        requests: Requests::Own(requests),
+        answers: Answers::Own(Box::new(answers)),
+    };
+    Ok((stream, sent))
 }
 
 /// How one try to re-attach ended.

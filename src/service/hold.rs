@@ -9,25 +9,26 @@ use tonic::{Status, Streaming};
 use super::first::NoFirst;
 use super::give_back::give_back_listed;
 use super::handover::{hand, Claim, Hold};
+use super::lanes::{Outgoing, Requests};
 use super::native::options_of;
 use super::shared::{Shared, StreamSlot};
 use super::status::{proto_duration, status_of, time_left};
 use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;
-use crate::proto::leases::v1::{Ended, Granted, HoldRequest, HoldResponse, Renewed};
+use crate::proto::leases::v1::{Acquire, Ended, Granted, HoldRequest, HoldResponse, Renewed};
 use crate::{AcquireOptions, CancelReason, Key, LeaseError};
 
 /// Unread answers after which a client is treated as gone.
 pub(crate) const UNREAD_LIMIT: usize = 64;
 
-type Answers = mpsc::Sender<Result<HoldResponse, Status>>;
+pub(crate) type Answers = mpsc::Sender<Result<HoldResponse, Status>>;
 
 fn answer(kind: Out) -> Result<HoldResponse, Status> {
     Ok(HoldResponse { kind: Some(kind) })
 }
 
-fn ended(reason: Reason, message: impl Into<String>) -> Result<HoldResponse, Status> {
+pub(crate) fn ended(reason: Reason, message: impl Into<String>) -> Result<HoldResponse, Status> {
     answer(Out::Ended(Ended {
         reason: reason as i32,
         message: message.into(),
@@ -71,6 +72,19 @@ pub(crate) async fn run_hold(
             return;
         }
     };
+    serve_hold(shared, acquire, incoming, tx, Some(slot)).await
+}
+
+/// Serves one lease from its `acquire` on: on a `Hold` stream of its own, or on a lane
+/// of a `HoldMany` stream (see `lanes.rs`). `slot` counts the stream against its
+/// connection's limit until the lease's stream is over.
+pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
+    shared: Shared,
+    acquire: Acquire,
+    mut incoming: R,
+    tx: A,
+    slot: Option<StreamSlot>,
+) {
     let resume = acquire.resume;
     let (key, options) = match options_of(acquire) {
         Ok(x) => x,
@@ -186,7 +200,7 @@ pub(crate) async fn run_hold(
                     time_left: Some(proto_duration(left)),
                 }));
                 // Keep the last slot for the end (its status must reach the client).
-                if tx.capacity() <= 1 || tx.try_send(renewed).is_err() {
+                if !tx.has_room() || tx.try_send(renewed).is_err() {
                     break Err(Status::resource_exhausted(
                         "the client does not read its answers",
                     ));
@@ -322,7 +336,7 @@ pub(crate) async fn obtain_hold(
 
 /// Whether a `release` is already waiting among the requests read so far (a client
 /// that released and dropped its answers at once), without waiting for more.
-fn released_already(incoming: &mut Streaming<HoldRequest>) -> bool {
+fn released_already<R: Requests>(incoming: &mut R) -> bool {
     use futures_util::FutureExt;
     loop {
         match incoming.message().now_or_never() {
@@ -337,15 +351,16 @@ fn released_already(incoming: &mut Streaming<HoldRequest>) -> bool {
 
 /// Returns when the client sends `release` (after its lease ended, it says so once it
 /// has stopped); never if the stream ends or breaks first, since neither tells whether
-/// the client has stopped.
-async fn release_of(incoming: &mut Streaming<HoldRequest>) {
+/// the client has stopped (except on a lane, where a release may still follow its
+/// close: see [`Requests::release_after_end`]).
+async fn release_of<R: Requests>(incoming: &mut R) {
     loop {
         match incoming.message().await {
             Ok(Some(HoldRequest {
                 kind: Some(In::Release(_)),
             })) => return,
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => std::future::pending().await,
+            Ok(None) | Err(_) => return incoming.release_after_end().await,
         }
     }
 }

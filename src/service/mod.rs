@@ -63,6 +63,9 @@
 //!   `events.rs` the bounded log of recent grants and ends the console's timeline reads;
 //! - `auth.rs`: the bearer-token check; `probes.rs` the HTTP probes and readiness;
 //!   `health.rs` the gRPC health service;
+//! - `hold.rs` serves one native lease, on its own `Hold` stream or on a lane of a
+//!   `HoldMany` stream (`lanes.rs`); `many.rs` the `HoldMany` demultiplexer (many
+//!   leases of one client, one heartbeat per group of one TTL);
 //! - [`ftl`] and [`native`]: the two lease protocols, over `first.rs` (a stream's
 //!   first request and its slot), `give_back.rs` (the remote-holder rule),
 //!   `resets.rs` (a reset request stream is broken, not ended) and `status.rs` (lease
@@ -78,6 +81,8 @@ mod handover;
 mod health;
 mod hold;
 mod http;
+mod lanes;
+mod many;
 pub mod native;
 mod options;
 mod probes;
@@ -89,6 +94,6 @@ mod status;
 
 pub use options::{
     ServeError, ServeOptions, TlsFiles, DEFAULT_BIND, DEFAULT_FIRST_REQUEST_TIMEOUT,
-    DEFAULT_FTL_TTL,
+    DEFAULT_FTL_TTL, DEFAULT_MAX_LEASES_PER_STREAM,
 };
 pub use server::LeaseServer;

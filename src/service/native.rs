@@ -22,6 +22,8 @@
 //! lease is given back in the same way.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use futures_util::Stream;
 use tokio::sync::mpsc;
@@ -32,8 +34,8 @@ use super::shared::Shared;
 use super::status::{duration_of, proto_duration, status_of};
 use crate::proto::leases::v1::leases_server::Leases;
 use crate::proto::leases::v1::{
-    Acquire, HoldRequest, HoldResponse, InfoResponse, KeyRequest, ListRequest, ListResponse,
-    RevokeResponse,
+    Acquire, HoldManyRequest, HoldManyResponse, HoldRequest, HoldResponse, InfoResponse,
+    KeyRequest, ListRequest, ListResponse, RevokeResponse,
 };
 use crate::{AcquireOptions, Key, LeaseError, LeaseInfo};
 
@@ -59,6 +61,7 @@ impl NativeService {
 }
 
 type HoldAnswers = Pin<Box<dyn Stream<Item = Result<HoldResponse, Status>> + Send>>;
+type HoldManyAnswers = Pin<Box<dyn Stream<Item = Result<HoldManyResponse, Status>> + Send>>;
 
 fn parse_key(s: &str) -> Result<Key, Status> {
     Key::parse(s).map_err(|e| status_of(&LeaseError::InvalidKey(e)))
@@ -95,6 +98,41 @@ impl Leases for NativeService {
             drop(counted);
         });
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
+    }
+
+    type HoldManyStream = HoldManyAnswers;
+
+    async fn hold_many(
+        &self,
+        request: Request<Streaming<HoldManyRequest>>,
+    ) -> Result<Response<HoldManyAnswers>, Status> {
+        if !self.shared.options.hold_many {
+            return Err(Status::unimplemented(
+                "HoldMany is not served here: use Hold",
+            ));
+        }
+        let slot = self.shared.open_stream(request.remote_addr())?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let unread = Arc::new(AtomicUsize::new(0));
+        let answers = super::many::Answers {
+            tx,
+            unread: unread.clone(),
+        };
+        let counted = self.shared.stream();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            super::many::run_many(shared, request.into_inner(), answers, slot).await;
+            drop(counted);
+        });
+        // Each answer handed to the transport is one fewer unread (see `many.rs`).
+        let out = futures_util::stream::poll_fn(move |cx| {
+            let next = rx.poll_recv(cx);
+            if let std::task::Poll::Ready(Some(Ok(_))) = &next {
+                unread.fetch_sub(1, Ordering::Relaxed);
+            }
+            next
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn revoke(

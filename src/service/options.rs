@@ -42,9 +42,17 @@ pub struct ServeOptions {
     pub max_message_bytes: usize,
     /// The most keys one FTL `AcquireLease` stream may hold at once (1024 by default).
     pub max_keys_per_stream: usize,
-    /// The most open lease streams (FTL `AcquireLease` and native `Hold`) on one client
-    /// connection (1024 by default).
+    /// The most open lease streams (FTL `AcquireLease`, native `Hold` and `HoldMany`)
+    /// on one client connection (1024 by default).
     pub max_streams_per_connection: u32,
+    /// The most leases one native `HoldMany` stream may hold at once
+    /// ([`DEFAULT_MAX_LEASES_PER_STREAM`] by default); an acquire beyond it is refused
+    /// with `RESOURCE_EXHAUSTED` "too many leases on one stream (at most N)".
+    pub max_leases_per_stream: usize,
+    /// Serve the native `HoldMany` call (`true` by default). `false` answers it with
+    /// `UNIMPLEMENTED`, as servers from before it did: clients fall back to one `Hold`
+    /// stream per lease.
+    pub hold_many: bool,
     /// The most HTTP leases (`POST /v1/acquire`, see `docs/http.md`) kept at once for
     /// one client, counted by its IP address (1024 by default): an HTTP client opens a
     /// connection per request, so its address is what identifies it. Clients behind
@@ -73,6 +81,9 @@ pub struct ServeOptions {
     pub console: bool,
 }
 
+/// The most leases one `HoldMany` stream may hold, by default.
+pub const DEFAULT_MAX_LEASES_PER_STREAM: usize = 1_000_000;
+
 /// How long a new lease stream may wait before its first request, by default.
 pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,6 +97,8 @@ impl Default for ServeOptions {
             max_message_bytes: 64 * 1024 + 4 * 1024,
             max_keys_per_stream: 1024,
             max_streams_per_connection: 1024,
+            max_leases_per_stream: DEFAULT_MAX_LEASES_PER_STREAM,
+            hold_many: true,
             max_http_leases_per_client: 1024,
             health_interval: Duration::from_secs(2),
             first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
@@ -124,6 +137,7 @@ impl ServeOptions {
     pub(super) fn check(&self, min_ttl: Duration) -> Result<(), ServeError> {
         let invalid = |why: String| Err(ServeError::InvalidOptions(why));
         if self.max_keys_per_stream == 0
+            || self.max_leases_per_stream == 0
             || self.max_streams_per_connection == 0
             || self.max_http_leases_per_client == 0
         {

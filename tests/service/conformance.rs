@@ -10,11 +10,13 @@ use leases::testing::leaser::LeaserEnv;
 use leases::{ClientLeaser, Key, LeaseError, LeaseInfo, LeaseManager, Leaser};
 
 use crate::support;
-use crate::support::remote::{client_of, local, memory_manager, TTL};
+use crate::support::remote::{client_of, hold_client_of, local, memory_manager, TTL};
 
 /// A server (on a manager of its own) and clients of it.
 struct ServiceEnv {
     server: LeaseServer,
+    /// Whether the leasers under test use `HoldMany` (the default) or `Hold` streams.
+    hold_many: bool,
     admin: ClientLeaser,
     prefix: String,
 }
@@ -25,6 +27,7 @@ impl ServiceEnv {
         let admin = client_of(&server).await;
         ServiceEnv {
             server,
+            hold_many: true,
             admin,
             prefix: format!("{}-{case}", support::pg::run_id()),
         }
@@ -34,7 +37,11 @@ impl ServiceEnv {
 #[async_trait]
 impl LeaserEnv for ServiceEnv {
     async fn leaser(&self) -> Arc<dyn Leaser> {
-        Arc::new(client_of(&self.server).await)
+        if self.hold_many {
+            Arc::new(client_of(&self.server).await)
+        } else {
+            Arc::new(hold_client_of(&self.server).await)
+        }
     }
     async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
         self.admin.revoke(key).await
@@ -56,6 +63,20 @@ mod on_memory {
 
     async fn env(case: &str) -> ServiceEnv {
         ServiceEnv::new(memory_manager().await, case).await
+    }
+
+    leases::leaser_conformance_tests!(env, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);
+}
+
+/// The suite through a server on the memory backend, each lease on a `Hold` stream of
+/// its own (what a client does against a server from before `HoldMany`).
+mod on_memory_hold_streams {
+    use super::*;
+
+    async fn env(case: &str) -> ServiceEnv {
+        let mut env = ServiceEnv::new(memory_manager().await, case).await;
+        env.hold_many = false;
+        env
     }
 
     leases::leaser_conformance_tests!(env, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);

@@ -5,7 +5,8 @@
 //! These tests use real sockets, so they run on the real clock with short TTLs.//!
 //! One binary, a module per theme: `conformance` (the leaser suite), `ftl` (FTL's
 //! protocol), `client_side` (a server that goes away under its clients) and `ops`
-//! (authentication, TLS, probes, limits).
+//! (authentication, TLS, probes, limits), `many` (`HoldMany`: many leases on one
+//! stream).
 #![cfg(feature = "server")]
 
 #[path = "../support/mod.rs"]
@@ -14,6 +15,7 @@ mod support;
 mod client_side;
 mod conformance;
 mod ftl;
+mod many;
 mod ops;
 mod reattach;
 mod reattach_client;

@@ -60,6 +60,22 @@ impl leases::proto::leases::v1::leases_server::Leases for Liar {
         )))
     }
 
+    // A server from before `HoldMany`: the client falls back to `Hold` streams.
+    type HoldManyStream = std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<leases::proto::leases::v1::HoldManyResponse, tonic::Status>,
+                > + Send,
+        >,
+    >;
+
+    async fn hold_many(
+        &self,
+        _: tonic::Request<tonic::Streaming<leases::proto::leases::v1::HoldManyRequest>>,
+    ) -> Result<tonic::Response<Self::HoldManyStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("liar"))
+    }
+
     async fn revoke(
         &self,
         _: tonic::Request<leases::proto::leases::v1::KeyRequest>,

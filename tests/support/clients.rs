@@ -1,7 +1,7 @@
 //! The whole-stack checker's clients, one worker loop per kind, each recording its acts:
 //!
-//! - `ClientLeaser` (native `Hold` streams): acts from the grant while its context
-//!   lives, checked right after each act is stamped; on PostgreSQL with every server's
+//! - `ClientLeaser` (native `HoldMany` streams; the leaders' on `Hold` streams): acts
+//!   from the grant while its context lives, checked right after each act is stamped; on PostgreSQL with every server's
 //!   URL, so that its lease re-attaches through another when its own goes; and
 //!   leaders, `ClientLeaser`s that hold keys of their own for long;
 //! - a raw FTL client behaving as FTL's Go runtime: heartbeats every TTL/2 without
@@ -122,10 +122,15 @@ pub async fn leaser_worker(env: Arc<Env>, n: u64, mut rng: XorShift, leader: boo
         let leaser = match leasers.get(&url) {
             Some(l) => l.clone(),
             None => {
+                // Leaders hold each lease on a `Hold` stream of its own, which the
+                // proxies label with its key (whole_stack/kept.rs counts the leases
+                // kept across restarts from those labels); the others share their
+                // server's one `HoldMany` stream, whose leases no label names.
                 let options = ClientOptions::endpoints(store.urls_from(&url))
                     .unwrap()
                     .connect_timeout(Duration::from_secs(2))
-                    .request_timeout(Duration::from_secs(3));
+                    .request_timeout(Duration::from_secs(3))
+                    .hold_many(!leader);
                 match ClientLeaser::connect_with(options).await {
                     Ok(l) => {
                         leasers.insert(url.clone(), l.clone());

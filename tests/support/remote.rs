@@ -77,6 +77,31 @@ pub async fn client_of(server: &LeaseServer) -> ClientLeaser {
     client_at(server.local_addr()).await
 }
 
+/// [`client_of`] holding each lease on a `Hold` stream of its own, as against a server
+/// from before `HoldMany`.
+pub async fn hold_client_of(server: &LeaseServer) -> ClientLeaser {
+    let url = format!("http://{}", server.local_addr());
+    ClientLeaser::connect_with(ClientOptions::new(url).min_ttl(TTL).hold_many(false))
+        .await
+        .unwrap()
+}
+
+/// Reads `answers` to their end, each within 10 s: how many messages came, and the
+/// status the stream ended with (`None` for a clean end).
+pub async fn answers_to_end<M>(answers: &mut tonic::Streaming<M>) -> (u64, Option<tonic::Status>) {
+    let mut n = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("an answer or the end within 10 s")
+        {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => return (n, None),
+            Err(status) => return (n, Some(status)),
+        }
+    }
+}
+
 /// A plain gRPC channel (no token, no timeouts) to the service at `addr`.
 pub async fn channel_at(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))

@@ -4,7 +4,8 @@
 //! So this counts the grants that lived through a restart of the server that held them.
 //!
 //! Which server held a lease when comes from the HTTP/2 proxies: every `Hold` stream
-//! is labelled with its key, its holder (the first word of the metadata) and, for a
+//! (the leaders' `ClientLeaser`s hold theirs on `Hold` streams; a `HoldMany` stream
+//! carries many leases, and its label names only the first) is labelled with its key, its holder (the first word of the metadata) and, for a
 //! re-attach, `resume <token>` (see `clients::stream_label`), with when it began and
 //! ended. An HTTP lease has no stream (and HTTP/1.1 bypasses those proxies): its holder
 //! says through which server it held it from when to when, labelled alike (`HTTP

@@ -16,7 +16,8 @@
 //! URL,URL,...`, and the HTTP holders, which `resume` by hand) get every PostgreSQL
 //! server's URL, the one they picked first, so that a lease moves to another server
 //! when its own goes; four of the `ClientLeaser`s are
-//! leaders, which hold a key of their own each for long. That leases move is proven, not
+//! leaders, which hold a key of their own each for long, each lease on a `Hold` stream
+//! of its own (the others hold theirs on `HoldMany` streams, many leases a stream). That leases move is proven, not
 //! assumed: a run of 60 s or more fails unless some lease was kept across a restart of
 //! the server that held it (re-attached, and released by its holder in the end).
 //!

@@ -145,6 +145,7 @@ async fn serve(args: ServeArgs, auth_token: Option<String>) -> Result<(), String
         default_ttl: args.default_ttl,
         max_keys_per_stream: args.max_keys_per_stream,
         max_streams_per_connection: args.max_streams_per_connection,
+        max_leases_per_stream: args.max_leases_per_stream,
         max_http_leases_per_client: args.max_http_leases_per_client,
         http_bind: args.http_bind,
         console: args.console,

@@ -117,6 +117,14 @@ pub(crate) struct ServeArgs {
         help_heading = "Service"
     )]
     pub(crate) max_keys_per_stream: usize,
+    /// The most leases one native HoldMany stream may hold.
+    #[arg(
+        long,
+        default_value_t = leases::service::DEFAULT_MAX_LEASES_PER_STREAM,
+        value_name = "N",
+        help_heading = "Service"
+    )]
+    pub(crate) max_leases_per_stream: usize,
     /// The most concurrent streams on one connection.
     #[arg(
         long,

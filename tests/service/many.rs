@@ -1,0 +1,381 @@
+//! `HoldMany`: a `ClientLeaser` holds many leases on one stream of one connection, with
+//! one heartbeat per group (its leases of one TTL) per TTL/4: the bytes on the wire per
+//! round, two groups, a release or a revoke of one lease of a group, the stream reset or
+//! its server draining, the per-stream limit, and the fallback to `Hold` streams on a
+//! server that answers `UNIMPLEMENTED`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use leases::backend::Backend;
+use leases::service::{LeaseServer, ServeOptions};
+use leases::{
+    CancelReason, ClientLeaser, ClientOptions, Key, Lease, LeaseContext, LeaseError, Leaser,
+};
+
+use crate::support::proxy::{Fault, FaultProxy};
+use crate::support::remote::{local, manager_on, memory_manager, TTL};
+use crate::support::shared_store::SharedStore;
+
+fn url(addr: std::net::SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+async fn client(urls: &[String]) -> ClientLeaser {
+    let options = ClientOptions::endpoints(urls.iter().cloned())
+        .unwrap()
+        .min_ttl(TTL)
+        .request_timeout(Duration::from_secs(5));
+    ClientLeaser::connect_with(options).await.unwrap()
+}
+
+/// Acquires `n` keys named `name-i` with `ttl`, 64 at a time.
+async fn hold_many(
+    c: &ClientLeaser,
+    name: &str,
+    n: usize,
+    ttl: Duration,
+) -> Vec<(Lease, LeaseContext)> {
+    let mut held = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let got = join_all(chunk.iter().map(|i| {
+            let key = Key::system(["many", name, &i.to_string()]);
+            c.acquire_lease(key, ttl)
+        }))
+        .await;
+        held.extend(got.into_iter().map(|g| g.expect("acquired")));
+    }
+    held
+}
+
+fn live(held: &[(Lease, LeaseContext)]) -> usize {
+    held.iter()
+        .filter(|(_, ctx)| ctx.reason().is_none())
+        .count()
+}
+
+/// 5,000 leases of one client ride one connection (the server allows 1024 streams per
+/// connection: `Hold` streams could not) and keep alive for several TTLs, while the
+/// client sends less than 1 KiB per heartbeat round: one `Hold` heartbeat per lease
+/// would be at least 14 bytes (an HTTP/2 frame header and a gRPC message header) each,
+/// 70 KB per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_leases_one_connection_one_heartbeat_per_round() {
+    let ttl = Duration::from_secs(4);
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let held = hold_many(&c, "five-thousand", 5000, ttl).await;
+    assert_eq!(proxy.connections(), 1, "one connection");
+    let before = proxy.counters();
+    // Several TTLs: every lease must be renewed through its group's heartbeats.
+    let window = ttl * 2;
+    tokio::time::sleep(window).await;
+    let after = proxy.counters();
+    assert_eq!(live(&held), 5000, "every lease lives on");
+    assert_eq!(proxy.connections(), 1, "still one connection");
+    let rounds = (window.as_secs_f64() / (ttl / 4).as_secs_f64()) as u64;
+    let up = after.to_server - before.to_server;
+    println!("client to server: {up} bytes over {rounds} rounds of 5000 leases");
+    assert!(
+        up < 1024 * rounds,
+        "{up} bytes in {rounds} heartbeat rounds: more than one heartbeat per group"
+    );
+    for (lease, _) in held {
+        lease.release().await.unwrap();
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Two TTLs are two groups, each kept by its own heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ttls_are_two_groups() {
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let c = client(&[url(server.local_addr())]).await;
+    let short = hold_many(&c, "two-short", 50, Duration::from_secs(1)).await;
+    let long = hold_many(&c, "two-long", 50, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!((live(&short), live(&long)), (50, 50));
+    for (lease, _) in short.into_iter().chain(long) {
+        lease.release().await.unwrap();
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Releases of one lease of a group while its group's heartbeats are on their way (each
+/// way takes 100 ms): each release is confirmed and frees its key at once, and the
+/// other lease of the group lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_while_the_group_heartbeat_is_in_flight() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(2);
+    let (_stay, stay_ctx) = c
+        .acquire_lease(Key::system(["many", "inflight", "stay"]), ttl)
+        .await
+        .unwrap();
+    proxy.set(Fault::Delay(Duration::from_millis(100)));
+    let key = Key::system(["many", "inflight", "go"]);
+    let started = tokio::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let (lease, _) = c.acquire_lease(key.clone(), ttl).await.unwrap();
+        // Release at a different point of the heartbeat cycle each time.
+        tokio::time::sleep(Duration::from_millis(70 * (n % 8))).await;
+        lease.release().await.unwrap();
+        assert!(
+            manager.lease_info(&key).await.unwrap().is_none(),
+            "a confirmed release freed the key"
+        );
+        n += 1;
+    }
+    assert_eq!(
+        stay_ctx.reason(),
+        None,
+        "the other lease of the group lives on"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A revoke of one lease of a group ends that lease's context only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_of_one_lease_of_a_group() {
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let c = client(&[url(server.local_addr())]).await;
+    let ttl = Duration::from_secs(2);
+    let held = hold_many(&c, "revoke", 10, ttl).await;
+    let victim = held[3].0.key().clone();
+    assert!(c.revoke(&victim).await.unwrap());
+    let reason = tokio::time::timeout(Duration::from_secs(2), held[3].1.cancelled())
+        .await
+        .expect("told at once");
+    assert_eq!(reason, CancelReason::Revoked);
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(live(&held), 9, "only the revoked lease ended");
+    // The revoked holder has stopped, so its key is free again.
+    let again = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match c.acquire_lease(victim.clone(), ttl).await {
+                Ok(got) => return got,
+                Err(LeaseError::Conflict) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the revoked key is free once its holder stopped");
+    assert!(again.0.token() > held[3].0.token());
+    server.shutdown().await.unwrap();
+}
+
+/// The connection reset under 200 leases on one stream: every lease is re-attached
+/// (same token, holder not told), on the memory backend through the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_connection_reattaches_every_lease() {
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let held = hold_many(&c, "reset", 200, Duration::from_secs(3)).await;
+    proxy.reset_all();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(live(&held), 200, "every lease re-attached");
+    for (lease, _) in &held {
+        let info = c.lease_info(lease.key()).await.unwrap().expect("held");
+        assert_eq!(info.token, lease.token());
+    }
+    for (lease, _) in held {
+        lease.release().await.unwrap();
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// A server on the memory backend stopping: every lease of its stream is told at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_server_stopping_ends_every_lease() {
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let c = client(&[url(server.local_addr())]).await;
+    let held = hold_many(&c, "stop", 100, Duration::from_secs(3)).await;
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("the server stops")
+        .unwrap();
+    for (_, ctx) in &held {
+        let reason = tokio::time::timeout(Duration::from_secs(1), ctx.cancelled())
+            .await
+            .expect("told at once");
+        assert!(
+            matches!(reason, CancelReason::Lost(_) | CancelReason::Shutdown),
+            "{reason:?}"
+        );
+    }
+}
+
+/// A rolling restart under 100 leases of one stream: the draining server hands each over
+/// and they move to the other server of the store, same tokens, holders never told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_every_lease_to_another_server() {
+    let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+    let a = LeaseServer::start(manager_on(store.clone()).await, local())
+        .await
+        .unwrap();
+    let b = LeaseServer::start(manager_on(store.clone()).await, local())
+        .await
+        .unwrap();
+    let c = client(&[url(a.local_addr()), url(b.local_addr())]).await;
+    // A TTL with room for 100 re-attaches on a loaded 2-core machine (the whole suite
+    // runs beside this test).
+    let ttl = Duration::from_secs(6);
+    let held = hold_many(&c, "drain", 100, ttl).await;
+    a.shutdown().await.unwrap();
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(live(&held), 100, "every lease moved");
+    for (lease, _) in &held {
+        let info = store.info(lease.key()).await.unwrap().expect("held");
+        assert_eq!(info.token, lease.token());
+    }
+    for (lease, _) in held {
+        lease.release().await.unwrap();
+    }
+    b.shutdown().await.unwrap();
+}
+
+/// A stream holds at most `max_leases_per_stream` leases: one more is a typed error, and
+/// a lease released makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_stream_limit() {
+    let options = ServeOptions {
+        max_leases_per_stream: 3,
+        ..local()
+    };
+    let server = LeaseServer::start(memory_manager().await, options)
+        .await
+        .unwrap();
+    let c = client(&[url(server.local_addr())]).await;
+    let ttl = Duration::from_secs(2);
+    let mut held = hold_many(&c, "limit", 3, ttl).await;
+    let over = c
+        .acquire_lease(Key::system(["many", "limit", "over"]), ttl)
+        .await
+        .unwrap_err();
+    match &over {
+        LeaseError::Backend(e) => assert!(
+            e.to_string()
+                .contains("too many leases on one stream (at most 3)"),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    held.pop().unwrap().0.release().await.unwrap();
+    // The server forgets a released lane as soon as its task has ended.
+    let got = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match c
+                .acquire_lease(Key::system(["many", "limit", "over"]), ttl)
+                .await
+            {
+                Ok(got) => return got,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("room again");
+    assert_eq!(got.1.reason(), None);
+    server.shutdown().await.unwrap();
+}
+
+/// A server without `HoldMany` (as before it existed) answers `UNIMPLEMENTED`: the client
+/// holds its leases on `Hold` streams, one per lease, and they work as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_hold_many_gets_hold_streams() {
+    let options = ServeOptions {
+        hold_many: false,
+        ..local()
+    };
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), options).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(2);
+    let held = hold_many(&c, "fallback", 20, ttl).await;
+    let before = proxy.counters();
+    tokio::time::sleep(ttl * 2).await;
+    let up = proxy.counters().to_server - before.to_server;
+    assert_eq!(live(&held), 20);
+    // 20 leases heartbeating on their own streams: 8 rounds of 20 heartbeats.
+    assert!(up > 20 * 8 * 14, "{up} bytes: not one heartbeat per lease");
+    for (lease, _) in held {
+        let key = lease.key().clone();
+        lease.release().await.unwrap();
+        assert!(manager.lease_info(&key).await.unwrap().is_none());
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// A client that sends group heartbeats and never reads their answers is cut off with
+/// `RESOURCE_EXHAUSTED` (after its unread answers fill the connection's windows and 64
+/// more), rather than growing the server's memory; its lease is let go of as on any
+/// broken stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_cut_off() {
+    use leases::proto::leases::v1::hold_many_request::Kind as In;
+    use leases::proto::leases::v1::hold_many_response::Kind as Out;
+    use leases::proto::leases::v1::leases_client::LeasesClient;
+    use leases::proto::leases::v1::{Acquire, GroupHeartbeat, HoldManyRequest, LeaseAcquire};
+
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let channel = crate::support::remote::channel_at(server.local_addr()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ttl = prost_types::Duration {
+        seconds: 30,
+        nanos: 0,
+    };
+    tx.send(HoldManyRequest {
+        kind: Some(In::Acquire(LeaseAcquire {
+            id: 1,
+            acquire: Some(Acquire {
+                key: "/system/many/unread".into(),
+                ttl: Some(ttl),
+                ..Acquire::default()
+            }),
+        })),
+    })
+    .unwrap();
+    let outgoing = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut answers = LeasesClient::new(channel)
+        .hold_many(outgoing)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.message().await.unwrap().unwrap();
+    assert!(matches!(first.kind, Some(Out::Granted(_))), "{first:?}");
+    let sent = 300_000u64;
+    for _ in 0..sent {
+        let beat = In::Heartbeat(GroupHeartbeat { ttl: Some(ttl) });
+        if tx.send(HoldManyRequest { kind: Some(beat) }).is_err() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (renewed, end) = crate::support::remote::answers_to_end(&mut answers).await;
+    assert!(renewed < sent, "every heartbeat was answered: no limit");
+    let status = end.expect("the stream ends with its status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "the client does not read its answers");
+    server.shutdown().await.unwrap();
+}
