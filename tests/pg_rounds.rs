@@ -397,3 +397,44 @@ async fn a_dropped_round_leaves_its_bookkeeping_right() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Through a manager, with one lease a statement (`renew_batch_size(1)`): many leases
+/// held for several rounds, none lost, and the rounds after the first are one
+/// statement each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_keeps_its_leases_through_rounds() {
+    let url = shared_url();
+    let t = table("rounds", "manager");
+    let b = Arc::new(
+        PostgresBackend::connect(PostgresOptions::new(&url).table(&t).renew_batch_size(1))
+            .await
+            .unwrap(),
+    );
+    let m = leases::LeaseManager::builder()
+        .min_ttl(Duration::from_secs(1))
+        .backend(b.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let key = Key::system(["rounds", "manager", &i.to_string()]);
+        held.push(m.acquire_lease(key, TTL).await.unwrap());
+    }
+    tokio::time::sleep(TTL * 2).await;
+    let before = b.renew_statements();
+    tokio::time::sleep(TTL * 2).await;
+    let statements = b.renew_statements() - before;
+    // Six rounds (every TTL/3), one statement each; a few more if a round's count
+    // was taken while another attached.
+    assert!(
+        statements <= 10,
+        "{statements} renewal statements in six rounds"
+    );
+    let ended: Vec<_> = held
+        .iter()
+        .filter_map(|(l, ctx)| ctx.reason().map(|r| (l.key().to_string(), r)))
+        .collect();
+    assert!(ended.is_empty(), "leases ended while held: {ended:?}");
+    m.shutdown().await;
+}
