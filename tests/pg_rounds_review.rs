@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, PostgresOptions, RenewOutcome};
 use leases::Key;
-use support::pg::{connect, grant, hold_session, session_of, shared_url, table};
+use support::pg::{connect, grant, hold_session, session_of, shared_url, table, with_app};
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
@@ -51,12 +51,16 @@ async fn held(b: &PostgresBackend, name: &str, n: usize) -> Vec<(Key, u64)> {
     leases
 }
 
-/// Waits until at least `n` lock requests wait in the database (statements blocked).
-async fn waiting_locks(db: &Client, n: i64) {
+/// Waits until at least `n` statements of connections named `app` wait on a lock.
+async fn waiting_locks(db: &Client, app: &str, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(4);
     loop {
         let waiting: i64 = db
-            .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&app],
+            )
             .await
             .unwrap()
             .get(0);
@@ -111,7 +115,8 @@ async fn granted_before_deadline(other: &PostgresBackend, key: &Key, start: Inst
 async fn a_revoked_lease_detached_by_a_concurrent_renewal_is_not_confirmed_by_a_round() {
     let url = shared_url();
     let t = table("roundsrev", "revdetach");
-    let (a, b) = (backend(&url, &t).await, backend(&url, &t).await);
+    let app = format!("{t}_a");
+    let (a, b) = (backend(&with_app(&url, &app), &t).await, backend(&url, &t).await);
     let db = connect(&url).await;
     let leases = held(&a, "revdetach", 3).await;
     let s = session_of(&db, &t, &leases[0].0).await.unwrap();
@@ -124,7 +129,7 @@ async fn a_revoked_lease_detached_by_a_concurrent_renewal_is_not_confirmed_by_a_
         let (a, key, token) = (a.clone(), leases[2].0.clone(), leases[2].1);
         tokio::spawn(async move { a.renew(&key, token, TTL).await })
     };
-    waiting_locks(&db, 1).await;
+    waiting_locks(&db, &app, 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The group round starts now: its snapshot sees lease 0 revoked in the session; it
     // waits for lease 0's row lock.
@@ -133,7 +138,7 @@ async fn a_revoked_lease_detached_by_a_concurrent_renewal_is_not_confirmed_by_a_
         let (a, leases) = (a.clone(), leases.clone());
         tokio::spawn(async move { round(&a, &leases).await })
     };
-    waiting_locks(&db, 2).await;
+    waiting_locks(&db, &app, 2).await;
     holder.batch_execute("COMMIT").await.unwrap();
     let single = single.await.unwrap().unwrap();
     assert_eq!(single, RenewOutcome::Renewed);
@@ -144,6 +149,53 @@ async fn a_revoked_lease_detached_by_a_concurrent_renewal_is_not_confirmed_by_a_
             "a revoked lease was confirmed Renewed by a group round started at {start:?} \
              (outcomes {outcomes:?}); its holder may act until +{:?}; another backend was \
              granted the key at {taken:?} after the round started",
+            TTL - MARGIN
+        );
+    }
+    assert_eq!(outcomes[0], RenewOutcome::Revoked);
+}
+
+/// FINDING 1, second trigger: the statement that detaches the revoked row first is
+/// another *group round* of the same session (a second manager, or a second TTL group
+/// rounding to the same milliseconds, on one backend object; or a round whose future
+/// the manager dropped at its bound and that still runs in its task). That round names
+/// the revoked row (kind 6) and, as it is not one of its leases, forgets it; the round
+/// of the lease's own group, whose snapshot still saw it in the session, answers it
+/// `Renewed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_lease_detached_by_another_group_round_is_not_confirmed() {
+    let url = shared_url();
+    let t = table("roundsrev", "revround");
+    let app = format!("{t}_a");
+    let (a, b) = (backend(&with_app(&url, &app), &t).await, backend(&url, &t).await);
+    let db = connect(&url).await;
+    let leases = held(&a, "revround", 3).await;
+    let s = session_of(&db, &t, &leases[0].0).await.unwrap();
+    assert_eq!(b.revoke(&leases[0].0).await.unwrap(), Some(leases[0].1));
+    let holder = hold_session(&url, &t, s).await;
+    // The other group (lease 2 only) locks the revoked row and waits on the session.
+    let other = {
+        let (a, mine) = (a.clone(), vec![leases[2].clone()]);
+        tokio::spawn(async move { round(&a, &mine).await })
+    };
+    waiting_locks(&db, &app, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Lease 0's group (leases 0 and 1).
+    let start = Instant::now();
+    let renewing = {
+        let (a, mine) = (a.clone(), leases[..2].to_vec());
+        tokio::spawn(async move { round(&a, &mine).await })
+    };
+    waiting_locks(&db, &app, 2).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(other.await.unwrap(), vec![RenewOutcome::Renewed]);
+    let outcomes = renewing.await.unwrap();
+    if outcomes[0] == RenewOutcome::Renewed {
+        let taken = granted_before_deadline(&b, &leases[0].0, start).await;
+        panic!(
+            "a revoked lease was confirmed Renewed by its group's round (outcomes \
+             {outcomes:?}); its holder may act until +{:?}; another backend was granted \
+             the key at {taken:?} after the round started",
             TTL - MARGIN
         );
     }
