@@ -201,3 +201,92 @@ async fn a_revoked_lease_detached_by_another_group_round_is_not_confirmed() {
     }
     assert_eq!(outcomes[0], RenewOutcome::Revoked);
 }
+
+/// PROBE (held): a table without the new partial index `<table>_session` (made by the
+/// previous version, used by a backend with `create_schema(false)`): rounds are still
+/// right (a lease released elsewhere is Lost, the others Renewed), the count only goes
+/// without its index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_a_table_without_the_session_index_still_reports_a_release() {
+    let url = shared_url();
+    let t = table("roundsrev", "noindex");
+    let (made, b) = (backend(&url, &t).await, backend(&url, &t).await);
+    b.check().await.unwrap();
+    made.check().await.unwrap();
+    let db = connect(&url).await;
+    db.batch_execute(&format!("DROP INDEX {t}_session")).await.unwrap();
+    let a = Arc::new(
+        PostgresBackend::connect(
+            PostgresOptions::new(&url)
+                .table(&t)
+                .renew_batch_size(10)
+                .create_schema(false),
+        )
+        .await
+        .unwrap(),
+    );
+    let leases = held(&a, "noindex", 4).await;
+    assert!(b.release(&leases[1].0, leases[1].1).await.unwrap());
+    let outcomes = round(&a, &leases).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            RenewOutcome::Renewed,
+            RenewOutcome::Lost,
+            RenewOutcome::Renewed,
+            RenewOutcome::Renewed
+        ]
+    );
+}
+
+/// PROBE (held): a revoked lease of one group, detached (and forgotten) by another
+/// group's round of the same session with no race: its own group's next round answers
+/// it Revoked, and it is not kept in the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_a_revoked_lease_detached_by_another_group_is_revoked_at_its_own_round() {
+    let url = shared_url();
+    let t = table("roundsrev", "revseq");
+    let (a, b) = (backend(&url, &t).await, backend(&url, &t).await);
+    let db = connect(&url).await;
+    let leases = held(&a, "revseq", 3).await;
+    assert_eq!(b.revoke(&leases[0].0).await.unwrap(), Some(leases[0].1));
+    assert_eq!(round(&a, &leases[2..]).await, vec![RenewOutcome::Renewed]);
+    assert_eq!(session_of(&db, &t, &leases[0].0).await, None);
+    assert_eq!(
+        round(&a, &leases[..2]).await,
+        vec![RenewOutcome::Revoked, RenewOutcome::Renewed]
+    );
+}
+
+/// PROBE (held): a lease re-attached *into* this backend's session by a resume on the
+/// same backend (from another backend's session) while a member was released
+/// elsewhere: the count is K again, but the re-attached lease is counted as a member
+/// (answered before the round) and the released one is Lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_a_resume_into_the_session_does_not_hide_a_release() {
+    let url = shared_url();
+    let t = table("roundsrev", "resume");
+    let (a, b) = (backend(&url, &t).await, backend(&url, &t).await);
+    let leases = held(&a, "resume", 3).await;
+    let theirs = {
+        let key = Key::system(["rounds-review", "resume", "theirs"]);
+        let token = grant(&b, &key, TTL).await;
+        assert_eq!(round(&b, &[(key.clone(), token)]).await, vec![RenewOutcome::Renewed]);
+        (key, token)
+    };
+    assert!(b.release(&leases[1].0, leases[1].1).await.unwrap());
+    // Re-attached here by a resume (one lease, per-lease), not one of the group's.
+    assert_eq!(
+        a.renew(&theirs.0, theirs.1, TTL).await.unwrap(),
+        RenewOutcome::Renewed
+    );
+    let outcomes = round(&a, &leases).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            RenewOutcome::Renewed,
+            RenewOutcome::Lost,
+            RenewOutcome::Renewed
+        ]
+    );
+}
