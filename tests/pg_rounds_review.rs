@@ -78,7 +78,11 @@ async fn waiting_locks(db: &Client, app: &str, n: i64) {
 /// After a round confirmed `key` (held with `token`) at `start`, its holder may act
 /// until `start + TTL - MARGIN`: tries to take the key through `other` until then, and
 /// returns how long after `start` it was granted, if it was.
-async fn granted_before_deadline(other: &PostgresBackend, key: &Key, start: Instant) -> Option<Duration> {
+async fn granted_before_deadline(
+    other: &PostgresBackend,
+    key: &Key,
+    start: Instant,
+) -> Option<Duration> {
     let deadline = start + TTL - MARGIN;
     while Instant::now() < deadline {
         if let AcquireOutcome::Granted { .. } = other.acquire(key, TTL, b"").await.unwrap() {
@@ -116,7 +120,10 @@ async fn a_revoked_lease_detached_by_a_concurrent_renewal_is_not_confirmed_by_a_
     let url = shared_url();
     let t = table("roundsrev", "revdetach");
     let app = format!("{t}_a");
-    let (a, b) = (backend(&with_app(&url, &app), &t).await, backend(&url, &t).await);
+    let (a, b) = (
+        backend(&with_app(&url, &app), &t).await,
+        backend(&url, &t).await,
+    );
     let db = connect(&url).await;
     let leases = held(&a, "revdetach", 3).await;
     let s = session_of(&db, &t, &leases[0].0).await.unwrap();
@@ -167,7 +174,10 @@ async fn a_revoked_lease_detached_by_another_group_round_is_not_confirmed() {
     let url = shared_url();
     let t = table("roundsrev", "revround");
     let app = format!("{t}_a");
-    let (a, b) = (backend(&with_app(&url, &app), &t).await, backend(&url, &t).await);
+    let (a, b) = (
+        backend(&with_app(&url, &app), &t).await,
+        backend(&url, &t).await,
+    );
     let db = connect(&url).await;
     let leases = held(&a, "revround", 3).await;
     let s = session_of(&db, &t, &leases[0].0).await.unwrap();
@@ -214,7 +224,9 @@ async fn probe_a_table_without_the_session_index_still_reports_a_release() {
     b.check().await.unwrap();
     made.check().await.unwrap();
     let db = connect(&url).await;
-    db.batch_execute(&format!("DROP INDEX {t}_session")).await.unwrap();
+    db.batch_execute(&format!("DROP INDEX {t}_session"))
+        .await
+        .unwrap();
     let a = Arc::new(
         PostgresBackend::connect(
             PostgresOptions::new(&url)
@@ -271,7 +283,10 @@ async fn probe_a_resume_into_the_session_does_not_hide_a_release() {
     let theirs = {
         let key = Key::system(["rounds-review", "resume", "theirs"]);
         let token = grant(&b, &key, TTL).await;
-        assert_eq!(round(&b, &[(key.clone(), token)]).await, vec![RenewOutcome::Renewed]);
+        assert_eq!(
+            round(&b, &[(key.clone(), token)]).await,
+            vec![RenewOutcome::Renewed]
+        );
         (key, token)
     };
     assert!(b.release(&leases[1].0, leases[1].1).await.unwrap());

@@ -40,8 +40,12 @@
 //!   that gives the row a finite expiry, a row deleted or detached by hand): the row is
 //!   no longer attached to `S`, the count falls short, and the members are asked one by
 //!   one (the missing one is told Lost, or Revoked);
-//! - revoke: the row stays in `S` but `detach` takes it out in this very statement and
-//!   answers it (kind 6): it is Revoked, never Renewed; a revoke after the snapshot is
+//! - revoke: the row stays in `S` but `detach` takes it out in this very statement, and
+//!   every row revoked in `S` on the snapshot is answered (kind 6), whether this
+//!   statement or another one of the session (which locked it first) took it out: it
+//!   is Revoked, never Renewed (answering only what `detach` took out confirmed a member
+//!   another statement had detached after our snapshot, counted all the same: the
+//!   review's finding in `tests/pg_rounds_review.rs`); a revoke after the snapshot is
 //!   read at the next round;
 //! - a re-attach by another backend (`moved` of its session): out of `S`, as above;
 //! - takeover: needs `S` expired, and `S` is never revived: the compare-and-set fails

@@ -197,7 +197,13 @@ impl Sql {
             // `session_renew`; kind 5 (one row): how many rows are attached to the
             // session on the statement's snapshot, but for those of `$3`/`$4` (an index
             // scan of `{t}_session`, no lock, no row written); kind 6: a revoked row of
-            // the session, by key and token, taken out of it by `detach`.
+            // the session, by key and token: taken out of it by `detach`, or revoked
+            // on the statement's snapshot (the second part of `cand`). The latter
+            // matters when another statement of the session detached the row between
+            // our snapshot and our lock on it: `detach` then names nothing, but the
+            // count (on the snapshot) still has the row, so without it a revoked member
+            // would be confirmed renewed (review finding, `tests/pg_rounds_review.rs`).
+            // A row may be named twice.
             //
             // The count is read on the same snapshot as the members of `session_renew`
             // (the first the statement takes): see `rounds.rs` for why a count equal
@@ -217,7 +223,9 @@ impl Sql {
                 UNION ALL
                 SELECT 4, m.i, NULL, NULL, NULL FROM locked m WHERE m.i IS NOT NULL AND m.revoked AND m.expires_at > now()
                 UNION ALL
-                SELECT 6, NULL, NULL, d.key, d.token FROM detach d"
+                SELECT 6, NULL, NULL, d.key, d.token FROM detach d
+                UNION ALL
+                SELECT 6, NULL, NULL, c.key, c.token FROM cand c WHERE c.i IS NULL"
             ),
             // A lease this backend stops holding without releasing it (`Backend::leave`,
             // or a holder whose renewals stopped): taken out of session `$3` (`$1` keys,
