@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, PostgresOptions, RenewOutcome};
 use leases::{AcquireOptions, CancelReason, Key};
-use support::pg::{connect, grant, manager, shared_url, table};
+use support::pg::{connect, grant, hold_session, manager, session_of, shared_url, table};
 use support::proxy::{Fault, FaultProxy};
 use tokio_postgres::Client;
 
@@ -25,17 +25,6 @@ async fn backend(url: &str, t: &str) -> Arc<PostgresBackend> {
 
 async fn backend_with(options: PostgresOptions) -> Arc<PostgresBackend> {
     Arc::new(PostgresBackend::connect(options).await.unwrap())
-}
-
-/// The session row `key`'s lease is attached to, if any.
-async fn session_of(db: &Client, t: &str, key: &Key) -> Option<i64> {
-    db.query_opt(
-        &format!("SELECT session FROM {t} WHERE key = $1 AND expires_at = 'infinity'"),
-        &[&key.to_string()],
-    )
-    .await
-    .unwrap()
-    .and_then(|r| r.get(0))
 }
 
 /// Whether session `s` is live on the database's clock.
@@ -248,15 +237,7 @@ async fn a_revoke_of_one_lease_in_a_session_being_renewed() {
     assert_eq!(renew(&a, &k2, t2).await, RenewOutcome::Renewed);
     let s = session_of(&db, &t, &k1).await.unwrap();
     // Hold the session row, so that the next renewal waits on it.
-    let holder = connect(&url).await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .execute(
-            &format!("SELECT 1 FROM {t}_sessions WHERE id = $1 FOR UPDATE"),
-            &[&s],
-        )
-        .await
-        .unwrap();
+    let holder = hold_session(&url, &t, s).await;
     let renewing = {
         let (a, k1, k2) = (a.clone(), k1.clone(), k2.clone());
         tokio::spawn(async move { tokio::join!(a.renew(&k1, t1, TTL), a.renew(&k2, t2, TTL)) })
@@ -312,15 +293,7 @@ async fn a_renewal_that_fails_while_one_of_its_leases_is_released() {
     assert_eq!(renew(&a, &k1, t1).await, RenewOutcome::Renewed);
     assert_eq!(renew(&a, &k2, t2).await, RenewOutcome::Renewed);
     let s = session_of(&db, &t, &k1).await.unwrap();
-    let holder = connect(&url).await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .execute(
-            &format!("SELECT 1 FROM {t}_sessions WHERE id = $1 FOR UPDATE"),
-            &[&s],
-        )
-        .await
-        .unwrap();
+    let holder = hold_session(&url, &t, s).await;
     let renewing = {
         let (a, k1, k2) = (a.clone(), k1.clone(), k2.clone());
         tokio::spawn(async move { tokio::join!(a.renew(&k1, t1, TTL), a.renew(&k2, t2, TTL)) })

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, PostgresOptions, RenewOutcome};
 use leases::Key;
-use support::pg::{connect, grant, shared_url, table};
+use support::pg::{connect, grant, session_of, shared_url, table};
 use support::proxy::{Fault, FaultProxy};
 use tokio_postgres::Client;
 
@@ -23,17 +23,6 @@ async fn backend(url: &str, t: &str) -> Arc<PostgresBackend> {
             .await
             .unwrap(),
     )
-}
-
-/// The session row `key`'s lease is attached to, if any.
-async fn session_of(db: &Client, t: &str, key: &Key) -> Option<i64> {
-    db.query_opt(
-        &format!("SELECT session FROM {t} WHERE key = $1 AND expires_at = 'infinity'"),
-        &[&key.to_string()],
-    )
-    .await
-    .unwrap()
-    .and_then(|r| r.get(0))
 }
 
 /// Held (no finding; kept as a regression test): a session renewal that waited for a

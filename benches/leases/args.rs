@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::contenders::Kind;
 
 const USAGE: &str =
-    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--pg-ttl SECONDS] [--only memory|scale|postgres|service|held-many|etcd|profile]
+    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--pg-ttl SECONDS] [--pg-window SECONDS] [--only memory|scale|postgres|service|held-many|etcd|profile]
        leases --only profile [--clients N] [--kind ours|a|b|d] [--secs SECONDS]
        leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS
        leases --service-floor";
@@ -63,6 +63,9 @@ pub struct Args {
     /// `--pg-ttl S`: the TTL of the leases held for the PostgreSQL statement count
     /// (default the benchmark's TTL, 30 s).
     pub pg_ttl: Option<Duration>,
+    /// `--pg-window S`: how long the PostgreSQL statements and lost leases are counted
+    /// (default 30 s).
+    pub pg_window: Option<Duration>,
     /// `--clients N`: the profile section's clients (default 64).
     pub clients: Option<usize>,
     /// `--kind KIND`: the profile section's contender (default ours).
@@ -129,6 +132,7 @@ impl Args {
                     parsed.pg_held = Some(value(&mut args, "--pg-held", "a number of leases")?)
                 }
                 "--pg-ttl" => parsed.pg_ttl = Some(seconds(&mut args, "--pg-ttl")?),
+                "--pg-window" => parsed.pg_window = Some(seconds(&mut args, "--pg-window")?),
                 "--scale-child" => {
                     let kind = value(&mut args, "--scale-child", "a kind")?;
                     let n = value(&mut args, "--scale-child", "a number of leases")?;
@@ -161,6 +165,9 @@ impl Args {
         }
         if let Some(ttl) = self.pg_ttl {
             sizes.pg_ttl = ttl;
+        }
+        if let Some(window) = self.pg_window {
+            sizes.pg_window = window;
         }
         sizes
     }

@@ -363,6 +363,34 @@ pub async fn db_now(db: &tokio_postgres::Client) -> std::time::SystemTime {
         .get(0)
 }
 
+/// The session row `key`'s lease is attached to in table `t`, if any.
+#[cfg(feature = "postgres")]
+pub async fn session_of(db: &tokio_postgres::Client, t: &str, key: &leases::Key) -> Option<i64> {
+    db.query_opt(
+        &format!("SELECT session FROM {t} WHERE key = $1 AND expires_at = 'infinity'"),
+        &[&key.to_string()],
+    )
+    .await
+    .unwrap()
+    .and_then(|r| r.get(0))
+}
+
+/// Holds session row `s` of table `t` locked (`FOR UPDATE`) on a connection of its
+/// own, in a transaction open until the caller sends `COMMIT`, so that a session
+/// renewal waits on it.
+pub async fn hold_session(url: &str, t: &str, s: i64) -> tokio_postgres::Client {
+    let holder = connect(url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            &format!("SELECT 1 FROM {t}_sessions WHERE id = $1 FOR UPDATE"),
+            &[&s],
+        )
+        .await
+        .unwrap();
+    holder
+}
+
 /// Acquires `key`, which must be free, straight from `backend`: its token.
 #[cfg(feature = "postgres")]
 pub async fn grant(

@@ -195,6 +195,16 @@ impl Backend for PostgresBackend {
             .await
     }
 
+    /// A group round: one statement for the whole session when nothing changed (see
+    /// `rounds.rs`); the leases it cannot answer go through the batcher.
+    async fn renew_many(
+        &self,
+        leases: &[(Key, u64)],
+        ttl: Duration,
+    ) -> Vec<Result<RenewOutcome, BackendError>> {
+        super::rounds::renew_many(&self.db, &self.sessions, &self.renewals, leases, ttl).await
+    }
+
     async fn release(&self, key: &Key, token: u64) -> Result<bool, BackendError> {
         let Some(token) = token_to_db(token) else {
             return Ok(false);
@@ -367,16 +377,22 @@ struct LeaveUnlessDone<'a> {
     token: i64,
     /// The session it was in and its expiry as of its last confirmed renewal.
     left: Option<(i64, Option<std::time::SystemTime>)>,
+    /// The session it was in, registered as exiting it until this guard is dropped.
+    exiting: Option<i64>,
 }
 
 impl<'a> LeaveUnlessDone<'a> {
     fn new(sessions: &'a Sessions, key: &str, token: i64) -> Self {
-        let left = sessions.forget(key, token);
+        // A group round must not count it as a member, nor as gone, until the
+        // statement that takes it out has answered (see `rounds.rs`).
+        let left = sessions.forget_exiting(key, token);
+        let exiting = left.map(|(session, _)| session);
         LeaveUnlessDone {
             sessions,
             key: key.to_owned(),
             token,
             left,
+            exiting,
         }
     }
 
@@ -389,7 +405,10 @@ impl Drop for LeaveUnlessDone<'_> {
     fn drop(&mut self) {
         if let Some((session, until)) = self.left.take() {
             self.sessions
-                .leave_later(std::mem::take(&mut self.key), self.token, session, until);
+                .leave_later(self.key.clone(), self.token, session, until);
+        }
+        if let Some(session) = self.exiting.take() {
+            self.sessions.settled(&self.key, self.token, session);
         }
     }
 }

@@ -21,6 +21,7 @@
 //!     expires_at  TIMESTAMPTZ NOT NULL
 //! );
 //! CREATE INDEX IF NOT EXISTS leases_session_revoked ON leases (session) WHERE revoked;
+//! CREATE INDEX IF NOT EXISTS leases_session ON leases (session) WHERE session IS NOT NULL;
 //! ```
 //!
 //! **Sessions.** A lease row with `session` set and `expires_at = 'infinity'` is
@@ -52,6 +53,12 @@
 //!   session by compare-and-set (one row), attaches new and re-attached leases, detaches
 //!   the session's revoked leases, and reads which asked leases are revoked or no
 //!   longer in the session; the per-lease rules above hold for each lease of it.
+//! - **Group rounds** (`renew_many`, the manager's leases of one TTL once per TTL/3) are
+//!   one statement per session when nothing changed (`rounds.rs`): it renews the session,
+//!   attaches the round's new leases, detaches and names the revoked ones, and counts
+//!   the rows attached to the session (an index scan, nothing locked or written). A
+//!   count equal to the members this backend knows proves each is still attached; when
+//!   it differs, the members are asked one by one as above.
 //! - **Leave** ([`Backend::leave`](crate::backend::Backend::leave): a lease server
 //!   handing a lease over, or the manager after a holder lost it locally, which releases
 //!   nothing) detaches the lease with the session's expiry as of the lease's own last
@@ -171,6 +178,7 @@ mod listener;
 mod options;
 mod pool;
 mod renewals;
+mod rounds;
 mod schema;
 mod sessions;
 mod sql;

@@ -427,35 +427,7 @@ async fn renew_once(
             return Vec::new();
         }
     };
-    // Members of a session whose renewals stopped leave it (see `Sessions::stale`).
-    let stale = sessions.stale(ttl, session);
-    if !stale.is_empty() {
-        let mut keys = Vec::with_capacity(stale.len());
-        let mut tokens = Vec::with_capacity(stale.len());
-        let mut untils = Vec::with_capacity(stale.len());
-        for (k, t, u) in stale {
-            keys.push(k);
-            tokens.push(t);
-            untils.push(u);
-        }
-        let (k, t, u) = (keys.clone(), tokens.clone(), untils.clone());
-        let left = db
-            .with_client("leave a session", |c, sql| {
-                Box::pin(async move {
-                    let stmt = c.prepare_cached(&sql.leave).await?;
-                    c.execute(&stmt, &[&k, &t, &session, &u]).await
-                })
-            })
-            .await;
-        if let Err(error) = left {
-            // Forgotten as members, but still in the session: they leave at the next
-            // sweep, or the session would keep them alive for ever.
-            tracing::debug!(%error, "stale session members could not leave their session");
-            for ((key, token), until) in keys.into_iter().zip(tokens).zip(untils) {
-                sessions.leave_later(key, token, session, until);
-            }
-        }
-    }
+    sweep(db, sessions, ttl, session).await;
     // Each lease's place: in the statement's member or attach arrays, or lost already.
     enum Place {
         Member(usize),
@@ -538,6 +510,7 @@ async fn renew_once(
             for (l, place) in leases.iter().zip(&places) {
                 if matches!(place, Place::Attach(_)) {
                     sessions.unsure(&l.key, l.token, session);
+                    sessions.settled(&l.key, l.token, session);
                 }
             }
             for reply in leases.into_iter().flat_map(|l| l.replies) {
@@ -556,6 +529,7 @@ async fn renew_once(
     for (l, place) in leases.into_iter().zip(places) {
         let position = |p: usize| i64::try_from(p).unwrap_or(i64::MAX);
         if !renewed && !last_try && matches!(place, Place::Attach(_)) {
+            sessions.settled(&l.key, l.token, session);
             retry.push(l);
             continue;
         }
@@ -569,15 +543,55 @@ async fn renew_once(
             Place::Attach(p) if refused.contains(&position(p)) => RenewOutcome::Revoked,
             Place::Attach(_) => RenewOutcome::Lost,
         };
+        let attach = matches!(place, Place::Attach(_));
         if outcome == RenewOutcome::Renewed {
-            let attach = matches!(place, Place::Attach(_));
             sessions.attached(&l.key, l.token, session, until, attach);
         } else {
             sessions.forget(&l.key, l.token);
+        }
+        if attach {
+            sessions.settled(&l.key, l.token, session);
         }
         for reply in l.replies {
             let _ = reply.send(Ok(outcome));
         }
     }
     retry
+}
+
+/// Members of `session` whose renewals stopped leave it (see `Sessions::stale`): looked
+/// for at most once per third of the TTL, before a renewal of the session.
+pub(super) async fn sweep(db: &Arc<Db>, sessions: &Arc<Sessions>, ttl: i64, session: i64) {
+    // Members of a session whose renewals stopped leave it (see `Sessions::stale`).
+    let stale = sessions.stale(ttl, session);
+    if !stale.is_empty() {
+        let mut keys = Vec::with_capacity(stale.len());
+        let mut tokens = Vec::with_capacity(stale.len());
+        let mut untils = Vec::with_capacity(stale.len());
+        for (k, t, u) in stale {
+            keys.push(k);
+            tokens.push(t);
+            untils.push(u);
+        }
+        let (k, t, u) = (keys.clone(), tokens.clone(), untils.clone());
+        let left = db
+            .with_client("leave a session", |c, sql| {
+                Box::pin(async move {
+                    let stmt = c.prepare_cached(&sql.leave).await?;
+                    c.execute(&stmt, &[&k, &t, &session, &u]).await
+                })
+            })
+            .await;
+        if let Err(error) = &left {
+            // Forgotten as members, but still in the session: they leave at the next
+            // sweep, or the session would keep them alive for ever.
+            tracing::debug!(%error, "stale session members could not leave their session");
+        }
+        for ((key, token), until) in keys.into_iter().zip(tokens).zip(untils) {
+            if left.is_err() {
+                sessions.leave_later(key.clone(), token, session, until);
+            }
+            sessions.settled(&key, token, session);
+        }
+    }
 }

@@ -66,6 +66,18 @@ impl Schema {
                         END IF;
                     END $$"
                 ),
+                // A group round counts a session's rows through this one (see
+                // `rounds.rs`). Only rows in a session: detached rows (acquire and
+                // release of short leases) are not in it. `session` is the only column:
+                // an acquire or release of a detached row, which writes neither
+                // `session` nor this index, stays a HOT update.
+                format!(
+                    "DO $$ BEGIN
+                        IF to_regclass('{t}_session') IS NULL THEN
+                            CREATE INDEX IF NOT EXISTS {t}_session ON {t} (session) WHERE session IS NOT NULL;
+                        END IF;
+                    END $$"
+                ),
             ],
             ready: OnceCell::new(),
         }

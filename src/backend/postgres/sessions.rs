@@ -19,6 +19,11 @@
 //! Renewal statements of one session may run at once (they queue on the session row's
 //! lock only for their last part); a new session is created by one of them at a time
 //! ([`Sessions::lock`]), so that a TTL never has two current sessions.
+//!
+//! For group rounds (`rounds.rs`), which count a session's rows instead of naming its
+//! members, it also remembers which leases may be in a session without being members
+//! here (attaches and exits not yet answered: [`Sessions::settled`] ends each), and per
+//! session an epoch bumped by every attach before it is sent ([`Sessions::round`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,6 +71,102 @@ struct State {
     /// key, token, session, expiry as of the last confirmed renewal. Left at the
     /// session's next sweep.
     leaving: Vec<(String, i64, i64, Option<SystemTime>)>,
+    /// Leases that may be in a session without being its members here: an attach sent
+    /// and not yet answered, or a release or leave of a member not yet known to have
+    /// taken it out. By `(key, token)`: the sessions (one entry per such statement).
+    /// What a group round's count must leave out (see `rounds.rs`).
+    maybe: HashMap<(String, i64), Vec<i64>>,
+    /// Per session: how many attaches to it were begun. A group round that saw it
+    /// change while its statement ran trusts no count (see `rounds.rs`).
+    epochs: HashMap<i64, u64>,
+}
+
+impl State {
+    fn mode(&mut self, key: &str, token: i64, session: i64) -> Mode {
+        let id = super::renewals::lease_id(key, token);
+        let state = self;
+        // Renewed here again (a re-attach after a failed release or leave): it must
+        // not be taken out of its session by a leave still owed from before.
+        if !state.leaving.is_empty() {
+            state
+                .leaving
+                .retain(|(k, t, ..)| !(k == key && *t == token));
+        }
+        match state.members.get_mut(&id) {
+            Some(m) if m.key == key && m.token == token => {
+                m.asked = Instant::now();
+                match m.session {
+                    None => {
+                        state.attaching(key, token, session);
+                        Mode::Attach(false)
+                    }
+                    Some(s) if s == session => Mode::Member,
+                    Some(_) => Mode::Lost,
+                }
+            }
+            _ => {
+                state.attaching(key, token, session);
+                Mode::Attach(true)
+            }
+        }
+    }
+
+    /// See [`Sessions::forget`].
+    fn forget(&mut self, key: &str, token: i64) -> Option<(i64, Option<SystemTime>)> {
+        let id = super::renewals::lease_id(key, token);
+        let state = self;
+        let unsure = match state.unsure.remove(&id) {
+            Some(u) if u.key == key && u.token == token => Some((u.session, None)),
+            Some(u) => {
+                state.unsure.insert(id, u);
+                None
+            }
+            None => None,
+        };
+        let known = match state.members.get(&id) {
+            Some(m) if m.key == key && m.token == token => state
+                .members
+                .remove(&id)
+                .and_then(|m| m.session.map(|s| (s, m.confirmed))),
+            _ => None,
+        };
+        // A lease whose attach may have taken effect leaves that session too (with no
+        // confirmed expiry: at most the session's own).
+        known.or(unsure)
+    }
+
+    /// An attach of `(key, token)` to `session` is about to be sent.
+    fn attaching(&mut self, key: &str, token: i64, session: i64) {
+        *self.epochs.entry(session).or_default() += 1;
+        self.maybe
+            .entry((key.to_owned(), token))
+            .or_default()
+            .push(session);
+    }
+
+    fn settled(&mut self, key: &str, token: i64, session: i64) {
+        let k = (key.to_owned(), token);
+        if let Some(sessions) = self.maybe.get_mut(&k) {
+            if let Some(i) = sessions.iter().position(|s| *s == session) {
+                sessions.swap_remove(i);
+            }
+            if sessions.is_empty() {
+                self.maybe.remove(&k);
+            }
+        }
+    }
+}
+
+/// What a group round starts from: see [`Sessions::round`].
+pub(super) struct RoundStart {
+    /// Each lease's mode, in order.
+    pub(super) modes: Vec<Mode>,
+    /// The members of the session known here; `None`: no count can be trusted.
+    pub(super) members: Option<i64>,
+    /// Leases that may be in the session but are not members here.
+    pub(super) exclude: Vec<(String, i64)>,
+    /// The session's attach epoch when the round started.
+    pub(super) epoch: u64,
 }
 
 /// A lease whose attach to `session` may have taken effect.
@@ -130,28 +231,107 @@ impl Sessions {
         );
     }
 
-    /// How to renew `(key, token)` in `session`.
+    /// How to renew `(key, token)` in `session` (an attach is registered as such until
+    /// [`Sessions::settled`]).
     pub(super) fn mode(&self, key: &str, token: i64, session: i64) -> Mode {
-        let id = super::renewals::lease_id(key, token);
+        self.state().mode(key, token, session)
+    }
+
+    /// The statement that was to attach `(key, token)` to `session` (registered by
+    /// [`Sessions::mode`]) or to take it out (registered by [`Sessions::exiting`]) has
+    /// been answered and its outcome recorded (or it failed, and [`Sessions::unsure`]
+    /// or [`Sessions::leave_later`] remembers it).
+    pub(super) fn settled(&self, key: &str, token: i64, session: i64) {
+        self.state().settled(key, token, session);
+    }
+
+    /// [`Sessions::forget`] for a release or leave about to take `(key, token)` out of
+    /// its session: under the same lock, until [`Sessions::settled`], it is registered
+    /// as maybe still there.
+    pub(super) fn forget_exiting(
+        &self,
+        key: &str,
+        token: i64,
+    ) -> Option<(i64, Option<SystemTime>)> {
         let mut state = self.state();
-        // Renewed here again (a re-attach after a failed release or leave): it must
-        // not be taken out of its session by a leave still owed from before.
-        if !state.leaving.is_empty() {
+        let left = state.forget(key, token);
+        if let Some((session, _)) = left {
             state
-                .leaving
-                .retain(|(k, t, ..)| !(k == key && *t == token));
+                .maybe
+                .entry((key.to_owned(), token))
+                .or_default()
+                .push(session);
         }
-        match state.members.get_mut(&id) {
-            Some(m) if m.key == key && m.token == token => {
-                m.asked = Instant::now();
-                match m.session {
-                    None => Mode::Attach(false),
-                    Some(s) if s == session => Mode::Member,
-                    Some(_) => Mode::Lost,
-                }
+        left
+    }
+
+    /// For a group round in `session` (see `rounds.rs`), under one lock: each lease's
+    /// mode (attaches registered as by [`Sessions::mode`]), then what the round's count
+    /// is compared with: the members of `session` known here, the leases that may be in
+    /// it besides them (left out of the count), and the session's attach epoch. `None`
+    /// in place of the count when a member is also among those (briefly, while an
+    /// answer is recorded): the count would prove nothing.
+    pub(super) fn round(&self, leases: &[(String, i64)], session: i64) -> RoundStart {
+        let mut state = self.state();
+        let modes = leases
+            .iter()
+            .map(|(k, t)| state.mode(k, *t, session))
+            .collect();
+        let mut exclude: Vec<(String, i64)> = Vec::new();
+        for ((k, t), sessions) in &state.maybe {
+            if sessions.contains(&session) {
+                exclude.push((k.clone(), *t));
             }
-            _ => Mode::Attach(true),
         }
+        for u in state.unsure.values() {
+            if u.session == session {
+                exclude.push((u.key.clone(), u.token));
+            }
+        }
+        for (k, t, s, _) in &state.leaving {
+            if *s == session {
+                exclude.push((k.clone(), *t));
+            }
+        }
+        exclude.sort();
+        exclude.dedup();
+        let members = state
+            .members
+            .values()
+            .filter(|m| m.session == Some(session))
+            .count();
+        let overlap = exclude.iter().any(|(k, t)| {
+            state
+                .members
+                .get(&super::renewals::lease_id(k, *t))
+                .is_some_and(|m| m.key == *k && m.token == *t && m.session == Some(session))
+        });
+        RoundStart {
+            modes,
+            members: (!overlap).then(|| i64::try_from(members).unwrap_or(i64::MAX)),
+            exclude,
+            epoch: state.epochs.get(&session).copied().unwrap_or(0),
+        }
+    }
+
+    /// Which of `leases` are members of `session` here (a look only: nothing is
+    /// registered).
+    pub(super) fn are_members(&self, leases: &[(String, i64)], session: i64) -> Vec<bool> {
+        let state = self.state();
+        leases
+            .iter()
+            .map(|(k, t)| {
+                state
+                    .members
+                    .get(&super::renewals::lease_id(k, *t))
+                    .is_some_and(|m| m.key == *k && m.token == *t && m.session == Some(session))
+            })
+            .collect()
+    }
+
+    /// The attach epoch of `session` (see [`Sessions::round`]).
+    pub(super) fn epoch(&self, session: i64) -> u64 {
+        self.state().epochs.get(&session).copied().unwrap_or(0)
     }
 
     /// `(key, token)` is in `session` now, renewed until `until`. `attach`: the
@@ -196,26 +376,7 @@ impl Sessions {
     /// Forgets `(key, token)` (lost, revoked, released), returning its session and the
     /// session's expiry as of its last confirmed renewal.
     pub(super) fn forget(&self, key: &str, token: i64) -> Option<(i64, Option<SystemTime>)> {
-        let id = super::renewals::lease_id(key, token);
-        let mut state = self.state();
-        let unsure = match state.unsure.remove(&id) {
-            Some(u) if u.key == key && u.token == token => Some((u.session, None)),
-            Some(u) => {
-                state.unsure.insert(id, u);
-                None
-            }
-            None => None,
-        };
-        let known = match state.members.get(&id) {
-            Some(m) if m.key == key && m.token == token => state
-                .members
-                .remove(&id)
-                .and_then(|m| m.session.map(|s| (s, m.confirmed))),
-            _ => None,
-        };
-        // A lease whose attach may have taken effect leaves that session too (with no
-        // confirmed expiry: at most the session's own).
-        known.or(unsure)
+        self.state().forget(key, token)
     }
 
     /// The statement that would have attached `(key, token)` to `session` got no
@@ -299,6 +460,14 @@ impl Sessions {
         });
         stale.sort();
         stale.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        // Until the leave statement is answered they may still be in the session.
+        for (key, token, _) in &stale {
+            state
+                .maybe
+                .entry((key.clone(), *token))
+                .or_default()
+                .push(session);
+        }
         stale
     }
 }
