@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leases/v1/leases.proto\x12\tleases.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x0bHoldRequest\x12%\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32\x12.leases.v1.AcquireH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.leases.v1.HeartbeatH\x00\x12%\n\x07release\x18\x03 \x01(\x0b\x32\x12.leases.v1.ReleaseH\x00\x42\x06\n\x04kind\"\x99\x01\n\x07\x41\x63quire\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\'\n\x04wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06resume\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\t\n\x07_resume\"\x0b\n\tHeartbeat\"\t\n\x07Release\"\x87\x01\n\x0cHoldResponse\x12%\n\x07granted\x18\x01 \x01(\x0b\x32\x12.leases.v1.GrantedH\x00\x12%\n\x07renewed\x18\x02 \x01(\x0b\x32\x12.leases.v1.RenewedH\x00\x12!\n\x05\x65nded\x18\x03 \x01(\x0b\x32\x10.leases.v1.EndedH\x00\x42\x06\n\x04kind\"F\n\x07Granted\x12\r\n\x05token\x18\x01 \x01(\x04\x12,\n\ttime_left\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"7\n\x07Renewed\x12,\n\ttime_left\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x01\n\x05\x45nded\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.leases.v1.Ended.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"d\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0c\n\x08RELEASED\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x08\n\x04LOST\x10\x03\x12\x0c\n\x08SHUTDOWN\x10\x04\x12\x0f\n\x0bHANDED_OVER\x10\x05\"\x19\n\nKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"!\n\x0eRevokeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"\xd2\x01\n\tLeaseInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x04\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nexpires_in\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08metadata\x18\x05 \x01(\x0c\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12/\n\x0b\x61\x63quired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0cInfoResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.leases.v1.LeaseInfo\",\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"4\n\x0cListResponse\x12$\n\x06leases\x18\x01 \x03(\x0b\x32\x14.leases.v1.LeaseInfo2\xf2\x01\n\x06Leases\x12;\n\x04Hold\x12\x16.leases.v1.HoldRequest\x1a\x17.leases.v1.HoldResponse(\x01\x30\x01\x12:\n\x06Revoke\x12\x15.leases.v1.KeyRequest\x1a\x19.leases.v1.RevokeResponse\x12\x36\n\x04Info\x12\x15.leases.v1.KeyRequest\x1a\x17.leases.v1.InfoResponse\x12\x37\n\x04List\x12\x16.leases.v1.ListRequest\x1a\x17.leases.v1.ListResponseBg\n\tleases.v1B\x0bLeasesProtoP\x01Z leases/gen/go/leases/v1;leasesv1\xa2\x02\x03LSX\xaa\x02\tLeases.V1\xca\x02\tLeases\\V1\xea\x02\nLeases::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leases/v1/leases.proto\x12\tleases.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x0bHoldRequest\x12%\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32\x12.leases.v1.AcquireH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.leases.v1.HeartbeatH\x00\x12%\n\x07release\x18\x03 \x01(\x0b\x32\x12.leases.v1.ReleaseH\x00\x42\x06\n\x04kind\"\x99\x01\n\x07\x41\x63quire\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\'\n\x04wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06resume\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\t\n\x07_resume\"\x0b\n\tHeartbeat\"\t\n\x07Release\"\x87\x01\n\x0cHoldResponse\x12%\n\x07granted\x18\x01 \x01(\x0b\x32\x12.leases.v1.GrantedH\x00\x12%\n\x07renewed\x18\x02 \x01(\x0b\x32\x12.leases.v1.RenewedH\x00\x12!\n\x05\x65nded\x18\x03 \x01(\x0b\x32\x10.leases.v1.EndedH\x00\x42\x06\n\x04kind\"F\n\x07Granted\x12\r\n\x05token\x18\x01 \x01(\x04\x12,\n\ttime_left\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"7\n\x07Renewed\x12,\n\ttime_left\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa7\x01\n\x05\x45nded\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.leases.v1.Ended.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"d\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0c\n\x08RELEASED\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x08\n\x04LOST\x10\x03\x12\x0c\n\x08SHUTDOWN\x10\x04\x12\x0f\n\x0bHANDED_OVER\x10\x05\"\xc9\x01\n\x0fHoldManyRequest\x12*\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32\x17.leases.v1.LeaseAcquireH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.leases.v1.GroupHeartbeatH\x00\x12*\n\x07release\x18\x03 \x01(\x0b\x32\x17.leases.v1.LeaseReleaseH\x00\x12&\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x15.leases.v1.LeaseCloseH\x00\x42\x06\n\x04kind\"?\n\x0cLeaseAcquire\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x12.leases.v1.Acquire\"8\n\x0eGroupHeartbeat\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x0cLeaseRelease\x12\n\n\x02id\x18\x01 \x01(\x04\"\x18\n\nLeaseClose\x12\n\n\x02id\x18\x01 \x01(\x04\"\xc4\x01\n\x10HoldManyResponse\x12*\n\x07granted\x18\x01 \x01(\x0b\x32\x17.leases.v1.LeaseGrantedH\x00\x12(\n\x06\x66\x61iled\x18\x02 \x01(\x0b\x32\x16.leases.v1.LeaseFailedH\x00\x12*\n\x07renewed\x18\x03 \x01(\x0b\x32\x17.leases.v1.GroupRenewedH\x00\x12&\n\x05\x65nded\x18\x04 \x01(\x0b\x32\x15.leases.v1.LeaseEndedH\x00\x42\x06\n\x04kind\"?\n\x0cLeaseGranted\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x07granted\x18\x02 \x01(\x0b\x32\x12.leases.v1.Granted\"M\n\x0bLeaseFailed\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0bttl_refusal\x18\x04 \x01(\t\"d\n\x0cGroupRenewed\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\ttime_left\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\nLeaseEnded\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x1f\n\x05\x65nded\x18\x02 \x01(\x0b\x32\x10.leases.v1.Ended\"\x19\n\nKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"!\n\x0eRevokeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"\xd2\x01\n\tLeaseInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x04\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nexpires_in\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08metadata\x18\x05 \x01(\x0c\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12/\n\x0b\x61\x63quired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0cInfoResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.leases.v1.LeaseInfo\",\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"4\n\x0cListResponse\x12$\n\x06leases\x18\x01 \x03(\x0b\x32\x14.leases.v1.LeaseInfo2\xbb\x02\n\x06Leases\x12;\n\x04Hold\x12\x16.leases.v1.HoldRequest\x1a\x17.leases.v1.HoldResponse(\x01\x30\x01\x12G\n\x08HoldMany\x12\x1a.leases.v1.HoldManyRequest\x1a\x1b.leases.v1.HoldManyResponse(\x01\x30\x01\x12:\n\x06Revoke\x12\x15.leases.v1.KeyRequest\x1a\x19.leases.v1.RevokeResponse\x12\x36\n\x04Info\x12\x15.leases.v1.KeyRequest\x1a\x17.leases.v1.InfoResponse\x12\x37\n\x04List\x12\x16.leases.v1.ListRequest\x1a\x17.leases.v1.ListResponseBg\n\tleases.v1B\x0bLeasesProtoP\x01Z leases/gen/go/leases/v1;leasesv1\xa2\x02\x03LSX\xaa\x02\tLeases.V1\xca\x02\tLeases\\V1\xea\x02\nLeases::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,18 +52,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDED']._serialized_end=862
   _globals['_ENDED_REASON']._serialized_start=762
   _globals['_ENDED_REASON']._serialized_end=862
-  _globals['_KEYREQUEST']._serialized_start=864
-  _globals['_KEYREQUEST']._serialized_end=889
-  _globals['_REVOKERESPONSE']._serialized_start=891
-  _globals['_REVOKERESPONSE']._serialized_end=924
-  _globals['_LEASEINFO']._serialized_start=927
-  _globals['_LEASEINFO']._serialized_end=1137
-  _globals['_INFORESPONSE']._serialized_start=1139
-  _globals['_INFORESPONSE']._serialized_end=1190
-  _globals['_LISTREQUEST']._serialized_start=1192
-  _globals['_LISTREQUEST']._serialized_end=1236
-  _globals['_LISTRESPONSE']._serialized_start=1238
-  _globals['_LISTRESPONSE']._serialized_end=1290
-  _globals['_LEASES']._serialized_start=1293
-  _globals['_LEASES']._serialized_end=1535
+  _globals['_HOLDMANYREQUEST']._serialized_start=865
+  _globals['_HOLDMANYREQUEST']._serialized_end=1066
+  _globals['_LEASEACQUIRE']._serialized_start=1068
+  _globals['_LEASEACQUIRE']._serialized_end=1131
+  _globals['_GROUPHEARTBEAT']._serialized_start=1133
+  _globals['_GROUPHEARTBEAT']._serialized_end=1189
+  _globals['_LEASERELEASE']._serialized_start=1191
+  _globals['_LEASERELEASE']._serialized_end=1217
+  _globals['_LEASECLOSE']._serialized_start=1219
+  _globals['_LEASECLOSE']._serialized_end=1243
+  _globals['_HOLDMANYRESPONSE']._serialized_start=1246
+  _globals['_HOLDMANYRESPONSE']._serialized_end=1442
+  _globals['_LEASEGRANTED']._serialized_start=1444
+  _globals['_LEASEGRANTED']._serialized_end=1507
+  _globals['_LEASEFAILED']._serialized_start=1509
+  _globals['_LEASEFAILED']._serialized_end=1586
+  _globals['_GROUPRENEWED']._serialized_start=1588
+  _globals['_GROUPRENEWED']._serialized_end=1688
+  _globals['_LEASEENDED']._serialized_start=1690
+  _globals['_LEASEENDED']._serialized_end=1747
+  _globals['_KEYREQUEST']._serialized_start=1749
+  _globals['_KEYREQUEST']._serialized_end=1774
+  _globals['_REVOKERESPONSE']._serialized_start=1776
+  _globals['_REVOKERESPONSE']._serialized_end=1809
+  _globals['_LEASEINFO']._serialized_start=1812
+  _globals['_LEASEINFO']._serialized_end=2022
+  _globals['_INFORESPONSE']._serialized_start=2024
+  _globals['_INFORESPONSE']._serialized_end=2075
+  _globals['_LISTREQUEST']._serialized_start=2077
+  _globals['_LISTREQUEST']._serialized_end=2121
+  _globals['_LISTRESPONSE']._serialized_start=2123
+  _globals['_LISTRESPONSE']._serialized_end=2175
+  _globals['_LEASES']._serialized_start=2178
+  _globals['_LEASES']._serialized_end=2493
 # @@protoc_insertion_point(module_scope)

@@ -89,6 +89,92 @@ class Ended(_message.Message):
     message: str
     def __init__(self, reason: _Optional[_Union[Ended.Reason, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
+class HoldManyRequest(_message.Message):
+    __slots__ = ("acquire", "heartbeat", "release", "close")
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    acquire: LeaseAcquire
+    heartbeat: GroupHeartbeat
+    release: LeaseRelease
+    close: LeaseClose
+    def __init__(self, acquire: _Optional[_Union[LeaseAcquire, _Mapping]] = ..., heartbeat: _Optional[_Union[GroupHeartbeat, _Mapping]] = ..., release: _Optional[_Union[LeaseRelease, _Mapping]] = ..., close: _Optional[_Union[LeaseClose, _Mapping]] = ...) -> None: ...
+
+class LeaseAcquire(_message.Message):
+    __slots__ = ("id", "acquire")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    acquire: Acquire
+    def __init__(self, id: _Optional[int] = ..., acquire: _Optional[_Union[Acquire, _Mapping]] = ...) -> None: ...
+
+class GroupHeartbeat(_message.Message):
+    __slots__ = ("ttl",)
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    ttl: _duration_pb2.Duration
+    def __init__(self, ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class LeaseRelease(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
+class LeaseClose(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
+class HoldManyResponse(_message.Message):
+    __slots__ = ("granted", "failed", "renewed", "ended")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    granted: LeaseGranted
+    failed: LeaseFailed
+    renewed: GroupRenewed
+    ended: LeaseEnded
+    def __init__(self, granted: _Optional[_Union[LeaseGranted, _Mapping]] = ..., failed: _Optional[_Union[LeaseFailed, _Mapping]] = ..., renewed: _Optional[_Union[GroupRenewed, _Mapping]] = ..., ended: _Optional[_Union[LeaseEnded, _Mapping]] = ...) -> None: ...
+
+class LeaseGranted(_message.Message):
+    __slots__ = ("id", "granted")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    granted: Granted
+    def __init__(self, id: _Optional[int] = ..., granted: _Optional[_Union[Granted, _Mapping]] = ...) -> None: ...
+
+class LeaseFailed(_message.Message):
+    __slots__ = ("id", "code", "message", "ttl_refusal")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TTL_REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    code: int
+    message: str
+    ttl_refusal: str
+    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., ttl_refusal: _Optional[str] = ...) -> None: ...
+
+class GroupRenewed(_message.Message):
+    __slots__ = ("ttl", "time_left")
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    TIME_LEFT_FIELD_NUMBER: _ClassVar[int]
+    ttl: _duration_pb2.Duration
+    time_left: _duration_pb2.Duration
+    def __init__(self, ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_left: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class LeaseEnded(_message.Message):
+    __slots__ = ("id", "ended")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    ended: Ended
+    def __init__(self, id: _Optional[int] = ..., ended: _Optional[_Union[Ended, _Mapping]] = ...) -> None: ...
+
 class KeyRequest(_message.Message):
     __slots__ = ("key",)
     KEY_FIELD_NUMBER: _ClassVar[int]

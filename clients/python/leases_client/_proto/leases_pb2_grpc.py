@@ -39,6 +39,11 @@ class LeasesStub:
                 request_serializer=leases_dot_v1_dot_leases__pb2.HoldRequest.SerializeToString,
                 response_deserializer=leases_dot_v1_dot_leases__pb2.HoldResponse.FromString,
                 _registered_method=True)
+        self.HoldMany = channel.stream_stream(
+                '/leases.v1.Leases/HoldMany',
+                request_serializer=leases_dot_v1_dot_leases__pb2.HoldManyRequest.SerializeToString,
+                response_deserializer=leases_dot_v1_dot_leases__pb2.HoldManyResponse.FromString,
+                _registered_method=True)
         self.Revoke = channel.unary_unary(
                 '/leases.v1.Leases/Revoke',
                 request_serializer=leases_dot_v1_dot_leases__pb2.KeyRequest.SerializeToString,
@@ -78,6 +83,23 @@ class LeasesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldMany(self, request_iterator, context):
+        """Holds many leases of one client on one stream, with one heartbeat per group (the
+        stream's leases of one TTL). Each lease behaves as on its own `Hold` stream, under
+        the id the client gave it in `acquire`: `granted`, `failed` (an acquire refused,
+        with the status `Hold` would have ended with; the stream goes on) and `ended`
+        carry that id. A `heartbeat` names a TTL and is answered by one `renewed` for that
+        TTL, in order per TTL; its `time_left` is the least time left of the group's
+        leases when the server answered, and holds for every lease of the group whose
+        `granted` the client had received before it sent the heartbeat: such a lease may
+        act until that send instant plus `time_left`. A status ends the whole stream and
+        breaks every lease on it, as a broken `Hold` stream does (re-attach each with
+        `resume`). Servers before this call answer UNIMPLEMENTED: use `Hold` there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Revoke(self, request, context):
         """Revokes the current lease on a key, whoever holds it.
         """
@@ -109,6 +131,11 @@ def add_LeasesServicer_to_server(servicer, server):
                     servicer.Hold,
                     request_deserializer=leases_dot_v1_dot_leases__pb2.HoldRequest.FromString,
                     response_serializer=leases_dot_v1_dot_leases__pb2.HoldResponse.SerializeToString,
+            ),
+            'HoldMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.HoldMany,
+                    request_deserializer=leases_dot_v1_dot_leases__pb2.HoldManyRequest.FromString,
+                    response_serializer=leases_dot_v1_dot_leases__pb2.HoldManyResponse.SerializeToString,
             ),
             'Revoke': grpc.unary_unary_rpc_method_handler(
                     servicer.Revoke,
@@ -153,6 +180,33 @@ class Leases:
             '/leases.v1.Leases/Hold',
             leases_dot_v1_dot_leases__pb2.HoldRequest.SerializeToString,
             leases_dot_v1_dot_leases__pb2.HoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/leases.v1.Leases/HoldMany',
+            leases_dot_v1_dot_leases__pb2.HoldManyRequest.SerializeToString,
+            leases_dot_v1_dot_leases__pb2.HoldManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
