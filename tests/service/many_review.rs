@@ -1,0 +1,164 @@
+//! Adversarial review of `HoldMany` (branch `hold`): raw-protocol clients that follow the
+//! deadline rule of `docs/protocol.md` exactly, and odd input.
+
+use std::time::Duration;
+
+use leases::proto::leases::v1::hold_many_request::Kind as In;
+use leases::proto::leases::v1::hold_many_response::Kind as Out;
+use leases::proto::leases::v1::{
+    Acquire, GroupHeartbeat, HoldManyRequest, HoldManyResponse, LeaseAcquire, LeaseClose,
+    LeaseRelease,
+};
+use leases::service::LeaseServer;
+use leases::Key;
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::support::remote::{granted_at, local, memory_manager, RawStream};
+
+const PATH: &str = "/leases.v1.Leases/HoldMany";
+
+fn acquire(id: u64, key: &Key, ttl: Duration) -> HoldManyRequest {
+    HoldManyRequest {
+        kind: Some(In::Acquire(LeaseAcquire {
+            id,
+            acquire: Some(Acquire {
+                key: key.to_string(),
+                ttl: Some(ttl.try_into().unwrap()),
+                metadata: Vec::new(),
+                wait: None,
+                resume: None,
+            }),
+        })),
+    }
+}
+
+fn heartbeat(ttl: Duration) -> HoldManyRequest {
+    HoldManyRequest {
+        kind: Some(In::Heartbeat(GroupHeartbeat {
+            ttl: Some(ttl.try_into().unwrap()),
+        })),
+    }
+}
+
+async fn next(s: &mut RawStream) -> Option<Out> {
+    tokio::time::timeout(Duration::from_secs(10), s.next::<HoldManyResponse>())
+        .await
+        .expect("an answer within 10 s")
+        .and_then(|m| m.kind)
+}
+
+fn left(d: Option<prost_types::Duration>) -> Duration {
+    Duration::try_from(d.unwrap()).unwrap()
+}
+
+/// Probe (held on `hold`): a revoke of one lease of a two-lease group while the group's
+/// heartbeat is on its way, at a different point each time. A raw client that applies
+/// the deadline rule exactly (a `renewed` applies to a lease only if its `ended` did
+/// not come first) may act on the revoked key until its deadline; the key must not be
+/// granted to anyone else before that (the client never releases it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_racing_the_group_heartbeat_never_lets_a_second_holder_in_early() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(1);
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    let stay = Key::system(["review", "race", "stay"]);
+    s.send(&acquire(1000, &stay, ttl));
+    assert!(matches!(next(&mut s).await, Some(Out::Granted(_))));
+    for i in 0..8u64 {
+        let key = Key::system(["review", "race", &i.to_string()]);
+        let sent = Instant::now();
+        s.send(&acquire(i, &key, ttl));
+        let mut deadline = loop {
+            match next(&mut s).await {
+                Some(Out::Granted(g)) if g.id == i => {
+                    break sent + left(g.granted.unwrap().time_left);
+                }
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(i * 7)).await;
+        let revoker = {
+            let manager = manager.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_micros(i * 300)).await;
+                manager.revoke(&key).await.unwrap()
+            })
+        };
+        let hb = Instant::now();
+        s.send(&heartbeat(ttl));
+        let mut ended = false;
+        loop {
+            match next(&mut s).await {
+                Some(Out::Ended(e)) if e.id == i => ended = true,
+                Some(Out::Failed(f)) if f.id == i => ended = true,
+                Some(Out::Renewed(r)) => {
+                    if !ended {
+                        deadline = deadline.max(hb + left(r.time_left));
+                    }
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        }
+        assert!(revoker.await.unwrap());
+        let at = granted_at(&manager, &key, Duration::from_secs(5)).await;
+        assert!(
+            at >= deadline,
+            "round {i}: the key went to another holder {:?} before the raw client's deadline",
+            deadline - at
+        );
+        // Keep the stay lane alive.
+        s.send(&heartbeat(ttl));
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Probe (held on `hold`): odd input on a `HoldMany` stream is answered, not a panic:
+/// a heartbeat of a TTL no lease has (answered with no time left), a release and a
+/// close of ids never used, an acquire without its `Acquire` (failed), then a real
+/// lease, then an id reused while its lease is live (the stream ends with
+/// `INVALID_ARGUMENT`, as documented).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_input_is_answered() {
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    let odd = Duration::from_nanos(1_000_000_001);
+    s.send(&heartbeat(odd));
+    match next(&mut s).await {
+        Some(Out::Renewed(r)) => assert_eq!(left(r.time_left), Duration::ZERO),
+        other => panic!("{other:?}"),
+    }
+    s.send(&HoldManyRequest {
+        kind: Some(In::Release(LeaseRelease { id: 77 })),
+    });
+    s.send(&HoldManyRequest {
+        kind: Some(In::Close(LeaseClose { id: u64::MAX })),
+    });
+    s.send(&HoldManyRequest {
+        kind: Some(In::Acquire(LeaseAcquire {
+            id: 5,
+            acquire: None,
+        })),
+    });
+    match next(&mut s).await {
+        Some(Out::Failed(f)) => assert_eq!(f.id, 5),
+        other => panic!("{other:?}"),
+    }
+    let key = Key::system(["review", "odd"]);
+    s.send(&acquire(u64::MAX, &key, Duration::from_secs(1)));
+    match next(&mut s).await {
+        Some(Out::Granted(g)) => assert_eq!(g.id, u64::MAX),
+        other => panic!("{other:?}"),
+    }
+    s.send(&acquire(u64::MAX, &key, Duration::from_secs(1)));
+    while next(&mut s).await.is_some() {}
+    assert_eq!(s.status().await.code(), Code::InvalidArgument);
+    server.shutdown().await.unwrap();
+}
