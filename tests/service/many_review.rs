@@ -162,3 +162,128 @@ async fn odd_input_is_answered() {
     assert_eq!(s.status().await.code(), Code::InvalidArgument);
     server.shutdown().await.unwrap();
 }
+
+/// A client that releases most of its leases at once and reads every answer as fast as
+/// it comes must not be cut off as one "that does not read its answers": the limit is
+/// 64 answers plus two per lease of the stream, and the released leases' `ended`s count
+/// against a limit that shrinks as those very leases are let go. Here: 2,100 leases on
+/// one stream, 2,000 released at once, the answers read at once; the 100 others must
+/// live on (a cut-off breaks every lease of the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_most_leases_at_once_does_not_cut_off_a_reading_client() {
+    let server = LeaseServer::start(memory_manager().await, local())
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(10);
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    let n = 2_100u64;
+    let released = 2_000u64;
+    for i in 0..n {
+        s.send(&acquire(i, &Key::system(["review", "mass", &i.to_string()]), ttl));
+    }
+    let mut granted = 0;
+    while granted < n {
+        match next(&mut s).await {
+            Some(Out::Granted(_)) => granted += 1,
+            other => panic!("after {granted} grants: {other:?}"),
+        }
+    }
+    for i in 0..released {
+        s.send(&HoldManyRequest {
+            kind: Some(In::Release(LeaseRelease { id: i })),
+        });
+    }
+    let mut ended = 0;
+    while ended < released {
+        match next(&mut s).await {
+            Some(Out::Ended(_)) => ended += 1,
+            Some(other) => panic!("after {ended} ends: {other:?}"),
+            None => panic!(
+                "after {ended} of {released} releases answered (and read at once) the stream \
+                 ended: {:?}",
+                s.status().await
+            ),
+        }
+    }
+    s.send(&heartbeat(ttl));
+    match next(&mut s).await {
+        Some(Out::Renewed(r)) => assert!(left(r.time_left) > Duration::ZERO),
+        None => panic!("the stream ended: {:?}", s.status().await),
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Exclusion end to end through `ClientLeaser`s: a holder keeps 40 leases of one group
+/// on one `HoldMany` stream through a faulty proxy (delays, a half-open link, a
+/// blackhole, resets), while a contender connected directly waits for each key. When
+/// the contender is granted a key, the holder's context for it must have ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contender_never_gets_a_key_while_the_holders_context_lives() {
+    use leases::{AcquireOptions, ClientLeaser, ClientOptions, Leaser};
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = crate::support::proxy::FaultProxy::start(server.local_addr()).await;
+    let connect = |url: String| async move {
+        let options = ClientOptions::endpoints([url])
+            .unwrap()
+            .min_ttl(crate::support::remote::TTL)
+            .request_timeout(Duration::from_secs(3));
+        ClientLeaser::connect_with(options).await.unwrap()
+    };
+    let holder = connect(format!("http://{}", proxy.addr())).await;
+    let contender = connect(format!("http://{}", server.local_addr())).await;
+    let ttl = Duration::from_secs(1);
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let key = Key::system(["review", "excl", &i.to_string()]);
+        let (lease, ctx) = holder.acquire_lease(key.clone(), ttl).await.unwrap();
+        held.push((key, lease, ctx));
+    }
+    let checks = held.iter().map(|(key, _, ctx)| {
+        let contender = contender.clone();
+        let key = key.clone();
+        let ctx = ctx.clone();
+        async move {
+            let options = AcquireOptions::new(ttl).wait(Duration::from_secs(30));
+            match contender.acquire_lease_with(key.clone(), options).await {
+                Ok((_lease, _c)) => {
+                    let live = ctx.reason().is_none();
+                    (key, Some(live))
+                }
+                Err(_) => (key, None),
+            }
+        }
+    });
+    let faults = async {
+        use crate::support::proxy::Fault;
+        for (fault, secs) in [
+            (Fault::Delay(Duration::from_millis(150)), 2.0),
+            (Fault::HalfOpen, 1.5),
+            (Fault::Pass, 1.0),
+            (Fault::Delay(Duration::from_millis(400)), 2.0),
+            (Fault::Pass, 1.0),
+            (Fault::Blackhole, 2.0),
+            (Fault::Reset, 0.5),
+            (Fault::Pass, 1.0),
+        ] {
+            proxy.set(fault);
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        }
+    };
+    let (results, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(40), futures_util::future::join_all(checks)),
+        faults
+    );
+    let results = results.expect("every contender done within 40 s");
+    let bad: Vec<_> = results
+        .iter()
+        .filter(|(_, r)| *r == Some(true))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let got = results.iter().filter(|(_, r)| r.is_some()).count();
+    eprintln!("contender got {got} of 40 keys");
+    assert!(bad.is_empty(), "granted while the holder's context lived: {bad:?}");
+    drop(held);
+    server.shutdown().await.unwrap();
+}
