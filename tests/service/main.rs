@@ -16,6 +16,7 @@ mod client_side;
 mod conformance;
 mod ftl;
 mod many;
+mod many_review;
 mod ops;
 mod reattach;
 mod reattach_client;
