@@ -152,6 +152,10 @@ struct Group {
     members: HashSet<u64>,
     sent: VecDeque<(Sent, u64)>,
     next: Instant,
+    /// A lease granted after the last heartbeat in flight was sent wants its time left
+    /// confirmed (a waited acquire): one more heartbeat goes as soon as that one is
+    /// answered, for all such leases at once (see [`Mux::confirm`]).
+    wanted: bool,
 }
 
 /// The stream task's state.
@@ -261,6 +265,28 @@ impl Mux {
         }));
     }
 
+    /// Lane `id` wants its time left confirmed (a waited grant): by a group heartbeat
+    /// sent after its grant came. One already in flight does, if sent after the grant;
+    /// else one goes now if none is in flight, or once the one in flight is answered.
+    /// So a burst of waited grants costs at most two heartbeats in flight per group,
+    /// not one each (each of which the server answers only once every lease of the
+    /// group has: a burst of N grants was N × N lease answers, and cut the stream off
+    /// for the unanswered heartbeats or broke it for a late one: the review's
+    /// `many_review::a_burst_of_waited_grants_does_not_get_the_stream_cut_off`).
+    fn confirm(&mut self, id: u64) {
+        let Some((ttl, granted)) = self.lanes.get(&id).and_then(|l| l.ttl.zip(l.granted)) else {
+            return;
+        };
+        let Some(group) = self.groups.get_mut(&ttl) else {
+            return;
+        };
+        match group.sent.back() {
+            Some((_, beat)) if *beat > granted => {}
+            Some(_) => group.wanted = true,
+            None => self.beat(ttl),
+        }
+    }
+
     /// Takes lane `id` out of its group.
     fn leave(&mut self, id: u64) {
         if let Some(ttl) = self.lanes.get(&id).and_then(|l| l.ttl) {
@@ -294,6 +320,7 @@ impl Mux {
                         members: HashSet::new(),
                         sent: VecDeque::new(),
                         next: Instant::now() + ttl / 4,
+                        wanted: false,
                     });
                     group.members.insert(g.id);
                 }
@@ -336,6 +363,7 @@ impl Mux {
                 let Some((sent, beat)) = group.sent.pop_front() else {
                     return;
                 };
+                let again = std::mem::take(&mut group.wanted);
                 for id in &group.members {
                     let Some(lane) = self.lanes.get(id) else {
                         continue;
@@ -349,6 +377,9 @@ impl Mux {
                         });
                         let _ = lane.answers.send((answer, Some(sent)));
                     }
+                }
+                if again {
+                    self.beat(ttl);
                 }
             }
             None => {}
@@ -380,12 +411,8 @@ impl Mux {
             }
             Cmd::Request(id, request) => match request.kind {
                 // A lease that wants its time left confirmed now (after a waited
-                // acquire): its group heartbeats at once.
-                Some(In::Heartbeat(_)) => {
-                    if let Some(ttl) = self.lanes.get(&id).and_then(|l| l.ttl) {
-                        self.beat(ttl);
-                    }
-                }
+                // acquire).
+                Some(In::Heartbeat(_)) => self.confirm(id),
                 Some(In::Release(_)) => {
                     self.leave(id);
                     self.send(Wire::Release(LeaseRelease { id }));

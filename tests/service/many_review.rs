@@ -179,7 +179,11 @@ async fn releasing_most_leases_at_once_does_not_cut_off_a_reading_client() {
     let n = 2_100u64;
     let released = 2_000u64;
     for i in 0..n {
-        s.send(&acquire(i, &Key::system(["review", "mass", &i.to_string()]), ttl));
+        s.send(&acquire(
+            i,
+            &Key::system(["review", "mass", &i.to_string()]),
+            ttl,
+        ));
     }
     let mut granted = 0;
     while granted < n {
@@ -272,7 +276,10 @@ async fn a_contender_never_gets_a_key_while_the_holders_context_lives() {
         }
     };
     let (results, ()) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(40), futures_util::future::join_all(checks)),
+        tokio::time::timeout(
+            Duration::from_secs(40),
+            futures_util::future::join_all(checks)
+        ),
         faults
     );
     let results = results.expect("every contender done within 40 s");
@@ -283,7 +290,10 @@ async fn a_contender_never_gets_a_key_while_the_holders_context_lives() {
         .collect();
     let got = results.iter().filter(|(_, r)| r.is_some()).count();
     eprintln!("contender got {got} of 40 keys");
-    assert!(bad.is_empty(), "granted while the holder's context lived: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "granted while the holder's context lived: {bad:?}"
+    );
     drop(held);
     server.shutdown().await.unwrap();
 }
@@ -316,8 +326,9 @@ fn captured() -> &'static std::sync::Mutex<Vec<u8>> {
     })
 }
 
-/// FINDING (fails on `hold`: 5 runs of 5 with these 1,000 waiters; with 500, 4 of 5,
-/// two of them as RESOURCE_EXHAUSTED with leases lost): a `ClientLeaser` whose
+/// FINDING, fixed (failed on `hold`: 5 runs of 5 with these 1,000 waiters; with 500, 4
+/// of 5, two of them as RESOURCE_EXHAUSTED with leases lost; now a waited grant shares
+/// the group's next heartbeat, `Mux::confirm` in `client/many.rs`): a `ClientLeaser` whose
 /// many waited acquires of one TTL are granted at once (their holder released them
 /// together) confirms each grant with a group heartbeat of its own (`acquire.rs` sends
 /// a heartbeat after a waited grant; `many.rs` turns each into `beat(ttl)`, a group
