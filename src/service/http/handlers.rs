@@ -188,7 +188,25 @@ fn keeper_of(
         .ok_or_else(|| ApiError::field("token", "required"))?;
     match api.keepers.get(&key, token) {
         Some(keeper) => Ok((key, token, keeper)),
-        None => Err(ApiError::not_held(&key, token)),
+        None => Err(gone_from_here(api, &key, token)),
+    }
+}
+
+/// The 410 for a lease this server does not keep (any more): `not_held`, or, while
+/// the server drains on a shared store, `handed_over`, as its keeper answered while
+/// it was there. A keeper lets go at once when such a server stops (the lease lives on
+/// in the store), so a heartbeat that came a moment later found nothing here, and was
+/// told `not_held` instead of where to go (re-attach through another server).
+fn gone_from_here(api: &Api, key: &Key, token: u64) -> ApiError {
+    if api.shared.stopping.is_cancelled() && api.shared.let_go.shared_store {
+        ApiError::new(
+            StatusCode::GONE,
+            "handed_over",
+            "the lease service is shutting down: re-attach the lease through another \
+             server (acquire with `resume`)",
+        )
+    } else {
+        ApiError::not_held(key, token)
     }
 }
 
@@ -203,7 +221,7 @@ pub(super) async fn heartbeat(
     // Waits for room when many requests of this lease come at once: a full queue is no
     // end of the lease (`410` would tell the holder to stop).
     if keeper.send(Ask::Heartbeat(tx)).await.is_err() {
-        return Err(ApiError::not_held(&key, token));
+        return Err(gone_from_here(&api, &key, token));
     }
     match rx.await {
         Ok(Ok(left)) => ok(json!({
@@ -212,7 +230,7 @@ pub(super) async fn heartbeat(
             "time_left_ms": ms(left),
         })),
         Ok(Err(ended)) => Err(ApiError::new(StatusCode::GONE, ended.code, ended.message)),
-        Err(_) => Err(ApiError::not_held(&key, token)),
+        Err(_) => Err(gone_from_here(&api, &key, token)),
     }
 }
 
@@ -222,7 +240,7 @@ pub(super) async fn release(State(api): State<Api>, body: Result<Bytes, BytesRej
     let (key, token, keeper) = keeper_of(&api, &body)?;
     let (tx, rx) = oneshot::channel();
     if keeper.send(Ask::Release(tx)).await.is_err() {
-        return Err(ApiError::not_held(&key, token));
+        return Err(gone_from_here(&api, &key, token));
     }
     match rx.await {
         Ok(None) => ok(json!({ "released": true, "ended": null })),
@@ -230,7 +248,7 @@ pub(super) async fn release(State(api): State<Api>, body: Result<Bytes, BytesRej
             "released": false,
             "ended": { "code": ended.code, "message": ended.message },
         })),
-        Err(_) => Err(ApiError::not_held(&key, token)),
+        Err(_) => Err(gone_from_here(&api, &key, token)),
     }
 }
 
