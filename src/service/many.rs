@@ -14,16 +14,21 @@
 //! A status ends the whole stream: every lane reads it as its own stream's break (or,
 //! for the client's half-close, as a close without release) and lets its lease go by
 //! the remote-holder rule, exactly as when many `Hold` streams of a connection break.
-//! A client that leaves more answers unread than [`UNREAD_LIMIT`] plus two per lease of
-//! the stream, or that sends more heartbeats for a group than [`UNREAD_LIMIT`] without
-//! their answers, is cut off with `RESOURCE_EXHAUSTED`.
+//! Flow control: while more answers are unread than [`UNREAD_LIMIT`] plus two per lease
+//! of the stream, or a group has [`UNREAD_LIMIT`] heartbeats unanswered, the
+//! demultiplexer reads no request (so HTTP/2's windows hold the client back); the lanes'
+//! own answers always go out. A lane's answers are bounded (its grant, its end, one per
+//! round it was asked), so what waits unread is too. The stream is never cut off for a
+//! backlog: a backlog of `ended`s while many leases end at once (a drain, a burst of
+//! revokes or releases) is read late, not fatal to the leases still held, and a client
+//! that reads nothing has its heartbeats go unread, so its leases end by silence.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
@@ -44,6 +49,8 @@ use crate::proto::leases::v1::{
 pub(crate) struct Answers {
     pub(crate) tx: mpsc::UnboundedSender<Result<HoldManyResponse, Status>>,
     pub(crate) unread: Arc<AtomicUsize>,
+    /// Told each time the transport takes an answer (one fewer unread).
+    pub(crate) read: Arc<Notify>,
 }
 
 /// One lane of the stream.
@@ -76,6 +83,8 @@ struct Many {
     lanes: HashMap<u64, LaneState>,
     groups: HashMap<Duration, Group>,
     next_round: u64,
+    /// The groups with [`UNREAD_LIMIT`] rounds unanswered (then no request is read).
+    full_groups: usize,
     up: mpsc::UnboundedSender<Up>,
     gone: CancellationToken,
     answers: Answers,
@@ -111,13 +120,16 @@ pub(crate) async fn run_many(
         lanes: HashMap::new(),
         groups: HashMap::new(),
         next_round: 0,
+        full_groups: 0,
         up,
         gone: gone.clone(),
         answers,
     };
     let stopping = shared.stopping.clone();
+    let read = many.answers.read.clone();
     let mut draining = false;
     let Stop::With(end) = loop {
+        let backlog = many.backlogged();
         let step = tokio::select! {
             biased;
             _ = closed.closed() => Err(Stop::With(Err(Status::cancelled("the client went away")))),
@@ -126,7 +138,9 @@ pub(crate) async fn run_many(
                 draining = true;
                 Ok(())
             }
-            m = next_request(&mut first, &mut incoming) => match m {
+            // Read on once the transport has taken some answers.
+            _ = read.notified(), if backlog => Ok(()),
+            m = next_request(&mut first, &mut incoming), if !backlog => match m {
                 Ok(Some(request)) => many.request(request),
                 Ok(None) => Err(Stop::With(Ok(()))),
                 Err(status) => Err(Stop::With(Err(status))),
@@ -164,20 +178,21 @@ pub(crate) async fn run_many(
 }
 
 impl Many {
-    /// Sends an answer, or stops when the client does not read its answers.
-    fn send(&self, kind: Out) -> Result<(), Stop> {
-        let limit = UNREAD_LIMIT + 2 * self.lanes.len();
-        if self.answers.unread.load(Ordering::Relaxed) > limit {
-            return Err(Stop::With(Err(Status::resource_exhausted(
-                "the client does not read its answers",
-            ))));
-        }
+    /// Whether more answers wait unread than the stream allows: then no request is
+    /// read until the transport takes some.
+    fn backlogged(&self) -> bool {
+        self.full_groups > 0
+            || self.answers.unread.load(Ordering::Relaxed) > UNREAD_LIMIT + 2 * self.lanes.len()
+    }
+
+    /// Sends an answer. Never refused: what may wait unread is bounded by reading no
+    /// request while [`Many::backlogged`].
+    fn send(&self, kind: Out) {
         self.answers.unread.fetch_add(1, Ordering::Relaxed);
         let _ = self
             .answers
             .tx
             .send(Ok(HoldManyResponse { kind: Some(kind) }));
-        Ok(())
     }
 
     fn request(&mut self, request: HoldManyRequest) -> Result<(), Stop> {
@@ -190,19 +205,21 @@ impl Many {
                     )))));
                 }
                 let Some(acquire) = a.acquire else {
-                    return self.send(failed(
+                    self.send(failed(
                         id,
                         &Status::invalid_argument("`acquire` without its `Acquire`"),
                     ));
+                    return Ok(());
                 };
                 let limit = self.shared.options.max_leases_per_stream;
                 if self.lanes.len() >= limit {
-                    return self.send(failed(
+                    self.send(failed(
                         id,
                         &Status::resource_exhausted(format!(
                             "too many leases on one stream (at most {limit})"
                         )),
                     ));
+                    return Ok(());
                 }
                 let inbox = Arc::new(Inbox::default());
                 let ttl = acquire.ttl.as_ref().and_then(duration_of);
@@ -238,23 +255,23 @@ impl Many {
                 let seq = self.next_round;
                 self.next_round += 1;
                 let group = self.groups.entry(ttl).or_default();
-                if group.rounds.len() >= UNREAD_LIMIT {
-                    return Err(Stop::With(Err(Status::resource_exhausted(
-                        "the client does not read its answers",
-                    ))));
-                }
                 group.rounds.push_back(Round {
                     seq,
                     waiting: group.members.len(),
                     least: None,
                 });
+                // No request is read while a group has this many rounds unanswered.
+                if group.rounds.len() == UNREAD_LIMIT {
+                    self.full_groups += 1;
+                }
                 for id in &group.members {
                     if let Some(lane) = self.lanes.get_mut(id) {
                         lane.owed.push_back(seq);
                         lane.inbox.heartbeat();
                     }
                 }
-                self.flush(ttl)
+                self.flush(ttl);
+                Ok(())
             }
             // The client takes a lease out of its group when it releases or closes it, so
             // its group's later `renewed` never apply to it: it leaves the group here at
@@ -293,7 +310,8 @@ impl Many {
                     self.send(Out::Granted(LeaseGranted {
                         id,
                         granted: Some(granted),
-                    }))
+                    }));
+                    Ok(())
                 }
                 LaneOut::Renewed(renewed) => {
                     let left = renewed
@@ -314,21 +332,22 @@ impl Many {
                         round.waiting = round.waiting.saturating_sub(1);
                         round.least = Some(round.least.map_or(left, |l| l.min(left)));
                     }
-                    self.flush(ttl)
+                    self.flush(ttl);
+                    Ok(())
                 }
                 LaneOut::Ended(ended) => {
                     let group = self.leave(id);
                     self.send(Out::Ended(LeaseEnded {
                         id,
                         ended: Some(ended),
-                    }))?;
+                    }));
                     self.flush_opt(group)
                 }
             },
             Up::Answer(_, Ok(HoldResponse { kind: None })) => Ok(()),
             Up::Answer(id, Err(status)) => {
                 let group = self.leave(id);
-                self.send(failed(id, &status))?;
+                self.send(failed(id, &status));
                 self.flush_opt(group)
             }
             Up::Done(id) => {
@@ -362,17 +381,17 @@ impl Many {
     }
 
     fn flush_opt(&mut self, ttl: Option<Duration>) -> Result<(), Stop> {
-        match ttl {
-            Some(ttl) => self.flush(ttl),
-            None => Ok(()),
+        if let Some(ttl) = ttl {
+            self.flush(ttl);
         }
+        Ok(())
     }
 
     /// Answers the group's rounds that no lane is waiting for any more, in order.
-    fn flush(&mut self, ttl: Duration) -> Result<(), Stop> {
+    fn flush(&mut self, ttl: Duration) {
         loop {
             let Some(group) = self.groups.get_mut(&ttl) else {
-                return Ok(());
+                return;
             };
             match group.rounds.front() {
                 Some(round) if round.waiting == 0 => {}
@@ -380,17 +399,20 @@ impl Many {
                     if group.members.is_empty() && group.rounds.is_empty() {
                         self.groups.remove(&ttl);
                     }
-                    return Ok(());
+                    return;
                 }
             }
             let round = group.rounds.pop_front().expect("checked above");
+            if group.rounds.len() + 1 == UNREAD_LIMIT {
+                self.full_groups -= 1;
+            }
             // No lane left to answer: nothing the client holds in this group may act on
             // it, so it promises nothing.
             let least = round.least.unwrap_or_default();
             self.send(Out::Renewed(GroupRenewed {
                 ttl: Some(proto_duration(ttl)),
                 time_left: Some(proto_duration(least)),
-            }))?;
+            }));
         }
     }
 }

@@ -114,9 +114,11 @@ impl Leases for NativeService {
         let slot = self.shared.open_stream(request.remote_addr())?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let unread = Arc::new(AtomicUsize::new(0));
+        let read = Arc::new(tokio::sync::Notify::new());
         let answers = super::many::Answers {
             tx,
             unread: unread.clone(),
+            read: read.clone(),
         };
         let counted = self.shared.stream();
         let shared = self.shared.clone();
@@ -129,6 +131,7 @@ impl Leases for NativeService {
             let next = rx.poll_recv(cx);
             if let std::task::Poll::Ready(Some(Ok(_))) = &next {
                 unread.fetch_sub(1, Ordering::Relaxed);
+                read.notify_one();
             }
             next
         });
