@@ -12,41 +12,21 @@ use std::time::Duration;
 
 use leases::backend::{AcquireOutcome, Backend, PostgresBackend, PostgresOptions, RenewOutcome};
 use leases::Key;
-use support::pg::{connect, grant, hold_session, session_of, shared_url, table};
+use support::pg::{
+    connect, grant, hold_session, rounds_backend as backend, session_of, shared_url, table,
+};
 use tokio_postgres::Client;
 
 const TTL: Duration = Duration::from_secs(3);
 
-async fn backend(url: &str, t: &str) -> Arc<PostgresBackend> {
-    Arc::new(
-        PostgresBackend::connect(PostgresOptions::new(url).table(t).renew_batch_size(10))
-            .await
-            .unwrap(),
-    )
-}
-
 /// One group round of `leases`: each outcome (errors fail the test).
 async fn round(b: &PostgresBackend, leases: &[(Key, u64)]) -> Vec<RenewOutcome> {
-    b.renew_many(leases, TTL)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect()
+    support::pg::round(b, leases, TTL).await
 }
 
 /// `n` leases granted by `b` and renewed once (so attached to its session).
 async fn held(b: &PostgresBackend, name: &str, n: usize) -> Vec<(Key, u64)> {
-    let mut leases = Vec::new();
-    for i in 0..n {
-        let key = Key::system(["rounds", name, &i.to_string()]);
-        let token = grant(b, &key, TTL).await;
-        leases.push((key, token));
-    }
-    assert!(round(b, &leases)
-        .await
-        .iter()
-        .all(|o| *o == RenewOutcome::Renewed));
-    leases
+    support::pg::held_in_session(b, "rounds", name, n, TTL).await
 }
 
 /// A round of `leases` after one of them left (`gone`): that one is answered `want`,

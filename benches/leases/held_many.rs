@@ -96,23 +96,16 @@ async fn held(n: usize, window: Duration, hold_many: bool) -> Row {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let server_before = server.rss();
     let started = Instant::now();
-    let workers = 64;
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let leaser = leaser.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut held = Vec::new();
-            for i in (w..n).step_by(workers) {
-                let k = Key::system(["held-many".to_string(), i.to_string()]);
-                held.push(leaser.acquire_lease(k, TTL).await.expect("free keys"));
-            }
-            held
-        }));
-    }
-    let mut held = Vec::with_capacity(n);
-    for t in tasks {
-        held.extend(t.await.unwrap());
-    }
+    // The closure gets its own handle: `leaser` stays open until the end.
+    let each = leaser.clone();
+    let held = crate::report::spread(n, 64, move |i| {
+        let leaser = each.clone();
+        async move {
+            let k = Key::system(["held-many".to_string(), i.to_string()]);
+            leaser.acquire_lease(k, TTL).await.expect("free keys")
+        }
+    })
+    .await;
     let acquire_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_after = server.rss();

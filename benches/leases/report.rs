@@ -49,3 +49,30 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
         .copied()
         .unwrap_or_default()
 }
+
+/// Runs `acquire(i)` for every `i` in `0..n` on `workers` tasks (task `w` takes `w`,
+/// `w + workers`, …, one after another), and gathers what each returned.
+pub async fn spread<T, F, Fut>(n: usize, workers: usize, acquire: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+    T: Send + 'static,
+{
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let acquire = acquire.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::with_capacity(n / workers + 1);
+                for i in (w..n).step_by(workers) {
+                    got.push(acquire(i).await);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}

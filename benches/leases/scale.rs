@@ -39,23 +39,15 @@ pub fn cpu_seconds() -> f64 {
 async fn scale<S: Subject>(name: &str, subject: Arc<S>, n: usize, window: Duration) {
     let before = rss_bytes();
     let started = Instant::now();
-    let workers = 8;
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let s = subject.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut held = Vec::with_capacity(n / workers + 1);
-            for i in (w..n).step_by(workers) {
-                let k = Key::system(["scale".to_string(), i.to_string()]);
-                held.push(s.acquire(&k).await.expect("distinct keys"));
-            }
-            held
-        }));
-    }
-    let mut held = Vec::with_capacity(n);
-    for t in tasks {
-        held.extend(t.await.unwrap());
-    }
+    let each = subject.clone();
+    let held = crate::report::spread(n, 8, move |i| {
+        let s = each.clone();
+        async move {
+            let k = Key::system(["scale".to_string(), i.to_string()]);
+            s.acquire(&k).await.expect("distinct keys")
+        }
+    })
+    .await;
     let acquire_secs = started.elapsed().as_secs_f64();
     // Let allocation settle, then measure memory and the renewal CPU.
     tokio::time::sleep(Duration::from_millis(500)).await;

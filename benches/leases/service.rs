@@ -231,24 +231,15 @@ async fn held(n: usize, window: Duration) -> Held {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (server_before, client_before) = (server.rss(), rss_bytes());
     let started = Instant::now();
-    let workers = 8;
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let leasers = leasers.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut held = Vec::new();
-            for i in (w..n).step_by(workers) {
-                let k = Key::system(["held".to_string(), i.to_string()]);
-                let leaser = &leasers[i % leasers.len()];
-                held.push(leaser.acquire_lease(k, HELD_TTL).await.expect("free keys"));
-            }
-            held
-        }));
-    }
-    let mut held = Vec::with_capacity(n);
-    for t in tasks {
-        held.extend(t.await.unwrap());
-    }
+    let each = leasers.clone();
+    let held = crate::report::spread(n, 8, move |i| {
+        let leaser = each[i % each.len()].clone();
+        async move {
+            let k = Key::system(["held".to_string(), i.to_string()]);
+            leaser.acquire_lease(k, HELD_TTL).await.expect("free keys")
+        }
+    })
+    .await;
     let acquire_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (server_after, client_after) = (server.rss(), rss_bytes());

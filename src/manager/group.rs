@@ -40,6 +40,8 @@
 //! The group's task ends when every handle on it is gone (the supervisor keeps a weak one;
 //! each renewer a strong one) and its last member has left.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -273,7 +275,7 @@ impl Rounds {
     async fn round(&mut self, bound: Instant) {
         let (start, since) = (Instant::now(), crate::clock::suspended());
         let n = self.leases.len();
-        let mut joined = Vec::new();
+        let mut joined = Joined::default();
         let called = {
             let Rounds {
                 backend,
@@ -290,14 +292,14 @@ impl Rounds {
             loop {
                 // Leases that join while the call runs wait for the next round; if the
                 // deadline one of them brought comes first, it ends at it.
-                let wake = earliest_of(&joined).map_or(bound, |d| d.min(bound));
+                let wake = joined.earliest.map_or(bound, |d| d.min(bound));
                 tokio::select! {
                     answer = &mut call => break Some(answer),
                     () = tokio::time::sleep_until(wake) => {
                         if Instant::now() >= bound {
                             break None;
                         }
-                        expire_joined(&mut joined, Instant::now());
+                        joined.expire(Instant::now());
                     }
                     m = joins.recv(), if !*closed => match m {
                         Some(m) => joined.push(m),
@@ -329,11 +331,14 @@ impl Rounds {
                 // the next earliest deadline) lost every lease, one deadline after
                 // another, on a link where a call takes longer than the gaps between
                 // the members' deadlines; one hung lease still takes no other with it.
+                tracing::warn!(ttl = ?self.ttl, leases = n, waited = ?start.elapsed(),
+                    "a group renewal did not answer by its earliest lease's deadline: \
+                     its leases are renewed one by one");
                 self.one_by_one(&mut joined).await;
             }
             Some(Err(_panic)) => self.one_by_one(&mut joined).await,
         }
-        for m in joined {
+        for m in joined.members {
             self.add(m);
         }
     }
@@ -341,7 +346,7 @@ impl Rounds {
     /// Renews the members one lease at a time, all at once, applying each answer as it
     /// comes, each member bounded by its own deadline (then it ends), as each renewer
     /// did by itself before groups.
-    async fn one_by_one(&mut self, joined: &mut Vec<Member>) {
+    async fn one_by_one(&mut self, joined: &mut Joined) {
         let (start, since) = (Instant::now(), crate::clock::suspended());
         let deadline = start + self.ttl - self.margin;
         let n = self.leases.len();
@@ -357,45 +362,53 @@ impl Rounds {
             .collect();
         // Answered (or ended) members; those to take out of the group.
         let mut settled = vec![false; n];
+        let mut unsettled = n;
+        // The members by deadline, earliest first (answered ones are skipped when they
+        // come up): each member is looked at once when its deadline passes, not every
+        // member each time one does (a group of many leases with many deadlines, as
+        // after a burst of acquires, made that quadratic).
+        let mut by_deadline: BinaryHeap<_> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Reverse((m.deadline, i)))
+            .collect();
         let mut out = Vec::new();
         let mut failed = 0usize;
-        let mut check = start;
         loop {
             let now = Instant::now();
-            if now >= check {
-                // Unanswered members whose deadline has passed end now.
-                let mut next: Option<Instant> = None;
-                for (i, (done, m)) in settled.iter_mut().zip(&self.members).enumerate() {
-                    if *done {
-                        continue;
-                    }
-                    if now >= m.deadline {
-                        *done = true;
-                        tell(m, Fate::Expired);
-                        out.push(i);
-                    } else {
-                        next = Some(next.map_or(m.deadline, |d| d.min(m.deadline)));
-                    }
+            // Unanswered members whose deadline has passed end now.
+            while let Some(&Reverse((deadline, i))) = by_deadline.peek() {
+                if settled[i] {
+                    by_deadline.pop();
+                } else if now >= deadline {
+                    by_deadline.pop();
+                    settled[i] = true;
+                    unsettled -= 1;
+                    tell(&self.members[i], Fate::Expired);
+                    out.push(i);
+                } else {
+                    break;
                 }
-                let Some(next) = next else {
-                    break; // every member answered or ended
-                };
-                check = next;
             }
+            let Some(&Reverse((check, _))) = by_deadline.peek() else {
+                break; // every member answered or ended
+            };
             // Leases that joined meanwhile end at their own deadlines, which may come
             // before any unanswered member's (an acquire that started before their last
             // renewal): woken for one, it must go, or the wake-up is due again at once.
-            expire_joined(joined, now);
+            joined.expire(now);
             if pending.is_empty() {
                 break;
             }
-            let wake = earliest_of(joined).map_or(check, |d| d.min(check));
+            let wake = joined.earliest.map_or(check, |d| d.min(check));
             tokio::select! {
                 Some((i, answer)) = pending.next() => {
                     if settled[i] {
                         continue;
                     }
                     settled[i] = true;
+                    unsettled -= 1;
                     let fate = match answer {
                         Answer::Done(Ok(RenewOutcome::Renewed)) => {
                             let m = &mut self.members[i];
@@ -426,7 +439,7 @@ impl Rounds {
                 },
             }
         }
-        let unanswered = settled.iter().filter(|s| !**s).count();
+        let unanswered = unsettled;
         drop(pending);
         // Highest index first, so that `swap_remove` only moves members kept.
         out.sort_unstable_by(|a, b| b.cmp(a));
@@ -496,20 +509,36 @@ fn tell(m: &Kept, fate: Fate) {
     }
 }
 
-/// The earliest deadline of leases that joined during a call.
-fn earliest_of(joined: &[Member]) -> Option<Instant> {
-    joined.iter().map(|m| m.deadline).min()
+/// The leases that joined during a call (they wait for the next round), and the
+/// earliest of their deadlines, kept as they join: a call of a large group takes joins
+/// by the thousand, and each wake-up must not look at every one of them.
+#[derive(Default)]
+struct Joined {
+    members: Vec<Member>,
+    earliest: Option<Instant>,
 }
 
-/// Ends the leases that joined during a call and whose deadline has passed by `now`.
-fn expire_joined(joined: &mut Vec<Member>, now: Instant) {
-    joined.retain(|m| {
-        let over = now >= m.deadline;
-        if over && m.renewer.send_message(Fate::Expired).is_err() {
-            m.ctx.cancel(Fate::Expired.reason());
+impl Joined {
+    fn push(&mut self, m: Member) {
+        self.earliest = Some(self.earliest.map_or(m.deadline, |e| e.min(m.deadline)));
+        self.members.push(m);
+    }
+
+    /// Ends the leases whose deadline has passed by `now` (a look at each only when the
+    /// earliest deadline has passed).
+    fn expire(&mut self, now: Instant) {
+        if self.earliest.is_none_or(|e| now < e) {
+            return;
         }
-        !over
-    });
+        self.members.retain(|m| {
+            let over = now >= m.deadline;
+            if over && m.renewer.send_message(Fate::Expired).is_err() {
+                m.ctx.cancel(Fate::Expired.reason());
+            }
+            !over
+        });
+        self.earliest = self.members.iter().map(|m| m.deadline).min();
+    }
 }
 
 /// One lease's renewal, with a panic caught.

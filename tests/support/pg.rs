@@ -415,3 +415,58 @@ pub async fn manager(options: leases::backend::PostgresOptions) -> leases::Lease
         .await
         .unwrap()
 }
+
+/// A backend on table `t` that renews at most 10 leases per batched statement, so a
+/// group round that falls back to per-lease renewal takes several statements.
+#[cfg(feature = "postgres")]
+pub async fn rounds_backend(
+    url: &str,
+    t: &str,
+) -> std::sync::Arc<leases::backend::PostgresBackend> {
+    let options = leases::backend::PostgresOptions::new(url)
+        .table(t)
+        .renew_batch_size(10);
+    std::sync::Arc::new(
+        leases::backend::PostgresBackend::connect(options)
+            .await
+            .unwrap(),
+    )
+}
+
+/// One group round of `leases` with `ttl`: each outcome (errors fail the test).
+#[cfg(feature = "postgres")]
+pub async fn round(
+    b: &leases::backend::PostgresBackend,
+    leases: &[(leases::Key, u64)],
+    ttl: std::time::Duration,
+) -> Vec<leases::backend::RenewOutcome> {
+    use leases::backend::Backend;
+    b.renew_many(leases, ttl)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// `n` leases named `/system/<prefix>/<name>/<i>`, granted by `b` and renewed once by a
+/// group round (so attached to its session).
+#[cfg(feature = "postgres")]
+pub async fn held_in_session(
+    b: &leases::backend::PostgresBackend,
+    prefix: &str,
+    name: &str,
+    n: usize,
+    ttl: std::time::Duration,
+) -> Vec<(leases::Key, u64)> {
+    let mut leases = Vec::new();
+    for i in 0..n {
+        let key = leases::Key::system([prefix, name, &i.to_string()]);
+        let token = grant(b, &key, ttl).await;
+        leases.push((key, token));
+    }
+    let outcomes = round(b, &leases, ttl).await;
+    assert!(outcomes
+        .iter()
+        .all(|o| *o == leases::backend::RenewOutcome::Renewed));
+    leases
+}
