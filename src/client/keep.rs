@@ -174,6 +174,7 @@ async fn keep(
     let overdue = (ttl / 3).max(Duration::from_millis(500));
     let mut pending: VecDeque<Sent> = VecDeque::new();
     let mut next = Instant::now() + every;
+    stream.requests.keep(&sender);
     loop {
         // A lane sends no heartbeats: its group's keep it (see `lanes.rs`).
         let grouped = stream.requests.grouped();
@@ -284,6 +285,7 @@ async fn keep(
         match reattach(resume, &sender, &watch, &broke).await {
             Some(new) => {
                 *stream = new;
+                stream.requests.keep(&sender);
                 pending.clear();
                 next = Instant::now() + every;
             }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::keep::Sent;
+use crate::context::ContextSender;
 use crate::proto::leases::v1::{HoldRequest, HoldResponse};
 
 /// What a lane's keeper asks of the `HoldMany` stream's task.
@@ -22,6 +23,10 @@ pub(super) enum Cmd {
     Request(u64, HoldRequest),
     /// Lane `id` is done with (its keeper dropped it).
     Close(u64),
+    /// Lane `id`'s lease is kept with this context: the stream's task extends it by its
+    /// group's `renewed` itself, without waking the keeper (a group of 100k leases was
+    /// 100k keeper wake-ups per heartbeat).
+    Keep(u64, ContextSender),
 }
 
 /// One answer on a lane, with the send instant of the group heartbeat it answers.
@@ -47,6 +52,14 @@ impl Requests {
     /// Whether the lease's group heartbeats for it (it sends none of its own).
     pub(super) fn grouped(&self) -> bool {
         matches!(self, Requests::Lane(..))
+    }
+
+    /// Hands a lane's context to its stream's task, which then extends it by each
+    /// `renewed` of its group instead of passing the answer on (see [`Cmd::Keep`]).
+    pub(super) fn keep(&self, ctx: &ContextSender) {
+        if let Requests::Lane(id, tx) = self {
+            let _ = tx.send(Cmd::Keep(*id, ctx.clone()));
+        }
     }
 }
 

@@ -22,9 +22,10 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use super::connection::ClientLeaser;
-use super::keep::Sent;
+use super::keep::{time_left_of, Sent};
 use super::lanes::{Answers, Cmd, LaneAnswer, Requests};
 use super::reattach::Stream;
+use crate::context::ContextSender;
 use crate::proto::leases::v1::hold_many_request::Kind as Wire;
 use crate::proto::leases::v1::hold_many_response::Kind as Back;
 use crate::proto::leases::v1::hold_request::Kind as In;
@@ -145,6 +146,10 @@ struct Lane {
     /// The heartbeat count when its `granted` came: the group heartbeats sent after
     /// it (with a larger count) renew it.
     granted: Option<u64>,
+    /// Its keeper's context, once the keeper has it ([`Cmd::Keep`]): a `renewed`
+    /// extends it here; before, the answer goes to the lane (its acquire confirms the
+    /// grant with it).
+    ctx: Option<ContextSender>,
 }
 
 /// The leases of one TTL, and their heartbeats not answered yet.
@@ -368,7 +373,14 @@ impl Mux {
                     let Some(lane) = self.lanes.get(id) else {
                         continue;
                     };
-                    if lane.granted.is_some_and(|g| g < beat) {
+                    if lane.granted.is_none_or(|g| g >= beat) {
+                        continue;
+                    }
+                    if let Some(ctx) = &lane.ctx {
+                        // As the keeper would (`keep.rs`): from the heartbeat's send
+                        // instant. An ended lease left the lanes before this answer.
+                        ctx.extend(sent.at + time_left_of(r.time_left, ttl), sent.since);
+                    } else {
                         let renewed = Out::Renewed(Renewed {
                             time_left: r.time_left,
                         });
@@ -402,6 +414,7 @@ impl Mux {
                         resume: acquire.resume.is_some(),
                         abandoned: false,
                         granted: None,
+                        ctx: None,
                     },
                 );
                 self.send(Wire::Acquire(LeaseAcquire {
@@ -419,6 +432,11 @@ impl Mux {
                 }
                 Some(In::Acquire(_)) | None => {}
             },
+            Cmd::Keep(id, ctx) => {
+                if let Some(lane) = self.lanes.get_mut(&id) {
+                    lane.ctx = Some(ctx);
+                }
+            }
             Cmd::Close(id) => {
                 self.leave(id);
                 // A lane whose end the server told needs no close: the server reads
