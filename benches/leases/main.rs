@@ -50,6 +50,15 @@ use args::{Args, Section};
 
 fn main() {
     let args = Args::from_env();
+    // The library's log events on stderr when `RUST_LOG` asks for them (a group call
+    // given up, a renewal failed: what explains a lost lease in a row).
+    #[cfg(feature = "server")]
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     #[cfg(feature = "server")]
     if args.service_floor {
         service::floor_child();
