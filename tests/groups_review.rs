@@ -303,3 +303,78 @@ async fn a_shutdown_mid_round_is_not_undone_by_the_rounds_answer() {
     assert_eq!(b.group_calls.load(Ordering::SeqCst), 1);
     drop(x);
 }
+
+/// Held (review of the binary heap in `one_by_one`, rev3): every group call panics, so
+/// a group of leases with many different deadlines (acquired 50 ms apart) is renewed one
+/// by one; the renewals of every other lease never answer. Each hung lease must end at
+/// its own deadline (not later, as a missed heap entry would make it, nor at another's),
+/// a lease that joins meanwhile with an earlier deadline than all of them (a slow
+/// acquire that started first) at its own, and every lease whose renewal answers lives on.
+#[test]
+fn one_by_one_renewals_end_each_hung_lease_at_its_own_deadline() {
+    on_paused_time(30, || async {
+        let b = Scripted::new(Duration::from_millis(400));
+        let m = manager(b.clone()).await;
+        let margin = m.safety_margin(TTL);
+        let t0 = Instant::now();
+        b.set_many(GroupCall::Panic);
+        // Started first, joins at 400 ms (inside the one-by-one renewals that start at
+        // the first round, 10 ms + TTL/3) with the earliest deadline of all.
+        b.slow.lock().unwrap().insert(k("heap-late"));
+        b.hang_renew.lock().unwrap().insert(k("heap-late"));
+        let m2 = m.clone();
+        let late = tokio::spawn(async move { m2.acquire_lease(k("heap-late"), TTL).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut held = Vec::new();
+        for i in 0..7u64 {
+            let key = k(&format!("heap-{i}"));
+            if i % 2 == 1 {
+                b.hang_renew.lock().unwrap().insert(key.clone());
+            }
+            let at = Instant::now() - t0;
+            let (lease, ctx) = m.acquire_lease(key, TTL).await.unwrap();
+            held.push((i, at, lease, ctx));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut ends = Vec::new();
+        for (i, at, _, ctx) in &held {
+            if i % 2 == 1 {
+                let ctx = ctx.clone();
+                let (i, at) = (*i, *at);
+                ends.push(tokio::spawn(async move {
+                    let reason = ctx.cancelled().await;
+                    (i, at, Instant::now() - t0, reason)
+                }));
+            }
+        }
+        let (late_lease, late_ctx) = late.await.unwrap().unwrap();
+        assert_eq!(
+            late_ctx.cancelled().await,
+            CancelReason::Lost(LossCause::DeadlineExceeded)
+        );
+        let late_lost = Instant::now() - t0;
+        let late_deadline = TTL - margin;
+        assert!(
+            late_lost >= late_deadline && late_lost <= late_deadline + Duration::from_millis(5),
+            "the late joiner ended at {late_lost:?}, its deadline {late_deadline:?}"
+        );
+        for end in ends {
+            let (i, at, lost, reason) = end.await.unwrap();
+            assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
+            let deadline = at + TTL - margin;
+            assert!(
+                lost >= deadline && lost <= deadline + Duration::from_millis(5),
+                "lease {i} ended at {lost:?}, its deadline {deadline:?}"
+            );
+        }
+        tokio::time::sleep(TTL * 2).await;
+        for (i, _, _, ctx) in &held {
+            if i % 2 == 0 {
+                assert!(!ctx.is_cancelled(), "lease {i}: {:?}", ctx.reason());
+            }
+        }
+        assert!(b.group_calls.load(Ordering::SeqCst) >= 2);
+        drop((held, late_lease));
+        drop(m);
+    });
+}

@@ -466,3 +466,51 @@ async fn a_burst_of_revokes_read_late_does_not_cut_off_the_other_leases() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// Held (review of the flow control, rev3): a raw client sends 300 group heartbeats and
+/// then releases one of its two leases, all without reading (so the group's rounds and
+/// the unread answers pile up, and the server stops reading for a while). Once it
+/// reads, the demultiplexer must have woken and read on (no deadlock after
+/// `read.notified()`): every heartbeat is answered, the release is confirmed and its key
+/// is free, and the other lease is still renewed with time left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_and_a_release_sent_unread_are_all_answered_once_read() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(10);
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    let gone = Key::system(["review", "unread", "gone"]);
+    let stay = Key::system(["review", "unread", "stay"]);
+    s.send(&acquire(1, &gone, ttl));
+    s.send(&acquire(2, &stay, ttl));
+    for _ in 0..2 {
+        assert!(matches!(next(&mut s).await, Some(Out::Granted(_))));
+    }
+    let beats = 300;
+    for _ in 0..beats {
+        s.send(&heartbeat(ttl));
+    }
+    s.send(&HoldManyRequest {
+        kind: Some(In::Release(LeaseRelease { id: 1 })),
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut renewed, mut released) = (0, false);
+    while renewed < beats || !released {
+        match next(&mut s).await {
+            Some(Out::Renewed(_)) => renewed += 1,
+            Some(Out::Ended(e)) if e.id == 1 => released = true,
+            other => panic!("after {renewed} renewed: {other:?}"),
+        }
+    }
+    granted_at(&manager, &gone, Duration::from_secs(1)).await;
+    s.send(&heartbeat(ttl));
+    match next(&mut s).await {
+        Some(Out::Renewed(r)) => assert!(left(r.time_left) > ttl / 2),
+        other => panic!("{other:?}"),
+    }
+    s.send(&HoldManyRequest {
+        kind: Some(In::Release(LeaseRelease { id: 2 })),
+    });
+    assert!(matches!(next(&mut s).await, Some(Out::Ended(e)) if e.id == 2));
+    server.shutdown().await.unwrap();
+}
