@@ -85,6 +85,10 @@ struct Row {
     lost: usize,
     acquire_secs: f64,
     window_secs: f64,
+    /// CPU per wall second over the window: the server process, and this one (the
+    /// client and the relay).
+    server_cpu: f64,
+    client_cpu: f64,
 }
 
 /// Holds `n` leases through one `ClientLeaser` for `window`.
@@ -110,10 +114,14 @@ async fn held(n: usize, window: Duration, hold_many: bool) -> Row {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_after = server.rss();
     let (up0, down0) = relay.bytes();
+    let (server_cpu0, client_cpu0) = (server.cpu(), crate::scale::cpu_seconds());
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let (up1, down1) = relay.bytes();
-    let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    let wall = t0.elapsed().as_secs_f64();
+    let server_cpu = (server.cpu() - server_cpu0) / wall;
+    let client_cpu = (crate::scale::cpu_seconds() - client_cpu0) / wall;
+    let minutes = wall / 60.0;
     let lost = held.iter().filter(|(_, ctx)| ctx.is_cancelled()).count();
     // Why the lost ones ended, for the record (the first words of each reason).
     let mut why: std::collections::BTreeMap<String, usize> = Default::default();
@@ -143,6 +151,8 @@ async fn held(n: usize, window: Duration, hold_many: bool) -> Row {
         lost,
         acquire_secs,
         window_secs: minutes * 60.0,
+        server_cpu,
+        client_cpu,
     }
 }
 
@@ -152,8 +162,8 @@ pub async fn held_many_section(leases: usize, window: Duration, base_window: Dur
         "\n## Lease service: leases held by one ClientLeaser over one connection (memory backend, TTL {TTL:?}: heartbeats every {:.1} s; a fresh server process per row)\n",
         (TTL / 4).as_secs_f64()
     );
-    println!("| stream | leases | window | server resident bytes per lease | vs baseline | bytes up per lease per minute | bytes down per lease per minute | wire messages per lease per minute, at most | vs baseline | lost | time to acquire all |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| stream | leases | window | server resident bytes per lease | vs baseline | bytes up per lease per minute | bytes down per lease per minute | wire messages per lease per minute, at most | vs baseline | server CPU per wall second | client (and relay) CPU per wall second | lost | time to acquire all |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let base = held(leases.min(1000), base_window, false).await;
     let ours = held(leases, window, true).await;
     for (name, r) in [
@@ -161,7 +171,7 @@ pub async fn held_many_section(leases: usize, window: Duration, base_window: Dur
         ("HoldMany", &ours),
     ] {
         println!(
-            "| {name} | {} | {:.0} s | {} | {} | {:.2} | {:.2} | {:.4} | {} | {} | {:.1} s |",
+            "| {name} | {} | {:.0} s | {} | {} | {:.2} | {:.2} | {:.4} | {} | {:.1} % of a core | {:.1} % of a core | {} | {:.1} s |",
             r.leases,
             r.window_secs,
             r.server_bytes_per_lease,
@@ -173,6 +183,8 @@ pub async fn held_many_section(leases: usize, window: Duration, base_window: Dur
             r.down_per_lease_minute,
             r.messages_per_lease_minute,
             ratio(r.messages_per_lease_minute, base.messages_per_lease_minute),
+            r.server_cpu * 100.0,
+            r.client_cpu * 100.0,
             r.lost,
             r.acquire_secs,
         );
