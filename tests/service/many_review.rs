@@ -52,6 +52,43 @@ fn left(d: Option<prost_types::Duration>) -> Duration {
     Duration::try_from(d.unwrap()).unwrap()
 }
 
+/// Acquires `key(i)` for each `i` in `0..n` on `s` (ids `0..n`) and reads every grant.
+async fn acquire_all(s: &mut RawStream, n: u64, key: impl Fn(u64) -> Key, ttl: Duration) {
+    for i in 0..n {
+        s.send(&acquire(i, &key(i), ttl));
+    }
+    let mut granted = 0;
+    while granted < n {
+        match next(s).await {
+            Some(Out::Granted(_)) => granted += 1,
+            None => panic!("after {granted} grants: {:?}", s.status().await),
+            other => panic!("after {granted} grants: {other:?}"),
+        }
+    }
+}
+
+/// Reads `n` `ended` answers (`what` ended them), then checks that a group heartbeat of
+/// `ttl` is still answered with time left: the stream was not cut off.
+async fn ends_then_renewed(s: &mut RawStream, n: u64, what: &str, ttl: Duration) {
+    let mut ended = 0;
+    while ended < n {
+        match next(s).await {
+            Some(Out::Ended(_)) => ended += 1,
+            Some(other) => panic!("after {ended} ends: {other:?}"),
+            None => panic!(
+                "after {ended} of {n} {what} read, the stream ended: {:?}",
+                s.status().await
+            ),
+        }
+    }
+    s.send(&heartbeat(ttl));
+    match next(s).await {
+        Some(Out::Renewed(r)) => assert!(left(r.time_left) > Duration::ZERO),
+        None => panic!("the stream ended: {:?}", s.status().await),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Probe (held on `hold`): a revoke of one lease of a two-lease group while the group's
 /// heartbeat is on its way, at a different point each time. A raw client that applies
 /// the deadline rule exactly (a `renewed` applies to a lease only if its `ended` did
@@ -178,43 +215,14 @@ async fn releasing_most_leases_at_once_does_not_cut_off_a_reading_client() {
     let mut s = RawStream::open(server.local_addr(), PATH).await;
     let n = 2_100u64;
     let released = 2_000u64;
-    for i in 0..n {
-        s.send(&acquire(
-            i,
-            &Key::system(["review", "mass", &i.to_string()]),
-            ttl,
-        ));
-    }
-    let mut granted = 0;
-    while granted < n {
-        match next(&mut s).await {
-            Some(Out::Granted(_)) => granted += 1,
-            other => panic!("after {granted} grants: {other:?}"),
-        }
-    }
+    let key = |i: u64| Key::system(["review", "mass", &i.to_string()]);
+    acquire_all(&mut s, n, key, ttl).await;
     for i in 0..released {
         s.send(&HoldManyRequest {
             kind: Some(In::Release(LeaseRelease { id: i })),
         });
     }
-    let mut ended = 0;
-    while ended < released {
-        match next(&mut s).await {
-            Some(Out::Ended(_)) => ended += 1,
-            Some(other) => panic!("after {ended} ends: {other:?}"),
-            None => panic!(
-                "after {ended} of {released} releases answered (and read at once) the stream \
-                 ended: {:?}",
-                s.status().await
-            ),
-        }
-    }
-    s.send(&heartbeat(ttl));
-    match next(&mut s).await {
-        Some(Out::Renewed(r)) => assert!(left(r.time_left) > Duration::ZERO),
-        None => panic!("the stream ended: {:?}", s.status().await),
-        other => panic!("{other:?}"),
-    }
+    ends_then_renewed(&mut s, released, "releases (read at once)", ttl).await;
     server.shutdown().await.unwrap();
 }
 
@@ -430,40 +438,14 @@ async fn a_burst_of_revokes_read_late_does_not_cut_off_the_other_leases() {
     let n = 3_000u64;
     let revoked = 2_900u64;
     let key = |i: u64| Key::system(["review", "revoked-late", &i.to_string()]);
-    for i in 0..n {
-        s.send(&acquire(i, &key(i), ttl));
-    }
-    let mut granted = 0;
-    while granted < n {
-        match next(&mut s).await {
-            Some(Out::Granted(_)) => granted += 1,
-            None => panic!("after {granted} grants: {:?}", s.status().await),
-            other => panic!("after {granted} grants: {other:?}"),
-        }
-    }
+    acquire_all(&mut s, n, key, ttl).await;
     futures_util::future::join_all((0..revoked).map(|i| {
         let manager = manager.clone();
         async move { assert!(manager.revoke(&key(i)).await.unwrap()) }
     }))
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut ended = 0;
-    while ended < revoked {
-        match next(&mut s).await {
-            Some(Out::Ended(_)) => ended += 1,
-            Some(other) => panic!("after {ended} ends: {other:?}"),
-            None => panic!(
-                "after {ended} of {revoked} revokes read the stream ended: {:?}",
-                s.status().await
-            ),
-        }
-    }
-    s.send(&heartbeat(ttl));
-    match next(&mut s).await {
-        Some(Out::Renewed(r)) => assert!(left(r.time_left) > Duration::ZERO),
-        None => panic!("the stream ended: {:?}", s.status().await),
-        other => panic!("{other:?}"),
-    }
+    ends_then_renewed(&mut s, revoked, "revokes", ttl).await;
     server.shutdown().await.unwrap();
 }
 
