@@ -350,6 +350,13 @@ class _AsyncHolder:
                     stream.sent_at = clock()
                     if not resume:
                         self.state.acquire_sent(stream.sent_at)
+                    # The server answers a refused call (a bad token) with its status
+                    # at once: wait for its first headers, so that a write racing
+                    # that end cannot hide its status behind grpcio's own
+                    # ("Internal error from Core", seen 3 runs in 12).
+                    await call.initial_metadata()
+                    if call.done():
+                        raise await self._call_status(call)
                     try:
                         await call.write(request)
                     except (grpc.RpcError, asyncio.InvalidStateError):
