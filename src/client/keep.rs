@@ -95,6 +95,10 @@ pub(super) async fn drive(
         requests,
         mut answers,
     } = stream;
+    // The holder's own release of a lease that had ended already: answered once the
+    // release below has reached the server, so that a holder that then exits (a
+    // revoked `leases run`) does not leave its key taken until the TTL runs out.
+    let mut reply = None;
     if stop != Stop::Released {
         // The lease ended without the holder's release. The server keeps the key until
         // we say we have stopped (`release`) or the time it promised us has passed. A
@@ -122,8 +126,8 @@ pub(super) async fn drive(
             };
             tokio::select! {
                 command = commands.recv() => {
-                    if let Some(Command::Release(Some(reply))) = command {
-                        let _ = reply.send(Err(LeaseError::NotHeld));
+                    if let Some(Command::Release(Some(r))) = command {
+                        reply = Some(r);
                     }
                     stopped = true;
                 }
@@ -138,14 +142,24 @@ pub(super) async fn drive(
             });
         }
     }
-    // Close our side and read the server's to its end (briefly), so that a release
-    // reaches it before the stream goes.
+    // Close our side and read the server's to its end (a while at most), so that a
+    // release reaches the server before the stream goes. A lane's answers end once
+    // the server has confirmed the release with a second `ended` (see `many.rs`); a
+    // `Hold` stream's ended with its `ended`, so on one the release is only sent, not
+    // known to have arrived.
     drop(requests);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let _ = tokio::time::timeout(RELEASE_READ, async {
         while let Ok(Some(_)) = answers.message().await {}
     })
     .await;
+    if let Some(reply) = reply {
+        let _ = reply.send(Err(LeaseError::NotHeld));
+    }
 }
+
+/// How long a keeper reads on after its last request, for the server to show it has
+/// the release.
+const RELEASE_READ: Duration = Duration::from_secs(5);
 
 /// How [`keep`] ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -218,9 +232,9 @@ async fn keep(
                 let confirmed = tokio::time::timeout(Duration::from_secs(10), async {
                     loop {
                         match stream.answers.message().await {
-                            Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) => {
-                                return e.reason == Reason::Released as i32;
-                            }
+                            Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) if e.reason == Reason::Released as i32 => return true,
+                            // Another end crossed the release: a lane's server confirms
+                            // the release with a second `ended` (a `Hold` stream ends).
                             Ok(Some(_)) => continue,
                             _ => return false,
                         }

@@ -26,6 +26,7 @@ use super::keep::{time_left_of, Sent};
 use super::lanes::{Answers, Cmd, LaneAnswer, Requests};
 use super::reattach::Stream;
 use crate::context::ContextSender;
+use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_many_request::Kind as Wire;
 use crate::proto::leases::v1::hold_many_response::Kind as Back;
 use crate::proto::leases::v1::hold_request::Kind as In;
@@ -121,6 +122,7 @@ impl ClientLeaser {
             lanes: HashMap::new(),
             groups: HashMap::new(),
             beats: 0,
+            closing: HashSet::new(),
         };
         mux.cmd(first);
         let outgoing = futures_util::stream::poll_fn(move |cx| wire_rx.poll_recv(cx));
@@ -150,6 +152,25 @@ struct Lane {
     /// extends it here; before, the answer goes to the lane (its acquire confirms the
     /// grant with it).
     ctx: Option<ContextSender>,
+    /// Its keeper sent `release`.
+    released: bool,
+    /// The server told its end (`ended`): it is out of its group, and kept only until
+    /// its keeper closes it, or, if that end was not the answer to its release, until
+    /// the server confirms a release sent after it (see [`Lane::awaits`]).
+    ended: Option<Reason>,
+    /// Closed by its keeper while it awaits that confirmation.
+    closed: bool,
+}
+
+impl Lane {
+    /// Whether a release of the lane's is still to be confirmed by an `ended`: one sent
+    /// after (or crossing) an end other than `RELEASED`. The server answers it with
+    /// `ended RELEASED` once it has read it, and a keeper closing the lane reads on
+    /// until then, so that its process does not go before the server has the release
+    /// (a revoked `leases run` left its key taken until the TTL ran out).
+    fn awaits(&self) -> bool {
+        self.released && self.ended.is_some_and(|r| r != Reason::Released)
+    }
 }
 
 /// The leases of one TTL, and their heartbeats not answered yet.
@@ -170,6 +191,8 @@ struct Mux {
     groups: HashMap<Duration, Group>,
     /// Group heartbeats sent so far, on this stream.
     beats: u64,
+    /// Lanes closed while they await a release's confirmation (see [`Mux::sweep`]).
+    closing: HashSet<u64>,
 }
 
 /// Runs one `HoldMany` stream until it breaks, or every lane and the leaser are gone.
@@ -255,7 +278,21 @@ impl Mux {
         }
         self.groups
             .retain(|_, g| !(g.members.is_empty() && g.sent.is_empty()));
+        self.sweep();
         Ok(())
+    }
+
+    /// Drops the closed lanes awaiting a release's confirmation whose keeper stopped
+    /// reading (it waits a while only; a server of an earlier version never confirms).
+    fn sweep(&mut self) {
+        let lanes = &mut self.lanes;
+        self.closing.retain(|id| {
+            let gone = lanes.get(id).is_none_or(|l| l.answers.is_closed());
+            if gone {
+                lanes.remove(id);
+            }
+            !gone
+        });
     }
 
     /// Sends group `ttl`'s heartbeat now.
@@ -351,11 +388,23 @@ impl Mux {
             }
             Some(Back::Ended(e)) => {
                 self.leave(e.id);
-                if let Some(lane) = self.lanes.remove(&e.id) {
-                    let ended = Out::Ended(e.ended.unwrap_or_default());
+                let Some(lane) = self.lanes.get_mut(&e.id) else {
+                    return;
+                };
+                let ended = e.ended.unwrap_or_default();
+                let reason = Reason::try_from(ended.reason).unwrap_or(Reason::Lost);
+                // A second `ended` confirms a release sent after the first.
+                let confirms = lane.awaits();
+                if lane.ended.is_none() || confirms {
+                    lane.ended = Some(reason);
+                    let ended = Out::Ended(ended);
                     let _ = lane
                         .answers
                         .send((Ok(HoldResponse { kind: Some(ended) }), None));
+                }
+                if confirms && lane.closed {
+                    self.closing.remove(&e.id);
+                    self.lanes.remove(&e.id);
                 }
             }
             Some(Back::Renewed(r)) => {
@@ -415,6 +464,9 @@ impl Mux {
                         abandoned: false,
                         granted: None,
                         ctx: None,
+                        released: false,
+                        ended: None,
+                        closed: false,
                     },
                 );
                 self.send(Wire::Acquire(LeaseAcquire {
@@ -428,6 +480,9 @@ impl Mux {
                 Some(In::Heartbeat(_)) => self.confirm(id),
                 Some(In::Release(_)) => {
                     self.leave(id);
+                    if let Some(lane) = self.lanes.get_mut(&id) {
+                        lane.released = true;
+                    }
                     self.send(Wire::Release(LeaseRelease { id }));
                 }
                 Some(In::Acquire(_)) | None => {}
@@ -439,11 +494,22 @@ impl Mux {
             }
             Cmd::Close(id) => {
                 self.leave(id);
-                // A lane whose end the server told needs no close: the server reads
-                // nothing from it but a release, which its keeper sent or never will.
+                self.sweep();
                 let Some(lane) = self.lanes.get_mut(&id) else {
                     return;
                 };
+                // A lane whose end the server told needs no close: the server reads
+                // nothing from it but a release, which its keeper sent or never will.
+                // One whose release is still to be confirmed stays until it is.
+                if lane.ended.is_some() {
+                    if lane.awaits() {
+                        lane.closed = true;
+                        self.closing.insert(id);
+                    } else {
+                        self.lanes.remove(&id);
+                    }
+                    return;
+                }
                 if lane.granted.is_none() {
                     // Not answered yet: wait for its answer (see `answer`).
                     lane.abandoned = true;

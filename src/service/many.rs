@@ -37,11 +37,12 @@ use super::hold::{serve_hold, UNREAD_LIMIT};
 use super::lanes::{DoneGuard, Inbox, Lane, LaneRequests, Up};
 use super::shared::{Shared, StreamSlot};
 use super::status::{duration_of, proto_duration};
+use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_many_request::Kind as In;
 use crate::proto::leases::v1::hold_many_response::Kind as Out;
 use crate::proto::leases::v1::hold_response::Kind as LaneOut;
 use crate::proto::leases::v1::{
-    GroupRenewed, HoldManyRequest, HoldManyResponse, HoldResponse, LeaseEnded, LeaseFailed,
+    Ended, GroupRenewed, HoldManyRequest, HoldManyResponse, HoldResponse, LeaseEnded, LeaseFailed,
     LeaseGranted,
 };
 
@@ -62,6 +63,11 @@ struct LaneState {
     member: bool,
     /// The rounds (group heartbeats) this lane has still to answer, oldest first.
     owed: VecDeque<u64>,
+    /// Its `ended` (or `failed`) has gone out: a `release` from now on says the client
+    /// has stopped, and is confirmed once the lease is let go of.
+    told: bool,
+    /// A `release` came after its end: answer `ended RELEASED` once the lane is done.
+    confirm: bool,
 }
 
 /// One group heartbeat, waiting for its lanes.
@@ -230,6 +236,8 @@ impl Many {
                         ttl,
                         member: false,
                         owed: VecDeque::new(),
+                        told: false,
+                        confirm: false,
                     },
                 );
                 let lane = Lane {
@@ -276,10 +284,17 @@ impl Many {
             // The client takes a lease out of its group when it releases or closes it, so
             // its group's later `renewed` never apply to it: it leaves the group here at
             // once too, and a slow release (the store's) holds up no group heartbeat.
+            // A release after the lease's end (the client has stopped) is confirmed with
+            // a second `ended RELEASED` once the key is given back, so that a client can
+            // wait for it before it goes away (a `Hold` stream shows it by its end).
             Some(In::Release(r)) => {
-                // A lane already done with has nothing left to release.
-                if let Some(lane) = self.lanes.get(&r.id) {
-                    lane.inbox.release();
+                match self.lanes.get_mut(&r.id) {
+                    Some(lane) => {
+                        lane.inbox.release();
+                        lane.confirm = lane.told;
+                    }
+                    // Done with already: its key was given back (or never held).
+                    None => self.send(released(r.id)),
                 }
                 let group = self.leave(r.id);
                 self.flush_opt(group)
@@ -336,6 +351,7 @@ impl Many {
                     Ok(())
                 }
                 LaneOut::Ended(ended) => {
+                    self.told(id);
                     let group = self.leave(id);
                     self.send(Out::Ended(LeaseEnded {
                         id,
@@ -346,15 +362,25 @@ impl Many {
             },
             Up::Answer(_, Ok(HoldResponse { kind: None })) => Ok(()),
             Up::Answer(id, Err(status)) => {
+                self.told(id);
                 let group = self.leave(id);
                 self.send(failed(id, &status));
                 self.flush_opt(group)
             }
             Up::Done(id) => {
                 let group = self.leave(id);
-                self.lanes.remove(&id);
+                if self.lanes.remove(&id).is_some_and(|lane| lane.confirm) {
+                    self.send(released(id));
+                }
                 self.flush_opt(group)
             }
+        }
+    }
+
+    /// Lane `id`'s end (`ended` or `failed`) goes out now.
+    fn told(&mut self, id: u64) {
+        if let Some(lane) = self.lanes.get_mut(&id) {
+            lane.told = true;
         }
     }
 
@@ -415,6 +441,17 @@ impl Many {
             }));
         }
     }
+}
+
+/// The confirmation of a release that came after lease `id`'s end.
+fn released(id: u64) -> Out {
+    Out::Ended(LeaseEnded {
+        id,
+        ended: Some(Ended {
+            reason: Reason::Released as i32,
+            message: "the release was read: this stream holds the lease no more".to_string(),
+        }),
+    })
 }
 
 /// A lane's status as a `failed` answer.

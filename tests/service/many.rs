@@ -11,7 +11,8 @@ use futures_util::future::join_all;
 use leases::backend::Backend;
 use leases::service::{LeaseServer, ServeOptions};
 use leases::{
-    CancelReason, ClientLeaser, ClientOptions, Key, Lease, LeaseContext, LeaseError, Leaser,
+    AcquireOptions, CancelReason, ClientLeaser, ClientOptions, Key, Lease, LeaseContext,
+    LeaseError, Leaser,
 };
 
 use crate::support::proxy::{Fault, FaultProxy};
@@ -174,6 +175,51 @@ async fn a_revoke_of_one_lease_of_a_group() {
     .await
     .expect("the revoked key is free once its holder stopped");
     assert!(again.0.token() > held[3].0.token());
+    server.shutdown().await.unwrap();
+}
+
+/// A revoked holder that keeps its key until it lets go of its `Lease` (as `leases run`
+/// does) has its key given back on the server by the time its `release` returns, even
+/// when the release takes 300 ms to get there: the lane waits for the server's
+/// confirmation of a release sent after an `ended`. Its process may exit right after
+/// (CI's `cli::service::revoke_stops_the_command` found the key still taken, for the
+/// rest of its TTL, after such a `run` had exited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_after_a_revoke_has_reached_the_server_when_it_returns() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let held = hold_many(&c, "revoked-release", 3, ttl).await;
+    for (i, (_, ctx)) in held.iter().enumerate() {
+        assert_eq!(ctx.reason(), None, "lease {i}");
+    }
+    let key = Key::system(["many", "revoked-release", "kept"]);
+    let kept = AcquireOptions::new(ttl).keep_until_released();
+    let (lease, ctx) = c.acquire_lease_with(key.clone(), kept).await.unwrap();
+    assert!(manager.revoke(&key).await.unwrap());
+    let reason = tokio::time::timeout(Duration::from_secs(5), ctx.cancelled())
+        .await
+        .expect("told at once");
+    assert_eq!(reason, CancelReason::Revoked);
+    // Kept until its holder lets go: still taken on the server, marked revoked.
+    let info = manager
+        .lease_info(&key)
+        .await
+        .unwrap()
+        .expect("still taken");
+    assert!(info.revoked);
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    let released = lease.release().await;
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert_eq!(
+        manager.lease_info(&key).await.unwrap().map(|i| i.token),
+        None,
+        "the release returned before the server had it: the key is still taken"
+    );
+    proxy.set(Fault::Pass);
+    assert_eq!(live(&held), 3, "the group's other leases live on");
     server.shutdown().await.unwrap();
 }
 

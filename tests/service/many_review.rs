@@ -172,9 +172,16 @@ async fn odd_input_is_answered() {
         Some(Out::Renewed(r)) => assert_eq!(left(r.time_left), Duration::ZERO),
         other => panic!("{other:?}"),
     }
+    // A release of an id the stream does not hold is confirmed (see
+    // `a_release_after_an_end_is_confirmed_once_the_key_is_given_back`); a close of one
+    // is not answered.
     s.send(&HoldManyRequest {
         kind: Some(In::Release(LeaseRelease { id: 77 })),
     });
+    match next(&mut s).await {
+        Some(Out::Ended(e)) => assert_eq!(e.id, 77),
+        other => panic!("{other:?}"),
+    }
     s.send(&HoldManyRequest {
         kind: Some(In::Close(LeaseClose { id: u64::MAX })),
     });
@@ -494,5 +501,58 @@ async fn heartbeats_and_a_release_sent_unread_are_all_answered_once_read() {
         kind: Some(In::Release(LeaseRelease { id: 2 })),
     });
     assert!(matches!(next(&mut s).await, Some(Out::Ended(e)) if e.id == 2));
+    server.shutdown().await.unwrap();
+}
+
+/// A `release` that comes after a lease's `ended` (its holder has stopped) is confirmed
+/// with a second `ended { id, RELEASED }` once the server has let go of the lease, so
+/// that a client can wait for it before it goes away; a release answered by its first
+/// `ended` gets no second one; and a release of an id the stream no longer holds is
+/// confirmed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_after_an_end_is_confirmed_once_the_key_is_given_back() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(10);
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    let key = |i: u64| Key::system(["review", "confirm", &i.to_string()]);
+    acquire_all(&mut s, 3, key, ttl).await;
+    let release = |id| HoldManyRequest {
+        kind: Some(In::Release(LeaseRelease { id })),
+    };
+    let reason = |o: Option<Out>| match o {
+        Some(Out::Ended(e)) => (e.id, e.ended.unwrap().reason),
+        other => panic!("{other:?}"),
+    };
+    use leases::proto::leases::v1::ended::Reason;
+    assert!(manager.revoke(&key(0)).await.unwrap());
+    assert_eq!(reason(next(&mut s).await), (0, Reason::Revoked as i32));
+    // Told, not yet given back: the server keeps it until the holder says it stopped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(manager.lease_info(&key(0)).await.unwrap().is_some());
+    s.send(&release(0));
+    assert_eq!(reason(next(&mut s).await), (0, Reason::Released as i32));
+    assert_eq!(
+        manager.lease_info(&key(0)).await.unwrap().map(|i| i.token),
+        None,
+        "confirmed before the key was given back"
+    );
+    // An ordinary release: one `ended`, then nothing more for it.
+    s.send(&release(1));
+    assert_eq!(reason(next(&mut s).await), (1, Reason::Released as i32));
+    s.send(&heartbeat(ttl));
+    match next(&mut s).await {
+        Some(Out::Renewed(r)) => assert!(left(r.time_left) > ttl / 2),
+        other => panic!("a second `ended` for an ordinary release: {other:?}"),
+    }
+    // Ids the stream holds no more (released, or never used) are confirmed at once.
+    s.send(&release(1));
+    assert_eq!(reason(next(&mut s).await), (1, Reason::Released as i32));
+    s.send(&release(77));
+    assert_eq!(reason(next(&mut s).await), (77, Reason::Released as i32));
+    // The lease left untouched lives on.
+    s.send(&heartbeat(ttl));
+    assert!(matches!(next(&mut s).await, Some(Out::Renewed(_))));
+    assert!(manager.lease_info(&key(2)).await.unwrap().is_some());
     server.shutdown().await.unwrap();
 }
