@@ -142,6 +142,11 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
         hold.promised = promised_before;
         return give_back_listed(hold, listed, std::future::pending(), &shared.let_go).await;
     }
+    // On a lane, the demultiplexer answers group heartbeats from here on without
+    // waking this task (see `Inbox::answer`); what it answered moves `last` (checked when
+    // the silence timer fires) and the promise (taken in before the lease is handed on
+    // or given back, once the demultiplexer has stopped answering).
+    incoming.share(&hold.ctx, ttl);
     let mut last = Instant::now();
     let end = loop {
         let event = tokio::select! {
@@ -171,16 +176,29 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
                 }
                 break Err(Status::cancelled("the client went away"));
             }
-            Event::Claimed(claim) => match hand(claim, hold) {
-                Ok(()) => {
-                    let _ = tx.try_send(Err(Status::cancelled(
-                        "the lease was re-attached on another stream",
-                    )));
-                    return;
+            Event::Claimed(claim) => {
+                take_answered(&mut hold, &mut incoming);
+                match hand(claim, hold) {
+                    Ok(()) => {
+                        let _ = tx.try_send(Err(Status::cancelled(
+                            "the lease was re-attached on another stream",
+                        )));
+                        return;
+                    }
+                    Err(back) => {
+                        hold = back;
+                        incoming.share(&hold.ctx, ttl);
+                    }
                 }
-                Err(back) => hold = back,
-            },
+            }
             Event::Silent => {
+                // Heartbeats answered by the demultiplexer count as requests.
+                if let Some(at) = incoming.answered().last {
+                    last = last.max(at);
+                }
+                if last + ttl > Instant::now() {
+                    continue;
+                }
                 break ended(
                     Reason::Lost,
                     "no request within the TTL: the client is gone",
@@ -228,6 +246,9 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
             Event::Request(Err(status)) => break Err(status),
         }
     };
+    // Nothing is answered for the lease but by this task from here on, and every
+    // promise made for it counts.
+    take_answered(&mut hold, &mut incoming);
     // Tell the client first; then the remote-holder rule decides when the key goes back:
     // at the client's `release`, or when the time it was last promised has passed (or,
     // on a shared store, at once when this server stops: the client re-attaches
@@ -237,6 +258,14 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
     // The stream is over: it no longer counts against its connection's limit.
     drop(slot);
     give_back_listed(hold, listed, release_of(&mut incoming), &shared.let_go).await;
+}
+
+/// Stops the demultiplexer answering for the lease (a lane) and takes its promises into
+/// `hold`'s: from here on the promise `hold` keeps is every promise made for the lease.
+fn take_answered<R: Requests>(hold: &mut Hold, incoming: &mut R) {
+    if let Some(promised) = incoming.unshare().promised {
+        hold.promised = hold.promised.max(promised);
+    }
 }
 
 /// What woke a holding stream.

@@ -6,22 +6,47 @@
 //! piece of code. A lane is small: the demultiplexer puts a lease's requests in its
 //! [`Inbox`] (a count of heartbeats, a release flag, the stream's end) and the lease's
 //! answers go, tagged with its id, into one channel per `HoldMany` stream ([`Lane`]).
-//! The unread limit is the `HoldMany` stream's, kept by the demultiplexer.
+//! While the lease is held, its task shares its context with the inbox, so that the
+//! demultiplexer answers group heartbeats itself ([`Inbox::answer`]): a heartbeat of a
+//! group of 100k leases was 100k task wake-ups and 100k answers between tasks. The
+//! task takes the answering back ([`Requests::unshare`]) before it hands the lease on
+//! or lets go of it, and takes the promises made meanwhile into its own. Flow control
+//! is the `HoldMany` stream's, kept by the demultiplexer.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
+use super::status::time_left;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::{Heartbeat, HoldRequest, HoldResponse, Release};
+use crate::LeaseContext;
 
 /// Where a held lease reads its requests (after `acquire`).
 pub(crate) trait Requests: Send {
     /// The next request; `Ok(None)` when the client closed its side.
     fn message(&mut self) -> impl Future<Output = Result<Option<HoldRequest>, Status>> + Send;
+
+    /// Lets the demultiplexer answer the lease's heartbeats itself from now on, from
+    /// its context (a lane; nothing on a stream of its own). See [`Inbox::answer`].
+    fn share(&mut self, _ctx: &LeaseContext, _ttl: Duration) {}
+
+    /// What was answered for the lease elsewhere: the last heartbeat's instant and the
+    /// furthest instant promised, if any.
+    fn answered(&mut self) -> Answered {
+        Answered::default()
+    }
+
+    /// Stops the answering of [`Requests::share`]: once this returns, no answer is
+    /// given for the lease but its task's own. Returns what was answered until then.
+    fn unshare(&mut self) -> Answered {
+        Answered::default()
+    }
 
     /// Completes when a `release` comes after the requests ended; never on a stream of
     /// its own (nothing comes after its end). On a lane it can: the client closes a
@@ -69,6 +94,15 @@ pub(crate) enum Up {
     Done(u64),
 }
 
+/// The heartbeats answered for a lease by its demultiplexer.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Answered {
+    /// When the last of them came.
+    pub(crate) last: Option<Instant>,
+    /// The furthest instant their answers let the client act until.
+    pub(crate) promised: Option<Instant>,
+}
+
 /// A lane's requests, as the demultiplexer left them.
 #[derive(Default)]
 struct Pending {
@@ -76,6 +110,9 @@ struct Pending {
     release: bool,
     /// The `HoldMany` stream's end, once it has come: what every lane then reads.
     end: Option<Result<(), Status>>,
+    /// The lease's context and TTL while the demultiplexer may answer its heartbeats.
+    shared: Option<(LeaseContext, Duration)>,
+    answered: Answered,
 }
 
 /// The requests of one lane: written by the demultiplexer, read by the lease's task.
@@ -101,6 +138,24 @@ impl Inbox {
         self.with(|p| p.release = true);
     }
 
+    /// Answers a group heartbeat for the lease without waking its task, as its task
+    /// would (`hold.rs`): the lease's time left, which also moves the promise its task
+    /// keeps the key by (see [`Requests::unshare`]). `None` when its task must answer
+    /// (it has not shared its context, has taken it back, or the lease has ended: an
+    /// ended lease is never confirmed, and its task tells the client how it ended).
+    pub(crate) fn answer(&self) -> Option<Duration> {
+        let mut p = crate::sync::lock(&self.pending);
+        let (ctx, ttl) = p.shared.as_ref()?;
+        if ctx.reason().is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        let left = time_left(ctx, *ttl);
+        p.answered.last = Some(now);
+        p.answered.promised = p.answered.promised.max(Some(now + left));
+        Some(left)
+    }
+
     /// The `HoldMany` stream ended (`Ok`: closed by the client) or broke.
     pub(crate) fn end(&self, end: Result<(), Status>) {
         self.with(|p| {
@@ -113,6 +168,20 @@ impl Inbox {
 pub(crate) struct LaneRequests(pub(crate) Arc<Inbox>);
 
 impl Requests for LaneRequests {
+    fn share(&mut self, ctx: &LeaseContext, ttl: Duration) {
+        crate::sync::lock(&self.0.pending).shared = Some((ctx.clone(), ttl));
+    }
+
+    fn answered(&mut self) -> Answered {
+        crate::sync::lock(&self.0.pending).answered
+    }
+
+    fn unshare(&mut self) -> Answered {
+        let mut p = crate::sync::lock(&self.0.pending);
+        p.shared = None;
+        p.answered
+    }
+
     async fn release_after_end(&mut self) {
         loop {
             let ready = self.0.ready.notified();

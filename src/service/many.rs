@@ -3,11 +3,14 @@
 //! Each lease of the stream is served by `hold.rs` exactly as on a `Hold` stream of its
 //! own, on a *lane* (see `lanes.rs`): the demultiplexer here turns the stream's
 //! `acquire{id}` into a lane and its task, `release{id}` into the lane's release, and
-//! each group `heartbeat{ttl}` into one heartbeat on every lane of the group (the
-//! stream's *granted* leases of that TTL). Each lane answers with its own time left; the
-//! group's `renewed` carries the least of them, once every lane that was in the group
-//! when the heartbeat came has answered or ended (an ended lane's `ended`/`failed` goes
-//! out first). So a lease the client knew granted when it sent the heartbeat may act
+//! each group `heartbeat{ttl}` into one heartbeat of every lane of the group (the
+//! stream's *granted* leases of that TTL). A lane whose task has shared its context is
+//! answered here, as its task would answer, without waking the task (`Inbox::answer`:
+//! the time left, which also moves the promise the task keeps the key by); any other
+//! (not shared yet, taken back, or its lease ended) gets the heartbeat in its inbox and
+//! answers it, or ends. The group's `renewed` carries the least time left, once every
+//! lane that was in the group when the heartbeat came has answered or ended (an ended
+//! lane's `ended`/`failed` goes out first). So a lease the client knew granted when it sent the heartbeat may act
 //! until that send instant plus the `renewed` time left: never past its own lane's
 //! promise, which `hold.rs` keeps as for any answer.
 //!
@@ -263,20 +266,30 @@ impl Many {
                 let seq = self.next_round;
                 self.next_round += 1;
                 let group = self.groups.entry(ttl).or_default();
+                // Each lane's answer, here if its task shared its context (no wake-up
+                // per lease per heartbeat), else by its task (a lane not answered here
+                // is waited for: its renewal or its end).
+                let (mut waiting, mut least) = (0, None::<Duration>);
+                for id in &group.members {
+                    if let Some(lane) = self.lanes.get_mut(id) {
+                        match lane.inbox.answer() {
+                            Some(left) => least = Some(least.map_or(left, |l| l.min(left))),
+                            None => {
+                                waiting += 1;
+                                lane.owed.push_back(seq);
+                                lane.inbox.heartbeat();
+                            }
+                        }
+                    }
+                }
                 group.rounds.push_back(Round {
                     seq,
-                    waiting: group.members.len(),
-                    least: None,
+                    waiting,
+                    least,
                 });
                 // No request is read while a group has this many rounds unanswered.
                 if group.rounds.len() == UNREAD_LIMIT {
                     self.full_groups += 1;
-                }
-                for id in &group.members {
-                    if let Some(lane) = self.lanes.get_mut(id) {
-                        lane.owed.push_back(seq);
-                        lane.inbox.heartbeat();
-                    }
                 }
                 self.flush(ttl);
                 Ok(())

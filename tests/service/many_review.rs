@@ -556,3 +556,92 @@ async fn a_release_after_an_end_is_confirmed_once_the_key_is_given_back() {
     assert!(manager.lease_info(&key(2)).await.unwrap().is_some());
     server.shutdown().await.unwrap();
 }
+
+/// The group heartbeats a server answers for its leases without waking their tasks
+/// (`Inbox::answer`) move what each lease's task keeps the key by: a client told
+/// `renewed` 4 s after its grant, that then breaks its stream (no release), keeps its
+/// key until that answer's time left has run out, not only its grant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promise_answered_for_a_group_keeps_the_key_after_a_break() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(6);
+    let key = Key::system(["review", "group-promise"]);
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    s.send(&acquire(1, &key, ttl));
+    assert!(matches!(next(&mut s).await, Some(Out::Granted(_))));
+    let granted = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let sent = Instant::now();
+    s.send(&heartbeat(ttl));
+    let promised = match next(&mut s).await {
+        Some(Out::Renewed(r)) => sent + left(r.time_left),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        promised > granted + ttl + Duration::from_secs(2),
+        "a renewal"
+    );
+    drop(s);
+    // Past everything the grant promised, before what the heartbeat's answer did.
+    tokio::time::sleep_until(granted + ttl + Duration::from_secs(1)).await;
+    assert!(
+        manager.lease_info(&key).await.unwrap().is_some(),
+        "the key went back before the time left answered for its group ran out"
+    );
+    let back = granted_at(&manager, &key, Duration::from_secs(20)).await;
+    assert!(back >= promised, "given back {:?} early", promised - back);
+    server.shutdown().await.unwrap();
+}
+
+/// A group with no heartbeat for its TTL loses its leases (`LOST`), while another
+/// group of the stream, heartbeated every TTL/4 and answered by the server without
+/// waking its leases' tasks, lives on for three TTLs: those answers count as the
+/// lease's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_group_is_lost_and_a_heartbeated_one_lives() {
+    use leases::proto::leases::v1::ended::Reason;
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let (kept_ttl, silent_ttl) = (Duration::from_secs(2), Duration::from_secs(3));
+    let kept = Key::system(["review", "silence", "kept"]);
+    let silent = Key::system(["review", "silence", "silent"]);
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    s.send(&acquire(1, &kept, kept_ttl));
+    s.send(&acquire(2, &silent, silent_ttl));
+    for _ in 0..2 {
+        assert!(matches!(next(&mut s).await, Some(Out::Granted(_))));
+    }
+    let start = Instant::now();
+    let mut lost_at = None;
+    let mut renewed = 0;
+    while start.elapsed() < kept_ttl * 3 {
+        s.send(&heartbeat(kept_ttl));
+        let until = Instant::now() + kept_ttl / 4;
+        loop {
+            let Ok(answer) = tokio::time::timeout_at(until, next(&mut s)).await else {
+                break;
+            };
+            match answer {
+                Some(Out::Renewed(r)) => {
+                    assert!(left(r.time_left) > kept_ttl / 2, "{r:?}");
+                    renewed += 1;
+                }
+                Some(Out::Ended(e)) => {
+                    assert_eq!(e.id, 2, "the heartbeated lease ended: {e:?}");
+                    assert_eq!(e.ended.unwrap().reason, Reason::Lost as i32);
+                    lost_at = Some(start.elapsed());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let lost_at = lost_at.expect("the silent group's lease ended");
+    assert!(
+        lost_at >= silent_ttl - Duration::from_millis(500),
+        "{lost_at:?}"
+    );
+    assert!(renewed >= 10, "{renewed} renewed");
+    assert!(manager.lease_info(&kept).await.unwrap().is_some());
+    server.shutdown().await.unwrap();
+}
