@@ -451,3 +451,57 @@ async fn a_client_that_does_not_read_is_held_back_not_buffered() {
     proxy.reset_all();
     server.shutdown().await.unwrap();
 }
+
+/// Review probe (`review-confirm`): holders release their leases while an operator
+/// revokes the same keys, so that releases cross `ended REVOKED`s on the stream. Each
+/// holder's `release()` must return within a few seconds (the client waits for a
+/// second `ended RELEASED` after a crossing end; the server must send it whenever the
+/// release it read ends up not answered by the lease's first `ended`), and every key
+/// must be free once all have returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_crossing_revokes_return_promptly() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let c = client(&[url(server.local_addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let n = 300;
+    let held = hold_many(&c, "crossing", n, ttl).await;
+    let revokes = join_all((0..n).map(|i| {
+        let manager = manager.clone();
+        async move {
+            let key = Key::system(["many", "crossing", &i.to_string()]);
+            manager.revoke(&key).await.unwrap()
+        }
+    }));
+    let releases = join_all(held.into_iter().map(|(lease, _ctx)| async move {
+        let start = tokio::time::Instant::now();
+        let r = lease.release().await;
+        (start.elapsed(), r)
+    }));
+    let (_, released) = tokio::join!(revokes, releases);
+    let slow: Vec<_> = released
+        .iter()
+        .filter(|(took, _)| *took > Duration::from_secs(4))
+        .collect();
+    let crossed = released.iter().filter(|(_, r)| r.is_err()).count();
+    eprintln!(
+        "{n} releases: {crossed} not Ok, {} slow, e.g. {:?}",
+        slow.len(),
+        slow.first()
+    );
+    for i in 0..n {
+        let key = Key::system(["many", "crossing", &i.to_string()]);
+        assert_eq!(
+            manager.lease_info(&key).await.unwrap().map(|i| i.token),
+            None,
+            "key {i} still taken after its release returned"
+        );
+    }
+    assert!(
+        slow.is_empty(),
+        "{} of {n} releases crossing a revoke took over 4 s, e.g. {:?}",
+        slow.len(),
+        slow.first()
+    );
+    server.shutdown().await.unwrap();
+}
