@@ -505,3 +505,91 @@ async fn releases_crossing_revokes_return_promptly() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A revoked holder's lease kept until released (`keep_until_released`, as `leases run`):
+/// revokes it and waits until its holder is told.
+async fn revoked_kept(
+    manager: &leases::LeaseManager,
+    c: &ClientLeaser,
+    key: &Key,
+    ttl: Duration,
+) -> Lease {
+    let kept = AcquireOptions::new(ttl).keep_until_released();
+    let (lease, ctx) = c.acquire_lease_with(key.clone(), kept).await.unwrap();
+    assert!(manager.revoke(key).await.unwrap());
+    let reason = tokio::time::timeout(Duration::from_secs(5), ctx.cancelled())
+        .await
+        .expect("told at once");
+    assert_eq!(reason, CancelReason::Revoked);
+    lease
+}
+
+/// Whether `key` is free within `within`.
+async fn free_within(manager: &leases::LeaseManager, key: &Key, within: Duration) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        if manager.lease_info(key).await.unwrap().is_none() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Review probe (`review-confirm`, held): a revoked `keep_until_released` holder whose
+/// `release()` future is dropped mid-way (through a 300 ms delay, so the keeper is
+/// still waiting for the server's confirmation) still has its release carried out:
+/// the key is free within 3 s (its TTL is 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_future_dropped_mid_way_still_frees_a_revoked_key() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "dropped-release"]);
+    let lease = revoked_kept(&manager, &c, &key, ttl).await;
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    let dropped = tokio::time::timeout(Duration::from_millis(100), lease.release()).await;
+    assert!(
+        dropped.is_err(),
+        "returned before the confirmation: {dropped:?}"
+    );
+    assert!(
+        free_within(&manager, &key, Duration::from_secs(3)).await,
+        "the key stayed taken after the holder's release"
+    );
+    proxy.set(Fault::Pass);
+    server.shutdown().await.unwrap();
+}
+
+/// Review probe (`review-confirm`): a revoked `keep_until_released` holder whose
+/// connection was reset after it was told (the stream broke; the server keeps the key
+/// for the rest of the time it promised) releases its lease once the link is back.
+/// Liveness: the key should be free soon after `release()` returns (its TTL is 10 s),
+/// as it is without the reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_free_after_its_release_across_a_reset() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "reset-release"]);
+    let lease = revoked_kept(&manager, &c, &key, ttl).await;
+    proxy.set(Fault::Reset);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Fault::Pass);
+    let start = tokio::time::Instant::now();
+    let released = lease.release().await;
+    let took = start.elapsed();
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert!(
+        free_within(&manager, &key, Duration::from_secs(2)).await,
+        "release() returned after {took:?}, and the key is still taken 2 s later \
+         (until the server's promise runs out)"
+    );
+    server.shutdown().await.unwrap();
+}
