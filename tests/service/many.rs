@@ -593,3 +593,64 @@ async fn a_revoked_key_is_free_after_its_release_across_a_reset() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// Review probe (`review-confirm`, held): the server starts draining while a revoked
+/// `keep_until_released` holder has not let go yet (its lane waits for the release).
+/// The holder's release, through a 300 ms delay, still reaches the draining server and
+/// is confirmed before the stream ends: `release()` returns with the key free, and the
+/// drain completes right after (it waited for that lane only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_confirms_a_late_release() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "drain-release"]);
+    let lease = revoked_kept(&manager, &c, &key, ttl).await;
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    let drain = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!drain.is_finished(), "drained before the lane let go");
+    let start = tokio::time::Instant::now();
+    let released = lease.release().await;
+    let took = start.elapsed();
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert!(took < Duration::from_secs(3), "release() took {took:?}");
+    assert_eq!(
+        manager.lease_info(&key).await.unwrap().map(|i| i.token),
+        None,
+        "release() returned before the draining server had the release"
+    );
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("the drain ends once the lane let go")
+        .unwrap()
+        .unwrap();
+}
+
+/// Review probe (`review-confirm`, held): the holder drops its `ClientLeaser` (every
+/// clone) before it releases a revoked `keep_until_released` lease through a 300 ms
+/// delay: the lane's stream must live on until the release is confirmed, so that
+/// `release()` returns with the key free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_leaser_still_waits_for_the_confirmation() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "dropped-leaser"]);
+    let lease = revoked_kept(&manager, &c, &key, ttl).await;
+    drop(c);
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    let released = lease.release().await;
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert_eq!(
+        manager.lease_info(&key).await.unwrap().map(|i| i.token),
+        None,
+        "release() returned before the server had the release"
+    );
+    proxy.set(Fault::Pass);
+    server.shutdown().await.unwrap();
+}
