@@ -654,3 +654,59 @@ async fn a_dropped_client_leaser_still_waits_for_the_confirmation() {
     proxy.set(Fault::Pass);
     server.shutdown().await.unwrap();
 }
+
+/// A shared store whose release of a key named `…slow…` takes 3 s.
+#[derive(Clone, Default)]
+struct SlowReleaseStore {
+    inner: SharedStore,
+}
+
+forward_backend! {
+    SlowReleaseStore => inner;
+    forward: acquire, renew, revoke, info, list, subscribe_freed;
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
+        if key.to_string().contains("slow") {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        self.inner.release(key, token).await
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// Review probe (`review-confirm`): a holder releases its lease just as its server
+/// starts draining on a shared store (through a 300 ms delay, so its release crosses
+/// the server's `ended HANDED_OVER`; the server leaves such a lease in the store for
+/// its holder to re-attach elsewhere). Another lane of the stream keeps it open (its
+/// release is slow in the store), so the crossing release reaches the server, which
+/// "confirms" it although it no longer has the lease to release. `release()` may only
+/// return `Ok` if the key is then free; here it stays in the store until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_crossing_a_hand_over_is_not_ok_while_the_key_stays_taken() {
+    let store: Arc<dyn Backend> = Arc::new(SlowReleaseStore::default());
+    let server = LeaseServer::start(manager_on(store.clone()).await, local())
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "handover-release"]);
+    let slow = Key::system(["many", "slow"]);
+    let (lease, _ctx) = c.acquire_lease(key.clone(), ttl).await.unwrap();
+    let (slow_lease, _slow_ctx) = c.acquire_lease(slow.clone(), ttl).await.unwrap();
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    // Its lane stays on the server (releasing in the store) for 3 s.
+    let slow_release = tokio::spawn(slow_lease.release());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let drain = tokio::spawn(server.shutdown());
+    let released = lease.release().await;
+    let info = store.info(&key).await.unwrap();
+    assert!(
+        released.is_err() || info.is_none(),
+        "release() returned {released:?} while the key is still taken in the store: {info:?}"
+    );
+    let _ = slow_release.await;
+    proxy.set(Fault::Pass);
+    let _ = drain.await;
+}
