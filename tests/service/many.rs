@@ -710,3 +710,32 @@ async fn a_release_crossing_a_hand_over_is_not_ok_while_the_key_stays_taken() {
     proxy.set(Fault::Pass);
     let _ = drain.await;
 }
+
+/// Review probe (`review-confirm`, held): a revoked `keep_until_released` lease whose
+/// holder has not let go yet stays in the client's lanes (until its keeper closes it),
+/// while the other leases of its group are renewed: no later `renewed` of the group may
+/// move its context's deadline, and the others live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_lane_kept_for_its_release_is_never_renewed() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let c = client(&[url(server.local_addr())]).await;
+    let ttl = Duration::from_secs(2);
+    let held = hold_many(&c, "ended-kept", 3, ttl).await;
+    let key = Key::system(["many", "ended-kept", "revoked"]);
+    let kept = AcquireOptions::new(ttl).keep_until_released();
+    let (lease, ctx) = c.acquire_lease_with(key.clone(), kept).await.unwrap();
+    assert!(manager.revoke(&key).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(5), ctx.cancelled())
+        .await
+        .expect("told at once");
+    let deadline = ctx.deadline();
+    // Several group heartbeats (every TTL/4).
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(ctx.deadline(), deadline, "an ended lease's deadline moved");
+    assert_eq!(live(&held), 3, "the group's other leases live on");
+    let released = lease.release().await;
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert!(manager.lease_info(&key).await.unwrap().is_none());
+    server.shutdown().await.unwrap();
+}
