@@ -233,6 +233,10 @@ async fn keep(
                     loop {
                         match stream.answers.message().await {
                             Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) if e.reason == Reason::Released as i32 => return true,
+                            // Handed over: the draining server left the lease in the
+                            // store (for us to re-attach elsewhere), and its later
+                            // `ended RELEASED` would not mean the key is free.
+                            Ok(Some(HoldResponse { kind: Some(Out::Ended(e)) })) if e.reason == Reason::HandedOver as i32 => return false,
                             // Another end crossed the release: a lane's server confirms
                             // the release with a second `ended` (a `Hold` stream ends).
                             Ok(Some(_)) => continue,

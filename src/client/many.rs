@@ -167,9 +167,15 @@ impl Lane {
     /// after (or crossing) an end other than `RELEASED`. The server answers it with
     /// `ended RELEASED` once it has read it, and a keeper closing the lane reads on
     /// until then, so that its process does not go before the server has the release
-    /// (a revoked `leases run` left its key taken until the TTL ran out).
+    /// (a revoked `leases run` left its key taken until the TTL ran out). Not after
+    /// `HANDED_OVER`: the draining server left the lease in the store for its holder
+    /// to re-attach elsewhere, and a release it reads then frees nothing, though it
+    /// confirms it (it no longer holds the lease).
     fn awaits(&self) -> bool {
-        self.released && self.ended.is_some_and(|r| r != Reason::Released)
+        self.released
+            && self
+                .ended
+                .is_some_and(|r| r != Reason::Released && r != Reason::HandedOver)
     }
 }
 

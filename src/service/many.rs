@@ -69,8 +69,12 @@ struct LaneState {
     /// Its `ended` (or `failed`) has gone out: a `release` from now on says the client
     /// has stopped, and is confirmed once the lease is let go of.
     told: bool,
-    /// A `release` came after its end: answer `ended RELEASED` once the lane is done.
+    /// A `release` came after its end, or before an end other than `RELEASED` (it
+    /// crossed that end: the client cannot tell the two apart): answer `ended
+    /// RELEASED` once the lane is done.
     confirm: bool,
+    /// A `release` came (the lane's task reads it, at its end if not before).
+    released: bool,
 }
 
 /// One group heartbeat, waiting for its lanes.
@@ -241,6 +245,7 @@ impl Many {
                         owed: VecDeque::new(),
                         told: false,
                         confirm: false,
+                        released: false,
                     },
                 );
                 let lane = Lane {
@@ -305,6 +310,7 @@ impl Many {
                     Some(lane) => {
                         lane.inbox.release();
                         lane.confirm = lane.told;
+                        lane.released = true;
                     }
                     // Done with already: its key was given back (or never held).
                     None => self.send(released(r.id)),
@@ -365,6 +371,13 @@ impl Many {
                 }
                 LaneOut::Ended(ended) => {
                     self.told(id);
+                    // A release read before an end other than its own answer crossed
+                    // that end: the client waits for its confirmation too.
+                    if ended.reason != Reason::Released as i32 {
+                        if let Some(lane) = self.lanes.get_mut(&id) {
+                            lane.confirm |= lane.released;
+                        }
+                    }
                     let group = self.leave(id);
                     self.send(Out::Ended(LeaseEnded {
                         id,

@@ -9,6 +9,7 @@
 //! stream).
 #![cfg(feature = "server")]
 
+#[macro_use]
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -451,3 +451,291 @@ async fn a_client_that_does_not_read_is_held_back_not_buffered() {
     proxy.reset_all();
     server.shutdown().await.unwrap();
 }
+
+/// Review probe (`review-confirm`): holders release their leases while an operator
+/// revokes the same keys, so that releases cross `ended REVOKED`s on the stream. Each
+/// holder's `release()` must return within a few seconds (the client waits for a
+/// second `ended RELEASED` after a crossing end; the server must send it whenever the
+/// release it read ends up not answered by the lease's first `ended`), and every key
+/// must be free once all have returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_crossing_revokes_return_promptly() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let c = client(&[url(server.local_addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let n = 300;
+    let held = hold_many(&c, "crossing", n, ttl).await;
+    let revokes = join_all((0..n).map(|i| {
+        let manager = manager.clone();
+        async move {
+            let key = Key::system(["many", "crossing", &i.to_string()]);
+            manager.revoke(&key).await.unwrap()
+        }
+    }));
+    let releases = join_all(held.into_iter().map(|(lease, _ctx)| async move {
+        let start = tokio::time::Instant::now();
+        let r = lease.release().await;
+        (start.elapsed(), r)
+    }));
+    let (_, released) = tokio::join!(revokes, releases);
+    let slow: Vec<_> = released
+        .iter()
+        .filter(|(took, _)| *took > Duration::from_secs(4))
+        .collect();
+    let crossed = released.iter().filter(|(_, r)| r.is_err()).count();
+    eprintln!(
+        "{n} releases: {crossed} not Ok, {} slow, e.g. {:?}",
+        slow.len(),
+        slow.first()
+    );
+    for i in 0..n {
+        let key = Key::system(["many", "crossing", &i.to_string()]);
+        assert_eq!(
+            manager.lease_info(&key).await.unwrap().map(|i| i.token),
+            None,
+            "key {i} still taken after its release returned"
+        );
+    }
+    assert!(
+        slow.is_empty(),
+        "{} of {n} releases crossing a revoke took over 4 s, e.g. {:?}",
+        slow.len(),
+        slow.first()
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A revoked holder's lease kept until released (`keep_until_released`, as `leases run`):
+/// revokes it and waits until its holder is told.
+async fn revoked_kept(
+    manager: &leases::LeaseManager,
+    c: &ClientLeaser,
+    key: &Key,
+    ttl: Duration,
+) -> Lease {
+    let kept = AcquireOptions::new(ttl).keep_until_released();
+    let (lease, ctx) = c.acquire_lease_with(key.clone(), kept).await.unwrap();
+    assert!(manager.revoke(key).await.unwrap());
+    let reason = tokio::time::timeout(Duration::from_secs(5), ctx.cancelled())
+        .await
+        .expect("told at once");
+    assert_eq!(reason, CancelReason::Revoked);
+    lease
+}
+
+/// Whether `key` is free within `within`.
+async fn free_within(manager: &leases::LeaseManager, key: &Key, within: Duration) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        if manager.lease_info(key).await.unwrap().is_none() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Review probe (`review-confirm`, held): a revoked `keep_until_released` holder whose
+/// `release()` future is dropped mid-way (through a 300 ms delay, so the keeper is
+/// still waiting for the server's confirmation) still has its release carried out:
+/// the key is free within 3 s (its TTL is 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_future_dropped_mid_way_still_frees_a_revoked_key() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "dropped-release"]);
+    let lease = revoked_kept(&manager, &c, &key, ttl).await;
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    let dropped = tokio::time::timeout(Duration::from_millis(100), lease.release()).await;
+    assert!(
+        dropped.is_err(),
+        "returned before the confirmation: {dropped:?}"
+    );
+    assert!(
+        free_within(&manager, &key, Duration::from_secs(3)).await,
+        "the key stayed taken after the holder's release"
+    );
+    proxy.set(Fault::Pass);
+    server.shutdown().await.unwrap();
+}
+
+/// Review probe (`review-confirm`): a revoked `keep_until_released` holder whose
+/// connection was reset after it was told (the stream broke; the server keeps the key
+/// for the rest of the time it promised) releases its lease once the link is back.
+/// Liveness: the key should be free soon after `release()` returns (its TTL is 10 s),
+/// as it is without the reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_free_after_its_release_across_a_reset() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "reset-release"]);
+    let lease = revoked_kept(&manager, &c, &key, ttl).await;
+    proxy.set(Fault::Reset);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Fault::Pass);
+    let start = tokio::time::Instant::now();
+    let released = lease.release().await;
+    let took = start.elapsed();
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert!(
+        free_within(&manager, &key, Duration::from_secs(2)).await,
+        "release() returned after {took:?}, and the key is still taken 2 s later \
+         (until the server's promise runs out)"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Review probe (`review-confirm`, held): the server starts draining while a revoked
+/// `keep_until_released` holder has not let go yet (its lane waits for the release).
+/// The holder's release, through a 300 ms delay, still reaches the draining server and
+/// is confirmed before the stream ends: `release()` returns with the key free, and the
+/// drain completes right after (it waited for that lane only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_confirms_a_late_release() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "drain-release"]);
+    let lease = revoked_kept(&manager, &c, &key, ttl).await;
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    let drain = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!drain.is_finished(), "drained before the lane let go");
+    let start = tokio::time::Instant::now();
+    let released = lease.release().await;
+    let took = start.elapsed();
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert!(took < Duration::from_secs(3), "release() took {took:?}");
+    assert_eq!(
+        manager.lease_info(&key).await.unwrap().map(|i| i.token),
+        None,
+        "release() returned before the draining server had the release"
+    );
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("the drain ends once the lane let go")
+        .unwrap()
+        .unwrap();
+}
+
+/// Review probe (`review-confirm`, held): the holder drops its `ClientLeaser` (every
+/// clone) before it releases a revoked `keep_until_released` lease through a 300 ms
+/// delay: the lane's stream must live on until the release is confirmed, so that
+/// `release()` returns with the key free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_leaser_still_waits_for_the_confirmation() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "dropped-leaser"]);
+    let lease = revoked_kept(&manager, &c, &key, ttl).await;
+    drop(c);
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    let released = lease.release().await;
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert_eq!(
+        manager.lease_info(&key).await.unwrap().map(|i| i.token),
+        None,
+        "release() returned before the server had the release"
+    );
+    proxy.set(Fault::Pass);
+    server.shutdown().await.unwrap();
+}
+
+/// A shared store whose release of a key named `…slow…` takes 3 s.
+#[derive(Clone, Default)]
+struct SlowReleaseStore {
+    inner: SharedStore,
+}
+
+forward_backend! {
+    SlowReleaseStore => inner;
+    forward: acquire, renew, revoke, info, list, subscribe_freed;
+    async fn release(&self, key: &Key, token: u64) -> Result<bool, leases::BackendError> {
+        if key.to_string().contains("slow") {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        self.inner.release(key, token).await
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// Review probe (`review-confirm`): a holder releases its lease just as its server
+/// starts draining on a shared store (through a 300 ms delay, so its release crosses
+/// the server's `ended HANDED_OVER`; the server leaves such a lease in the store for
+/// its holder to re-attach elsewhere). Another lane of the stream keeps it open (its
+/// release is slow in the store), so the crossing release reaches the server, which
+/// "confirms" it although it no longer has the lease to release. `release()` may only
+/// return `Ok` if the key is then free; here it stays in the store until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_crossing_a_hand_over_is_not_ok_while_the_key_stays_taken() {
+    let store: Arc<dyn Backend> = Arc::new(SlowReleaseStore::default());
+    let server = LeaseServer::start(manager_on(store.clone()).await, local())
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    let ttl = Duration::from_secs(10);
+    let key = Key::system(["many", "handover-release"]);
+    let slow = Key::system(["many", "slow"]);
+    let (lease, _ctx) = c.acquire_lease(key.clone(), ttl).await.unwrap();
+    let (slow_lease, _slow_ctx) = c.acquire_lease(slow.clone(), ttl).await.unwrap();
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    // Its lane stays on the server (releasing in the store) for 3 s.
+    let slow_release = tokio::spawn(slow_lease.release());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let drain = tokio::spawn(server.shutdown());
+    let released = lease.release().await;
+    let info = store.info(&key).await.unwrap();
+    assert!(
+        released.is_err() || info.is_none(),
+        "release() returned {released:?} while the key is still taken in the store: {info:?}"
+    );
+    let _ = slow_release.await;
+    proxy.set(Fault::Pass);
+    let _ = drain.await;
+}
+
+/// Review probe (`review-confirm`, held): a revoked `keep_until_released` lease whose
+/// holder has not let go yet stays in the client's lanes (until its keeper closes it),
+/// while the other leases of its group are renewed: no later `renewed` of the group may
+/// move its context's deadline, and the others live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_lane_kept_for_its_release_is_never_renewed() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let c = client(&[url(server.local_addr())]).await;
+    let ttl = Duration::from_secs(2);
+    let held = hold_many(&c, "ended-kept", 3, ttl).await;
+    let key = Key::system(["many", "ended-kept", "revoked"]);
+    let kept = AcquireOptions::new(ttl).keep_until_released();
+    let (lease, ctx) = c.acquire_lease_with(key.clone(), kept).await.unwrap();
+    assert!(manager.revoke(&key).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(5), ctx.cancelled())
+        .await
+        .expect("told at once");
+    let deadline = ctx.deadline();
+    // Several group heartbeats (every TTL/4).
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(ctx.deadline(), deadline, "an ended lease's deadline moved");
+    assert_eq!(live(&held), 3, "the group's other leases live on");
+    let released = lease.release().await;
+    assert!(matches!(released, Err(LeaseError::NotHeld)), "{released:?}");
+    assert!(manager.lease_info(&key).await.unwrap().is_none());
+    server.shutdown().await.unwrap();
+}
