@@ -10,14 +10,14 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::reattach::{is_break, reattach, Resume, Stream};
+use super::reattach::{is_break, open, reattach, Resume, Stream};
 use super::status::unavailable;
 use crate::context::ContextSender;
 use crate::lease::LeaseOwner;
 use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;
-use crate::proto::leases::v1::{Heartbeat, HoldRequest, HoldResponse, Release};
+use crate::proto::leases::v1::{Acquire, Heartbeat, HoldRequest, HoldResponse, Release};
 use crate::{CancelReason, Key, LeaseContext, LeaseError, LossCause};
 
 /// What the holder's side asks of a lease's driver task.
@@ -99,6 +99,7 @@ pub(super) async fn drive(
     // release below has reached the server, so that a holder that then exits (a
     // revoked `leases run`) does not leave its key taken until the TTL runs out.
     let mut reply = None;
+    let mut releasing = false;
     if stop != Stop::Released {
         // The lease ended without the holder's release. The server keeps the key until
         // we say we have stopped (`release`) or the time it promised us has passed. A
@@ -137,9 +138,8 @@ pub(super) async fn drive(
         // A lost lease is never released (its safety margin is kept, as a local manager
         // keeps it); a revoked or shut-down one is, once its holder has stopped.
         if heard && stopped {
-            let _ = requests.send(HoldRequest {
-                kind: Some(In::Release(Release {})),
-            });
+            releasing = true;
+            let _ = requests.send(release());
         }
     }
     // Close our side and read the server's to its end (a while at most), so that a
@@ -147,14 +147,86 @@ pub(super) async fn drive(
     // the server has confirmed the release with a second `ended` (see `many.rs`); a
     // `Hold` stream's ended with its `ended`, so on one the release is only sent, not
     // known to have arrived.
+    let grouped = requests.grouped();
     drop(requests);
-    let _ = tokio::time::timeout(RELEASE_READ, async {
-        while let Ok(Some(_)) = answers.message().await {}
-    })
-    .await;
+    let read = tokio::time::timeout(RELEASE_READ, read_out(&mut answers)).await;
+    // The lane's stream broke before the server confirmed the release (it may never
+    // have had it): say it again, on a new lane of the same server, where the lease
+    // waits for it (the server hands it to the new lane, which answers that it ended
+    // and takes the release). Else the key stays taken until the server's promise runs
+    // out.
+    if releasing && grouped && read == Ok(Read::Broke) {
+        release_again(&resume).await;
+    }
     if let Some(reply) = reply {
         let _ = reply.send(Err(LeaseError::NotHeld));
     }
+}
+
+fn release() -> HoldRequest {
+    HoldRequest {
+        kind: Some(In::Release(Release {})),
+    }
+}
+
+/// How reading a stream's answers to their end ended.
+#[derive(PartialEq, Eq)]
+enum Read {
+    /// An `ended RELEASED` came: the server had the release.
+    Confirmed,
+    /// The answers ended without one.
+    Ended,
+    /// The stream broke first.
+    Broke,
+}
+
+/// Reads answers to their end (an error other than a break, such as a `failed`
+/// lane, is read past: its confirmation may follow).
+async fn read_out(answers: &mut super::lanes::Answers) -> Read {
+    let mut confirmed = false;
+    loop {
+        match answers.next().await {
+            Ok(Some((
+                HoldResponse {
+                    kind: Some(Out::Ended(e)),
+                },
+                _,
+            ))) => {
+                confirmed |= e.reason == Reason::Released as i32;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) if confirmed => return Read::Confirmed,
+            Ok(None) => return Read::Ended,
+            Err(status) if is_break(&status) && !confirmed => return Read::Broke,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Sends `release` for a lease that ended, on a new lane (or stream) of its server,
+/// as a re-attach (`resume`) followed at once by `release`, and waits a while for the
+/// server's confirmation.
+async fn release_again(r: &Resume) {
+    let acquire = Acquire {
+        key: r.key.to_string(),
+        ttl: Some(crate::proto::duration(r.ttl)),
+        metadata: r.metadata.clone(),
+        wait: None,
+        resume: Some(r.token),
+    };
+    let limit = r.leaser.options().request_timeout;
+    let Ok(Ok((stream, _))) = tokio::time::timeout(limit, open(&r.leaser, r.server, acquire)).await
+    else {
+        return;
+    };
+    let Stream {
+        requests,
+        mut answers,
+    } = stream;
+    let _ = requests.send(release());
+    drop(requests);
+    let read = tokio::time::timeout(RELEASE_READ, read_out(&mut answers)).await;
+    tracing::debug!(key = %r.key, token = r.token, confirmed = matches!(read, Ok(Read::Confirmed)), "a revoked lease's release said again after its stream broke");
 }
 
 /// How long a keeper reads on after its last request, for the server to show it has

@@ -382,14 +382,24 @@ impl Mux {
             }
             Some(Back::Failed(f)) => {
                 self.leave(f.id);
-                if let Some(lane) = self.lanes.remove(&f.id) {
-                    let mut status = Status::new(Code::from_i32(f.code), f.message);
-                    if let Ok(v) = f.ttl_refusal.parse() {
-                        if !f.ttl_refusal.is_empty() {
-                            status.metadata_mut().insert(crate::proto::TTL_REFUSAL, v);
-                        }
+                let Some(lane) = self.lanes.get_mut(&f.id) else {
+                    return;
+                };
+                let mut status = Status::new(Code::from_i32(f.code), f.message);
+                if let Ok(v) = f.ttl_refusal.parse() {
+                    if !f.ttl_refusal.is_empty() {
+                        status.metadata_mut().insert(crate::proto::TTL_REFUSAL, v);
                     }
-                    let _ = lane.answers.send((Err(status), None));
+                }
+                let _ = lane.answers.send((Err(status), None));
+                // A lane released before its `failed` came: the server confirms that
+                // release too (a revoked lease's release said again on a new lane, see
+                // `keep.rs`); kept until then, as an ended lane is.
+                if lane.released && lane.ended.is_none() {
+                    lane.ended = Some(Reason::Lost);
+                } else {
+                    self.closing.remove(&f.id);
+                    self.lanes.remove(&f.id);
                 }
             }
             Some(Back::Ended(e)) => {
@@ -408,7 +418,7 @@ impl Mux {
                         .answers
                         .send((Ok(HoldResponse { kind: Some(ended) }), None));
                 }
-                if confirms && lane.closed {
+                if lane.closed && !lane.awaits() {
                     self.closing.remove(&e.id);
                     self.lanes.remove(&e.id);
                 }
@@ -514,6 +524,14 @@ impl Mux {
                     } else {
                         self.lanes.remove(&id);
                     }
+                    return;
+                }
+                // Released before any end came: its end (and, after an end other than
+                // `RELEASED`, the confirmation) is still to come.
+                if lane.released {
+                    lane.closed = true;
+                    self.closing.insert(id);
+                    self.send(Wire::Close(LeaseClose { id }));
                     return;
                 }
                 if lane.granted.is_none() {

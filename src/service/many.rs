@@ -389,6 +389,10 @@ impl Many {
             Up::Answer(_, Ok(HoldResponse { kind: None })) => Ok(()),
             Up::Answer(id, Err(status)) => {
                 self.told(id);
+                // A release read before this end crossed it: confirm it too.
+                if let Some(lane) = self.lanes.get_mut(&id) {
+                    lane.confirm |= lane.released;
+                }
                 let group = self.leave(id);
                 self.send(failed(id, &status));
                 self.flush_opt(group)
