@@ -780,3 +780,314 @@ async fn an_id_reused_after_the_confirmation_gets_no_stale_end() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// Review helper (`review-fastpath`): acquires `key` (TTL 9 s) on a fresh `HoldMany`
+/// stream, heartbeats its group 6.5 s after the grant (answered by the demultiplexer, from
+/// a renewal at least 6 s after the grant), and returns the stream, the grant's promise
+/// and the heartbeat's (send instant + time left).
+async fn held_past_its_grant(
+    server: &LeaseServer,
+    key: &Key,
+    ttl: Duration,
+) -> (RawStream, Instant, Instant) {
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    let asked = Instant::now();
+    s.send(&acquire(1, key, ttl));
+    let by_grant = match next(&mut s).await {
+        Some(Out::Granted(g)) => asked + left(g.granted.unwrap().time_left),
+        other => panic!("{other:?}"),
+    };
+    tokio::time::sleep_until(asked + Duration::from_millis(6500)).await;
+    let sent = Instant::now();
+    s.send(&heartbeat(ttl));
+    let promised = match next(&mut s).await {
+        Some(Out::Renewed(r)) => sent + left(r.time_left),
+        other => panic!("{other:?}"),
+    };
+    assert!(promised > by_grant + Duration::from_secs(3));
+    (s, by_grant, promised)
+}
+
+/// Review probe (`review-fastpath`): a lane closed without release (`close{id}`: the
+/// task reads the end of its requests) after a group heartbeat answered by the
+/// demultiplexer keeps its key until that answer's time left has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_closed_after_an_answered_group_heartbeat_keeps_its_promise() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(9);
+    let key = Key::system(["review", "fastpath", "close"]);
+    let (mut s, by_grant, promised) = held_past_its_grant(&server, &key, ttl).await;
+    s.send(&HoldManyRequest {
+        kind: Some(In::Close(LeaseClose { id: 1 })),
+    });
+    tokio::time::sleep_until(by_grant + Duration::from_millis(1500)).await;
+    assert!(
+        manager.lease_info(&key).await.unwrap().is_some(),
+        "the key went back before the time left answered for its group ran out"
+    );
+    let back = granted_at(&manager, &key, Duration::from_secs(20)).await;
+    assert!(back >= promised, "given back {:?} early", promised - back);
+    drop(s);
+    server.shutdown().await.unwrap();
+}
+
+/// Review probe (`review-fastpath`): a server that stops (memory store: the lease ends
+/// `SHUTDOWN`, and the server keeps its promises before it releases) after a group
+/// heartbeat answered by the demultiplexer keeps the key until that answer's time left
+/// has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_keeps_a_promise_answered_for_a_group() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(9);
+    let key = Key::system(["review", "fastpath", "stop"]);
+    let (s, by_grant, promised) = held_past_its_grant(&server, &key, ttl).await;
+    let stopped = tokio::spawn(server.shutdown());
+    tokio::time::sleep_until(by_grant + Duration::from_millis(1500)).await;
+    assert!(
+        manager.lease_info(&key).await.unwrap().is_some(),
+        "the key went back before the time left answered for its group ran out"
+    );
+    let back = granted_at(&manager, &key, Duration::from_secs(20)).await;
+    assert!(back >= promised, "given back {:?} early", promised - back);
+    drop(s);
+    stopped.await.unwrap().unwrap();
+}
+
+/// Review probe (`review-fastpath`): a lease re-attached (`resume`) on a lane of a new
+/// `HoldMany` stream, after its first stream broke, lives on group heartbeats every
+/// TTL/4 for three TTLs (answered by the demultiplexer: they count against silence),
+/// and is lost once its group goes silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_lane_lives_on_group_heartbeats_and_is_lost_without() {
+    use leases::proto::leases::v1::ended::Reason;
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let key = Key::system(["review", "fastpath", "resume"]);
+    let mut first = RawStream::open(server.local_addr(), PATH).await;
+    first.send(&acquire(1, &key, ttl));
+    let token = match next(&mut first).await {
+        Some(Out::Granted(g)) => g.granted.unwrap().token,
+        other => panic!("{other:?}"),
+    };
+    drop(first);
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    let mut resume = acquire(7, &key, ttl);
+    if let Some(In::Acquire(a)) = &mut resume.kind {
+        a.acquire.as_mut().unwrap().resume = Some(token);
+    }
+    s.send(&resume);
+    match next(&mut s).await {
+        Some(Out::Granted(g)) => assert_eq!(g.granted.unwrap().token, token),
+        other => panic!("{other:?}"),
+    }
+    let start = Instant::now();
+    let mut renewed = 0;
+    while start.elapsed() < ttl * 3 {
+        s.send(&heartbeat(ttl));
+        let until = Instant::now() + ttl / 4;
+        while let Ok(answer) = tokio::time::timeout_at(until, next(&mut s)).await {
+            match answer {
+                Some(Out::Renewed(r)) => {
+                    assert!(left(r.time_left) > ttl / 4, "{r:?}");
+                    renewed += 1;
+                }
+                other => panic!("the heartbeated, resumed lease: {other:?}"),
+            }
+        }
+    }
+    assert!(renewed >= 10, "{renewed} renewed");
+    let silent = Instant::now();
+    match next(&mut s).await {
+        Some(Out::Ended(e)) => {
+            assert_eq!(e.id, 7);
+            assert_eq!(e.ended.unwrap().reason, Reason::Lost as i32);
+            assert!(silent.elapsed() >= ttl / 2, "{:?}", silent.elapsed());
+        }
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Review probe (`review-fastpath`): 200 leases of one group on a raw client that
+/// follows the deadline rule exactly (a `renewed` applies to the leases granted before
+/// its heartbeat was sent and not ended before it came), heartbeated every 100 ms while
+/// an operator revokes half of the keys one by one; then every lease is closed without
+/// release and the stream broken. No key may be granted to anyone else before the
+/// deadline the raw client computed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revokes_under_group_heartbeats_never_let_a_second_holder_in_early() {
+    use std::collections::{HashMap, HashSet, VecDeque};
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let n = 200u64;
+    let key = |i: u64| Key::system(["review", "fastpath", "load", &i.to_string()]);
+    let mut s = RawStream::open(server.local_addr(), PATH).await;
+    let mut deadline: HashMap<u64, Instant> = HashMap::new();
+    let mut granted: HashSet<u64> = HashSet::new();
+    let mut ended: HashSet<u64> = HashSet::new();
+    let asked = Instant::now();
+    for i in 0..n {
+        s.send(&acquire(i, &key(i), ttl));
+    }
+    while granted.len() < n as usize {
+        match next(&mut s).await {
+            Some(Out::Granted(g)) => {
+                deadline.insert(g.id, asked + left(g.granted.unwrap().time_left));
+                granted.insert(g.id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let revoker = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            for i in (0..n).filter(|i| i % 2 == 0) {
+                tokio::time::sleep(Duration::from_millis(13)).await;
+                manager.revoke(&key(i)).await.unwrap();
+            }
+        })
+    };
+    let mut sends: VecDeque<(Instant, Vec<u64>)> = VecDeque::new();
+    let mut apply =
+        |out: Out, sends: &mut VecDeque<(Instant, Vec<u64>)>, ended: &mut HashSet<u64>| match out {
+            Out::Renewed(r) => {
+                let (sent, ids) = sends.pop_front().expect("a renewed per heartbeat");
+                let until = sent + left(r.time_left);
+                for id in ids {
+                    if !ended.contains(&id) {
+                        let d = deadline.get_mut(&id).unwrap();
+                        *d = (*d).max(until);
+                    }
+                }
+            }
+            Out::Ended(e) => {
+                ended.insert(e.id);
+            }
+            Out::Failed(f) => {
+                ended.insert(f.id);
+            }
+            other => panic!("{other:?}"),
+        };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3500) {
+        let live: Vec<u64> = granted.difference(&ended).copied().collect();
+        sends.push_back((Instant::now(), live));
+        s.send(&heartbeat(ttl));
+        let until = Instant::now() + Duration::from_millis(100);
+        while let Ok(answer) = tokio::time::timeout_at(until, next(&mut s)).await {
+            apply(answer.expect("the stream lives"), &mut sends, &mut ended);
+        }
+    }
+    revoker.await.unwrap();
+    // Every answer still owed, then close everything without release and break.
+    while !sends.is_empty() {
+        apply(
+            next(&mut s).await.expect("the stream lives"),
+            &mut sends,
+            &mut ended,
+        );
+    }
+    for i in 0..n {
+        s.send(&HoldManyRequest {
+            kind: Some(In::Close(LeaseClose { id: i })),
+        });
+    }
+    drop(s);
+    let waits: Vec<_> = (0..n)
+        .map(|i| {
+            let manager = manager.clone();
+            let d = deadline[&i];
+            tokio::spawn(async move {
+                let at = granted_at(&manager, &key(i), Duration::from_secs(20)).await;
+                assert!(
+                    at >= d,
+                    "lease {i}: the key went to another holder {:?} before the raw \
+                     client's deadline",
+                    d - at
+                );
+            })
+        })
+        .collect();
+    for w in waits {
+        w.await.unwrap();
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Review probe (`review-fastpath`): a lease re-attached (`resume`) on a second
+/// `HoldMany` stream while its first stream heartbeats its group every 100 ms (answered
+/// by the demultiplexer): the first stream is told `failed { CANCELLED }` for it, and no
+/// `renewed` that came after that is applied to it by the deadline rule; the lease keeps
+/// its token and lives on the second stream's group heartbeats for three TTLs, while the
+/// first stream's empty group is answered with no time left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_over_while_its_group_is_heartbeated_moves_whole() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let key = Key::system(["review", "fastpath", "takeover"]);
+    let mut first = RawStream::open(server.local_addr(), PATH).await;
+    first.send(&acquire(1, &key, ttl));
+    let token = match next(&mut first).await {
+        Some(Out::Granted(g)) => g.granted.unwrap().token,
+        other => panic!("{other:?}"),
+    };
+    let mut second = RawStream::open(server.local_addr(), PATH).await;
+    let mut resume = acquire(9, &key, ttl);
+    if let Some(In::Acquire(a)) = &mut resume.kind {
+        a.acquire.as_mut().unwrap().resume = Some(token);
+    }
+    let start = Instant::now();
+    let (mut moved, mut cancelled) = (false, false);
+    let mut renewed_second = 0;
+    while start.elapsed() < ttl * 3 {
+        if !moved && start.elapsed() > Duration::from_millis(700) {
+            second.send(&resume);
+            match next(&mut second).await {
+                Some(Out::Granted(g)) => assert_eq!(g.granted.unwrap().token, token),
+                other => panic!("{other:?}"),
+            }
+            moved = true;
+        }
+        first.send(&heartbeat(ttl));
+        match next(&mut first).await {
+            Some(Out::Failed(f)) => {
+                assert_eq!(f.id, 1);
+                assert_eq!(f.code, Code::Cancelled as i32, "{f:?}");
+                assert!(moved && !cancelled);
+                cancelled = true;
+                assert!(matches!(next(&mut first).await, Some(Out::Renewed(_))));
+            }
+            Some(Out::Renewed(r)) => {
+                if cancelled {
+                    assert_eq!(left(r.time_left), Duration::ZERO, "{r:?}");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        if moved {
+            second.send(&heartbeat(ttl));
+            match next(&mut second).await {
+                Some(Out::Renewed(r)) => {
+                    assert!(
+                        left(r.time_left) > ttl / 4,
+                        "{r:?} at {:?}, renewed {renewed_second}",
+                        start.elapsed()
+                    );
+                    renewed_second += 1;
+                }
+                other => panic!("the re-attached lease: {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cancelled, "the first stream was never told the lease moved");
+    assert!(renewed_second >= 10, "{renewed_second}");
+    let info = manager.lease_info(&key).await.unwrap().expect("held");
+    assert_eq!(info.token, token);
+    server.shutdown().await.unwrap();
+}
