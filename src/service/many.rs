@@ -103,12 +103,9 @@ struct Many {
     answers: Answers,
 }
 
-/// Why the demultiplexer stops.
-enum Stop {
-    /// End the stream with this status, and every lane with `lanes` (`Ok`: the client
-    /// closed its side).
-    With(Result<(), Status>),
-}
+/// Why the demultiplexer stops: end the stream with this status, and every lane with
+/// it (`Ok`: the client closed its side).
+struct Stop(Result<(), Status>);
 
 /// Serves one `HoldMany` stream.
 pub(crate) async fn run_many(
@@ -141,12 +138,15 @@ pub(crate) async fn run_many(
     let stopping = shared.stopping.clone();
     let read = many.answers.read.clone();
     let mut draining = false;
-    let Stop::With(end) = loop {
+    let Stop(end) = loop {
         let backlog = many.backlogged();
         let step = tokio::select! {
             biased;
-            _ = closed.closed() => Err(Stop::With(Err(Status::cancelled("the client went away")))),
-            Some(up) = ups.recv() => many.up(up),
+            _ = closed.closed() => Err(Stop(Err(Status::cancelled("the client went away")))),
+            Some(up) = ups.recv() => {
+                many.up(up);
+                Ok(())
+            }
             _ = stopping.cancelled(), if !draining => {
                 draining = true;
                 Ok(())
@@ -155,8 +155,8 @@ pub(crate) async fn run_many(
             _ = read.notified(), if backlog => Ok(()),
             m = next_request(&mut first, &mut incoming), if !backlog => match m {
                 Ok(Some(request)) => many.request(request),
-                Ok(None) => Err(Stop::With(Ok(()))),
-                Err(status) => Err(Stop::With(Err(status))),
+                Ok(None) => Err(Stop(Ok(()))),
+                Err(status) => Err(Stop(Err(status))),
             },
         };
         if let Err(stop) = step {
@@ -165,7 +165,7 @@ pub(crate) async fn run_many(
         // A draining server ends the stream once each lease has let go (its lane told
         // the client how it ended, and heard its release if one came).
         if draining && many.lanes.is_empty() {
-            break Stop::With(Err(Status::unavailable(
+            break Stop(Err(Status::unavailable(
                 "the lease service is shutting down",
             )));
         }
@@ -213,7 +213,7 @@ impl Many {
             Some(In::Acquire(a)) => {
                 let id = a.id;
                 if self.lanes.contains_key(&id) {
-                    return Err(Stop::With(Err(Status::invalid_argument(format!(
+                    return Err(Stop(Err(Status::invalid_argument(format!(
                         "lease id {id} is in use on this stream"
                     )))));
                 }
@@ -264,7 +264,7 @@ impl Many {
             }
             Some(In::Heartbeat(h)) => {
                 let Some(ttl) = h.ttl.as_ref().and_then(duration_of) else {
-                    return Err(Stop::With(Err(Status::invalid_argument(
+                    return Err(Stop(Err(Status::invalid_argument(
                         "a heartbeat needs its group's TTL",
                     ))));
                 };
@@ -316,22 +316,22 @@ impl Many {
                     None => self.send(released(r.id)),
                 }
                 let group = self.leave(r.id);
-                self.flush_opt(group)
+                self.flush_opt(group);
+                Ok(())
             }
             Some(In::Close(c)) => {
                 if let Some(lane) = self.lanes.get(&c.id) {
                     lane.inbox.end(Ok(()));
                 }
                 let group = self.leave(c.id);
-                self.flush_opt(group)
+                self.flush_opt(group);
+                Ok(())
             }
-            None => Err(Stop::With(Err(Status::invalid_argument(
-                "an empty request",
-            )))),
+            None => Err(Stop(Err(Status::invalid_argument("an empty request")))),
         }
     }
 
-    fn up(&mut self, up: Up) -> Result<(), Stop> {
+    fn up(&mut self, up: Up) {
         match up {
             Up::Answer(id, Ok(HoldResponse { kind: Some(kind) })) => match kind {
                 LaneOut::Granted(granted) => {
@@ -345,7 +345,6 @@ impl Many {
                         id,
                         granted: Some(granted),
                     }));
-                    Ok(())
                 }
                 LaneOut::Renewed(renewed) => {
                     let left = renewed
@@ -353,10 +352,10 @@ impl Many {
                         .and_then(|d| Duration::try_from(d).ok())
                         .unwrap_or_default();
                     let Some(lane) = self.lanes.get_mut(&id) else {
-                        return Ok(());
+                        return;
                     };
                     let (Some(seq), Some(ttl)) = (lane.owed.pop_front(), lane.ttl) else {
-                        return Ok(());
+                        return;
                     };
                     if let Some(round) = self
                         .groups
@@ -367,7 +366,6 @@ impl Many {
                         round.least = Some(round.least.map_or(left, |l| l.min(left)));
                     }
                     self.flush(ttl);
-                    Ok(())
                 }
                 LaneOut::Ended(ended) => {
                     self.told(id);
@@ -383,10 +381,10 @@ impl Many {
                         id,
                         ended: Some(ended),
                     }));
-                    self.flush_opt(group)
+                    self.flush_opt(group);
                 }
             },
-            Up::Answer(_, Ok(HoldResponse { kind: None })) => Ok(()),
+            Up::Answer(_, Ok(HoldResponse { kind: None })) => {}
             Up::Answer(id, Err(status)) => {
                 self.told(id);
                 // A release read before this end crossed it: confirm it too.
@@ -395,14 +393,14 @@ impl Many {
                 }
                 let group = self.leave(id);
                 self.send(failed(id, &status));
-                self.flush_opt(group)
+                self.flush_opt(group);
             }
             Up::Done(id) => {
                 let group = self.leave(id);
                 if self.lanes.remove(&id).is_some_and(|lane| lane.confirm) {
                     self.send(released(id));
                 }
-                self.flush_opt(group)
+                self.flush_opt(group);
             }
         }
     }
@@ -436,11 +434,10 @@ impl Many {
         Some(ttl)
     }
 
-    fn flush_opt(&mut self, ttl: Option<Duration>) -> Result<(), Stop> {
+    fn flush_opt(&mut self, ttl: Option<Duration>) {
         if let Some(ttl) = ttl {
             self.flush(ttl);
         }
-        Ok(())
     }
 
     /// Answers the group's rounds that no lane is waiting for any more, in order.
