@@ -134,6 +134,33 @@ impl LeaseContext {
         }
     }
 
+    /// [`cancelled`](Self::cancelled) for a waiter that many leases have at once and
+    /// that need not see a deadline pass while the machine was suspended at once: it
+    /// wakes at the deadline known when it last looked (or at an end), not also every
+    /// second. The lease service's streams wait so (100k held leases were 100k
+    /// wake-ups a second); their clients' own deadlines come first anyway, and each
+    /// heartbeat looks at [`reason`](Self::reason), which counts suspended time.
+    pub(crate) async fn cancelled_lazily(&self) -> CancelReason {
+        let mut rx = self.shared.subscribe();
+        loop {
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            match self.shared.deadline() {
+                Some(d) => {
+                    let d = d.checked_sub(self.shared.slept()).unwrap_or(d);
+                    tokio::select! {
+                        _ = rx.changed() => {}
+                        _ = tokio::time::sleep_until(d) => {}
+                    }
+                }
+                None => {
+                    let _ = rx.changed().await;
+                }
+            }
+        }
+    }
+
     /// Runs `work` while the lease is held: its output, or [`LeaseEnded`] (and `work`
     /// dropped, wherever it was) as soon as the lease ends. Use it for work that is
     /// cancel-safe at every await; check [`is_cancelled`](Self::is_cancelled) before

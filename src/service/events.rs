@@ -81,7 +81,8 @@ impl Events {
         let events = self.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let reason = ctx.cancelled().await;
+            // Not every second (one such task per held lease): see `cancelled_lazily`.
+            let reason = ctx.cancelled_lazily().await;
             let (kind, detail) = match &reason {
                 CancelReason::Released => ("released", String::new()),
                 CancelReason::Revoked => ("revoked", String::new()),

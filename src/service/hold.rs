@@ -152,7 +152,8 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
         let event = tokio::select! {
             biased;
             _ = stopping.cancelled() => Event::Stopping,
-            reason = hold.ctx.cancelled() => Event::Ended(reason),
+            // Not every second: see `cancelled_lazily`.
+            reason = hold.ctx.cancelled_lazily() => Event::Ended(reason),
             // The client dropped its answers (a reset, or its connection is gone).
             _ = tx.closed() => Event::Gone,
             Some(claim) = listed.claims.recv() => Event::Claimed(claim),
