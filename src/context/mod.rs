@@ -113,34 +113,25 @@ impl LeaseContext {
         // the deadline could wake long after it has passed on the suspend-aware clock:
         // look again at least this often.
         const RECHECK: Duration = Duration::from_secs(1);
-        let mut rx = self.shared.subscribe();
-        loop {
-            if let Some(reason) = self.reason() {
-                return reason;
-            }
-            match self.shared.deadline() {
-                Some(d) => {
-                    let d = d.checked_sub(self.shared.slept()).unwrap_or(d);
-                    let wake = d.min(Instant::now() + RECHECK);
-                    tokio::select! {
-                        _ = rx.changed() => {}
-                        _ = tokio::time::sleep_until(wake) => {}
-                    }
-                }
-                None => {
-                    let _ = rx.changed().await;
-                }
-            }
-        }
+        self.ended(Some(RECHECK)).await
     }
 
     /// [`cancelled`](Self::cancelled) for a waiter that many leases have at once and
     /// that need not see a deadline pass while the machine was suspended at once: it
-    /// wakes at the deadline known when it last looked (or at an end), not also every
-    /// second. The lease service's streams wait so (100k held leases were 100k
-    /// wake-ups a second); their clients' own deadlines come first anyway, and each
-    /// heartbeat looks at [`reason`](Self::reason), which counts suspended time.
+    /// wakes at the deadline known when it last looked (or at an end, or when the
+    /// deadline moves earlier), not also every second. The lease service's streams wait
+    /// so (100k held leases were 100k wake-ups a second); their clients' own deadlines
+    /// come first anyway, and each heartbeat looks at [`reason`](Self::reason), which
+    /// counts suspended time. A holder's own waits must not: they are how loss is told
+    /// early.
     pub(crate) async fn cancelled_lazily(&self) -> CancelReason {
+        self.ended(None).await
+    }
+
+    /// Waits for the end: at an end, at the deadline known when it last looked, when
+    /// the deadline moves earlier (see [`ContextSender::extend`]), and, with `recheck`,
+    /// at least that often.
+    async fn ended(&self, recheck: Option<Duration>) -> CancelReason {
         let mut rx = self.shared.subscribe();
         loop {
             if let Some(reason) = self.reason() {
@@ -149,9 +140,13 @@ impl LeaseContext {
             match self.shared.deadline() {
                 Some(d) => {
                     let d = d.checked_sub(self.shared.slept()).unwrap_or(d);
+                    let wake = match recheck {
+                        Some(every) => d.min(Instant::now() + every),
+                        None => d,
+                    };
                     tokio::select! {
                         _ = rx.changed() => {}
-                        _ = tokio::time::sleep_until(d) => {}
+                        _ = tokio::time::sleep_until(wake) => {}
                     }
                 }
                 None => {
@@ -303,6 +298,19 @@ mod tests {
         let (_tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(3)));
         ctx.cancelled().await;
         assert_eq!(Instant::now() - start, Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lazy_waiter_wakes_at_an_earlier_deadline() {
+        let start = Instant::now();
+        let (tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(30)));
+        let waiter = tokio::spawn(async move { ctx.cancelled_lazily().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Moved earlier (no renewal does so today): the waiter must not sleep on to 30 s.
+        assert!(tx.extend(start + Duration::from_secs(5), Duration::ZERO));
+        let reason = waiter.await.unwrap();
+        assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
     }
 
     #[test]

@@ -154,7 +154,8 @@ impl ContextSender {
     }
 
     /// Moves the local deadline to `deadline` after a confirmed renewal that started
-    /// when the machine's suspended time read `since` (see `crate::clock`). Returns
+    /// when the machine's suspended time read `since` (see `crate::clock`); an earlier
+    /// deadline than the current one wakes the context's waiters. Returns
     /// `false` (and changes nothing) if the context has already ended, or if its current
     /// deadline has passed: a late confirmation never revives a context.
     ///
@@ -181,6 +182,11 @@ impl ContextSender {
                 return false;
             }
             current = seen;
+        }
+        // A waiter that does not look again by itself (`cancelled_lazily`) sleeps until
+        // the deadline it last read: if this one is earlier, wake it to read it anew.
+        if new < current {
+            self.0.reason.send_modify(|_| {});
         }
         // A reader may have seen the old deadline pass while we swapped: then it has
         // ended the context, and the extension does not count.
