@@ -17,7 +17,7 @@ use crate::lease::LeaseOwner;
 use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;
-use crate::proto::leases::v1::{Acquire, Heartbeat, HoldRequest, HoldResponse, Release};
+use crate::proto::leases::v1::{Heartbeat, HoldRequest, HoldResponse, Release};
 use crate::{CancelReason, Key, LeaseContext, LeaseError, LossCause};
 
 /// What the holder's side asks of a lease's driver task.
@@ -207,13 +207,7 @@ async fn read_out(answers: &mut super::lanes::Answers) -> Read {
 /// as a re-attach (`resume`) followed at once by `release`, and waits a while for the
 /// server's confirmation.
 async fn release_again(r: &Resume) {
-    let acquire = Acquire {
-        key: r.key.to_string(),
-        ttl: Some(crate::proto::duration(r.ttl)),
-        metadata: r.metadata.clone(),
-        wait: None,
-        resume: Some(r.token),
-    };
+    let acquire = r.acquire();
     let limit = r.leaser.options().request_timeout;
     let Ok(Ok((stream, _))) = tokio::time::timeout(limit, open(&r.leaser, r.server, acquire)).await
     else {

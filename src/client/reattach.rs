@@ -44,6 +44,19 @@ pub(super) struct Resume {
     pub(super) server: usize,
 }
 
+impl Resume {
+    /// The `acquire` that re-attaches the lease (`resume` with its token).
+    pub(super) fn acquire(&self) -> Acquire {
+        Acquire {
+            key: self.key.to_string(),
+            ttl: Some(crate::proto::duration(self.ttl)),
+            metadata: self.metadata.clone(),
+            wait: None,
+            resume: Some(self.token),
+        }
+    }
+}
+
 /// Whether a status that ended a lease's stream is a break, after which the lease may
 /// live on (re-attach it), rather than an answer about the lease or the request.
 pub(super) fn is_break(status: &Status) -> bool {
@@ -190,13 +203,7 @@ pub(super) async fn reattach_grant(
 
 /// One try to re-attach on server `server`, bounded by the request timeout.
 async fn attempt(r: &Resume, server: usize) -> Try {
-    let acquire = Acquire {
-        key: r.key.to_string(),
-        ttl: Some(crate::proto::duration(r.ttl)),
-        metadata: r.metadata.clone(),
-        wait: None,
-        resume: Some(r.token),
-    };
+    let acquire = r.acquire();
     let limit = r.leaser.options().request_timeout;
     let tried = tokio::time::timeout(limit, async {
         let (mut stream, sent) = open(&r.leaser, server, acquire).await?;
