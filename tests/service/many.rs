@@ -31,6 +31,28 @@ async fn client(urls: &[String]) -> ClientLeaser {
     ClientLeaser::connect_with(options).await.unwrap()
 }
 
+/// A memory manager, its server on `local()`, a fault proxy in front of the server, and
+/// a client through the proxy.
+struct Proxied {
+    manager: leases::LeaseManager,
+    server: LeaseServer,
+    proxy: FaultProxy,
+    c: ClientLeaser,
+}
+
+async fn proxied() -> Proxied {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let c = client(&[url(proxy.addr())]).await;
+    Proxied {
+        manager,
+        server,
+        proxy,
+        c,
+    }
+}
+
 /// Acquires `n` keys named `name-i` with `ttl`, 64 at a time.
 async fn hold_many(
     c: &ClientLeaser,
@@ -64,11 +86,9 @@ fn live(held: &[(Lease, LeaseContext)]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_leases_one_connection_one_heartbeat_per_round() {
     let ttl = Duration::from_secs(4);
-    let server = LeaseServer::start(memory_manager().await, local())
-        .await
-        .unwrap();
-    let proxy = FaultProxy::start(server.local_addr()).await;
-    let c = client(&[url(proxy.addr())]).await;
+    let Proxied {
+        server, proxy, c, ..
+    } = proxied().await;
     let held = hold_many(&c, "five-thousand", 5000, ttl).await;
     assert_eq!(proxy.connections(), 1, "one connection");
     let before = proxy.counters();
@@ -113,10 +133,12 @@ async fn two_ttls_are_two_groups() {
 /// other lease of the group lives on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_while_the_group_heartbeat_is_in_flight() {
-    let manager = memory_manager().await;
-    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
-    let proxy = FaultProxy::start(server.local_addr()).await;
-    let c = client(&[url(proxy.addr())]).await;
+    let Proxied {
+        manager,
+        server,
+        proxy,
+        c,
+    } = proxied().await;
     let ttl = Duration::from_secs(2);
     let (_stay, stay_ctx) = c
         .acquire_lease(Key::system(["many", "inflight", "stay"]), ttl)
@@ -186,10 +208,12 @@ async fn a_revoke_of_one_lease_of_a_group() {
 /// rest of its TTL, after such a `run` had exited).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_after_a_revoke_has_reached_the_server_when_it_returns() {
-    let manager = memory_manager().await;
-    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
-    let proxy = FaultProxy::start(server.local_addr()).await;
-    let c = client(&[url(proxy.addr())]).await;
+    let Proxied {
+        manager,
+        server,
+        proxy,
+        c,
+    } = proxied().await;
     let ttl = Duration::from_secs(10);
     let held = hold_many(&c, "revoked-release", 3, ttl).await;
     for (i, (_, ctx)) in held.iter().enumerate() {
@@ -227,11 +251,9 @@ async fn a_release_after_a_revoke_has_reached_the_server_when_it_returns() {
 /// (same token, holder not told), on the memory backend through the same server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_connection_reattaches_every_lease() {
-    let server = LeaseServer::start(memory_manager().await, local())
-        .await
-        .unwrap();
-    let proxy = FaultProxy::start(server.local_addr()).await;
-    let c = client(&[url(proxy.addr())]).await;
+    let Proxied {
+        server, proxy, c, ..
+    } = proxied().await;
     let held = hold_many(&c, "reset", 200, Duration::from_secs(3)).await;
     proxy.reset_all();
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -544,10 +566,12 @@ async fn free_within(manager: &leases::LeaseManager, key: &Key, within: Duration
 /// the key is free within 3 s (its TTL is 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_future_dropped_mid_way_still_frees_a_revoked_key() {
-    let manager = memory_manager().await;
-    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
-    let proxy = FaultProxy::start(server.local_addr()).await;
-    let c = client(&[url(proxy.addr())]).await;
+    let Proxied {
+        manager,
+        server,
+        proxy,
+        c,
+    } = proxied().await;
     let ttl = Duration::from_secs(10);
     let key = Key::system(["many", "dropped-release"]);
     let lease = revoked_kept(&manager, &c, &key, ttl).await;
@@ -572,10 +596,12 @@ async fn a_release_future_dropped_mid_way_still_frees_a_revoked_key() {
 /// as it is without the reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_is_free_after_its_release_across_a_reset() {
-    let manager = memory_manager().await;
-    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
-    let proxy = FaultProxy::start(server.local_addr()).await;
-    let c = client(&[url(proxy.addr())]).await;
+    let Proxied {
+        manager,
+        server,
+        proxy,
+        c,
+    } = proxied().await;
     let ttl = Duration::from_secs(10);
     let key = Key::system(["many", "reset-release"]);
     let lease = revoked_kept(&manager, &c, &key, ttl).await;
@@ -601,10 +627,12 @@ async fn a_revoked_key_is_free_after_its_release_across_a_reset() {
 /// drain completes right after (it waited for that lane only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_server_confirms_a_late_release() {
-    let manager = memory_manager().await;
-    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
-    let proxy = FaultProxy::start(server.local_addr()).await;
-    let c = client(&[url(proxy.addr())]).await;
+    let Proxied {
+        manager,
+        server,
+        proxy,
+        c,
+    } = proxied().await;
     let ttl = Duration::from_secs(10);
     let key = Key::system(["many", "drain-release"]);
     let lease = revoked_kept(&manager, &c, &key, ttl).await;
@@ -635,10 +663,12 @@ async fn a_draining_server_confirms_a_late_release() {
 /// `release()` returns with the key free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_client_leaser_still_waits_for_the_confirmation() {
-    let manager = memory_manager().await;
-    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
-    let proxy = FaultProxy::start(server.local_addr()).await;
-    let c = client(&[url(proxy.addr())]).await;
+    let Proxied {
+        manager,
+        server,
+        proxy,
+        c,
+    } = proxied().await;
     let ttl = Duration::from_secs(10);
     let key = Key::system(["many", "dropped-leaser"]);
     let lease = revoked_kept(&manager, &c, &key, ttl).await;
