@@ -70,7 +70,7 @@ pub(crate) async fn give_back_listed(
             _ = &mut clean_end => break true,
             _ = tokio::time::sleep_until(hold.promised) => break false,
             _ = how.early() => break false,
-            Some(claim) = listed.claims.recv() => match hand(claim, hold) {
+            claim = listed.claims.recv() => match hand(claim, hold) {
                 Ok(()) => return,
                 Err(back) => hold = back,
             },

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -102,7 +102,55 @@ impl Drop for Hold {
 pub(crate) type Claim = oneshot::Sender<Hold>;
 
 /// A listed lease: the id of its listing, its TTL, and where claims for it go.
-type Entries = HashMap<(Key, u64), (u64, Duration, mpsc::UnboundedSender<Claim>)>;
+type Entries = HashMap<(Key, u64), (u64, Duration, Arc<ClaimBox>)>;
+
+/// Where the claims for one listed lease wait until its stream reads them: a few words
+/// where a channel was about a kilobyte (a server lists every lease it holds).
+#[derive(Default)]
+struct ClaimBox {
+    /// `None` once the listing is gone: a claim put then is refused.
+    claims: Mutex<Option<Vec<Claim>>>,
+    ready: Notify,
+}
+
+impl ClaimBox {
+    fn open() -> Arc<ClaimBox> {
+        Arc::new(ClaimBox {
+            claims: Mutex::new(Some(Vec::new())),
+            ready: Notify::new(),
+        })
+    }
+
+    /// Puts a claim in; gives it back if the listing is gone.
+    fn put(&self, claim: Claim) -> Result<(), Claim> {
+        match crate::sync::lock(&self.claims).as_mut() {
+            Some(claims) => claims.push(claim),
+            None => return Err(claim),
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+}
+
+/// The claims for a listed lease, as its stream reads them.
+pub(crate) struct Claims(Arc<ClaimBox>);
+
+impl Claims {
+    /// The next claim. Cancel-safe: a claim is taken only by a call that returns it.
+    pub(crate) async fn recv(&mut self) -> Claim {
+        loop {
+            // Registered before looking, so that a claim put in meanwhile wakes us.
+            let ready = self.0.ready.notified();
+            if let Some(claim) = crate::sync::lock(&self.0.claims)
+                .as_mut()
+                .and_then(|claims| (!claims.is_empty()).then(|| claims.remove(0)))
+            {
+                return claim;
+            }
+            ready.await;
+        }
+    }
+}
 
 /// The leases the native streams of one server hold, by key and token.
 #[derive(Clone, Default)]
@@ -117,20 +165,20 @@ pub(crate) struct Listed {
     entries: Arc<Mutex<Entries>>,
     key: (Key, u64),
     id: u64,
-    pub(crate) claims: mpsc::UnboundedReceiver<Claim>,
+    pub(crate) claims: Claims,
 }
 
 impl Holds {
     /// Lists the lease `(key, token)`, held with `ttl`, as held by the caller's stream.
     pub(crate) fn list(&self, key: &Key, token: u64, ttl: Duration) -> Listed {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, claims) = mpsc::unbounded_channel();
-        crate::sync::lock(&self.entries).insert((key.clone(), token), (id, ttl, tx));
+        let inbox = ClaimBox::open();
+        crate::sync::lock(&self.entries).insert((key.clone(), token), (id, ttl, inbox.clone()));
         Listed {
             entries: self.entries.clone(),
             key: (key.clone(), token),
             id,
-            claims,
+            claims: Claims(inbox),
         }
     }
 
@@ -155,7 +203,7 @@ impl Holds {
             return Err(LeaseError::ResumeTtl { asked: ttl, held });
         }
         let (claim, handed) = oneshot::channel();
-        if holder.send(claim).is_err() {
+        if holder.put(claim).is_err() {
             return Ok(None);
         }
         Ok(handed.await.ok())
@@ -171,6 +219,10 @@ impl Drop for Listed {
         {
             entries.remove(&self.key);
         }
+        drop(entries);
+        // Claims that came too late are refused: their senders find no hold handed.
+        let late = crate::sync::lock(&self.claims.0.claims).take();
+        drop(late);
     }
 }
 

@@ -100,7 +100,7 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
         // The client is gone: dropping the acquire gives up (the manager cleans up, and
         // a hold being taken over from another stream stays with it).
         _ = tx.closed() => return,
-        got = obtain(&shared, key.clone(), options, resume) => got,
+        got = Box::pin(obtain(&shared, key.clone(), options, resume)) => got,
     };
     let mut hold = match got {
         Ok(hold) => hold,
@@ -118,7 +118,13 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
             "lease {key} is no longer held: {reason}"
         ))));
         drop((tx, slot));
-        return give_back_listed(hold, listed, release_of(&mut incoming), &shared.let_go).await;
+        return Box::pin(give_back_listed(
+            hold,
+            listed,
+            release_of(&mut incoming),
+            &shared.let_go,
+        ))
+        .await;
     }
     // How long the client may act on what it was told: the server's deadline when it
     // last answered (the client counts from the earlier instant it sent the request).
@@ -137,10 +143,16 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
         drop(tx);
         if resume.is_none() {
             drop(listed);
-            return hold.release().await;
+            return Box::pin(hold.release()).await;
         }
         hold.promised = promised_before;
-        return give_back_listed(hold, listed, std::future::pending(), &shared.let_go).await;
+        return Box::pin(give_back_listed(
+            hold,
+            listed,
+            std::future::pending(),
+            &shared.let_go,
+        ))
+        .await;
     }
     // On a lane, the demultiplexer answers group heartbeats from here on without
     // waking this task (see `Inbox::answer`); what it answered moves `last` (checked when
@@ -156,7 +168,7 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
             reason = hold.ctx.cancelled_lazily() => Event::Ended(reason),
             // The client dropped its answers (a reset, or its connection is gone).
             _ = tx.closed() => Event::Gone,
-            Some(claim) = listed.claims.recv() => Event::Claimed(claim),
+            claim = listed.claims.recv() => Event::Claimed(claim),
             _ = tokio::time::sleep_until(last + ttl) => Event::Silent,
             m = incoming.message() => Event::Request(m),
         };
@@ -172,7 +184,7 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
             Event::Gone => {
                 if released_already(&mut incoming) {
                     drop(listed);
-                    hold.release().await;
+                    Box::pin(hold.release()).await;
                     return;
                 }
                 break Err(Status::cancelled("the client went away"));
@@ -229,7 +241,7 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
                 kind: Some(In::Release(_)),
             }))) => {
                 drop(listed);
-                hold.release().await;
+                Box::pin(hold.release()).await;
                 let _ = tx.try_send(ended(Reason::Released, "released"));
                 return;
             }
@@ -258,7 +270,13 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
     drop(tx);
     // The stream is over: it no longer counts against its connection's limit.
     drop(slot);
-    give_back_listed(hold, listed, release_of(&mut incoming), &shared.let_go).await;
+    Box::pin(give_back_listed(
+        hold,
+        listed,
+        release_of(&mut incoming),
+        &shared.let_go,
+    ))
+    .await;
 }
 
 /// Stops the demultiplexer answering for the lease (a lane) and takes its promises into

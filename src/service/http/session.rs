@@ -151,7 +151,7 @@ async fn run(
                 };
             }
             reason = hold.ctx.cancelled() => break Ended::by(&reason),
-            Some(claim) = listed.claims.recv() => match hand(claim, hold) {
+            claim = listed.claims.recv() => match hand(claim, hold) {
                 // Re-attached elsewhere: this server no longer keeps it for HTTP.
                 Ok(()) => return drop((entry, counted)),
                 Err(back) => hold = back,
