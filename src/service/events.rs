@@ -70,27 +70,38 @@ impl Events {
         });
     }
 
-    /// Records a grant (`reattached`: a lease resumed from the store) of `key` whose
-    /// context is `ctx`, and, from a task of its own, that lease's end when its context
-    /// ends.
-    pub(crate) fn watch(&self, key: &Key, ctx: &LeaseContext, via: &'static str, reattached: bool) {
-        let key = key.to_string();
-        let token = ctx.token();
+    /// Records a grant (`reattached`: a lease resumed from the store) of `key` with
+    /// fencing token `token`.
+    pub(crate) fn granted(&self, key: &Key, token: u64, via: &'static str, reattached: bool) {
         let kind = if reattached { "reattached" } else { "granted" };
-        self.push(kind, key.clone(), token, via, String::new());
-        let events = self.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            // Not every second (one such task per held lease): see `cancelled_lazily`.
+        self.push(kind, key.to_string(), token, via, String::new());
+    }
+
+    /// Records the end of the lease `key` with fencing token `token`, as `reason` says.
+    pub(crate) fn ended(&self, key: &Key, token: u64, via: &'static str, reason: &CancelReason) {
+        let (kind, detail) = match reason {
+            CancelReason::Released => ("released", String::new()),
+            CancelReason::Revoked => ("revoked", String::new()),
+            CancelReason::Lost(cause) => ("lost", format!("{cause:?}")),
+            CancelReason::Shutdown => ("shutdown", String::new()),
+            CancelReason::HandedOver => ("handed_over", String::new()),
+        };
+        self.push(kind, key.to_string(), token, via, detail);
+    }
+
+    /// Records the end of the lease `key` whose context is `ctx` when it ends, from a
+    /// task of its own: for a lease that nobody else watches (a stream that holds a
+    /// lease records its end itself while it waits for it: see `handover::EndLog`).
+    /// Nothing without a runtime to wait in.
+    pub(crate) fn watch_end(&self, key: &Key, ctx: &LeaseContext, via: &'static str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (events, key, ctx) = (self.clone(), key.clone(), ctx.clone());
+        runtime.spawn(async move {
+            // Not every second (one such task per lease): see `cancelled_lazily`.
             let reason = ctx.cancelled_lazily().await;
-            let (kind, detail) = match &reason {
-                CancelReason::Released => ("released", String::new()),
-                CancelReason::Revoked => ("revoked", String::new()),
-                CancelReason::Lost(cause) => ("lost", format!("{cause:?}")),
-                CancelReason::Shutdown => ("shutdown", String::new()),
-                CancelReason::HandedOver => ("handed_over", String::new()),
-            };
-            events.push(kind, key, token, via, detail);
+            events.ended(&key, ctx.token(), via, &reason);
         });
     }
 

@@ -61,6 +61,8 @@ pub(crate) async fn give_back_listed(
     clean_end: impl Future<Output = ()>,
     how: &LetGo,
 ) {
+    // Nobody waits for the lease's end here: its own task records it when it comes.
+    hold.watch_end();
     let mut clean_end = std::pin::pin!(clean_end);
     let clean = loop {
         tokio::select! {
@@ -116,7 +118,7 @@ mod tests {
                 .acquire_lease_with(key.clone(), options)
                 .await
                 .unwrap();
-            let mut hold = Hold::new(lease, ctx, &how);
+            let mut hold = Hold::new(lease, ctx, &how, None);
             hold.promised = Instant::now() + ttl;
             let listed = holds.list(&key, hold.token(), ttl);
             give_back_listed(hold, listed, std::future::ready(()), &how).await;

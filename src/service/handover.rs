@@ -28,7 +28,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Key, Lease, LeaseContext, LeaseError};
+use super::events::Events;
+use crate::{CancelReason, Key, Lease, LeaseContext, LeaseError};
 
 /// A lease held for a client, as it passes from one stream to another.
 ///
@@ -43,15 +44,50 @@ pub(crate) struct Hold {
     /// The latest instant the client was told it may act until.
     pub(crate) promised: Instant,
     let_go: LetGo,
+    /// Where the lease's end goes while nobody records it yet.
+    log: Option<EndLog>,
+}
+
+/// The event log a held lease's end goes to (see `events.rs`), and through which
+/// protocol it was asked for. Its end is recorded once: by the stream that sees it while
+/// it waits (`Hold::noted_end`), or, once the lease leaves such a stream's watch
+/// otherwise, by a task of its own (`Hold::watch_end`): a task per held lease would be
+/// most of a kilobyte each for 100k leases on one stream.
+pub(crate) struct EndLog {
+    pub(crate) events: Events,
+    pub(crate) via: &'static str,
 }
 
 impl Hold {
-    pub(crate) fn new(lease: Lease, ctx: LeaseContext, let_go: &LetGo) -> Hold {
+    pub(crate) fn new(
+        lease: Lease,
+        ctx: LeaseContext,
+        let_go: &LetGo,
+        log: Option<EndLog>,
+    ) -> Hold {
         Hold {
             lease: Some(lease),
             ctx,
             promised: Instant::now(),
             let_go: let_go.clone(),
+            log,
+        }
+    }
+
+    /// Records the lease's end, seen by its stream, unless it is recorded already.
+    pub(crate) fn noted_end(&mut self, reason: &CancelReason) {
+        if let (Some(log), Some(lease)) = (self.log.take(), self.lease.as_ref()) {
+            log.events
+                .ended(lease.key(), lease.token(), log.via, reason);
+        }
+    }
+
+    /// Leaves the recording of the lease's end to a task of its own, unless it is
+    /// recorded (or so left) already: for whoever stops watching the lease's context
+    /// before it ended.
+    pub(crate) fn watch_end(&mut self) {
+        if let (Some(log), Some(lease)) = (self.log.take(), self.lease.as_ref()) {
+            log.events.watch_end(lease.key(), &self.ctx, log.via);
         }
     }
 
@@ -62,6 +98,7 @@ impl Hold {
 
     /// Releases the lease: its client said it has stopped.
     pub(crate) async fn release(mut self) {
+        self.watch_end();
         if let Some(lease) = self.lease.take() {
             let _ = lease.release().await;
         }
@@ -70,6 +107,7 @@ impl Hold {
     /// Lets go of the lease now that nothing more is owed to its client (see
     /// [`LetGo::let_go`]).
     pub(crate) async fn let_go(mut self) {
+        self.watch_end();
         if let Some(lease) = self.lease.take() {
             self.let_go.let_go(lease).await;
         }
@@ -78,6 +116,7 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
+        self.watch_end();
         let Some(lease) = self.lease.take() else {
             return;
         };

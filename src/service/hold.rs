@@ -8,7 +8,7 @@ use tonic::{Status, Streaming};
 
 use super::first::NoFirst;
 use super::give_back::give_back_listed;
-use super::handover::{hand, Claim, Hold};
+use super::handover::{hand, Claim, EndLog, Hold};
 use super::lanes::{Outgoing, Requests};
 use super::native::options_of;
 use super::shared::{Shared, StreamSlot};
@@ -180,7 +180,10 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
                 );
             }
             Event::Stopping => break ended(Reason::Shutdown, "the lease service is shutting down"),
-            Event::Ended(reason) => break ended_by(&reason),
+            Event::Ended(reason) => {
+                hold.noted_end(&reason);
+                break ended_by(&reason);
+            }
             Event::Gone => {
                 if released_already(&mut incoming) {
                     drop(listed);
@@ -359,8 +362,13 @@ pub(crate) async fn obtain_hold(
             .acquire_lease_with(key, options)
             .await
             .map_err(NotObtained::Refused)?;
-        shared.events.watch(lease.key(), &ctx, via, false);
-        return Ok(Hold::new(lease, ctx, &shared.let_go));
+        shared.events.granted(lease.key(), ctx.token(), via, false);
+        return Ok(Hold::new(
+            lease,
+            ctx,
+            &shared.let_go,
+            Some(log(shared, via)),
+        ));
     };
     match shared.holds.take(&key, token, options.ttl()).await {
         Ok(Some(hold)) => return Ok(hold),
@@ -372,13 +380,26 @@ pub(crate) async fn obtain_hold(
         .await
     {
         Ok((lease, ctx)) => {
-            shared.events.watch(&key, &ctx, via, true);
-            Ok(Hold::new(lease, ctx, &shared.let_go))
+            shared.events.granted(&key, ctx.token(), via, true);
+            Ok(Hold::new(
+                lease,
+                ctx,
+                &shared.let_go,
+                Some(log(shared, via)),
+            ))
         }
         Err(LeaseError::NotHeld) => Err(NotObtained::Gone),
         // Held here by a stream that has not handed it over (yet): try again.
         Err(LeaseError::Conflict) => Err(NotObtained::Busy),
         Err(e) => Err(NotObtained::Refused(e)),
+    }
+}
+
+/// Where a lease obtained for a client through `via` records its end.
+fn log(shared: &Shared, via: &'static str) -> EndLog {
+    EndLog {
+        events: shared.events.clone(),
+        via,
     }
 }
 

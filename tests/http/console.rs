@@ -138,3 +138,58 @@ async fn events_tell_grants_ends_and_takeovers_in_order() {
     );
     assert!(events_of(&http, key, last).await.is_empty());
 }
+
+/// The same log for leases held over a native `HoldMany` stream, whose ends the stream
+/// records itself while it holds them (no task per lease): a revoke the stream sees,
+/// and a release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tell_the_ends_of_leases_held_on_a_native_stream() {
+    use leases::{ClientLeaser, ClientOptions, Key, Leaser};
+    use std::time::Duration;
+    let server = crate::server().await;
+    let http = Http::new(server.local_addr());
+    let options = ClientOptions::endpoints([format!("http://{}", server.local_addr())])
+        .unwrap()
+        .min_ttl(crate::support::remote::TTL)
+        .request_timeout(Duration::from_secs(5));
+    let c = ClientLeaser::connect_with(options).await.unwrap();
+    let ttl = Duration::from_secs(5);
+    let (revoked, released) = (
+        "/system/console/native/revoked",
+        "/system/console/native/released",
+    );
+    let (a, a_ctx) = c
+        .acquire_lease(Key::parse(revoked).unwrap(), ttl)
+        .await
+        .unwrap();
+    let (b, _) = c
+        .acquire_lease(Key::parse(released).unwrap(), ttl)
+        .await
+        .unwrap();
+    let answer = http.post("/v1/revoke", json!({ "key": revoked })).await;
+    assert_eq!(answer.body["revoked"], true);
+    a_ctx.cancelled().await;
+    let (ta, tb) = (a.token(), b.token());
+    let _ = a.release().await;
+    b.release().await.unwrap();
+    let wants = [
+        (revoked, [("granted", ta), ("revoked", ta)]),
+        (released, [("granted", tb), ("released", tb)]),
+    ];
+    for (key, want) in wants {
+        let want: Vec<_> = want
+            .iter()
+            .map(|(kind, token)| (kind.to_string(), token.to_string()))
+            .collect();
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            got = events_of(&http, key, 0).await;
+            if got.len() >= want.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(got, want, "{key}");
+    }
+    server.shutdown().await.unwrap();
+}

@@ -449,7 +449,10 @@ fn acquire(shared: &Shared, key: Key, window: Duration) -> Acquiring {
         let result = manager
             .acquire_lease_with(key.clone(), options)
             .await
-            .inspect(|(_, ctx)| events.watch(&key, ctx, "ftl", false))
+            .inspect(|(_, ctx)| {
+                events.granted(&key, ctx.token(), "ftl", false);
+                events.watch_end(&key, ctx, "ftl");
+            })
             .map_err(|e| match e {
                 LeaseError::Conflict | LeaseError::WaitTimedOut { .. } => {
                     Status::resource_exhausted("lease already held")

@@ -150,7 +150,10 @@ async fn run(
                     Ended::new("shutdown", "the lease service is shutting down")
                 };
             }
-            reason = hold.ctx.cancelled() => break Ended::by(&reason),
+            reason = hold.ctx.cancelled() => {
+                hold.noted_end(&reason);
+                break Ended::by(&reason);
+            }
             claim = listed.claims.recv() => match hand(claim, hold) {
                 // Re-attached elsewhere: this server no longer keeps it for HTTP.
                 Ok(()) => return drop((entry, counted)),
