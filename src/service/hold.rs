@@ -2,13 +2,15 @@
 //! stream's lease is let go of when the stream ends (see `give_back.rs` and
 //! `handover.rs`).
 
+use std::time::Duration;
+
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
 use super::first::NoFirst;
 use super::give_back::give_back_listed;
-use super::handover::{hand, Claim, EndLog, Hold};
+use super::handover::{hand, Claim, EndLog, Hold, Listed};
 use super::lanes::{Outgoing, Requests};
 use super::native::options_of;
 use super::shared::{Shared, StreamSlot};
@@ -72,45 +74,78 @@ pub(crate) async fn run_hold(
             return;
         }
     };
-    serve_hold(shared, acquire, incoming, tx, Some(slot)).await
+    serve_hold(shared, acquire, incoming, tx, Some(slot), ()).await
 }
 
 /// Serves one lease from its `acquire` on: on a `Hold` stream of its own, or on a lane
 /// of a `HoldMany` stream (see `lanes.rs`). `slot` counts the stream against its
-/// connection's limit until the lease's stream is over.
-pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
+/// connection's limit until the lease's stream is over; `kept` is dropped when the
+/// lease is done with (given back, handed over, or never got).
+///
+/// The future lives as long as the lease is held, one per held lease (100k on one
+/// `HoldMany` stream), so it keeps only what the holding needs: getting the lease (and
+/// every way of letting go of it) runs in boxed futures of their own, and what moves
+/// from one part to the next moves boxed, by value (not an `async fn`, whose arguments
+/// are kept for the future's whole life, nor a borrow, which keeps its place too).
+pub(crate) fn serve_hold<R: Requests, A: Outgoing, K: Send + 'static>(
     shared: Shared,
     acquire: Acquire,
-    mut incoming: R,
+    incoming: R,
     tx: A,
     slot: Option<StreamSlot>,
-) {
+    kept: K,
+) -> impl std::future::Future<Output = ()> + Send {
+    let parts = Box::new((shared, acquire, incoming, tx, slot, kept));
+    async move {
+        if let Some(holding) = Box::pin(begin(parts)).await {
+            hold_on(holding).await
+        }
+    }
+}
+
+/// A lease held for a client, and all its stream's task holds it with.
+struct Holding<R, A, K> {
+    shared: Shared,
+    hold: Hold,
+    listed: Listed,
+    ttl: Duration,
+    incoming: R,
+    tx: A,
+    slot: Option<StreamSlot>,
+    kept: K,
+}
+
+/// Gets the lease (acquired or re-attached), lists it, and tells the client: what to
+/// hold on to, or `None` once it is over (no lease, or one let go of at once).
+async fn begin<R: Requests, A: Outgoing, K: Send + 'static>(
+    parts: Box<(Shared, Acquire, R, A, Option<StreamSlot>, K)>,
+) -> Option<Box<Holding<R, A, K>>> {
+    let (shared, acquire, mut incoming, tx, slot, kept) = *parts;
     let resume = acquire.resume;
     let (key, options) = match options_of(acquire) {
         Ok(x) => x,
         Err(status) => {
             let _ = tx.try_send(Err(status));
-            return;
+            return None;
         }
     };
     let ttl = options.ttl();
-    let stopping = shared.stopping.clone();
     let got = tokio::select! {
-        _ = stopping.cancelled() => Err(Status::unavailable("the lease service is shutting down")),
+        _ = shared.stopping.cancelled() => Err(Status::unavailable("the lease service is shutting down")),
         // The client is gone: dropping the acquire gives up (the manager cleans up, and
         // a hold being taken over from another stream stays with it).
-        _ = tx.closed() => return,
-        got = Box::pin(obtain(&shared, key.clone(), options, resume)) => got,
+        _ = tx.closed() => return None,
+        got = obtain(&shared, key.clone(), options, resume) => got,
     };
     let mut hold = match got {
         Ok(hold) => hold,
         Err(status) => {
             let _ = tx.try_send(Err(status));
-            return;
+            return None;
         }
     };
     let token = hold.token();
-    let mut listed = shared.holds.list(&key, token, ttl);
+    let listed = shared.holds.list(&key, token, ttl);
     if let Some(reason) = hold.ctx.reason() {
         // A re-attached lease that had already ended: say so, and let it go as the
         // stream that held it would have.
@@ -118,13 +153,9 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
             "lease {key} is no longer held: {reason}"
         ))));
         drop((tx, slot));
-        return Box::pin(give_back_listed(
-            hold,
-            listed,
-            release_of(&mut incoming),
-            &shared.let_go,
-        ))
-        .await;
+        let clean_end = release_of(&mut incoming);
+        give_back_listed(hold, listed, clean_end, &shared.let_go).await;
+        return None;
     }
     // How long the client may act on what it was told: the server's deadline when it
     // last answered (the client counts from the earlier instant it sent the request).
@@ -143,24 +174,46 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
         drop(tx);
         if resume.is_none() {
             drop(listed);
-            return Box::pin(hold.release()).await;
+            hold.release().await;
+            return None;
         }
         hold.promised = promised_before;
-        return Box::pin(give_back_listed(
-            hold,
-            listed,
-            std::future::pending(),
-            &shared.let_go,
-        ))
-        .await;
+        give_back_listed(hold, listed, std::future::pending(), &shared.let_go).await;
+        return None;
     }
+    Some(Box::new(Holding {
+        shared,
+        hold,
+        listed,
+        ttl,
+        incoming,
+        tx,
+        slot,
+        kept,
+    }))
+}
+
+/// Holds the lease for its client: answers heartbeats, hands it over to a stream that
+/// re-attaches it, and lets go of it by the rule when the stream ends or the lease does.
+async fn hold_on<R: Requests, A: Outgoing, K: Send + 'static>(holding: Box<Holding<R, A, K>>) {
+    let Holding {
+        shared,
+        mut hold,
+        mut listed,
+        ttl,
+        mut incoming,
+        tx,
+        slot,
+        kept: _kept,
+    } = *holding;
+    let stopping = &shared.stopping;
     // On a lane, the demultiplexer answers group heartbeats from here on without
     // waking this task (see `Inbox::answer`); what it answered moves `last` (checked when
     // the silence timer fires) and the promise (taken in before the lease is handed on
     // or given back, once the demultiplexer has stopped answering).
     incoming.share(&hold.ctx, ttl);
     let mut last = Instant::now();
-    let end = loop {
+    let exit = loop {
         let event = tokio::select! {
             biased;
             _ = stopping.cancelled() => Event::Stopping,
@@ -174,23 +227,25 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
         };
         match event {
             Event::Stopping if shared.let_go.shared_store => {
-                break ended(
-                    Reason::HandedOver,
-                    "the lease service is shutting down: re-attach the lease through another server",
-                );
+                let why = "the lease service is shutting down: \
+                           re-attach the lease through another server";
+                break Exit::End(ended(Reason::HandedOver, why));
             }
-            Event::Stopping => break ended(Reason::Shutdown, "the lease service is shutting down"),
+            Event::Stopping => {
+                break Exit::End(ended(
+                    Reason::Shutdown,
+                    "the lease service is shutting down",
+                ))
+            }
             Event::Ended(reason) => {
                 hold.noted_end(&reason);
-                break ended_by(&reason);
+                break Exit::End(ended_by(&reason));
             }
             Event::Gone => {
                 if released_already(&mut incoming) {
-                    drop(listed);
-                    Box::pin(hold.release()).await;
-                    return;
+                    break Exit::Released { tell: false };
                 }
-                break Err(Status::cancelled("the client went away"));
+                break Exit::End(Err(Status::cancelled("the client went away")));
             }
             Event::Claimed(claim) => {
                 take_answered(&mut hold, &mut incoming);
@@ -215,10 +270,10 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
                 if last + ttl > Instant::now() {
                     continue;
                 }
-                break ended(
+                break Exit::End(ended(
                     Reason::Lost,
                     "no request within the TTL: the client is gone",
-                );
+                ));
             }
             Event::Request(Ok(Some(HoldRequest {
                 kind: Some(In::Heartbeat(_)),
@@ -226,7 +281,7 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
                 last = Instant::now();
                 // Never confirm an ended lease.
                 if let Some(reason) = hold.ctx.reason() {
-                    break ended_by(&reason);
+                    break Exit::End(ended_by(&reason));
                 }
                 let left = time_left(&hold.ctx, ttl);
                 hold.promised = hold.promised.max(Instant::now() + left);
@@ -235,31 +290,39 @@ pub(crate) async fn serve_hold<R: Requests, A: Outgoing>(
                 }));
                 // Keep the last slot for the end (its status must reach the client).
                 if !tx.has_room() || tx.try_send(renewed).is_err() {
-                    break Err(Status::resource_exhausted(
+                    break Exit::End(Err(Status::resource_exhausted(
                         "the client does not read its answers",
-                    ));
+                    )));
                 }
             }
             Event::Request(Ok(Some(HoldRequest {
                 kind: Some(In::Release(_)),
             }))) => {
-                drop(listed);
-                Box::pin(hold.release()).await;
-                let _ = tx.try_send(ended(Reason::Released, "released"));
-                return;
+                break Exit::Released { tell: true };
             }
             Event::Request(Ok(Some(_))) => {
-                break Err(Status::invalid_argument(
+                break Exit::End(Err(Status::invalid_argument(
                     "only heartbeat and release may follow acquire",
-                ));
+                )));
             }
             // Not a release: a client that has stopped says `release` first.
             Event::Request(Ok(None)) => {
-                break Err(Status::cancelled(
+                break Exit::End(Err(Status::cancelled(
                     "the client closed the stream without releasing",
-                ))
+                )))
             }
-            Event::Request(Err(status)) => break Err(status),
+            Event::Request(Err(status)) => break Exit::End(Err(status)),
+        }
+    };
+    let end = match exit {
+        Exit::End(end) => end,
+        Exit::Released { tell } => {
+            drop(listed);
+            Box::pin(hold.release()).await;
+            if tell {
+                let _ = tx.try_send(ended(Reason::Released, "released"));
+            }
+            return;
         }
     };
     // Nothing is answered for the lease but by this task from here on, and every
@@ -288,6 +351,15 @@ fn take_answered<R: Requests>(hold: &mut Hold, incoming: &mut R) {
     if let Some(promised) = incoming.unshare().promised {
         hold.promised = hold.promised.max(promised);
     }
+}
+
+/// How a holding stream's loop ended (no await in the loop but its wait, so that what
+/// woke it is not kept in the task for its whole life).
+enum Exit {
+    /// With this last answer for the client; the lease is given back by the rule.
+    End(Result<HoldResponse, Status>),
+    /// By the client's release: the key goes back at once (`tell`: say so).
+    Released { tell: bool },
 }
 
 /// What woke a holding stream.

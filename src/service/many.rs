@@ -256,10 +256,14 @@ impl Many {
                 let done = DoneGuard(id, self.up.clone());
                 let shared = self.shared.clone();
                 let counted = shared.stream();
-                tokio::spawn(async move {
-                    serve_hold(shared, acquire, LaneRequests(inbox), lane, None).await;
-                    drop((done, counted));
-                });
+                tokio::spawn(serve_hold(
+                    shared,
+                    acquire,
+                    LaneRequests(inbox),
+                    lane,
+                    None,
+                    (done, counted),
+                ));
                 Ok(())
             }
             Some(In::Heartbeat(h)) => {
