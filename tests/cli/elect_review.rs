@@ -168,9 +168,13 @@ fn ctrl_z_between_terms_stops_and_continues() {
     let first: u64 = elect.line().parse().expect("a token");
     // Two short terms lost in a row: the pause after the second is 2 s.
     revoke_and_wait_given_back(&cli, &key);
+    elect.wait_stderr("campaigning again in");
     let second: u64 = elect.line().parse().expect("a token");
     assert!(second > first);
     revoke_and_wait_given_back(&cli, &key);
+    // The key is given back before `elect` has heard that its release reached the
+    // server: wait until it says it pauses (a signal before that falls in the term).
+    elect.wait_stderr("campaigning again in");
     // In the pause now (or, at worst, campaigning): Ctrl-Z.
     elect.signal(libc::SIGTSTP);
     eventually("elect stops or exits", || {

@@ -1,7 +1,7 @@
 //! The binary as the scenarios drive it: a [`Cli`] names where leases live and runs
 //! `leases` there, to its end ([`Done`]) or in the background ([`Running`]).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 
@@ -151,7 +151,10 @@ pub struct Running {
     what: String,
     lines: Receiver<String>,
     stdout: Vec<String>,
+    /// Its standard error, line by line (each with its newline).
     stderr: Receiver<String>,
+    /// The lines of standard error already read by [`Running::wait_stderr`].
+    stderr_read: String,
 }
 
 impl Running {
@@ -169,9 +172,12 @@ impl Running {
         });
         let (tx, stderr) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            let _ = tx.send(s);
+            for line in BufReader::new(&mut err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(format!("{line}\n")).is_err() {
+                    break;
+                }
+            }
         });
         Running {
             child: Some(child),
@@ -179,6 +185,24 @@ impl Running {
             lines,
             stdout: Vec::new(),
             stderr,
+            stderr_read: String::new(),
+        }
+    }
+
+    /// Waits (at most [`PATIENCE`]) for the next line on standard error that contains
+    /// `needle`, and returns it.
+    pub fn wait_stderr(&mut self, needle: &str) -> String {
+        loop {
+            let line = self.stderr.recv_timeout(PATIENCE).unwrap_or_else(|e| {
+                panic!(
+                    "{}: no line with {needle:?} on stderr ({e}); so far:\n{}",
+                    self.what, self.stderr_read
+                )
+            });
+            self.stderr_read.push_str(&line);
+            if line.contains(needle) {
+                return line;
+            }
         }
     }
 
@@ -209,7 +233,10 @@ impl Running {
         let mut child = self.child.take().expect("not finished yet");
         let status = wait_patiently(&mut child, || self.what.clone());
         // The readers end at EOF, once the command's whole group has closed the pipes.
-        let stderr = self.stderr.recv_timeout(PATIENCE).unwrap_or_default();
+        let mut stderr = std::mem::take(&mut self.stderr_read);
+        while let Ok(line) = self.stderr.recv_timeout(PATIENCE) {
+            stderr.push_str(&line);
+        }
         let mut stdout = std::mem::take(&mut self.stdout);
         while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
             stdout.push(line);
