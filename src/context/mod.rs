@@ -124,8 +124,8 @@ impl LeaseContext {
     /// come first anyway, and each heartbeat looks at [`reason`](Self::reason), which
     /// counts suspended time. A holder's own waits must not: they are how loss is told
     /// early.
-    pub(crate) async fn cancelled_lazily(&self) -> CancelReason {
-        self.ended(None).await
+    pub(crate) fn cancelled_lazily(&self) -> impl std::future::Future<Output = CancelReason> + '_ {
+        self.ended(None)
     }
 
     /// Waits for the end: at an end, at the deadline known when it last looked, when

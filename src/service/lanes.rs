@@ -240,8 +240,7 @@ impl Outgoing for Lane {
     }
 
     fn closed(&self) -> impl Future<Output = ()> + Send {
-        let gone = self.gone.clone();
-        async move { gone.cancelled().await }
+        self.gone.cancelled()
     }
 
     fn has_room(&self) -> bool {

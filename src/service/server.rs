@@ -18,7 +18,7 @@ use super::handover::{Holds, LetGo};
 use super::http::Api;
 use super::options::{ServeError, ServeOptions, TlsFiles};
 use super::routes::routes;
-use super::shared::{PerClient, Shared};
+use super::shared::{PerClient, Shared, SharedState};
 use crate::LeaseManager;
 
 /// A running lease service. Stop it with [`shutdown`](LeaseServer::shutdown); dropping
@@ -74,7 +74,7 @@ impl LeaseServer {
             shared_store: manager.backend().shared(),
             stopping: stopping.clone(),
         };
-        let shared = Shared {
+        let shared = Shared::new(SharedState {
             holds: Holds::default(),
             events: Events::default(),
             let_go,
@@ -84,7 +84,7 @@ impl LeaseServer {
             streams: PerClient::default(),
             http_leases: PerClient::default(),
             active: streams.clone(),
-        };
+        });
         let api = Api::new(&shared);
         let http_listener = match shared.options.http_bind {
             Some(bind) => Some(

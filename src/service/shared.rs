@@ -16,9 +16,27 @@ use super::handover::{Holds, LetGo};
 use super::options::ServeOptions;
 use crate::LeaseManager;
 
-/// State shared by the services of one server.
+/// State shared by the services of one server (cheap to clone: one pointer, which
+/// every held lease's task keeps).
 #[derive(Clone)]
-pub(crate) struct Shared {
+pub(crate) struct Shared(Arc<SharedState>);
+
+impl Shared {
+    pub(crate) fn new(state: SharedState) -> Shared {
+        Shared(Arc::new(state))
+    }
+}
+
+impl std::ops::Deref for Shared {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// What [`Shared`] holds.
+pub(crate) struct SharedState {
     pub(crate) manager: LeaseManager,
     pub(crate) options: Arc<ServeOptions>,
     /// Cancelled when the server stops: every stream releases its leases and ends.
