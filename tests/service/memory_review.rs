@@ -1,0 +1,312 @@
+//! Adversarial review of `review-memory` (the claim box, the boxed `serve_hold`, the
+//! event log's end recording, the lazy wait woken by an earlier deadline): re-attach
+//! claims racing each other, a break, and a release, on the memory backend.
+
+use std::time::Duration;
+
+use leases::proto::leases::v1::ended::Reason;
+use leases::proto::leases::v1::hold_many_request::Kind as ManyIn;
+use leases::proto::leases::v1::hold_many_response::Kind as ManyOut;
+use leases::proto::leases::v1::hold_request::Kind as In;
+use leases::proto::leases::v1::hold_response::Kind as Out;
+use leases::proto::leases::v1::{
+    Acquire, HoldManyRequest, HoldManyResponse, HoldRequest, HoldResponse, LeaseAcquire,
+    LeaseRelease, Release,
+};
+use leases::service::LeaseServer;
+use leases::{Key, LeaseManager};
+use tonic::Code;
+
+use crate::support::remote::{
+    local, memory_manager, raw_heartbeats, raw_hold, raw_resume, RawStream,
+};
+
+const MANY: &str = "/leases.v1.Leases/HoldMany";
+
+async fn token_of(manager: &LeaseManager, key: &Key) -> Option<u64> {
+    manager.lease_info(key).await.unwrap().map(|i| i.token)
+}
+
+/// Waits up to `within` for `key` to be free on `manager`; whether it is.
+async fn freed_within(manager: &LeaseManager, key: &Key, within: Duration) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        if token_of(manager, key).await.is_none() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn next_hold(s: &mut RawStream) -> Option<Out> {
+    tokio::time::timeout(Duration::from_secs(10), s.next::<HoldResponse>())
+        .await
+        .expect("an answer within 10 s")
+        .and_then(|m| m.kind)
+}
+
+async fn next_many(s: &mut RawStream) -> Option<ManyOut> {
+    tokio::time::timeout(Duration::from_secs(10), s.next::<HoldManyResponse>())
+        .await
+        .expect("an answer within 10 s")
+        .and_then(|m| m.kind)
+}
+
+fn lane_acquire(id: u64, key: &Key, ttl: Duration, resume: Option<u64>) -> HoldManyRequest {
+    HoldManyRequest {
+        kind: Some(ManyIn::Acquire(LeaseAcquire {
+            id,
+            acquire: Some(Acquire {
+                key: key.to_string(),
+                ttl: Some(ttl.try_into().unwrap()),
+                metadata: Vec::new(),
+                wait: None,
+                resume,
+            }),
+        })),
+    }
+}
+
+/// Sends `release` on a `Hold` stream and reads its `ended RELEASED`.
+async fn release(s: &mut RawStream) {
+    s.send(&HoldRequest {
+        kind: Some(In::Release(Release {})),
+    });
+    match next_hold(s).await {
+        Some(Out::Ended(e)) => assert_eq!(e.reason, Reason::Released as i32, "{e:?}"),
+        other => panic!("a release answered with {other:?}"),
+    }
+}
+
+/// Whether a `Hold` stream still holds its lease: a heartbeat is answered `renewed`.
+async fn alive(s: &mut RawStream) -> bool {
+    s.send(&HoldRequest {
+        kind: Some(In::Heartbeat(leases::proto::leases::v1::Heartbeat {})),
+    });
+    matches!(next_hold(s).await, Some(Out::Renewed(_)))
+}
+
+/// Attacks the claim box (`handover::ClaimBox`): four re-attaches (`resume`) of one
+/// lease at once on four `Hold` streams of the server that holds it. Their claims land
+/// in the holding stream's box (or the box of the stream that took it over); the one
+/// handed the hold lists it anew, and `Listed::drop` must refuse every claim left
+/// behind (not leave it waiting for ever). Checks: every re-attach is answered within
+/// 10 s, every grant has the lease's token, exactly one stream holds it at the end (the
+/// first stream is told `CANCELLED`), and its `release` frees the key. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resumes_are_all_answered_and_leave_one_holder() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(3);
+    for round in 0..8 {
+        let key = Key::system(["review", "memory", "resumes", &round.to_string()]);
+        let (mut first, _) = raw_hold(addr, &key, ttl).await;
+        let token = token_of(&manager, &key).await.expect("held");
+        let tries: Vec<_> = (0..4)
+            .map(|_| {
+                let key = key.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(10),
+                        raw_resume(addr, &key, ttl, token),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        let mut refused = Vec::new();
+        for t in tries {
+            match t.await.unwrap().expect("a re-attach answered within 10 s") {
+                Ok((s, again, _)) => {
+                    assert_eq!(again, token, "round {round}: a re-attach got another token");
+                    granted.push(s);
+                }
+                Err(status) => refused.push(status.code()),
+            }
+        }
+        assert!(!granted.is_empty(), "round {round}: nobody took it over");
+        for code in &refused {
+            assert!(
+                matches!(code, Code::Unavailable | Code::FailedPrecondition),
+                "round {round}: refused with {code:?}"
+            );
+        }
+        assert_eq!(next_hold(&mut first).await, None, "round {round}");
+        assert_eq!(first.status().await.code(), Code::Cancelled, "round {round}");
+        let mut holders = Vec::new();
+        for mut s in granted {
+            if alive(&mut s).await {
+                holders.push(s);
+            }
+        }
+        assert_eq!(
+            holders.len(),
+            1,
+            "round {round}: streams holding the lease at once (refused: {refused:?})"
+        );
+        assert_eq!(token_of(&manager, &key).await, Some(token));
+        release(&mut holders[0]).await;
+        assert!(
+            freed_within(&manager, &key, Duration::from_secs(2)).await,
+            "round {round}: released, yet held"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Attacks the boxed give-back of a broken stream (`hold_on` -> `give_back_listed`, its
+/// claim read from the box, `Hold::watch_end`): a `Hold` stream reset by its client,
+/// re-attached on another stream of the same server 300 ms later, is handed over whole
+/// (same token), is not freed when the first stream's promise passes (heartbeated for
+/// three TTLs), and its `release` frees the key at once. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_gives_its_lease_whole_to_a_reattach() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(2);
+    let key = Key::system(["review", "memory", "broken"]);
+    let (mut old, _) = raw_hold(addr, &key, ttl).await;
+    let token = token_of(&manager, &key).await.expect("held");
+    old.reset(h2::Reason::CANCEL);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut s, again, _) = raw_resume(addr, &key, ttl, token)
+        .await
+        .expect("re-attached");
+    assert_eq!(again, token);
+    raw_heartbeats(&mut [&mut s], ttl * 3, ttl / 4)
+        .await
+        .expect("the re-attached lease lives on its heartbeats");
+    assert_eq!(
+        token_of(&manager, &key).await,
+        Some(token),
+        "the key was freed under its re-attached holder"
+    );
+    release(&mut s).await;
+    assert!(freed_within(&manager, &key, Duration::from_secs(1)).await);
+    server.shutdown().await.unwrap();
+}
+
+/// Attacks `Exit::Released` after the loop and `Listed::drop` refusing late claims: a
+/// lane's `release` on a `HoldMany` stream sent at the same instant as a re-attach of
+/// the same lease on a second `HoldMany` stream, twenty rounds. Either the re-attach is
+/// granted (same token; then the key stays held, with the second stream as its only
+/// holder, until that stream releases it) or it is refused (then the key is free within
+/// a second). Never both, never a hang. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_racing_a_reattach_on_another_stream_leaves_one_answer() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(3);
+    let mut outcomes = (0, 0);
+    for round in 0..20u64 {
+        let key = Key::system(["review", "memory", "release-race", &round.to_string()]);
+        let mut first = RawStream::open(addr, MANY).await;
+        first.send(&lane_acquire(1, &key, ttl, None));
+        let token = match next_many(&mut first).await {
+            Some(ManyOut::Granted(g)) => g.granted.unwrap().token,
+            other => panic!("{other:?}"),
+        };
+        let mut second = RawStream::open(addr, MANY).await;
+        // Both go out back to back.
+        first.send(&HoldManyRequest {
+            kind: Some(ManyIn::Release(LeaseRelease { id: 1 })),
+        });
+        second.send(&lane_acquire(7, &key, ttl, Some(token)));
+        let resumed = match next_many(&mut second).await {
+            Some(ManyOut::Granted(g)) => {
+                assert_eq!(g.granted.unwrap().token, token, "round {round}");
+                true
+            }
+            Some(ManyOut::Failed(f)) => {
+                assert!(
+                    f.code == Code::FailedPrecondition as i32
+                        || f.code == Code::Unavailable as i32,
+                    "round {round}: {f:?}"
+                );
+                false
+            }
+            other => panic!("round {round}: {other:?}"),
+        };
+        // The first stream answers the release (or the move) for lane 1.
+        match next_many(&mut first).await {
+            Some(ManyOut::Ended(e)) => {
+                assert_eq!(e.id, 1);
+                assert_eq!(e.ended.unwrap().reason, Reason::Released as i32);
+            }
+            Some(ManyOut::Failed(f)) => {
+                assert!(resumed, "round {round}: {f:?} though the re-attach failed");
+                assert_eq!(f.code, Code::Cancelled as i32, "round {round}: {f:?}");
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        if resumed {
+            outcomes.0 += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                token_of(&manager, &key).await,
+                Some(token),
+                "round {round}: re-attached, yet freed by the other stream's release"
+            );
+            second.send(&HoldManyRequest {
+                kind: Some(ManyIn::Release(LeaseRelease { id: 7 })),
+            });
+            match next_many(&mut second).await {
+                Some(ManyOut::Ended(e)) => {
+                    assert_eq!(e.ended.unwrap().reason, Reason::Released as i32)
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        } else {
+            outcomes.1 += 1;
+        }
+        assert!(
+            freed_within(&manager, &key, Duration::from_secs(1)).await,
+            "round {round} (re-attached: {resumed}): released, yet held"
+        );
+    }
+    eprintln!("re-attached {} times, refused {} times", outcomes.0, outcomes.1);
+    server.shutdown().await.unwrap();
+}
+
+/// Attacks the boxed `begin` (its `kept` guards and early give-backs) on a `HoldMany`
+/// lane: a re-attach of a lease held on a broken `Hold` stream, on a lane whose client
+/// goes away before the grant can be read (the whole `HoldMany` stream is reset right
+/// after the acquire). The lease must keep its first promise (not be freed while the
+/// first client may act) and, being a re-attach, must not be released at once; a third
+/// re-attach afterwards still finds it with the same token. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reattach_on_a_lane_gone_at_once_keeps_the_lease_whole() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(3);
+    let key = Key::system(["review", "memory", "lane-gone"]);
+    let (mut old, promised) = raw_hold(addr, &key, ttl).await;
+    let token = token_of(&manager, &key).await.expect("held");
+    old.reset(h2::Reason::CANCEL);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut lane = RawStream::open(addr, MANY).await;
+    lane.send(&lane_acquire(3, &key, ttl, Some(token)));
+    lane.reset(h2::Reason::CANCEL);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tokio::time::Instant::now() < promised);
+    assert_eq!(
+        token_of(&manager, &key).await,
+        Some(token),
+        "freed while the first client's promise runs"
+    );
+    let (mut s, again, _) = raw_resume(addr, &key, ttl, token)
+        .await
+        .expect("still there to re-attach");
+    assert_eq!(again, token);
+    release(&mut s).await;
+    assert!(freed_within(&manager, &key, Duration::from_secs(1)).await);
+    server.shutdown().await.unwrap();
+}
