@@ -310,3 +310,158 @@ async fn a_reattach_on_a_lane_gone_at_once_keeps_the_lease_whole() {
     assert!(freed_within(&manager, &key, Duration::from_secs(1)).await);
     server.shutdown().await.unwrap();
 }
+
+#[path = "../support/http_wire.rs"]
+mod http_wire;
+
+/// The kinds and tokens of the event log's events (`GET /v1/events`) on `key`.
+async fn events_of(addr: std::net::SocketAddr, key: &Key) -> Vec<(String, u64)> {
+    let reply = http_wire::call(addr, "GET", "/v1/events", None, None)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let key = key.to_string();
+    reply.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["key"] == key.as_str())
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["token"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The events on `key` once `want.len()` of them are there (within a second), and after
+/// a further 500 ms (so that a second record of an end shows).
+async fn settled_events(
+    addr: std::net::SocketAddr,
+    key: &Key,
+    want: usize,
+) -> Vec<(String, u64)> {
+    for _ in 0..50 {
+        if events_of(addr, key).await.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    events_of(addr, key).await
+}
+
+fn kinds(token: u64, kinds: &[&str]) -> Vec<(String, u64)> {
+    kinds.iter().map(|k| (k.to_string(), token)).collect()
+}
+
+/// Attacks `EndLog` moving with a hold handed over (`Hold::noted_end`): a lease held on
+/// a `Hold` stream, re-attached on a second stream of the same server (the hold, with
+/// its log, moves), then revoked: the second stream's loop sees the end and records it.
+/// The log must tell `granted`, `revoked` once each, and nothing for the release that
+/// follows. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_tells_a_handed_over_lease_end_once() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(3);
+    let key = Key::system(["review", "memory", "events", "moved"]);
+    let (mut first, _) = raw_hold(addr, &key, ttl).await;
+    let token = token_of(&manager, &key).await.expect("held");
+    let (mut s, _, _) = raw_resume(addr, &key, ttl, token).await.expect("moved");
+    assert_eq!(next_hold(&mut first).await, None);
+    assert!(manager.revoke(&key).await.unwrap());
+    match next_hold(&mut s).await {
+        Some(Out::Ended(e)) => assert_eq!(e.reason, Reason::Revoked as i32, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    s.send(&HoldRequest {
+        kind: Some(In::Release(Release {})),
+    });
+    assert!(freed_within(&manager, &key, Duration::from_secs(1)).await);
+    let got = settled_events(addr, &key, 2).await;
+    assert_eq!(got, kinds(token, &["granted", "revoked"]));
+    server.shutdown().await.unwrap();
+}
+
+/// Attacks `Hold::watch_end` in `give_back_listed` followed by a hand-over: a `Hold`
+/// stream reset by its client (its give-back leaves the end to a task), the lease then
+/// re-attached on a second stream (its hold moves with no log), revoked there (that
+/// stream sees the end: must not record it again) and released. The log must tell
+/// `granted`, `revoked` once each. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_tells_the_end_of_a_lease_moved_after_a_break_once() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(3);
+    let key = Key::system(["review", "memory", "events", "broken"]);
+    let (mut first, _) = raw_hold(addr, &key, ttl).await;
+    let token = token_of(&manager, &key).await.expect("held");
+    first.reset(h2::Reason::CANCEL);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut s, _, _) = raw_resume(addr, &key, ttl, token).await.expect("moved");
+    assert!(manager.revoke(&key).await.unwrap());
+    match next_hold(&mut s).await {
+        Some(Out::Ended(e)) => assert_eq!(e.reason, Reason::Revoked as i32, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    s.send(&HoldRequest {
+        kind: Some(In::Release(Release {})),
+    });
+    assert!(freed_within(&manager, &key, Duration::from_secs(1)).await);
+    let got = settled_events(addr, &key, 2).await;
+    assert_eq!(got, kinds(token, &["granted", "revoked"]));
+    server.shutdown().await.unwrap();
+}
+
+/// Attacks the end recorded for leases whose stream never sees their context end: a
+/// `Hold` stream's client releases (`Exit::Released`, the release's own watcher), a
+/// `HoldMany` lane's client releases, and a `Hold` stream broken and left to its
+/// promise (given back by `let_go` after the promise). Each must tell `granted` and
+/// `released` once. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_tells_releases_and_give_backs_once() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(1);
+    let (a, b, c) = (
+        Key::system(["review", "memory", "events", "released"]),
+        Key::system(["review", "memory", "events", "lane"]),
+        Key::system(["review", "memory", "events", "given-back"]),
+    );
+    let (mut sa, _) = raw_hold(addr, &a, ttl).await;
+    let ta = token_of(&manager, &a).await.unwrap();
+    let mut many = RawStream::open(addr, MANY).await;
+    many.send(&lane_acquire(1, &b, ttl, None));
+    let tb = match next_many(&mut many).await {
+        Some(ManyOut::Granted(g)) => g.granted.unwrap().token,
+        other => panic!("{other:?}"),
+    };
+    let (mut sc, promised) = raw_hold(addr, &c, ttl).await;
+    let tc = token_of(&manager, &c).await.unwrap();
+    sc.reset(h2::Reason::CANCEL);
+    release(&mut sa).await;
+    many.send(&HoldManyRequest {
+        kind: Some(ManyIn::Release(LeaseRelease { id: 1 })),
+    });
+    assert!(matches!(next_many(&mut many).await, Some(ManyOut::Ended(_))));
+    tokio::time::sleep_until(promised + Duration::from_millis(300)).await;
+    assert!(freed_within(&manager, &c, Duration::from_secs(2)).await);
+    assert_eq!(
+        settled_events(addr, &a, 2).await,
+        kinds(ta, &["granted", "released"])
+    );
+    assert_eq!(
+        settled_events(addr, &b, 2).await,
+        kinds(tb, &["granted", "released"])
+    );
+    assert_eq!(
+        settled_events(addr, &c, 2).await,
+        kinds(tc, &["granted", "released"])
+    );
+    server.shutdown().await.unwrap();
+}
