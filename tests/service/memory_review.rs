@@ -465,3 +465,106 @@ async fn the_event_log_tells_releases_and_give_backs_once() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// Attacks where the lane's guards (`kept`: `DoneGuard`, `StreamGuard`) are dropped in
+/// the boxed `serve_hold`: a lane closed without release (given back by the rule),
+/// then released: its confirmation (`ended RELEASED` after a `close`) must come only
+/// once the server has let go of the key, and the `close`d key must be kept until then.
+/// Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_after_a_close_is_confirmed_once_the_key_is_free() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(2);
+    let key = Key::system(["review", "memory", "close-release"]);
+    let mut s = RawStream::open(addr, MANY).await;
+    s.send(&lane_acquire(1, &key, ttl, None));
+    let token = match next_many(&mut s).await {
+        Some(ManyOut::Granted(g)) => g.granted.unwrap().token,
+        other => panic!("{other:?}"),
+    };
+    s.send(&HoldManyRequest {
+        kind: Some(ManyIn::Close(leases::proto::leases::v1::LeaseClose { id: 1 })),
+    });
+    // The close ends the lane's requests: it tells the client how (a `failed`).
+    match next_many(&mut s).await {
+        Some(ManyOut::Failed(f)) => assert_eq!(f.id, 1, "{f:?}"),
+        Some(ManyOut::Ended(e)) => assert_eq!(e.id, 1, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(token_of(&manager, &key).await, Some(token), "freed at the close");
+    s.send(&HoldManyRequest {
+        kind: Some(ManyIn::Release(LeaseRelease { id: 1 })),
+    });
+    match next_many(&mut s).await {
+        Some(ManyOut::Ended(e)) => {
+            assert_eq!(e.id, 1);
+            assert_eq!(e.ended.unwrap().reason, Reason::Released as i32);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        token_of(&manager, &key).await,
+        None,
+        "the release was confirmed before the key was given back"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Attacks `begin`'s early give-back of a re-attached lease that had already ended (the
+/// release said again, as `ClientLeaser` does after a break): a lane's lease revoked
+/// (its client told), its `HoldMany` stream then broken; on a new stream, `acquire`
+/// with `resume` followed at once by `release`. The new lane answers `failed
+/// FAILED_PRECONDITION` and then confirms the release (`ended RELEASED`) only once the
+/// key is free; the key is kept until then. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_said_again_on_a_new_lane_is_confirmed_once_the_key_is_free() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(3);
+    let key = Key::system(["review", "memory", "said-again"]);
+    let mut s = RawStream::open(addr, MANY).await;
+    s.send(&lane_acquire(1, &key, ttl, None));
+    let token = match next_many(&mut s).await {
+        Some(ManyOut::Granted(g)) => g.granted.unwrap().token,
+        other => panic!("{other:?}"),
+    };
+    assert!(manager.revoke(&key).await.unwrap());
+    match next_many(&mut s).await {
+        Some(ManyOut::Ended(e)) => {
+            assert_eq!(e.ended.unwrap().reason, Reason::Revoked as i32)
+        }
+        other => panic!("{other:?}"),
+    }
+    s.reset(h2::Reason::CANCEL);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(token_of(&manager, &key).await, Some(token), "freed at the break");
+    let mut again = RawStream::open(addr, MANY).await;
+    again.send(&lane_acquire(5, &key, ttl, Some(token)));
+    again.send(&HoldManyRequest {
+        kind: Some(ManyIn::Release(LeaseRelease { id: 5 })),
+    });
+    match next_many(&mut again).await {
+        Some(ManyOut::Failed(f)) => {
+            assert_eq!(f.id, 5);
+            assert_eq!(f.code, Code::FailedPrecondition as i32, "{f:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match next_many(&mut again).await {
+        Some(ManyOut::Ended(e)) => {
+            assert_eq!(e.id, 5);
+            assert_eq!(e.ended.unwrap().reason, Reason::Released as i32);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        token_of(&manager, &key).await,
+        None,
+        "the release was confirmed before the key was given back"
+    );
+    server.shutdown().await.unwrap();
+}
