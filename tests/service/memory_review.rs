@@ -568,3 +568,44 @@ async fn a_release_said_again_on_a_new_lane_is_confirmed_once_the_key_is_free() 
     );
     server.shutdown().await.unwrap();
 }
+
+/// Attacks the HTTP keeper's claim box and its end log: a lease acquired over HTTP,
+/// re-attached on a native `Hold` stream of the same server (the keeper hands its hold
+/// over, log and all), renewed there past the HTTP grant's TTL, then released: the key
+/// is free at once, the HTTP keeper no longer answers for it (`410`), and the log tells
+/// `granted` and `released` once each. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_lease_reattached_natively_moves_whole_and_ends_once() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(2);
+    let key = Key::system(["review", "memory", "http-moved"]);
+    let body = serde_json::json!({ "key": key.to_string(), "ttl_ms": 2000 }).to_string();
+    let got = http_wire::call(addr, "POST", "/v1/acquire", None, Some(body.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200, "{}", got.body);
+    let token: u64 = got.body["token"].as_str().unwrap().parse().unwrap();
+    let (mut s, again, _) = raw_resume(addr, &key, ttl, token)
+        .await
+        .expect("re-attached from the HTTP keeper");
+    assert_eq!(again, token);
+    raw_heartbeats(&mut [&mut s], ttl * 2, ttl / 4)
+        .await
+        .expect("lives on the native stream");
+    assert_eq!(token_of(&manager, &key).await, Some(token));
+    let beat = serde_json::json!({ "key": key.to_string(), "token": token.to_string() })
+        .to_string();
+    let beat = http_wire::call(addr, "POST", "/v1/heartbeat", None, Some(beat.as_bytes()))
+        .await
+        .unwrap();
+    assert_ne!(beat.status, 200, "the HTTP keeper still answers: {}", beat.body);
+    release(&mut s).await;
+    assert!(freed_within(&manager, &key, Duration::from_millis(500)).await);
+    assert_eq!(
+        settled_events(addr, &key, 2).await,
+        kinds(token, &["granted", "released"])
+    );
+    server.shutdown().await.unwrap();
+}
