@@ -609,3 +609,168 @@ async fn an_http_lease_reattached_natively_moves_whole_and_ends_once() {
     );
     server.shutdown().await.unwrap();
 }
+
+fn group_heartbeat(ttl: Duration) -> HoldManyRequest {
+    HoldManyRequest {
+        kind: Some(ManyIn::Heartbeat(leases::proto::leases::v1::GroupHeartbeat {
+            ttl: Some(ttl.try_into().unwrap()),
+        })),
+    }
+}
+
+/// Attacks the claim box on `HoldMany` lanes with the demultiplexer answering the
+/// holder's group (`Inbox::answer` / `unshare` before the hand-over): a lease held on a
+/// lane whose group is heartbeated, re-attached by three lanes of three other
+/// `HoldMany` streams at once, ten rounds. Every re-attach is answered, grants carry
+/// the token, the first stream is told `failed CANCELLED`, exactly one lane holds the
+/// lease at the end (its group heartbeat is answered with time left; the others were
+/// told `failed`), and its release frees the key. Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resumes_on_lanes_leave_one_holder() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(3);
+    for round in 0..10 {
+        let key = Key::system(["review", "memory", "lane-resumes", &round.to_string()]);
+        let mut first = RawStream::open(addr, MANY).await;
+        first.send(&lane_acquire(1, &key, ttl, None));
+        let token = match next_many(&mut first).await {
+            Some(ManyOut::Granted(g)) => g.granted.unwrap().token,
+            other => panic!("{other:?}"),
+        };
+        first.send(&group_heartbeat(ttl));
+        assert!(matches!(next_many(&mut first).await, Some(ManyOut::Renewed(_))));
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            others.push(RawStream::open(addr, MANY).await);
+        }
+        for s in others.iter_mut() {
+            s.send(&lane_acquire(2, &key, ttl, Some(token)));
+        }
+        first.send(&group_heartbeat(ttl));
+        let mut granted = Vec::new();
+        for (i, s) in others.iter_mut().enumerate() {
+            match next_many(s).await {
+                Some(ManyOut::Granted(g)) => {
+                    assert_eq!(g.granted.unwrap().token, token, "round {round}");
+                    granted.push(i);
+                }
+                Some(ManyOut::Failed(f)) => assert!(
+                    f.code == Code::Unavailable as i32
+                        || f.code == Code::FailedPrecondition as i32,
+                    "round {round}: {f:?}"
+                ),
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert!(!granted.is_empty(), "round {round}: nobody took it over");
+        // The first stream: told the lease moved, before a `renewed` of its group.
+        let mut told = false;
+        for _ in 0..3 {
+            match next_many(&mut first).await {
+                Some(ManyOut::Failed(f)) => {
+                    assert_eq!(f.code, Code::Cancelled as i32, "round {round}: {f:?}");
+                    told = true;
+                    break;
+                }
+                Some(ManyOut::Renewed(_)) => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert!(told, "round {round}: the first stream was not told the lease moved");
+        // Which of the granted lanes still holds it: those it moved on from were told
+        // `failed CANCELLED` (read before their group's `renewed`).
+        let mut holders = Vec::new();
+        for &i in &granted {
+            let s = &mut others[i];
+            s.send(&group_heartbeat(ttl));
+            match next_many(s).await {
+                Some(ManyOut::Renewed(r)) => {
+                    let left = Duration::try_from(r.time_left.unwrap()).unwrap();
+                    if left > Duration::ZERO {
+                        holders.push(i);
+                    }
+                }
+                Some(ManyOut::Failed(f)) => {
+                    assert_eq!(f.code, Code::Cancelled as i32, "round {round}: {f:?}");
+                    assert!(matches!(next_many(s).await, Some(ManyOut::Renewed(_))));
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(holders.len(), 1, "round {round}: holders {holders:?} of {granted:?}");
+        assert_eq!(token_of(&manager, &key).await, Some(token), "round {round}");
+        let s = &mut others[holders[0]];
+        s.send(&HoldManyRequest {
+            kind: Some(ManyIn::Release(LeaseRelease { id: 2 })),
+        });
+        match next_many(s).await {
+            Some(ManyOut::Ended(e)) => {
+                assert_eq!(e.ended.unwrap().reason, Reason::Released as i32)
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        assert!(
+            freed_within(&manager, &key, Duration::from_secs(1)).await,
+            "round {round}: released, yet held"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Attacks a claim arriving as the broken stream's promise runs out (the give-back's
+/// `sleep_until(promised)` against `claims.recv()`, then `Listed::drop` refusing a late
+/// claim): a `Hold` stream reset by its client, re-attached on another stream of the
+/// same server from 40 ms before to 40 ms after its promise, twelve rounds. Either the
+/// re-attach is granted with the token (then the key stays held with it until released)
+/// or refused (`FAILED_PRECONDITION` or `UNAVAILABLE`; then the key is free, and nobody
+/// else got the same token). Holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reattach_at_the_edge_of_the_promise_is_whole_or_refused() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(1);
+    let mut seen = (0, 0);
+    for round in 0..12i64 {
+        let key = Key::system(["review", "memory", "edge", &round.to_string()]);
+        let (mut old, promised) = raw_hold(addr, &key, ttl).await;
+        let token = token_of(&manager, &key).await.expect("held");
+        old.reset(h2::Reason::CANCEL);
+        let offset = Duration::from_millis((round.unsigned_abs() % 6) * 16);
+        let at = if round % 2 == 0 {
+            promised.checked_sub(offset).unwrap()
+        } else {
+            promised + offset
+        };
+        tokio::time::sleep_until(at).await;
+        match raw_resume(addr, &key, ttl, token).await {
+            Ok((mut s, again, _)) => {
+                seen.0 += 1;
+                assert_eq!(again, token, "round {round}");
+                raw_heartbeats(&mut [&mut s], ttl * 2, ttl / 4)
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert_eq!(token_of(&manager, &key).await, Some(token), "round {round}");
+                release(&mut s).await;
+                assert!(freed_within(&manager, &key, Duration::from_secs(1)).await);
+            }
+            Err(status) => {
+                seen.1 += 1;
+                assert!(
+                    matches!(status.code(), Code::FailedPrecondition | Code::Unavailable),
+                    "round {round}: {status:?}"
+                );
+                if status.code() == Code::FailedPrecondition {
+                    assert!(
+                        freed_within(&manager, &key, Duration::from_secs(1)).await,
+                        "round {round}: refused as gone, yet held"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("granted {}, refused {}", seen.0, seen.1);
+    server.shutdown().await.unwrap();
+}
