@@ -774,3 +774,52 @@ async fn a_reattach_at_the_edge_of_the_promise_is_whole_or_refused() {
     eprintln!("granted {}, refused {}", seen.0, seen.1);
     server.shutdown().await.unwrap();
 }
+
+/// Attacks the order of the event log when an end is recorded by a task spawned at the
+/// give-back (`Hold::release` -> `Hold::watch_end`) while the next holder's grant is
+/// recorded at once by its stream: a `Hold` stream's client releases a key another
+/// `Hold` stream is waiting for (`wait`), twenty rounds. The log must tell the first
+/// lease's `released` before the second one's `granted` (the console's timeline reads
+/// them in order: "events tell grants and ends ... in order"). Holds (20 of 20 rounds;
+/// a race by design, as before the change: the end is recorded by a task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_tells_a_release_before_the_grant_it_lets_in() {
+    let manager = memory_manager().await;
+    let server = LeaseServer::start(manager.clone(), local()).await.unwrap();
+    let addr = server.local_addr();
+    let ttl = Duration::from_secs(3);
+    let mut flipped = Vec::new();
+    for round in 0..20 {
+        let key = Key::system(["review", "memory", "order", &round.to_string()]);
+        let (mut a, _) = raw_hold(addr, &key, ttl).await;
+        let ta = token_of(&manager, &key).await.expect("held");
+        let mut b = RawStream::open(addr, "/leases.v1.Leases/Hold").await;
+        b.send(&HoldRequest {
+            kind: Some(In::Acquire(Acquire {
+                key: key.to_string(),
+                ttl: Some(ttl.try_into().unwrap()),
+                metadata: Vec::new(),
+                wait: Some(Duration::from_secs(5).try_into().unwrap()),
+                resume: None,
+            })),
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release(&mut a).await;
+        let tb = match next_hold(&mut b).await {
+            Some(Out::Granted(g)) => g.token,
+            other => panic!("round {round}: {other:?}"),
+        };
+        let got = settled_events(addr, &key, 3).await;
+        let want = vec![
+            ("granted".to_string(), ta),
+            ("released".to_string(), ta),
+            ("granted".to_string(), tb),
+        ];
+        if got != want {
+            flipped.push((round, got));
+        }
+        release(&mut b).await;
+    }
+    assert!(flipped.is_empty(), "out of order: {flipped:?}");
+    server.shutdown().await.unwrap();
+}
