@@ -333,7 +333,8 @@ mod tests {
 
     /// Review probe (`review-memory`): a deadline moved earlier (wakes the lazy waiter)
     /// and then later again before the earlier one passed: the waiter must not end the
-    /// context at the earlier deadline it was woken for, but at the later one. Holds.
+    /// context at the earlier deadline it was woken for, but at the later one. Holds
+    /// (before the change it failed the last assertion: the lazy waiter slept to 30 s).
     #[tokio::test(start_paused = true)]
     async fn review_a_lazy_waiter_woken_for_an_earlier_deadline_rereads_a_later_one() {
         let start = Instant::now();
@@ -353,7 +354,8 @@ mod tests {
 
     /// Review probe (`review-memory`): many lazy and eager waiters of one context, the
     /// deadline moved earlier several times in a row: every waiter ends at the last
-    /// (earliest) deadline, none sleeps on to the first. Holds.
+    /// (earliest) deadline, none sleeps on to the first. Holds (also before the change:
+    /// an eager waiter that sees the deadline pass ends the context for every waiter).
     #[tokio::test(start_paused = true)]
     async fn review_every_waiter_wakes_at_a_deadline_moved_earlier_twice() {
         let start = Instant::now();
