@@ -313,6 +313,77 @@ mod tests {
         assert_eq!(Instant::now() - start, Duration::from_secs(5));
     }
 
+    /// Review probe (`review-memory`): a lazy waiter on a context with no deadline
+    /// (`None`: it waits on the channel alone) wakes at a deadline set later by
+    /// `extend`, as `cancelled` does. Holds (before the change it slept for ever).
+    #[tokio::test(start_paused = true)]
+    async fn review_a_lazy_waiter_wakes_at_a_deadline_set_where_there_was_none() {
+        let start = Instant::now();
+        let (tx, ctx) = LeaseContext::new(1, None);
+        let waiter = tokio::spawn(async move { ctx.cancelled_lazily().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(tx.extend(start + Duration::from_secs(5), Duration::ZERO));
+        let reason = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the lazy waiter slept past the deadline")
+            .unwrap();
+        assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+    }
+
+    /// Review probe (`review-memory`): a deadline moved earlier (wakes the lazy waiter)
+    /// and then later again before the earlier one passed: the waiter must not end the
+    /// context at the earlier deadline it was woken for, but at the later one. Holds
+    /// (before the change it failed the last assertion: the lazy waiter slept to 30 s).
+    #[tokio::test(start_paused = true)]
+    async fn review_a_lazy_waiter_woken_for_an_earlier_deadline_rereads_a_later_one() {
+        let start = Instant::now();
+        let (tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(30)));
+        let seen = ctx.clone();
+        let waiter = tokio::spawn(async move { ctx.cancelled_lazily().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(tx.extend(start + Duration::from_secs(5), Duration::ZERO));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(tx.extend(start + Duration::from_secs(20), Duration::ZERO));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(seen.reason(), None, "ended at the deadline moved away from");
+        let reason = waiter.await.unwrap();
+        assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
+        assert_eq!(Instant::now() - start, Duration::from_secs(20));
+    }
+
+    /// Review probe (`review-memory`): many lazy and eager waiters of one context, the
+    /// deadline moved earlier several times in a row: every waiter ends at the last
+    /// (earliest) deadline, none sleeps on to the first. Holds (also before the change:
+    /// an eager waiter that sees the deadline pass ends the context for every waiter).
+    #[tokio::test(start_paused = true)]
+    async fn review_every_waiter_wakes_at_a_deadline_moved_earlier_twice() {
+        let start = Instant::now();
+        let (tx, ctx) = LeaseContext::new(1, Some(start + Duration::from_secs(100)));
+        let mut waiters = Vec::new();
+        for i in 0..8 {
+            let ctx = ctx.clone();
+            waiters.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    ctx.cancelled_lazily().await
+                } else {
+                    ctx.cancelled().await
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(tx.extend(start + Duration::from_secs(50), Duration::ZERO));
+        assert!(tx.extend(start + Duration::from_millis(3500), Duration::ZERO));
+        for w in waiters {
+            let reason = tokio::time::timeout(Duration::from_secs(200), w)
+                .await
+                .expect("a waiter slept past the deadline")
+                .unwrap();
+            assert_eq!(reason, CancelReason::Lost(LossCause::DeadlineExceeded));
+        }
+        assert_eq!(Instant::now() - start, Duration::from_millis(3500));
+    }
+
     #[test]
     fn never_is_never_cancelled() {
         let ctx = LeaseContext::never();

@@ -18,6 +18,7 @@ mod conformance;
 mod ftl;
 mod many;
 mod many_review;
+mod memory_review;
 mod ops;
 mod reattach;
 mod reattach_client;
