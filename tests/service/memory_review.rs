@@ -137,7 +137,11 @@ async fn concurrent_resumes_are_all_answered_and_leave_one_holder() {
             );
         }
         assert_eq!(next_hold(&mut first).await, None, "round {round}");
-        assert_eq!(first.status().await.code(), Code::Cancelled, "round {round}");
+        assert_eq!(
+            first.status().await.code(),
+            Code::Cancelled,
+            "round {round}"
+        );
         let mut holders = Vec::new();
         for mut s in granted {
             if alive(&mut s).await {
@@ -226,8 +230,7 @@ async fn a_release_racing_a_reattach_on_another_stream_leaves_one_answer() {
             }
             Some(ManyOut::Failed(f)) => {
                 assert!(
-                    f.code == Code::FailedPrecondition as i32
-                        || f.code == Code::Unavailable as i32,
+                    f.code == Code::FailedPrecondition as i32 || f.code == Code::Unavailable as i32,
                     "round {round}: {f:?}"
                 );
                 false
@@ -271,7 +274,10 @@ async fn a_release_racing_a_reattach_on_another_stream_leaves_one_answer() {
             "round {round} (re-attached: {resumed}): released, yet held"
         );
     }
-    eprintln!("re-attached {} times, refused {} times", outcomes.0, outcomes.1);
+    eprintln!(
+        "re-attached {} times, refused {} times",
+        outcomes.0, outcomes.1
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -337,11 +343,7 @@ async fn events_of(addr: std::net::SocketAddr, key: &Key) -> Vec<(String, u64)> 
 
 /// The events on `key` once `want.len()` of them are there (within a second), and after
 /// a further 500 ms (so that a second record of an end shows).
-async fn settled_events(
-    addr: std::net::SocketAddr,
-    key: &Key,
-    want: usize,
-) -> Vec<(String, u64)> {
+async fn settled_events(addr: std::net::SocketAddr, key: &Key, want: usize) -> Vec<(String, u64)> {
     for _ in 0..50 {
         if events_of(addr, key).await.len() >= want {
             break;
@@ -448,7 +450,10 @@ async fn the_event_log_tells_releases_and_give_backs_once() {
     many.send(&HoldManyRequest {
         kind: Some(ManyIn::Release(LeaseRelease { id: 1 })),
     });
-    assert!(matches!(next_many(&mut many).await, Some(ManyOut::Ended(_))));
+    assert!(matches!(
+        next_many(&mut many).await,
+        Some(ManyOut::Ended(_))
+    ));
     tokio::time::sleep_until(promised + Duration::from_millis(300)).await;
     assert!(freed_within(&manager, &c, Duration::from_secs(2)).await);
     assert_eq!(
@@ -485,7 +490,9 @@ async fn a_release_after_a_close_is_confirmed_once_the_key_is_free() {
         other => panic!("{other:?}"),
     };
     s.send(&HoldManyRequest {
-        kind: Some(ManyIn::Close(leases::proto::leases::v1::LeaseClose { id: 1 })),
+        kind: Some(ManyIn::Close(leases::proto::leases::v1::LeaseClose {
+            id: 1,
+        })),
     });
     // The close ends the lane's requests: it tells the client how (a `failed`).
     match next_many(&mut s).await {
@@ -494,7 +501,11 @@ async fn a_release_after_a_close_is_confirmed_once_the_key_is_free() {
         other => panic!("{other:?}"),
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(token_of(&manager, &key).await, Some(token), "freed at the close");
+    assert_eq!(
+        token_of(&manager, &key).await,
+        Some(token),
+        "freed at the close"
+    );
     s.send(&HoldManyRequest {
         kind: Some(ManyIn::Release(LeaseRelease { id: 1 })),
     });
@@ -541,7 +552,11 @@ async fn a_release_said_again_on_a_new_lane_is_confirmed_once_the_key_is_free() 
     }
     s.reset(h2::Reason::CANCEL);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(token_of(&manager, &key).await, Some(token), "freed at the break");
+    assert_eq!(
+        token_of(&manager, &key).await,
+        Some(token),
+        "freed at the break"
+    );
     let mut again = RawStream::open(addr, MANY).await;
     again.send(&lane_acquire(5, &key, ttl, Some(token)));
     again.send(&HoldManyRequest {
@@ -595,12 +610,16 @@ async fn an_http_lease_reattached_natively_moves_whole_and_ends_once() {
         .await
         .expect("lives on the native stream");
     assert_eq!(token_of(&manager, &key).await, Some(token));
-    let beat = serde_json::json!({ "key": key.to_string(), "token": token.to_string() })
-        .to_string();
+    let beat =
+        serde_json::json!({ "key": key.to_string(), "token": token.to_string() }).to_string();
     let beat = http_wire::call(addr, "POST", "/v1/heartbeat", None, Some(beat.as_bytes()))
         .await
         .unwrap();
-    assert_ne!(beat.status, 200, "the HTTP keeper still answers: {}", beat.body);
+    assert_ne!(
+        beat.status, 200,
+        "the HTTP keeper still answers: {}",
+        beat.body
+    );
     release(&mut s).await;
     assert!(freed_within(&manager, &key, Duration::from_millis(500)).await);
     assert_eq!(
@@ -612,9 +631,11 @@ async fn an_http_lease_reattached_natively_moves_whole_and_ends_once() {
 
 fn group_heartbeat(ttl: Duration) -> HoldManyRequest {
     HoldManyRequest {
-        kind: Some(ManyIn::Heartbeat(leases::proto::leases::v1::GroupHeartbeat {
-            ttl: Some(ttl.try_into().unwrap()),
-        })),
+        kind: Some(ManyIn::Heartbeat(
+            leases::proto::leases::v1::GroupHeartbeat {
+                ttl: Some(ttl.try_into().unwrap()),
+            },
+        )),
     }
 }
 
@@ -640,7 +661,10 @@ async fn concurrent_resumes_on_lanes_leave_one_holder() {
             other => panic!("{other:?}"),
         };
         first.send(&group_heartbeat(ttl));
-        assert!(matches!(next_many(&mut first).await, Some(ManyOut::Renewed(_))));
+        assert!(matches!(
+            next_many(&mut first).await,
+            Some(ManyOut::Renewed(_))
+        ));
         let mut others = Vec::new();
         for _ in 0..3 {
             others.push(RawStream::open(addr, MANY).await);
@@ -657,8 +681,7 @@ async fn concurrent_resumes_on_lanes_leave_one_holder() {
                     granted.push(i);
                 }
                 Some(ManyOut::Failed(f)) => assert!(
-                    f.code == Code::Unavailable as i32
-                        || f.code == Code::FailedPrecondition as i32,
+                    f.code == Code::Unavailable as i32 || f.code == Code::FailedPrecondition as i32,
                     "round {round}: {f:?}"
                 ),
                 other => panic!("round {round}: {other:?}"),
@@ -678,7 +701,10 @@ async fn concurrent_resumes_on_lanes_leave_one_holder() {
                 other => panic!("round {round}: {other:?}"),
             }
         }
-        assert!(told, "round {round}: the first stream was not told the lease moved");
+        assert!(
+            told,
+            "round {round}: the first stream was not told the lease moved"
+        );
         // Which of the granted lanes still holds it: those it moved on from were told
         // `failed CANCELLED` (read before their group's `renewed`).
         let mut holders = Vec::new();
@@ -699,7 +725,11 @@ async fn concurrent_resumes_on_lanes_leave_one_holder() {
                 other => panic!("round {round}: {other:?}"),
             }
         }
-        assert_eq!(holders.len(), 1, "round {round}: holders {holders:?} of {granted:?}");
+        assert_eq!(
+            holders.len(),
+            1,
+            "round {round}: holders {holders:?} of {granted:?}"
+        );
         assert_eq!(token_of(&manager, &key).await, Some(token), "round {round}");
         let s = &mut others[holders[0]];
         s.send(&HoldManyRequest {
