@@ -47,7 +47,54 @@ pub(crate) struct Slot {
     /// else here may be granted the key until it reports back.
     pub(crate) busy: bool,
     /// Callers waiting for the key, first come first served.
-    pub(crate) waiters: VecDeque<Waiter>,
+    pub(crate) waiters: Waiters,
+}
+
+/// The callers waiting for one key: boxed, and only while there are any, because
+/// nearly every slot has none and a slot's size is paid for every key in the table.
+#[derive(Default)]
+// Boxed on purpose: 8 bytes in the slot instead of a `VecDeque`'s 32.
+#[allow(clippy::box_collection)]
+pub(crate) struct Waiters(Option<Box<VecDeque<Waiter>>>);
+
+impl Waiters {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|w| w.is_empty())
+    }
+
+    fn push_back(&mut self, waiter: Waiter) {
+        self.0.get_or_insert_with(Box::default).push_back(waiter);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Waiter> {
+        self.0.iter().flat_map(|w| w.iter())
+    }
+
+    /// Drops the queue once it is empty.
+    fn tidy(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+
+    fn remove(&mut self, pos: usize) -> Option<Waiter> {
+        let w = self.0.as_mut()?.remove(pos);
+        self.tidy();
+        w
+    }
+
+    fn pop_front(&mut self) -> Option<Waiter> {
+        let w = self.0.as_mut()?.pop_front();
+        self.tidy();
+        w
+    }
+
+    fn take(&mut self) -> Vec<Waiter> {
+        self.0
+            .take()
+            .map(|w| w.into_iter().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Slot {
@@ -65,9 +112,12 @@ impl Slot {
 #[derive(Default)]
 pub(crate) struct LeaseTable {
     slots: HashMap<Key, Slot>,
-    /// The lease each live renewal actor renews. Keyed by the lease, not only the key,
-    /// so that a renewer's exit can only end the holder it belongs to.
-    renewers: HashMap<ActorId, (Key, u64)>,
+    /// The key each live renewal actor renews, by the actor's (local) pid. An entry
+    /// lives exactly as long as the actor is its key's holder's renewer (see
+    /// [`renewer_exited`](Self::renewer_exited)), so that a renewer's exit can only end
+    /// the holder it belongs to. (The pid and the key alone, not the token: the entry is
+    /// paid for every lease held.)
+    renewers: HashMap<u64, Key>,
     next_waiter: u64,
 }
 
@@ -124,7 +174,7 @@ impl LeaseTable {
         }
         let holder = slot.holder.take()?;
         if let Some(renewer) = &holder.renewer {
-            self.renewers.remove(&renewer.get_id());
+            self.renewers.remove(&renewer.get_id().pid());
         }
         Some(holder)
     }
@@ -145,7 +195,7 @@ impl LeaseTable {
         match holder {
             Some(holder) => {
                 holder.renewer = Some(renewer);
-                self.renewers.insert(id, (key.clone(), token));
+                self.renewers.insert(id.pid(), key.clone());
                 true
             }
             None => false,
@@ -166,7 +216,7 @@ impl LeaseTable {
         }
         let renewer = holder.renewer.take();
         if let Some(r) = &renewer {
-            self.renewers.remove(&r.get_id());
+            self.renewers.remove(&r.get_id().pid());
         }
         Some((holder, renewer))
     }
@@ -174,7 +224,16 @@ impl LeaseTable {
     /// The lease whose renewal actor `id` exited, forgetting the actor; `None` for an
     /// actor already forgotten (one we stopped ourselves).
     pub(crate) fn renewer_exited(&mut self, id: ActorId) -> Option<(Key, u64)> {
-        self.renewers.remove(&id)
+        if !id.is_local() {
+            return None;
+        }
+        let key = self.renewers.remove(&id.pid())?;
+        // The entry's holder, if it is still this actor's: the token is the holder's.
+        let token = self
+            .holder(&key)
+            .filter(|h| h.renewer.as_ref().is_some_and(|r| r.get_id() == id))?
+            .token;
+        Some((key, token))
     }
 
     /// Queues a waiter for `key`.
@@ -213,7 +272,7 @@ impl LeaseTable {
     pub(crate) fn drain_waiters(&mut self, key: &Key) -> Vec<Waiter> {
         self.slots
             .get_mut(key)
-            .map(|s| s.waiters.drain(..).collect())
+            .map(|s| s.waiters.take())
             .unwrap_or_default()
     }
 }
@@ -286,16 +345,45 @@ mod tests {
         );
     }
 
-    #[test]
-    fn renewer_exits_name_their_lease() {
+    /// An actor that only stands in for a renewer.
+    struct Idle;
+
+    impl ractor::Actor for Idle {
+        type Msg = super::super::group::Fate;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: RenewerRef, _: ()) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn renewer_exits_name_their_lease() {
         let mut t = LeaseTable::default();
         let k = Key::system(["a"]);
         let (h, _view) = holder(7);
         t.hold(&k, h);
-        // (The attach path needs a live actor; the map itself is plain data.)
-        t.renewers.insert(ActorId::Local(1), (k.clone(), 7));
-        assert_eq!(t.renewer_exited(ActorId::Local(1)), Some((k.clone(), 7)));
-        assert_eq!(t.renewer_exited(ActorId::Local(1)), None, "told once");
+        let (r, _) = ractor::Actor::spawn(None, Idle, ()).await.unwrap();
+        let id = r.get_id();
+        assert!(t.attach(&k, 7, r.clone()));
+        assert_eq!(t.renewer_exited(id), Some((k.clone(), 7)));
+        assert_eq!(t.renewer_exited(id), None, "told once");
+
+        // A renewer whose holder was replaced names nothing: its exit ends nobody.
+        let (h, _view) = holder(8);
+        t.take_holder(&k, None);
+        t.hold(&k, h);
+        let (r2, _) = ractor::Actor::spawn(None, Idle, ()).await.unwrap();
+        assert!(t.attach(&k, 8, r2.clone()));
+        let (h, _view) = holder(9);
+        t.hold(&k, h);
+        assert_eq!(
+            t.renewer_exited(r2.get_id()),
+            None,
+            "not the holder's renewer"
+        );
+        r.stop(None);
+        r2.stop(None);
     }
 
     #[tokio::test]
