@@ -39,16 +39,49 @@ pub struct MemoryBackend {
 struct State {
     last_token: u64,
     held: HashMap<Key, Entry>,
+    /// What the entries' instants count from.
+    base: Instant,
 }
 
+/// A key's lease. Kept small (56 bytes), since the map holds one for every lease:
+/// instants and durations are nanoseconds in a `u64` (saturated: about 584 years).
 #[derive(Debug)]
 struct Entry {
     token: u64,
-    ttl: Duration,
-    expires_at: Instant,
-    metadata: Vec<u8>,
+    /// The TTL it was granted or last renewed with.
+    ttl: u64,
+    /// When it expires, after [`State::base`].
+    expires_at: u64,
+    /// When it was granted, after the Unix epoch (0 for a wall clock before it).
+    acquired_at: u64,
+    metadata: Box<[u8]>,
     revoked: bool,
-    acquired_at: SystemTime,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl State {
+    /// `at` as nanoseconds after [`base`](Self::base).
+    fn at(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.base))
+    }
+}
+
+impl Entry {
+    fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl)
+    }
+
+    fn acquired_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.acquired_at)
+    }
+
+    /// The time left at `now` (nanoseconds after the base); zero once expired.
+    fn expires_in(&self, now: u64) -> Duration {
+        Duration::from_nanos(self.expires_at.saturating_sub(now))
+    }
 }
 
 impl Default for MemoryBackend {
@@ -73,6 +106,7 @@ impl MemoryBackend {
             state: Mutex::new(State {
                 last_token: floor,
                 held: HashMap::default(),
+                base: Instant::now(),
             }),
             frees: broadcast::channel(FREES_CAPACITY).0,
         }
@@ -117,13 +151,14 @@ fn renew_entry(
     now: Instant,
     expires_at: Instant,
 ) -> RenewOutcome {
+    let (now, expires_at) = (state.at(now), state.at(expires_at));
     match state.held.get_mut(key) {
         Some(h) if h.token == token && h.expires_at > now => {
             if h.revoked {
                 RenewOutcome::Revoked
             } else {
                 h.expires_at = expires_at;
-                h.ttl = ttl;
+                h.ttl = nanos(ttl);
                 RenewOutcome::Renewed
             }
         }
@@ -141,10 +176,11 @@ impl MemoryBackend {
         let now = Instant::now();
         let expires_at = deadline(now, ttl)?;
         let mut state = self.lock();
+        let (now, expires_at) = (state.at(now), state.at(expires_at));
         if let Some(h) = state.held.get(key) {
             if h.expires_at > now {
                 return Ok(AcquireOutcome::Held {
-                    expires_in: h.expires_at - now,
+                    expires_in: h.expires_in(now),
                 });
             }
         }
@@ -156,11 +192,13 @@ impl MemoryBackend {
             key.clone(),
             Entry {
                 token,
-                ttl,
+                ttl: nanos(ttl),
                 expires_at,
-                metadata: metadata.to_vec(),
+                acquired_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, nanos),
+                metadata: metadata.into(),
                 revoked: false,
-                acquired_at: SystemTime::now(),
             },
         );
         Ok(AcquireOutcome::Granted { token })
@@ -169,10 +207,11 @@ impl MemoryBackend {
     fn release_sync(&self, key: &Key, token: u64) -> bool {
         let removed = {
             let mut state = self.lock();
+            let now = state.at(Instant::now());
             match state.held.get(key) {
                 // An expired lease is not released: it already ended (the backend
                 // contract: `true` only for a lease that was live).
-                Some(h) if h.token == token && h.expires_at > Instant::now() => {
+                Some(h) if h.token == token && h.expires_at > now => {
                     state.held.remove(key).is_some()
                 }
                 _ => false,
@@ -237,8 +276,8 @@ impl Backend for MemoryBackend {
     }
 
     async fn revoke(&self, key: &Key) -> Result<Option<u64>, BackendError> {
-        let now = Instant::now();
         let mut state = self.lock();
+        let now = state.at(Instant::now());
         match state.held.get_mut(key) {
             Some(h) if h.expires_at > now => {
                 h.revoked = true;
@@ -249,8 +288,8 @@ impl Backend for MemoryBackend {
     }
 
     async fn info(&self, key: &Key) -> Result<Option<LeaseInfo>, BackendError> {
-        let now = Instant::now();
         let state = self.lock();
+        let now = state.at(Instant::now());
         Ok(state
             .held
             .get(key)
@@ -258,17 +297,17 @@ impl Backend for MemoryBackend {
             .map(|h| LeaseInfo {
                 key: key.clone(),
                 token: h.token,
-                ttl: h.ttl,
-                expires_in: h.expires_at - now,
-                metadata: h.metadata.clone(),
+                ttl: h.ttl(),
+                expires_in: h.expires_in(now),
+                metadata: h.metadata.to_vec(),
                 revoked: h.revoked,
-                acquired_at: Some(h.acquired_at),
+                acquired_at: Some(h.acquired_at()),
             }))
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>, BackendError> {
-        let now = Instant::now();
         let state = self.lock();
+        let now = state.at(Instant::now());
         let mut live: Vec<(String, &Key, &Entry)> = state
             .held
             .iter()
@@ -283,18 +322,18 @@ impl Backend for MemoryBackend {
             .map(|(_, key, h)| LeaseInfo {
                 key: key.clone(),
                 token: h.token,
-                ttl: h.ttl,
-                expires_in: h.expires_at - now,
-                metadata: h.metadata.clone(),
+                ttl: h.ttl(),
+                expires_in: h.expires_in(now),
+                metadata: h.metadata.to_vec(),
                 revoked: h.revoked,
-                acquired_at: Some(h.acquired_at),
+                acquired_at: Some(h.acquired_at()),
             })
             .collect())
     }
 
     async fn free_among(&self, keys: &[Key]) -> Result<Vec<bool>, BackendError> {
-        let now = Instant::now();
         let state = self.lock();
+        let now = state.at(Instant::now());
         Ok(keys
             .iter()
             .map(|k| state.held.get(k).is_none_or(|h| h.expires_at <= now))
