@@ -39,11 +39,14 @@ pub struct MemoryBackend {
 struct State {
     last_token: u64,
     held: HashMap<Key, Entry>,
+    /// The metadata of the entries that have any (most leases have none, and a field
+    /// would cost every entry 16 bytes).
+    metadata: HashMap<Key, Box<[u8]>>,
     /// What the entries' instants count from.
     base: Instant,
 }
 
-/// A key's lease. Kept small (56 bytes), since the map holds one for every lease:
+/// A key's lease. Kept small (40 bytes), since the map holds one for every lease:
 /// instants and durations are nanoseconds in a `u64` (saturated: about 584 years).
 #[derive(Debug)]
 struct Entry {
@@ -54,7 +57,6 @@ struct Entry {
     expires_at: u64,
     /// When it was granted, after the Unix epoch (0 for a wall clock before it).
     acquired_at: u64,
-    metadata: Box<[u8]>,
     revoked: bool,
 }
 
@@ -63,6 +65,14 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl State {
+    /// The metadata of `key`'s entry.
+    fn metadata(&self, key: &Key) -> Vec<u8> {
+        self.metadata
+            .get(key)
+            .map(|m| m.to_vec())
+            .unwrap_or_default()
+    }
+
     /// `at` as nanoseconds after [`base`](Self::base).
     fn at(&self, at: Instant) -> u64 {
         nanos(at.saturating_duration_since(self.base))
@@ -106,6 +116,7 @@ impl MemoryBackend {
             state: Mutex::new(State {
                 last_token: floor,
                 held: HashMap::default(),
+                metadata: HashMap::default(),
                 base: Instant::now(),
             }),
             frees: broadcast::channel(FREES_CAPACITY).0,
@@ -197,10 +208,14 @@ impl MemoryBackend {
                 acquired_at: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, nanos),
-                metadata: metadata.into(),
                 revoked: false,
             },
         );
+        if metadata.is_empty() {
+            state.metadata.remove(key);
+        } else {
+            state.metadata.insert(key.clone(), metadata.into());
+        }
         Ok(AcquireOutcome::Granted { token })
     }
 
@@ -212,6 +227,7 @@ impl MemoryBackend {
                 // An expired lease is not released: it already ended (the backend
                 // contract: `true` only for a lease that was live).
                 Some(h) if h.token == token && h.expires_at > now => {
+                    state.metadata.remove(key);
                     state.held.remove(key).is_some()
                 }
                 _ => false,
@@ -299,7 +315,7 @@ impl Backend for MemoryBackend {
                 token: h.token,
                 ttl: h.ttl(),
                 expires_in: h.expires_in(now),
-                metadata: h.metadata.to_vec(),
+                metadata: state.metadata(key),
                 revoked: h.revoked,
                 acquired_at: Some(h.acquired_at()),
             }))
@@ -324,7 +340,7 @@ impl Backend for MemoryBackend {
                 token: h.token,
                 ttl: h.ttl(),
                 expires_in: h.expires_in(now),
-                metadata: h.metadata.to_vec(),
+                metadata: state.metadata(key),
                 revoked: h.revoked,
                 acquired_at: Some(h.acquired_at()),
             })
@@ -418,6 +434,46 @@ mod tests {
         assert!(b.release(&k, t).await.unwrap());
         assert!(frees.wait_for(&k, Duration::from_secs(1)).await);
         assert_eq!(b.revoke(&k).await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metadata_and_times_belong_to_the_current_lease() {
+        let b = MemoryBackend::new();
+        let k = Key::system(["m"]);
+        let before = SystemTime::now();
+        let t1 = granted(b.acquire(&k, TTL, b"first").await.unwrap());
+        let info = b.info(&k).await.unwrap().unwrap();
+        assert_eq!((info.token, info.metadata.as_slice()), (t1, &b"first"[..]));
+        assert_eq!((info.ttl, info.expires_in), (TTL, TTL));
+        let at = info.acquired_at.unwrap();
+        assert!(at >= before - Duration::from_secs(1) && at <= SystemTime::now());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            b.renew(&k, t1, 2 * TTL).await.unwrap(),
+            RenewOutcome::Renewed
+        );
+        let info = b.info(&k).await.unwrap().unwrap();
+        assert_eq!((info.ttl, info.expires_in), (2 * TTL, 2 * TTL));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            b.info(&k).await.unwrap().unwrap().expires_in,
+            2 * TTL - Duration::from_secs(5)
+        );
+
+        // A lease taken over after an expiry does not show its predecessor's metadata.
+        tokio::time::advance(2 * TTL).await;
+        assert!(b.info(&k).await.unwrap().is_none(), "expired");
+        let t2 = granted(b.acquire(&k, TTL, b"").await.unwrap());
+        let info = b.info(&k).await.unwrap().unwrap();
+        assert_eq!((info.token, info.metadata.len()), (t2, 0));
+        assert!(b.release(&k, t2).await.unwrap());
+        // Nor after a release.
+        let t3 = granted(b.acquire(&k, TTL, b"third").await.unwrap());
+        assert!(b.release(&k, t3).await.unwrap());
+        let t4 = granted(b.acquire(&k, TTL, b"").await.unwrap());
+        let listed = b.list("/system/m", 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].token, listed[0].metadata.len()), (t4, 0));
     }
 
     #[tokio::test(start_paused = true)]
