@@ -6,47 +6,18 @@ use std::time::Duration;
 use leases::proto::leases::v1::hold_many_request::Kind as In;
 use leases::proto::leases::v1::hold_many_response::Kind as Out;
 use leases::proto::leases::v1::{
-    Acquire, GroupHeartbeat, HoldManyRequest, HoldManyResponse, LeaseAcquire, LeaseClose,
-    LeaseRelease,
+    HoldManyRequest, HoldManyResponse, LeaseAcquire, LeaseClose, LeaseRelease,
 };
 use leases::service::LeaseServer;
 use leases::Key;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::support::remote::{granted_at, local, memory_manager, RawStream};
+use crate::support::remote::{
+    granted_at, group_heartbeat, lane_acquire, local, memory_manager, next_many, RawStream,
+};
 
 const PATH: &str = "/leases.v1.Leases/HoldMany";
-
-fn acquire(id: u64, key: &Key, ttl: Duration) -> HoldManyRequest {
-    HoldManyRequest {
-        kind: Some(In::Acquire(LeaseAcquire {
-            id,
-            acquire: Some(Acquire {
-                key: key.to_string(),
-                ttl: Some(ttl.try_into().unwrap()),
-                metadata: Vec::new(),
-                wait: None,
-                resume: None,
-            }),
-        })),
-    }
-}
-
-fn heartbeat(ttl: Duration) -> HoldManyRequest {
-    HoldManyRequest {
-        kind: Some(In::Heartbeat(GroupHeartbeat {
-            ttl: Some(ttl.try_into().unwrap()),
-        })),
-    }
-}
-
-async fn next(s: &mut RawStream) -> Option<Out> {
-    tokio::time::timeout(Duration::from_secs(10), s.next::<HoldManyResponse>())
-        .await
-        .expect("an answer within 10 s")
-        .and_then(|m| m.kind)
-}
 
 fn left(d: Option<prost_types::Duration>) -> Duration {
     Duration::try_from(d.unwrap()).unwrap()
@@ -55,11 +26,11 @@ fn left(d: Option<prost_types::Duration>) -> Duration {
 /// Acquires `key(i)` for each `i` in `0..n` on `s` (ids `0..n`) and reads every grant.
 async fn acquire_all(s: &mut RawStream, n: u64, key: impl Fn(u64) -> Key, ttl: Duration) {
     for i in 0..n {
-        s.send(&acquire(i, &key(i), ttl));
+        s.send(&lane_acquire(i, &key(i), ttl, None));
     }
     let mut granted = 0;
     while granted < n {
-        match next(s).await {
+        match next_many(s).await {
             Some(Out::Granted(_)) => granted += 1,
             None => panic!("after {granted} grants: {:?}", s.status().await),
             other => panic!("after {granted} grants: {other:?}"),
@@ -72,7 +43,7 @@ async fn acquire_all(s: &mut RawStream, n: u64, key: impl Fn(u64) -> Key, ttl: D
 async fn ends_then_renewed(s: &mut RawStream, n: u64, what: &str, ttl: Duration) {
     let mut ended = 0;
     while ended < n {
-        match next(s).await {
+        match next_many(s).await {
             Some(Out::Ended(_)) => ended += 1,
             Some(other) => panic!("after {ended} ends: {other:?}"),
             None => panic!(
@@ -81,8 +52,8 @@ async fn ends_then_renewed(s: &mut RawStream, n: u64, what: &str, ttl: Duration)
             ),
         }
     }
-    s.send(&heartbeat(ttl));
-    match next(s).await {
+    s.send(&group_heartbeat(ttl));
+    match next_many(s).await {
         Some(Out::Renewed(r)) => assert!(left(r.time_left) > Duration::ZERO),
         None => panic!("the stream ended: {:?}", s.status().await),
         other => panic!("{other:?}"),
@@ -101,14 +72,14 @@ async fn a_revoke_racing_the_group_heartbeat_never_lets_a_second_holder_in_early
     let ttl = Duration::from_secs(1);
     let mut s = RawStream::open(server.local_addr(), PATH).await;
     let stay = Key::system(["review", "race", "stay"]);
-    s.send(&acquire(1000, &stay, ttl));
-    assert!(matches!(next(&mut s).await, Some(Out::Granted(_))));
+    s.send(&lane_acquire(1000, &stay, ttl, None));
+    assert!(matches!(next_many(&mut s).await, Some(Out::Granted(_))));
     for i in 0..8u64 {
         let key = Key::system(["review", "race", &i.to_string()]);
         let sent = Instant::now();
-        s.send(&acquire(i, &key, ttl));
+        s.send(&lane_acquire(i, &key, ttl, None));
         let mut deadline = loop {
-            match next(&mut s).await {
+            match next_many(&mut s).await {
                 Some(Out::Granted(g)) if g.id == i => {
                     break sent + left(g.granted.unwrap().time_left);
                 }
@@ -126,10 +97,10 @@ async fn a_revoke_racing_the_group_heartbeat_never_lets_a_second_holder_in_early
             })
         };
         let hb = Instant::now();
-        s.send(&heartbeat(ttl));
+        s.send(&group_heartbeat(ttl));
         let mut ended = false;
         loop {
-            match next(&mut s).await {
+            match next_many(&mut s).await {
                 Some(Out::Ended(e)) if e.id == i => ended = true,
                 Some(Out::Failed(f)) if f.id == i => ended = true,
                 Some(Out::Renewed(r)) => {
@@ -150,7 +121,7 @@ async fn a_revoke_racing_the_group_heartbeat_never_lets_a_second_holder_in_early
             deadline - at
         );
         // Keep the stay lane alive.
-        s.send(&heartbeat(ttl));
+        s.send(&group_heartbeat(ttl));
     }
     server.shutdown().await.unwrap();
 }
@@ -167,8 +138,8 @@ async fn odd_input_is_answered() {
         .unwrap();
     let mut s = RawStream::open(server.local_addr(), PATH).await;
     let odd = Duration::from_nanos(1_000_000_001);
-    s.send(&heartbeat(odd));
-    match next(&mut s).await {
+    s.send(&group_heartbeat(odd));
+    match next_many(&mut s).await {
         Some(Out::Renewed(r)) => assert_eq!(left(r.time_left), Duration::ZERO),
         other => panic!("{other:?}"),
     }
@@ -178,7 +149,7 @@ async fn odd_input_is_answered() {
     s.send(&HoldManyRequest {
         kind: Some(In::Release(LeaseRelease { id: 77 })),
     });
-    match next(&mut s).await {
+    match next_many(&mut s).await {
         Some(Out::Ended(e)) => assert_eq!(e.id, 77),
         other => panic!("{other:?}"),
     }
@@ -191,18 +162,18 @@ async fn odd_input_is_answered() {
             acquire: None,
         })),
     });
-    match next(&mut s).await {
+    match next_many(&mut s).await {
         Some(Out::Failed(f)) => assert_eq!(f.id, 5),
         other => panic!("{other:?}"),
     }
     let key = Key::system(["review", "odd"]);
-    s.send(&acquire(u64::MAX, &key, Duration::from_secs(1)));
-    match next(&mut s).await {
+    s.send(&lane_acquire(u64::MAX, &key, Duration::from_secs(1), None));
+    match next_many(&mut s).await {
         Some(Out::Granted(g)) => assert_eq!(g.id, u64::MAX),
         other => panic!("{other:?}"),
     }
-    s.send(&acquire(u64::MAX, &key, Duration::from_secs(1)));
-    while next(&mut s).await.is_some() {}
+    s.send(&lane_acquire(u64::MAX, &key, Duration::from_secs(1), None));
+    while next_many(&mut s).await.is_some() {}
     assert_eq!(s.status().await.code(), Code::InvalidArgument);
     server.shutdown().await.unwrap();
 }
@@ -470,14 +441,14 @@ async fn heartbeats_and_a_release_sent_unread_are_all_answered_once_read() {
     let mut s = RawStream::open(server.local_addr(), PATH).await;
     let gone = Key::system(["review", "unread", "gone"]);
     let stay = Key::system(["review", "unread", "stay"]);
-    s.send(&acquire(1, &gone, ttl));
-    s.send(&acquire(2, &stay, ttl));
+    s.send(&lane_acquire(1, &gone, ttl, None));
+    s.send(&lane_acquire(2, &stay, ttl, None));
     for _ in 0..2 {
-        assert!(matches!(next(&mut s).await, Some(Out::Granted(_))));
+        assert!(matches!(next_many(&mut s).await, Some(Out::Granted(_))));
     }
     let beats = 300;
     for _ in 0..beats {
-        s.send(&heartbeat(ttl));
+        s.send(&group_heartbeat(ttl));
     }
     s.send(&HoldManyRequest {
         kind: Some(In::Release(LeaseRelease { id: 1 })),
@@ -485,22 +456,22 @@ async fn heartbeats_and_a_release_sent_unread_are_all_answered_once_read() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut renewed, mut released) = (0, false);
     while renewed < beats || !released {
-        match next(&mut s).await {
+        match next_many(&mut s).await {
             Some(Out::Renewed(_)) => renewed += 1,
             Some(Out::Ended(e)) if e.id == 1 => released = true,
             other => panic!("after {renewed} renewed: {other:?}"),
         }
     }
     granted_at(&manager, &gone, Duration::from_secs(1)).await;
-    s.send(&heartbeat(ttl));
-    match next(&mut s).await {
+    s.send(&group_heartbeat(ttl));
+    match next_many(&mut s).await {
         Some(Out::Renewed(r)) => assert!(left(r.time_left) > ttl / 2),
         other => panic!("{other:?}"),
     }
     s.send(&HoldManyRequest {
         kind: Some(In::Release(LeaseRelease { id: 2 })),
     });
-    assert!(matches!(next(&mut s).await, Some(Out::Ended(e)) if e.id == 2));
+    assert!(matches!(next_many(&mut s).await, Some(Out::Ended(e)) if e.id == 2));
     server.shutdown().await.unwrap();
 }
 
@@ -526,12 +497,15 @@ async fn a_release_after_an_end_is_confirmed_once_the_key_is_given_back() {
     };
     use leases::proto::leases::v1::ended::Reason;
     assert!(manager.revoke(&key(0)).await.unwrap());
-    assert_eq!(reason(next(&mut s).await), (0, Reason::Revoked as i32));
+    assert_eq!(reason(next_many(&mut s).await), (0, Reason::Revoked as i32));
     // Told, not yet given back: the server keeps it until the holder says it stopped.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(manager.lease_info(&key(0)).await.unwrap().is_some());
     s.send(&release(0));
-    assert_eq!(reason(next(&mut s).await), (0, Reason::Released as i32));
+    assert_eq!(
+        reason(next_many(&mut s).await),
+        (0, Reason::Released as i32)
+    );
     assert_eq!(
         manager.lease_info(&key(0)).await.unwrap().map(|i| i.token),
         None,
@@ -539,20 +513,29 @@ async fn a_release_after_an_end_is_confirmed_once_the_key_is_given_back() {
     );
     // An ordinary release: one `ended`, then nothing more for it.
     s.send(&release(1));
-    assert_eq!(reason(next(&mut s).await), (1, Reason::Released as i32));
-    s.send(&heartbeat(ttl));
-    match next(&mut s).await {
+    assert_eq!(
+        reason(next_many(&mut s).await),
+        (1, Reason::Released as i32)
+    );
+    s.send(&group_heartbeat(ttl));
+    match next_many(&mut s).await {
         Some(Out::Renewed(r)) => assert!(left(r.time_left) > ttl / 2),
         other => panic!("a second `ended` for an ordinary release: {other:?}"),
     }
     // Ids the stream holds no more (released, or never used) are confirmed at once.
     s.send(&release(1));
-    assert_eq!(reason(next(&mut s).await), (1, Reason::Released as i32));
+    assert_eq!(
+        reason(next_many(&mut s).await),
+        (1, Reason::Released as i32)
+    );
     s.send(&release(77));
-    assert_eq!(reason(next(&mut s).await), (77, Reason::Released as i32));
+    assert_eq!(
+        reason(next_many(&mut s).await),
+        (77, Reason::Released as i32)
+    );
     // The lease left untouched lives on.
-    s.send(&heartbeat(ttl));
-    assert!(matches!(next(&mut s).await, Some(Out::Renewed(_))));
+    s.send(&group_heartbeat(ttl));
+    assert!(matches!(next_many(&mut s).await, Some(Out::Renewed(_))));
     assert!(manager.lease_info(&key(2)).await.unwrap().is_some());
     server.shutdown().await.unwrap();
 }
@@ -571,15 +554,15 @@ async fn a_promise_answered_for_a_group_keeps_the_key_after_a_break() {
     let key = Key::system(["review", "group-promise"]);
     let mut s = RawStream::open(server.local_addr(), PATH).await;
     let asked = Instant::now();
-    s.send(&acquire(1, &key, ttl));
-    let by_grant = match next(&mut s).await {
+    s.send(&lane_acquire(1, &key, ttl, None));
+    let by_grant = match next_many(&mut s).await {
         Some(Out::Granted(g)) => asked + left(g.granted.unwrap().time_left),
         other => panic!("{other:?}"),
     };
     tokio::time::sleep_until(asked + Duration::from_millis(6500)).await;
     let sent = Instant::now();
-    s.send(&heartbeat(ttl));
-    let promised = match next(&mut s).await {
+    s.send(&group_heartbeat(ttl));
+    let promised = match next_many(&mut s).await {
         Some(Out::Renewed(r)) => sent + left(r.time_left),
         other => panic!("{other:?}"),
     };
@@ -613,19 +596,19 @@ async fn a_silent_group_is_lost_and_a_heartbeated_one_lives() {
     let kept = Key::system(["review", "silence", "kept"]);
     let silent = Key::system(["review", "silence", "silent"]);
     let mut s = RawStream::open(server.local_addr(), PATH).await;
-    s.send(&acquire(1, &kept, kept_ttl));
-    s.send(&acquire(2, &silent, silent_ttl));
+    s.send(&lane_acquire(1, &kept, kept_ttl, None));
+    s.send(&lane_acquire(2, &silent, silent_ttl, None));
     for _ in 0..2 {
-        assert!(matches!(next(&mut s).await, Some(Out::Granted(_))));
+        assert!(matches!(next_many(&mut s).await, Some(Out::Granted(_))));
     }
     let start = Instant::now();
     let mut lost_at = None;
     let mut renewed = 0;
     while start.elapsed() < kept_ttl * 3 {
-        s.send(&heartbeat(kept_ttl));
+        s.send(&group_heartbeat(kept_ttl));
         let until = Instant::now() + kept_ttl / 4;
         loop {
-            let Ok(answer) = tokio::time::timeout_at(until, next(&mut s)).await else {
+            let Ok(answer) = tokio::time::timeout_at(until, next_many(&mut s)).await else {
                 break;
             };
             match answer {
@@ -719,8 +702,8 @@ async fn releases_crossing_revokes_are_each_confirmed_once() {
         unconfirmed.first()
     );
     // Nothing more for these ids: a heartbeat is answered next.
-    s.send(&heartbeat(ttl));
-    match next(&mut s).await {
+    s.send(&group_heartbeat(ttl));
+    match next_many(&mut s).await {
         Some(Out::Renewed(_)) => {}
         other => panic!("a third `ended`? {other:?}"),
     }
@@ -750,19 +733,22 @@ async fn an_id_reused_after_the_confirmation_gets_no_stale_end() {
         Some(Out::Ended(e)) => (e.id, e.ended.unwrap().reason),
         other => panic!("{other:?}"),
     };
-    s.send(&acquire(1, &old, ttl));
-    assert!(matches!(next(&mut s).await, Some(Out::Granted(_))));
+    s.send(&lane_acquire(1, &old, ttl, None));
+    assert!(matches!(next_many(&mut s).await, Some(Out::Granted(_))));
     assert!(manager.revoke(&old).await.unwrap());
-    assert_eq!(reason(next(&mut s).await), (1, Reason::Revoked as i32));
+    assert_eq!(reason(next_many(&mut s).await), (1, Reason::Revoked as i32));
     s.send(&HoldManyRequest {
         kind: Some(In::Release(LeaseRelease { id: 1 })),
     });
-    assert_eq!(reason(next(&mut s).await), (1, Reason::Released as i32));
-    s.send(&acquire(1, &new, ttl));
-    assert!(matches!(next(&mut s).await, Some(Out::Granted(g)) if g.id == 1));
+    assert_eq!(
+        reason(next_many(&mut s).await),
+        (1, Reason::Released as i32)
+    );
+    s.send(&lane_acquire(1, &new, ttl, None));
+    assert!(matches!(next_many(&mut s).await, Some(Out::Granted(g)) if g.id == 1));
     for _ in 0..3 {
-        s.send(&heartbeat(ttl));
-        match next(&mut s).await {
+        s.send(&group_heartbeat(ttl));
+        match next_many(&mut s).await {
             Some(Out::Renewed(r)) => assert!(left(r.time_left) > ttl / 2),
             other => panic!("a stale answer for the reused id: {other:?}"),
         }
@@ -771,9 +757,12 @@ async fn an_id_reused_after_the_confirmation_gets_no_stale_end() {
     s.send(&HoldManyRequest {
         kind: Some(In::Release(LeaseRelease { id: 1 })),
     });
-    assert_eq!(reason(next(&mut s).await), (1, Reason::Released as i32));
-    s.send(&heartbeat(ttl));
-    assert!(matches!(next(&mut s).await, Some(Out::Renewed(_))));
+    assert_eq!(
+        reason(next_many(&mut s).await),
+        (1, Reason::Released as i32)
+    );
+    s.send(&group_heartbeat(ttl));
+    assert!(matches!(next_many(&mut s).await, Some(Out::Renewed(_))));
     assert_eq!(
         manager.lease_info(&new).await.unwrap().map(|l| l.token),
         None
@@ -792,15 +781,15 @@ async fn held_past_its_grant(
 ) -> (RawStream, Instant, Instant) {
     let mut s = RawStream::open(server.local_addr(), PATH).await;
     let asked = Instant::now();
-    s.send(&acquire(1, key, ttl));
-    let by_grant = match next(&mut s).await {
+    s.send(&lane_acquire(1, key, ttl, None));
+    let by_grant = match next_many(&mut s).await {
         Some(Out::Granted(g)) => asked + left(g.granted.unwrap().time_left),
         other => panic!("{other:?}"),
     };
     tokio::time::sleep_until(asked + Duration::from_millis(6500)).await;
     let sent = Instant::now();
-    s.send(&heartbeat(ttl));
-    let promised = match next(&mut s).await {
+    s.send(&group_heartbeat(ttl));
+    let promised = match next_many(&mut s).await {
         Some(Out::Renewed(r)) => sent + left(r.time_left),
         other => panic!("{other:?}"),
     };
@@ -867,28 +856,28 @@ async fn a_resumed_lane_lives_on_group_heartbeats_and_is_lost_without() {
     let ttl = Duration::from_secs(2);
     let key = Key::system(["review", "fastpath", "resume"]);
     let mut first = RawStream::open(server.local_addr(), PATH).await;
-    first.send(&acquire(1, &key, ttl));
-    let token = match next(&mut first).await {
+    first.send(&lane_acquire(1, &key, ttl, None));
+    let token = match next_many(&mut first).await {
         Some(Out::Granted(g)) => g.granted.unwrap().token,
         other => panic!("{other:?}"),
     };
     drop(first);
     let mut s = RawStream::open(server.local_addr(), PATH).await;
-    let mut resume = acquire(7, &key, ttl);
+    let mut resume = lane_acquire(7, &key, ttl, None);
     if let Some(In::Acquire(a)) = &mut resume.kind {
         a.acquire.as_mut().unwrap().resume = Some(token);
     }
     s.send(&resume);
-    match next(&mut s).await {
+    match next_many(&mut s).await {
         Some(Out::Granted(g)) => assert_eq!(g.granted.unwrap().token, token),
         other => panic!("{other:?}"),
     }
     let start = Instant::now();
     let mut renewed = 0;
     while start.elapsed() < ttl * 3 {
-        s.send(&heartbeat(ttl));
+        s.send(&group_heartbeat(ttl));
         let until = Instant::now() + ttl / 4;
-        while let Ok(answer) = tokio::time::timeout_at(until, next(&mut s)).await {
+        while let Ok(answer) = tokio::time::timeout_at(until, next_many(&mut s)).await {
             match answer {
                 Some(Out::Renewed(r)) => {
                     assert!(left(r.time_left) > ttl / 4, "{r:?}");
@@ -900,7 +889,7 @@ async fn a_resumed_lane_lives_on_group_heartbeats_and_is_lost_without() {
     }
     assert!(renewed >= 10, "{renewed} renewed");
     let silent = Instant::now();
-    match next(&mut s).await {
+    match next_many(&mut s).await {
         Some(Out::Ended(e)) => {
             assert_eq!(e.id, 7);
             assert_eq!(e.ended.unwrap().reason, Reason::Lost as i32);
@@ -931,10 +920,10 @@ async fn revokes_under_group_heartbeats_never_let_a_second_holder_in_early() {
     let mut ended: HashSet<u64> = HashSet::new();
     let asked = Instant::now();
     for i in 0..n {
-        s.send(&acquire(i, &key(i), ttl));
+        s.send(&lane_acquire(i, &key(i), ttl, None));
     }
     while granted.len() < n as usize {
-        match next(&mut s).await {
+        match next_many(&mut s).await {
             Some(Out::Granted(g)) => {
                 deadline.insert(g.id, asked + left(g.granted.unwrap().time_left));
                 granted.insert(g.id);
@@ -976,9 +965,9 @@ async fn revokes_under_group_heartbeats_never_let_a_second_holder_in_early() {
     while start.elapsed() < Duration::from_millis(3500) {
         let live: Vec<u64> = granted.difference(&ended).copied().collect();
         sends.push_back((Instant::now(), live));
-        s.send(&heartbeat(ttl));
+        s.send(&group_heartbeat(ttl));
         let until = Instant::now() + Duration::from_millis(100);
-        while let Ok(answer) = tokio::time::timeout_at(until, next(&mut s)).await {
+        while let Ok(answer) = tokio::time::timeout_at(until, next_many(&mut s)).await {
             apply(answer.expect("the stream lives"), &mut sends, &mut ended);
         }
     }
@@ -986,7 +975,7 @@ async fn revokes_under_group_heartbeats_never_let_a_second_holder_in_early() {
     // Every answer still owed, then close everything without release and break.
     while !sends.is_empty() {
         apply(
-            next(&mut s).await.expect("the stream lives"),
+            next_many(&mut s).await.expect("the stream lives"),
             &mut sends,
             &mut ended,
         );
@@ -1031,13 +1020,13 @@ async fn a_lease_taken_over_while_its_group_is_heartbeated_moves_whole() {
     let ttl = Duration::from_secs(2);
     let key = Key::system(["review", "fastpath", "takeover"]);
     let mut first = RawStream::open(server.local_addr(), PATH).await;
-    first.send(&acquire(1, &key, ttl));
-    let token = match next(&mut first).await {
+    first.send(&lane_acquire(1, &key, ttl, None));
+    let token = match next_many(&mut first).await {
         Some(Out::Granted(g)) => g.granted.unwrap().token,
         other => panic!("{other:?}"),
     };
     let mut second = RawStream::open(server.local_addr(), PATH).await;
-    let mut resume = acquire(9, &key, ttl);
+    let mut resume = lane_acquire(9, &key, ttl, None);
     if let Some(In::Acquire(a)) = &mut resume.kind {
         a.acquire.as_mut().unwrap().resume = Some(token);
     }
@@ -1047,20 +1036,20 @@ async fn a_lease_taken_over_while_its_group_is_heartbeated_moves_whole() {
     while start.elapsed() < ttl * 3 {
         if !moved && start.elapsed() > Duration::from_millis(700) {
             second.send(&resume);
-            match next(&mut second).await {
+            match next_many(&mut second).await {
                 Some(Out::Granted(g)) => assert_eq!(g.granted.unwrap().token, token),
                 other => panic!("{other:?}"),
             }
             moved = true;
         }
-        first.send(&heartbeat(ttl));
-        match next(&mut first).await {
+        first.send(&group_heartbeat(ttl));
+        match next_many(&mut first).await {
             Some(Out::Failed(f)) => {
                 assert_eq!(f.id, 1);
                 assert_eq!(f.code, Code::Cancelled as i32, "{f:?}");
                 assert!(moved && !cancelled);
                 cancelled = true;
-                assert!(matches!(next(&mut first).await, Some(Out::Renewed(_))));
+                assert!(matches!(next_many(&mut first).await, Some(Out::Renewed(_))));
             }
             Some(Out::Renewed(r)) => {
                 if cancelled {
@@ -1070,8 +1059,8 @@ async fn a_lease_taken_over_while_its_group_is_heartbeated_moves_whole() {
             other => panic!("{other:?}"),
         }
         if moved {
-            second.send(&heartbeat(ttl));
-            match next(&mut second).await {
+            second.send(&group_heartbeat(ttl));
+            match next_many(&mut second).await {
                 Some(Out::Renewed(r)) => {
                     assert!(
                         left(r.time_left) > ttl / 4,

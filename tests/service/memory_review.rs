@@ -10,15 +10,15 @@ use leases::proto::leases::v1::hold_many_response::Kind as ManyOut;
 use leases::proto::leases::v1::hold_request::Kind as In;
 use leases::proto::leases::v1::hold_response::Kind as Out;
 use leases::proto::leases::v1::{
-    Acquire, HoldManyRequest, HoldManyResponse, HoldRequest, HoldResponse, LeaseAcquire,
-    LeaseRelease, Release,
+    Acquire, HoldManyRequest, HoldRequest, HoldResponse, LeaseRelease, Release,
 };
 use leases::service::LeaseServer;
 use leases::{Key, LeaseManager};
 use tonic::Code;
 
 use crate::support::remote::{
-    local, memory_manager, raw_heartbeats, raw_hold, raw_resume, RawStream,
+    group_heartbeat, lane_acquire, local, memory_manager, next_many, raw_heartbeats, raw_hold,
+    raw_resume, RawStream,
 };
 
 const MANY: &str = "/leases.v1.Leases/HoldMany";
@@ -46,28 +46,6 @@ async fn next_hold(s: &mut RawStream) -> Option<Out> {
         .await
         .expect("an answer within 10 s")
         .and_then(|m| m.kind)
-}
-
-async fn next_many(s: &mut RawStream) -> Option<ManyOut> {
-    tokio::time::timeout(Duration::from_secs(10), s.next::<HoldManyResponse>())
-        .await
-        .expect("an answer within 10 s")
-        .and_then(|m| m.kind)
-}
-
-fn lane_acquire(id: u64, key: &Key, ttl: Duration, resume: Option<u64>) -> HoldManyRequest {
-    HoldManyRequest {
-        kind: Some(ManyIn::Acquire(LeaseAcquire {
-            id,
-            acquire: Some(Acquire {
-                key: key.to_string(),
-                ttl: Some(ttl.try_into().unwrap()),
-                metadata: Vec::new(),
-                wait: None,
-                resume,
-            }),
-        })),
-    }
 }
 
 /// Sends `release` on a `Hold` stream and reads its `ended RELEASED`.
@@ -627,16 +605,6 @@ async fn an_http_lease_reattached_natively_moves_whole_and_ends_once() {
         kinds(token, &["granted", "released"])
     );
     server.shutdown().await.unwrap();
-}
-
-fn group_heartbeat(ttl: Duration) -> HoldManyRequest {
-    HoldManyRequest {
-        kind: Some(ManyIn::Heartbeat(
-            leases::proto::leases::v1::GroupHeartbeat {
-                ttl: Some(ttl.try_into().unwrap()),
-            },
-        )),
-    }
 }
 
 /// Attacks the claim box on `HoldMany` lanes with the demultiplexer answering the

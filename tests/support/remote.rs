@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use leases::backend::Backend;
+use leases::proto::leases::v1::hold_many_request::Kind as ManyIn;
+use leases::proto::leases::v1::hold_many_response::Kind as ManyOut;
 use leases::proto::leases::v1::hold_request::Kind as In;
 use leases::proto::leases::v1::hold_response::Kind as Out;
-use leases::proto::leases::v1::{Acquire, HoldRequest, HoldResponse};
+use leases::proto::leases::v1::{
+    Acquire, GroupHeartbeat, HoldManyRequest, HoldManyResponse, HoldRequest, HoldResponse,
+    LeaseAcquire,
+};
 use leases::proto::xyz::block::ftl::lease::v1::lease_service_client::LeaseServiceClient;
 use leases::proto::xyz::block::ftl::lease::v1::{AcquireLeaseRequest, AcquireLeaseResponse};
 use leases::service::{LeaseServer, ServeOptions};
@@ -376,4 +381,39 @@ pub fn background_server_url() -> String {
         rx.recv().unwrap()
     })
     .clone()
+}
+
+/// A `HoldMany` lane's `acquire` of `key` as lease `id` (a re-attach of the lease with
+/// token `resume`, when given).
+pub fn lane_acquire(id: u64, key: &Key, ttl: Duration, resume: Option<u64>) -> HoldManyRequest {
+    HoldManyRequest {
+        kind: Some(ManyIn::Acquire(LeaseAcquire {
+            id,
+            acquire: Some(Acquire {
+                key: key.to_string(),
+                ttl: Some(ttl.try_into().unwrap()),
+                metadata: Vec::new(),
+                wait: None,
+                resume,
+            }),
+        })),
+    }
+}
+
+/// A `HoldMany` stream's heartbeat of its leases of `ttl`.
+pub fn group_heartbeat(ttl: Duration) -> HoldManyRequest {
+    HoldManyRequest {
+        kind: Some(ManyIn::Heartbeat(GroupHeartbeat {
+            ttl: Some(ttl.try_into().unwrap()),
+        })),
+    }
+}
+
+/// The next message of a raw `HoldMany` stream (`None` once it has ended); panics if
+/// none comes within 10 s.
+pub async fn next_many(s: &mut RawStream) -> Option<ManyOut> {
+    tokio::time::timeout(Duration::from_secs(10), s.next::<HoldManyResponse>())
+        .await
+        .expect("an answer within 10 s")
+        .and_then(|m| m.kind)
 }
