@@ -129,36 +129,52 @@ fn two_managers_on_a_backend_made_on_a_later_clock() {
     });
 }
 
-/// A backend alive for longer than a `u64` of nanoseconds (~584 years; paused time can
-/// get there in one test). `State::at(now)` saturates at `u64::MAX`, and so does every
-/// new `expires_at`: `u64::MAX > u64::MAX` is false, so every lease is expired the moment
-/// it is granted.
+/// A backend alive for longer than its clock range (paused time can get there in one
+/// test). Failed against 9f715bb: `State::at(now)` saturated at `u64::MAX`, and so did
+/// every new `expires_at`, so every lease was expired the moment it was granted. Now an
+/// expiry beyond the range (about 292 years from the backend's start) is refused with
+/// an error: never two grants.
 #[tokio::test(start_paused = true)]
 async fn leases_still_exclude_after_585_years_of_uptime() {
     let b = MemoryBackend::new();
     advance_long(585 * YEAR).await;
     let k = Key::system(["review", "mem", "uptime"]);
-    let t1 = granted(b.acquire(&k, TTL, b"").await.unwrap());
-    let second = b.acquire(&k, TTL, b"").await.unwrap();
-    assert!(
-        is_held(&second),
-        "guarantee 1: after 585 years of uptime a fresh lease (token {t1}) is free at once: {second:?}"
-    );
+    match b.acquire(&k, TTL, b"").await {
+        Err(e) => assert!(e.to_string().contains("clock range"), "{e}"),
+        Ok(first) => {
+            let t1 = granted(first);
+            let second = b.acquire(&k, TTL, b"").await.unwrap();
+            assert!(
+                is_held(&second),
+                "guarantee 1: after 585 years of uptime a fresh lease (token {t1}) is free at once: {second:?}"
+            );
+        }
+    }
+    // Nor does a renewal or a group renewal there panic or grant.
+    assert!(b.renew(&k, 1, TTL).await.is_err());
+    assert!(b.renew_many(&[(k.clone(), 1)], TTL).await[0].is_err());
 }
 
-/// A TTL longer than a `u64` of nanoseconds, straight on the `Backend` trait (only the
-/// manager bounds TTLs to a day; `deadline` accepts this one). The entry's TTL and
-/// expiry are saturated at ~584.5 years: `info` reports a TTL that was not granted, and
-/// less time left than the lease has.
+/// A TTL longer than the backend's clock range, straight on the `Backend` trait (only
+/// the manager bounds TTLs to a day). Failed against 9f715bb: the entry's TTL and expiry
+/// were saturated at ~584.5 years, so `info` reported a TTL that was not granted. Now it
+/// is refused with an error, or granted and reported as granted.
 #[tokio::test(start_paused = true)]
 async fn a_ttl_beyond_584_years_is_reported_as_granted() {
     let b = MemoryBackend::new();
     let k = Key::system(["review", "mem", "longttl"]);
-    let ttl = 600 * YEAR;
-    granted(b.acquire(&k, ttl, b"").await.unwrap());
-    let info = b.info(&k).await.unwrap().unwrap();
-    assert_eq!(info.ttl, ttl, "the TTL granted");
-    assert_eq!(info.expires_in, ttl, "the time left");
+    for ttl in [200 * YEAR, 600 * YEAR] {
+        match b.acquire(&k, ttl, b"").await {
+            Err(e) => assert!(e.to_string().contains("clock range"), "{ttl:?}: {e}"),
+            Ok(o) => {
+                let token = granted(o);
+                let info = b.info(&k).await.unwrap().unwrap();
+                assert_eq!(info.ttl, ttl, "the TTL granted");
+                assert_eq!(info.expires_in, ttl, "the time left");
+                assert!(b.release(&k, token).await.unwrap());
+            }
+        }
+    }
 }
 
 /// (expected to hold) Expiry at the exact nanosecond: live at TTL - 1ns (held, 1ns

@@ -46,15 +46,17 @@ struct State {
     base: Instant,
 }
 
-/// A key's lease. Kept small (40 bytes), since the map holds one for every lease:
-/// instants and durations are nanoseconds in a `u64` (saturated: about 584 years).
+/// A key's lease. Kept small (40 bytes), since the map holds one for every lease: its
+/// instants are nanoseconds from [`State::base`] (see [`State::at`]), its durations
+/// nanoseconds.
 #[derive(Debug)]
 struct Entry {
     token: u64,
-    /// The TTL it was granted or last renewed with.
+    /// The TTL it was granted or last renewed with (saturated at `u64::MAX`).
     ttl: u64,
-    /// When it expires, after [`State::base`].
-    expires_at: u64,
+    /// When it expires: nanoseconds from [`State::base`], strictly between `i64::MIN`
+    /// and `i64::MAX` (see [`State::span`]).
+    expires_at: i64,
     /// When it was granted, after the Unix epoch (0 for a wall clock before it).
     acquired_at: u64,
     revoked: bool,
@@ -73,9 +75,31 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// `at` as nanoseconds after [`base`](Self::base).
-    fn at(&self, at: Instant) -> u64 {
-        nanos(at.saturating_duration_since(self.base))
+    /// `at` as nanoseconds from [`base`](Self::base) (negative before it: a backend
+    /// made on one tokio clock may be used on another that is behind it, in tests),
+    /// saturated at `i64::MIN` and `i64::MAX`, about 292 years either side. Right for
+    /// judging *now* against expiries, which all lie strictly inside (see
+    /// [`span`](Self::span)): a saturated `now` is past every expiry, or before all.
+    fn at(&self, at: Instant) -> i64 {
+        if at >= self.base {
+            i64::try_from((at - self.base).as_nanos()).unwrap_or(i64::MAX)
+        } else {
+            i64::try_from((self.base - at).as_nanos()).map_or(i64::MIN, |n| -n)
+        }
+    }
+
+    /// `now` and the expiry of a lease granted or renewed at `now` for `ttl`, as
+    /// [`at`](Self::at) reads them; an error if the expiry does not lie strictly inside
+    /// the range `at` can tell apart.
+    fn span(&self, now: Instant, ttl: Duration) -> Result<(i64, i64), BackendError> {
+        let expires_at = self.at(deadline(now, ttl)?);
+        if expires_at == i64::MIN || expires_at == i64::MAX {
+            return Err(BackendError::new(
+                crate::error::BackendErrorKind::Failed,
+                format!("TTL {ttl:?} ends beyond the memory backend's clock range (about 292 years from its start)"),
+            ));
+        }
+        Ok((self.at(now), expires_at))
     }
 }
 
@@ -88,9 +112,10 @@ impl Entry {
         UNIX_EPOCH + Duration::from_nanos(self.acquired_at)
     }
 
-    /// The time left at `now` (nanoseconds after the base); zero once expired.
-    fn expires_in(&self, now: u64) -> Duration {
-        Duration::from_nanos(self.expires_at.saturating_sub(now))
+    /// The time left at `now` (as [`State::at`] reads it); zero once expired.
+    fn expires_in(&self, now: i64) -> Duration {
+        let left = i128::from(self.expires_at) - i128::from(now);
+        Duration::from_nanos(u64::try_from(left).unwrap_or(0))
     }
 }
 
@@ -153,16 +178,15 @@ fn deadline(now: Instant, ttl: Duration) -> Result<Instant, BackendError> {
     })
 }
 
-/// Renews `(key, token)` at `now` to `expires_at`, if it is still that lease and live.
+/// Renews `(key, token)` at `now` to `expires_at` (as [`State::span`] gives them), if
+/// it is still that lease and live.
 fn renew_entry(
     state: &mut State,
     key: &Key,
     token: u64,
     ttl: Duration,
-    now: Instant,
-    expires_at: Instant,
+    (now, expires_at): (i64, i64),
 ) -> RenewOutcome {
-    let (now, expires_at) = (state.at(now), state.at(expires_at));
     match state.held.get_mut(key) {
         Some(h) if h.token == token && h.expires_at > now => {
             if h.revoked {
@@ -185,9 +209,8 @@ impl MemoryBackend {
         metadata: &[u8],
     ) -> Result<AcquireOutcome, BackendError> {
         let now = Instant::now();
-        let expires_at = deadline(now, ttl)?;
         let mut state = self.lock();
-        let (now, expires_at) = (state.at(now), state.at(expires_at));
+        let (now, expires_at) = state.span(now, ttl)?;
         if let Some(h) = state.held.get(key) {
             if h.expires_at > now {
                 return Ok(AcquireOutcome::Held {
@@ -258,15 +281,9 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> Result<RenewOutcome, BackendError> {
         let now = Instant::now();
-        let expires_at = deadline(now, ttl)?;
-        Ok(renew_entry(
-            &mut self.lock(),
-            key,
-            token,
-            ttl,
-            now,
-            expires_at,
-        ))
+        let mut state = self.lock();
+        let span = state.span(now, ttl)?;
+        Ok(renew_entry(&mut state, key, token, ttl, span))
     }
 
     /// The whole group in one pass under the lock, on one reading of the clock.
@@ -276,14 +293,14 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> Vec<Result<RenewOutcome, BackendError>> {
         let now = Instant::now();
-        let expires_at = match deadline(now, ttl) {
-            Ok(at) => at,
+        let mut state = self.lock();
+        let span = match state.span(now, ttl) {
+            Ok(span) => span,
             Err(e) => return leases.iter().map(|_| Err(e.clone())).collect(),
         };
-        let mut state = self.lock();
         leases
             .iter()
-            .map(|(key, token)| Ok(renew_entry(&mut state, key, *token, ttl, now, expires_at)))
+            .map(|(key, token)| Ok(renew_entry(&mut state, key, *token, ttl, span)))
             .collect()
     }
 
