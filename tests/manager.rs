@@ -236,6 +236,61 @@ async fn no_actor_is_left_after_shutdown() {
     }
 }
 
+/// A renewal actor that ends without its lease's say-so (stopped or killed by someone
+/// else, or failed: the supervisor then learns its final state, or only its id) ends
+/// its own holder's context, and nobody else's; the key is free again.
+#[tokio::test(start_paused = true)]
+async fn a_renewer_ended_from_outside_ends_only_its_holder() {
+    for how in ["stop", "kill", "failed"] {
+        let r = rig().await;
+        let (l1, ctx1) = r
+            .manager
+            .acquire_lease(Key::system(["outside", "one"]), TTL)
+            .await
+            .unwrap();
+        let children = r.manager.actor().get_cell().get_children();
+        assert_eq!(children.len(), 1);
+        let (_l2, ctx2) = r
+            .manager
+            .acquire_lease(Key::system(["outside", "two"]), TTL)
+            .await
+            .unwrap();
+        match how {
+            "stop" => children[0].stop(Some("stopped from outside".into())),
+            "kill" => children[0].kill(),
+            // A failure (as a panic in the renewer's own code would be): the event
+            // names only the actor.
+            _ => children[0].notify_supervisor(SupervisionEvent::ActorFailed(
+                children[0].clone(),
+                From::from("failed from outside"),
+            )),
+        }
+        let ended = tokio::time::timeout(TTL, ctx1.cancelled()).await;
+        match ended.expect("the holder is told at once") {
+            CancelReason::Lost(LossCause::RenewerFailed(why)) => {
+                let want = match how {
+                    "stop" => "stopped from outside",
+                    "kill" => "killed",
+                    _ => "failed from outside",
+                };
+                assert!(why.contains(want), "{why}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(TTL * 2).await;
+        assert!(!ctx2.is_cancelled(), "the other lease lives");
+        assert!(matches!(l1.release().await, Err(LeaseError::NotHeld)));
+        // Its key is free again (given back, or expired).
+        let opts = AcquireOptions::new(TTL).wait(TTL * 2);
+        let (again, _) = r
+            .manager
+            .acquire_lease_with(Key::system(["outside", "one"]), opts)
+            .await
+            .unwrap();
+        again.release().await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_caller_that_gives_up_does_not_leak_the_lease() {
     let r = rig().await;

@@ -212,15 +212,19 @@ impl SupervisorState {
         self.serve_next(myself, &key);
     }
 
+    /// The renewal actor `id` of the lease `(key, token)` has exited (`why`): its holder
+    /// ends, unless the actor is not that holder's renewer any more (we stopped it, or
+    /// the holder was replaced) or not yet (see `on_attach`).
     pub(super) fn on_renewer_exit(
         &mut self,
         myself: &ActorRef<ManagerMessage>,
+        (key, token): (Key, u64),
         id: ActorId,
         why: String,
     ) {
-        let Some((key, token)) = self.table.renewer_exited(id) else {
-            return; // a renewer we already ended
-        };
+        if !self.table.renews(&key, token, id) {
+            return;
+        }
         let ended = self
             .table
             .holder_of(&key, token)

@@ -9,10 +9,17 @@
 //!
 //! The renewer hears from its group only when its lease's renewal is over ([`Fate`]):
 //! revoked, refused, or not confirmed by the deadline. It then ends the holder's context
-//! itself (so loss is told on time even if the supervisor's mailbox is busy) and, for a
-//! loss, fails, which the supervisor sees as a supervision event; a revoked lease stops
-//! it. If the context had already ended for another reason (a release, a shutdown: the
-//! supervisor ended it and stops this actor), it stops quietly.
+//! itself (so loss is told on time even if the supervisor's mailbox is busy) and stops,
+//! with the loss (or "revoked") as its reason. If the context had already ended for
+//! another reason (a release, a shutdown: the supervisor ended it and stops this actor),
+//! it stops quietly.
+//!
+//! The supervisor sees the stop as a supervision event that carries the renewer's final
+//! state, and so the lease it renewed: that is how it knows which holder to end, without
+//! a map from actors to leases (an entry per lease held). The renewer therefore ends its
+//! lease by stopping, never by failing; a failure (a panic in this actor's own code) is
+//! still seen, and its lease found by the actor's id, the slow way (see
+//! `LeaseTable::renewed_by`).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -47,13 +54,18 @@ pub(crate) struct RenewerState {
 }
 
 impl RenewerState {
-    /// Ends the context with `cause` and returns the error that fails the actor.
-    fn lose(&self, cause: LossCause) -> ActorProcessingErr {
+    /// The lease this actor renewed, `(key, token)`.
+    pub(crate) fn lease(self) -> (Key, u64) {
+        (self.key, self.token)
+    }
+
+    /// Ends the context with `cause` and stops the actor with it as the reason.
+    fn lose(&self, myself: &ActorRef<Fate>, cause: LossCause) {
         let reason = CancelReason::Lost(cause);
         if self.ctx.cancel(reason.clone()) {
             tracing::warn!(key = %self.key, token = self.token, %reason, "lease lost");
         }
-        From::from(reason.to_string())
+        myself.stop(Some(reason.to_string()));
     }
 }
 
@@ -97,7 +109,8 @@ impl Actor for Renewer {
         match state.ctx.reason() {
             None => {}
             Some(CancelReason::Lost(LossCause::DeadlineExceeded)) => {
-                return Err(state.lose(LossCause::DeadlineExceeded))
+                state.lose(&myself, LossCause::DeadlineExceeded);
+                return Ok(());
             }
             Some(reason) => {
                 myself.stop(Some(format!("the lease ended: {reason}")));
@@ -110,12 +123,12 @@ impl Actor for Renewer {
                     tracing::info!(key = %state.key, token = state.token, "lease revoked");
                 }
                 myself.stop(Some("revoked".into()));
-                Ok(())
             }
-            Fate::Refused => Err(state.lose(LossCause::RenewalRefused)),
-            Fate::Expired => Err(state.lose(LossCause::DeadlineExceeded)),
-            // The supervisor ends the context with the panic as the renewer's failure.
-            Fate::Panicked(why) => Err(From::from(format!("the renewal panicked: {why}"))),
+            Fate::Refused => state.lose(&myself, LossCause::RenewalRefused),
+            Fate::Expired => state.lose(&myself, LossCause::DeadlineExceeded),
+            // The supervisor ends the context with the panic as the reason.
+            Fate::Panicked(why) => myself.stop(Some(format!("the renewal panicked: {why}"))),
         }
+        Ok(())
     }
 }

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use super::config::Config;
 use super::messages::{call, ManagerMessage, Msg};
-use super::renewer::RenewerRef;
+use super::renewer::{RenewerRef, RenewerState};
 use super::state::SupervisorState;
 use super::table::LeaseTable;
 use crate::backend::Backend;
@@ -99,8 +99,13 @@ impl SupervisorState {
             return;
         }
         if !running {
-            // It failed before we knew it: its exit event found nobody to tell.
-            self.on_renewer_exit(myself, id, "exited before it was attached".into());
+            // It ended before we knew it: its exit event found nobody to tell.
+            self.on_renewer_exit(
+                myself,
+                (key, token),
+                id,
+                "exited before it was attached".into(),
+            );
         }
     }
 }
@@ -174,16 +179,28 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         // Never stop because a child did (ractor's default): a renewer's end is one
         // lease's end.
-        match event {
-            SupervisionEvent::ActorFailed(cell, error) => {
-                state.on_renewer_exit(&myself, cell.get_id(), error.to_string())
+        let (cell, final_state, why) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, None, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, final_state, why) => {
+                (cell, final_state, why.unwrap_or_else(|| "stopped".into()))
             }
-            SupervisionEvent::ActorTerminated(cell, _, why) => state.on_renewer_exit(
-                &myself,
-                cell.get_id(),
-                why.unwrap_or_else(|| "stopped".into()),
-            ),
-            _ => {}
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        // A renewer that stopped hands us its state, which names its lease; one that
+        // failed (or was killed by someone else) only its id (see `renewer.rs`).
+        let lease = match final_state.and_then(|mut s| s.take::<RenewerState>().ok()) {
+            Some(renewer) => Some(renewer.lease()),
+            None => {
+                let lease = state.table.renewed_by(id);
+                if lease.is_some() {
+                    tracing::warn!(target: "leases::manager::supervisor", %id, %why, "a renewal actor failed");
+                }
+                lease
+            }
+        };
+        if let Some(lease) = lease {
+            state.on_renewer_exit(&myself, lease, id, why);
         }
         Ok(())
     }

@@ -112,12 +112,6 @@ impl Slot {
 #[derive(Default)]
 pub(crate) struct LeaseTable {
     slots: HashMap<Key, Slot>,
-    /// The key each live renewal actor renews, by the actor's (local) pid. An entry
-    /// lives exactly as long as the actor is its key's holder's renewer (see
-    /// [`renewer_exited`](Self::renewer_exited)), so that a renewer's exit can only end
-    /// the holder it belongs to. (The pid and the key alone, not the token: the entry is
-    /// paid for every lease held.)
-    renewers: HashMap<u64, Key>,
     next_waiter: u64,
 }
 
@@ -172,18 +166,13 @@ impl LeaseTable {
         if token.is_some_and(|t| slot.holder.as_ref().map(|h| h.token) != Some(t)) {
             return None;
         }
-        let holder = slot.holder.take()?;
-        if let Some(renewer) = &holder.renewer {
-            self.renewers.remove(&renewer.get_id().pid());
-        }
-        Some(holder)
+        slot.holder.take()
     }
 
     /// Records that the renewal actor `id` renews the lease `(key, token)`, if that
     /// lease is still held here and has no renewer yet. Returns `false` otherwise (the
     /// lease ended before its renewer started: the caller stops the renewer).
     pub(crate) fn attach(&mut self, key: &Key, token: u64, renewer: RenewerRef) -> bool {
-        let id = renewer.get_id();
         let holder = self
             .slots
             .get_mut(key)
@@ -195,7 +184,6 @@ impl LeaseTable {
         match holder {
             Some(holder) => {
                 holder.renewer = Some(renewer);
-                self.renewers.insert(id.pid(), key.clone());
                 true
             }
             None => false,
@@ -215,25 +203,28 @@ impl LeaseTable {
             return None;
         }
         let renewer = holder.renewer.take();
-        if let Some(r) = &renewer {
-            self.renewers.remove(&r.get_id().pid());
-        }
         Some((holder, renewer))
     }
 
-    /// The lease whose renewal actor `id` exited, forgetting the actor; `None` for an
-    /// actor already forgotten (one we stopped ourselves).
-    pub(crate) fn renewer_exited(&mut self, id: ActorId) -> Option<(Key, u64)> {
-        if !id.is_local() {
-            return None;
-        }
-        let key = self.renewers.remove(&id.pid())?;
-        // The entry's holder, if it is still this actor's: the token is the holder's.
-        let token = self
-            .holder(&key)
-            .filter(|h| h.renewer.as_ref().is_some_and(|r| r.get_id() == id))?
-            .token;
-        Some((key, token))
+    /// Whether the renewal actor `id` is the renewer of `key`'s holder, and that
+    /// holder's token is `token`: the lease a renewer's exit may end. (A renewer we
+    /// stopped ourselves is not any holder's any more; nor is one whose holder was
+    /// replaced, nor one not attached yet: see `on_attach`.)
+    pub(crate) fn renews(&self, key: &Key, token: u64, id: ActorId) -> bool {
+        self.holder_of(key, token)
+            .and_then(|h| h.renewer.as_ref())
+            .is_some_and(|r| r.get_id() == id)
+    }
+
+    /// The lease whose holder's renewer is the actor `id`, found by looking at every
+    /// holder: for a renewer that failed (its exit event names only the actor), which
+    /// its own code never does on purpose (see `renewer.rs`).
+    pub(crate) fn renewed_by(&self, id: ActorId) -> Option<(Key, u64)> {
+        self.slots.iter().find_map(|(key, slot)| {
+            let h = slot.holder.as_ref()?;
+            let r = h.renewer.as_ref()?;
+            (r.get_id() == id).then(|| (key.clone(), h.token))
+        })
     }
 
     /// Queues a waiter for `key`.
@@ -358,30 +349,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn renewer_exits_name_their_lease() {
+    async fn renewers_are_known_while_attached_to_their_holder() {
         let mut t = LeaseTable::default();
         let k = Key::system(["a"]);
         let (h, _view) = holder(7);
         t.hold(&k, h);
         let (r, _) = ractor::Actor::spawn(None, Idle, ()).await.unwrap();
         let id = r.get_id();
+        assert!(!t.renews(&k, 7, id), "not attached yet");
         assert!(t.attach(&k, 7, r.clone()));
-        assert_eq!(t.renewer_exited(id), Some((k.clone(), 7)));
-        assert_eq!(t.renewer_exited(id), None, "told once");
+        assert!(t.renews(&k, 7, id));
+        assert!(!t.renews(&k, 8, id), "another token");
+        assert_eq!(t.renewed_by(id), Some((k.clone(), 7)));
 
-        // A renewer whose holder was replaced names nothing: its exit ends nobody.
+        // A renewer whose holder was replaced renews nothing: its exit ends nobody.
         let (h, _view) = holder(8);
-        t.take_holder(&k, None);
         t.hold(&k, h);
+        assert!(!t.renews(&k, 7, id) && !t.renews(&k, 8, id));
+        assert_eq!(t.renewed_by(id), None);
+        // Nor one taken out to be stopped.
         let (r2, _) = ractor::Actor::spawn(None, Idle, ()).await.unwrap();
         assert!(t.attach(&k, 8, r2.clone()));
-        let (h, _view) = holder(9);
-        t.hold(&k, h);
-        assert_eq!(
-            t.renewer_exited(r2.get_id()),
-            None,
-            "not the holder's renewer"
-        );
+        let (_, taken) = t.stop_renewal(&k, Some(8)).unwrap();
+        assert!(taken.is_some());
+        assert!(!t.renews(&k, 8, r2.get_id()));
+        assert_eq!(t.renewed_by(r2.get_id()), None);
         r.stop(None);
         r2.stop(None);
     }
