@@ -4,12 +4,12 @@
 //! starts while it lives; Ctrl-Z between terms stops `leases` like any job, which then
 //! campaigns on when continued. On the lease service over the memory backend.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::{code, Cli, Running};
 use crate::support::binary::{eventually, process_gone, process_state};
-use crate::support::pg::run_id;
+use crate::support::scratch::Scratch;
 
 /// `leases elect KEY --identity ID --ttl 5s [extra] -- sh -c SCRIPT` in the background.
 pub fn start_elect(cli: &Cli, key: &str, extra: &[&str], script: &str) -> Running {
@@ -19,12 +19,9 @@ pub fn start_elect(cli: &Cli, key: &str, extra: &[&str], script: &str) -> Runnin
     cli.start(&args)
 }
 
-/// A fresh directory for a scenario's files.
-pub fn scene(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("leases-elect-review-{}-{name}", run_id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for a scenario's files, removed when dropped.
+pub fn scene(name: &str) -> Scratch {
+    Scratch::dir("elect-review", name)
 }
 
 fn read(path: &Path) -> String {

@@ -2,10 +2,9 @@
 //! flags apart from the clients' (its own token file, its own `--help`), and token
 //! files that are refused when empty. Each `leases serve` here is a process of its own.
 
-use std::path::PathBuf;
-
 use crate::harness::{closed_port, code, Cli, Done, Running};
 use crate::support::pg::run_id;
+use crate::support::scratch::Scratch;
 
 /// No source: the arguments of each call say everything.
 pub fn nobody() -> Cli {
@@ -15,11 +14,10 @@ pub fn nobody() -> Cli {
     }
 }
 
-/// A file in the temporary directory holding `contents`, named for this test process.
-pub fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("leases-cli-{}-{name}", run_id()));
-    std::fs::write(&path, contents).expect("write a temporary file");
-    path
+/// A file in the temporary directory holding `contents`, named for this test process,
+/// removed when dropped.
+pub fn temp_file(name: &str, contents: &str) -> Scratch {
+    Scratch::file("cli", name, contents)
 }
 
 /// A `leases serve` of our own, stopped (SIGTERM) by [`Serve::stop`] or killed when

@@ -47,8 +47,7 @@ async fn auth_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = std::env::temp_dir().join(format!("leases-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::support::scratch::Scratch::dir("tls", "ops");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.join("server.crt"), cert.cert.pem()).unwrap();
     std::fs::write(dir.join("server.key"), cert.signing_key.serialize_pem()).unwrap();

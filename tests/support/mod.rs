@@ -12,5 +12,6 @@ pub mod proxy;
 #[cfg(feature = "server")]
 pub mod remote;
 pub mod rng;
+pub mod scratch;
 pub mod shared_store;
 pub mod slowed;
