@@ -29,6 +29,10 @@ const FREES_CAPACITY: usize = 1024;
 /// moved backwards across the restart, or the old process granted more than one lease
 /// per nanosecond of its life); [`MemoryBackend::with_token_floor`] lets a caller who
 /// persists the last token start above it instead.
+///
+/// A lease whose expiry would lie more than about 292 years from the backend's creation
+/// (an absurd TTL, or a paused test clock moved that far) is refused with an error
+/// rather than granted: the backend keeps its instants as 64-bit nanoseconds.
 #[derive(Debug)]
 pub struct MemoryBackend {
     state: Mutex<State>,
