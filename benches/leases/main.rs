@@ -28,6 +28,8 @@
 //! `contenders` holds ours and the in-memory baselines,
 //! `args` the command line, `report` the shared printing helpers.
 
+#[cfg(leases_alloc_profile)]
+mod alloc_profile;
 mod args;
 mod contenders;
 #[cfg(feature = "etcd")]

@@ -37,6 +37,8 @@ pub fn cpu_seconds() -> f64 {
 /// Holds `n` leases, then idles for `window` while they renew. Prints one line:
 /// `scale <name> <n> <bytes per lease> <cpu s per wall s> <lost> <acquire secs>`.
 async fn scale<S: Subject>(name: &str, subject: Arc<S>, n: usize, window: Duration) {
+    #[cfg(leases_alloc_profile)]
+    let allocs = crate::alloc_profile::snapshot();
     let before = rss_bytes();
     let started = Instant::now();
     let each = subject.clone();
@@ -52,6 +54,8 @@ async fn scale<S: Subject>(name: &str, subject: Arc<S>, n: usize, window: Durati
     // Let allocation settle, then measure memory and the renewal CPU.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_bytes();
+    #[cfg(leases_alloc_profile)]
+    crate::alloc_profile::report(&allocs, &crate::alloc_profile::snapshot(), n);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
