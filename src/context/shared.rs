@@ -233,4 +233,43 @@ mod tests {
             assert_eq!(flagged(&s), metered);
         }
     }
+
+    /// Review probe (renewer_exit_review): suspended time counts against the deadline
+    /// of a metered context exactly as of an unmetered one, at creation and after an
+    /// extension: the flag in the base's top bit must never read as suspended time.
+    #[test]
+    fn suspended_time_counts_the_same_whether_metered_or_not() {
+        let secs = Duration::from_secs;
+        for metered in [false, true] {
+            let now = Instant::now();
+            let s = Shared::new(Some(now + secs(2)), secs(5), metered);
+            assert_eq!(s.reason_at(now + secs(1), secs(5)), None, "{metered}");
+            assert_eq!(
+                s.reason_at(
+                    now + Duration::from_millis(500),
+                    Duration::from_millis(6_400)
+                ),
+                None,
+                "{metered}: 1.9 s of 2 s"
+            );
+            assert_eq!(
+                s.reason_at(now + secs(1), secs(6)),
+                Some(CancelReason::Lost(LossCause::DeadlineExceeded)),
+                "{metered}: 1 s awake + 1 s suspended reaches the deadline"
+            );
+
+            let s = ContextSender(Shared::new(Some(now + secs(2)), secs(5), metered));
+            assert!(s.extend(now + secs(10), secs(7)));
+            assert_eq!(s.reason_at(now + secs(1), secs(15)), None, "{metered}");
+            assert_eq!(
+                s.reason_at(now + secs(1), secs(16)),
+                Some(CancelReason::Lost(LossCause::DeadlineExceeded)),
+                "{metered}: 1 s awake + 9 s suspended since the renewal"
+            );
+            assert_eq!(
+                s.0.slept(),
+                crate::clock::suspended().saturating_sub(secs(7))
+            );
+        }
+    }
 }
