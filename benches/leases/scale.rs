@@ -98,6 +98,13 @@ fn run_scale_child(kind: Kind, n: usize, window: Duration) -> ScaleResult {
         ])
         .output()
         .expect("scale child runs");
+    // The counting allocator's lines (`--cfg leases_alloc_profile`), passed on.
+    for line in String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("alloc "))
+    {
+        eprintln!("{} {n}: {line}", kind.arg());
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
