@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::connection::ClientLeaser;
 use super::keep::{drive, time_left_of, Owner, Sent};
 use super::reattach::{is_break, open, reattach_grant, Resume};
-use super::status::{error_of, unavailable};
+use super::status::{error_of, try_next_server, unavailable};
 use crate::proto::leases::v1::ended::Reason;
 use crate::proto::leases::v1::hold_request::Kind as In;
 use crate::proto::leases::v1::hold_response::Kind as Out;
@@ -41,8 +41,8 @@ impl Leaser for ClientLeaser {
             .options()
             .request_timeout
             .saturating_add(wait.unwrap_or_default());
-        // The first server that answers (a server that cannot be reached, or that is
-        // shutting down, passes the acquire on to the next).
+        // The first server that answers (a server that cannot be reached, that is
+        // shutting down or that cancels the call passes the acquire on to the next).
         let mut tries = self.servers();
         let (server, mut stream, sent, first) = loop {
             let server = self.current();
@@ -54,7 +54,7 @@ impl Leaser for ClientLeaser {
             .await;
             let unreachable = match &got {
                 Err(_) => Some(unavailable("the lease service did not answer in time")),
-                Ok(Err(s)) | Ok(Ok((_, _, Err(s)))) if s.code() == tonic::Code::Unavailable => {
+                Ok(Err(s)) | Ok(Ok((_, _, Err(s)))) if try_next_server(s) => {
                     Some(error_of(s, wait))
                 }
                 _ => None,

@@ -5,10 +5,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::connection::ClientLeaser;
-use super::status::{error_of, unavailable};
+use super::status::{error_of, try_next_server, unavailable};
 use crate::proto::leases::v1::leases_client::LeasesClient;
 use crate::proto::leases::v1::{KeyRequest, ListRequest};
 use crate::{Key, LeaseError, LeaseInfo};
@@ -92,8 +92,8 @@ impl ClientLeaser {
 
 impl ClientLeaser {
     /// Makes a call on the current server, and on each next one while the server cannot
-    /// be reached or is not serving (`UNAVAILABLE`): the first other answer, or the
-    /// last server's.
+    /// be reached, is not serving or cancels the call ([`try_next_server`]): the first
+    /// other answer, or the last server's.
     async fn on_any<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
         F: Fn(LeasesClient<Channel>) -> Fut,
@@ -103,7 +103,7 @@ impl ClientLeaser {
         loop {
             let server = self.current();
             match call(self.client_at(server)).await {
-                Err(s) if s.code() == Code::Unavailable && tries > 1 => {
+                Err(s) if try_next_server(&s) && tries > 1 => {
                     tries -= 1;
                     self.move_on_from(server);
                 }

@@ -48,7 +48,9 @@ impl ClientOptions {
 
     /// Adds another server of the same service: one that serves the same store
     /// (PostgreSQL or etcd). The leaser connects to the first server that answers, moves
-    /// on to the next when one cannot be reached, and re-attaches a held lease through
+    /// on to the next when one cannot be reached or fails a call with `UNAVAILABLE`,
+    /// `CANCELLED` or `UNKNOWN` (what a connection closing under a call looks like),
+    /// and re-attaches a held lease through
     /// another server (or the same one, restarted) when its stream breaks or its server
     /// shuts down, before the lease's deadline: the holder does not notice. Every server
     /// must share the store; servers on the memory backend share nothing, and a lease

@@ -13,6 +13,21 @@ pub(super) fn unavailable(message: impl Into<String>) -> LeaseError {
     LeaseError::Backend(BackendError::new(BackendErrorKind::Unavailable, message))
 }
 
+/// Whether a call that ended with `status` should move on to the next server: the
+/// server could not be reached or is not serving (`UNAVAILABLE`), the call was
+/// cancelled under it (`CANCELLED`: a connection that closed before the request went
+/// out, as a server that is shutting down closes its own, or a stream the server or a
+/// proxy cut), or the connection failed in a way gRPC has no code for (`UNKNOWN`, as
+/// tonic reports a "transport error"). None of them says anything about the lease the
+/// call was about, and trying the next server can never make two holders: the store
+/// decides every grant.
+pub(super) fn try_next_server(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown
+    )
+}
+
 /// The lease error for a status the service answered with.
 pub(super) fn error_of(status: &Status, waited: Option<Duration>) -> LeaseError {
     let message = format!("lease service: {}", status.message());

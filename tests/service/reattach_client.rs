@@ -12,6 +12,7 @@ use leases::{CancelReason, ClientLeaser, ClientOptions, Key, Leaser, LossCause};
 use crate::support::proxy::{Fault, FaultProxy};
 use crate::support::remote::{local, manager_on, TTL};
 use crate::support::shared_store::SharedStore;
+use crate::support::status_server::StatusServer;
 
 /// The TTL the leases here are held with.
 const HOLD: Duration = Duration::from_secs(3);
@@ -149,6 +150,43 @@ async fn calls_move_on_to_a_server_that_answers() {
     assert_eq!(c.list("/system/client/", 0).await.unwrap().len(), 1);
     lease.release().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// A server that cancels calls, says it is not serving or fails them without a code (as
+/// one whose connection closes under a request does: CI met "operation was canceled"
+/// and "transport error" right after a server's shutdown) passes each kind of call on
+/// to the next server: acquire, info,
+/// list and revoke, each from a fresh client whose first server is that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_move_on_from_a_server_that_cancels_them() {
+    for code in [
+        tonic::Code::Cancelled,
+        tonic::Code::Unavailable,
+        tonic::Code::Unknown,
+    ] {
+        let store: Arc<dyn Backend> = Arc::new(SharedStore::default());
+        let b = server_on(&store).await;
+        let first = StatusServer::start(code, "operation was canceled").await;
+        let urls = [url(first.addr()), url(b.local_addr())];
+        let key = Key::system(["client", "cancelled"]);
+        let (lease, ctx) = client(&urls)
+            .await
+            .acquire_lease(key.clone(), HOLD)
+            .await
+            .unwrap_or_else(|e| panic!("acquire past {code:?}: {e}"));
+        let info = client(&urls).await.lease_info(&key).await;
+        let info = info.unwrap_or_else(|e| panic!("info past {code:?}: {e}"));
+        assert_eq!(info.map(|i| i.token), Some(lease.token()));
+        let listed = client(&urls).await.list("/system/client/", 0).await;
+        assert_eq!(listed.unwrap().len(), 1, "list past {code:?}");
+        let revoked = client(&urls).await.revoke(&key).await;
+        assert!(revoked.unwrap(), "revoke past {code:?}");
+        let reason = tokio::time::timeout(HOLD, ctx.cancelled()).await;
+        assert_eq!(reason.ok(), Some(CancelReason::Revoked), "{code:?}");
+        assert!(first.calls() >= 4, "{code:?}: {} calls", first.calls());
+        drop(lease);
+        b.shutdown().await.unwrap();
+    }
 }
 
 /// A server that goes silent (its link blackholed: no error, no answer) is left for

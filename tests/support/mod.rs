@@ -15,3 +15,5 @@ pub mod rng;
 pub mod scratch;
 pub mod shared_store;
 pub mod slowed;
+#[cfg(feature = "server")]
+pub mod status_server;
