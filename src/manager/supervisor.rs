@@ -94,7 +94,11 @@ impl SupervisorState {
             ActorStatus::Running | ActorStatus::Starting
         );
         if !self.table.attach(&key, token, renewer.clone()) {
-            // The lease ended before its renewer started.
+            // The lease ended before its renewer started. Unlink first, as `end_holder`
+            // does: a kill that lands before the actor's message loop carries no state,
+            // and its exit event would send the supervisor looking through every holder
+            // for a renewer that has none.
+            renewer.get_cell().unlink(self.cell.clone());
             renewer.kill();
             return;
         }
