@@ -6,48 +6,13 @@
 //! "lease manager stopped", ...) come from `leases::manager::supervisor`, the backend
 //! calls' from `leases::manager::io`, wherever their code lives.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leases::{Key, LeaseManager};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
 
-/// Every event as `(target, message)`.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(String, String)>>>);
-
-struct Message(String);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl Subscriber for Recorder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        self.0
-            .lock()
-            .unwrap()
-            .push((event.metadata().target().to_string(), message.0));
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
+#[path = "support/log_capture.rs"]
+mod log_capture;
+use log_capture::Recorder;
 
 #[tokio::test]
 async fn the_supervisors_log_events_keep_their_target() {
@@ -66,7 +31,7 @@ async fn the_supervisors_log_events_keep_their_target() {
     lease.release().await.unwrap();
     manager.shutdown().await;
 
-    let events = recorder.0.lock().unwrap().clone();
+    let events = recorder.events();
     let target_of = |message: &str| {
         events
             .iter()

@@ -40,6 +40,15 @@ async fn advance_long(total: Duration) {
 // Memory backend: clocks and boundaries
 // ---------------------------------------------------------------------------------
 
+/// A fresh current-thread runtime whose clock is paused.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 /// A `MemoryBackend` made on one tokio clock and used on another that reads earlier
 /// (here: made in a paused runtime that had run on 1000 virtual hours, then used in a
 /// fresh paused runtime, as a backend in a `static` shared by paused tests is). Before
@@ -49,13 +58,7 @@ async fn advance_long(total: Duration) {
 /// (`at(now + TTL)` = 0) is never `> now` (0), so a granted lease is free at once.
 #[test]
 fn a_backend_made_on_a_later_clock_still_excludes() {
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
+    let paused = paused_runtime;
     let backend = paused().block_on(async {
         tokio::time::advance(Duration::from_secs(1000 * 3600)).await;
         Arc::new(MemoryBackend::new())
@@ -86,13 +89,7 @@ fn a_backend_made_on_a_later_clock_still_excludes() {
 /// contexts are live at once.
 #[test]
 fn two_managers_on_a_backend_made_on_a_later_clock() {
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
+    let paused = paused_runtime;
     let backend: Arc<dyn Backend> = paused().block_on(async {
         tokio::time::advance(Duration::from_secs(1000 * 3600)).await;
         Arc::new(MemoryBackend::new())
@@ -306,18 +303,24 @@ async fn metadata_never_outlives_its_lease() {
 // Lease table: renewer exits and waiters, through a manager
 // ---------------------------------------------------------------------------------
 
-/// (expected to hold) A holder's renewer fails (renewal refused): that holder's context
-/// ends `Lost`, the key is left to expire, and the next holder (granted with a wait,
-/// with a larger token) is not touched by anything of the first: it lives through
-/// several renewals, and a revoke of it then ends only it.
-#[tokio::test(start_paused = true)]
-async fn a_failed_renewer_ends_only_its_own_holder() {
+/// A manager on a memory backend whose renewals can be made to fail.
+async fn faulty_manager() -> (Arc<FaultyBackend>, LeaseManager) {
     let faulty = Arc::new(FaultyBackend::new(Arc::new(MemoryBackend::new())));
     let manager = LeaseManager::builder()
         .backend(faulty.clone())
         .start()
         .await
         .unwrap();
+    (faulty, manager)
+}
+
+/// (expected to hold) A holder's renewer fails (renewal refused): that holder's context
+/// ends `Lost`, the key is left to expire, and the next holder (granted with a wait,
+/// with a larger token) is not touched by anything of the first: it lives through
+/// several renewals, and a revoke of it then ends only it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewer_ends_only_its_own_holder() {
+    let (faulty, manager) = faulty_manager().await;
     let k = Key::system(["review", "mem", "renewer"]);
     let (l1, c1) = manager.acquire_lease(k.clone(), TTL).await.unwrap();
     faulty.fail_renewals(&k, RenewFault::Refuse);
@@ -350,12 +353,7 @@ async fn a_failed_renewer_ends_only_its_own_holder() {
 /// release is `NotHeld` and does not touch the waiter's lease.
 #[tokio::test(start_paused = true)]
 async fn a_kept_holders_renewer_exit_does_not_reach_the_next_holder() {
-    let faulty = Arc::new(FaultyBackend::new(Arc::new(MemoryBackend::new())));
-    let manager = LeaseManager::builder()
-        .backend(faulty.clone())
-        .start()
-        .await
-        .unwrap();
+    let (faulty, manager) = faulty_manager().await;
     let k = Key::system(["review", "mem", "kept"]);
     let (kept, kc) = manager
         .acquire_lease_with(k.clone(), AcquireOptions::new(TTL).keep_until_released())

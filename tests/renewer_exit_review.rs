@@ -6,59 +6,39 @@
 //! never ends a newer holder) and that the slow fallback (a scan of every holder, which
 //! logs "a renewal actor failed") never runs on these ordinary paths.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use leases::backend::{Backend, FaultyBackend, MemoryBackend, RenewFault};
-use leases::{AcquireOptions, CancelReason, Key, LeaseError, LeaseManager, LossCause};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
+use leases::{
+    AcquireOptions, CancelReason, Key, Lease, LeaseContext, LeaseError, LeaseManager, LossCause,
+};
+
+#[path = "support/log_capture.rs"]
+mod log_capture;
+use log_capture::Recorder;
 
 const TTL: Duration = Duration::from_secs(1);
 
-/// Every log event's message.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<String>>>);
-
-struct Message(String);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
+/// A recorder of this thread's log events, recording until the guard is dropped.
+fn recording() -> (Recorder, tracing::subscriber::DefaultGuard) {
+    let log = Recorder::default();
+    let guard = tracing::subscriber::set_default(log.clone());
+    (log, guard)
 }
 
-impl Subscriber for Recorder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        self.0.lock().unwrap().push(message.0);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
+/// The newer holder lives through several renewals (five TTLs), is released, and
+/// nothing needed the scan.
+async fn lives_on(lease: Lease, ctx: &LeaseContext, log: &Recorder, case: &str) {
+    tokio::time::sleep(TTL * 5).await;
+    assert!(!ctx.is_cancelled(), "{case}: {:?}", ctx.reason());
+    lease.release().await.unwrap();
+    assert_eq!(fallbacks(log), 0, "{case}");
 }
 
-impl Recorder {
-    /// How many times the supervisor fell back to scanning its holders.
-    fn fallbacks(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|m| m.contains("a renewal actor failed"))
-            .count()
-    }
+/// How many times the supervisor fell back to scanning its holders.
+fn fallbacks(log: &Recorder) -> usize {
+    log.count("a renewal actor failed")
 }
 
 struct Rig {
@@ -91,8 +71,7 @@ fn key(i: usize) -> Key {
 /// fallback scan (each renewer stopped and named its lease).
 #[tokio::test(start_paused = true)]
 async fn many_leases_lost_at_once_each_end_their_own_holder_without_the_scan() {
-    let log = Recorder::default();
-    let _guard = tracing::subscriber::set_default(log.clone());
+    let (log, _guard) = recording();
     let r = rig().await;
     const N: usize = 64;
     let mut held = Vec::new();
@@ -120,7 +99,7 @@ async fn many_leases_lost_at_once_each_end_their_own_holder_without_the_scan() {
     tokio::time::sleep(TTL * 3).await;
     assert!(!keeper_ctx.is_cancelled(), "the healthy lease lives");
     assert_eq!(
-        log.fallbacks(),
+        fallbacks(&log),
         0,
         "no exit needed the scan of every holder"
     );
@@ -134,15 +113,14 @@ async fn many_leases_lost_at_once_each_end_their_own_holder_without_the_scan() {
         again.release().await.unwrap();
     }
     keeper.release().await.unwrap();
-    assert_eq!(log.fallbacks(), 0);
+    assert_eq!(fallbacks(&log), 0);
 }
 
 /// A renewal that panics: the renewer stops (it no longer fails), its holder is told
 /// with the panic, and the supervisor needed no scan; the other lease lives.
 #[tokio::test(start_paused = true)]
 async fn a_panicking_renewal_is_told_without_the_scan() {
-    let log = Recorder::default();
-    let _guard = tracing::subscriber::set_default(log.clone());
+    let (log, _guard) = recording();
     let r = rig().await;
     let (_bad, bad_ctx) = r.manager.acquire_lease(key(0), TTL).await.unwrap();
     let (good, good_ctx) = r.manager.acquire_lease(key(1), TTL).await.unwrap();
@@ -158,7 +136,7 @@ async fn a_panicking_renewal_is_told_without_the_scan() {
     }
     tokio::time::sleep(TTL * 3).await;
     assert!(!good_ctx.is_cancelled());
-    assert_eq!(log.fallbacks(), 0);
+    assert_eq!(fallbacks(&log), 0);
     good.release().await.unwrap();
 }
 
@@ -169,8 +147,7 @@ async fn a_panicking_renewal_is_told_without_the_scan() {
 /// handle's release is `NotHeld`, and the next holder (larger token) lives.
 #[tokio::test(start_paused = true)]
 async fn a_lost_lease_asked_for_again_with_its_token_is_refused_and_the_key_frees() {
-    let log = Recorder::default();
-    let _guard = tracing::subscriber::set_default(log.clone());
+    let (log, _guard) = recording();
     let r = rig().await;
     let k = key(0);
     let (old, old_ctx) = r.manager.acquire_lease(k.clone(), TTL).await.unwrap();
@@ -194,10 +171,7 @@ async fn a_lost_lease_asked_for_again_with_its_token_is_refused_and_the_key_free
     let opts = AcquireOptions::new(TTL).wait(TTL * 2);
     let (new, new_ctx) = r.manager.acquire_lease_with(k.clone(), opts).await.unwrap();
     assert!(new_ctx.token() > token);
-    tokio::time::sleep(TTL * 5).await;
-    assert!(!new_ctx.is_cancelled(), "{:?}", new_ctx.reason());
-    new.release().await.unwrap();
-    assert_eq!(log.fallbacks(), 0);
+    lives_on(new, &new_ctx, &log, "").await;
 }
 
 /// A release sent while the renewer is stopping with a loss (the group told it before
@@ -206,8 +180,7 @@ async fn a_lost_lease_asked_for_again_with_its_token_is_refused_and_the_key_free
 #[tokio::test(start_paused = true)]
 async fn a_release_racing_a_loss_never_ends_the_next_holder() {
     for fault in [RenewFault::Refuse, RenewFault::Stall, RenewFault::Panic] {
-        let log = Recorder::default();
-        let _guard = tracing::subscriber::set_default(log.clone());
+        let (log, _guard) = recording();
         let r = rig().await;
         let k = key(0);
         let (old, old_ctx) = r.manager.acquire_lease(k.clone(), TTL).await.unwrap();
@@ -224,14 +197,7 @@ async fn a_release_racing_a_loss_never_ends_the_next_holder() {
         let opts = AcquireOptions::new(TTL).wait(TTL * 3);
         let (next, next_ctx) = r.manager.acquire_lease_with(k.clone(), opts).await.unwrap();
         assert!(next_ctx.token() > old_ctx.token(), "{fault:?}");
-        tokio::time::sleep(TTL * 4).await;
-        assert!(
-            !next_ctx.is_cancelled(),
-            "{fault:?}: {:?}",
-            next_ctx.reason()
-        );
-        next.release().await.unwrap();
-        assert_eq!(log.fallbacks(), 0, "{fault:?}");
+        lives_on(next, &next_ctx, &log, &format!("{fault:?}")).await;
     }
 }
 
@@ -242,8 +208,7 @@ async fn a_release_racing_a_loss_never_ends_the_next_holder() {
 #[tokio::test(start_paused = true)]
 async fn a_keeping_holder_whose_renewal_ends_keeps_the_key_until_it_lets_go() {
     for how in ["refuse", "revoke", "panic"] {
-        let log = Recorder::default();
-        let _guard = tracing::subscriber::set_default(log.clone());
+        let (log, _guard) = recording();
         let r = rig().await;
         let k = key(0);
         let opts = AcquireOptions::new(TTL).keep_until_released();
@@ -275,10 +240,7 @@ async fn a_keeping_holder_whose_renewal_ends_keeps_the_key_until_it_lets_go() {
         let opts = AcquireOptions::new(TTL).wait(TTL * 3);
         let (next, next_ctx) = r.manager.acquire_lease_with(k.clone(), opts).await.unwrap();
         assert!(next_ctx.token() > kept_ctx.token(), "{how}");
-        tokio::time::sleep(TTL * 4).await;
-        assert!(!next_ctx.is_cancelled(), "{how}: {:?}", next_ctx.reason());
-        next.release().await.unwrap();
-        assert_eq!(log.fallbacks(), 0, "{how}");
+        lives_on(next, &next_ctx, &log, how).await;
     }
 }
 
@@ -287,8 +249,7 @@ async fn a_keeping_holder_whose_renewal_ends_keeps_the_key_until_it_lets_go() {
 /// holder, and tokens grow across managers.
 #[tokio::test(start_paused = true)]
 async fn a_loss_in_one_manager_never_ends_a_holder_in_another() {
-    let log = Recorder::default();
-    let _guard = tracing::subscriber::set_default(log.clone());
+    let (log, _guard) = recording();
     let memory = Arc::new(MemoryBackend::new());
     let a = rig_on(&memory).await;
     let b = rig_on(&memory).await;
@@ -315,18 +276,14 @@ async fn a_loss_in_one_manager_never_ends_a_holder_in_another() {
     );
     assert!(cb.token() > ca.token());
     assert!(matches!(la.release().await, Err(LeaseError::NotHeld)));
-    tokio::time::sleep(TTL * 4).await;
-    assert!(!cb.is_cancelled(), "{:?}", cb.reason());
-    lb.release().await.unwrap();
-    assert_eq!(log.fallbacks(), 0);
+    lives_on(lb, &cb, &log, "").await;
 }
 
 /// Shutdown while leases are being lost: no panic, every context ends, nothing needs
 /// the scan.
 #[tokio::test(start_paused = true)]
 async fn shutdown_while_leases_are_lost_ends_every_holder() {
-    let log = Recorder::default();
-    let _guard = tracing::subscriber::set_default(log.clone());
+    let (log, _guard) = recording();
     let r = rig().await;
     let mut held = Vec::new();
     for i in 0..16 {
@@ -350,7 +307,7 @@ async fn shutdown_while_leases_are_lost_ends_every_holder() {
             "key {i}: {reason:?}"
         );
     }
-    assert_eq!(log.fallbacks(), 0);
+    assert_eq!(fallbacks(&log), 0);
 }
 
 /// The recorder does see the fallback: a failure event (which names only the actor)
@@ -359,8 +316,7 @@ async fn shutdown_while_leases_are_lost_ends_every_holder() {
 #[tokio::test(start_paused = true)]
 async fn the_fallback_scan_is_seen_when_a_renewer_fails() {
     use ractor::SupervisionEvent;
-    let log = Recorder::default();
-    let _guard = tracing::subscriber::set_default(log.clone());
+    let (log, _guard) = recording();
     let r = rig().await;
     let (_l1, c1) = r.manager.acquire_lease(key(0), TTL).await.unwrap();
     let children = r.manager.actor().get_cell().get_children();
@@ -374,7 +330,7 @@ async fn the_fallback_scan_is_seen_when_a_renewer_fails() {
         tokio::time::timeout(TTL, c1.cancelled()).await.unwrap(),
         CancelReason::Lost(LossCause::RenewerFailed(_))
     ));
-    assert_eq!(log.fallbacks(), 1);
+    assert_eq!(fallbacks(&log), 1);
     tokio::time::sleep(TTL * 3).await;
     assert!(!c2.is_cancelled());
     l2.release().await.unwrap();
