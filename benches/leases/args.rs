@@ -9,8 +9,9 @@ use std::time::Duration;
 use crate::contenders::Kind;
 
 const USAGE: &str =
-    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--pg-ttl SECONDS] [--pg-window SECONDS] [--only memory|scale|postgres|service|held-many|etcd|profile]
+    "usage: leases [--smoke] [--secs SECONDS] [--pg-held LEASES] [--pg-ttl SECONDS] [--pg-window SECONDS] [--only memory|scale|postgres|service|held-many|etcd|profile|pg-profile]
        leases --only profile [--clients N] [--kind ours|a|b|d] [--secs SECONDS]
+       leases --only pg-profile [--clients N] [--raw] [--secs SECONDS]
        leases --scale-child ours|a|b|d LEASES WINDOW_SECONDS
        leases --service-floor";
 
@@ -23,6 +24,10 @@ pub enum Section {
     Profile,
     Scale,
     Postgres,
+    /// The manager on PostgreSQL (or with `--raw`, (c): its SQL through the driver
+    /// alone) on a throwaway server, 8 clients unless `--clients`: for `perf record`.
+    /// Runs only when asked for.
+    PgProfile,
     /// The lease service over gRPC beside a bare tonic service (feature `server`).
     Service,
     /// The etcd backend on a 3-member cluster beside the bare client (feature `etcd`).
@@ -40,11 +45,12 @@ impl FromStr for Section {
             "profile" => Ok(Section::Profile),
             "scale" => Ok(Section::Scale),
             "postgres" => Ok(Section::Postgres),
+            "pg-profile" => Ok(Section::PgProfile),
             "service" => Ok(Section::Service),
             "etcd" => Ok(Section::Etcd),
             "held-many" => Ok(Section::HeldMany),
             other => Err(format!(
-                "unknown section `{other}` (memory | scale | postgres | service | held-many | etcd | profile)"
+                "unknown section `{other}` (memory | scale | postgres | service | held-many | etcd | profile | pg-profile)"
             )),
         }
     }
@@ -70,6 +76,9 @@ pub struct Args {
     pub clients: Option<usize>,
     /// `--kind KIND`: the profile section's contender (default ours).
     pub kind: Option<Kind>,
+    /// `--raw`: the PostgreSQL profile section runs (c), not the manager.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub raw: bool,
     /// `--scale-child KIND N WINDOW`: be one scale cell (see `scale.rs`), print its line.
     pub scale_child: Option<(Kind, usize, Duration)>,
     /// `--service-floor`: be the service section's floor server (see `service.rs`).
@@ -143,6 +152,7 @@ impl Args {
                     parsed.clients = Some(value(&mut args, "--clients", "a number of clients")?)
                 }
                 "--kind" => parsed.kind = Some(value(&mut args, "--kind", "a kind")?),
+                "--raw" => parsed.raw = true,
                 "--service-floor" => parsed.service_floor = true,
                 _ => {}
             }
@@ -150,10 +160,11 @@ impl Args {
         Ok(parsed)
     }
 
-    /// Whether to run `section`: every section but the profile when there is no `--only`.
+    /// Whether to run `section`: every section but the profiles when there is no
+    /// `--only`.
     pub fn wants(&self, section: Section) -> bool {
         match self.only {
-            None => section != Section::Profile,
+            None => !matches!(section, Section::Profile | Section::PgProfile),
             Some(only) => only == section,
         }
     }

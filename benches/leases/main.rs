@@ -99,6 +99,10 @@ async fn run(args: &Args) {
     if args.wants(Section::Postgres) {
         postgres::postgres_section(&sizes).await;
     }
+    #[cfg(feature = "postgres")]
+    if args.wants(Section::PgProfile) {
+        postgres::profile_section(&sizes, args.raw, args.clients.unwrap_or(8)).await;
+    }
     #[cfg(feature = "server")]
     if args.wants(Section::Service) {
         service::service_section(&sizes).await;

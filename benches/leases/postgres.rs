@@ -16,8 +16,8 @@ use leases::{Key, LeaseManager};
 
 use crate::args::Sizes;
 use crate::contenders::{Ours, Subject, TTL};
-use crate::report::ratio;
-use crate::throughput::pairs;
+use crate::report::{median_by, ratio};
+use crate::throughput::{pairs, Throughput};
 
 /// The manager's SQL, issued directly: the floor (c).
 struct RawSql {
@@ -84,6 +84,36 @@ async fn manager(url: &str, pool: usize) -> LeaseManager {
         .unwrap()
 }
 
+/// One PostgreSQL contender alone for `s.secs`, for `perf record`: the manager, or (c)
+/// when `raw`. The server is the section's throwaway one (the profile sees it as
+/// `postgres` processes beside the benchmark's).
+pub async fn profile_section(s: &Sizes, raw: bool, clients: usize) {
+    let server = pg::PgServer::start(None);
+    let url = server.url();
+    // The manager creates the schema (c) uses too.
+    let m = manager(&url, 8).await;
+    let warm = m.acquire_lease(Key::system(["warm"]), TTL).await.unwrap();
+    warm.0.release().await.unwrap();
+    let cpu = crate::scale::cpu_seconds();
+    let (label, t) = if raw {
+        let t = pairs(Arc::new(RawSql::new(&url, 8)), clients, s.secs).await;
+        ("(c) same SQL, driver only", t)
+    } else {
+        (
+            "leases (postgres)",
+            pairs(Arc::new(Ours(m.clone())), clients, s.secs).await,
+        )
+    };
+    let cpu = crate::scale::cpu_seconds() - cpu;
+    println!(
+        "{label}, {clients} clients: {:.0} pairs/s, acquire p50 {:.0} µs, {:.0} µs of this process's CPU per pair",
+        t.per_sec,
+        t.p50.as_secs_f64() * 1e6,
+        cpu * 1e6 / (t.per_sec * s.secs).max(1.0)
+    );
+    m.shutdown().await;
+}
+
 pub async fn postgres_section(s: &Sizes) {
     let server = pg::PgServer::start(None);
     let url = server.url();
@@ -94,8 +124,8 @@ pub async fn postgres_section(s: &Sizes) {
         return;
     }
     println!(
-        "\n## PostgreSQL backend (throwaway local server, {:.0} s per cell)\n",
-        s.secs
+        "\n## PostgreSQL backend (throwaway local server; each cell the median of {} runs of {:.1} s, the two implementations interleaved)\n",
+        s.rounds, s.secs
     );
     println!("| implementation | pairs/s, 1 client | pairs/s, 8 clients | pairs/s, 64 clients | acquire p50 (1 client) | acquire p99 | vs (c), 8 clients | vs (c), 64 clients |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -105,16 +135,23 @@ pub async fn postgres_section(s: &Sizes) {
     warm.0.release().await.unwrap();
     let ours = Arc::new(Ours(m.clone()));
     let raw = Arc::new(RawSql::new(&url, 8));
-    let c1 = pairs(raw.clone(), 1, s.secs).await;
-    let c8 = pairs(raw.clone(), 8, s.secs).await;
-    let c64 = pairs(raw.clone(), 64, s.secs).await;
-    let o1 = pairs(ours.clone(), 1, s.secs).await;
-    let o8 = pairs(ours.clone(), 8, s.secs).await;
-    let o64 = pairs(ours.clone(), 64, s.secs).await;
-    for (name, one, eight, many) in [
-        ("leases (postgres)", &o1, &o8, &o64),
-        ("(c) same SQL, driver only", &c1, &c8, &c64),
-    ] {
+    // [ours, (c)][1, 8, 64 clients] -> runs. The two run turn about, each first in
+    // every other round, so that neither always meets the table as the other left it.
+    let mut runs: [[Vec<Throughput>; 3]; 2] = Default::default();
+    for round in 0..s.rounds {
+        for (cell, clients) in [1, 8, 64].into_iter().enumerate() {
+            for i in [round % 2, 1 - round % 2] {
+                let t = match i {
+                    0 => pairs(ours.clone(), clients, s.secs).await,
+                    _ => pairs(raw.clone(), clients, s.secs).await,
+                };
+                runs[i][cell].push(t);
+            }
+        }
+    }
+    let [o, c] = runs.map(|cells| cells.map(|r| median_by(r, |t| t.per_sec)));
+    for (name, [one, eight, many]) in [("leases (postgres)", &o), ("(c) same SQL, driver only", &c)]
+    {
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} | {:.0} µs | {:.0} µs | {} | {} |",
             one.per_sec,
@@ -122,8 +159,8 @@ pub async fn postgres_section(s: &Sizes) {
             many.per_sec,
             one.p50.as_secs_f64() * 1e6,
             one.p99.as_secs_f64() * 1e6,
-            ratio(eight.per_sec, c8.per_sec),
-            ratio(many.per_sec, c64.per_sec)
+            ratio(eight.per_sec, c[1].per_sec),
+            ratio(many.per_sec, c[2].per_sec)
         );
     }
     m.shutdown().await;
