@@ -13,6 +13,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cancel_review;
 mod client_side;
 mod conformance;
 mod ftl;
