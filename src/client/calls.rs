@@ -18,8 +18,10 @@ impl ClientLeaser {
     /// with [`CancelReason::Revoked`](crate::CancelReason::Revoked). Returns `false` if
     /// nobody held it.
     pub async fn revoke(&self, key: &Key) -> Result<bool, LeaseError> {
+        // Not after `CANCELLED` or `UNKNOWN`: the call may have been carried out, and a
+        // revoke carried out twice ends whoever holds the key by then, too.
         let answer = self
-            .on_any(|mut c| {
+            .on_any(not_serving, |mut c| {
                 let request = self.request(KeyRequest {
                     key: key.to_string(),
                 });
@@ -33,7 +35,7 @@ impl ClientLeaser {
     /// The current lease on `key`, if any.
     pub async fn lease_info(&self, key: &Key) -> Result<Option<LeaseInfo>, LeaseError> {
         let answer = self
-            .on_any(|mut c| {
+            .on_any(try_next_server, |mut c| {
                 let request = self.request(KeyRequest {
                     key: key.to_string(),
                 });
@@ -57,7 +59,7 @@ impl ClientLeaser {
             .saturating_mul(crate::proto::MAX_LISTED_LEASE_BYTES)
             .saturating_add(64 * 1024);
         let answer = self
-            .on_any(|c| {
+            .on_any(try_next_server, |c| {
                 let request = self.request(ListRequest {
                     prefix: prefix.to_string(),
                     limit: u32::try_from(limit).unwrap_or(u32::MAX),
@@ -91,10 +93,10 @@ impl ClientLeaser {
 }
 
 impl ClientLeaser {
-    /// Makes a call on the current server, and on each next one while the server cannot
-    /// be reached, is not serving or cancels the call ([`try_next_server`]): the first
-    /// other answer, or the last server's.
-    async fn on_any<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    /// Makes a call on the current server, and on each next one while `next` says the
+    /// answer allows it ([`try_next_server`] for calls that may run twice, [`not_serving`]
+    /// for one that must not): the first other answer, or the last server's.
+    async fn on_any<T, F, Fut>(&self, next: fn(&Status) -> bool, call: F) -> Result<T, Status>
     where
         F: Fn(LeasesClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -103,7 +105,7 @@ impl ClientLeaser {
         loop {
             let server = self.current();
             match call(self.client_at(server)).await {
-                Err(s) if try_next_server(&s) && tries > 1 => {
+                Err(s) if next(&s) && tries > 1 => {
                     tries -= 1;
                     self.move_on_from(server);
                 }
@@ -111,6 +113,13 @@ impl ClientLeaser {
             }
         }
     }
+}
+
+/// Whether a call that must not be carried out twice may move on to the next server
+/// after `status`: only when the server could not be reached or is not serving
+/// (`UNAVAILABLE`).
+fn not_serving(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable
 }
 
 /// A lease's description as the service sent it.

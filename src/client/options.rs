@@ -47,12 +47,16 @@ impl ClientOptions {
     }
 
     /// Adds another server of the same service: one that serves the same store
-    /// (PostgreSQL or etcd). The leaser connects to the first server that answers, moves
-    /// on to the next when one cannot be reached or fails a call with `UNAVAILABLE`,
-    /// `CANCELLED` or `UNKNOWN` (what a connection closing under a call looks like),
-    /// and re-attaches a held lease through
-    /// another server (or the same one, restarted) when its stream breaks or its server
-    /// shuts down, before the lease's deadline: the holder does not notice. Every server
+    /// (PostgreSQL or etcd). The leaser connects to the first server that answers and
+    /// moves on to the next when one cannot be reached or fails a call with
+    /// `UNAVAILABLE`; an acquire, `lease_info` and `list` move on after `CANCELLED` or
+    /// `UNKNOWN` too (what a connection closing under a call looks like; an acquire the
+    /// first server granted before its answer was cut off then meets its own grant as
+    /// a `Conflict` until that server finds its stream gone), but not a `revoke`,
+    /// which the server may have carried out: it returns the error. It
+    /// re-attaches a held lease through another server (or the same one, restarted)
+    /// when its stream breaks or its server shuts down, before the lease's deadline:
+    /// the holder does not notice. Every server
     /// must share the store; servers on the memory backend share nothing, and a lease
     /// held through one cannot move to another (its re-attach is refused, and the
     /// holder is told the lease is lost).

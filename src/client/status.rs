@@ -18,9 +18,11 @@ pub(super) fn unavailable(message: impl Into<String>) -> LeaseError {
 /// cancelled under it (`CANCELLED`: a connection that closed before the request went
 /// out, as a server that is shutting down closes its own, or a stream the server or a
 /// proxy cut), or the connection failed in a way gRPC has no code for (`UNKNOWN`, as
-/// tonic reports a "transport error"). None of them says anything about the lease the
-/// call was about, and trying the next server can never make two holders: the store
-/// decides every grant.
+/// tonic reports a "transport error"). The last two do not say that the server did not
+/// carry the call out: this is for calls that may run twice. Reads may; an acquire may
+/// too, since the store decides every grant (a grant made by a server whose answer was
+/// cut off holds the key until its stream is found gone, so the next server answers
+/// `Conflict` meanwhile: never two holders). A revoke may not (see `calls.rs`).
 pub(super) fn try_next_server(status: &Status) -> bool {
     matches!(
         status.code(),
