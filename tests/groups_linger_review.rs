@@ -1,6 +1,7 @@
 //! Review probes for renewal groups kept warm for `LINGER` (30 s) and pruned once half
-//! the group has left (commit e66c282): what a group that outlives its leases, or takes
-//! members out early, could get wrong. All on paused time, on the memory backend behind
+//! the group has left (commit e66c282, since reverted; the probes hold on groups without
+//! it too): what a group that outlives its leases, or takes members out early, could
+//! get wrong. All on paused time, on the memory backend behind
 //! a wrapper that records each group call and can make one hang.
 
 #[macro_use]
