@@ -327,6 +327,31 @@ pub fn check(run: Run) -> Checks {
         let taken_by_nobody = last.duration_since(since).unwrap_or_default();
         if taken_by_nobody > bound {
             stuck.push(format!("{} token {}: {taken_by_nobody:?}", kt.0, kt.1));
+            // What the key's holders did around it, to read the fault from CI's output.
+            let since_epoch = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            };
+            eprintln!(
+                "pg_faults: stuck {} token {}: ended at {:.3}, live from {:.3} to {:.3}; the key's events:",
+                kt.0,
+                kt.1,
+                since_epoch(since),
+                since_epoch(first_live[kt]),
+                since_epoch(*last)
+            );
+            for e in events.iter().filter(|e| {
+                e.key == kt.0 && e.kind != "work" && e.token + 3 >= kt.1 && e.token <= kt.1 + 3
+            }) {
+                eprintln!(
+                    "  {:.3} {} token {} {}",
+                    since_epoch(e.at),
+                    e.proc,
+                    e.token,
+                    e.kind
+                );
+            }
         }
     }
     c.check(

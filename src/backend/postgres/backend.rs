@@ -237,7 +237,8 @@ impl Backend for PostgresBackend {
         };
         let k = key.to_string();
         // Forgotten here but maybe still in the session until the statement is known
-        // to have run: a failed or abandoned one leaves it at the next sweep.
+        // to have run: after a failed or abandoned one, the session's next renewal
+        // statement takes it out.
         let mut guard = LeaveUnlessDone::new(&self.sessions, &k, token);
         let Some((session, until)) = guard.left else {
             // Never attached here: it expires on its own.
@@ -367,9 +368,9 @@ impl Backend for PostgresBackend {
 }
 
 /// A lease forgotten by this backend's sessions on its way out (release, leave): unless
-/// [`done`](LeaveUnlessDone::done) says its statement ended it, it leaves its session at
-/// the session's next sweep ([`Sessions::leave_later`]), including when the future is
-/// dropped mid-statement. Without this, a lease still attached but forgotten here would
+/// [`done`](LeaveUnlessDone::done) says its statement ended it, the session's next
+/// renewal statement takes it out ([`Sessions::leave_later`]), including when the future
+/// is dropped mid-statement. Without this, a lease still attached but forgotten here would
 /// be kept alive by the session for as long as this backend renews it.
 struct LeaveUnlessDone<'a> {
     sessions: &'a Sessions,

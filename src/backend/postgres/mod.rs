@@ -63,7 +63,10 @@
 //!   handing a lease over, or the manager after a holder lost it locally, which releases
 //!   nothing) detaches the lease with the session's expiry as of the lease's own last
 //!   confirmed renewal (no later than the session's current one), so that the session no
-//!   longer keeps it alive; so does a lease nobody asked to renew for a whole TTL.
+//!   longer keeps it alive; so does a lease nobody asked to renew for a whole TTL. A
+//!   leave (or release) whose statement fails is owed to the session: its next renewal
+//!   takes the lease out in the very statement that renews the session, so a renewal
+//!   that commits never extends a lease this backend had let go of when it sent it.
 //! - **Release** is compare-and-set on `(key, token)` too. It ends the lease by setting
 //!   `expires_at = now()` and keeps the row (see fencing below), then sends
 //!   `NOTIFY <table>_freed, '<key>'`; one listening connection per backend wakes

@@ -427,7 +427,6 @@ async fn renew_once(
             return Vec::new();
         }
     };
-    sweep(db, sessions, ttl, session).await;
     // Each lease's place: in the statement's member or attach arrays, or lost already.
     enum Place {
         Member(usize),
@@ -453,6 +452,11 @@ async fn renew_once(
             Mode::Lost => Place::Lost,
         });
     }
+    // What the same statement takes out of the session (after the modes: a lease
+    // renewed again here owes no leave any more).
+    let out = Outgoing::take(sessions, ttl, session, (&attach_keys, &attach_tokens));
+    let (out_keys, out_tokens, out_untils) =
+        (out.keys.clone(), out.tokens.clone(), out.untils.clone());
     tracing::trace!(leases = leases.len(), session, "renewing a session");
     db.renew_statements
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -471,6 +475,9 @@ async fn renew_once(
                             &attach_keys,
                             &attach_tokens,
                             &attach_any,
+                            &out_keys,
+                            &out_tokens,
+                            &out_untils,
                         ],
                     )
                     .await?;
@@ -501,6 +508,7 @@ async fn renew_once(
             })
         })
         .await;
+    out.answered(answer.is_ok());
     let (renewed, until, revoked, lost, moved, refused) = match answer {
         Ok(answer) => answer,
         Err(error) => {
@@ -559,39 +567,78 @@ async fn renew_once(
     retry
 }
 
-/// Members of `session` whose renewals stopped leave it (see `Sessions::stale`): looked
-/// for at most once per third of the TTL, before a renewal of the session.
-pub(super) async fn sweep(db: &Arc<Db>, sessions: &Arc<Sessions>, ttl: i64, session: i64) {
-    // Members of a session whose renewals stopped leave it (see `Sessions::stale`).
-    let stale = sessions.stale(ttl, session);
-    if !stale.is_empty() {
-        let mut keys = Vec::with_capacity(stale.len());
-        let mut tokens = Vec::with_capacity(stale.len());
-        let mut untils = Vec::with_capacity(stale.len());
-        for (k, t, u) in stale {
-            keys.push(k);
-            tokens.push(t);
-            untils.push(u);
-        }
-        let (k, t, u) = (keys.clone(), tokens.clone(), untils.clone());
-        let left = db
-            .with_client("leave a session", |c, sql| {
-                Box::pin(async move {
-                    let stmt = c.prepare_cached(&sql.leave).await?;
-                    c.execute(&stmt, &[&k, &t, &session, &u]).await
-                })
-            })
-            .await;
-        if let Err(error) = &left {
-            // Forgotten as members, but still in the session: they leave at the next
-            // sweep, or the session would keep them alive for ever.
-            tracing::debug!(%error, "stale session members could not leave their session");
-        }
-        for ((key, token), until) in keys.into_iter().zip(tokens).zip(untils) {
-            if left.is_err() {
-                sessions.leave_later(key.clone(), token, session, until);
+/// The leases a renewal statement of a session takes out of it (`gone` in `sql.rs`):
+/// [`Sessions::outgoing`], less any the same statement attaches. Unless
+/// [`Outgoing::answered`] says the statement ran, they are owed again to the session's
+/// next statement ([`Sessions::leave_later`]), also when this is dropped mid-statement.
+pub(super) struct Outgoing {
+    sessions: Arc<Sessions>,
+    session: i64,
+    pub(super) keys: Vec<String>,
+    pub(super) tokens: Vec<i64>,
+    pub(super) untils: Vec<Option<std::time::SystemTime>>,
+    answered: bool,
+}
+
+impl Outgoing {
+    /// Takes what `session`'s statement must take out, but for the leases it attaches
+    /// (`attaching`, keys and tokens in parallel): those are renewed again here, so no
+    /// leave is owed for them any more.
+    pub(super) fn take(
+        sessions: &Arc<Sessions>,
+        ttl: i64,
+        session: i64,
+        attaching: (&[String], &[i64]),
+    ) -> Outgoing {
+        let mut out = Outgoing {
+            sessions: sessions.clone(),
+            session,
+            keys: Vec::new(),
+            tokens: Vec::new(),
+            untils: Vec::new(),
+            answered: false,
+        };
+        for (key, token, until) in sessions.outgoing(ttl, session) {
+            let again = attaching
+                .0
+                .iter()
+                .zip(attaching.1)
+                .any(|(k, t)| *k == key && *t == token);
+            if again {
+                sessions.settled(&key, token, session);
+            } else {
+                out.keys.push(key);
+                out.tokens.push(token);
+                out.untils.push(until);
             }
-            sessions.settled(&key, token, session);
+        }
+        if !out.keys.is_empty() {
+            tracing::debug!(
+                session,
+                leases = out.keys.len(),
+                "a session renewal takes out leases no longer renewed here"
+            );
+        }
+        out
+    }
+
+    /// The statement answered (`ok`: the leases are out) or failed (they are owed
+    /// again).
+    pub(super) fn answered(mut self, ok: bool) {
+        self.answered = ok;
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        let keys = std::mem::take(&mut self.keys);
+        let untils = std::mem::take(&mut self.untils);
+        for ((key, token), until) in keys.into_iter().zip(self.tokens.drain(..)).zip(untils) {
+            if !self.answered {
+                self.sessions
+                    .leave_later(key.clone(), token, self.session, until);
+            }
+            self.sessions.settled(&key, token, self.session);
         }
     }
 }

@@ -20,7 +20,7 @@
 //! `X` the leases that may be in `S` without being members here: attaches sent and not
 //! answered (registered by `Sessions::mode` before they are sent), attaches whose answer
 //! was lost (`unsure`), releases and leaves of forgotten members not yet answered
-//! (`Sessions::forget_exiting`, the sweep's leaves) and leaves that failed (`leaving`).
+//! (`Sessions::forget_exiting`) and leaves that failed (`leaving`).
 //! `K` and `X` are read under one lock, with the attach epoch of `S`; a round where a
 //! member is also in `X` (between an answer and its bookkeeping) trusts no count.
 //!
@@ -53,8 +53,11 @@
 //! - an attach whose answer was lost: in `X` until the lease is renewed again or swept;
 //! - a dropped round: the statement and its bookkeeping run in a task of their own, not
 //!   in the caller's future, so an attach is always settled (or made unsure) and a
-//!   member never stays in `X` for ever; the sweep (`renewals::sweep`), run by every
-//!   round as by every per-lease renewal, takes out members nobody renews.
+//!   member never stays in `X` for ever; every round's statement, as every per-lease
+//!   renewal's, takes out members nobody renews and leaves that failed
+//!   (`Sessions::outgoing`, `gone` in `sql.rs`). Those it takes out of the count's
+//!   members `K` (stale members) were counted in `K` when the round started and are
+//!   still attached on the snapshot; failed leaves were in `X`.
 //!
 //! READ COMMITTED gives the statement one snapshot for its reads; the compare-and-set
 //! on the session row re-checks its newest version. A member that left `S` after the
@@ -70,7 +73,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::pool::Db;
-use super::renewals::{sweep, Renewals};
+use super::renewals::{Outgoing, Renewals};
 use super::sessions::{Mode, Sessions};
 use super::values::{check_ttl, token_to_db, ttl_ms};
 use crate::backend::RenewOutcome;
@@ -100,7 +103,6 @@ pub(super) async fn round(
     session: i64,
     leases: Vec<(String, i64)>,
 ) -> Vec<Decided> {
-    sweep(&db, &sessions, ttl, session).await;
     let start = sessions.round(&leases, session);
     let (mut keys, mut tokens, mut any) = (Vec::new(), Vec::new(), Vec::new());
     let mut place = Vec::with_capacity(leases.len());
@@ -116,6 +118,13 @@ pub(super) async fn round(
         });
     }
     let (ex_keys, ex_tokens): (Vec<String>, Vec<i64>) = start.exclude.into_iter().unzip();
+    // What the same statement takes out of the session: taken after the round's start,
+    // so that the members it counts (`start.members`) still include the stale ones it
+    // takes out (on the statement's snapshot they are still attached), and failed
+    // leaves are among the leases left out of the count (`exclude`).
+    let out = Outgoing::take(&sessions, ttl, session, (&keys, &tokens));
+    let (out_keys, out_tokens, out_untils) =
+        (out.keys.clone(), out.tokens.clone(), out.untils.clone());
     tracing::trace!(leases = leases.len(), session, "a group round");
     db.renew_statements
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -126,7 +135,18 @@ pub(super) async fn round(
                 let rows = c
                     .query(
                         &stmt,
-                        &[&session, &ttl, &ex_keys, &ex_tokens, &keys, &tokens, &any],
+                        &[
+                            &session,
+                            &ttl,
+                            &ex_keys,
+                            &ex_tokens,
+                            &keys,
+                            &tokens,
+                            &any,
+                            &out_keys,
+                            &out_tokens,
+                            &out_untils,
+                        ],
                     )
                     .await?;
                 let mut a = Answer {
@@ -155,6 +175,7 @@ pub(super) async fn round(
             })
         })
         .await;
+    out.answered(answer.is_ok());
     let a = match answer {
         Ok(a) => a,
         Err(error) => {

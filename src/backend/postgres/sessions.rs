@@ -11,7 +11,7 @@
 //! session when it is released, revoked (at the session's next renewal), taken over
 //! after its session expired, moved to another backend's session, or left
 //! ([`Backend::leave`](crate::backend::Backend::leave), or its renewals stopped: see
-//! [`Sessions::stale`]).
+//! [`Sessions::outgoing`]).
 //!
 //! What this backend remembers, per lease it renews: the session it put it in. A
 //! renewal of a lease remembered in the current session asks whether it is still there
@@ -68,8 +68,8 @@ struct State {
     /// swept after a TTL without renewals.
     unsure: HashMap<u64, Unsure>,
     /// Leases that must still leave their session (a leave statement that failed):
-    /// key, token, session, expiry as of the last confirmed renewal. Left at the
-    /// session's next sweep.
+    /// key, token, session, expiry as of the last confirmed renewal. Taken out by the
+    /// session's next renewal statement ([`Sessions::outgoing`]).
     leaving: Vec<(String, i64, i64, Option<SystemTime>)>,
     /// Leases that may be in a session without being its members here: an attach sent
     /// and not yet answered, or a release or leave of a member not yet known to have
@@ -394,9 +394,9 @@ impl Sessions {
         );
     }
 
-    /// A leave of `(key, token)` from `session` failed: it leaves at the session's next
-    /// sweep ([`Sessions::stale`]), or the session would keep it alive while nobody
-    /// here remembers it.
+    /// A leave of `(key, token)` from `session` failed: the session's next renewal
+    /// statement takes it out ([`Sessions::outgoing`]), or the session would keep it
+    /// alive while nobody here remembers it.
     pub(super) fn leave_later(
         &self,
         key: String,
@@ -407,12 +407,16 @@ impl Sessions {
         self.state().leaving.push((key, token, session, until));
     }
 
-    /// The members of `session` whose renewal nobody asked for in a whole TTL (their
-    /// holders' deadlines have passed: the manager stopped renewing them without a
-    /// release, a lost lease being left to expire): they are forgotten here and must
-    /// leave the session, or the session would keep them alive. Looked for at most
-    /// once per third of the TTL.
-    pub(super) fn stale(
+    /// What the next renewal statement of `session` takes out of it (`gone` in
+    /// `sql.rs`), as `(key, token, promised expiry)`: every leave owed to it
+    /// ([`Sessions::leave_later`]), and, looked for at most once per third of the TTL,
+    /// the members whose renewal nobody asked for in a whole TTL (their holders'
+    /// deadlines have passed: the manager stopped renewing them without a release, a
+    /// lost lease being left to expire) and the attaches with no answer that nobody
+    /// renewed since. They are forgotten here and registered as maybe still in the
+    /// session until [`Sessions::settled`]; a statement that fails owes them again
+    /// (`renewals::Outgoing`).
+    pub(super) fn outgoing(
         &self,
         ttl_ms: i64,
         session: i64,
@@ -420,44 +424,49 @@ impl Sessions {
         let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
         let now = Instant::now();
         let mut state = self.state();
-        if state
+        let mut stale = Vec::new();
+        let scan = state
             .swept
             .get(&session)
-            .is_some_and(|at| now.duration_since(*at) < ttl / 3)
-        {
-            return Vec::new();
-        }
-        state.swept.insert(session, now);
-        let mut stale = Vec::new();
-        state.members.retain(|_, m| {
-            let old = now.duration_since(m.asked) > ttl;
-            if old && m.session == Some(session) {
-                stale.push((std::mem::take(&mut m.key), m.token, m.confirmed));
-                return false;
-            }
-            // A new lease never renewed here (its grant never reached a holder) is
-            // only forgotten: it is not in any session.
-            !(old && m.session.is_none())
-        });
-        // Attaches with no answer that nobody renewed since, for a TTL. Those of a
-        // session no longer current anywhere are dropped: that session has expired,
-        // and its leases with it.
+            .is_none_or(|at| now.duration_since(*at) >= ttl / 3);
         let current: Vec<i64> = state.current.values().copied().collect();
-        state.unsure.retain(|_, u| {
-            if u.session == session && now.duration_since(u.since) > ttl {
-                stale.push((std::mem::take(&mut u.key), u.token, None));
-                return false;
-            }
-            u.session == session || current.contains(&u.session)
-        });
-        // Leaves that failed (dropped alike once their session is not current).
-        state.leaving.retain_mut(|(key, token, s, until)| {
-            if *s == session {
-                stale.push((std::mem::take(key), *token, *until));
-                return false;
-            }
-            current.contains(s)
-        });
+        if scan {
+            state.swept.insert(session, now);
+            state.members.retain(|_, m| {
+                let old = now.duration_since(m.asked) > ttl;
+                if old && m.session == Some(session) {
+                    stale.push((std::mem::take(&mut m.key), m.token, m.confirmed));
+                    return false;
+                }
+                // A new lease never renewed here (its grant never reached a holder) is
+                // only forgotten: it is not in any session.
+                !(old && m.session.is_none())
+            });
+            // Attaches with no answer that nobody renewed since, for a TTL. Those of a
+            // session no longer current anywhere are dropped: that session has
+            // expired, and its leases with it.
+            state.unsure.retain(|_, u| {
+                if u.session == session && now.duration_since(u.since) > ttl {
+                    stale.push((std::mem::take(&mut u.key), u.token, None));
+                    return false;
+                }
+                u.session == session || current.contains(&u.session)
+            });
+        }
+        // Leaves that failed, with every statement (dropped alike once their session
+        // is not current).
+        if !state.leaving.is_empty() {
+            state.leaving.retain_mut(|(key, token, s, until)| {
+                if *s == session {
+                    stale.push((std::mem::take(key), *token, *until));
+                    return false;
+                }
+                current.contains(s)
+            });
+        }
+        if stale.is_empty() {
+            return stale;
+        }
         stale.sort();
         stale.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         // Until the leave statement is answered they may still be in the session.

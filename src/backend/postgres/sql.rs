@@ -49,13 +49,16 @@ impl Sql {
         // see `session_renew` for what each step does and why.
         let renew_ctes = format!(
             "WITH cand AS (
-                    SELECT a.key, a.token, a.i, a.any_session
+                    SELECT a.key, a.token, a.i, a.any_session, false AS out, NULL::timestamptz AS until
                       FROM unnest($5::text[], $6::bigint[], $7::bool[]) WITH ORDINALITY AS a(key, token, any_session, i)
                     UNION ALL
-                    SELECT l.key, l.token, NULL, NULL FROM {t} l
-                     WHERE l.session = $1 AND l.revoked AND l.expires_at = 'infinity'),
+                    SELECT l.key, l.token, NULL, NULL, false, NULL FROM {t} l
+                     WHERE l.session = $1 AND l.revoked AND l.expires_at = 'infinity'
+                    UNION ALL
+                    SELECT o.key, o.token, NULL, NULL, true, o.until
+                      FROM unnest($8::text[], $9::bigint[], $10::timestamptz[]) AS o(key, token, until)),
                 locked AS MATERIALIZED (
-                    SELECT l.key, l.token, l.session, l.expires_at, l.revoked, c.i, c.any_session
+                    SELECT l.key, l.token, l.session, l.expires_at, l.revoked, c.i, c.any_session, c.out, c.until
                       FROM {t} l JOIN cand c ON l.key = c.key AND l.token = c.token
                      ORDER BY l.key COLLATE \"C\"
                      FOR UPDATE OF l),
@@ -68,9 +71,17 @@ impl Sql {
                 detach AS (
                     UPDATE {t} l SET session = NULL, expires_at = sess.expires_at
                       FROM locked m, sess
-                     WHERE l.key = m.key AND l.token = m.token
+                     WHERE l.key = m.key AND l.token = m.token AND NOT m.out
                        AND m.session = $1 AND m.expires_at = 'infinity' AND m.revoked
+                       AND NOT EXISTS (SELECT 1 FROM locked g WHERE g.out AND g.key = m.key AND g.token = m.token)
                     RETURNING l.key, l.token),
+                gone AS (
+                    UPDATE {t} l SET session = NULL, expires_at = LEAST(COALESCE(m.until, 'infinity'),
+                        COALESCE((SELECT o.expires_at FROM {t}_sessions o WHERE o.id = $1), now()))
+                      FROM locked m
+                     WHERE l.key = m.key AND l.token = m.token AND m.out
+                       AND m.session = $1 AND m.expires_at = 'infinity'
+                    RETURNING l.key),
                 moved AS (
                     UPDATE {t} l SET session = $1, expires_at = 'infinity'
                       FROM locked m, sess
@@ -132,7 +143,9 @@ impl Sql {
             // ms; `$3`/`$4` keys and tokens of leases that should be in the session
             // (members); `$5`/`$6`/`$7` keys, tokens and "from any session" flags of
             // leases to attach to it (new leases of this backend: only from detached;
-            // re-attached ones: also moved from another live session).
+            // re-attached ones: also moved from another live session); `$8`/`$9`/`$10`
+            // keys, tokens and promised expiries (NULL: unknown) of leases this backend
+            // takes out of the session (`gone`, below).
             //
             // It answers rows `(kind, position, expiry)`: kind 0 (one row): 1 if the
             // session was renewed, and its new expiry; kind 1: a member (position from 1 in `$3`) that is revoked; kind
@@ -158,6 +171,17 @@ impl Sql {
             //   new expiry (read under its row lock, after any concurrent renewal of it
             //   committed: at least what any answered renewal promised). A revoked
             //   lease then lasts at most one more TTL, and is not extended again.
+            // - `gone` takes out of the session the leases this backend no longer
+            //   renews and has not yet taken out (a leave or release whose statement
+            //   failed, members nobody renewed for a TTL, attaches whose answer was
+            //   lost: `Sessions::outgoing`), each with the earlier of the expiry its
+            //   holder was promised and the session's expiry before this statement. In
+            //   the same statement as the session's renewal: a renewal that commits
+            //   never extends a lease this backend had let go of when it sent it. (A
+            //   separate statement before it could fail while the renewal succeeds, and
+            //   under a flaky connection did so round after round: the key stayed taken
+            //   by nobody for as long, `tests/pg_faults`.) A revoked lease among them is
+            //   left to `gone`, not `detach`, which would give it one more TTL.
             // - `moved` attaches: a detached live row, or (flag set) a row of another
             //   session that is live. That session's expiry is read from our snapshot:
             //   an older version has an earlier expiry, so it can only make us refuse.
@@ -188,7 +212,8 @@ impl Sql {
                 SELECT 4, m.i, NULL FROM locked m WHERE m.i IS NOT NULL AND m.revoked AND m.expires_at > now()"
             ),
             // A group round's renewal of a whole session (see `rounds.rs`): as
-            // `session_renew`, with the same `$1`, `$2` and attaches `$5`/`$6`/`$7`, but
+            // `session_renew`, with the same `$1`, `$2`, attaches `$5`/`$6`/`$7` and
+            // leases taken out `$8`/`$9`/`$10`, but
             // no members. In their place, `$3`/`$4`: keys and tokens of leases that
             // may be in the session without being members the backend knows of
             // (attaches and exits not yet answered); they are left out of the count.
@@ -225,7 +250,7 @@ impl Sql {
                 UNION ALL
                 SELECT 6, NULL, NULL, d.key, d.token FROM detach d
                 UNION ALL
-                SELECT 6, NULL, NULL, c.key, c.token FROM cand c WHERE c.i IS NULL"
+                SELECT 6, NULL, NULL, c.key, c.token FROM cand c WHERE c.i IS NULL AND NOT c.out"
             ),
             // A lease this backend stops holding without releasing it (`Backend::leave`,
             // or a holder whose renewals stopped): taken out of session `$3` (`$1` keys,
