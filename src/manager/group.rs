@@ -37,12 +37,17 @@
 //!   applied as it comes, each lease bounded by its own deadline), so that only the
 //!   leases whose renewal panics are lost (their renewers fail with the panic).
 //!
-//! The group's task ends when every handle on it is gone (the supervisor keeps a weak one;
-//! each renewer a strong one) and its last member has left.
+//! The group's task ends when every handle on it is gone and its last member has left.
+//! Each renewer keeps a strong handle; the supervisor keeps one while leases of the
+//! group's TTL were handed out within the last [`LINGER`], and a weak one after, so that
+//! leases acquired and released one at a time share one group rather than start one
+//! each. A member whose renewer has stopped is taken out once half the group has left,
+//! or at the next round, whichever comes first.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,24 +101,63 @@ pub(crate) struct Member {
 
 /// A strong handle on a group: joins leases to it, and keeps its task alive.
 #[derive(Clone)]
-pub(crate) struct Group {
+pub(crate) struct Group(Arc<Handle>);
+
+/// What the handles of a group share (one allocation, so that a renewer's handle is a
+/// pointer).
+struct Handle {
     tx: mpsc::UnboundedSender<Member>,
+    /// How many members have left since the group started (see [`Membership`]).
+    left: Arc<AtomicUsize>,
 }
 
 impl Group {
     /// Adds `member` to the group (from its next round on); `false` if the group's task
-    /// is gone.
-    pub(crate) fn join(&self, member: Member) -> bool {
-        self.tx.send(member).is_ok()
+    /// is gone. The member counts as in the group until the returned [`Membership`]
+    /// is dropped.
+    pub(crate) fn join(&self, member: Member) -> Option<Membership> {
+        self.0.tx.send(member).ok()?;
+        Some(Membership(self.clone()))
     }
 }
 
+/// A renewer's place in its group: it keeps the group's task alive, and dropping it
+/// (the renewer has stopped, its lease is over) tells the group that one member has
+/// left. The group does not look for that member at once (that would take a map from
+/// leases to places in the group, bytes per lease); it takes out the members whose
+/// context has ended once as many have left as half the group, and before each round.
+pub(crate) struct Membership(Group);
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.0 .0.left.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a group with no lease left stays ready for the next one of its TTL: a
+/// manager that acquires and releases leases one at a time would otherwise start a
+/// group (a task, a channel, a timer) for each.
+const LINGER: Duration = Duration::from_secs(30);
+
 /// A manager's groups, one per TTL, started when a lease of that TTL is first held.
-/// Weak handles: a group whose leases have all gone stops, and the next lease of its TTL
-/// starts a new one.
+/// A group is kept (a strong handle) while leases of its TTL were handed out within
+/// [`LINGER`]; after that only a weak handle is kept, and a group whose leases have all
+/// gone stops, and the next lease of its TTL starts a new one. The groups are looked
+/// over when a lease is handed out, at most once per [`LINGER`].
 #[derive(Default)]
 pub(crate) struct Groups {
-    by_ttl: foldhash::HashMap<Duration, mpsc::WeakUnboundedSender<Member>>,
+    by_ttl: foldhash::HashMap<Duration, Known>,
+    /// When the groups were last looked over.
+    swept: Option<Instant>,
+}
+
+/// A group as the supervisor keeps it.
+struct Known {
+    weak: std::sync::Weak<Handle>,
+    /// Kept while a lease of the group's TTL was handed out within [`LINGER`].
+    warm: Option<Group>,
+    /// When a lease of the group's TTL was last handed out.
+    used: Instant,
 }
 
 impl Groups {
@@ -124,13 +168,41 @@ impl Groups {
         ttl: Duration,
         margin: Duration,
     ) -> Group {
-        if let Some(tx) = self.by_ttl.get(&ttl).and_then(|w| w.upgrade()) {
-            return Group { tx };
+        let now = Instant::now();
+        if self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= LINGER)
+        {
+            self.swept = Some(now);
+            self.by_ttl.retain(|_, kept| {
+                if now.saturating_duration_since(kept.used) >= LINGER {
+                    kept.warm = None;
+                }
+                kept.weak.strong_count() > 0
+            });
+        }
+        if let Some(kept) = self.by_ttl.get_mut(&ttl) {
+            if let Some(handle) = kept.weak.upgrade() {
+                let group = Group(handle);
+                kept.used = now;
+                kept.warm.get_or_insert_with(|| group.clone());
+                return group;
+            }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        // Forget the groups that have stopped, so that many TTLs used once cost nothing.
-        self.by_ttl.retain(|_, w| w.strong_count() > 0);
-        self.by_ttl.insert(ttl, tx.downgrade());
+        let left = Arc::new(AtomicUsize::new(0));
+        let group = Group(Arc::new(Handle {
+            tx,
+            left: left.clone(),
+        }));
+        self.by_ttl.insert(
+            ttl,
+            Known {
+                weak: Arc::downgrade(&group.0),
+                warm: Some(group.clone()),
+                used: now,
+            },
+        );
         let round = Rounds {
             backend: backend.clone(),
             ttl,
@@ -141,15 +213,17 @@ impl Groups {
             closed: false,
             next: Instant::now() + ttl / 3,
             earliest: None,
+            left,
+            pruned_at: 0,
         };
         tokio::spawn(round.run());
-        Group { tx }
+        group
     }
 }
 
 /// A member as the group's task keeps it; its `(key, token)` is at the same index in
 /// [`Rounds::leases`], so that the whole group can be handed to the backend as it is.
-struct Kept {
+struct InGroup {
     ctx: ContextSender,
     deadline: Instant,
     renewer: ActorRef<Fate>,
@@ -168,7 +242,7 @@ struct Rounds {
     ttl: Duration,
     margin: Duration,
     leases: Vec<(Key, u64)>,
-    members: Vec<Kept>,
+    members: Vec<InGroup>,
     joins: mpsc::UnboundedReceiver<Member>,
     /// Every handle is gone: no more joins.
     closed: bool,
@@ -177,6 +251,10 @@ struct Rounds {
     /// No member's deadline is earlier (`None`: no members): when to look for members
     /// that are over before the next round.
     earliest: Option<Instant>,
+    /// How many members have left (see [`Membership`]).
+    left: Arc<AtomicUsize>,
+    /// `left` when the members were last pruned.
+    pruned_at: usize,
 }
 
 impl Rounds {
@@ -195,7 +273,7 @@ impl Rounds {
         }
         self.earliest = Some(self.earliest.map_or(m.deadline, |e| e.min(m.deadline)));
         self.leases.push((m.key, m.token));
-        self.members.push(Kept {
+        self.members.push(InGroup {
             ctx: m.ctx,
             deadline: m.deadline,
             renewer: m.renewer,
@@ -217,6 +295,7 @@ impl Rounds {
     /// Removes the members that are over (context ended, deadline passed), telling
     /// their renewers; returns the earliest deadline of those left.
     fn prune(&mut self, now: Instant, since: Duration) -> Option<Instant> {
+        self.pruned_at = self.left.load(Ordering::Relaxed);
         let mut i = 0;
         while i < self.members.len() {
             let m = &self.members[i];
@@ -235,6 +314,16 @@ impl Rounds {
         loop {
             while let Ok(m) = self.joins.try_recv() {
                 self.add(m);
+            }
+            // Members whose renewer has stopped (released, revoked, lost) are taken out
+            // once half the group has left since the last look, so that a group that
+            // lives long among short leases does not grow by every lease it had.
+            let left = self
+                .left
+                .load(Ordering::Relaxed)
+                .wrapping_sub(self.pruned_at);
+            if left > 0 && left.saturating_mul(2) >= self.members.len() {
+                self.prune(Instant::now(), crate::clock::suspended());
             }
             let Some(earliest) = self.earliest else {
                 // No members.
@@ -502,7 +591,7 @@ impl Rounds {
 /// Tells a member's renewer its lease's `fate`. The renewer goes only once the context
 /// has ended, but should it be gone with the context live, the holder is told directly
 /// (the first reason stays).
-fn tell(m: &Kept, fate: Fate) {
+fn tell(m: &InGroup, fate: Fate) {
     let reason = fate.reason();
     if m.renewer.send_message(fate).is_err() {
         m.ctx.cancel(reason);

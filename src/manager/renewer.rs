@@ -23,7 +23,7 @@
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::group::{Fate, Group, Member};
+use super::group::{Fate, Group, Member, Membership};
 use crate::context::ContextSender;
 use crate::key::Key;
 use crate::reason::{CancelReason, LossCause};
@@ -49,8 +49,9 @@ pub(crate) struct RenewerState {
     key: Key,
     token: u64,
     ctx: ContextSender,
-    /// Keeps the group's task alive while this lease may be in it.
-    _group: Group,
+    /// Keeps the group's task alive while this lease may be in it; dropped (this actor
+    /// has stopped), it tells the group that a member has left.
+    _group: Membership,
 }
 
 impl RenewerState {
@@ -86,14 +87,14 @@ impl Actor for Renewer {
             deadline: args.deadline,
             renewer: myself,
         };
-        if !args.group.join(member) {
+        let Some(membership) = args.group.join(member) else {
             return Err(From::from("the lease's renewal group is gone"));
-        }
+        };
         Ok(RenewerState {
             key: args.key,
             token: args.token,
             ctx: args.ctx,
-            _group: args.group,
+            _group: membership,
         })
     }
 
