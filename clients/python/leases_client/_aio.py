@@ -14,7 +14,7 @@ from . import _core
 from ._core import LeaseInfo, State, clock
 from ._errors import Reason, Unavailable, from_rpc_error
 from ._proto import leases_pb2
-from ._sync import _FAIL_OVER, Seconds, _Endpoint, _endpoints
+from ._sync import _FAIL_OVER, _REVOKE_FAIL_OVER, Seconds, _Endpoint, _endpoints
 
 #: Background tasks (the release of a dropped lease, coroutine `on_lost` callbacks):
 #: asyncio holds tasks only weakly, so they are kept here until they are done.
@@ -92,7 +92,7 @@ class AsyncClient:
 
     async def revoke(self, key: str) -> bool:
         answer = await self._unary(
-            "Revoke", leases_pb2.KeyRequest(key=_core.check_key(key))
+            "Revoke", leases_pb2.KeyRequest(key=_core.check_key(key)), _REVOKE_FAIL_OVER
         )
         return answer.revoked
 
@@ -108,14 +108,14 @@ class AsyncClient:
         )
         return [LeaseInfo.of(lease) for lease in answer.leases]
 
-    async def _unary(self, method: str, request):
+    async def _unary(self, method: str, request, fail_over=_FAIL_OVER):
         last = None
         for index in _core.endpoint_order(len(self._endpoints), self._preferred):
             call = getattr(self._endpoints[index].stub, method)
             try:
                 answer = await call(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
-                if error.code() in _FAIL_OVER:
+                if error.code() in fail_over:
                     last = error
                     continue
                 raise from_rpc_error(error) from None

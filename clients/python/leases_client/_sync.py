@@ -51,6 +51,12 @@ def _endpoints(urls: list[str], ca: bytes | None, aio: bool) -> list[_Endpoint]:
 #: Status codes after which a call is tried through the next server: it did not get
 #: through (refused, unreachable, shutting down, or no answer within the timeout).
 _FAIL_OVER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A revoke is sent again to the next server only when this one never took it: a revoke
+# that ran out of time may still be carried out by its server, and sent again through
+# another one it could end a holder granted after the call was made (one call ending two
+# holders; the Rust client's `cancel_review` found it). UNAVAILABLE is a call that found
+# no server to take it.
+_REVOKE_FAIL_OVER = (grpc.StatusCode.UNAVAILABLE,)
 
 
 class Client:
@@ -144,7 +150,9 @@ class Client:
 
     def revoke(self, key: str) -> bool:
         """Revokes the current lease on `key`, whoever holds it; False if nobody did."""
-        answer = self._unary("Revoke", leases_pb2.KeyRequest(key=_core.check_key(key)))
+        answer = self._unary(
+            "Revoke", leases_pb2.KeyRequest(key=_core.check_key(key)), _REVOKE_FAIL_OVER
+        )
         return answer.revoked
 
     def info(self, key: str) -> LeaseInfo | None:
@@ -158,14 +166,14 @@ class Client:
         answer = self._unary("List", leases_pb2.ListRequest(prefix=prefix, limit=limit))
         return [LeaseInfo.of(lease) for lease in answer.leases]
 
-    def _unary(self, method: str, request):
+    def _unary(self, method: str, request, fail_over=_FAIL_OVER):
         last = None
         for index in _core.endpoint_order(len(self._endpoints), self._preferred):
             call = getattr(self._endpoints[index].stub, method)
             try:
                 answer = call(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
-                if error.code() in _FAIL_OVER:
+                if error.code() in fail_over:
                     last = error
                     continue
                 raise from_rpc_error(error) from None
