@@ -296,6 +296,7 @@ pub fn check(run: Run) -> Checks {
         }
     }
     let mut stuck = Vec::new();
+    let mut longest: Option<(Duration, String)> = None;
     for (kt, last) in &last_live {
         let of_token = |kind: &str| {
             events
@@ -325,6 +326,9 @@ pub fn check(run: Run) -> Checks {
             (None, _) => first_live[kt], // granted, but nobody received it
         };
         let taken_by_nobody = last.duration_since(since).unwrap_or_default();
+        if longest.as_ref().is_none_or(|(d, _)| taken_by_nobody > *d) {
+            longest = Some((taken_by_nobody, format!("{} token {}", kt.0, kt.1)));
+        }
         if taken_by_nobody > bound {
             stuck.push(format!("{} token {}: {taken_by_nobody:?}", kt.0, kt.1));
             // What the key's holders did around it, to read the fault from CI's output.
@@ -409,6 +413,9 @@ pub fn check(run: Run) -> Checks {
         println!("pg_faults: fault: {f}");
     }
     println!("pg_faults: chaos: {chaos_grants} grants during the chaos phase");
+    if let Some((d, which)) = &longest {
+        println!("pg_faults: longest a key stayed taken by nobody: {d:?} ({which}; bound {bound:?})");
+    }
     if std::env::var_os("PG_FAULTS_VERBOSE").is_some() {
         for l in &chaos_log {
             println!("pg_faults: chaos: {l}");
