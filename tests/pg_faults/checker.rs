@@ -414,7 +414,9 @@ pub fn check(run: Run) -> Checks {
     }
     println!("pg_faults: chaos: {chaos_grants} grants during the chaos phase");
     if let Some((d, which)) = &longest {
-        println!("pg_faults: longest a key stayed taken by nobody: {d:?} ({which}; bound {bound:?})");
+        println!(
+            "pg_faults: longest a key stayed taken by nobody: {d:?} ({which}; bound {bound:?})"
+        );
     }
     if std::env::var_os("PG_FAULTS_VERBOSE").is_some() {
         for l in &chaos_log {

@@ -190,9 +190,13 @@ impl Backend for PostgresBackend {
             return Ok(RenewOutcome::Lost);
         };
         check_ttl("renew", ttl)?;
-        self.renewals
-            .renew(key.to_string(), token, ttl, &self.db.options)
-            .await
+        let k = key.to_string();
+        // A re-attach right after this backend let go of the lease (a lease server
+        // handing it over and taking it back): the leave answers first.
+        self.sessions
+            .exits_ended(&k, token, self.db.options.statement_timeout)
+            .await;
+        self.renewals.renew(k, token, ttl, &self.db.options).await
     }
 
     /// A group round: one statement for the whole session when nothing changed (see
@@ -411,6 +415,7 @@ impl Drop for LeaveUnlessDone<'_> {
         if let Some(session) = self.exiting.take() {
             self.sessions.settled(&self.key, self.token, session);
         }
+        self.sessions.exit_ended(&self.key, self.token);
     }
 }
 

@@ -67,6 +67,11 @@
 //!   leave (or release) whose statement fails is owed to the session: its next renewal
 //!   takes the lease out in the very statement that renews the session, so a renewal
 //!   that commits never extends a lease this backend had let go of when it sent it.
+//!   While such a statement (a leave, a release, a renewal carrying owed leaves) is in
+//!   flight, this backend does not renew that lease: a re-attach waits for it to answer
+//!   (at most the statement timeout), and a renewal that meets one fails with
+//!   `Unavailable` and is retried, so no statement can take out a lease after its
+//!   holder was told it was renewed.
 //! - **Release** is compare-and-set on `(key, token)` too. It ends the lease by setting
 //!   `expires_at = now()` and keeps the row (see fencing below), then sends
 //!   `NOTIFY <table>_freed, '<key>'`; one listening connection per backend wakes

@@ -432,6 +432,7 @@ async fn renew_once(
         Member(usize),
         Attach(usize),
         Lost,
+        Busy,
     }
     let mut places = Vec::with_capacity(leases.len());
     let (mut member_keys, mut member_tokens) = (Vec::new(), Vec::new());
@@ -450,6 +451,7 @@ async fn renew_once(
                 Place::Attach(attach_keys.len())
             }
             Mode::Lost => Place::Lost,
+            Mode::Busy => Place::Busy,
         });
     }
     // What the same statement takes out of the session (after the modes: a lease
@@ -483,8 +485,10 @@ async fn renew_once(
                     .await?;
                 let mut renewed = false;
                 let mut until: Option<std::time::SystemTime> = None;
-                // By position (from 1): revoked or lost members, attaches that worked.
-                let (mut revoked, mut lost, mut moved, mut refused) = (
+                // By position (from 1): revoked or lost members, attaches that worked,
+                // leases to take out that are still owed.
+                let (mut revoked, mut lost, mut moved, mut refused, mut missed) = (
+                    HashSet::<i64>::new(),
                     HashSet::<i64>::new(),
                     HashSet::<i64>::new(),
                     HashSet::<i64>::new(),
@@ -501,17 +505,21 @@ async fn renew_once(
                         1 => drop(revoked.insert(i)),
                         2 => drop(lost.insert(i)),
                         3 => drop(moved.insert(i)),
-                        _ => drop(refused.insert(i)),
+                        4 => drop(refused.insert(i)),
+                        _ => drop(missed.insert(i)),
                     }
                 }
-                Ok((renewed, until, revoked, lost, moved, refused))
+                Ok((renewed, until, revoked, lost, moved, refused, missed))
             })
         })
         .await;
-    out.answered(answer.is_ok());
     let (renewed, until, revoked, lost, moved, refused) = match answer {
-        Ok(answer) => answer,
+        Ok((renewed, until, revoked, lost, moved, refused, missed)) => {
+            out.answered(true, missed);
+            (renewed, until, revoked, lost, moved, refused)
+        }
         Err(error) => {
+            drop(out);
             tracing::debug!(%error, leases = leases.len(), "a session renewal failed");
             // The statement may have committed: the leases it was to attach may be in
             // the session now (see `Sessions::unsure`).
@@ -536,6 +544,13 @@ async fn renew_once(
     let mut retry = Vec::new();
     for (l, place) in leases.into_iter().zip(places) {
         let position = |p: usize| i64::try_from(p).unwrap_or(i64::MAX);
+        if matches!(place, Place::Busy) {
+            // Not in the statement: see `Mode::Busy`.
+            for reply in l.replies {
+                let _ = reply.send(Err(busy()));
+            }
+            continue;
+        }
         if !renewed && !last_try && matches!(place, Place::Attach(_)) {
             sessions.settled(&l.key, l.token, session);
             retry.push(l);
@@ -549,7 +564,7 @@ async fn renew_once(
             Place::Member(_) => RenewOutcome::Renewed,
             Place::Attach(p) if moved.contains(&position(p)) => RenewOutcome::Renewed,
             Place::Attach(p) if refused.contains(&position(p)) => RenewOutcome::Revoked,
-            Place::Attach(_) => RenewOutcome::Lost,
+            Place::Attach(_) | Place::Busy => RenewOutcome::Lost,
         };
         let attach = matches!(place, Place::Attach(_));
         if outcome == RenewOutcome::Renewed {
@@ -567,6 +582,15 @@ async fn renew_once(
     retry
 }
 
+/// The answer to a renewal of a lease that a statement of this backend is taking out of
+/// its session ([`Mode::Busy`]): its renewer tries again.
+pub(super) fn busy() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Unavailable,
+        "renew: a statement taking this lease out of its session has not answered yet",
+    )
+}
+
 /// The leases a renewal statement of a session takes out of it (`gone` in `sql.rs`):
 /// [`Sessions::outgoing`], less any the same statement attaches. Unless
 /// [`Outgoing::answered`] says the statement ran, they are owed again to the session's
@@ -578,6 +602,8 @@ pub(super) struct Outgoing {
     pub(super) tokens: Vec<i64>,
     pub(super) untils: Vec<Option<std::time::SystemTime>>,
     answered: bool,
+    /// Positions (from 1) of those the answered statement did not lock: still owed.
+    missed: HashSet<i64>,
 }
 
 impl Outgoing {
@@ -597,6 +623,7 @@ impl Outgoing {
             tokens: Vec::new(),
             untils: Vec::new(),
             answered: false,
+            missed: HashSet::new(),
         };
         for (key, token, until) in sessions.outgoing(ttl, session) {
             let again = attaching
@@ -606,6 +633,7 @@ impl Outgoing {
                 .any(|(k, t)| *k == key && *t == token);
             if again {
                 sessions.settled(&key, token, session);
+                sessions.exit_ended(&key, token);
             } else {
                 out.keys.push(key);
                 out.tokens.push(token);
@@ -622,10 +650,12 @@ impl Outgoing {
         out
     }
 
-    /// The statement answered (`ok`: the leases are out) or failed (they are owed
-    /// again).
-    pub(super) fn answered(mut self, ok: bool) {
+    /// The statement answered (`ok`: the leases are out, but for `missed`, positions
+    /// from 1 of those it did not lock although they were attached on its snapshot)
+    /// or failed (all are owed again).
+    pub(super) fn answered(mut self, ok: bool, missed: HashSet<i64>) {
         self.answered = ok;
+        self.missed = missed;
     }
 }
 
@@ -633,12 +663,15 @@ impl Drop for Outgoing {
     fn drop(&mut self) {
         let keys = std::mem::take(&mut self.keys);
         let untils = std::mem::take(&mut self.untils);
-        for ((key, token), until) in keys.into_iter().zip(self.tokens.drain(..)).zip(untils) {
-            if !self.answered {
+        let tokens = std::mem::take(&mut self.tokens);
+        for (i, ((key, token), until)) in keys.into_iter().zip(tokens).zip(untils).enumerate() {
+            let position = i64::try_from(i + 1).unwrap_or(i64::MAX);
+            if !self.answered || self.missed.contains(&position) {
                 self.sessions
                     .leave_later(key.clone(), token, self.session, until);
             }
             self.sessions.settled(&key, token, self.session);
+            self.sessions.exit_ended(&key, token);
         }
     }
 }

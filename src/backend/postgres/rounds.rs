@@ -91,6 +91,8 @@ struct Answer {
     moved: HashSet<i64>,
     refused: HashSet<i64>,
     detached: HashSet<(String, i64)>,
+    /// Leases to take out that the statement may have missed (see `Outgoing`).
+    missed: HashSet<i64>,
 }
 
 /// One round of `leases` (keys' string forms and tokens, all of TTL `ttl` ms) in
@@ -156,6 +158,7 @@ pub(super) async fn round(
                     moved: HashSet::new(),
                     refused: HashSet::new(),
                     detached: HashSet::new(),
+                    missed: HashSet::new(),
                 };
                 for row in &rows {
                     let kind: i32 = row.try_get(0)?;
@@ -168,6 +171,7 @@ pub(super) async fn round(
                         5 => a.count = n.unwrap_or(-1),
                         3 => drop(a.moved.insert(n.unwrap_or(0))),
                         4 => drop(a.refused.insert(n.unwrap_or(0))),
+                        7 => drop(a.missed.insert(n.unwrap_or(0))),
                         _ => drop(a.detached.insert((row.try_get(3)?, row.try_get(4)?))),
                     }
                 }
@@ -175,10 +179,10 @@ pub(super) async fn round(
             })
         })
         .await;
-    out.answered(answer.is_ok());
-    let a = match answer {
+    let mut a = match answer {
         Ok(a) => a,
         Err(error) => {
+            drop(out);
             tracing::debug!(%error, leases = leases.len(), "a group round failed");
             // Its attaches may have committed (see `Sessions::unsure`).
             return leases
@@ -195,10 +199,12 @@ pub(super) async fn round(
                         Some(Err(error.clone()))
                     }
                     Mode::Member => Some(Err(error.clone())),
+                    Mode::Busy => Some(Err(super::renewals::busy())),
                 })
                 .collect();
         }
     };
+    out.answered(true, std::mem::take(&mut a.missed));
     if !a.renewed {
         // The session expired (never revived): its members are lost; the new leases go
         // again through the batcher, which starts a new session.
@@ -228,6 +234,10 @@ pub(super) async fn round(
     let mut decided = Vec::with_capacity(leases.len());
     for (((key, token), mode), p) in leases.iter().zip(start.modes).zip(place) {
         let outcome = match mode {
+            Mode::Busy => {
+                decided.push(Some(Err(super::renewals::busy())));
+                continue;
+            }
             Mode::Lost => Some(RenewOutcome::Lost),
             Mode::Attach(_) if !a.renewed => None,
             Mode::Attach(_) if a.moved.contains(&p) => Some(RenewOutcome::Renewed),

@@ -52,6 +52,12 @@ pub(super) enum Mode {
     Attach(bool),
     /// Was in a session that has expired: lost, without asking.
     Lost,
+    /// A statement of this backend that takes it out of its session (a leave, a
+    /// release, a renewal carrying its owed leave) has not answered yet: renewing it
+    /// now could be undone by that statement after the holder was answered (the
+    /// adversarial review of owed leaves, `tests/pg_outgoing_review.rs`). The renewal
+    /// fails (`Unavailable`) and its renewer tries again.
+    Busy,
 }
 
 #[derive(Default)]
@@ -79,12 +85,19 @@ struct State {
     /// Per session: how many attaches to it were begun. A group round that saw it
     /// change while its statement ran trusts no count (see `rounds.rs`).
     epochs: HashMap<i64, u64>,
+    /// Statements in flight that take `(key, token)` out of its session (leaves,
+    /// releases, renewals carrying owed leaves), by `(key, token)`: how many. A lease
+    /// with one is not renewed here until it answers ([`Mode::Busy`]).
+    exits: HashMap<(String, i64), usize>,
 }
 
 impl State {
     fn mode(&mut self, key: &str, token: i64, session: i64) -> Mode {
         let id = super::renewals::lease_id(key, token);
         let state = self;
+        if !state.exits.is_empty() && state.exits.contains_key(&(key.to_owned(), token)) {
+            return Mode::Busy;
+        }
         // Renewed here again (a re-attach after a failed release or leave): it must
         // not be taken out of its session by a leave still owed from before.
         if !state.leaving.is_empty() {
@@ -144,6 +157,10 @@ impl State {
             .push(session);
     }
 
+    fn exit_begins(&mut self, key: &str, token: i64) {
+        *self.exits.entry((key.to_owned(), token)).or_default() += 1;
+    }
+
     fn settled(&mut self, key: &str, token: i64, session: i64) {
         let k = (key.to_owned(), token);
         if let Some(sessions) = self.maybe.get_mut(&k) {
@@ -183,6 +200,8 @@ struct Unsure {
 pub(super) struct Sessions {
     state: Mutex<State>,
     locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Woken whenever an exit ends ([`Sessions::exit_ended`]).
+    exits_changed: tokio::sync::Notify,
 }
 
 impl Sessions {
@@ -245,15 +264,53 @@ impl Sessions {
         self.state().settled(key, token, session);
     }
 
+    /// A statement that takes `(key, token)` out of its session, begun by
+    /// [`Sessions::forget_exiting`] or [`Sessions::outgoing`], has answered or failed
+    /// (after [`Sessions::settled`] or [`Sessions::leave_later`]): the lease may be
+    /// renewed here again.
+    pub(super) fn exit_ended(&self, key: &str, token: i64) {
+        let mut state = self.state();
+        let k = (key.to_owned(), token);
+        if let Some(n) = state.exits.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                state.exits.remove(&k);
+            }
+        }
+        drop(state);
+        self.exits_changed.notify_waiters();
+    }
+
+    /// Waits, at most `bound`, until no statement of this backend is taking `(key,
+    /// token)` out of its session (a re-attach right after a leave here: the leave
+    /// answers first, and the re-attach then finds what it left).
+    pub(super) async fn exits_ended(&self, key: &str, token: i64, bound: Duration) {
+        let k = (key.to_owned(), token);
+        let _ = tokio::time::timeout(bound, async {
+            loop {
+                let ended = self.exits_changed.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if !self.state().exits.contains_key(&k) {
+                    return;
+                }
+                ended.await;
+            }
+        })
+        .await;
+    }
+
     /// [`Sessions::forget`] for a release or leave about to take `(key, token)` out of
     /// its session: under the same lock, until [`Sessions::settled`], it is registered
-    /// as maybe still there.
+    /// as maybe still there, and as exiting until [`Sessions::exit_ended`] whether or
+    /// not it was remembered here (a release of a lease renewed elsewhere is one too).
     pub(super) fn forget_exiting(
         &self,
         key: &str,
         token: i64,
     ) -> Option<(i64, Option<SystemTime>)> {
         let mut state = self.state();
+        state.exit_begins(key, token);
         let left = state.forget(key, token);
         if let Some((session, _)) = left {
             state
@@ -469,13 +526,15 @@ impl Sessions {
         }
         stale.sort();
         stale.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-        // Until the leave statement is answered they may still be in the session.
+        // Until the statement that takes them out is answered they may still be in
+        // the session, and they are exiting it.
         for (key, token, _) in &stale {
             state
                 .maybe
                 .entry((key.clone(), *token))
                 .or_default()
                 .push(session);
+            state.exit_begins(key, *token);
         }
         stale
     }

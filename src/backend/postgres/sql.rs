@@ -92,6 +92,17 @@ impl Sql {
                            ELSE m.expires_at > clock_timestamp() END
                     RETURNING m.i)"
         );
+        // Out rows (`$8`/`$9`) the statement did not lock although they were attached
+        // to the session on its snapshot: by position from 1. A row updated after the
+        // snapshot (revoked, say) can drop out of `locked` (PostgreSQL's re-check of a
+        // join against the `UNION ALL` in `cand`; the review of owed leaves found it),
+        // and `gone` then does not take it out: it stays owed.
+        let missed = format!(
+            "SELECT o.j FROM unnest($8::text[], $9::bigint[]) WITH ORDINALITY AS o(key, token, j)
+              WHERE NOT EXISTS (SELECT 1 FROM locked m WHERE m.out AND m.key = o.key AND m.token = o.token)
+                AND EXISTS (SELECT 1 FROM {t} l WHERE l.key = o.key AND l.token = o.token
+                              AND l.session = $1 AND l.expires_at = 'infinity')"
+        );
         Sql {
             // The outer SELECT sees the table as it was before the INSERT: when the
             // insert took nothing, it reports how long the current holder has left.
@@ -150,8 +161,9 @@ impl Sql {
             // It answers rows `(kind, position, expiry)`: kind 0 (one row): 1 if the
             // session was renewed, and its new expiry; kind 1: a member (position from 1 in `$3`) that is revoked; kind
             // 2: a member no longer in the session (lost); kind 3: an attach that
-            // succeeded; kind 4: an attach of a revoked lease. Every other member was
-            // renewed; every other attach is lost.
+            // succeeded; kind 4: an attach of a revoked lease; kind 7: a lease to take
+            // out (position from 1 in `$8`) that `gone` may have missed, still owed.
+            // Every other member was renewed; every other attach is lost.
             //
             // Locks, always lease rows (in key order) before the session row, as
             // acquire does (row, then session `FOR SHARE`), so that no two of them wait
@@ -209,7 +221,9 @@ impl Sql {
                 UNION ALL
                 SELECT 3, i, NULL FROM moved
                 UNION ALL
-                SELECT 4, m.i, NULL FROM locked m WHERE m.i IS NOT NULL AND m.revoked AND m.expires_at > now()"
+                SELECT 4, m.i, NULL FROM locked m WHERE m.i IS NOT NULL AND m.revoked AND m.expires_at > now()
+                UNION ALL
+                SELECT 7, x.j, NULL FROM ({missed}) x"
             ),
             // A group round's renewal of a whole session (see `rounds.rs`): as
             // `session_renew`, with the same `$1`, `$2`, attaches `$5`/`$6`/`$7` and
@@ -250,7 +264,9 @@ impl Sql {
                 UNION ALL
                 SELECT 6, NULL, NULL, d.key, d.token FROM detach d
                 UNION ALL
-                SELECT 6, NULL, NULL, c.key, c.token FROM cand c WHERE c.i IS NULL AND NOT c.out"
+                SELECT 6, NULL, NULL, c.key, c.token FROM cand c WHERE c.i IS NULL AND NOT c.out
+                UNION ALL
+                SELECT 7, x.j, NULL, NULL, NULL FROM ({missed}) x"
             ),
             // A lease this backend stops holding without releasing it (`Backend::leave`,
             // or a holder whose renewals stopped): taken out of session `$3` (`$1` keys,
