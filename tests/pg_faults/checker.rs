@@ -326,19 +326,16 @@ pub fn check(run: Run) -> Checks {
             (None, _) => first_live[kt], // granted, but nobody received it
         };
         let taken_by_nobody = last.duration_since(since).unwrap_or_default();
-        if longest.as_ref().is_none_or(|(d, _)| taken_by_nobody > *d) {
-            longest = Some((taken_by_nobody, format!("{} token {}", kt.0, kt.1)));
-        }
-        if taken_by_nobody > bound {
-            stuck.push(format!("{} token {}: {taken_by_nobody:?}", kt.0, kt.1));
-            // What the key's holders did around it, to read the fault from CI's output.
+        // What the key's holders did around it, to read a fault from CI's output: for
+        // every stuck key, and for the longest wait of the run.
+        let history = |label: &str| {
             let since_epoch = |t: std::time::SystemTime| {
                 t.duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs_f64()
             };
-            eprintln!(
-                "pg_faults: stuck {} token {}: ended at {:.3}, live from {:.3} to {:.3}; the key's events:",
+            let mut out = format!(
+                "pg_faults: {label} {} token {}: ended at {:.3}, live from {:.3} to {:.3}; the key's events:",
                 kt.0,
                 kt.1,
                 since_epoch(since),
@@ -348,14 +345,22 @@ pub fn check(run: Run) -> Checks {
             for e in events.iter().filter(|e| {
                 e.key == kt.0 && e.kind != "work" && e.token + 3 >= kt.1 && e.token <= kt.1 + 3
             }) {
-                eprintln!(
-                    "  {:.3} {} token {} {}",
+                out.push_str(&format!(
+                    "\n  {:.3} {} token {} {}",
                     since_epoch(e.at),
                     e.proc,
                     e.token,
                     e.kind
-                );
+                ));
             }
+            out
+        };
+        if longest.as_ref().is_none_or(|(d, _)| taken_by_nobody > *d) {
+            longest = Some((taken_by_nobody, history("longest:")));
+        }
+        if taken_by_nobody > bound {
+            stuck.push(format!("{} token {}: {taken_by_nobody:?}", kt.0, kt.1));
+            eprintln!("{}", history("stuck"));
         }
     }
     c.check(
@@ -414,9 +419,8 @@ pub fn check(run: Run) -> Checks {
     }
     println!("pg_faults: chaos: {chaos_grants} grants during the chaos phase");
     if let Some((d, which)) = &longest {
-        println!(
-            "pg_faults: longest a key stayed taken by nobody: {d:?} ({which}; bound {bound:?})"
-        );
+        println!("pg_faults: longest a key stayed taken by nobody: {d:?} (bound {bound:?})");
+        println!("{which}");
     }
     if std::env::var_os("PG_FAULTS_VERBOSE").is_some() {
         for l in &chaos_log {
