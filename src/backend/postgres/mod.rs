@@ -70,8 +70,9 @@
 //!   While such a statement (a leave, a release, a renewal carrying owed leaves) is in
 //!   flight, this backend does not renew that lease: a re-attach waits for it to answer
 //!   (at most the statement timeout), and a renewal that meets one fails with
-//!   `Unavailable` and is retried, so no statement can take out a lease after its
-//!   holder was told it was renewed.
+//!   `Unavailable` and is retried, and a renewal during which one began is answered
+//!   Lost (the leave may write the expiry promised before it), so no statement of this
+//!   backend takes out a lease after its holder was told it was renewed.
 //! - **Release** is compare-and-set on `(key, token)` too. It ends the lease by setting
 //!   `expires_at = now()` and keeps the row (see fencing below), then sends
 //!   `NOTIFY <table>_freed, '<key>'`; one listening connection per backend wakes

@@ -435,10 +435,13 @@ async fn renew_once(
         Busy,
     }
     let mut places = Vec::with_capacity(leases.len());
+    let mut modes = Vec::with_capacity(leases.len());
     let (mut member_keys, mut member_tokens) = (Vec::new(), Vec::new());
     let (mut attach_keys, mut attach_tokens, mut attach_any) = (Vec::new(), Vec::new(), Vec::new());
     for l in &leases {
-        places.push(match sessions.mode(&l.key, l.token, session) {
+        let mode = sessions.mode(&l.key, l.token, session);
+        modes.push(mode);
+        places.push(match mode {
             Mode::Member => {
                 member_keys.push(l.key.clone());
                 member_tokens.push(l.token);
@@ -542,7 +545,7 @@ async fn renew_once(
         sessions.expired(ttl, session);
     }
     let mut retry = Vec::new();
-    for (l, place) in leases.into_iter().zip(places) {
+    for ((l, place), mode) in leases.into_iter().zip(places).zip(modes) {
         let position = |p: usize| i64::try_from(p).unwrap_or(i64::MAX);
         if matches!(place, Place::Busy) {
             // Not in the statement: see `Mode::Busy`.
@@ -567,11 +570,15 @@ async fn renew_once(
             Place::Attach(_) | Place::Busy => RenewOutcome::Lost,
         };
         let attach = matches!(place, Place::Attach(_));
-        if outcome == RenewOutcome::Renewed {
-            sessions.attached(&l.key, l.token, session, until, attach);
-        } else {
+        let outcome = if outcome != RenewOutcome::Renewed {
             sessions.forget(&l.key, l.token);
-        }
+            outcome
+        } else if sessions.attached(&l.key, l.token, session, until, mode) {
+            outcome
+        } else {
+            // Let go of here while the statement ran (see `Sessions::attached`).
+            RenewOutcome::Lost
+        };
         if attach {
             sessions.settled(&l.key, l.token, session);
         }

@@ -253,13 +253,21 @@ pub(super) async fn round(
             Mode::Member => None,
         };
         let attach = matches!(mode, Mode::Attach(_));
-        match outcome {
+        let outcome = match outcome {
             Some(RenewOutcome::Renewed) => {
-                sessions.attached(key, *token, session, a.until, attach);
+                if sessions.attached(key, *token, session, a.until, mode) {
+                    outcome
+                } else {
+                    // Let go of here while the statement ran (see `Sessions::attached`).
+                    Some(RenewOutcome::Lost)
+                }
             }
-            Some(_) => drop(sessions.forget(key, *token)),
-            None => {}
-        }
+            Some(_) => {
+                sessions.forget(key, *token);
+                outcome
+            }
+            None => None,
+        };
         if attach {
             sessions.settled(key, *token, session);
         }

@@ -391,31 +391,36 @@ impl Sessions {
         self.state().epochs.get(&session).copied().unwrap_or(0)
     }
 
-    /// `(key, token)` is in `session` now, renewed until `until`. `attach`: the
-    /// statement attached it (it is remembered even if it was forgotten meanwhile: it is
-    /// in the session, and must leave it if nobody renews it); otherwise it was renewed
-    /// as a member, and one forgotten meanwhile (left, released: the answer was judged
-    /// on a snapshot from before) stays forgotten, so that a re-attach of it here
-    /// attaches it again instead of asking for a membership it no longer has.
+    /// `(key, token)` is in `session` now, renewed until `until`, by a statement that
+    /// renewed it as `mode` (a member, or an attach); returns whether it may be answered
+    /// Renewed. Not when a statement taking it out of the session (a leave, a release)
+    /// began while this one ran: that statement may undo the renewal (a leave writes
+    /// the expiry promised before it), so the renewal is answered Lost (the adversarial
+    /// review of `Busy`, `tests/pg_busy_review.rs`). A member forgotten meanwhile stays
+    /// forgotten (its exit takes it out, or is owed). An attach whose lease was
+    /// forgotten meanwhile (or is being let go) put it in the session where nobody
+    /// will renew it: it is owed a leave ([`Sessions::leave_later`]).
     pub(super) fn attached(
         &self,
         key: &str,
         token: i64,
         session: i64,
         until: Option<SystemTime>,
-        attach: bool,
-    ) {
+        mode: Mode,
+    ) -> bool {
         let id = super::renewals::lease_id(key, token);
         let mut state = self.state();
         state.unsure.remove(&id);
+        let exiting = state.exits.contains_key(&(key.to_owned(), token));
         match state.members.get_mut(&id) {
             // The usual case: renewed again in the same session.
-            Some(m) if m.key == key && m.token == token => {
+            Some(m) if m.key == key && m.token == token && !exiting => {
                 m.session = Some(session);
                 m.confirmed = until;
+                true
             }
-            _ if !attach => {}
-            _ => {
+            // A re-attach of a lease this backend did not know, nobody letting go of it.
+            None if mode == Mode::Attach(true) && !exiting => {
                 state.members.insert(
                     id,
                     Member {
@@ -426,6 +431,13 @@ impl Sessions {
                         confirmed: until,
                     },
                 );
+                true
+            }
+            _ => {
+                if matches!(mode, Mode::Attach(_)) {
+                    state.leaving.push((key.to_owned(), token, session, None));
+                }
+                false
             }
         }
     }
