@@ -11,7 +11,7 @@ use crate::scenario::TABLE;
 /// One look at the database by the sampler.
 pub struct Sample {
     pub at: std::time::SystemTime,
-    /// `(key, token)` of every live lease.
+    /// `(key, token)` of every live lease (its session's expiry when attached to one).
     pub live: Vec<(String, u64)>,
     /// Client sessions `idle in transaction` for more than 200 ms.
     pub idle_in_tx: Vec<String>,
@@ -36,9 +36,20 @@ pub async fn sample(url: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Ve
             let look = async {
                 let at: std::time::SystemTime =
                     c.query_one("SELECT clock_timestamp()", &[]).await?.get(0);
+                // Live as an acquire judges it: a row attached to a session (`session`
+                // set, `expires_at` 'infinity') expires with its session, so one whose
+                // session has expired is free although its own `expires_at` says
+                // 'infinity' (reading only `expires_at` counted such a key as taken
+                // until someone took it over).
                 let live = c
                     .query(
-                        &format!("SELECT key, token FROM {TABLE} WHERE expires_at > now()"),
+                        &format!(
+                            "SELECT l.key, l.token FROM {TABLE} l
+                               LEFT JOIN {TABLE}_sessions s ON s.id = l.session
+                              WHERE (CASE WHEN l.session IS NOT NULL AND l.expires_at = 'infinity'
+                                     THEN COALESCE(s.expires_at, 'infinity')
+                                     ELSE l.expires_at END) > now()"
+                        ),
                         &[],
                     )
                     .await
